@@ -1,0 +1,147 @@
+"""Configuration: daemon options, the agent's sharing policy, and the connection file.
+
+Config files are TOML, converted into Structs with ``forbid_unknown_fields=True``: a typo in a
+config must fail loudly, naming the key, not be ignored. Flags override file values.
+
+The state directory (``--state-dir``, else ``$FED_STATE_DIR``, else a per-user data directory)
+holds the connection file ``federation.json`` that ``fed up`` writes and every other ``fed``
+command reads, so nothing needs flags once a federation runs.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+
+from federation.errors import ConfigError, FederationUnavailable
+
+T = TypeVar("T")
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class SharingPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """What an agent is willing to share, re-evaluated every ``check_interval`` seconds.
+
+    A resource is offered only while the host's own load (excluding federation workloads) stays
+    under its ``*_max`` utilisation and leaves at least its ``*_min`` free; otherwise that resource
+    is offered as zero until the host calms down. ``offer_expiry`` bounds how long a scheduler may
+    trust an offer; ``max_offers_per_node`` caps concurrent allocations on the node.
+    """
+
+    enabled: bool = True
+    check_interval: Positive = 2.0
+    offer_expiry: Positive = 10.0
+    max_offers_per_node: Annotated[int, msgspec.Meta(ge=0)] = 32
+    cpu_percent_max: Percent = 100.0
+    cpu_min_cores: NonNegative = 0.0
+    memory_percent_max: Percent = 100.0
+    memory_min_gb: NonNegative = 0.0
+    gpu_utilization_max: Percent = 100.0
+    gpu_memory_min_mb: NonNegative = 0.0
+
+
+class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Everything ``fed agent`` needs; ``cpu``/``memory`` of 0 mean "what the host has"."""
+
+    region: str
+    node: str
+    nats_url: str = "nats://127.0.0.1:4222"
+    cpu: Annotated[int, msgspec.Meta(ge=0)] = 0
+    memory: Annotated[int, msgspec.Meta(ge=0)] = 0
+    gpu_ids: list[str] = []
+    labels: dict[str, str] = {}
+    heartbeat_interval: Positive = 1.0
+    work_dir: str = ""
+    state_dir: str = ""
+    max_output_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024 * 1024
+    kill_grace: NonNegative = 5.0
+    sharing: SharingPolicy = SharingPolicy()
+
+
+class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Everything ``fed scheduler`` needs."""
+
+    region: str
+    nats_url: str = "nats://127.0.0.1:4222"
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 512
+    tick_interval: Positive = 0.5
+    epoch: Annotated[int, msgspec.Meta(ge=0)] = 1
+
+
+class RegionEndpoint(msgspec.Struct, kw_only=True):
+    """How to reach one region of a running federation."""
+
+    url: str
+    monitor: str = ""
+    nodes: list[str] = []
+
+
+class Connection(msgspec.Struct, kw_only=True):
+    """The connection file ``fed up`` writes (``<state-dir>/federation.json``)."""
+
+    hub_url: str
+    hub_monitor: str = ""
+    regions: dict[str, RegionEndpoint] = {}
+    default_region: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+
+
+CONNECTION_FILE = "federation.json"
+
+
+def default_state_dir() -> Path:
+    """``$FED_STATE_DIR``, else ``$XDG_DATA_HOME/nats-federation``, else ``~/.local/share/...``."""
+    env = os.environ.get("FED_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "nats-federation"
+
+
+def load_connection(state_dir: Path) -> Connection:
+    """Read the connection file of the federation running from ``state_dir``."""
+    path = state_dir / CONNECTION_FILE
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=Connection)
+    except FileNotFoundError:
+        raise FederationUnavailable(
+            str(state_dir), f"no {CONNECTION_FILE} here; start a federation with `fed up` or pass --state-dir"
+        ) from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(str(exc), source=str(path)) from None
+
+
+def write_connection(state_dir: Path, connection: Connection) -> Path:
+    """Atomically write the connection file (readers never see half of it)."""
+    path = state_dir / CONNECTION_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(connection)))
+    tmp.replace(path)
+    return path
+
+
+def load_toml(path: Path, kind: type[T], overrides: dict[str, Any] | None = None) -> T:
+    """Load a TOML file into ``kind``; ``overrides`` (flags) win over file values."""
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text()) if path else {}
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", source=str(path)) from None
+    return convert({**data, **(overrides or {})}, kind, source=str(path))
+
+
+def convert(data: dict[str, Any], kind: type[T], source: str = "config") -> T:
+    """Turn a plain mapping into a config Struct, with an error that names the bad key."""
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc), source=source) from None

@@ -1,0 +1,106 @@
+"""The vocabulary of the pure core: events in, commands out.
+
+Events are what the daemon observed (a submission, an offer, the result of a compare-and-set);
+commands are what the core wants written. Both are plain frozen Structs: serialisable, comparable,
+and free of I/O, so a recorded event sequence can be fed back to the core and its commands compared.
+Time only enters through fields (``at``, ``now``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from federation.schemas import JobEvent, JobRecord, Ledger, Offer, Submit
+
+# --- events -------------------------------------------------------------------------------------
+
+
+class Recovered(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the region's JetStream holds at start: ledgers (with revisions) and job records."""
+
+    ledgers: dict[str, tuple[Ledger, int]]
+    records: tuple[JobRecord, ...]
+
+
+class Submitted(msgspec.Struct, frozen=True, kw_only=True):
+    """A workload request consumed from the workloads stream."""
+
+    spec: Submit
+    at: float
+    traceparent: str = ""
+
+
+class CancelRequested(msgspec.Struct, frozen=True, kw_only=True):
+    """A cancel request consumed from the workloads stream."""
+
+    job: str
+    reason: str
+    at: float
+
+
+class OfferSeen(msgspec.Struct, frozen=True, kw_only=True):
+    """The latest offer of a node."""
+
+    offer: Offer
+
+
+class NodeDown(msgspec.Struct, frozen=True, kw_only=True):
+    """A node's heartbeat expired (the server's delete marker)."""
+
+    node: str
+    at: float
+
+
+class ClaimWritten(msgspec.Struct, frozen=True, kw_only=True):
+    """The proposed ledger of ``node`` was stored at ``revision``."""
+
+    node: str
+    revision: int
+
+
+class ClaimConflict(msgspec.Struct, frozen=True, kw_only=True):
+    """The ledger of ``node`` moved; this is its current value (None: the key does not exist)."""
+
+    node: str
+    ledger: Ledger | None
+    revision: int
+
+
+class JobReported(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent's report on one attempt."""
+
+    event: JobEvent
+
+
+class Tick(msgspec.Struct, frozen=True, kw_only=True):
+    """Time passed: run a scheduling pass and emit the writes the state needs."""
+
+    now: float
+
+
+Event = (
+    Recovered | Submitted | CancelRequested | OfferSeen | NodeDown | ClaimWritten | ClaimConflict | JobReported | Tick
+)
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+class WriteLedger(msgspec.Struct, frozen=True, kw_only=True):
+    """Store ``ledger`` as the node's ledger iff its revision is still ``expected_revision``.
+
+    The daemon answers with :class:`ClaimWritten` or :class:`ClaimConflict`.
+    """
+
+    node: str
+    ledger: Ledger
+    expected_revision: int
+
+
+class WriteJob(msgspec.Struct, frozen=True, kw_only=True):
+    """Store the job record (the daemon CASes on the revision it last wrote or read)."""
+
+    record: JobRecord
+
+
+Command = WriteLedger | WriteJob

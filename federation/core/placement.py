@@ -1,0 +1,104 @@
+"""Fitting one job onto one node: free capacity, device choice, filter reasons, score.
+
+Theory of operation. A node's free capacity is its offer minus the allocations in its ledger,
+per resource and per device: a core id or GPU id that an allocation holds is not free, memory is
+summed, and the offer's ``max_allocations`` caps the number of allocations. A job fits when every
+requested amount is available; it then takes the lowest free core ids and GPU ids, so the choice is
+deterministic. Nothing here reads a clock: offer expiry is judged against the ``now`` passed in.
+
+Invariant I1 (no node's allocations exceed its offered capacity) holds for every ledger this
+module builds, because :func:`allocate` only hands out devices from :class:`Free`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from federation.resources import format_memory
+from federation.schemas import Allocation, Offer, Submit
+
+# Reasons a node is filtered out, in the order they are checked (also the order `explain` prints).
+NOT_NAMED = "not among the requested nodes"
+NO_OFFER = "no offer"
+DOWN = "node down"
+EXPIRED = "offer expired"
+SLOTS = "no free allocation slot"
+CPU = "too little cpu"
+MEMORY = "too little memory"
+GPU = "too little gpu"
+
+
+@dataclass(slots=True)
+class Free:
+    """What is left of an offer after the allocations in the ledger (and tentative ones)."""
+
+    cores: list[int]
+    gpus: list[str]
+    memory: int
+    slots: int
+    pinned: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, offer: Offer, allocations: tuple[Allocation, ...] | list[Allocation]) -> Free:
+        """Free capacity of ``offer`` once ``allocations`` are taken out."""
+        used_cores = {c for a in allocations for c in a.cores}
+        used_gpus = {g for a in allocations for g in a.gpus}
+        return cls(
+            cores=[c for c in offer.cores if c not in used_cores],
+            gpus=[g for g in offer.gpus if g not in used_gpus],
+            memory=offer.memory - sum(a.memory for a in allocations),
+            slots=offer.max_allocations - len(allocations),
+            pinned=offer.pinned,
+            labels=dict(offer.labels),
+        )
+
+    def misfit(self, spec: Submit) -> str | None:
+        """The first reason ``spec`` does not fit, or None when it fits."""
+        if self.slots < 1:
+            return SLOTS
+        if len(self.cores) < spec.cpu:
+            return CPU
+        if self.memory < spec.memory:
+            return MEMORY
+        if len(self.gpus) < spec.gpu:
+            return GPU
+        return None
+
+    def take(self, spec: Submit) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """Remove the lowest free devices ``spec`` needs and return them (call after a fit)."""
+        cores, self.cores = tuple(self.cores[: spec.cpu]), self.cores[spec.cpu :]
+        gpus, self.gpus = tuple(self.gpus[: spec.gpu]), self.gpus[spec.gpu :]
+        self.memory -= spec.memory
+        self.slots -= 1
+        return cores, gpus
+
+    def score(self, spec: Submit) -> tuple[int, int, int]:
+        """Binpack: the node left with the least free GPUs, then cores, then memory wins (lower is better)."""
+        return (len(self.gpus) - spec.gpu, len(self.cores) - spec.cpu, self.memory - spec.memory)
+
+
+def shape(spec: Submit) -> tuple[object, ...]:
+    """Jobs with the same shape fit the same nodes; a pass caches misfits by shape."""
+    return (spec.cpu, spec.memory, spec.gpu, tuple(spec.nodes))
+
+
+def describe_request(spec: Submit) -> str:
+    """``cpu=1 memory=512MiB gpu=0`` for explanations."""
+    return f"cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu}"
+
+
+def explain_misfit(spec: Submit, reasons: dict[str, list[str]], considered: int) -> str:
+    """A one-line "why pending": which filter rejected how many nodes, with examples."""
+    if considered == 0:
+        if spec.nodes:
+            return f"pending: none of the requested nodes ({', '.join(spec.nodes)}) has offered capacity"
+        return "pending: no node in this region has offered capacity yet"
+    order = [NOT_NAMED, NO_OFFER, DOWN, EXPIRED, SLOTS, CPU, MEMORY, GPU]
+    parts = []
+    for reason in order:
+        nodes = reasons.get(reason)
+        if nodes:
+            sample = ", ".join(sorted(nodes)[:3]) + (", ..." if len(nodes) > 3 else "")
+            parts.append(f"{reason} on {len(nodes)} node{'s' if len(nodes) != 1 else ''} ({sample})")
+    return f"pending: no node fits {describe_request(spec)}: " + "; ".join(parts)

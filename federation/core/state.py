@@ -1,0 +1,428 @@
+"""The region's scheduler as a pure state machine: ``RegionCore.handle(event) -> list[Command]``.
+
+Theory of operation
+-------------------
+The core holds the region's view: every node's latest offer, its ledger and the ledger's KV
+revision, and every job's record. Events update the view; a :class:`Tick` runs one scheduling
+pass and emits the writes the view needs:
+
+* **Claims.** Pending jobs are taken in queue order (priority, then submission time, then arrival)
+  and fitted onto nodes (:mod:`federation.core.placement`). Everything placed on one node in one
+  pass, plus any releases waiting for that node, becomes *one* proposed ledger, written by
+  compare-and-set on the revision the core last saw (:class:`WriteLedger`). While a proposal is in
+  flight the node takes no other proposal. :class:`ClaimWritten` makes the proposal the ledger and
+  moves its jobs to ``placed``; :class:`ClaimConflict` adopts the ledger found in the store and
+  returns the jobs to the queue. So concurrent writers can make a claim *fail*, never overlap.
+* **Job records** move forward only (``pending -> placed -> running -> terminal``); each change
+  marks the record dirty, and a tick emits one :class:`WriteJob` per dirty record. A job being
+  claimed is not written until the claim settles, so a placed job costs one record write.
+* **Order of writes** makes crashes harmless: a claim is written before the job record says
+  ``placed`` (a ledger allocation with no placed record is adopted when the submission is
+  redelivered); a terminal record may precede the release (recovery releases allocations of
+  terminal jobs).
+
+Invariants kept here: I1 (allocations never exceed the offer, by construction of each proposal
+from :class:`~federation.core.placement.Free`), I2 (a job attempt is in at most one ledger: a job
+is claimed on one node at a time and a submission for a job already allocated adopts that
+allocation), I4/I5 (records only move forward; a terminal record never changes), I6 (reports
+carrying another node, attempt or an older epoch are ignored), I7 (a duplicate submission or
+report changes nothing).
+
+No I/O, no clock, no randomness, no logging: same events, same commands.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import msgspec
+
+from federation.core import placement
+from federation.core.events import (
+    CancelRequested,
+    ClaimConflict,
+    ClaimWritten,
+    Command,
+    Event,
+    JobReported,
+    NodeDown,
+    OfferSeen,
+    Recovered,
+    Submitted,
+    Tick,
+    WriteJob,
+    WriteLedger,
+)
+from federation.schemas import (
+    PRIORITY_RANK,
+    TERMINAL_STATES,
+    Allocation,
+    JobEvent,
+    JobRecord,
+    JobState,
+    Ledger,
+    Offer,
+    Transition,
+)
+
+# The forward-only state machine (I5). "preempted" and "forwarded" arrive with later policies.
+ALLOWED: dict[str, frozenset[str]] = {
+    "pending": frozenset({"placed", "cancelled", "failed", "forwarded"}),
+    "placed": frozenset({"running", "succeeded", "failed", "cancelled", "lost", "preempted", "pending"}),
+    "running": frozenset({"succeeded", "failed", "cancelled", "lost", "preempted"}),
+    "preempted": frozenset({"pending", "cancelled", "failed"}),
+    "forwarded": frozenset({"succeeded", "failed", "cancelled", "lost"}),
+}
+
+
+@dataclass(slots=True)
+class NodeView:
+    """One node as the core sees it."""
+
+    name: str
+    offer: Offer | None = None
+    alive: bool = True
+    ledger: Ledger | None = None
+    revision: int = 0
+    proposal: Ledger | None = None
+    proposal_jobs: list[str] = field(default_factory=list)
+    releases: set[str] = field(default_factory=set)
+
+    def current(self) -> Ledger:
+        """The last ledger known to be stored (an empty one when the key does not exist yet)."""
+        return self.ledger if self.ledger is not None else Ledger(node=self.name)
+
+
+@dataclass(slots=True)
+class JobView:
+    """One job: its record plus in-memory bookkeeping that is never stored."""
+
+    record: JobRecord
+    order: tuple[int, float, int]
+    claiming: str = ""
+    cancel_pending: str = ""
+
+
+class RegionCore:
+    """The deterministic scheduler of one region (see the module docstring)."""
+
+    def __init__(self, region: str, epoch: int = 1) -> None:
+        self.region = region
+        self.epoch = epoch
+        self.nodes: dict[str, NodeView] = {}
+        self.jobs: dict[str, JobView] = {}
+        self.queue: list[tuple[tuple[int, float, int], str]] = []
+        self.dirty: set[str] = set()
+        self.allocated: dict[str, str] = {}
+        self._arrivals = 0
+
+    # --- entry point ----------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Command]:
+        """Apply one event; only :class:`Tick` and claim results return commands."""
+        match event:
+            case Tick(now=now):
+                return self._tick(now)
+            case Submitted():
+                self._submitted(event)
+            case CancelRequested():
+                self._cancel(event)
+            case OfferSeen(offer=offer):
+                node = self._node(offer.node)
+                node.offer = offer
+                node.alive = True
+            case NodeDown(node=name):
+                self._node(name).alive = False
+            case JobReported(event=report):
+                self._reported(report)
+            case ClaimWritten():
+                self._claim_written(event)
+            case ClaimConflict():
+                self._claim_conflict(event)
+            case Recovered():
+                self._recovered(event)
+        return []
+
+    # --- views for daemons and `fed status` -------------------------------------------------------
+
+    def pending(self) -> list[str]:
+        """Job ids waiting for placement, in queue order."""
+        return [job for _, job in self.queue]
+
+    def free(self, name: str) -> placement.Free | None:
+        """Free capacity of a node as of its stored ledger (None without an offer)."""
+        node = self.nodes.get(name)
+        if node is None or node.offer is None:
+            return None
+        return placement.Free.of(node.offer, node.current().allocations)
+
+    # --- event handlers -------------------------------------------------------------------------
+
+    def _node(self, name: str) -> NodeView:
+        node = self.nodes.get(name)
+        if node is None:
+            node = self.nodes[name] = NodeView(name)
+        return node
+
+    def _recovered(self, event: Recovered) -> None:
+        for name, (ledger, revision) in sorted(event.ledgers.items()):
+            node = self._node(name)
+            node.ledger, node.revision = ledger, revision
+            for allocation in ledger.allocations:
+                self.allocated[allocation.job] = name
+        for record in sorted(event.records, key=lambda r: (r.submitted_at, r.id)):
+            self._add(record)
+            if record.terminal and record.id in self.allocated:
+                self._node(self.allocated[record.id]).releases.add(record.id)
+            elif record.state == "pending" and record.id in self.allocated:
+                self._adopt(record.id, self.allocated[record.id], record.updated_at)
+
+    def _add(self, record: JobRecord) -> JobView:
+        self._arrivals += 1
+        view = JobView(record, (PRIORITY_RANK[record.spec.priority], record.submitted_at, self._arrivals))
+        self.jobs[record.id] = view
+        if record.state == "pending":
+            bisect.insort(self.queue, (view.order, record.id))
+        return view
+
+    def _submitted(self, event: Submitted) -> None:
+        spec = event.spec
+        if spec.id in self.jobs:
+            return  # I7: the id table is the idempotency table
+        record = JobRecord(
+            id=spec.id,
+            region=self.region,
+            spec=spec,
+            submitted_at=spec.submitted_at or event.at,
+            updated_at=event.at,
+            traceparent=event.traceparent,
+            history=(Transition(state="pending", at=event.at),),
+        )
+        self._add(record)
+        self.dirty.add(spec.id)
+        if spec.id in self.allocated:  # a claim written before a crash: adopt it (I2)
+            self._adopt(spec.id, self.allocated[spec.id], event.at)
+
+    def _adopt(self, job: str, node_name: str, at: float) -> None:
+        allocation = self._node(node_name).current().find(job)
+        if allocation is None:
+            return
+        self._unqueue(job)
+        self._move(job, "placed", at, "placed on " + node_name, node=node_name, attempt=allocation.attempt)
+
+    def _cancel(self, event: CancelRequested) -> None:
+        view = self.jobs.get(event.job)
+        if view is None or view.record.terminal:
+            return
+        if view.claiming:
+            view.cancel_pending = event.reason
+            return
+        self._unqueue(event.job)
+        self._move(event.job, "cancelled", event.at, event.reason)
+        self._release(event.job)
+
+    def _reported(self, report: JobEvent) -> None:
+        view = self.jobs.get(report.job)
+        if view is None:
+            return
+        record = view.record
+        current_attempt = record.node == report.node and record.attempt == report.attempt
+        if not current_attempt or report.epoch > self.epoch:
+            return  # I6: a stale node, attempt or a report from the future changes nothing
+        if record.terminal:
+            self._release(report.job)
+            return
+        if report.kind == "started":
+            if record.state == "placed":
+                self._move(report.job, "running", report.at, f"running on {report.node}")
+            return
+        if report.kind == "exited":
+            code = report.exit_code if report.exit_code is not None else -1
+            state: JobState = "succeeded" if code == 0 else "failed"
+            reason = "exited 0" if code == 0 else (report.reason or f"exited with code {code}")
+            self._move(report.job, state, report.at, reason, exit_code=code)
+        else:
+            self._move(report.job, "failed", report.at, report.reason or "failed", exit_code=report.exit_code)
+        self._release(report.job)
+
+    def _claim_written(self, event: ClaimWritten) -> None:
+        node = self.nodes[event.node]
+        assert node.proposal is not None, "claim result without a proposal"
+        node.ledger, node.revision = node.proposal, event.revision
+        node.releases -= {job for job in node.releases if node.ledger.find(job) is None}
+        placed_at = node.ledger.updated_at
+        for job in node.proposal_jobs:
+            view = self.jobs[job]
+            view.claiming = ""
+            allocation = node.ledger.find(job)
+            assert allocation is not None
+            self.allocated[job] = node.name
+            self._move(job, "placed", placed_at, f"placed on {node.name}", node=node.name, attempt=allocation.attempt)
+            if view.cancel_pending:
+                self._move(job, "cancelled", placed_at, view.cancel_pending)
+                self._release(job)
+        node.proposal, node.proposal_jobs = None, []
+
+    def _claim_conflict(self, event: ClaimConflict) -> None:
+        node = self.nodes[event.node]
+        node.ledger, node.revision = event.ledger, event.revision
+        for allocation in node.current().allocations:
+            self.allocated.setdefault(allocation.job, node.name)
+        for job in node.proposal_jobs:
+            view = self.jobs[job]
+            view.claiming = ""
+            if view.cancel_pending:
+                self._move(job, "cancelled", node.current().updated_at, view.cancel_pending)
+            else:
+                bisect.insort(self.queue, (view.order, job))
+        node.proposal, node.proposal_jobs = None, []
+
+    # --- record changes ---------------------------------------------------------------------------
+
+    def _move(self, job: str, state: JobState, at: float, reason: str, **changes: object) -> None:
+        view = self.jobs[job]
+        record = view.record
+        if state != record.state and state not in ALLOWED.get(record.state, frozenset()):
+            return  # I5: never backwards, never out of a terminal state
+        view.record = msgspec.structs.replace(
+            record,
+            state=state,
+            reason=reason,
+            updated_at=at,
+            history=(*record.history, Transition(state=state, at=at, reason=reason)),
+            **changes,
+        )
+        self.dirty.add(job)
+
+    def _unqueue(self, job: str) -> None:
+        view = self.jobs[job]
+        index = bisect.bisect_left(self.queue, (view.order, job))
+        if index < len(self.queue) and self.queue[index][1] == job:
+            del self.queue[index]
+
+    def _release(self, job: str) -> None:
+        name = self.allocated.get(job)
+        if name is not None and self._node(name).current().find(job) is not None:
+            self._node(name).releases.add(job)
+
+    # --- the scheduling pass ----------------------------------------------------------------------
+
+    def _tick(self, now: float) -> list[Command]:
+        commands: list[Command] = []
+        placed = self._place(now)
+        for name in sorted(set(placed) | {n for n, v in self.nodes.items() if v.releases}):
+            node = self.nodes[name]
+            if node.proposal is not None:
+                continue
+            current = node.current()
+            keep = tuple(a for a in current.allocations if a.job not in node.releases)
+            additions = placed.get(name, [])
+            if len(keep) == len(current.allocations) and not additions:
+                node.releases.clear()
+                continue
+            node.proposal = Ledger(
+                node=name, allocations=keep + tuple(additions), epoch=self.epoch, updated_at=now
+            )
+            node.proposal_jobs = [a.job for a in additions]
+            commands.append(WriteLedger(node=name, ledger=node.proposal, expected_revision=node.revision))
+        for job in sorted(self.dirty):
+            view = self.jobs[job]
+            if not view.claiming:
+                commands.append(WriteJob(record=view.record))
+        self.dirty = {job for job in self.dirty if self.jobs[job].claiming}
+        return commands
+
+    def _place(self, now: float) -> dict[str, list[Allocation]]:
+        """Fit queued jobs onto nodes; returns tentative allocations per node."""
+        free: dict[str, placement.Free] = {}
+        reasons: dict[str, list[str]] = {}
+        for name in sorted(self.nodes):
+            node = self.nodes[name]
+            if node.offer is None:
+                reasons.setdefault(placement.NO_OFFER, []).append(name)
+            elif not node.alive:
+                reasons.setdefault(placement.DOWN, []).append(name)
+            elif node.offer.expires_at <= now:
+                reasons.setdefault(placement.EXPIRED, []).append(name)
+            elif node.proposal is None:
+                free[name] = placement.Free.of(node.offer, node.current().allocations)
+        busy = any(node.proposal is not None for node in self.nodes.values())
+        placed: dict[str, list[Allocation]] = {}
+        misfits: dict[tuple[object, ...], str] = {}
+        filled: set[str] = set()
+        remaining: list[tuple[tuple[int, float, int], str]] = []
+        for entry in self.queue:
+            job = entry[1]
+            view = self.jobs[job]
+            spec = view.record.spec
+            key = placement.shape(spec)
+            if key not in misfits and not free and not filled:
+                considered = sum(len(v) for v in reasons.values())
+                misfits[key] = placement.explain_misfit(spec, reasons, considered)
+            if key in misfits or not free:
+                self._explain(view, misfits.get(key), busy, now)
+                remaining.append(entry)
+                continue
+            best: tuple[tuple[int, int, int], str] | None = None
+            node_reasons = {k: list(v) for k, v in reasons.items()}
+            names = spec.nodes or list(free)
+            for name in names:
+                candidate = free.get(name)
+                if candidate is None:
+                    if name not in self.nodes:
+                        node_reasons.setdefault(placement.NO_OFFER, []).append(name)
+                    continue
+                misfit = candidate.misfit(spec)
+                if misfit is not None:
+                    node_reasons.setdefault(misfit, []).append(name)
+                    continue
+                score = (candidate.score(spec), name)
+                if best is None or score < best:
+                    best = score
+            if best is None:
+                considered = sum(len(v) for v in node_reasons.values())
+                if spec.nodes:
+                    node_reasons = {
+                        k: [n for n in v if n in spec.nodes] for k, v in node_reasons.items()
+                    }
+                misfits[key] = placement.explain_misfit(spec, node_reasons, considered)
+                self._explain(view, misfits[key], busy, now)
+                remaining.append(entry)
+                continue
+            name = best[1]
+            cores, gpus = free[name].take(spec)
+            placed.setdefault(name, []).append(
+                Allocation(
+                    job=job,
+                    attempt=view.record.attempt + 1,
+                    epoch=self.epoch,
+                    cpu=spec.cpu,
+                    memory=spec.memory,
+                    cores=cores,
+                    gpus=gpus,
+                    command=tuple(spec.command),
+                    env=dict(spec.env),
+                    priority=spec.priority,
+                    tenant=spec.tenant,
+                    pinned=free[name].pinned,
+                    traceparent=view.record.traceparent,
+                    placed_at=now,
+                )
+            )
+            view.claiming = name
+            if free[name].slots <= 0:
+                del free[name]
+                filled.add(name)
+        self.queue = remaining
+        return placed
+
+    def _explain(self, view: JobView, reason: str | None, busy: bool, now: float) -> None:
+        """Record why a job is pending, writing the record only when the reason changes."""
+        if reason is None or busy or reason == view.record.reason:
+            return
+        view.record = msgspec.structs.replace(view.record, reason=reason, updated_at=now)
+        self.dirty.add(view.record.id)
+
+
+__all__ = ["TERMINAL_STATES", "JobView", "NodeView", "RegionCore"]

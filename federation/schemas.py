@@ -1,0 +1,259 @@
+"""Every wire message and stored record, as msgspec Structs.
+
+Messages travel as JSON (any NATS client can publish them by hand; see ``subjects.md``). The
+published messages form one tagged union, :data:`Message`, decoded by one typed decoder built
+once; the ``type`` field is the tag. Stored values (the node ledger, the job record) have their own
+decoders. Decoding is size-bounded: the payload length is checked before a byte is parsed.
+
+Evolution rules (msgspec ``docs/schema-evolution.rst``): wire messages never forbid unknown
+fields (a newer client may add one); a new field always has a default; a field never changes type.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from federation.errors import MalformedMessage, MessageTooLarge
+
+# --- bounded scalar types -----------------------------------------------------------------------
+
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+"""Region, node and tenant names: lower-case, safe as one NATS subject token and in KV keys."""
+
+JobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+"""A job id is one subject token and one KV key; the client generates it (idempotency key)."""
+
+EnvKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+Arg = Annotated[str, msgspec.Meta(max_length=8192)]
+Label = Annotated[str, msgspec.Meta(max_length=256)]
+Reason = Annotated[str, msgspec.Meta(max_length=4096)]
+Cores = Annotated[int, msgspec.Meta(ge=0, le=4096)]
+MemoryBytes = Annotated[int, msgspec.Meta(ge=0, le=2**52)]
+GpuCount = Annotated[int, msgspec.Meta(ge=0, le=256)]
+GpuId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9:._-]{1,128}$")]
+Timestamp = Annotated[float, msgspec.Meta(ge=0)]
+
+Priority = Literal["urgent", "high", "medium", "low"]
+PRIORITY_RANK: Final[dict[str, int]] = {"urgent": 0, "high": 1, "medium": 2, "low": 3}
+
+JobState = Literal[
+    "pending", "placed", "running", "succeeded", "failed", "cancelled", "lost", "preempted", "forwarded"
+]
+TERMINAL_STATES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled", "lost"})
+
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+"""Upper bound on any published message (submission, offer, status event)."""
+
+MAX_RECORD_BYTES: Final = 4 * 1024 * 1024
+"""Upper bound on a stored value (a node ledger holds every allocation's command line)."""
+
+
+# --- published messages (the tagged union) -----------------------------------------------------
+
+
+class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_defaults=True):
+    """A workload request, published to ``fed.<region>.wl.submit.<id>``.
+
+    ``id`` is chosen by the submitter and is the idempotency key: publishing the same id twice
+    creates one job. ``nodes`` restricts placement to the named nodes.
+    """
+
+    id: JobId
+    command: Annotated[list[Arg], msgspec.Meta(min_length=1, max_length=1024)]
+    cpu: Cores = 1
+    memory: MemoryBytes = 0
+    gpu: GpuCount = 0
+    priority: Priority = "medium"
+    tenant: Name = "default"
+    nodes: Annotated[list[Name], msgspec.Meta(max_length=256)] = []
+    env: Annotated[dict[EnvKey, Label], msgspec.Meta(max_length=256)] = {}
+    submitted_at: Timestamp = 0.0
+
+
+class Cancel(msgspec.Struct, tag="cancel", tag_field="type", kw_only=True, omit_defaults=True):
+    """Ask the home scheduler to cancel a job, published to ``fed.<region>.wl.cancel.<id>``."""
+
+    id: JobId
+    reason: Reason = "cancelled by user"
+    requested_at: Timestamp = 0.0
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="type", kw_only=True):
+    """An agent's liveness beat on ``fed.<region>.hb.<node>`` (per-message TTL = 3 beats)."""
+
+    node: Name
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    sent_at: Timestamp
+    interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+
+
+class Offer(msgspec.Struct, tag="offer", tag_field="type", kw_only=True, omit_defaults=True):
+    """What a node is willing to share *now*, on ``fed.<region>.offer.<node>``.
+
+    ``cores`` and ``gpus`` name concrete devices. ``pinned`` is false when the declared cores do not
+    exist on the host (a simulated or over-declared node): jobs then run without CPU affinity.
+    ``capacity_*`` is the node's registered maximum, the ceiling an offer is clamped to.
+    """
+
+    node: Name
+    region: Name
+    cores: Annotated[list[Cores], msgspec.Meta(max_length=4096)]
+    memory: MemoryBytes
+    gpus: Annotated[list[GpuId], msgspec.Meta(max_length=256)] = []
+    pinned: bool = False
+    max_allocations: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 32
+    labels: Annotated[dict[Label, Label], msgspec.Meta(max_length=64)] = {}
+    capacity_cpu: Cores = 0
+    capacity_memory: MemoryBytes = 0
+    capacity_gpu: GpuCount = 0
+    sent_at: Timestamp = 0.0
+    expires_at: Timestamp = 0.0
+    note: Reason = ""
+
+
+JobEventKind = Literal["started", "exited", "failed"]
+
+
+class JobEvent(msgspec.Struct, tag="job_event", tag_field="type", kw_only=True, omit_defaults=True):
+    """An agent's report on one attempt, on ``fed.<region>.status.<node>.<job>.event``.
+
+    ``exited`` carries the exit code (negative: killed by that signal); ``failed`` means the
+    attempt never ran or was lost (``reason`` says why).
+    """
+
+    node: Name
+    job: JobId
+    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    epoch: Annotated[int, msgspec.Meta(ge=0)] = 0
+    kind: JobEventKind
+    exit_code: int | None = None
+    reason: Reason = ""
+    at: Timestamp = 0.0
+
+
+Message = Submit | Cancel | Heartbeat | Offer | JobEvent
+"""Everything published on a ``fed.>`` subject, except log chunks (raw bytes)."""
+
+
+# --- stored values ------------------------------------------------------------------------------
+
+
+class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """One job attempt bound to exact devices of one node, held in that node's ledger."""
+
+    job: JobId
+    attempt: int
+    epoch: int = 0
+    cpu: int = 0
+    memory: int = 0
+    cores: tuple[int, ...] = ()
+    gpus: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    priority: Priority = "medium"
+    tenant: str = "default"
+    pinned: bool = False
+    traceparent: str = ""
+    placed_at: float = 0.0
+
+
+class Ledger(msgspec.Struct, kw_only=True, frozen=True):
+    """A node's allocation ledger: the only record of what runs there, CAS-updated by revision."""
+
+    node: str
+    allocations: tuple[Allocation, ...] = ()
+    epoch: int = 0
+    updated_at: float = 0.0
+
+    def find(self, job: str) -> Allocation | None:
+        """The allocation of ``job`` on this node, if any."""
+        for allocation in self.allocations:
+            if allocation.job == job:
+                return allocation
+        return None
+
+
+class Transition(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, array_like=True):
+    """One step of a job's history (state, when, why), kept in the job record."""
+
+    state: JobState
+    at: float
+    reason: str = ""
+
+
+class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """A job's state, in the region's jobs bucket keyed by job id; moved forward by CAS only.
+
+    ``reason`` says why a job is where it is: why pending (which filters rejected which nodes),
+    why failed. ``history`` keeps every transition for ``fed job``.
+    """
+
+    id: str
+    region: str
+    spec: Submit
+    state: JobState = "pending"
+    attempt: int = 0
+    node: str = ""
+    exit_code: int | None = None
+    reason: str = ""
+    submitted_at: float = 0.0
+    updated_at: float = 0.0
+    traceparent: str = ""
+    history: tuple[Transition, ...] = ()
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job has reached its one terminal state."""
+        return self.state in TERMINAL_STATES
+
+
+# --- codecs (built once) -------------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+_message_decoder = msgspec.json.Decoder(Message)
+_ledger_decoder = msgspec.json.Decoder(Ledger)
+_record_decoder = msgspec.json.Decoder(JobRecord)
+
+
+def encode(value: msgspec.Struct) -> bytes:
+    """Encode any message or record as JSON bytes."""
+    return _encoder.encode(value)
+
+
+def _bounded(data: bytes, limit: int) -> None:
+    if len(data) > limit:
+        raise MessageTooLarge(len(data), limit)
+
+
+def decode_message(data: bytes, limit: int = MAX_MESSAGE_BYTES) -> Message:
+    """Decode one published message, refusing it before parsing when it is larger than ``limit``."""
+    _bounded(data, limit)
+    try:
+        return _message_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(str(exc)) from None
+
+
+def decode_ledger(data: bytes) -> Ledger:
+    """Decode a node ledger value."""
+    _bounded(data, MAX_RECORD_BYTES)
+    try:
+        return _ledger_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"ledger: {exc}") from None
+
+
+def decode_record(data: bytes) -> JobRecord:
+    """Decode a job record value."""
+    _bounded(data, MAX_RECORD_BYTES)
+    try:
+        return _record_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"job record: {exc}") from None
+
+
+def validate(message: Message) -> Message:
+    """Check a locally built message against the schema constraints (round trip through JSON)."""
+    return decode_message(encode(message))

@@ -1,0 +1,183 @@
+"""The one place that builds and parses every subject, stream, consumer and bucket name.
+
+Every subject starts with ``fed.<region>.`` so that a region's JetStream domain is the only one
+that captures it (a subject captured by streams in two domains is silently stored twice) and so
+that server permissions can confine an agent to its own node's subjects. KV buckets carry the
+region in their name for the same reason: their subjects are ``$KV.<bucket>.<key>``.
+
+``subjects.md`` documents the same namespace for people; ``tests/test_subjects_doc.py`` keeps
+:data:`CATALOGUE` and that page equal.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, NamedTuple
+
+from federation.errors import InvalidRequest
+
+_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_REGION = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
+
+
+def check_region(region: str) -> str:
+    """Return ``region`` if it is a valid region name, else raise :class:`InvalidRequest`."""
+    if not _REGION.match(region):
+        raise InvalidRequest(f"invalid region name {region!r}: use lower-case letters, digits and '-'")
+    return region
+
+
+def check_token(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is safe as one subject token (no dots, wildcards or spaces)."""
+    if not _TOKEN.match(value):
+        raise InvalidRequest(f"invalid {what} {value!r}: use letters, digits, '_' and '-' (max 64)")
+    return value
+
+
+# --- subjects ---------------------------------------------------------------------------------------
+
+
+def submit(region: str, job: str) -> str:
+    """Where a workload request is published (captured by the workloads stream)."""
+    return f"fed.{region}.wl.submit.{job}"
+
+
+def cancel(region: str, job: str) -> str:
+    """Where a cancel request is published (captured by the workloads stream)."""
+    return f"fed.{region}.wl.cancel.{job}"
+
+
+def workloads_filter(region: str) -> str:
+    """Everything the region's scheduler consumes from the workloads stream."""
+    return f"fed.{region}.wl.>"
+
+
+def heartbeat(region: str, node: str) -> str:
+    """An agent's heartbeat subject."""
+    return f"fed.{region}.hb.{node}"
+
+
+def offer(region: str, node: str) -> str:
+    """An agent's capacity offer subject."""
+    return f"fed.{region}.offer.{node}"
+
+
+def job_event(region: str, node: str, job: str) -> str:
+    """An agent's status report on one job."""
+    return f"fed.{region}.status.{node}.{job}.event"
+
+
+def job_log(region: str, node: str, job: str) -> str:
+    """Output chunks of one job, published by the agent that runs it."""
+    return f"fed.{region}.status.{node}.{job}.log"
+
+
+def job_log_filter(region: str, job: str) -> str:
+    """Output of one job, from whichever node ran it."""
+    return f"fed.{region}.status.*.{job}.log"
+
+
+def quarantine(region: str, source: str) -> str:
+    """Where a refused message is recorded with its reason (``source`` is the stream it came from)."""
+    return f"fed.{region}.quarantine.{source}"
+
+
+class ParsedStatus(NamedTuple):
+    """The parts of a ``fed.<region>.status.<node>.<job>.<kind>`` subject."""
+
+    region: str
+    node: str
+    job: str
+    kind: str
+
+
+def parse_status(subject: str) -> ParsedStatus | None:
+    """Split a status subject into its tokens, or None when it is not one."""
+    parts = subject.split(".")
+    if len(parts) != 6 or parts[0] != "fed" or parts[2] != "status":
+        return None
+    return ParsedStatus(parts[1], parts[3], parts[4], parts[5])
+
+
+def last_token(subject: str) -> str:
+    """The final token of a subject (the node of an offer, the job of a submission)."""
+    return subject.rsplit(".", 1)[-1]
+
+
+# --- streams, consumers, buckets -------------------------------------------------------------------
+
+
+def workloads_stream(region: str) -> str:
+    """Durable stream of submissions and cancels (dedup by ``Nats-Msg-Id``)."""
+    return f"fed-{region}-workloads"
+
+
+def heartbeats_stream(region: str) -> str:
+    """Latest heartbeat per node, per-message TTL, delete markers on expiry."""
+    return f"fed-{region}-heartbeats"
+
+
+def offers_stream(region: str) -> str:
+    """Latest offer per node, per-message TTL."""
+    return f"fed-{region}-offers"
+
+
+def status_stream(region: str) -> str:
+    """Agents' job events."""
+    return f"fed-{region}-status"
+
+
+def logs_stream(region: str) -> str:
+    """Bounded job output."""
+    return f"fed-{region}-logs"
+
+
+def quarantine_stream(region: str) -> str:
+    """Refused messages with the reason."""
+    return f"fed-{region}-quarantine"
+
+
+def ledger_bucket(region: str) -> str:
+    """KV bucket: one allocation ledger per node, key = node name."""
+    return f"fed-ledger-{region}"
+
+
+def jobs_bucket(region: str) -> str:
+    """KV bucket: one job record per job, key = job id."""
+    return f"fed-jobs-{region}"
+
+
+SCHEDULER_WORKLOADS_CONSUMER: Final = "scheduler-workloads"
+SCHEDULER_STATUS_CONSUMER: Final = "scheduler-status"
+
+
+# --- the catalogue documented in subjects.md -----------------------------------------------------------
+
+
+class Entry(NamedTuple):
+    """One documented name: its kind (subject, stream, bucket, consumer) and its pattern."""
+
+    kind: str
+    pattern: str
+
+
+R = "<region>"
+CATALOGUE: Final[tuple[Entry, ...]] = (
+    Entry("subject", submit(R, "<job>")),
+    Entry("subject", cancel(R, "<job>")),
+    Entry("subject", heartbeat(R, "<node>")),
+    Entry("subject", offer(R, "<node>")),
+    Entry("subject", job_event(R, "<node>", "<job>")),
+    Entry("subject", job_log(R, "<node>", "<job>")),
+    Entry("subject", quarantine(R, "<source>")),
+    Entry("stream", workloads_stream(R)),
+    Entry("stream", heartbeats_stream(R)),
+    Entry("stream", offers_stream(R)),
+    Entry("stream", status_stream(R)),
+    Entry("stream", logs_stream(R)),
+    Entry("stream", quarantine_stream(R)),
+    Entry("bucket", ledger_bucket(R)),
+    Entry("bucket", jobs_bucket(R)),
+    Entry("consumer", SCHEDULER_WORKLOADS_CONSUMER),
+    Entry("consumer", SCHEDULER_STATUS_CONSUMER),
+)

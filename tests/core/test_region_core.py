@@ -1,0 +1,206 @@
+"""The pure core, driven directly: no event loop, no server, no clock."""
+
+from __future__ import annotations
+
+from federation.core.events import (
+    CancelRequested,
+    ClaimConflict,
+    ClaimWritten,
+    JobReported,
+    NodeDown,
+    OfferSeen,
+    Recovered,
+    Submitted,
+    Tick,
+    WriteJob,
+    WriteLedger,
+)
+from federation.core.state import RegionCore
+from federation.schemas import JobEvent, Ledger, Offer, Submit
+
+GiB = 1024**3
+
+
+def offer(node: str, cpu: int = 4, memory: int = 8 * GiB, gpus: tuple[str, ...] = (), slots: int = 32) -> Offer:
+    return Offer(
+        node=node,
+        region="eu",
+        cores=list(range(cpu)),
+        memory=memory,
+        gpus=list(gpus),
+        max_allocations=slots,
+        expires_at=1e9,
+    )
+
+
+def submit(job: str, **kw: object) -> Submitted:
+    return Submitted(spec=Submit(id=job, command=["true"], **kw), at=10.0)  # type: ignore[arg-type]
+
+
+def settle(core: RegionCore, now: float = 11.0) -> list[object]:
+    """Tick, write every proposed ledger successfully, tick again; return all commands."""
+    out: list[object] = []
+    revision = 100
+    commands = core.handle(Tick(now=now))
+    while commands:
+        out.extend(commands)
+        more = []
+        for command in commands:
+            if isinstance(command, WriteLedger):
+                revision += 1
+                more.extend(core.handle(ClaimWritten(node=command.node, revision=revision)))
+        more.extend(core.handle(Tick(now=now)))
+        commands = [c for c in more if not isinstance(c, WriteJob) or c not in out]
+        out.extend(c for c in more if isinstance(c, WriteJob))
+        commands = [c for c in more if isinstance(c, WriteLedger)]
+    return out
+
+
+def test_job_is_placed_by_one_claim_then_one_record_write() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(submit("j1", cpu=2))
+    first = core.handle(Tick(now=11.0))
+    assert [type(c) for c in first] == [WriteLedger]
+    claim = first[0]
+    assert isinstance(claim, WriteLedger)
+    assert claim.expected_revision == 0
+    assert claim.ledger.allocations[0].cores == (0, 1)
+    assert core.handle(ClaimWritten(node="n1", revision=5)) == []
+    second = core.handle(Tick(now=11.0))
+    assert len(second) == 1 and isinstance(second[0], WriteJob)
+    assert second[0].record.state == "placed"
+    assert second[0].record.node == "n1"
+    assert second[0].record.attempt == 1
+
+
+def test_jobs_on_one_node_in_one_pass_share_one_claim() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1", cpu=8)))
+    for i in range(4):
+        core.handle(submit(f"j{i}", cpu=2))
+    commands = core.handle(Tick(now=11.0))
+    claims = [c for c in commands if isinstance(c, WriteLedger)]
+    assert len(claims) == 1
+    cores = [a.cores for a in claims[0].ledger.allocations]
+    assert sorted(c for cs in cores for c in cs) == list(range(8))
+
+
+def test_job_needing_more_than_any_offer_stays_pending_with_reason() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1", cpu=2)))
+    core.handle(OfferSeen(offer=offer("n2", cpu=2)))
+    core.handle(submit("big", gpu=1))
+    commands = core.handle(Tick(now=11.0))
+    assert len(commands) == 1 and isinstance(commands[0], WriteJob)
+    record = commands[0].record
+    assert record.state == "pending"
+    assert "too little gpu on 2 nodes" in record.reason
+    # a node that fits joins: the job is claimed there
+    core.handle(OfferSeen(offer=offer("gpu1", gpus=("0",))))
+    claims = core.handle(Tick(now=12.0))
+    assert [c.node for c in claims if isinstance(c, WriteLedger)] == ["gpu1"]
+
+
+def test_conflict_returns_jobs_to_queue_and_adopts_stored_ledger() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1", cpu=2)))
+    core.handle(submit("mine", cpu=2))
+    core.handle(Tick(now=11.0))
+    theirs = Ledger(node="n1", allocations=(offer_alloc("theirs"),))
+    assert core.handle(ClaimConflict(node="n1", ledger=theirs, revision=9)) == []
+    commands = core.handle(Tick(now=12.0))
+    # the node is full with the other writer's allocation: no claim, the job waits with a reason
+    assert not [c for c in commands if isinstance(c, WriteLedger)]
+    assert core.pending() == ["mine"]
+
+
+def offer_alloc(job: str):  # type: ignore[no-untyped-def]
+    from federation.schemas import Allocation
+
+    return Allocation(job=job, attempt=1, cpu=2, cores=(0, 1))
+
+
+def test_queue_order_is_priority_then_submission_time() -> None:
+    core = RegionCore("eu")
+    core.handle(Submitted(spec=Submit(id="low", command=["x"], priority="low"), at=1.0))
+    core.handle(Submitted(spec=Submit(id="urgent", command=["x"], priority="urgent"), at=3.0))
+    core.handle(Submitted(spec=Submit(id="medium-old", command=["x"]), at=1.5))
+    core.handle(Submitted(spec=Submit(id="medium-new", command=["x"]), at=2.0))
+    assert core.pending() == ["urgent", "medium-old", "medium-new", "low"]
+
+
+def test_exit_report_finishes_job_and_releases_allocation() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(submit("j1"))
+    settle(core)
+    core.handle(JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="started", at=12.0)))
+    core.handle(JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="exited", exit_code=3, at=13.0)))
+    commands = core.handle(Tick(now=13.0))
+    release = [c for c in commands if isinstance(c, WriteLedger)]
+    assert release and release[0].ledger.allocations == ()
+    record = [c for c in commands if isinstance(c, WriteJob)][0].record
+    assert (record.state, record.exit_code) == ("failed", 3)
+    assert [t.state for t in record.history] == ["pending", "placed", "running", "failed"]
+
+
+def test_stale_report_from_another_node_or_attempt_changes_nothing() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(submit("j1"))
+    settle(core)
+    core.handle(JobReported(event=JobEvent(node="n2", job="j1", attempt=1, kind="exited", exit_code=0)))
+    core.handle(JobReported(event=JobEvent(node="n1", job="j1", attempt=7, kind="exited", exit_code=0)))
+    assert core.handle(Tick(now=20.0)) == []
+    assert core.jobs["j1"].record.state == "placed"
+
+
+def test_duplicate_submission_changes_nothing() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(submit("j1"))
+    settle(core)
+    core.handle(submit("j1"))
+    assert core.handle(Tick(now=20.0)) == []
+
+
+def test_cancel_of_running_job_releases_and_terminal_state_is_final() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(submit("j1"))
+    settle(core)
+    core.handle(CancelRequested(job="j1", reason="user", at=15.0))
+    commands = core.handle(Tick(now=15.0))
+    assert any(isinstance(c, WriteLedger) and c.ledger.allocations == () for c in commands)
+    assert core.jobs["j1"].record.state == "cancelled"
+    # the agent's report of the killed process must not move the job out of cancelled
+    core.handle(JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="exited", exit_code=-15)))
+    assert core.jobs["j1"].record.state == "cancelled"
+
+
+def test_down_node_gets_no_placements() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(NodeDown(node="n1", at=10.0))
+    core.handle(submit("j1"))
+    commands = core.handle(Tick(now=11.0))
+    assert not [c for c in commands if isinstance(c, WriteLedger)]
+    assert "node down on 1 node" in core.jobs["j1"].record.reason
+
+
+def test_redelivered_submission_adopts_claim_written_before_a_crash() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(submit("j1"))
+    claim = core.handle(Tick(now=11.0))[0]
+    assert isinstance(claim, WriteLedger)
+    # the scheduler dies here; a new one recovers the ledger but finds no job record
+    fresh = RegionCore("eu")
+    fresh.handle(Recovered(ledgers={"n1": (claim.ledger, 7)}, records=()))
+    fresh.handle(OfferSeen(offer=offer("n1")))
+    fresh.handle(submit("j1"))
+    commands = fresh.handle(Tick(now=12.0))
+    assert not [c for c in commands if isinstance(c, WriteLedger)]
+    record = [c for c in commands if isinstance(c, WriteJob)][0].record
+    assert (record.state, record.node, record.attempt) == ("placed", "n1", 1)
