@@ -183,7 +183,7 @@ class Transition(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, 
     reason: str = ""
 
 
-class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     """A job's state, in the region's jobs bucket keyed by job id; moved forward by CAS only.
 
     ``reason`` says why a job is where it is: why pending (which filters rejected which nodes),
@@ -207,6 +207,17 @@ class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     def terminal(self) -> bool:
         """True once the job has reached its one terminal state."""
         return self.state in TERMINAL_STATES
+
+
+class Quarantined(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A refused message, kept with the reason on ``fed.<region>.quarantine.<source>``."""
+
+    subject: str
+    reason: str
+    payload: str
+    size: int
+    at: float
+    sequence: int = 0
 
 
 # --- codecs (built once) -------------------------------------------------------------------------

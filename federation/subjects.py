@@ -77,6 +77,11 @@ def job_log_filter(region: str, job: str) -> str:
     return f"fed.{region}.status.*.{job}.log"
 
 
+def ledger_changes(region: str, node: str) -> str:
+    """Every accepted ledger write, republished by the server (core NATS, for watchers and taps)."""
+    return f"fed.{region}.ledger.{node}"
+
+
 def quarantine(region: str, source: str) -> str:
     """Where a refused message is recorded with its reason (``source`` is the stream it came from)."""
     return f"fed.{region}.quarantine.{source}"
@@ -169,6 +174,7 @@ CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("subject", offer(R, "<node>")),
     Entry("subject", job_event(R, "<node>", "<job>")),
     Entry("subject", job_log(R, "<node>", "<job>")),
+    Entry("subject", ledger_changes(R, "<node>")),
     Entry("subject", quarantine(R, "<source>")),
     Entry("stream", workloads_stream(R)),
     Entry("stream", heartbeats_stream(R)),

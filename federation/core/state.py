@@ -272,7 +272,16 @@ class RegionCore:
         for job in node.proposal_jobs:
             view = self.jobs[job]
             view.claiming = ""
-            if view.cancel_pending:
+            stored = node.current().find(job)
+            if stored is not None and stored.attempt == view.record.attempt + 1:
+                # the write landed although its answer was lost: it is our claim (I2)
+                self.allocated[job] = node.name
+                self._move(job, "placed", stored.placed_at, f"placed on {node.name}", node=node.name,
+                           attempt=stored.attempt)
+                if view.cancel_pending:
+                    self._move(job, "cancelled", stored.placed_at, view.cancel_pending)
+                    self._release(job)
+            elif view.cancel_pending:
                 self._move(job, "cancelled", node.current().updated_at, view.cancel_pending)
             else:
                 bisect.insort(self.queue, (view.order, job))

@@ -1,0 +1,274 @@
+"""The agent daemon: one per node. Heartbeats, offers, and runs what its ledger says.
+
+Theory of operation
+-------------------
+* **Heartbeat** every ``heartbeat_interval`` to ``fed.<r>.hb.<node>`` with a per-message TTL of
+  three beats; when the agent dies the server's delete marker tells the scheduler.
+* **Offer** every ``sharing.check_interval``: the host is sampled and the sharing policy turned into
+  an offer (:mod:`agents.probes`), stored latest-per-node with a TTL of ``offer_expiry``.
+* **Reconcile, level-triggered.** The agent follows its own ledger key. On every value it starts
+  each allocation that is not running and not yet finished, and stops (SIGTERM, then SIGKILL) each
+  running attempt that is no longer allocated (cancel). Before starting, local admission checks
+  that the claimed devices are ones this node offers.
+* **At most once across agent restarts.** Before an attempt starts it is appended to a journal in
+  the agent's state directory. An allocation found in the journal but not running after a restart
+  was started by a previous life of the agent: it is reported ``failed`` (lost), never re-run.
+* **Reports** (``started``, ``exited`` with the code, ``failed`` with the reason) are stored on the
+  status stream, retried until acknowledged, after the attempt's output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+import time
+from pathlib import Path
+
+import structlog
+
+from agents import runner
+from agents.probes import HostProbe, build_offer
+from federation import subjects, tracing
+from federation.bus import Bus
+from federation.config import AgentConfig
+from federation.errors import FederationError, RemoteProtocolError
+from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, decode_ledger, encode
+
+log = structlog.get_logger()
+
+
+class Agent:
+    """One node's agent (see the module docstring)."""
+
+    def __init__(self, config: AgentConfig, probe: HostProbe | None = None) -> None:
+        self.config = config
+        self.region = config.region
+        self.node = config.node
+        self.probe = probe or HostProbe()
+        self.state_dir = Path(config.state_dir or f".fed-agent-{config.node}")
+        self.work_root = Path(config.work_dir) if config.work_dir else self.state_dir / "work"
+        self.journal = self.state_dir / "attempts.journal"
+        self.running: dict[str, runner.Run] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.finished: set[tuple[str, int]] = set()
+        self.previous_life: set[tuple[str, int]] = set()
+        self.offered: tuple[set[int], set[str]] = (set(), set())
+        self.bus: Bus | None = None
+        self.log = log.bind(region=config.region, node=config.node)
+        self._stop = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` or a signal; on the way out stop every running attempt."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.previous_life = self._read_journal()
+        self.bus = await Bus.connect(self.config.nats_url, f"fed-agent-{self.node}")
+        loops = [
+            asyncio.create_task(self._heartbeats()),
+            asyncio.create_task(self._offers()),
+            asyncio.create_task(self._follow_ledger()),
+        ]
+        self.log.info("agent started", work_root=str(self.work_root))
+        try:
+            await self._stop.wait()
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await self._shutdown_runs()
+            await self.bus.close()
+            self.log.info("agent stopped")
+
+    def stop(self) -> None:
+        """Ask the agent to stop."""
+        self._stop.set()
+
+    async def _shutdown_runs(self) -> None:
+        for run in list(self.running.values()):
+            await run.stop(self.config.kill_grace)
+        if self.tasks:
+            await asyncio.wait(list(self.tasks.values()), timeout=self.config.kill_grace + 5)
+
+    # --- heartbeats and offers ------------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        assert self.bus is not None
+        interval = self.config.heartbeat_interval
+        ttl = max(1, math.ceil(3 * interval))
+        seq = 0
+        while True:
+            seq += 1
+            beat = Heartbeat(node=self.node, seq=seq, sent_at=time.time(), interval=interval)
+            try:
+                await self.bus.store(subjects.heartbeat(self.region, self.node), encode(beat), ttl=ttl, timeout=2.0)
+            except FederationError as exc:
+                self.log.warning("heartbeat not stored", error=str(exc))
+            await asyncio.sleep(interval)
+
+    async def _offers(self) -> None:
+        assert self.bus is not None
+        policy = self.config.sharing
+        while True:
+            pids = {run.pid for run in self.running.values()}
+            offer = build_offer(self.config, self.probe.sample(pids), time.time())
+            self.offered = (set(offer.cores), set(offer.gpus))
+            try:
+                await self.bus.store(
+                    subjects.offer(self.region, self.node), encode(offer), ttl=max(1, math.ceil(policy.offer_expiry)),
+                    timeout=2.0,
+                )
+            except FederationError as exc:
+                self.log.warning("offer not stored", error=str(exc))
+            await asyncio.sleep(policy.check_interval)
+
+    # --- reconcile ---------------------------------------------------------------------------------
+
+    async def _follow_ledger(self) -> None:
+        assert self.bus is not None
+        bucket = subjects.ledger_bucket(self.region)
+        async for delivery in self.bus.follow(f"KV_{bucket}", f"$KV.{bucket}.{self.node}", last_per_subject=True):
+            if delivery.removed:
+                allocations: tuple[Allocation, ...] = ()
+            else:
+                try:
+                    allocations = decode_ledger(delivery.data).allocations
+                except RemoteProtocolError as exc:
+                    self.log.error("unreadable ledger; keeping current runs", error=str(exc))
+                    continue
+            await self.reconcile(allocations)
+
+    async def reconcile(self, allocations: tuple[Allocation, ...]) -> None:
+        """Start what is allocated and not running; stop what runs and is no longer allocated."""
+        desired = {a.job: a for a in allocations}
+        for job, run in list(self.running.items()):
+            allocation = desired.get(job)
+            if (allocation is None or allocation.attempt != run.spec.attempt) and not run.stopping:
+                self.log.info("stopping attempt: no longer allocated", job=job, attempt=run.spec.attempt)
+                asyncio.create_task(run.stop(self.config.kill_grace))
+        self.finished = {(job, attempt) for job, attempt in self.finished if job in desired}
+        for job, allocation in desired.items():
+            key = (job, allocation.attempt)
+            if job in self.tasks or key in self.finished:
+                continue
+            if key in self.previous_life:
+                self.finished.add(key)
+                self.tasks[job] = asyncio.create_task(
+                    self._report_only(allocation, "agent restarted while this attempt ran; not re-run (at most once)")
+                )
+                continue
+            self.tasks[job] = asyncio.create_task(self._attempt(allocation))
+
+    def _admit(self, allocation: Allocation) -> str:
+        """Local admission: the claimed devices must be ones this node offered."""
+        cores, gpus = self.offered
+        if allocation.pinned and not set(allocation.cores) <= cores:
+            return f"claimed cores {list(allocation.cores)} are not offered by {self.node}"
+        if not set(allocation.gpus) <= gpus:
+            return f"claimed gpus {list(allocation.gpus)} are not offered by {self.node}"
+        return ""
+
+    async def _report_only(self, allocation: Allocation, reason: str) -> None:
+        try:
+            await self._report(allocation, "failed", reason=reason)
+        finally:
+            self.tasks.pop(allocation.job, None)
+
+    async def _attempt(self, allocation: Allocation) -> None:
+        job, attempt = allocation.job, allocation.attempt
+        key = (job, attempt)
+        bound = self.log.bind(job=job, attempt=attempt)
+        try:
+            with tracing.span("fed.run", parent=allocation.traceparent, job=job, node=self.node):
+                refusal = self._admit(allocation)
+                if refusal:
+                    await self._report(allocation, "failed", reason=f"local admission refused: {refusal}")
+                    return
+                self._journal(job, attempt)
+                spec = runner.RunSpec(
+                    job=job,
+                    attempt=attempt,
+                    command=allocation.command,
+                    env=allocation.env,
+                    cores=allocation.cores,
+                    gpus=allocation.gpus,
+                    pinned=allocation.pinned,
+                    traceparent=tracing.current_traceparent() or allocation.traceparent,
+                )
+                log_subject = subjects.job_log(self.region, self.node, job)
+
+                async def sink(chunk: bytes) -> None:
+                    await self._store_retrying(log_subject, chunk)
+
+                try:
+                    run = await runner.start(spec, self.work_root, sink, self.config.max_output_bytes)
+                except runner.LaunchError as exc:
+                    await sink(f"[fed: {exc}]\n".encode())
+                    await self._report(allocation, "failed", reason=str(exc), exit_code=127)
+                    bound.info("attempt could not start", reason=str(exc))
+                    return
+                self.running[job] = run
+                await self._report(allocation, "started")
+                code = await run.wait()
+                reason = "stopped: allocation released" if run.stopping else ""
+                await self._report(allocation, "exited", exit_code=code, reason=reason)
+                bound.info("attempt exited", exit_code=code, stopped=run.stopping)
+        finally:
+            self.running.pop(job, None)
+            self.finished.add(key)
+            self.tasks.pop(job, None)
+
+    async def _report(
+        self, allocation: Allocation, kind: JobEventKind, *, exit_code: int | None = None, reason: str = ""
+    ) -> None:
+        event = JobEvent(
+            node=self.node,
+            job=allocation.job,
+            attempt=allocation.attempt,
+            epoch=allocation.epoch,
+            kind=kind,
+            exit_code=exit_code,
+            reason=reason[:4000],
+            at=time.time(),
+        )
+        await self._store_retrying(subjects.job_event(self.region, self.node, allocation.job), encode(event))
+
+    async def _store_retrying(self, subject: str, data: bytes) -> None:
+        """Store on a stream, retrying until acknowledged: a report must not be lost."""
+        assert self.bus is not None
+        delay = 0.2
+        while True:
+            try:
+                await self.bus.store(subject, data, timeout=5.0)
+                return
+            except FederationError as exc:
+                self.log.warning("store failed; retrying", subject=subject, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # --- journal -----------------------------------------------------------------------------------
+
+    def _journal(self, job: str, attempt: int) -> None:
+        with self.journal.open("a") as handle:
+            handle.write(f"{job} {attempt}\n")
+            handle.flush()
+
+    def _read_journal(self) -> set[tuple[str, int]]:
+        entries: set[tuple[str, int]] = set()
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.journal.read_text().splitlines():
+                job, _, attempt = line.partition(" ")
+                if attempt.isdigit():
+                    entries.add((job, int(attempt)))
+        return entries
+
+
+async def serve(config: AgentConfig) -> None:
+    """Run an agent until SIGINT/SIGTERM (the ``fed agent`` entry point)."""
+    agent = Agent(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, agent.stop)
+    await agent.run()

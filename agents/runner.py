@@ -1,0 +1,149 @@
+"""Run one workload attempt as a real process, and make sure all of it ends.
+
+Each attempt gets: a private 0700 working directory (removed afterwards); an environment built
+from an allowlist of the agent's variables plus the job's own ``env`` and ``FED_JOB_ID``,
+``FED_ATTEMPT``, ``CUDA_VISIBLE_DEVICES`` (exactly the claimed GPU ids, empty when none) and
+``TRACEPARENT``; CPU affinity equal to exactly the claimed cores when the node's cores are real;
+its own session and process group, so stopping it (SIGTERM, then SIGKILL after a grace period)
+and cleaning up after it reach every process it started. Output (stdout and stderr merged) is
+handed to a callback in chunks, up to a bound; the rest is counted and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
+CHUNK = 16 * 1024
+
+OutputSink = Callable[[bytes], Awaitable[None]]
+
+
+class LaunchError(Exception):
+    """The command could not be started (not found, not executable, bad cwd)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """What to run and with which claimed devices."""
+
+    job: str
+    attempt: int
+    command: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cores: Sequence[int] = ()
+    gpus: Sequence[str] = ()
+    pinned: bool = False
+    traceparent: str = ""
+
+
+def build_env(spec: RunSpec, base: Mapping[str, str], workdir: str) -> dict[str, str]:
+    """The workload's environment: allowlisted agent variables, the job's env, the federation's."""
+    env = {key: base[key] for key in ENV_ALLOWLIST if key in base}
+    env.update(spec.env)
+    env.update(
+        HOME=workdir,
+        FED_JOB_ID=spec.job,
+        FED_ATTEMPT=str(spec.attempt),
+        FED_WORKDIR=workdir,
+        CUDA_VISIBLE_DEVICES=",".join(spec.gpus),
+    )
+    if spec.pinned and spec.cores:
+        env["FED_CPUS"] = ",".join(str(c) for c in spec.cores)
+    if spec.traceparent:
+        env["TRACEPARENT"] = spec.traceparent
+    return env
+
+
+class Run:
+    """A started attempt: its process group, output pump and exit status."""
+
+    def __init__(self, spec: RunSpec, process: asyncio.subprocess.Process, workdir: Path, pump: asyncio.Task[int]):
+        self.spec = spec
+        self.process = process
+        self.workdir = workdir
+        self._pump = pump
+        self.stopping = False
+
+    @property
+    def pid(self) -> int:
+        """The pid of the workload's process group leader."""
+        return self.process.pid
+
+    async def wait(self) -> int:
+        """Wait for the process and its output; returns the exit code (negative: killed by signal)."""
+        code = await self.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # leave no process of the group behind
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return code
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM the whole process group, SIGKILL it after ``grace`` seconds."""
+        self.stopping = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+async def start(spec: RunSpec, work_root: Path, sink: OutputSink, max_output: int) -> Run:
+    """Start the attempt; raises :class:`LaunchError` when it cannot start."""
+    work_root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{spec.job}.{spec.attempt}.", dir=work_root))
+    workdir.chmod(0o700)
+    env = build_env(spec, os.environ, str(workdir))
+    cores = set(spec.cores) if spec.pinned and spec.cores else None
+
+    def in_child() -> None:  # runs between fork and exec
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *spec.command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+            preexec_fn=in_child if cores is not None else None,
+        )
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise LaunchError(f"cannot start {spec.command[0]!r}: {exc}") from None
+    pump = asyncio.create_task(_pump(process, sink, max_output))
+    return Run(spec, process, workdir, pump)
+
+
+async def _pump(process: asyncio.subprocess.Process, sink: OutputSink, max_output: int) -> int:
+    """Forward output to ``sink`` up to ``max_output`` bytes; returns the number of bytes dropped."""
+    assert process.stdout is not None
+    sent = dropped = 0
+    while chunk := await process.stdout.read(CHUNK):
+        room = max_output - sent
+        if room > 0:
+            part = chunk[:room]
+            await sink(part)
+            sent += len(part)
+            dropped += len(chunk) - len(part)
+        else:
+            dropped += len(chunk)
+    if dropped:
+        await sink(f"\n[fed: output truncated, {dropped} bytes dropped after {max_output}]\n".encode())
+    return dropped

@@ -1,0 +1,459 @@
+"""The only module that talks NATS.
+
+Everything else sees :class:`Delivery` (subject, bytes, headers, ack) and the typed messages of
+:mod:`federation.schemas`, never a ``nats.aio.msg.Msg``. This module owns:
+
+* connecting (reconnect forever, as DESIGN.md's nats-py traps require);
+* provisioning a region's streams and buckets idempotently (:func:`provision`);
+* durable publishing, with W3C trace context injected into the headers (:mod:`federation.tracing`);
+* compare-and-set writes to KV keys as raw JetStream publishes carrying
+  ``Nats-Expected-Last-Subject-Sequence`` (pipelinable, domain-independent), and reads that treat a
+  TTL marker as absent;
+* consuming: durable push consumers with a fixed deliver subject (so a restarted daemon resumes the
+  same consumer), and ordered "latest per subject" followers for offers and heartbeats.
+
+Throughput notes (2-core machine, DESIGN.md): an awaited JetStream publish costs a round trip
+(~3.5k/s); issuing many with :func:`asyncio.gather` pipelines them (~25k/s). The scheduler relies
+on that: it never awaits writes one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from federation import subjects, tracing
+from federation.errors import ConflictError, FederationUnavailable
+
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+MSG_ID = "Nats-Msg-Id"
+MSG_TTL = "Nats-TTL"
+MARKER_REASON = "Nats-Marker-Reason"
+KV_OPERATION = "KV-Operation"
+WRONG_LAST_SEQUENCE = (10071, 10164)
+
+DAY = 24 * 3600.0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message from a stream or a subscription, without the nats-py type."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    sequence: int
+    delivered: int
+    pending: int = 0
+    _msg: Msg | None = None
+
+    @property
+    def removed(self) -> bool:
+        """True for a server-placed delete marker (TTL expiry) or a KV delete/purge."""
+        return MARKER_REASON in self.headers or self.headers.get(KV_OPERATION) in ("DEL", "PURGE")
+
+    async def ack(self) -> None:
+        """Acknowledge (no-op for messages from ordered followers)."""
+        if self._msg is not None and self._msg.reply:
+            await self._msg.ack()
+
+    async def term(self) -> None:
+        """Tell the server never to redeliver this message."""
+        if self._msg is not None and self._msg.reply:
+            await self._msg.term()
+
+
+def _delivery(msg: Msg) -> Delivery:
+    sequence, delivered, pending = 0, 1, 0
+    if msg.reply and msg.reply.startswith("$JS.ACK."):
+        meta = msg.metadata
+        sequence, delivered, pending = meta.sequence.stream, meta.num_delivered, meta.num_pending
+    return Delivery(msg.subject, msg.data, dict(msg.headers or {}), sequence, delivered, pending, msg)
+
+
+class Tail:
+    """Messages of an ordered consumer, taken one at a time with an optional timeout."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._sub: Any = None
+        self.last_pending = -1
+        self.taken = 0
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._queue.put_nowait(msg)
+
+    async def next(self, timeout: float | None = None) -> Delivery | None:
+        """The next message, or None when ``timeout`` passes first."""
+        try:
+            msg = await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+        item = _delivery(msg)
+        self.last_pending = item.pending
+        self.taken += 1
+        return item
+
+    async def caught_up(self) -> bool:
+        """True when everything stored so far has been taken."""
+        if not self._queue.empty():
+            return False
+        if self.last_pending == 0:
+            return True
+        info = await self._sub.consumer_info()
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        return bool(info.num_pending == 0 and self._queue.empty() and delivered == self.taken)
+
+    async def stop(self) -> None:
+        """Delete the consumer."""
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+
+class Bus:
+    """A connection to one NATS server (a region's, or the hub) and its JetStream."""
+
+    def __init__(self, nc: NatsClient, name: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=10.0)
+        self.name = name
+
+    @classmethod
+    async def connect(cls, url: str, name: str, *, retry_forever: bool = True, timeout: float = 5.0) -> Bus:
+        """Connect; daemons reconnect forever, CLI commands fail fast when nothing answers."""
+
+        async def quiet(_exc: Exception) -> None:
+            return None
+
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                connect_timeout=timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1 if retry_forever else 3,
+                reconnect_time_wait=0.5,
+                error_cb=quiet,
+                max_outstanding_pings=3,
+                ping_interval=5,
+            )
+        except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
+            raise FederationUnavailable(url, str(exc) or type(exc).__name__) from None
+        return cls(nc, name)
+
+    async def close(self) -> None:
+        """Flush and close the connection."""
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+    # --- publishing --------------------------------------------------------------------------------
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Core publish: fire and forget, nothing stored unless a stream captures it."""
+        await self.nc.publish(subject, data, headers=tracing.inject(headers))
+
+    async def store(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        msg_id: str | None = None,
+        ttl: int | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> int:
+        """Publish to a stream and wait for the server's acknowledgement; returns the sequence."""
+        hdrs = tracing.inject(headers)
+        if msg_id:
+            hdrs[MSG_ID] = msg_id
+        if ttl:
+            hdrs[MSG_TTL] = f"{int(ttl)}s"
+        try:
+            ack = await self.js.publish(subject, data, headers=hdrs, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise FederationUnavailable(subject, "no stream answers (is the region up?)") from None
+        except nats.errors.TimeoutError:
+            raise FederationUnavailable(subject, "the stream did not acknowledge in time") from None
+        return int(ack.seq)
+
+    # --- KV: compare-and-set ------------------------------------------------------------------------
+
+    async def cas(self, bucket: str, key: str, value: bytes, expected: int) -> int:
+        """Write ``value`` iff the key's last revision is ``expected`` (0: key absent); new revision.
+
+        Raises :class:`ConflictError` when the key moved.
+        """
+        subject = f"$KV.{bucket}.{key}"
+        try:
+            ack = await self.js.publish(
+                subject, value, headers={EXPECTED_LAST_SUBJECT_SEQ: str(expected)}, timeout=10.0
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                raise ConflictError(key, expected) from None
+            raise
+        return int(ack.seq)
+
+    async def kv_get(self, bucket: str, key: str) -> tuple[bytes | None, int]:
+        """The key's value and revision; ``(None, rev)`` when deleted or TTL-expired, ``(None, 0)`` absent."""
+        try:
+            msg = await self.js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}", direct=True)
+        except nats.js.errors.NotFoundError:
+            return None, 0
+        hdrs = msg.headers or {}
+        if MARKER_REASON in hdrs or hdrs.get(KV_OPERATION) in ("DEL", "PURGE"):
+            return None, int(msg.seq or 0)
+        return msg.data, int(msg.seq or 0)
+
+    async def kv_load(self, bucket: str) -> dict[str, tuple[bytes, int]]:
+        """Every live key's latest value and revision (one ordered pass over the bucket)."""
+        out: dict[str, tuple[bytes, int]] = {}
+        stream = f"KV_{bucket}"
+        try:
+            info = await self.js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            raise FederationUnavailable(bucket, "bucket does not exist (run provisioning)") from None
+        if info.state.messages == 0:
+            return out
+        prefix = f"$KV.{bucket}."
+        async for item in self.follow(stream, f"{prefix}>", last_per_subject=True, until_caught_up=True):
+            if item.removed:
+                out.pop(item.subject[len(prefix) :], None)
+            else:
+                out[item.subject[len(prefix) :]] = (item.data, item.sequence)
+        return out
+
+    # --- consuming ---------------------------------------------------------------------------------
+
+    async def durable(
+        self,
+        stream: str,
+        consumer: str,
+        filter_subject: str,
+        handler: Callable[[Delivery], Awaitable[None]],
+        *,
+        ack_wait: float = 30.0,
+        max_ack_pending: int = 8192,
+    ) -> Callable[[], Awaitable[None]]:
+        """Bind ``handler`` to a durable push consumer; returns an async ``stop``.
+
+        The deliver subject is fixed by the consumer name, so a restarted daemon resumes where the
+        last one acknowledged; unacknowledged messages are redelivered after ``ack_wait``.
+        """
+        deliver = f"_fed.deliver.{stream}.{consumer}"
+        config = api.ConsumerConfig(
+            durable_name=consumer,
+            deliver_subject=deliver,
+            filter_subject=filter_subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_ack_pending=max_ack_pending,
+            deliver_policy=api.DeliverPolicy.ALL,
+        )
+        try:
+            await self.js.add_consumer(stream, config=config)
+        except nats.js.errors.BadRequestError:
+            pass  # exists with an older config; binding to it is what a restart wants
+
+        async def on_msg(msg: Msg) -> None:
+            await handler(_delivery(msg))
+
+        sub = await self.nc.subscribe(deliver, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        return sub.unsubscribe
+
+    async def tail(
+        self,
+        stream: str,
+        filter_subject: str,
+        *,
+        last_per_subject: bool = False,
+        start_sequence: int = 0,
+        idle: float = 5.0,
+    ) -> Tail:
+        """An ordered consumer on ``stream`` (no acks; nats-py recreates it on gaps).
+
+        ``last_per_subject`` starts at the latest message of each subject (offers, heartbeats, KV
+        keys); ``start_sequence`` starts at that stream sequence; else from the beginning.
+        """
+        tail = Tail()
+        if start_sequence:
+            policy = api.DeliverPolicy.BY_START_SEQUENCE
+        else:
+            policy = api.DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else api.DeliverPolicy.ALL
+        tail._sub = await self.js.subscribe(
+            filter_subject,
+            stream=stream,
+            cb=tail._on_msg,
+            ordered_consumer=True,
+            deliver_policy=policy,
+            config=api.ConsumerConfig(opt_start_seq=start_sequence or None),
+            idle_heartbeat=idle,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        return tail
+
+    async def follow(
+        self,
+        stream: str,
+        filter_subject: str,
+        *,
+        last_per_subject: bool = False,
+        start_sequence: int = 0,
+        until_caught_up: bool = False,
+    ) -> AsyncIterator[Delivery]:
+        """Iterate a :meth:`tail`; ``until_caught_up`` stops after the last message present now."""
+        tail = await self.tail(
+            stream, filter_subject, last_per_subject=last_per_subject, start_sequence=start_sequence
+        )
+        try:
+            if until_caught_up and await tail.caught_up():
+                return
+            while True:
+                item = await tail.next()
+                assert item is not None
+                yield item
+                if until_caught_up and item.pending == 0:
+                    return
+        finally:
+            await tail.stop()
+
+    async def subscribe(self, subject: str, handler: Callable[[Delivery], Awaitable[None]]) -> Any:
+        """A plain core subscription (republished KV writes, inboxes)."""
+
+        async def on_msg(msg: Msg) -> None:
+            await handler(_delivery(msg))
+
+        return await self.nc.subscribe(subject, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+
+    async def last(self, stream: str, subject: str) -> Delivery | None:
+        """The latest message on ``subject`` (direct get), or None."""
+        try:
+            msg = await self.js.get_msg(stream, subject=subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return Delivery(msg.subject, msg.data or b"", dict(msg.headers or {}), int(msg.seq or 0), 1)
+
+    async def stream_exists(self, stream: str) -> bool:
+        """Whether the stream exists in this server's JetStream domain."""
+        try:
+            await self.js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+
+# --- provisioning ------------------------------------------------------------------------------------
+
+
+def _stream_configs(region: str) -> list[api.StreamConfig]:
+    file, memory = api.StorageType.FILE, api.StorageType.MEMORY
+    return [
+        api.StreamConfig(
+            name=subjects.workloads_stream(region),
+            subjects=[subjects.workloads_filter(region)],
+            storage=file,
+            max_age=7 * DAY,
+            duplicate_window=120.0,
+            max_msg_size=64 * 1024,
+        ),
+        api.StreamConfig(
+            name=subjects.heartbeats_stream(region),
+            subjects=[subjects.heartbeat(region, "*")],
+            storage=memory,
+            max_msgs_per_subject=1,
+            allow_msg_ttl=True,
+            subject_delete_marker_ttl=60.0,
+            allow_direct=True,
+        ),
+        api.StreamConfig(
+            name=subjects.offers_stream(region),
+            subjects=[subjects.offer(region, "*")],
+            storage=memory,
+            max_msgs_per_subject=1,
+            allow_msg_ttl=True,
+            allow_direct=True,
+            max_msg_size=64 * 1024,
+        ),
+        api.StreamConfig(
+            name=subjects.status_stream(region),
+            subjects=[subjects.job_event(region, "*", "*")],
+            storage=file,
+            max_age=7 * DAY,
+            max_msg_size=64 * 1024,
+        ),
+        api.StreamConfig(
+            name=subjects.logs_stream(region),
+            subjects=[subjects.job_log(region, "*", "*")],
+            storage=file,
+            max_age=7 * DAY,
+            max_bytes=1024**3,
+            max_msg_size=64 * 1024,
+            allow_direct=True,
+        ),
+        api.StreamConfig(
+            name=subjects.quarantine_stream(region),
+            subjects=[subjects.quarantine(region, "*")],
+            storage=file,
+            max_age=30 * DAY,
+            max_msg_size=256 * 1024,
+        ),
+    ]
+
+
+async def provision(bus: Bus, region: str) -> None:
+    """Create (or update) every stream and bucket of ``region`` on the connected server."""
+    for config in _stream_configs(region):
+        try:
+            await bus.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await bus.js.update_stream(config)
+    ledger = subjects.ledger_bucket(region)
+    republish = api.RePublish(src=f"$KV.{ledger}.>", dest=subjects.ledger_changes(region, ">"))
+    for bucket, extra in ((ledger, {"republish": republish}), (subjects.jobs_bucket(region), {})):
+        try:
+            await bus.js.create_key_value(
+                bucket=bucket,
+                history=1,
+                direct=True,
+                storage=api.StorageType.FILE,
+                max_value_size=4 * 1024**2,
+                **extra,
+            )
+        except nats.js.errors.BadRequestError:
+            pass  # exists
+
+
+async def wait_for_jetstream(url: str, deadline: float = 20.0) -> None:
+    """Block until the server at ``url`` answers JetStream requests (or raise)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    last: Exception | None = None
+    while loop.time() < end:
+        try:
+            bus = await Bus.connect(url, "fed-probe", retry_forever=False, timeout=1.0)
+        except FederationUnavailable as exc:
+            last = exc
+            await asyncio.sleep(0.1)
+            continue
+        try:
+            await bus.js.account_info()
+            return
+        except Exception as exc:
+            last = exc
+            await asyncio.sleep(0.1)
+        finally:
+            await bus.close()
+    raise FederationUnavailable(url, f"JetStream not ready: {last}")

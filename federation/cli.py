@@ -1,0 +1,352 @@
+"""``fed``: the command line. Thin: parse flags -> config/options -> one coroutine.
+
+Every command takes ``--state-dir`` (else ``$FED_STATE_DIR``, else a per-user data directory);
+``fed up`` writes the connection file there and the other commands read it. Errors print one line
+on stderr and exit with status 2; ``fed submit --wait`` exits with the job's own exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from federation import logs, tracing
+from federation.config import AgentConfig, SchedulerConfig, SharingPolicy, convert, default_state_dir, load_toml
+from federation.errors import FederationError, InvalidRequest
+from federation.resources import format_memory, parse_capacity, parse_memory
+from federation.schemas import JobRecord
+
+EXIT_ERROR = 2
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    value = getattr(args, "state_dir", None)
+    return Path(value).expanduser() if value else default_state_dir()
+
+
+def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"{what} must look like KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def exit_status(record: JobRecord) -> int:
+    """The shell status ``fed submit --wait`` exits with for a terminal job."""
+    if record.state == "succeeded":
+        return 0
+    if record.exit_code is not None and record.exit_code != 0:
+        return 128 - record.exit_code if record.exit_code < 0 else min(record.exit_code, 255)
+    return 130 if record.state == "cancelled" else 1
+
+
+# --- commands ------------------------------------------------------------------------------------------
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    from federation.launcher import Options, up
+
+    capacity = {"cpu": 4, "memory": 8 * 1024**3, "gpu": 0}
+    capacity.update(parse_capacity(args.node_capacity))
+    regions = [r.strip() for r in args.regions.split(",") if r.strip()]
+    options = Options(
+        state_dir=_state_dir(args), regions=regions, agents=args.agents, capacity=capacity, durable=args.durable,
+        log_level=args.log_level,
+    )
+    await up(options)
+    return 0
+
+
+async def cmd_scheduler(args: argparse.Namespace) -> int:
+    from federation.scheduler import serve
+
+    overrides: dict[str, Any] = {"region": args.region} if args.region else {}
+    if args.url:
+        overrides["nats_url"] = args.url
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    config = load_toml(Path(args.config), SchedulerConfig, overrides) if args.config else convert(overrides, SchedulerConfig, "flags")
+    tracing.configure(f"fed-scheduler-{config.region}")
+    await serve(config)
+    return 0
+
+
+async def cmd_agent(args: argparse.Namespace) -> int:
+    from agents.agent import serve
+
+    overrides: dict[str, Any] = {}
+    for key in ("region", "node"):
+        if getattr(args, key):
+            overrides[key] = getattr(args, key)
+    if args.url:
+        overrides["nats_url"] = args.url
+    if args.cpu is not None:
+        overrides["cpu"] = args.cpu
+    if args.memory is not None:
+        overrides["memory"] = parse_memory(args.memory)
+    if args.gpu_id:
+        overrides["gpu_ids"] = args.gpu_id
+    if args.label:
+        overrides["labels"] = _pairs(args.label, "--label")
+    if args.max_allocations is not None:
+        overrides["sharing"] = msgspec.structs.asdict(SharingPolicy(max_offers_per_node=args.max_allocations))
+    overrides["state_dir"] = str(_state_dir(args))
+    config = load_toml(Path(args.config), AgentConfig, overrides) if args.config else convert(overrides, AgentConfig, "flags")
+    tracing.configure(f"fed-agent-{config.node}")
+    await serve(config)
+    return 0
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise InvalidRequest("nothing to run: give the command after --, e.g. fed submit -- echo hi")
+    async with Client.connect(_state_dir(args)) as fed:
+        job = await fed.submit(
+            command,
+            region=args.region,
+            cpu=args.cpu,
+            memory=parse_memory(args.memory),
+            gpu=args.gpu,
+            priority=args.priority,
+            nodes=args.node or (),
+            tenant=args.tenant,
+            env=_pairs(args.env or [], "--env"),
+            job_id=args.id,
+        )
+        if not args.wait:
+            print(job.id)
+            return 0
+        print(f"submitted {job.id} to {job.region}; waiting", file=sys.stderr)
+        record = await job.wait()
+        async for chunk in fed.logs(job.id, region=job.region):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+        print(f"{job.id}: {record.state} ({record.reason})", file=sys.stderr)
+        return exit_status(record)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(_state_dir(args)) as fed:
+        regions = await fed.status()
+    if args.json:
+        sys.stdout.buffer.write(msgspec.json.encode(regions) + b"\n")
+        return 0
+    now = time.time()
+    for region in regions:
+        if not region.reachable:
+            print(f"region {region.region}: UNREACHABLE ({region.error})")
+            continue
+        counts = " ".join(f"{k}={v}" for k, v in sorted(region.jobs.items())) or "no jobs"
+        print(f"region {region.region}  {region.url}  jobs: {counts}")
+        for node in region.nodes:
+            offer = node.offer
+            if offer is None:
+                print(f"  {node.node:<16} no offer  allocations={len(node.allocations)}")
+                continue
+            age = now - offer.sent_at
+            state = "live" if node.live else "EXPIRED"
+            print(
+                f"  {node.node:<16} {state:<7} free cpu {node.free_cpu}/{len(offer.cores)}  "
+                f"memory {format_memory(max(0, node.free_memory))}/{format_memory(offer.memory)}  "
+                f"gpu {node.free_gpu}/{len(offer.gpus)}  allocations={len(node.allocations)}  "
+                f"offer {age:.0f}s old{'  (' + offer.note + ')' if offer.note else ''}"
+            )
+        if region.queue:
+            print(f"  queue ({region.jobs.get('pending', 0)} pending): {' '.join(region.queue[:10])}")
+    return 0
+
+
+def _job_line(record: JobRecord) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(record.submitted_at))
+    code = "" if record.exit_code is None else str(record.exit_code)
+    return (
+        f"{record.id:<26} {record.region:<10} {record.state:<10} {code:>4} {record.node or '-':<16} {when}  "
+        f"{' '.join(record.spec.command)[:50]}"
+    )
+
+
+async def cmd_jobs(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(_state_dir(args)) as fed:
+        records = await fed.jobs(region=args.region, state=args.state)
+    records = records[-args.limit :] if args.limit else records
+    if args.json:
+        sys.stdout.buffer.write(msgspec.json.encode(records) + b"\n")
+        return 0
+    print(f"{'JOB':<26} {'REGION':<10} {'STATE':<10} {'EXIT':>4} {'NODE':<16} SUBMITTED COMMAND")
+    for record in records:
+        print(_job_line(record))
+    return 0
+
+
+async def cmd_job(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(_state_dir(args)) as fed:
+        record = await fed.job(args.job, region=args.region)
+    if args.json:
+        sys.stdout.buffer.write(msgspec.json.encode(record) + b"\n")
+        return 0
+    spec = record.spec
+    print(f"job       {record.id}")
+    print(f"region    {record.region}")
+    print(f"state     {record.state}" + (f" (exit code {record.exit_code})" if record.exit_code is not None else ""))
+    print(f"why       {record.reason or '-'}")
+    print(f"node      {record.node or '-'} (attempt {record.attempt})")
+    print(f"command   {' '.join(spec.command)}")
+    print(f"request   cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu} priority={spec.priority} "
+          f"tenant={spec.tenant}" + (f" nodes={','.join(spec.nodes)}" if spec.nodes else ""))
+    if record.traceparent:
+        print(f"trace     {tracing.trace_id(record.traceparent)}")
+    print("history")
+    for step in record.history:
+        when = time.strftime("%H:%M:%S", time.localtime(step.at)) + f".{int(step.at * 1000) % 1000:03d}"
+        print(f"  {when}  {step.state:<10} {step.reason}")
+    return 0
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(_state_dir(args)) as fed:
+        async for chunk in fed.logs(args.job, region=args.region, follow=args.follow):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+    return 0
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(_state_dir(args)) as fed:
+        await fed.cancel(args.job, region=args.region, reason=args.reason)
+    print(f"cancel requested for {args.job}")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fed`` argument parser (every subcommand, with its help text)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=argparse.SUPPRESS,
+                        help="state directory (default: $FED_STATE_DIR or ~/.local/share/nats-federation)")
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=["debug", "info", "warning", "error"],
+                        help="log level (default info)")
+
+    parser = argparse.ArgumentParser(
+        prog="fed", description="Share CPU cores, memory and GPUs across regions over NATS.", parents=[common]
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", parents=[common], help="run a local multi-region federation (Ctrl-C stops it)",
+                       description="Start a hub and one NATS server per region (each its own JetStream domain, "
+                       "leaf-linked to the hub), one scheduler per region and N agents per region.")
+    p.add_argument("--regions", default="eu-west,us-east,ap-south", help="comma-separated region names")
+    p.add_argument("--agents", type=int, default=2, help="agents per region (default 2)")
+    p.add_argument("--node-capacity", default="cpu=4,memory=8GiB,gpu=0",
+                   help="declared capacity of each agent, e.g. cpu=4,memory=8GiB,gpu=1")
+    p.add_argument("--durable", action="store_true", help="JetStream sync_interval: always (fsync every write)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("scheduler", parents=[common], help="run a region's scheduler daemon")
+    p.add_argument("--region")
+    p.add_argument("--url", help="the region's NATS server URL")
+    p.add_argument("--config", help="TOML file with scheduler options")
+    p.add_argument("--batch-size", type=int)
+    p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser("agent", parents=[common], help="run a node's agent daemon")
+    p.add_argument("--region")
+    p.add_argument("--node")
+    p.add_argument("--url", help="the region's NATS server URL")
+    p.add_argument("--config", help="TOML file: agent options and a [sharing] policy table")
+    p.add_argument("--cpu", type=int, help="cores to declare (default: the host's)")
+    p.add_argument("--memory", help="memory to declare, e.g. 8GiB (default: the host's)")
+    p.add_argument("--gpu-id", action="append", help="declare a GPU id (repeat); default: NVML's GPUs")
+    p.add_argument("--label", action="append", help="node label KEY=VALUE (repeat), e.g. city=AMS")
+    p.add_argument("--max-allocations", type=int, help="max concurrent allocations (max_offers_per_node)")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("submit", parents=[common], help="submit a workload: fed submit [options] -- CMD ARGS...")
+    p.add_argument("--region", help="home region (default: the federation's first)")
+    p.add_argument("--cpu", type=int, default=1, help="whole cores (default 1)")
+    p.add_argument("--memory", default="0", help="memory, e.g. 512MiB (default 0)")
+    p.add_argument("--gpu", type=int, default=0, help="whole GPUs (default 0)")
+    p.add_argument("--priority", default="medium", choices=["urgent", "high", "medium", "low"])
+    p.add_argument("--node", action="append", help="run only on this node (repeat for alternatives)")
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--env", action="append", help="environment variable KEY=VALUE for the job (repeat)")
+    p.add_argument("--id", help="job id (default: generated); resubmitting an id is a no-op")
+    p.add_argument("--wait", action="store_true", help="wait, print the output, exit with the job's status")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- the command and its arguments")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", parents=[common], help="regions, nodes, offers, allocations, queue")
+    p.add_argument("--json", action="store_true", help="machine-readable (documented in subjects.md)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("jobs", parents=[common], help="list jobs")
+    p.add_argument("--region")
+    p.add_argument("--state", help="only jobs in this state (pending, placed, running, succeeded, ...)")
+    p.add_argument("--limit", type=int, default=0, help="only the newest N")
+    p.add_argument("--json", action="store_true", help="JSON array of job records")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("job", parents=[common], help="one job: state, why, history")
+    p.add_argument("job")
+    p.add_argument("--region")
+    p.add_argument("--json", action="store_true", help="the job record as JSON")
+    p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("logs", parents=[common], help="a job's output")
+    p.add_argument("job")
+    p.add_argument("--region")
+    p.add_argument("-f", "--follow", action="store_true", help="keep reading until the job ends")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel a job (kills its whole process tree)")
+    p.add_argument("job")
+    p.add_argument("--region")
+    p.add_argument("--reason", default="cancelled by user")
+    p.set_defaults(func=cmd_cancel)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fed`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.log_level = getattr(args, "log_level", "info")
+    logs.configure(args.log_level)
+    try:
+        code: int = asyncio.run(args.func(args))
+    except FederationError as exc:
+        print(f"fed: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

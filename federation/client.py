@@ -1,0 +1,308 @@
+"""The Python API: submit, watch, cancel, read logs and status.
+
+::
+
+    async with Client.connect() as fed:
+        job = await fed.submit(["python", "train.py"], gpu=1, priority="high")
+        record = await job.wait()
+        print(record.state, record.exit_code)
+
+The client finds the federation through the connection file in the state directory (``fed up``
+writes it) and talks to each region's own server. A submission is validated here first (bad
+input never leaves the process) and then stored on the region's workloads stream with the job id
+as ``Nats-Msg-Id``: the returned :class:`Job` exists durably once ``submit`` returns.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import msgspec
+
+from federation import subjects, tracing
+from federation.bus import Bus
+from federation.config import Connection, default_state_dir, load_connection
+from federation.errors import FederationUnavailable, InvalidRequest, NotFound, RemoteProtocolError
+from federation.schemas import (
+    MAX_MESSAGE_BYTES,
+    Allocation,
+    Cancel,
+    JobRecord,
+    Offer,
+    Priority,
+    Submit,
+    decode_ledger,
+    decode_message,
+    decode_record,
+    encode,
+    validate,
+)
+
+
+def new_job_id() -> str:
+    """A fresh job id: time-ordered hex milliseconds plus 40 random bits."""
+    return f"j{int(time.time() * 1000):x}{secrets.token_hex(5)}"
+
+
+class NodeStatus(msgspec.Struct, kw_only=True):
+    """One node in ``fed status --json``."""
+
+    node: str
+    live: bool
+    offer: Offer | None
+    allocations: list[Allocation]
+    free_cpu: int = 0
+    free_memory: int = 0
+    free_gpu: int = 0
+
+
+class RegionStatus(msgspec.Struct, kw_only=True):
+    """One region in ``fed status --json``."""
+
+    region: str
+    url: str
+    reachable: bool
+    error: str = ""
+    nodes: list[NodeStatus] = []
+    jobs: dict[str, int] = {}
+    queue: list[str] = []
+
+
+class Job:
+    """A submitted job: its id and home region, and ways to follow it."""
+
+    def __init__(self, client: Client, job_id: str, region: str) -> None:
+        self.client = client
+        self.id = job_id
+        self.region = region
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, region={self.region!r})"
+
+    async def record(self) -> JobRecord:
+        """The current job record (raises :class:`NotFound` before the scheduler has seen it)."""
+        return await self.client.job(self.id, region=self.region)
+
+    async def wait(self, timeout: float | None = None) -> JobRecord:
+        """Wait until the job is terminal and return its final record."""
+        return await self.client.wait(self.id, region=self.region, timeout=timeout)
+
+    async def cancel(self, reason: str = "cancelled by user") -> None:
+        """Ask the home scheduler to cancel the job."""
+        await self.client.cancel(self.id, region=self.region, reason=reason)
+
+
+class Client:
+    """A connection to a federation; use ``async with Client.connect(...) as fed``."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._buses: dict[str, Bus] = {}
+
+    @classmethod
+    def connect(cls, state_dir: str | Path | None = None, connection: Connection | None = None) -> Client:
+        """A client for the federation described by ``connection`` or found in ``state_dir``."""
+        tracing.configure("fed-client")
+        if connection is None:
+            connection = load_connection(Path(state_dir) if state_dir else default_state_dir())
+        return cls(connection)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every region connection."""
+        for bus in self._buses.values():
+            await bus.close()
+        self._buses.clear()
+
+    @property
+    def regions(self) -> list[str]:
+        """The federation's regions, the default one first."""
+        names = list(self.connection.regions)
+        default = self.connection.default_region
+        return sorted(names, key=lambda r: (r != default, names.index(r)))
+
+    def _region(self, region: str | None) -> str:
+        name = region or self.connection.default_region or next(iter(self.connection.regions), "")
+        if name not in self.connection.regions:
+            raise NotFound("region", name)
+        return name
+
+    async def bus(self, region: str | None = None) -> Bus:
+        """The (cached) connection to a region's server."""
+        name = self._region(region)
+        if name not in self._buses:
+            endpoint = self.connection.regions[name]
+            self._buses[name] = await Bus.connect(endpoint.url, "fed-client", retry_forever=False, timeout=3.0)
+        return self._buses[name]
+
+    # --- submit / cancel -----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        command: Sequence[str],
+        *,
+        region: str | None = None,
+        cpu: int = 1,
+        memory: int = 0,
+        gpu: int = 0,
+        priority: Priority = "medium",
+        nodes: Sequence[str] = (),
+        tenant: str = "default",
+        env: dict[str, str] | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        """Validate and durably submit a job; returns once the region's stream stored it."""
+        name = self._region(region)
+        try:
+            spec = Submit(
+                id=job_id or new_job_id(),
+                command=list(command),
+                cpu=cpu,
+                memory=memory,
+                gpu=gpu,
+                priority=priority,
+                tenant=tenant,
+                nodes=list(nodes),
+                env=dict(env or {}),
+                submitted_at=time.time(),
+            )
+            validate(spec)
+        except (RemoteProtocolError, TypeError, msgspec.ValidationError) as exc:
+            raise InvalidRequest(f"invalid submission: {exc}") from None
+        data = encode(spec)
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise InvalidRequest(f"submission is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+        bus = await self.bus(name)
+        with tracing.span("fed.submit", job=spec.id, region=name):
+            await bus.store(subjects.submit(name, spec.id), data, msg_id=spec.id)
+        return Job(self, spec.id, name)
+
+    async def cancel(self, job_id: str, *, region: str | None = None, reason: str = "cancelled by user") -> None:
+        """Ask the job's home scheduler to cancel it (a no-op once the job is terminal)."""
+        record = await self.job(job_id, region=region)
+        bus = await self.bus(record.region)
+        message = Cancel(id=job_id, reason=reason, requested_at=time.time())
+        await bus.store(subjects.cancel(record.region, job_id), encode(message))
+
+    # --- read -------------------------------------------------------------------------------------
+
+    async def job(self, job_id: str, *, region: str | None = None) -> JobRecord:
+        """A job's record, from its region (searching every region when none is given)."""
+        subjects.check_token(job_id, "job id")
+        for name in [self._region(region)] if region else self.regions:
+            try:
+                bus = await self.bus(name)
+                value, _ = await bus.kv_get(subjects.jobs_bucket(name), job_id)
+            except FederationUnavailable:
+                if region:
+                    raise
+                continue
+            if value is not None:
+                return decode_record(value)
+        raise NotFound("job", job_id)
+
+    async def wait(self, job_id: str, *, region: str | None = None, timeout: float | None = None) -> JobRecord:
+        """Follow the job's record until it is terminal."""
+        name = self._region(region)
+        bus = await self.bus(name)
+        bucket = subjects.jobs_bucket(name)
+        tail = await bus.tail(f"KV_{bucket}", f"$KV.{bucket}.{job_id}", last_per_subject=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                item = await tail.next(timeout=left)
+                if item is None:
+                    raise TimeoutError(f"job {job_id} not finished after {timeout}s")
+                if item.removed:
+                    continue
+                record = decode_record(item.data)
+                if record.terminal:
+                    return record
+        finally:
+            await tail.stop()
+
+    async def jobs(self, *, region: str | None = None, state: str | None = None) -> list[JobRecord]:
+        """Job records of one region (or all), oldest first, optionally of one state."""
+        out: list[JobRecord] = []
+        for name in [self._region(region)] if region else self.regions:
+            bus = await self.bus(name)
+            for value, _ in (await bus.kv_load(subjects.jobs_bucket(name))).values():
+                record = decode_record(value)
+                if state is None or record.state == state:
+                    out.append(record)
+        return sorted(out, key=lambda r: (r.submitted_at, r.id))
+
+    async def logs(self, job_id: str, *, region: str | None = None, follow: bool = False) -> AsyncIterator[bytes]:
+        """The job's output chunks; ``follow`` keeps reading until the job is terminal."""
+        record = await self.job(job_id, region=region)
+        bus = await self.bus(record.region)
+        tail = await bus.tail(subjects.logs_stream(record.region), subjects.job_log_filter(record.region, job_id))
+        try:
+            while True:
+                if await tail.caught_up():
+                    if not follow:
+                        return
+                    record = await self.job(job_id, region=record.region)
+                    if record.terminal and await tail.caught_up():
+                        return  # the agent stores output before the exit report: nothing more comes
+                item = await tail.next(timeout=0.5 if follow else 5.0)
+                if item is not None:
+                    yield item.data
+        finally:
+            await tail.stop()
+
+    async def status(self) -> list[RegionStatus]:
+        """Every region: its nodes (offer, allocations, free capacity), job counts and queue head."""
+        return [await self.region_status(name) for name in self.regions]
+
+    async def region_status(self, name: str) -> RegionStatus:
+        """One region's status; an unreachable region is reported, not raised."""
+        endpoint = self.connection.regions[name]
+        try:
+            bus = await self.bus(name)
+            offers: dict[str, Offer] = {}
+            if await bus.stream_exists(subjects.offers_stream(name)):
+                async for item in bus.follow(
+                    subjects.offers_stream(name), subjects.offer(name, "*"), last_per_subject=True,
+                    until_caught_up=True,
+                ):
+                    if not item.removed:
+                        message = decode_message(item.data)
+                        if isinstance(message, Offer):
+                            offers[message.node] = message
+            ledgers = {k: decode_ledger(v) for k, (v, _) in (await bus.kv_load(subjects.ledger_bucket(name))).items()}
+            records = [decode_record(v) for v, _ in (await bus.kv_load(subjects.jobs_bucket(name))).values()]
+        except (FederationUnavailable, TimeoutError) as exc:
+            return RegionStatus(region=name, url=endpoint.url, reachable=False, error=str(exc))
+        now = time.time()
+        nodes = []
+        for node in sorted(set(offers) | set(ledgers)):
+            offer = offers.get(node)
+            allocations = list(ledgers[node].allocations) if node in ledgers else []
+            status = NodeStatus(node=node, live=bool(offer and offer.expires_at > now), offer=offer,
+                                allocations=allocations)
+            if offer is not None:
+                status.free_cpu = len(set(offer.cores) - {c for a in allocations for c in a.cores})
+                status.free_memory = offer.memory - sum(a.memory for a in allocations)
+                status.free_gpu = len(set(offer.gpus) - {g for a in allocations for g in a.gpus})
+            nodes.append(status)
+        counts: dict[str, int] = {}
+        for record in records:
+            counts[record.state] = counts.get(record.state, 0) + 1
+        pending = sorted((r for r in records if r.state == "pending"), key=lambda r: r.submitted_at)
+        return RegionStatus(
+            region=name, url=endpoint.url, reachable=True, nodes=nodes, jobs=counts, queue=[r.id for r in pending[:20]]
+        )

