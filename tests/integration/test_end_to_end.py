@@ -1,0 +1,257 @@
+"""Workloads end to end on real servers, schedulers and agents running real commands."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import msgspec
+import nats
+import pytest
+
+from federation import subjects
+from federation.client import Client
+from federation.errors import InvalidRequest
+from federation.schemas import Allocation, Ledger, Quarantined, decode_ledger
+from tests.conftest import GiB, eventually
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def mixed_job(i: int) -> tuple[list[str], str, int, str]:
+    """(command, expected state, expected exit code, expected output) for job number ``i``."""
+    match i % 4:
+        case 0:
+            return ["true"], "succeeded", 0, ""
+        case 1:
+            return ["echo", f"hello {i}"], "succeeded", 0, f"hello {i}\n"
+        case 2:
+            return [sys.executable, "-c", f"print({i} * 2)"], "succeeded", 0, f"{i * 2}\n"
+        case _:
+            return ["sh", "-c", f"echo failing {i} >&2; exit {i % 7 + 1}"], "failed", i % 7 + 1, f"failing {i}\n"
+
+
+async def test_two_hundred_mixed_jobs_in_three_regions_end_right(make_cluster) -> None:
+    cluster = await make_cluster(regions=("eu-west", "us-east", "ap-south"), agents=2)
+    regions = list(cluster.connection.regions)
+    async with Client.connect(connection=cluster.connection) as fed:
+        expected = {}
+        submissions = []
+        for i in range(200):
+            command, state, code, output = mixed_job(i)
+            region = regions[i % 3]
+            expected[f"mixed-{i}"] = (region, state, code, output)
+            submissions.append(fed.submit(command, region=region, job_id=f"mixed-{i}"))
+        await asyncio.gather(*submissions)
+
+        async def all_terminal() -> bool:
+            records = await fed.jobs()
+            return len(records) == 200 and all(r.terminal for r in records)
+
+        await eventually(all_terminal, timeout=180, interval=0.5)
+        records = {r.id: r for r in await fed.jobs()}
+        for job, (region, state, code, output) in expected.items():
+            record = records[job]
+            assert (record.region, record.state, record.exit_code) == (region, state, code), record
+            chunks = [chunk async for chunk in fed.logs(job)]
+            assert b"".join(chunks).decode() == output, job
+
+
+async def test_output_reads_back_through_fed_logs_cli(make_cluster) -> None:
+    cluster = await make_cluster(agents=1)
+    async with Client.connect(connection=cluster.connection) as fed:
+        job = await fed.submit(["sh", "-c", "for i in 1 2 3; do echo line $i; done"])
+        await job.wait(timeout=60)
+    env = {**os.environ, "FED_STATE_DIR": str(cluster.tmp)}
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "federation.cli", "logs", job.id], env=env, capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode() == "line 1\nline 2\nline 3\n"
+
+
+def check_ledger(ledger: Ledger, cores: set[int], memory: int, slots: int) -> None:
+    """I1 for one stored ledger value."""
+    claimed = [c for a in ledger.allocations for c in a.cores]
+    assert len(claimed) == len(set(claimed)), f"a core is claimed twice: {ledger}"
+    assert set(claimed) <= cores, f"a claimed core is not offered: {ledger}"
+    assert sum(a.memory for a in ledger.allocations) <= memory, f"memory overcommitted: {ledger}"
+    assert len(ledger.allocations) <= slots, f"too many allocations: {ledger}"
+    jobs = [a.job for a in ledger.allocations]
+    assert len(jobs) == len(set(jobs)), f"a job is allocated twice: {ledger}"
+
+
+async def test_four_racing_submitters_never_overallocate_a_small_node(make_cluster) -> None:
+    cluster = await make_cluster(agents=0)
+    cluster.start_agent("eu", "small", "--cpu", "2", "--memory", "1GiB", "--max-allocations", "3")
+    history: list[Ledger] = []
+    nc = await nats.connect(cluster.url("eu"))
+
+    async def record(msg: nats.aio.msg.Msg) -> None:
+        history.append(decode_ledger(msg.data))
+
+    await nc.subscribe(subjects.ledger_changes("eu", "*"), cb=record)
+    clients = [Client.connect(connection=cluster.connection) for _ in range(4)]
+    try:
+        async def submitter(n: int, fed: Client) -> list[str]:
+            ids = []
+            for i in range(15):
+                job = await fed.submit(
+                    ["sleep", "0.05"], cpu=1, memory=(300 + 100 * (i % 3)) * 1024**2, job_id=f"race-{n}-{i}"
+                )
+                ids.append(job.id)
+            return ids
+
+        batches = await asyncio.gather(*(submitter(n, fed) for n, fed in enumerate(clients)))
+        ids = [job for batch in batches for job in batch]
+
+        async def done() -> bool:
+            records = await clients[0].jobs()
+            return len(records) == len(ids) and all(r.terminal for r in records)
+
+        await eventually(done, timeout=120, interval=0.5)
+        assert all(r.state == "succeeded" for r in await clients[0].jobs())
+    finally:
+        for fed in clients:
+            await fed.close()
+        await nc.drain()
+    offered_cores = set(range(2)) if len(os.sched_getaffinity(0)) < 2 else set(sorted(os.sched_getaffinity(0))[:2])
+    assert len(history) >= len(ids)  # every claim and every release went through the ledger
+    peak = 0
+    for ledger in history:
+        check_ledger(ledger, offered_cores | {0, 1}, 1 * GiB, 3)
+        peak = max(peak, len(ledger.allocations))
+    assert peak == 2, "the node was never full: the race was not exercised"
+
+
+async def test_job_bigger_than_any_offer_waits_with_reason_then_runs_when_node_joins(make_cluster) -> None:
+    cluster = await make_cluster(agents=1)
+    async with Client.connect(connection=cluster.connection) as fed:
+        job = await fed.submit(["echo", "got a gpu"], gpu=1)
+
+        async def explained() -> str:
+            try:
+                record = await job.record()
+            except Exception:
+                return ""
+            return record.reason if record.state == "pending" else ""
+
+        reason = await eventually(explained)
+        assert "too little gpu on 1 node" in reason
+        env = {**os.environ, "FED_STATE_DIR": str(cluster.tmp)}
+        out = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "federation.cli", "job", job.id], env=env, capture_output=True,
+            timeout=60,
+        )
+        assert "pending" in out.stdout.decode() and "too little gpu" in out.stdout.decode()
+        cluster.start_agent("eu", "gpu-node", "--gpu-id", "0")
+        record = await job.wait(timeout=60)
+        assert (record.state, record.node) == ("succeeded", "gpu-node")
+
+
+async def test_workload_sees_exactly_the_claimed_gpus_and_cores(make_cluster) -> None:
+    cluster = await make_cluster(agents=0)
+    host_cores = sorted(os.sched_getaffinity(0))
+    cluster.start_agent("eu", "pinned", "--cpu", str(len(host_cores)), "--gpu-id", "GPU-7", "--gpu-id", "GPU-9",
+                        "--gpu-id", "GPU-11")
+    claims: list[Allocation] = []
+    nc = await nats.connect(cluster.url("eu"))
+
+    async def record(msg: nats.aio.msg.Msg) -> None:
+        claims.extend(decode_ledger(msg.data).allocations)
+
+    await nc.subscribe(subjects.ledger_changes("eu", "pinned"), cb=record)
+    script = "import os; print(os.environ['CUDA_VISIBLE_DEVICES']); print(sorted(os.sched_getaffinity(0)))"
+    try:
+        async with Client.connect(connection=cluster.connection) as fed:
+            job = await fed.submit([sys.executable, "-c", script], gpu=2, cpu=1)
+            record_ = await job.wait(timeout=60)
+            output = b"".join([c async for c in fed.logs(job.id)]).decode().splitlines()
+    finally:
+        await nc.drain()
+    assert record_.state == "succeeded"
+    claim = next(a for a in claims if a.job == job.id)
+    assert claim.pinned and len(claim.cores) == 1 and len(claim.gpus) == 2
+    assert output[0] == ",".join(claim.gpus)
+    assert output[1] == str(list(claim.cores))
+
+
+async def test_cancel_kills_the_whole_process_tree(make_cluster, tmp_path) -> None:
+    cluster = await make_cluster(agents=1)
+    pids_file = tmp_path / "pids"
+    script = f"sleep 300 & echo $! >> {pids_file}; (sleep 300 & echo $! >> {pids_file}; wait) & echo $$ >> {pids_file}; wait"
+    async with Client.connect(connection=cluster.connection) as fed:
+        job = await fed.submit(["sh", "-c", script])
+        await eventually(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3)
+        pids = [int(p) for p in pids_file.read_text().split()]
+        assert all(_running(p) for p in pids)
+        await job.cancel()
+        record = await job.wait(timeout=60)
+        assert record.state == "cancelled"
+        await eventually(lambda: not any(_running(p) for p in pids), timeout=15)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_bad_submissions_are_refused_and_change_nothing(make_cluster) -> None:
+    cluster = await make_cluster(agents=1)
+    async with Client.connect(connection=cluster.connection) as fed:
+        with pytest.raises(InvalidRequest, match="cpu"):
+            await fed.submit(["true"], cpu=-1)
+        with pytest.raises(InvalidRequest, match="limit"):
+            await fed.submit(["echo", "x" * 8000] * 10)
+        with pytest.raises(InvalidRequest):
+            await fed.submit(["true"], job_id="has.dots")
+        nc = await nats.connect(cluster.url("eu"))
+        js = nc.jetstream()
+        try:
+            # straight over NATS: garbage, a wrong type, an id that disagrees with the subject
+            await js.publish(subjects.submit("eu", "garbage"), b"{not json")
+            await js.publish(subjects.submit("eu", "negative"), b'{"type":"submit","id":"negative","command":["true"],"cpu":-4}')
+            await js.publish(subjects.submit("eu", "other"), b'{"type":"submit","id":"mismatch","command":["true"]}')
+            with pytest.raises(nats.js.errors.APIError):  # the stream refuses oversized payloads outright
+                await js.publish(subjects.submit("eu", "huge"), b"x" * (70 * 1024))
+            # a newer client's extra field is accepted
+            await js.publish(
+                subjects.submit("eu", "newer"),
+                b'{"type":"submit","id":"newer","command":["echo","ok"],"from_the_future":{"x":1}}',
+                headers={"Nats-Msg-Id": "newer"},
+            )
+            quarantined: list[Quarantined] = []
+            sub = await js.subscribe(subjects.quarantine("eu", "*"), ordered_consumer=True)
+            while len(quarantined) < 3:
+                msg = await sub.next_msg(timeout=30)
+                quarantined.append(msgspec.json.decode(msg.data, type=Quarantined))
+        finally:
+            await nc.drain()
+        assert sorted(q.subject for q in quarantined) == sorted(
+            subjects.submit("eu", j) for j in ("garbage", "negative", "other")
+        )
+        assert all(q.reason for q in quarantined)
+        record = await fed.wait("newer", timeout=60)
+        assert record.state == "succeeded"
+        ids = {r.id for r in await fed.jobs()}
+        assert ids == {"newer"}, "refused messages must not create jobs"
+
+
+async def test_plain_nats_publish_of_documented_json_runs_a_job(make_cluster) -> None:
+    cluster = await make_cluster(agents=1)
+    nc = await nats.connect(cluster.url("eu"))
+    try:
+        payload = b'{"type":"submit","id":"raw-1","command":["echo","from a plain client"]}'
+        await nc.jetstream().publish("fed.eu.wl.submit.raw-1", payload, headers={"Nats-Msg-Id": "raw-1"})
+    finally:
+        await nc.drain()
+    async with Client.connect(connection=cluster.connection) as fed:
+        record = await fed.wait("raw-1", timeout=60)
+        assert record.state == "succeeded"
+        assert b"".join([c async for c in fed.logs("raw-1")]) == b"from a plain client\n"
