@@ -1,0 +1,180 @@
+"""Property tests: random interleavings of submissions, offers, claim outcomes, reports, cancels
+and a foreign writer, against a compare-and-set store; the invariants are checked after every step."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from federation.core.events import (
+    CancelRequested,
+    ClaimConflict,
+    ClaimWritten,
+    Command,
+    JobReported,
+    NodeDown,
+    OfferSeen,
+    Submitted,
+    Tick,
+    WriteJob,
+    WriteLedger,
+)
+from federation.core.state import ALLOWED, RegionCore
+from federation.schemas import TERMINAL_STATES, JobEvent, Ledger, Offer, Submit, Transition
+
+NODES = ("n1", "n2", "n3")
+
+
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = RegionCore("eu")
+        self.now = 1000.0
+        self.store: dict[str, tuple[Ledger, int]] = {}
+        self.revision = 0
+        self.in_flight: list[WriteLedger] = []
+        self.offers: dict[str, Offer] = {}
+        self.states: dict[str, tuple[Transition, ...]] = {}
+        self.jobs = 0
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def apply(self, commands: list[Command]) -> None:
+        for command in commands:
+            if isinstance(command, WriteLedger):
+                self.check_proposal(command)
+                self.in_flight.append(command)
+            elif isinstance(command, WriteJob):
+                record = command.record
+                before = self.states.get(record.id)
+                if before is not None:
+                    # one write may cover several steps (writes coalesce), never rewrite one
+                    assert record.history[: len(before)] == before, f"{record.id}: history rewritten"
+                    if before[-1].state in TERMINAL_STATES:
+                        assert record.state == before[-1].state, f"{record.id} left a terminal state"
+                steps = [t.state for t in record.history]
+                for a, b in zip(steps, steps[1:], strict=False):
+                    assert b in ALLOWED[a], f"I5: {record.id}: {a} -> {b}"
+                assert steps[-1] == record.state
+                self.states[record.id] = record.history
+
+    def check_proposal(self, command: WriteLedger) -> None:
+        stored = self.store.get(command.node, (Ledger(node=command.node), 0))[0]
+        kept = {a.job for a in stored.allocations}
+        additions = [a for a in command.ledger.allocations if a.job not in kept]
+        if not additions:
+            return
+        offer = self.offers[command.node]
+        cores = [c for a in command.ledger.allocations for c in a.cores]
+        gpus = [g for a in command.ledger.allocations for g in a.gpus]
+        assert len(cores) == len(set(cores)), "I1: a core claimed twice"
+        assert len(gpus) == len(set(gpus)), "I1: a gpu claimed twice"
+        for allocation in additions:
+            assert set(allocation.cores) <= set(offer.cores), "I1: claimed core not offered"
+            assert set(allocation.gpus) <= set(offer.gpus), "I1: claimed gpu not offered"
+        assert sum(a.memory for a in command.ledger.allocations) <= offer.memory, "I1: memory"
+        assert len(command.ledger.allocations) <= offer.max_allocations, "I1: slots"
+
+    # --- rules -------------------------------------------------------------------------------
+
+    @rule(node=st.sampled_from(NODES), cores=st.integers(0, 4), gpus=st.integers(0, 2),
+          memory=st.integers(0, 4), slots=st.integers(1, 4))
+    def offer(self, node: str, cores: int, gpus: int, memory: int, slots: int) -> None:
+        offer = Offer(node=node, region="eu", cores=list(range(cores)), gpus=[f"g{i}" for i in range(gpus)],
+                      memory=memory * 1024, max_allocations=slots, expires_at=self.now + 30)
+        self.offers[node] = offer
+        self.core.handle(OfferSeen(offer=offer))
+
+    @rule(cpu=st.integers(0, 3), gpu=st.integers(0, 2), memory=st.integers(0, 3),
+          only=st.sampled_from([(), ("n1",), ("n2", "n3")]), priority=st.sampled_from(["urgent", "low", "medium"]))
+    def submit(self, cpu: int, gpu: int, memory: int, only: tuple[str, ...], priority: str) -> None:
+        self.jobs += 1
+        spec = Submit(id=f"j{self.jobs}", command=["x"], cpu=cpu, gpu=gpu, memory=memory * 1024, nodes=list(only),
+                      priority=priority)  # type: ignore[arg-type]
+        self.core.handle(Submitted(spec=spec, at=self.now))
+
+    @rule(job=st.integers(1, 40))
+    def duplicate(self, job: int) -> None:
+        if job <= self.jobs:
+            self.core.handle(Submitted(spec=Submit(id=f"j{job}", command=["x"]), at=self.now))
+
+    @rule()
+    def tick(self) -> None:
+        self.now += 1
+        self.apply(self.core.handle(Tick(now=self.now)))
+
+    @precondition(lambda self: self.in_flight)
+    @rule(index=st.integers(0, 10), lose_answer=st.booleans())
+    def resolve(self, index: int, lose_answer: bool) -> None:
+        command = self.in_flight.pop(index % len(self.in_flight))
+        current, revision = self.store.get(command.node, (None, 0))
+        if revision == command.expected_revision:
+            self.revision += 1
+            self.store[command.node] = (command.ledger, self.revision)
+            if lose_answer:  # the write landed but its answer was lost: the daemon reads back
+                event = ClaimConflict(node=command.node, ledger=command.ledger, revision=self.revision)
+                self.apply(self.core.handle(event))
+            else:
+                self.apply(self.core.handle(ClaimWritten(node=command.node, revision=self.revision)))
+        else:
+            self.apply(self.core.handle(ClaimConflict(node=command.node, ledger=current, revision=revision)))
+
+    @precondition(lambda self: self.store)
+    @rule(node=st.sampled_from(NODES))
+    def foreign_writer_drops_first_allocation(self, node: str) -> None:
+        if node in self.store and self.store[node][0].allocations:
+            ledger, _ = self.store[node]
+            self.revision += 1
+            self.store[node] = (Ledger(node=node, allocations=ledger.allocations[1:]), self.revision)
+
+    @precondition(lambda self: self.store)
+    @rule(node=st.sampled_from(NODES), kind=st.sampled_from(["started", "exited", "failed"]),
+          code=st.integers(0, 2), stale=st.booleans())
+    def report(self, node: str, kind: str, code: int, stale: bool) -> None:
+        ledger = self.store.get(node, (Ledger(node=node), 0))[0]
+        if not ledger.allocations:
+            return
+        allocation = ledger.allocations[0]
+        event = JobEvent(node=node, job=allocation.job, attempt=allocation.attempt + (1 if stale else 0),
+                         kind=kind, exit_code=code, at=self.now)  # type: ignore[arg-type]
+        self.core.handle(JobReported(event=event))
+
+    @rule(job=st.integers(1, 40))
+    def cancel(self, job: int) -> None:
+        self.core.handle(CancelRequested(job=f"j{job}", reason="test", at=self.now))
+
+    @rule(node=st.sampled_from(NODES))
+    def node_down(self, node: str) -> None:
+        self.core.handle(NodeDown(node=node, at=self.now))
+
+    # --- invariants --------------------------------------------------------------------------
+
+    @invariant()
+    def a_job_is_in_at_most_one_ledger(self) -> None:
+        seen: dict[str, str] = {}
+        for node, (ledger, _) in self.store.items():
+            for allocation in ledger.allocations:
+                assert allocation.job not in seen, f"I2: {allocation.job} on {seen[allocation.job]} and {node}"
+                seen[allocation.job] = node
+
+    @invariant()
+    def stored_ledgers_never_share_a_device(self) -> None:
+        for ledger, _ in self.store.values():
+            cores = [c for a in ledger.allocations for c in a.cores]
+            gpus = [g for a in ledger.allocations for g in a.gpus]
+            assert len(cores) == len(set(cores)) and len(gpus) == len(set(gpus))
+
+    @invariant()
+    def placed_jobs_are_where_the_store_says(self) -> None:
+        for job, view in self.core.jobs.items():
+            if view.record.state in ("placed", "running") and view.record.node in self.store:
+                ledger = self.store[view.record.node][0]
+                found = ledger.find(job)
+                assert found is None or found.attempt == view.record.attempt
+
+
+SchedulerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+TestScheduler = SchedulerMachine.TestCase

@@ -1,0 +1,114 @@
+"""Crashes and whole-process lifecycles, with real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from federation.client import Client
+from federation.tracing import trace_id
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.timeout(300)
+
+
+async def test_scheduler_sigkill_mid_stream_loses_no_job_and_runs_none_twice(make_cluster, tmp_path: Path) -> None:
+    cluster = await make_cluster(agents=2)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    total = 300
+    async with Client.connect(connection=cluster.connection) as fed:
+
+        async def stream() -> None:
+            for i in range(total):
+                await fed.submit(["sh", "-c", f"echo $FED_ATTEMPT >> {runs}/$FED_JOB_ID"], job_id=f"k-{i}")
+                await asyncio.sleep(0)
+
+        producer = asyncio.create_task(stream())
+        scheduler = cluster.scheduler("eu")
+        first_pid = scheduler.pid
+
+        async def some_placed() -> bool:
+            return len(list(runs.iterdir())) >= 40
+
+        await eventually(some_placed, timeout=60)
+        os.kill(first_pid, signal.SIGKILL)
+        # fed up's supervisor restarts the scheduler; the new one recovers from JetStream
+        await eventually(lambda: scheduler.pid != first_pid and scheduler.alive(), timeout=30)
+        await producer
+
+        async def all_done() -> bool:
+            records = await fed.jobs()
+            return len(records) == total and all(r.terminal for r in records)
+
+        await eventually(all_done, timeout=180, interval=0.5)
+        records = await fed.jobs()
+    assert {r.state for r in records} == {"succeeded"}, [r for r in records if r.state != "succeeded"][:3]
+    ran = {path.name: path.read_text().split() for path in runs.iterdir()}
+    assert len(ran) == total
+    twice = {job: attempts for job, attempts in ran.items() if len(attempts) != 1}
+    assert not twice, f"jobs ran more than once: {twice}"
+
+
+async def test_one_job_is_one_trace_from_submit_to_the_process(make_cluster) -> None:
+    cluster = await make_cluster(agents=1)
+    async with Client.connect(connection=cluster.connection) as fed:
+        job = await fed.submit(["sh", "-c", "echo $TRACEPARENT"])
+        record = await job.wait(timeout=60)
+        seen = b"".join([c async for c in fed.logs(job.id)]).decode().strip()
+    assert record.traceparent, "the submission carried no trace context"
+    assert trace_id(seen) == trace_id(record.traceparent) != ""
+
+
+def _fed(state_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FED_STATE_DIR": str(state_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "federation.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+async def test_fed_up_starts_runs_a_job_and_stops_leaving_no_process(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {**os.environ, "FED_STATE_DIR": str(state)}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "federation.cli", "up", "--regions", "north,south", "--agents", "1",
+         "--node-capacity", "cpu=2,memory=1GiB"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    children: list[psutil.Process] = []
+    try:
+        await eventually(lambda: (state / "federation.json").exists() or up.poll() is not None, timeout=60)
+        assert up.poll() is None, up.stdout.read() if up.stdout else ""
+        connection = json.loads((state / "federation.json").read_text())
+        assert sorted(connection["regions"]) == ["north", "south"]
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 3 + 2 + 2  # hub + 2 region servers, 2 schedulers, 2 agents
+        done = await asyncio.to_thread(_fed, state, "submit", "--region", "south", "--wait", "--", "echo", "hi")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "hi\n"
+        failed = await asyncio.to_thread(_fed, state, "submit", "--wait", "--", "sh", "-c", "exit 4")
+        assert failed.returncode == 4
+        status = await asyncio.to_thread(_fed, state, "status", "--json")
+        regions = json.loads(status.stdout)
+        assert [r["region"] for r in regions] == ["north", "south"]
+        assert all(len(r["nodes"]) == 1 for r in regions)
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            out, _ = await asyncio.to_thread(up.communicate, timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+    assert up.returncode == 0, out
+    assert "stopped." in out
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, f"{child} survived"
+    assert not (state / "federation.json").exists()
