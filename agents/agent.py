@@ -269,6 +269,7 @@ async def serve(config: AgentConfig) -> None:
     """Run an agent until SIGINT/SIGTERM (the ``fed agent`` entry point)."""
     agent = Agent(config)
     loop = asyncio.get_running_loop()
+    runner.use_pidfd_child_watcher()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, agent.stop)
     await agent.run()

@@ -216,7 +216,7 @@ class Federation:
                       restart=False)
         child.start()
         self.servers[name] = child
-        ports = await _read_ports(ports_dir, child)
+        ports = await read_ports(ports_dir, child)
         self.urls[name] = ports["nats"][0]
         self.monitors[name] = ports["monitoring"][0]
         self.echo(f"  nats-server {name:<10} {self.urls[name]}  (domain {domain}, pid {child.pid})")
@@ -314,7 +314,7 @@ async def _terminate(children: Sequence[Child], grace: float) -> None:
                 child.process.wait(timeout=5)
 
 
-async def _read_ports(ports_dir: Path, child: Child, deadline: float = 20.0) -> dict[str, list[str]]:
+async def read_ports(ports_dir: Path, child: Child, deadline: float = 20.0) -> dict[str, list[str]]:
     """Wait for the server's ports file (written once it listens) and read it."""
     path = ports_dir / f"nats-server_{child.pid}.ports"
     end = time.monotonic() + deadline

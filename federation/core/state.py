@@ -63,6 +63,7 @@ from federation.schemas import (
     JobState,
     Ledger,
     Offer,
+    Submit,
     Transition,
 )
 
@@ -115,6 +116,7 @@ class RegionCore:
         self.queue: list[tuple[tuple[int, float, int], str]] = []
         self.dirty: set[str] = set()
         self.allocated: dict[str, str] = {}
+        self.unexplained: set[str] = set()
         self._arrivals = 0
 
     # --- entry point ----------------------------------------------------------------------------
@@ -184,6 +186,7 @@ class RegionCore:
         self.jobs[record.id] = view
         if record.state == "pending":
             bisect.insort(self.queue, (view.order, record.id))
+            self.unexplained.add(record.id)
         return view
 
     def _submitted(self, event: Submitted) -> None:
@@ -343,40 +346,40 @@ class RegionCore:
         return commands
 
     def _place(self, now: float) -> dict[str, list[Allocation]]:
-        """Fit queued jobs onto nodes; returns tentative allocations per node."""
+        """Fit queued jobs onto nodes; returns tentative allocations per node.
+
+        The pass stops as soon as no node has room left, so its cost is the number of jobs placed
+        plus the misfits skipped on the way (cached per job shape), not the length of the queue.
+        """
         free: dict[str, placement.Free] = {}
         reasons: dict[str, list[str]] = {}
         for name in sorted(self.nodes):
             node = self.nodes[name]
-            if node.offer is None:
-                reasons.setdefault(placement.NO_OFFER, []).append(name)
-            elif not node.alive:
-                reasons.setdefault(placement.DOWN, []).append(name)
-            elif node.offer.expires_at <= now:
-                reasons.setdefault(placement.EXPIRED, []).append(name)
+            reason = self._unusable(node, now)
+            if reason:
+                reasons.setdefault(reason, []).append(name)
             elif node.proposal is None:
-                free[name] = placement.Free.of(node.offer, node.current().allocations)
+                candidate = placement.Free.of(node.offer, node.current().allocations)  # type: ignore[arg-type]
+                if candidate.slots > 0:
+                    free[name] = candidate
         busy = any(node.proposal is not None for node in self.nodes.values())
         placed: dict[str, list[Allocation]] = {}
         misfits: dict[tuple[object, ...], str] = {}
-        filled: set[str] = set()
         remaining: list[tuple[tuple[int, float, int], str]] = []
-        for entry in self.queue:
-            job = entry[1]
-            view = self.jobs[job]
+        index = 0
+        while index < len(self.queue) and free:
+            entry = self.queue[index]
+            index += 1
+            view = self.jobs[entry[1]]
             spec = view.record.spec
             key = placement.shape(spec)
-            if key not in misfits and not free and not filled:
-                considered = sum(len(v) for v in reasons.values())
-                misfits[key] = placement.explain_misfit(spec, reasons, considered)
-            if key in misfits or not free:
-                self._explain(view, misfits.get(key), busy, now)
+            if key in misfits:
+                self._explain(view, misfits[key], busy, now)
                 remaining.append(entry)
                 continue
             best: tuple[tuple[int, int, int], str] | None = None
             node_reasons = {k: list(v) for k, v in reasons.items()}
-            names = spec.nodes or list(free)
-            for name in names:
+            for name in spec.nodes or list(free):
                 candidate = free.get(name)
                 if candidate is None:
                     if name not in self.nodes:
@@ -390,41 +393,73 @@ class RegionCore:
                 if best is None or score < best:
                     best = score
             if best is None:
-                considered = sum(len(v) for v in node_reasons.values())
                 if spec.nodes:
-                    node_reasons = {
-                        k: [n for n in v if n in spec.nodes] for k, v in node_reasons.items()
-                    }
+                    node_reasons = {k: [n for n in v if n in spec.nodes] for k, v in node_reasons.items()}
+                considered = sum(len(v) for v in node_reasons.values())
                 misfits[key] = placement.explain_misfit(spec, node_reasons, considered)
                 self._explain(view, misfits[key], busy, now)
                 remaining.append(entry)
                 continue
             name = best[1]
-            cores, gpus = free[name].take(spec)
-            placed.setdefault(name, []).append(
-                Allocation(
-                    job=job,
-                    attempt=view.record.attempt + 1,
-                    epoch=self.epoch,
-                    cpu=spec.cpu,
-                    memory=spec.memory,
-                    cores=cores,
-                    gpus=gpus,
-                    command=tuple(spec.command),
-                    env=dict(spec.env),
-                    priority=spec.priority,
-                    tenant=spec.tenant,
-                    pinned=free[name].pinned,
-                    traceparent=view.record.traceparent,
-                    placed_at=now,
-                )
-            )
+            placed.setdefault(name, []).append(self._allocation(view, free[name], now))
             view.claiming = name
             if free[name].slots <= 0:
                 del free[name]
-                filled.add(name)
+        remaining.extend(self.queue[index:])
         self.queue = remaining
+        for job in sorted(self.unexplained):
+            view = self.jobs[job]
+            if view.record.state == "pending" and not view.claiming and not view.record.reason:
+                self._explain(view, self._why_waiting(view.record.spec, now), False, now)
+        self.unexplained.clear()
         return placed
+
+    def _unusable(self, node: NodeView, now: float) -> str:
+        """Why a node can take nothing now regardless of the job ("" when it can)."""
+        if node.offer is None:
+            return placement.NO_OFFER
+        if not node.alive:
+            return placement.DOWN
+        if node.offer.expires_at <= now:
+            return placement.EXPIRED
+        return ""
+
+    def _why_waiting(self, spec: Submit, now: float) -> str:
+        """For a job no pass could try: would it fit some node once that node is empty?"""
+        reasons: dict[str, list[str]] = {}
+        fitting = 0
+        for name in sorted(spec.nodes or self.nodes):
+            node = self.nodes.get(name)
+            reason = placement.NO_OFFER if node is None else self._unusable(node, now)
+            if not reason and node is not None and node.offer is not None:
+                reason = placement.Free.of(node.offer, ()).misfit(spec) or ""
+            if reason:
+                reasons.setdefault(reason, []).append(name)
+            else:
+                fitting += 1
+        if fitting:
+            return f"pending: waiting for free capacity ({fitting} node{'s' if fitting != 1 else ''} can run it)"
+        return placement.explain_misfit(spec, reasons, sum(len(v) for v in reasons.values()))
+
+    def _allocation(self, view: JobView, free: placement.Free, now: float) -> Allocation:
+        spec = view.record.spec
+        cores, gpus = free.take(spec)
+        return Allocation(
+            job=spec.id,
+            attempt=view.record.attempt + 1,
+            epoch=self.epoch,
+            cpu=spec.cpu,
+            memory=spec.memory,
+            cores=cores,
+            gpus=gpus,
+            command=tuple(spec.command),
+            env=dict(spec.env),
+            priority=spec.priority,
+            tenant=spec.tenant,
+            pinned=free.pinned,
+            traceparent=view.record.traceparent,
+            placed_at=now,
+        )
 
     def _explain(self, view: JobView, reason: str | None, busy: bool, now: float) -> None:
         """Record why a job is pending, writing the record only when the reason changes."""

@@ -1,0 +1,263 @@
+"""Placement and end-to-end throughput of one region (real nats-server, real scheduler process).
+
+    python bench/throughput.py                       # both parts, default sizes
+    python bench/throughput.py --placements 20000 --e2e 2000
+
+Part 1 (placements): simulated nodes (agents/sim.py) offer capacity; N one-core jobs are submitted
+pipelined; the scheduler claims each by compare-and-set on a node ledger (a durable JetStream
+write) and writes the job record. Reported: placements per second (first submit to last record
+seen as placed) and submit-to-placed latency p50/p99.
+
+Part 2 (end to end): 4 real agent processes with 8 slots each run N jobs of `true`. Reported:
+jobs per second (first submit to last terminal record) and submit-to-start latency p50/p99 (the
+agent's `started` report time minus the submit time).
+
+Every job record write is observed on core NATS (`$KV.fed-jobs-<region>.>`), so the measurement
+adds no load to the scheduler's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agents.sim import SimulatedNodes  # noqa: E402
+from federation import subjects  # noqa: E402
+from federation.bus import Bus, Delivery, provision, wait_for_jetstream  # noqa: E402
+from federation.launcher import Child, nats_server_binary, read_ports, server_config  # noqa: E402
+from federation.schemas import JobEvent, Submit, decode_message, decode_record, encode  # noqa: E402
+
+REGION = "bench"
+
+
+class Region:
+    """One nats-server and one scheduler process in a temporary directory."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.children: list[Child] = []
+        self.url = ""
+
+    async def start(self) -> None:
+        ports_dir = self.base / "ports"
+        ports_dir.mkdir(parents=True)
+        conf = self.base / "nats.conf"
+        conf.write_text(server_config(REGION, REGION, self.base / "store", ports_dir))
+        server = Child("nats", [nats_server_binary(), "-c", str(conf)], self.base / "nats.log", restart=False)
+        server.start()
+        self.children.append(server)
+        self.url = (await read_ports(ports_dir, server))["nats"][0]
+        await wait_for_jetstream(self.url)
+        bus = await Bus.connect(self.url, "bench-provision")
+        await provision(bus, REGION)
+        await bus.close()
+        self.spawn("scheduler", "scheduler", "--region", REGION, "--url", self.url, "--log-level", "warning")
+
+    def spawn(self, name: str, *args: str) -> Child:
+        child = Child(name, [sys.executable, "-m", "federation.cli", *args], self.base / f"{name}.log", restart=False)
+        child.start()
+        self.children.append(child)
+        return child
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user+system) used so far by each child process."""
+        out = {}
+        for child in self.children:
+            try:
+                times = psutil.Process(child.pid).cpu_times()
+                out[child.name] = times.user + times.system + times.children_user + times.children_system
+            except psutil.Error:
+                pass
+        return out
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            if child.alive() and child.process is not None:
+                child.process.terminate()
+                try:
+                    child.process.wait(timeout=15)
+                except Exception:
+                    child.process.kill()
+
+
+class Observer:
+    """Sees every job record write; remembers when each job was first placed / terminal."""
+
+    def __init__(self) -> None:
+        self.placed: dict[str, float] = {}
+        self.done: dict[str, float] = {}
+        self.changed = asyncio.Event()
+
+    async def on_record(self, delivery: Delivery) -> None:
+        now = time.time()
+        record = decode_record(delivery.data)
+        if record.state in ("placed", "running") or record.terminal:
+            self.placed.setdefault(record.id, now)
+        if record.terminal:
+            self.done.setdefault(record.id, now)
+        self.changed.set()
+
+    async def wait(self, table: dict[str, float], n: int, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while len(table) < n:
+            if time.monotonic() > end:
+                raise TimeoutError(f"only {len(table)} of {n} after {timeout}s")
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), 1.0)
+            except TimeoutError:
+                pass
+
+
+async def submit_all(bus: Bus, n: int, command: list[str], prefix: str) -> dict[str, float]:
+    """Submit ``n`` jobs pipelined in windows of 256; returns each job's submit time."""
+    sent: dict[str, float] = {}
+    window = 256
+    for start in range(0, n, window):
+        batch = []
+        for i in range(start, min(n, start + window)):
+            job = f"{prefix}-{i}"
+            now = time.time()
+            spec = Submit(id=job, command=command, cpu=1, submitted_at=now)
+            sent[job] = now
+            batch.append(bus.store(subjects.submit(REGION, job), encode(spec), msg_id=job))
+        await asyncio.gather(*batch)
+    return sent
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def placements(n: int, nodes: int) -> dict[str, float]:
+    base = Path(tempfile.mkdtemp(prefix="fed-bench-"))
+    region = Region(base)
+    try:
+        await region.start()
+        bus = await Bus.connect(region.url, "bench")
+        sim = SimulatedNodes(bus, REGION, nodes, cores=max(1, n // nodes + 1), max_allocations=n)
+        await sim.start()
+        observer = Observer()
+        await bus.subscribe(f"$KV.{subjects.jobs_bucket(REGION)}.>", observer.on_record)
+        await asyncio.sleep(1.0)  # let the scheduler see the offers before the clock starts
+        t0 = time.time()
+        sent = await submit_all(bus, n, ["true"], "p")
+        t_submitted = time.time()
+        await observer.wait(observer.placed, n, timeout=600)
+        t1 = max(observer.placed.values())
+        latencies = [observer.placed[j] - sent[j] for j in sent]
+        cpu = region.cpu_seconds()
+        print("  cpu seconds by process:", ", ".join(f"{k}={v:.1f}" for k, v in cpu.items()),
+              f"bench={sum(psutil.Process().cpu_times()[:2]):.1f}")
+        await sim.stop()
+        await bus.close()
+        return {
+            "jobs": n,
+            "nodes": nodes,
+            "submit_per_s": n / (t_submitted - t0),
+            "placements_per_s": n / (t1 - t0),
+            "p50_ms": pct(latencies, 0.5),
+            "p99_ms": pct(latencies, 0.99),
+        }
+    finally:
+        region.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def end_to_end(n: int, agents: int, slots: int) -> dict[str, float]:
+    base = Path(tempfile.mkdtemp(prefix="fed-bench-"))
+    region = Region(base)
+    try:
+        await region.start()
+        for i in range(agents):
+            region.spawn(f"agent-{i}", "agent", "--region", REGION, "--node", f"node-{i}", "--url", region.url,
+                         "--cpu", str(slots), "--memory", "8GiB", "--max-allocations", str(slots),
+                         "--state-dir", str(base / f"agent-{i}"), "--log-level", "warning")
+        bus = await Bus.connect(region.url, "bench")
+        observer = Observer()
+        await bus.subscribe(f"$KV.{subjects.jobs_bucket(REGION)}.>", observer.on_record)
+        # wait until every agent has offered
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            offers = [await bus.last(subjects.offers_stream(REGION), subjects.offer(REGION, f"node-{i}"))
+                      for i in range(agents)]
+            if all(offers):
+                break
+            await asyncio.sleep(0.2)
+        t0 = time.time()
+        sent = await submit_all(bus, n, ["true"], "e")
+        await observer.wait(observer.done, n, timeout=900)
+        t1 = max(observer.done.values())
+        started: dict[str, float] = {}
+        async for item in bus.follow(subjects.status_stream(REGION), subjects.job_event(REGION, "*", "*"),
+                                     until_caught_up=True):
+            event = decode_message(item.data)
+            if isinstance(event, JobEvent) and event.kind == "started":
+                started.setdefault(event.job, event.at)
+        latencies = [started[j] - sent[j] for j in sent if j in started]
+        await bus.close()
+        cpu = region.cpu_seconds()
+        print("  cpu seconds by process:", ", ".join(f"{k}={v:.1f}" for k, v in cpu.items()),
+              f"bench={sum(psutil.Process().cpu_times()[:2]):.1f}")
+        return {
+            "jobs": n,
+            "agents": agents,
+            "slots": slots,
+            "jobs_per_s": n / (t1 - t0),
+            "p50_ms": pct(latencies, 0.5),
+            "p99_ms": pct(latencies, 0.99),
+            "started": len(started),
+        }
+    finally:
+        region.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def machine() -> str:
+    return (
+        f"{platform.system()} {platform.release()}, {psutil.cpu_count()} cores "
+        f"({len(os.sched_getaffinity(0))} usable), {psutil.virtual_memory().total / 1024**3:.0f} GiB, "
+        f"Python {platform.python_version()}"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--placements", type=int, default=10000, help="jobs for part 1 (0 skips it)")
+    parser.add_argument("--nodes", type=int, default=50, help="simulated nodes for part 1")
+    parser.add_argument("--e2e", type=int, default=2000, help="jobs for part 2 (0 skips it)")
+    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=8)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    print(f"command: python bench/throughput.py {' '.join(sys.argv[1:])}".rstrip())
+    if args.placements:
+        r = await placements(args.placements, args.nodes)
+        print(
+            f"placements: {r['jobs']} jobs on {r['nodes']} simulated nodes: "
+            f"{r['placements_per_s']:.0f} placements/s (submitted at {r['submit_per_s']:.0f}/s); "
+            f"submit-to-placed p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms"
+        )
+    if args.e2e:
+        r = await end_to_end(args.e2e, args.agents, args.slots)
+        print(
+            f"end-to-end: {r['jobs']} jobs of `true` on {r['agents']} agents x {r['slots']} slots: "
+            f"{r['jobs_per_s']:.0f} jobs/s; submit-to-start p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
