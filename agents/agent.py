@@ -58,6 +58,7 @@ class Agent:
         self.bus: Bus | None = None
         self.log = log.bind(region=config.region, node=config.node)
         self._stop = asyncio.Event()
+        self._stopping: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -103,7 +104,9 @@ class Agent:
             seq += 1
             beat = Heartbeat(node=self.node, seq=seq, sent_at=time.time(), interval=interval)
             try:
-                await self.bus.store(subjects.heartbeat(self.region, self.node), encode(beat), ttl=ttl, timeout=2.0)
+                await self.bus.store(
+                    subjects.heartbeat(self.region, self.node), encode(beat), ttl=ttl, timeout=2.0
+                )
             except FederationError as exc:
                 self.log.warning("heartbeat not stored", error=str(exc))
             await asyncio.sleep(interval)
@@ -117,7 +120,9 @@ class Agent:
             self.offered = (set(offer.cores), set(offer.gpus))
             try:
                 await self.bus.store(
-                    subjects.offer(self.region, self.node), encode(offer), ttl=max(1, math.ceil(policy.offer_expiry)),
+                    subjects.offer(self.region, self.node),
+                    encode(offer),
+                    ttl=max(1, math.ceil(policy.offer_expiry)),
                     timeout=2.0,
                 )
             except FederationError as exc:
@@ -129,7 +134,9 @@ class Agent:
     async def _follow_ledger(self) -> None:
         assert self.bus is not None
         bucket = subjects.ledger_bucket(self.region)
-        async for delivery in self.bus.follow(f"KV_{bucket}", f"$KV.{bucket}.{self.node}", last_per_subject=True):
+        async for delivery in self.bus.follow(
+            f"KV_{bucket}", f"$KV.{bucket}.{self.node}", last_per_subject=True
+        ):
             if delivery.removed:
                 allocations: tuple[Allocation, ...] = ()
             else:
@@ -147,7 +154,9 @@ class Agent:
             allocation = desired.get(job)
             if (allocation is None or allocation.attempt != run.spec.attempt) and not run.stopping:
                 self.log.info("stopping attempt: no longer allocated", job=job, attempt=run.spec.attempt)
-                asyncio.create_task(run.stop(self.config.kill_grace))
+                stopping = asyncio.create_task(run.stop(self.config.kill_grace))
+                self._stopping.add(stopping)
+                stopping.add_done_callback(self._stopping.discard)
         self.finished = {(job, attempt) for job, attempt in self.finished if job in desired}
         for job, allocation in desired.items():
             key = (job, allocation.attempt)
@@ -156,7 +165,9 @@ class Agent:
             if key in self.previous_life:
                 self.finished.add(key)
                 self.tasks[job] = asyncio.create_task(
-                    self._report_only(allocation, "agent restarted while this attempt ran; not re-run (at most once)")
+                    self._report_only(
+                        allocation, "agent restarted while this attempt ran; not re-run (at most once)"
+                    )
                 )
                 continue
             self.tasks[job] = asyncio.create_task(self._attempt(allocation))

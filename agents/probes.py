@@ -58,8 +58,10 @@ class HostProbe:
 
     def sample(self, workload_pids: set[int]) -> HostSample:
         """One reading; ``workload_pids`` are the process groups of running federation jobs."""
-        cpu_ids = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(
-            range(psutil.cpu_count() or 1)
+        cpu_ids = (
+            tuple(sorted(os.sched_getaffinity(0)))
+            if hasattr(os, "sched_getaffinity")
+            else tuple(range(psutil.cpu_count() or 1))
         )
         total_percent = psutil.cpu_percent(interval=None)
         own_cpu, own_rss = 0.0, 0
@@ -87,7 +89,7 @@ class HostProbe:
 
 def _nvml_gpus() -> list[GpuSample]:
     try:
-        import pynvml  # type: ignore[import-not-found]  # optional: the `gpu` extra
+        import pynvml  # optional: the `gpu` extra (nvidia-ml-py)
     except ImportError:
         return []
     try:
@@ -114,7 +116,9 @@ def build_offer(config: AgentConfig, sample: HostSample, now: float) -> Offer:
     declared_cpu = config.cpu or host_cores
     pinned = declared_cpu <= host_cores and hasattr(os, "sched_setaffinity")
     cores = list(sample.cpu_ids[:declared_cpu]) if pinned else list(range(declared_cpu))
-    notes = [] if pinned else [f"declared {declared_cpu} cores on a {host_cores}-core host: jobs run unpinned"]
+    notes = (
+        [] if pinned else [f"declared {declared_cpu} cores on a {host_cores}-core host: jobs run unpinned"]
+    )
 
     free_cores = host_cores * (1 - sample.cpu_percent / 100.0)
     if sample.cpu_percent > policy.cpu_percent_max or free_cores < policy.cpu_min_cores:
@@ -133,7 +137,8 @@ def build_offer(config: AgentConfig, sample: HostSample, now: float) -> Offer:
     for gpu_id in gpu_ids:
         reading = measured.get(gpu_id)
         if reading is not None and (
-            reading.utilization > policy.gpu_utilization_max or reading.memory_free_mb < policy.gpu_memory_min_mb
+            reading.utilization > policy.gpu_utilization_max
+            or reading.memory_free_mb < policy.gpu_memory_min_mb
         ):
             notes.append(f"gpu {gpu_id} withheld: {reading.utilization:.0f}% busy")
             continue

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from federation import subjects
 from federation.bus import Bus, Delivery
-from federation.schemas import Heartbeat, JobEvent, Offer, decode_ledger, encode
+from federation.schemas import Heartbeat, JobEvent, JobEventKind, Offer, decode_ledger, encode
 
 
 @dataclass
@@ -60,10 +60,18 @@ class SimulatedNodes:
         writes = []
         for seq, node in enumerate(self.nodes):
             offer = Offer(
-                node=node, region=self.region, cores=list(range(self.cores)), memory=self.memory,
-                gpus=[str(i) for i in range(self.gpus)], max_allocations=self.max_allocations,
-                capacity_cpu=self.cores, capacity_memory=self.memory, capacity_gpu=self.gpus,
-                sent_at=now, expires_at=now + self.interval * 5, note="simulated",
+                node=node,
+                region=self.region,
+                cores=list(range(self.cores)),
+                memory=self.memory,
+                gpus=[str(i) for i in range(self.gpus)],
+                max_allocations=self.max_allocations,
+                capacity_cpu=self.cores,
+                capacity_memory=self.memory,
+                capacity_gpu=self.gpus,
+                sent_at=now,
+                expires_at=now + self.interval * 5,
+                note="simulated",
             )
             writes.append(self.bus.store(subjects.offer(self.region, node), encode(offer), ttl=ttl))
             beat = Heartbeat(node=node, seq=seq, sent_at=now, interval=self.interval)
@@ -85,9 +93,17 @@ class SimulatedNodes:
                 continue
             self.reported.add(key)
             subject = subjects.job_event(self.region, ledger.node, allocation.job)
-            for kind, code in (("started", None), ("exited", 0)):
-                event = JobEvent(node=ledger.node, job=allocation.job, attempt=allocation.attempt,
-                                 epoch=allocation.epoch, kind=kind, exit_code=code, at=now)  # type: ignore[arg-type]
+            steps: tuple[tuple[JobEventKind, int | None], ...] = (("started", None), ("exited", 0))
+            for kind, code in steps:
+                event = JobEvent(
+                    node=ledger.node,
+                    job=allocation.job,
+                    attempt=allocation.attempt,
+                    epoch=allocation.epoch,
+                    kind=kind,
+                    exit_code=code,
+                    at=now,
+                )
                 writes.append(self.bus.store(subject, encode(event)))
         if writes:
             await asyncio.gather(*writes)

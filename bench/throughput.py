@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
@@ -31,13 +32,13 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from agents.sim import SimulatedNodes  # noqa: E402
-from federation import subjects  # noqa: E402
-from federation.bus import Bus, Delivery, provision, wait_for_jetstream  # noqa: E402
-from federation.launcher import Child, nats_server_binary, read_ports, server_config  # noqa: E402
-from federation.schemas import JobEvent, Submit, decode_message, decode_record, encode  # noqa: E402
+from agents.sim import SimulatedNodes  # noqa: E402 - after the sys.path line above
+from federation import subjects  # noqa: E402 - after the sys.path line above
+from federation.bus import Bus, Delivery, provision, wait_for_jetstream  # noqa: E402 - after the sys.path line above
+from federation.launcher import Child, nats_server_binary, read_ports, server_config  # noqa: E402 - after the sys.path line above
+from federation.schemas import JobEvent, Submit, decode_message, decode_record, encode  # noqa: E402 - after the sys.path line above
 
 REGION = "bench"
 
@@ -66,7 +67,9 @@ class Region:
         self.spawn("scheduler", "scheduler", "--region", REGION, "--url", self.url, "--log-level", "warning")
 
     def spawn(self, name: str, *args: str) -> Child:
-        child = Child(name, [sys.executable, "-m", "federation.cli", *args], self.base / f"{name}.log", restart=False)
+        child = Child(
+            name, [sys.executable, "-m", "federation.cli", *args], self.base / f"{name}.log", restart=False
+        )
         child.start()
         self.children.append(child)
         return child
@@ -115,10 +118,8 @@ class Observer:
             if time.monotonic() > end:
                 raise TimeoutError(f"only {len(table)} of {n} after {timeout}s")
             self.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), 1.0)
-            except TimeoutError:
-                pass
 
 
 async def submit_all(bus: Bus, n: int, command: list[str], prefix: str) -> dict[str, float]:
@@ -148,7 +149,7 @@ async def placements(n: int, nodes: int) -> dict[str, float]:
     try:
         await region.start()
         bus = await Bus.connect(region.url, "bench")
-        sim = SimulatedNodes(bus, REGION, nodes, cores=max(1, n // nodes + 1), max_allocations=n)
+        sim = SimulatedNodes(bus, REGION, nodes, cores=(n + 400) // nodes + 1, max_allocations=n + 400)
         await sim.start()
         observer = Observer()
         await bus.subscribe(f"$KV.{subjects.jobs_bucket(REGION)}.>", observer.on_record)
@@ -160,8 +161,18 @@ async def placements(n: int, nodes: int) -> dict[str, float]:
         t1 = max(observer.placed.values())
         latencies = [observer.placed[j] - sent[j] for j in sent]
         cpu = region.cpu_seconds()
-        print("  cpu seconds by process:", ", ".join(f"{k}={v:.1f}" for k, v in cpu.items()),
-              f"bench={sum(psutil.Process().cpu_times()[:2]):.1f}")
+        print(
+            "  cpu seconds by process:",
+            ", ".join(f"{k}={v:.1f}" for k, v in cpu.items()),
+            f"bench={sum(psutil.Process().cpu_times()[:2]):.1f}",
+        )
+        # unloaded: one job at a time, each waited for
+        single: list[float] = []
+        for i in range(200):
+            one = await submit_all(bus, 1, ["true"], f"s{i}")
+            await observer.wait(observer.placed, n + i + 1, timeout=60)
+            job = next(iter(one))
+            single.append(observer.placed[job] - one[job])
         await sim.stop()
         await bus.close()
         return {
@@ -171,6 +182,8 @@ async def placements(n: int, nodes: int) -> dict[str, float]:
             "placements_per_s": n / (t1 - t0),
             "p50_ms": pct(latencies, 0.5),
             "p99_ms": pct(latencies, 0.99),
+            "idle_p50_ms": pct(single, 0.5),
+            "idle_p99_ms": pct(single, 0.99),
         }
     finally:
         region.stop()
@@ -183,17 +196,36 @@ async def end_to_end(n: int, agents: int, slots: int) -> dict[str, float]:
     try:
         await region.start()
         for i in range(agents):
-            region.spawn(f"agent-{i}", "agent", "--region", REGION, "--node", f"node-{i}", "--url", region.url,
-                         "--cpu", str(slots), "--memory", "8GiB", "--max-allocations", str(slots),
-                         "--state-dir", str(base / f"agent-{i}"), "--log-level", "warning")
+            region.spawn(
+                f"agent-{i}",
+                "agent",
+                "--region",
+                REGION,
+                "--node",
+                f"node-{i}",
+                "--url",
+                region.url,
+                "--cpu",
+                str(slots),
+                "--memory",
+                "8GiB",
+                "--max-allocations",
+                str(slots),
+                "--state-dir",
+                str(base / f"agent-{i}"),
+                "--log-level",
+                "warning",
+            )
         bus = await Bus.connect(region.url, "bench")
         observer = Observer()
         await bus.subscribe(f"$KV.{subjects.jobs_bucket(REGION)}.>", observer.on_record)
         # wait until every agent has offered
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            offers = [await bus.last(subjects.offers_stream(REGION), subjects.offer(REGION, f"node-{i}"))
-                      for i in range(agents)]
+            offers = [
+                await bus.last(subjects.offers_stream(REGION), subjects.offer(REGION, f"node-{i}"))
+                for i in range(agents)
+            ]
             if all(offers):
                 break
             await asyncio.sleep(0.2)
@@ -202,16 +234,20 @@ async def end_to_end(n: int, agents: int, slots: int) -> dict[str, float]:
         await observer.wait(observer.done, n, timeout=900)
         t1 = max(observer.done.values())
         started: dict[str, float] = {}
-        async for item in bus.follow(subjects.status_stream(REGION), subjects.job_event(REGION, "*", "*"),
-                                     until_caught_up=True):
+        async for item in bus.follow(
+            subjects.status_stream(REGION), subjects.job_event(REGION, "*", "*"), until_caught_up=True
+        ):
             event = decode_message(item.data)
             if isinstance(event, JobEvent) and event.kind == "started":
                 started.setdefault(event.job, event.at)
         latencies = [started[j] - sent[j] for j in sent if j in started]
         await bus.close()
         cpu = region.cpu_seconds()
-        print("  cpu seconds by process:", ", ".join(f"{k}={v:.1f}" for k, v in cpu.items()),
-              f"bench={sum(psutil.Process().cpu_times()[:2]):.1f}")
+        print(
+            "  cpu seconds by process:",
+            ", ".join(f"{k}={v:.1f}" for k, v in cpu.items()),
+            f"bench={sum(psutil.Process().cpu_times()[:2]):.1f}",
+        )
         return {
             "jobs": n,
             "agents": agents,
@@ -235,7 +271,9 @@ def machine() -> str:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--placements", type=int, default=10000, help="jobs for part 1 (0 skips it)")
     parser.add_argument("--nodes", type=int, default=50, help="simulated nodes for part 1")
     parser.add_argument("--e2e", type=int, default=2000, help="jobs for part 2 (0 skips it)")
@@ -249,13 +287,15 @@ async def main() -> None:
         print(
             f"placements: {r['jobs']} jobs on {r['nodes']} simulated nodes: "
             f"{r['placements_per_s']:.0f} placements/s (submitted at {r['submit_per_s']:.0f}/s); "
-            f"submit-to-placed p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms"
+            f"submit-to-placed p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms (burst); "
+            f"one at a time p50 {r['idle_p50_ms']:.1f} ms, p99 {r['idle_p99_ms']:.1f} ms"
         )
     if args.e2e:
         r = await end_to_end(args.e2e, args.agents, args.slots)
         print(
             f"end-to-end: {r['jobs']} jobs of `true` on {r['agents']} agents x {r['slots']} slots: "
-            f"{r['jobs_per_s']:.0f} jobs/s; submit-to-start p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms"
+            f"{r['jobs_per_s']:.0f} jobs/s; "
+            f"submit-to-start p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms"
         )
 
 

@@ -262,10 +262,9 @@ class Bus:
             max_ack_pending=max_ack_pending,
             deliver_policy=api.DeliverPolicy.ALL,
         )
-        try:
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            # exists with an older config: binding to it is what a restart wants
             await self.js.add_consumer(stream, config=config)
-        except nats.js.errors.BadRequestError:
-            pass  # exists with an older config; binding to it is what a restart wants
 
         async def on_msg(msg: Msg) -> None:
             await handler(_delivery(msg))
@@ -344,7 +343,9 @@ class Bus:
             msg = await self.js.get_msg(stream, subject=subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None
-        return Delivery(msg.subject, msg.data or b"", dict(msg.headers or {}), int(msg.seq or 0), 1)
+        return Delivery(
+            msg.subject or subject, msg.data or b"", dict(msg.headers or {}), int(msg.seq or 0), 1
+        )
 
     async def stream_exists(self, stream: str) -> bool:
         """Whether the stream exists in this server's JetStream domain."""
@@ -422,18 +423,17 @@ async def provision(bus: Bus, region: str) -> None:
             await bus.js.update_stream(config)
     ledger = subjects.ledger_bucket(region)
     republish = api.RePublish(src=f"$KV.{ledger}.>", dest=subjects.ledger_changes(region, ">"))
-    for bucket, extra in ((ledger, {"republish": republish}), (subjects.jobs_bucket(region), {})):
-        try:
-            await bus.js.create_key_value(
-                bucket=bucket,
-                history=1,
-                direct=True,
-                storage=api.StorageType.FILE,
-                max_value_size=4 * 1024**2,
-                **extra,
-            )
-        except nats.js.errors.BadRequestError:
-            pass  # exists
+    for bucket, tap in ((ledger, republish), (subjects.jobs_bucket(region), None)):
+        kv = api.KeyValueConfig(
+            bucket=bucket,
+            history=1,
+            direct=True,
+            storage=api.StorageType.FILE,
+            max_value_size=4 * 1024**2,
+            republish=tap,
+        )
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # exists
+            await bus.js.create_key_value(kv)
 
 
 async def wait_for_jetstream(url: str, deadline: float = 20.0) -> None:

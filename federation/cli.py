@@ -18,7 +18,14 @@ from typing import Any
 import msgspec
 
 from federation import logs, tracing
-from federation.config import AgentConfig, SchedulerConfig, SharingPolicy, convert, default_state_dir, load_toml
+from federation.config import (
+    AgentConfig,
+    SchedulerConfig,
+    SharingPolicy,
+    convert,
+    default_state_dir,
+    load_toml,
+)
 from federation.errors import FederationError, InvalidRequest
 from federation.resources import format_memory, parse_capacity, parse_memory
 from federation.schemas import JobRecord
@@ -60,7 +67,11 @@ async def cmd_up(args: argparse.Namespace) -> int:
     capacity.update(parse_capacity(args.node_capacity))
     regions = [r.strip() for r in args.regions.split(",") if r.strip()]
     options = Options(
-        state_dir=_state_dir(args), regions=regions, agents=args.agents, capacity=capacity, durable=args.durable,
+        state_dir=_state_dir(args),
+        regions=regions,
+        agents=args.agents,
+        capacity=capacity,
+        durable=args.durable,
         log_level=args.log_level,
     )
     await up(options)
@@ -75,7 +86,11 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
         overrides["nats_url"] = args.url
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
-    config = load_toml(Path(args.config), SchedulerConfig, overrides) if args.config else convert(overrides, SchedulerConfig, "flags")
+    config = (
+        load_toml(Path(args.config), SchedulerConfig, overrides)
+        if args.config
+        else convert(overrides, SchedulerConfig, "flags")
+    )
     tracing.configure(f"fed-scheduler-{config.region}")
     await serve(config)
     return 0
@@ -101,7 +116,11 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     if args.max_allocations is not None:
         overrides["sharing"] = msgspec.structs.asdict(SharingPolicy(max_offers_per_node=args.max_allocations))
     overrides["state_dir"] = str(_state_dir(args))
-    config = load_toml(Path(args.config), AgentConfig, overrides) if args.config else convert(overrides, AgentConfig, "flags")
+    config = (
+        load_toml(Path(args.config), AgentConfig, overrides)
+        if args.config
+        else convert(overrides, AgentConfig, "flags")
+    )
     tracing.configure(f"fed-agent-{config.node}")
     await serve(config)
     return 0
@@ -208,12 +227,18 @@ async def cmd_job(args: argparse.Namespace) -> int:
     spec = record.spec
     print(f"job       {record.id}")
     print(f"region    {record.region}")
-    print(f"state     {record.state}" + (f" (exit code {record.exit_code})" if record.exit_code is not None else ""))
+    print(
+        f"state     {record.state}"
+        + (f" (exit code {record.exit_code})" if record.exit_code is not None else "")
+    )
     print(f"why       {record.reason or '-'}")
     print(f"node      {record.node or '-'} (attempt {record.attempt})")
     print(f"command   {' '.join(spec.command)}")
-    print(f"request   cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu} priority={spec.priority} "
-          f"tenant={spec.tenant}" + (f" nodes={','.join(spec.nodes)}" if spec.nodes else ""))
+    print(
+        f"request   cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu} "
+        f"priority={spec.priority} "
+        f"tenant={spec.tenant}" + (f" nodes={','.join(spec.nodes)}" if spec.nodes else "")
+    )
     if record.traceparent:
         print(f"trace     {tracing.trace_id(record.traceparent)}")
     print("history")
@@ -248,24 +273,40 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``fed`` argument parser (every subcommand, with its help text)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", default=argparse.SUPPRESS,
-                        help="state directory (default: $FED_STATE_DIR or ~/.local/share/nats-federation)")
-    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=["debug", "info", "warning", "error"],
-                        help="log level (default info)")
+    common.add_argument(
+        "--state-dir",
+        default=argparse.SUPPRESS,
+        help="state directory (default: $FED_STATE_DIR or ~/.local/share/nats-federation)",
+    )
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default info)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="fed", description="Share CPU cores, memory and GPUs across regions over NATS.", parents=[common]
     )
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("up", parents=[common], help="run a local multi-region federation (Ctrl-C stops it)",
-                       description="Start a hub and one NATS server per region (each its own JetStream domain, "
-                       "leaf-linked to the hub), one scheduler per region and N agents per region.")
+    p = sub.add_parser(
+        "up",
+        parents=[common],
+        help="run a local multi-region federation (Ctrl-C stops it)",
+        description="Start a hub and one NATS server per region (each its own JetStream domain, "
+        "leaf-linked to the hub), one scheduler per region and N agents per region.",
+    )
     p.add_argument("--regions", default="eu-west,us-east,ap-south", help="comma-separated region names")
     p.add_argument("--agents", type=int, default=2, help="agents per region (default 2)")
-    p.add_argument("--node-capacity", default="cpu=4,memory=8GiB,gpu=0",
-                   help="declared capacity of each agent, e.g. cpu=4,memory=8GiB,gpu=1")
-    p.add_argument("--durable", action="store_true", help="JetStream sync_interval: always (fsync every write)")
+    p.add_argument(
+        "--node-capacity",
+        default="cpu=4,memory=8GiB,gpu=0",
+        help="declared capacity of each agent, e.g. cpu=4,memory=8GiB,gpu=1",
+    )
+    p.add_argument(
+        "--durable", action="store_true", help="JetStream sync_interval: always (fsync every write)"
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("scheduler", parents=[common], help="run a region's scheduler daemon")
@@ -287,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-allocations", type=int, help="max concurrent allocations (max_offers_per_node)")
     p.set_defaults(func=cmd_agent)
 
-    p = sub.add_parser("submit", parents=[common], help="submit a workload: fed submit [options] -- CMD ARGS...")
+    p = sub.add_parser(
+        "submit", parents=[common], help="submit a workload: fed submit [options] -- CMD ARGS..."
+    )
     p.add_argument("--region", help="home region (default: the federation's first)")
     p.add_argument("--cpu", type=int, default=1, help="whole cores (default 1)")
     p.add_argument("--memory", default="0", help="memory, e.g. 512MiB (default 0)")

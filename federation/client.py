@@ -144,7 +144,9 @@ class Client:
         name = self._region(region)
         if name not in self._buses:
             endpoint = self.connection.regions[name]
-            self._buses[name] = await Bus.connect(endpoint.url, "fed-client", retry_forever=False, timeout=3.0)
+            self._buses[name] = await Bus.connect(
+                endpoint.url, "fed-client", retry_forever=False, timeout=3.0
+            )
         return self._buses[name]
 
     # --- submit / cancel -----------------------------------------------------------------------------
@@ -189,7 +191,9 @@ class Client:
             await bus.store(subjects.submit(name, spec.id), data, msg_id=spec.id)
         return Job(self, spec.id, name)
 
-    async def cancel(self, job_id: str, *, region: str | None = None, reason: str = "cancelled by user") -> None:
+    async def cancel(
+        self, job_id: str, *, region: str | None = None, reason: str = "cancelled by user"
+    ) -> None:
         """Ask the job's home scheduler to cancel it (a no-op once the job is terminal)."""
         record = await self.job(job_id, region=region)
         bus = await self.bus(record.region)
@@ -213,7 +217,9 @@ class Client:
                 return decode_record(value)
         raise NotFound("job", job_id)
 
-    async def wait(self, job_id: str, *, region: str | None = None, timeout: float | None = None) -> JobRecord:
+    async def wait(
+        self, job_id: str, *, region: str | None = None, timeout: float | None = None
+    ) -> JobRecord:
         """Follow the job's record until it is terminal."""
         name = self._region(region)
         bus = await self.bus(name)
@@ -245,11 +251,15 @@ class Client:
                     out.append(record)
         return sorted(out, key=lambda r: (r.submitted_at, r.id))
 
-    async def logs(self, job_id: str, *, region: str | None = None, follow: bool = False) -> AsyncIterator[bytes]:
+    async def logs(
+        self, job_id: str, *, region: str | None = None, follow: bool = False
+    ) -> AsyncIterator[bytes]:
         """The job's output chunks; ``follow`` keeps reading until the job is terminal."""
         record = await self.job(job_id, region=region)
         bus = await self.bus(record.region)
-        tail = await bus.tail(subjects.logs_stream(record.region), subjects.job_log_filter(record.region, job_id))
+        tail = await bus.tail(
+            subjects.logs_stream(record.region), subjects.job_log_filter(record.region, job_id)
+        )
         try:
             while True:
                 if await tail.caught_up():
@@ -276,14 +286,18 @@ class Client:
             offers: dict[str, Offer] = {}
             if await bus.stream_exists(subjects.offers_stream(name)):
                 async for item in bus.follow(
-                    subjects.offers_stream(name), subjects.offer(name, "*"), last_per_subject=True,
+                    subjects.offers_stream(name),
+                    subjects.offer(name, "*"),
+                    last_per_subject=True,
                     until_caught_up=True,
                 ):
                     if not item.removed:
                         message = decode_message(item.data)
                         if isinstance(message, Offer):
                             offers[message.node] = message
-            ledgers = {k: decode_ledger(v) for k, (v, _) in (await bus.kv_load(subjects.ledger_bucket(name))).items()}
+            ledgers = {
+                k: decode_ledger(v) for k, (v, _) in (await bus.kv_load(subjects.ledger_bucket(name))).items()
+            }
             records = [decode_record(v) for v, _ in (await bus.kv_load(subjects.jobs_bucket(name))).values()]
         except (FederationUnavailable, TimeoutError) as exc:
             return RegionStatus(region=name, url=endpoint.url, reachable=False, error=str(exc))
@@ -292,8 +306,9 @@ class Client:
         for node in sorted(set(offers) | set(ledgers)):
             offer = offers.get(node)
             allocations = list(ledgers[node].allocations) if node in ledgers else []
-            status = NodeStatus(node=node, live=bool(offer and offer.expires_at > now), offer=offer,
-                                allocations=allocations)
+            status = NodeStatus(
+                node=node, live=bool(offer and offer.expires_at > now), offer=offer, allocations=allocations
+            )
             if offer is not None:
                 status.free_cpu = len(set(offer.cores) - {c for a in allocations for c in a.cores})
                 status.free_memory = offer.memory - sum(a.memory for a in allocations)
@@ -304,5 +319,10 @@ class Client:
             counts[record.state] = counts.get(record.state, 0) + 1
         pending = sorted((r for r in records if r.state == "pending"), key=lambda r: r.submitted_at)
         return RegionStatus(
-            region=name, url=endpoint.url, reachable=True, nodes=nodes, jobs=counts, queue=[r.id for r in pending[:20]]
+            region=name,
+            url=endpoint.url,
+            reachable=True,
+            nodes=nodes,
+            jobs=counts,
+            queue=[r.id for r in pending[:20]],
         )

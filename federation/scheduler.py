@@ -128,11 +128,15 @@ class Scheduler:
         assert self.bus is not None
         r = self.region
         await self.bus.durable(
-            subjects.workloads_stream(r), subjects.SCHEDULER_WORKLOADS_CONSUMER, subjects.workloads_filter(r),
+            subjects.workloads_stream(r),
+            subjects.SCHEDULER_WORKLOADS_CONSUMER,
+            subjects.workloads_filter(r),
             self._on_workload,
         )
         await self.bus.durable(
-            subjects.status_stream(r), subjects.SCHEDULER_STATUS_CONSUMER, subjects.job_event(r, "*", "*"),
+            subjects.status_stream(r),
+            subjects.SCHEDULER_STATUS_CONSUMER,
+            subjects.job_event(r, "*", "*"),
             self._on_status,
         )
         self._tasks.append(asyncio.create_task(self._follow_offers()))
@@ -191,7 +195,9 @@ class Scheduler:
     async def _follow_offers(self) -> None:
         assert self.bus is not None
         r = self.region
-        async for delivery in self.bus.follow(subjects.offers_stream(r), subjects.offer(r, "*"), last_per_subject=True):
+        async for delivery in self.bus.follow(
+            subjects.offers_stream(r), subjects.offer(r, "*"), last_per_subject=True
+        ):
             if delivery.removed:
                 continue  # an expired offer: its expires_at already stops placements
             try:
@@ -266,7 +272,9 @@ class Scheduler:
                 except Exception as exc:  # outcome unknown: read back what is stored
                     self.log.warning("ledger write failed; reading back", node=node, error=str(exc))
                 value, revision = await self.bus.kv_get(bucket, node)
-                return ClaimConflict(node=node, ledger=decode_ledger(value) if value else None, revision=revision)
+                return ClaimConflict(
+                    node=node, ledger=decode_ledger(value) if value else None, revision=revision
+                )
             case WriteJob(record=record):
                 await self._write_record(record)
         return None
@@ -282,17 +290,27 @@ class Scheduler:
             except ConflictError:
                 value, revision = await self.bus.kv_get(bucket, record.id)
                 stored = decode_record(value) if value else None
-                if stored is not None and stored.state != record.state and (
-                    record.state not in ALLOWED.get(stored.state, frozenset())
+                if (
+                    stored is not None
+                    and stored.state != record.state
+                    and (record.state not in ALLOWED.get(stored.state, frozenset()))
                 ):
-                    self.log.error("refused backwards job move", job=record.id, stored=stored.state, ours=record.state)
+                    self.log.error(
+                        "refused backwards job move", job=record.id, stored=stored.state, ours=record.state
+                    )
                     return
                 self.revisions[record.id] = revision
                 continue
             if record.state == "placed":
                 self.stats["placed"] += 1
-            self.log.info("job", job=record.id, state=record.state, node=record.node, attempt=record.attempt,
-                          reason=record.reason)
+            self.log.info(
+                "job",
+                job=record.id,
+                state=record.state,
+                node=record.node,
+                attempt=record.attempt,
+                reason=record.reason,
+            )
             return
         raise ConflictError(record.id, self.revisions.get(record.id, 0))
 

@@ -242,9 +242,10 @@ def decode_message(data: bytes, limit: int = MAX_MESSAGE_BYTES) -> Message:
     """Decode one published message, refusing it before parsing when it is larger than ``limit``."""
     _bounded(data, limit)
     try:
-        return _message_decoder.decode(data)
+        message: Message = _message_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedMessage(str(exc)) from None
+    return message
 
 
 def decode_ledger(data: bytes) -> Ledger:

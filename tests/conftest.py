@@ -24,7 +24,9 @@ from federation.launcher import Child, Federation, Options
 GiB = 1024**3
 
 
-async def eventually(predicate: Callable[[], Awaitable[Any] | Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+async def eventually(
+    predicate: Callable[[], Awaitable[Any] | Any], timeout: float = 20.0, interval: float = 0.05
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail with its last value after ``timeout``."""
     end = time.monotonic() + timeout
     last: Any = None
@@ -56,8 +58,21 @@ class Cluster:
         """Start one more real agent process in ``region``."""
         child = Child(
             f"agent-{node}",
-            [sys.executable, "-m", "federation.cli", "agent", "--region", region, "--node", node,
-             "--url", self.url(region), "--state-dir", str(self.tmp / "agents" / node), *args],
+            [
+                sys.executable,
+                "-m",
+                "federation.cli",
+                "agent",
+                "--region",
+                region,
+                "--node",
+                node,
+                "--url",
+                self.url(region),
+                "--state-dir",
+                str(self.tmp / "agents" / node),
+                *args,
+            ],
             self.tmp / "logs" / f"agent-{node}.log",
             restart=False,
         )

@@ -6,8 +6,13 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE_ALLOWED = {"federation.core", "federation.schemas", "federation.subjects", "federation.errors",
-                "federation.resources"}
+CORE_ALLOWED = {
+    "federation.core",
+    "federation.schemas",
+    "federation.subjects",
+    "federation.errors",
+    "federation.resources",
+}
 STDLIB_IO = {"asyncio", "socket", "time", "random", "os", "subprocess", "threading", "logging"}
 
 
@@ -28,7 +33,9 @@ def test_core_is_pure() -> None:
             assert top not in {"nats", "opentelemetry", "structlog", "psutil"}, f"{path.name} imports {name}"
             assert top not in STDLIB_IO, f"{path.name} imports {name}: the core takes time and I/O as data"
             if top == "federation":
-                assert any(name == a or name.startswith(a + ".") for a in CORE_ALLOWED), f"{path.name}: {name}"
+                assert any(name == a or name.startswith(a + ".") for a in CORE_ALLOWED), (
+                    f"{path.name}: {name}"
+                )
 
 
 def test_only_the_bus_imports_nats() -> None:

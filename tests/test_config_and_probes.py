@@ -15,7 +15,9 @@ GiB = 1024**3
 
 
 def sample(cpu: float = 10.0, available: int = 12 * GiB, gpus: tuple[GpuSample, ...] = ()) -> HostSample:
-    return HostSample(cpu_ids=(0, 1, 2, 3), cpu_percent=cpu, memory_total=16 * GiB, memory_available=available, gpus=gpus)
+    return HostSample(
+        cpu_ids=(0, 1, 2, 3), cpu_percent=cpu, memory_total=16 * GiB, memory_available=available, gpus=gpus
+    )
 
 
 def test_agent_toml_with_sharing_policy_loads(tmp_path: Path) -> None:
@@ -56,13 +58,15 @@ def test_quantities_parse_and_format() -> None:
 
 
 def config(**sharing: float) -> AgentConfig:
-    return AgentConfig(region="eu", node="n1", cpu=2, memory=4 * GiB, gpu_ids=["0", "1"],
-                       sharing=SharingPolicy(**sharing))  # type: ignore[arg-type]
+    return AgentConfig(
+        region="eu", node="n1", cpu=2, memory=4 * GiB, gpu_ids=["0", "1"], sharing=SharingPolicy(**sharing)
+    )  # type: ignore[arg-type]
 
 
 def test_quiet_host_offers_declared_capacity_pinned_to_real_cores() -> None:
     offer = build_offer(config(), sample(), now=100.0)
-    assert offer.cores == [0, 1] and offer.pinned
+    assert offer.cores == [0, 1]
+    assert offer.pinned
     assert offer.memory == 4 * GiB
     assert offer.gpus == ["0", "1"]
     assert offer.expires_at == 100.0 + SharingPolicy().offer_expiry
@@ -70,8 +74,10 @@ def test_quiet_host_offers_declared_capacity_pinned_to_real_cores() -> None:
 
 def test_busy_host_withholds_cpu_and_memory_under_thresholds() -> None:
     offer = build_offer(config(cpu_percent_max=50, memory_min_gb=8), sample(cpu=75, available=6 * GiB), now=0)
-    assert offer.cores == [] and offer.memory == 0
-    assert "cpu withheld" in offer.note and "memory withheld" in offer.note
+    assert offer.cores == []
+    assert offer.memory == 0
+    assert "cpu withheld" in offer.note
+    assert "memory withheld" in offer.note
 
 
 def test_busy_gpu_is_withheld_per_device() -> None:
@@ -84,7 +90,8 @@ def test_busy_gpu_is_withheld_per_device() -> None:
 def test_over_declared_node_runs_unpinned_and_says_so() -> None:
     cfg = AgentConfig(region="eu", node="n1", cpu=16)
     offer = build_offer(cfg, sample(), now=0)
-    assert not offer.pinned and len(offer.cores) == 16
+    assert not offer.pinned
+    assert len(offer.cores) == 16
     assert "unpinned" in offer.note
 
 

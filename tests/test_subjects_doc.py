@@ -43,6 +43,10 @@ def test_status_subjects_parse_back() -> None:
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     root = DOC.parent
-    ci = [line for line in (root / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd ", "rm "))]
+    ci = [
+        line
+        for line in (root / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd ", "rm "))
+    ]
     assert len(ci) == 1
     assert ci[0] in (root / "README.md").read_text()

@@ -79,7 +79,15 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Event = (
-    Recovered | Submitted | CancelRequested | OfferSeen | NodeDown | ClaimWritten | ClaimConflict | JobReported | Tick
+    Recovered
+    | Submitted
+    | CancelRequested
+    | OfferSeen
+    | NodeDown
+    | ClaimWritten
+    | ClaimConflict
+    | JobReported
+    | Tick
 )
 
 

@@ -261,7 +261,9 @@ class RegionCore:
             allocation = node.ledger.find(job)
             assert allocation is not None
             self.allocated[job] = node.name
-            self._move(job, "placed", placed_at, f"placed on {node.name}", node=node.name, attempt=allocation.attempt)
+            self._move(
+                job, "placed", placed_at, f"placed on {node.name}", node=node.name, attempt=allocation.attempt
+            )
             if view.cancel_pending:
                 self._move(job, "cancelled", placed_at, view.cancel_pending)
                 self._release(job)
@@ -279,8 +281,14 @@ class RegionCore:
             if stored is not None and stored.attempt == view.record.attempt + 1:
                 # the write landed although its answer was lost: it is our claim (I2)
                 self.allocated[job] = node.name
-                self._move(job, "placed", stored.placed_at, f"placed on {node.name}", node=node.name,
-                           attempt=stored.attempt)
+                self._move(
+                    job,
+                    "placed",
+                    stored.placed_at,
+                    f"placed on {node.name}",
+                    node=node.name,
+                    attempt=stored.attempt,
+                )
                 if view.cancel_pending:
                     self._move(job, "cancelled", stored.placed_at, view.cancel_pending)
                     self._release(job)
@@ -380,16 +388,16 @@ class RegionCore:
             best: tuple[tuple[int, int, int], str] | None = None
             node_reasons = {k: list(v) for k, v in reasons.items()}
             for name in spec.nodes or list(free):
-                candidate = free.get(name)
-                if candidate is None:
+                option = free.get(name)
+                if option is None:
                     if name not in self.nodes:
                         node_reasons.setdefault(placement.NO_OFFER, []).append(name)
                     continue
-                misfit = candidate.misfit(spec)
+                misfit = option.misfit(spec)
                 if misfit is not None:
                     node_reasons.setdefault(misfit, []).append(name)
                     continue
-                score = (candidate.score(spec), name)
+                score = (option.score(spec), name)
                 if best is None or score < best:
                     best = score
             if best is None:
@@ -438,7 +446,9 @@ class RegionCore:
             else:
                 fitting += 1
         if fitting:
-            return f"pending: waiting for free capacity ({fitting} node{'s' if fitting != 1 else ''} can run it)"
+            return (
+                f"pending: waiting for free capacity ({fitting} node{'s' if fitting != 1 else ''} can run it)"
+            )
         return placement.explain_misfit(spec, reasons, sum(len(v) for v in reasons.values()))
 
     def _allocation(self, view: JobView, free: placement.Free, now: float) -> Allocation:

@@ -3,6 +3,8 @@ and a foreign writer, against a compare-and-set store; the invariants are checke
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -24,8 +26,6 @@ from federation.core.state import ALLOWED, RegionCore
 from federation.schemas import TERMINAL_STATES, JobEvent, Ledger, Offer, Submit, Transition
 
 NODES = ("n1", "n2", "n3")
-
-
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -56,7 +56,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                     if before[-1].state in TERMINAL_STATES:
                         assert record.state == before[-1].state, f"{record.id} left a terminal state"
                 steps = [t.state for t in record.history]
-                for a, b in zip(steps, steps[1:], strict=False):
+                for a, b in itertools.pairwise(steps):
                     assert b in ALLOWED[a], f"I5: {record.id}: {a} -> {b}"
                 assert steps[-1] == record.state
                 self.states[record.id] = record.history
@@ -80,20 +80,44 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     # --- rules -------------------------------------------------------------------------------
 
-    @rule(node=st.sampled_from(NODES), cores=st.integers(0, 4), gpus=st.integers(0, 2),
-          memory=st.integers(0, 4), slots=st.integers(1, 4))
+    @rule(
+        node=st.sampled_from(NODES),
+        cores=st.integers(0, 4),
+        gpus=st.integers(0, 2),
+        memory=st.integers(0, 4),
+        slots=st.integers(1, 4),
+    )
     def offer(self, node: str, cores: int, gpus: int, memory: int, slots: int) -> None:
-        offer = Offer(node=node, region="eu", cores=list(range(cores)), gpus=[f"g{i}" for i in range(gpus)],
-                      memory=memory * 1024, max_allocations=slots, expires_at=self.now + 30)
+        offer = Offer(
+            node=node,
+            region="eu",
+            cores=list(range(cores)),
+            gpus=[f"g{i}" for i in range(gpus)],
+            memory=memory * 1024,
+            max_allocations=slots,
+            expires_at=self.now + 30,
+        )
         self.offers[node] = offer
         self.core.handle(OfferSeen(offer=offer))
 
-    @rule(cpu=st.integers(0, 3), gpu=st.integers(0, 2), memory=st.integers(0, 3),
-          only=st.sampled_from([(), ("n1",), ("n2", "n3")]), priority=st.sampled_from(["urgent", "low", "medium"]))
+    @rule(
+        cpu=st.integers(0, 3),
+        gpu=st.integers(0, 2),
+        memory=st.integers(0, 3),
+        only=st.sampled_from([(), ("n1",), ("n2", "n3")]),
+        priority=st.sampled_from(["urgent", "low", "medium"]),
+    )
     def submit(self, cpu: int, gpu: int, memory: int, only: tuple[str, ...], priority: str) -> None:
         self.jobs += 1
-        spec = Submit(id=f"j{self.jobs}", command=["x"], cpu=cpu, gpu=gpu, memory=memory * 1024, nodes=list(only),
-                      priority=priority)  # type: ignore[arg-type]
+        spec = Submit(
+            id=f"j{self.jobs}",
+            command=["x"],
+            cpu=cpu,
+            gpu=gpu,
+            memory=memory * 1024,
+            nodes=list(only),
+            priority=priority,
+        )  # type: ignore[arg-type]
         self.core.handle(Submitted(spec=spec, at=self.now))
 
     @rule(job=st.integers(1, 40))
@@ -131,15 +155,25 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.store[node] = (Ledger(node=node, allocations=ledger.allocations[1:]), self.revision)
 
     @precondition(lambda self: self.store)
-    @rule(node=st.sampled_from(NODES), kind=st.sampled_from(["started", "exited", "failed"]),
-          code=st.integers(0, 2), stale=st.booleans())
+    @rule(
+        node=st.sampled_from(NODES),
+        kind=st.sampled_from(["started", "exited", "failed"]),
+        code=st.integers(0, 2),
+        stale=st.booleans(),
+    )
     def report(self, node: str, kind: str, code: int, stale: bool) -> None:
         ledger = self.store.get(node, (Ledger(node=node), 0))[0]
         if not ledger.allocations:
             return
         allocation = ledger.allocations[0]
-        event = JobEvent(node=node, job=allocation.job, attempt=allocation.attempt + (1 if stale else 0),
-                         kind=kind, exit_code=code, at=self.now)  # type: ignore[arg-type]
+        event = JobEvent(
+            node=node,
+            job=allocation.job,
+            attempt=allocation.attempt + (1 if stale else 0),
+            kind=kind,
+            exit_code=code,
+            at=self.now,
+        )  # type: ignore[arg-type]
         self.core.handle(JobReported(event=event))
 
     @rule(job=st.integers(1, 40))
@@ -157,7 +191,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         seen: dict[str, str] = {}
         for node, (ledger, _) in self.store.items():
             for allocation in ledger.allocations:
-                assert allocation.job not in seen, f"I2: {allocation.job} on {seen[allocation.job]} and {node}"
+                assert allocation.job not in seen, (
+                    f"I2: {allocation.job} on {seen[allocation.job]} and {node}"
+                )
                 seen[allocation.job] = node
 
     @invariant()
@@ -165,7 +201,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         for ledger, _ in self.store.values():
             cores = [c for a in ledger.allocations for c in a.cores]
             gpus = [g for a in ledger.allocations for g in a.gpus]
-            assert len(cores) == len(set(cores)) and len(gpus) == len(set(gpus))
+            assert len(cores) == len(set(cores))
+            assert len(gpus) == len(set(gpus))
 
     @invariant()
     def placed_jobs_are_where_the_store_says(self) -> None:

@@ -21,7 +21,9 @@ from federation.schemas import JobEvent, Ledger, Offer, Submit
 GiB = 1024**3
 
 
-def offer(node: str, cpu: int = 4, memory: int = 8 * GiB, gpus: tuple[str, ...] = (), slots: int = 32) -> Offer:
+def offer(
+    node: str, cpu: int = 4, memory: int = 8 * GiB, gpus: tuple[str, ...] = (), slots: int = 32
+) -> Offer:
     return Offer(
         node=node,
         region="eu",
@@ -68,7 +70,8 @@ def test_job_is_placed_by_one_claim_then_one_record_write() -> None:
     assert claim.ledger.allocations[0].cores == (0, 1)
     assert core.handle(ClaimWritten(node="n1", revision=5)) == []
     second = core.handle(Tick(now=11.0))
-    assert len(second) == 1 and isinstance(second[0], WriteJob)
+    assert len(second) == 1
+    assert isinstance(second[0], WriteJob)
     assert second[0].record.state == "placed"
     assert second[0].record.node == "n1"
     assert second[0].record.attempt == 1
@@ -92,7 +95,8 @@ def test_job_needing_more_than_any_offer_stays_pending_with_reason() -> None:
     core.handle(OfferSeen(offer=offer("n2", cpu=2)))
     core.handle(submit("big", gpu=1))
     commands = core.handle(Tick(now=11.0))
-    assert len(commands) == 1 and isinstance(commands[0], WriteJob)
+    assert len(commands) == 1
+    assert isinstance(commands[0], WriteJob)
     record = commands[0].record
     assert record.state == "pending"
     assert "too little gpu on 2 nodes" in record.reason
@@ -136,11 +140,14 @@ def test_exit_report_finishes_job_and_releases_allocation() -> None:
     core.handle(submit("j1"))
     settle(core)
     core.handle(JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="started", at=12.0)))
-    core.handle(JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="exited", exit_code=3, at=13.0)))
+    core.handle(
+        JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="exited", exit_code=3, at=13.0))
+    )
     commands = core.handle(Tick(now=13.0))
     release = [c for c in commands if isinstance(c, WriteLedger)]
-    assert release and release[0].ledger.allocations == ()
-    record = [c for c in commands if isinstance(c, WriteJob)][0].record
+    assert release
+    assert release[0].ledger.allocations == ()
+    record = next(c for c in commands if isinstance(c, WriteJob)).record
     assert (record.state, record.exit_code) == ("failed", 3)
     assert [t.state for t in record.history] == ["pending", "placed", "running", "failed"]
 
@@ -202,5 +209,5 @@ def test_redelivered_submission_adopts_claim_written_before_a_crash() -> None:
     fresh.handle(submit("j1"))
     commands = fresh.handle(Tick(now=12.0))
     assert not [c for c in commands if isinstance(c, WriteLedger)]
-    record = [c for c in commands if isinstance(c, WriteJob)][0].record
+    record = next(c for c in commands if isinstance(c, WriteJob)).record
     assert (record.state, record.node, record.attempt) == ("placed", "n1", 1)

@@ -30,7 +30,12 @@ def mixed_job(i: int) -> tuple[list[str], str, int, str]:
         case 2:
             return [sys.executable, "-c", f"print({i} * 2)"], "succeeded", 0, f"{i * 2}\n"
         case _:
-            return ["sh", "-c", f"echo failing {i} >&2; exit {i % 7 + 1}"], "failed", i % 7 + 1, f"failing {i}\n"
+            return (
+                ["sh", "-c", f"echo failing {i} >&2; exit {i % 7 + 1}"],
+                "failed",
+                i % 7 + 1,
+                f"failing {i}\n",
+            )
 
 
 async def test_two_hundred_mixed_jobs_in_three_regions_end_right(make_cluster) -> None:
@@ -66,7 +71,10 @@ async def test_output_reads_back_through_fed_logs_cli(make_cluster) -> None:
         await job.wait(timeout=60)
     env = {**os.environ, "FED_STATE_DIR": str(cluster.tmp)}
     out = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "federation.cli", "logs", job.id], env=env, capture_output=True,
+        subprocess.run,
+        [sys.executable, "-m", "federation.cli", "logs", job.id],
+        env=env,
+        capture_output=True,
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
@@ -96,6 +104,7 @@ async def test_four_racing_submitters_never_overallocate_a_small_node(make_clust
     await nc.subscribe(subjects.ledger_changes("eu", "*"), cb=record)
     clients = [Client.connect(connection=cluster.connection) for _ in range(4)]
     try:
+
         async def submitter(n: int, fed: Client) -> list[str]:
             ids = []
             for i in range(15):
@@ -118,7 +127,9 @@ async def test_four_racing_submitters_never_overallocate_a_small_node(make_clust
         for fed in clients:
             await fed.close()
         await nc.drain()
-    offered_cores = set(range(2)) if len(os.sched_getaffinity(0)) < 2 else set(sorted(os.sched_getaffinity(0))[:2])
+    offered_cores = (
+        set(range(2)) if len(os.sched_getaffinity(0)) < 2 else set(sorted(os.sched_getaffinity(0))[:2])
+    )
     assert len(history) >= len(ids)  # every claim and every release went through the ledger
     peak = 0
     for ledger in history:
@@ -143,10 +154,14 @@ async def test_job_bigger_than_any_offer_waits_with_reason_then_runs_when_node_j
         assert "too little gpu on 1 node" in reason
         env = {**os.environ, "FED_STATE_DIR": str(cluster.tmp)}
         out = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "federation.cli", "job", job.id], env=env, capture_output=True,
+            subprocess.run,
+            [sys.executable, "-m", "federation.cli", "job", job.id],
+            env=env,
+            capture_output=True,
             timeout=60,
         )
-        assert "pending" in out.stdout.decode() and "too little gpu" in out.stdout.decode()
+        assert "pending" in out.stdout.decode()
+        assert "too little gpu" in out.stdout.decode()
         cluster.start_agent("eu", "gpu-node", "--gpu-id", "0")
         record = await job.wait(timeout=60)
         assert (record.state, record.node) == ("succeeded", "gpu-node")
@@ -155,8 +170,18 @@ async def test_job_bigger_than_any_offer_waits_with_reason_then_runs_when_node_j
 async def test_workload_sees_exactly_the_claimed_gpus_and_cores(make_cluster) -> None:
     cluster = await make_cluster(agents=0)
     host_cores = sorted(os.sched_getaffinity(0))
-    cluster.start_agent("eu", "pinned", "--cpu", str(len(host_cores)), "--gpu-id", "GPU-7", "--gpu-id", "GPU-9",
-                        "--gpu-id", "GPU-11")
+    cluster.start_agent(
+        "eu",
+        "pinned",
+        "--cpu",
+        str(len(host_cores)),
+        "--gpu-id",
+        "GPU-7",
+        "--gpu-id",
+        "GPU-9",
+        "--gpu-id",
+        "GPU-11",
+    )
     claims: list[Allocation] = []
     nc = await nats.connect(cluster.url("eu"))
 
@@ -174,7 +199,9 @@ async def test_workload_sees_exactly_the_claimed_gpus_and_cores(make_cluster) ->
         await nc.drain()
     assert record_.state == "succeeded"
     claim = next(a for a in claims if a.job == job.id)
-    assert claim.pinned and len(claim.cores) == 1 and len(claim.gpus) == 2
+    assert claim.pinned
+    assert len(claim.cores) == 1
+    assert len(claim.gpus) == 2
     assert output[0] == ",".join(claim.gpus)
     assert output[1] == str(list(claim.cores))
 
@@ -182,7 +209,10 @@ async def test_workload_sees_exactly_the_claimed_gpus_and_cores(make_cluster) ->
 async def test_cancel_kills_the_whole_process_tree(make_cluster, tmp_path) -> None:
     cluster = await make_cluster(agents=1)
     pids_file = tmp_path / "pids"
-    script = f"sleep 300 & echo $! >> {pids_file}; (sleep 300 & echo $! >> {pids_file}; wait) & echo $$ >> {pids_file}; wait"
+    script = (
+        f"sleep 300 & echo $! >> {pids_file}; (sleep 300 & echo $! >> {pids_file}; wait) & "
+        f"echo $$ >> {pids_file}; wait"
+    )
     async with Client.connect(connection=cluster.connection) as fed:
         job = await fed.submit(["sh", "-c", script])
         await eventually(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3)
@@ -216,8 +246,13 @@ async def test_bad_submissions_are_refused_and_change_nothing(make_cluster) -> N
         try:
             # straight over NATS: garbage, a wrong type, an id that disagrees with the subject
             await js.publish(subjects.submit("eu", "garbage"), b"{not json")
-            await js.publish(subjects.submit("eu", "negative"), b'{"type":"submit","id":"negative","command":["true"],"cpu":-4}')
-            await js.publish(subjects.submit("eu", "other"), b'{"type":"submit","id":"mismatch","command":["true"]}')
+            await js.publish(
+                subjects.submit("eu", "negative"),
+                b'{"type":"submit","id":"negative","command":["true"],"cpu":-4}',
+            )
+            await js.publish(
+                subjects.submit("eu", "other"), b'{"type":"submit","id":"mismatch","command":["true"]}'
+            )
             with pytest.raises(nats.js.errors.APIError):  # the stream refuses oversized payloads outright
                 await js.publish(subjects.submit("eu", "huge"), b"x" * (70 * 1024))
             # a newer client's extra field is accepted

@@ -20,7 +20,9 @@ from tests.conftest import eventually
 pytestmark = pytest.mark.timeout(300)
 
 
-async def test_scheduler_sigkill_mid_stream_loses_no_job_and_runs_none_twice(make_cluster, tmp_path: Path) -> None:
+async def test_scheduler_sigkill_mid_stream_loses_no_job_and_runs_none_twice(
+    make_cluster, tmp_path: Path
+) -> None:
     cluster = await make_cluster(agents=2)
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -71,17 +73,35 @@ async def test_one_job_is_one_trace_from_submit_to_the_process(make_cluster) -> 
 def _fed(state_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FED_STATE_DIR": str(state_dir)}
     return subprocess.run(
-        [sys.executable, "-m", "federation.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "federation.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 async def test_fed_up_starts_runs_a_job_and_stops_leaving_no_process(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {**os.environ, "FED_STATE_DIR": str(state)}
-    up = subprocess.Popen(
-        [sys.executable, "-m", "federation.cli", "up", "--regions", "north,south", "--agents", "1",
-         "--node-capacity", "cpu=2,memory=1GiB"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    up = subprocess.Popen(  # noqa: ASYNC220 - started once, stopped by its pid below
+        [
+            sys.executable,
+            "-m",
+            "federation.cli",
+            "up",
+            "--regions",
+            "north,south",
+            "--agents",
+            "1",
+            "--node-capacity",
+            "cpu=2,memory=1GiB",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     children: list[psutil.Process] = []
     try:
@@ -91,7 +111,9 @@ async def test_fed_up_starts_runs_a_job_and_stops_leaving_no_process(tmp_path: P
         assert sorted(connection["regions"]) == ["north", "south"]
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 3 + 2 + 2  # hub + 2 region servers, 2 schedulers, 2 agents
-        done = await asyncio.to_thread(_fed, state, "submit", "--region", "south", "--wait", "--", "echo", "hi")
+        done = await asyncio.to_thread(
+            _fed, state, "submit", "--region", "south", "--wait", "--", "echo", "hi"
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout == "hi\n"
         failed = await asyncio.to_thread(_fed, state, "submit", "--wait", "--", "sh", "-c", "exit 4")
