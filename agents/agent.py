@@ -11,8 +11,11 @@ Theory of operation
   running attempt that is no longer allocated (cancel). Before starting, local admission checks
   that the claimed devices are ones this node offers.
 * **At most once across agent restarts.** Before an attempt starts it is appended to a journal in
-  the agent's state directory. An allocation found in the journal but not running after a restart
-  was started by a previous life of the agent: it is reported ``failed`` (lost), never re-run.
+  the agent's state directory, and again with its process-group id once it runs. An allocation
+  found in the journal after a restart was started by a previous life of the agent: its process
+  group, if it still exists and carries that job's ``FED_JOB_ID`` (so a reused pid is never hit),
+  is killed (its output pipe died with the old agent), and the attempt is reported ``failed``
+  (lost), never re-run. The journal is compacted to the jobs still in the ledger.
 * **Reports** (``started``, ``exited`` with the code, ``failed`` with the reason) are stored on the
   status stream, retried until acknowledged, after the attempt's output.
 """
@@ -22,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import signal
 import time
 from pathlib import Path
 
+import psutil
 import structlog
 
 from agents import runner
@@ -53,7 +58,9 @@ class Agent:
         self.running: dict[str, runner.Run] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.finished: set[tuple[str, int]] = set()
-        self.previous_life: set[tuple[str, int]] = set()
+        self.previous_life: dict[tuple[str, int], int] = {}
+        self.journaled: dict[tuple[str, int], int] = {}
+        self._journal_lines = 0
         self.offered: tuple[set[int], set[str]] = (set(), set())
         self.bus: Bus | None = None
         self.log = log.bind(region=config.region, node=config.node)
@@ -66,6 +73,9 @@ class Agent:
         """Run until :meth:`stop` or a signal; on the way out stop every running attempt."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.previous_life = self._read_journal()
+        self.journaled = dict(self.previous_life)
+        self._journal_lines = len(self.journaled)
+        self._reap_previous_life()
         self.bus = await Bus.connect(self.config.nats_url, f"fed-agent-{self.node}")
         loops = [
             asyncio.create_task(self._heartbeats()),
@@ -158,6 +168,8 @@ class Agent:
                 self._stopping.add(stopping)
                 stopping.add_done_callback(self._stopping.discard)
         self.finished = {(job, attempt) for job, attempt in self.finished if job in desired}
+        if self._journal_lines > 10_000:
+            self._compact_journal(set(desired))
         for job, allocation in desired.items():
             key = (job, allocation.attempt)
             if job in self.tasks or key in self.finished:
@@ -197,7 +209,7 @@ class Agent:
                 if refusal:
                     await self._report(allocation, "failed", reason=f"local admission refused: {refusal}")
                     return
-                self._journal(job, attempt)
+                self._journal(job, attempt, 0)
                 spec = runner.RunSpec(
                     job=job,
                     attempt=attempt,
@@ -221,6 +233,7 @@ class Agent:
                     bound.info("attempt could not start", reason=str(exc))
                     return
                 self.running[job] = run
+                self._journal(job, attempt, run.pid)
                 await self._report(allocation, "started")
                 code = await run.wait()
                 reason = "stopped: allocation released" if run.stopping else ""
@@ -261,19 +274,52 @@ class Agent:
 
     # --- journal -----------------------------------------------------------------------------------
 
-    def _journal(self, job: str, attempt: int) -> None:
+    def _journal(self, job: str, attempt: int, pid: int) -> None:
+        """Record that an attempt is starting (pid 0) or runs as process group ``pid``."""
+        self.journaled[(job, attempt)] = pid
+        self._journal_lines += 1
         with self.journal.open("a") as handle:
-            handle.write(f"{job} {attempt}\n")
-            handle.flush()
+            handle.write(f"{job} {attempt} {pid}\n")
 
-    def _read_journal(self) -> set[tuple[str, int]]:
-        entries: set[tuple[str, int]] = set()
+    def _read_journal(self) -> dict[tuple[str, int], int]:
+        entries: dict[tuple[str, int], int] = {}
         with contextlib.suppress(FileNotFoundError):
             for line in self.journal.read_text().splitlines():
-                job, _, attempt = line.partition(" ")
-                if attempt.isdigit():
-                    entries.add((job, int(attempt)))
+                parts = line.split()
+                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                    key = (parts[0], int(parts[1]))
+                    entries[key] = max(entries.get(key, 0), int(parts[2]))
         return entries
+
+    def _compact_journal(self, jobs: set[str]) -> None:
+        """Rewrite the journal keeping only attempts whose job is still in the ledger."""
+        self.journaled = {key: pid for key, pid in self.journaled.items() if key[0] in jobs}
+        tmp = self.journal.with_suffix(".tmp")
+        tmp.write_text("".join(f"{job} {attempt} {pid}\n" for (job, attempt), pid in self.journaled.items()))
+        tmp.replace(self.journal)
+        self._journal_lines = len(self.journaled)
+
+    def _reap_previous_life(self) -> None:
+        """Kill process groups left by a previous life of this agent (verified by their FED_JOB_ID)."""
+        for (job, attempt), pid in self.previous_life.items():
+            if pid and _group_belongs_to(pid, job, attempt):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                self.log.warning("killed a process group left by a previous agent", job=job, pid=pid)
+
+
+def _group_belongs_to(pid: int, job: str, attempt: int) -> bool:
+    """Whether some live process of group ``pid`` runs ``job``'s ``attempt`` (pid reuse guard)."""
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) != pid:
+                continue
+            env = proc.environ()
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+        if env.get("FED_JOB_ID") == job and env.get("FED_ATTEMPT") == str(attempt):
+            return True
+    return False
 
 
 async def serve(config: AgentConfig) -> None:

@@ -134,3 +134,91 @@ async def test_fed_up_starts_runs_a_job_and_stops_leaving_no_process(tmp_path: P
     for child in children:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, f"{child} survived"
     assert not (state / "federation.json").exists()
+
+
+async def test_restart_with_the_same_state_dir_resumes_jobs(tmp_path: Path) -> None:
+    from federation.launcher import Federation, Options
+
+    options = Options(state_dir=tmp_path / "state", regions=("eu",), agents=1)
+    first = Federation(options)
+    connection = await first.start()
+    try:
+        async with Client.connect(connection=connection) as fed:
+            done = await fed.submit(["echo", "before"], job_id="before-restart")
+            assert (await done.wait(timeout=60)).state == "succeeded"
+            # a job no node can take stays queued across the restart
+            waiting = await fed.submit(["echo", "after"], job_id="waits", nodes=["later"])
+            await eventually(lambda: _pending(fed, waiting.id))
+    finally:
+        await first.stop()
+    second = Federation(options)
+    connection = await second.start()
+    agent = None
+    try:
+        async with Client.connect(connection=connection) as fed:
+            assert (await fed.job("before-restart")).state == "succeeded"
+            assert (await fed.job("waits")).state == "pending"
+            from federation.launcher import Child
+
+            agent = Child(
+                "agent-later",
+                [
+                    sys.executable,
+                    "-m",
+                    "federation.cli",
+                    "agent",
+                    "--region",
+                    "eu",
+                    "--node",
+                    "later",
+                    "--url",
+                    connection.regions["eu"].url,
+                    "--state-dir",
+                    str(tmp_path / "later"),
+                ],
+                tmp_path / "later.log",
+                restart=False,
+            )
+            agent.start()
+            record = await fed.wait("waits", timeout=60)
+            assert record.state == "succeeded"
+            assert b"".join([c async for c in fed.logs("before-restart")]) == b"before\n"
+    finally:
+        if agent is not None and agent.process is not None:
+            agent.process.terminate()
+            agent.process.wait(timeout=15)
+        await second.stop()
+
+
+async def _pending(fed: Client, job: str) -> bool:
+    try:
+        return (await fed.job(job)).state == "pending"
+    except Exception:
+        return False
+
+
+async def test_restarted_agent_does_not_rerun_an_attempt_it_had_started(make_cluster, tmp_path: Path) -> None:
+    cluster = await make_cluster(agents=0)
+    agent = cluster.start_agent("eu", "solo")
+    marker = tmp_path / "ran"
+    async with Client.connect(connection=cluster.connection) as fed:
+        job = await fed.submit(["sh", "-c", f"echo $$ >> {marker}; exec sleep 300"])
+        await eventually(lambda: marker.exists())
+        pid = int(marker.read_text())
+        assert agent.process is not None
+        agent.process.kill()  # SIGKILL: the agent's process group dies, the workload was its own session
+        agent.process.wait(timeout=10)
+        cluster.start_agent("eu", "solo")
+        record = await job.wait(timeout=60)
+    assert record.state == "failed"
+    assert "not re-run" in record.reason
+    assert marker.read_text() == f"{pid}\n", "the attempt ran twice"
+    await eventually(lambda: not _running(pid), timeout=10)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
