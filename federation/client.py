@@ -27,7 +27,13 @@ import msgspec
 from federation import subjects, tracing
 from federation.bus import Bus
 from federation.config import Connection, default_state_dir, load_connection
-from federation.errors import FederationUnavailable, InvalidRequest, NotFound, RemoteProtocolError
+from federation.errors import (
+    FederationUnavailable,
+    InvalidRequest,
+    MalformedMessage,
+    NotFound,
+    RemoteProtocolError,
+)
 from federation.schemas import (
     MAX_MESSAGE_BYTES,
     Allocation,
@@ -181,6 +187,8 @@ class Client:
                 submitted_at=time.time(),
             )
             validate(spec)
+        except MalformedMessage as exc:
+            raise InvalidRequest(f"invalid submission: {exc.reason}") from None
         except (RemoteProtocolError, TypeError, msgspec.ValidationError) as exc:
             raise InvalidRequest(f"invalid submission: {exc}") from None
         data = encode(spec)

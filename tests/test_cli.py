@@ -1,0 +1,111 @@
+"""The CLI's own behaviour: help texts, clear one-line errors, exit statuses (no server needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from federation.cli import build_parser, exit_status
+from federation.config import Connection, RegionEndpoint, write_connection
+from federation.schemas import JobRecord, Submit
+
+
+def fed(command: str, *args: str, state: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "federation.cli", command, "--state-dir", str(state), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_every_command_has_help() -> None:
+    parser = build_parser()
+    choices = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(choices) >= {"up", "scheduler", "agent", "submit", "status", "jobs", "job", "logs", "cancel"}
+    for name, sub in choices.items():
+        assert sub.format_help().strip(), name
+
+
+def test_without_a_federation_commands_say_how_to_start_one(tmp_path: Path) -> None:
+    out = fed("status", state=tmp_path)
+    assert out.returncode == 2
+    assert "fed up" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--cpu", "-1", "--", "true"], "cpu"),
+        (["--memory", "lots", "--", "true"], "memory quantity"),
+        (["--id", "bad.id", "--", "true"], "id"),
+        (["--env", "NOEQUALS", "--", "true"], "KEY=VALUE"),
+        ([], "nothing to run"),
+    ],
+)
+def test_bad_submission_is_one_clear_line_and_sends_nothing(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    # a connection file pointing at a port nobody listens on: validation must fail before any I/O
+    write_connection(
+        tmp_path,
+        Connection(
+            hub_url="nats://127.0.0.1:9",
+            regions={"eu": RegionEndpoint(url="nats://127.0.0.1:9")},
+            default_region="eu",
+        ),
+    )
+    out = fed("submit", *args, state=tmp_path)
+    assert out.returncode == 2, out
+    assert needle in out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_unreachable_region_is_reported_not_a_traceback(tmp_path: Path) -> None:
+    write_connection(
+        tmp_path,
+        Connection(
+            hub_url="nats://127.0.0.1:9",
+            regions={"eu": RegionEndpoint(url="nats://127.0.0.1:9")},
+            default_region="eu",
+        ),
+    )
+    out = fed("submit", "--", "true", state=tmp_path)
+    assert out.returncode == 2
+    assert "unavailable" in out.stderr and "Traceback" not in out.stderr
+
+
+def record(state: str, code: int | None) -> JobRecord:
+    return JobRecord(id="j", region="eu", spec=Submit(id="j", command=["x"]), state=state, exit_code=code)  # type: ignore[arg-type]
+
+
+def test_wait_exit_status_follows_the_job() -> None:
+    assert exit_status(record("succeeded", 0)) == 0
+    assert exit_status(record("failed", 3)) == 3
+    assert exit_status(record("failed", -9)) == 137
+    assert exit_status(record("cancelled", -15)) == 143
+    assert exit_status(record("cancelled", None)) == 130
+    assert exit_status(record("failed", None)) == 1
+
+
+def test_job_record_json_is_stable() -> None:
+    data = msgspec.json.decode(msgspec.json.encode(record("pending", None)))
+    assert {
+        "id",
+        "region",
+        "spec",
+        "state",
+        "attempt",
+        "node",
+        "exit_code",
+        "reason",
+        "submitted_at",
+        "updated_at",
+        "traceparent",
+        "history",
+    } <= set(data)
