@@ -63,7 +63,8 @@ def test_bad_submission_is_one_clear_line_and_sends_nothing(
     out = fed("submit", *args, state=tmp_path)
     assert out.returncode == 2, out
     assert needle in out.stderr
-    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1
+    assert "Traceback" not in out.stderr
 
 
 def test_unreachable_region_is_reported_not_a_traceback(tmp_path: Path) -> None:
@@ -77,7 +78,8 @@ def test_unreachable_region_is_reported_not_a_traceback(tmp_path: Path) -> None:
     )
     out = fed("submit", "--", "true", state=tmp_path)
     assert out.returncode == 2
-    assert "unavailable" in out.stderr and "Traceback" not in out.stderr
+    assert "unavailable" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def record(state: str, code: int | None) -> JobRecord:
