@@ -303,6 +303,16 @@ class Scheduler:
                 continue
             if record.state == "placed":
                 self.stats["placed"] += 1
+                if tracing.recording() and record.traceparent:
+                    with tracing.span(
+                        "fed.place",
+                        parent=record.traceparent,
+                        job=record.id,
+                        node=record.node,
+                        attempt=record.attempt,
+                        region=self.region,
+                    ):
+                        pass
             self.log.info(
                 "job",
                 job=record.id,

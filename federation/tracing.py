@@ -4,38 +4,91 @@ The submitter starts a trace and the W3C ``traceparent`` travels in the submissi
 scheduler stores it in the job record and in the allocation; the agent starts its run span as a
 child of it and passes it to the workload as ``TRACEPARENT``. Spans are exported only when
 ``OTEL_TRACES_EXPORTER=console`` (or a provider is installed by the embedding program); ids are
-generated either way so the context always propagates.
+generated either way so the context always propagates. ``FED_TRACE_FILE=path`` appends every
+finished span as one JSON line (service, name, trace id, span id, parent id), which is how the
+tests check that submit, placement and run share one trace without a collector.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import context, trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _propagator = TraceContextTextMapPropagator()
 _configured = False
+_recording = False
+
+
+class FileSpanExporter(SpanExporter):
+    """Appends finished spans to a file as JSON lines (small, dependency-free, for tests and demos)."""
+
+    def __init__(self, path: str, service: str) -> None:
+        self.path = path
+        self.service = service
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = []
+        for item in spans:
+            ctx = item.get_span_context()
+            parent = item.parent
+            lines.append(
+                json.dumps(
+                    {
+                        "service": self.service,
+                        "name": item.name,
+                        "trace_id": f"{ctx.trace_id:032x}" if ctx else "",
+                        "span_id": f"{ctx.span_id:016x}" if ctx else "",
+                        "parent_id": f"{parent.span_id:016x}" if parent else "",
+                        "attributes": dict(item.attributes or {}),
+                    }
+                )
+            )
+        with open(self.path, "a") as handle:
+            handle.write("".join(line + "\n" for line in lines))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
 
 
 def configure(service: str) -> None:
     """Install the SDK tracer provider once per process (idempotent)."""
-    global _configured
+    global _configured, _recording
     if _configured:
         return
     _configured = True
     if isinstance(trace.get_tracer_provider(), TracerProvider):
+        _recording = True  # the embedding program installed its own provider
         return
     from opentelemetry.sdk.resources import Resource
 
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if os.environ.get("OTEL_TRACES_EXPORTER", "") == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        _recording = True
+    if os.environ.get("FED_TRACE_FILE"):
+        provider.add_span_processor(
+            SimpleSpanProcessor(FileSpanExporter(os.environ["FED_TRACE_FILE"], service))
+        )
+        _recording = True
     trace.set_tracer_provider(provider)
+
+
+def recording() -> bool:
+    """Whether spans go anywhere; hot paths skip optional spans when they do not."""
+    return _recording
 
 
 def tracer() -> trace.Tracer:

@@ -60,14 +60,28 @@ async def test_scheduler_sigkill_mid_stream_loses_no_job_and_runs_none_twice(
     assert not twice, f"jobs ran more than once: {twice}"
 
 
-async def test_one_job_is_one_trace_from_submit_to_the_process(make_cluster) -> None:
+async def test_one_job_is_one_trace_from_submit_to_the_process(make_cluster, tmp_path, monkeypatch) -> None:
+    spans_file = tmp_path / "spans.jsonl"
+    monkeypatch.setenv("FED_TRACE_FILE", str(spans_file))  # inherited by the daemons
     cluster = await make_cluster(agents=1)
     async with Client.connect(connection=cluster.connection) as fed:
         job = await fed.submit(["sh", "-c", "echo $TRACEPARENT"])
         record = await job.wait(timeout=60)
         seen = b"".join([c async for c in fed.logs(job.id)]).decode().strip()
-    assert record.traceparent, "the submission carried no trace context"
-    assert trace_id(seen) == trace_id(record.traceparent) != ""
+    trace = trace_id(record.traceparent)
+    assert trace, "the submission carried no trace context"
+    assert trace_id(seen) == trace, "the workload did not get the job's trace context"
+
+    def spans() -> dict[str, dict[str, str]]:
+        if not spans_file.exists():
+            return {}
+        lines = [json.loads(line) for line in spans_file.read_text().splitlines()]
+        return {s["name"]: s for s in lines if s["trace_id"] == trace}
+
+    found = await eventually(lambda: (s := spans()) and {"fed.place", "fed.run"} <= set(s) and s)
+    assert found["fed.place"]["service"] == "fed-scheduler-eu"
+    assert found["fed.run"]["service"] == "fed-agent-eu-n1"
+    assert found["fed.run"]["attributes"]["job"] == job.id
 
 
 def _fed(state_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
