@@ -34,11 +34,11 @@ import psutil
 import structlog
 
 from agents import runner
-from agents.probes import HostProbe, build_offer
+from agents.probes import HostProbe, build_offer, declared_devices
 from federation import subjects, tracing
 from federation.bus import Bus
 from federation.config import AgentConfig
-from federation.errors import FederationError, RemoteProtocolError
+from federation.errors import RemoteProtocolError
 from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, decode_ledger, encode
 
 log = structlog.get_logger()
@@ -61,17 +61,22 @@ class Agent:
         self.previous_life: dict[tuple[str, int], int] = {}
         self.journaled: dict[tuple[str, int], int] = {}
         self._journal_lines = 0
-        self.offered: tuple[set[int], set[str]] = (set(), set())
+        self.devices: tuple[set[int], set[str]] = (set(), set())
+        self.desired: dict[str, int] = {}
+        self._run_ended = asyncio.Event()
         self.bus: Bus | None = None
         self.log = log.bind(region=config.region, node=config.node)
         self._stop = asyncio.Event()
         self._stopping: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until :meth:`stop` or a signal; on the way out stop every running attempt."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        cores, gpus, _ = declared_devices(self.config, self.probe.sample(set()))
+        self.devices = (set(cores), set(gpus))
         self.previous_life = self._read_journal()
         self.journaled = dict(self.previous_life)
         self._journal_lines = len(self.journaled)
@@ -82,6 +87,8 @@ class Agent:
             asyncio.create_task(self._offers()),
             asyncio.create_task(self._follow_ledger()),
         ]
+        for task in loops:
+            task.add_done_callback(self._loop_ended)
         self.log.info("agent started", work_root=str(self.work_root))
         try:
             await self._stop.wait()
@@ -92,9 +99,19 @@ class Agent:
             await self._shutdown_runs()
             await self.bus.close()
             self.log.info("agent stopped")
+        if self.failure is not None:
+            raise self.failure
 
     def stop(self) -> None:
         """Ask the agent to stop."""
+        self._stop.set()
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """A main loop must never end while the agent runs: stop loudly, with a non-zero exit."""
+        if task.cancelled() or self._stop.is_set():
+            return
+        self.failure = task.exception() or RuntimeError("an agent loop ended")
+        self.log.error("agent loop died; stopping", error=repr(self.failure))
         self._stop.set()
 
     async def _shutdown_runs(self) -> None:
@@ -117,7 +134,7 @@ class Agent:
                 await self.bus.store(
                     subjects.heartbeat(self.region, self.node), encode(beat), ttl=ttl, timeout=2.0
                 )
-            except FederationError as exc:
+            except Exception as exc:  # the loop must outlive any single failure
                 self.log.warning("heartbeat not stored", error=str(exc))
             await asyncio.sleep(interval)
 
@@ -126,16 +143,15 @@ class Agent:
         policy = self.config.sharing
         while True:
             pids = {run.pid for run in self.running.values()}
-            offer = build_offer(self.config, self.probe.sample(pids), time.time())
-            self.offered = (set(offer.cores), set(offer.gpus))
             try:
+                offer = build_offer(self.config, self.probe.sample(pids), time.time())
                 await self.bus.store(
                     subjects.offer(self.region, self.node),
                     encode(offer),
                     ttl=max(1, math.ceil(policy.offer_expiry)),
                     timeout=2.0,
                 )
-            except FederationError as exc:
+            except Exception as exc:  # the loop must outlive any single failure
                 self.log.warning("offer not stored", error=str(exc))
             await asyncio.sleep(policy.check_interval)
 
@@ -160,6 +176,7 @@ class Agent:
     async def reconcile(self, allocations: tuple[Allocation, ...]) -> None:
         """Start what is allocated and not running; stop what runs and is no longer allocated."""
         desired = {a.job: a for a in allocations}
+        self.desired = {job: a.attempt for job, a in desired.items()}
         for job, run in list(self.running.items()):
             allocation = desired.get(job)
             if (allocation is None or allocation.attempt != run.spec.attempt) and not run.stopping:
@@ -185,13 +202,39 @@ class Agent:
             self.tasks[job] = asyncio.create_task(self._attempt(allocation))
 
     def _admit(self, allocation: Allocation) -> str:
-        """Local admission: the claimed devices must be ones this node offered."""
-        cores, gpus = self.offered
+        """Local admission: the claimed devices must be this node's own."""
+        cores, gpus = self.devices
         if allocation.pinned and not set(allocation.cores) <= cores:
-            return f"claimed cores {list(allocation.cores)} are not offered by {self.node}"
+            return f"claimed cores {list(allocation.cores)} are not cores of {self.node}"
         if not set(allocation.gpus) <= gpus:
-            return f"claimed gpus {list(allocation.gpus)} are not offered by {self.node}"
+            return f"claimed gpus {list(allocation.gpus)} are not gpus of {self.node}"
         return ""
+
+    def _busy_devices(self, allocation: Allocation) -> bool:
+        """Whether a still-running attempt (say, one being stopped) holds a claimed device."""
+        for job, run in self.running.items():
+            if job == allocation.job:
+                continue
+            if set(run.spec.gpus) & set(allocation.gpus):
+                return True
+            if run.spec.pinned and allocation.pinned and set(run.spec.cores) & set(allocation.cores):
+                return True
+        return False
+
+    async def _wait_for_devices(self, allocation: Allocation) -> bool:
+        """Wait (bounded) until no running attempt holds the claimed devices."""
+        deadline = time.monotonic() + self.config.kill_grace + 5.0
+        while self._busy_devices(allocation):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._run_ended.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._run_ended.wait(), left)
+        return True
+
+    def _still_wanted(self, allocation: Allocation) -> bool:
+        return self.desired.get(allocation.job) == allocation.attempt
 
     async def _report_only(self, allocation: Allocation, reason: str) -> None:
         try:
@@ -206,9 +249,14 @@ class Agent:
         try:
             with tracing.span("fed.run", parent=allocation.traceparent, job=job, node=self.node):
                 refusal = self._admit(allocation)
+                if not refusal and not await self._wait_for_devices(allocation):
+                    refusal = "claimed devices are still held by an attempt that will not stop"
                 if refusal:
-                    await self._report(allocation, "failed", reason=f"local admission refused: {refusal}")
+                    await self._report(allocation, "refused", reason=f"local admission: {refusal}")
+                    bound.warning("allocation refused", reason=refusal)
                     return
+                if not self._still_wanted(allocation):
+                    return  # released (cancelled) before it started: nothing ran, nothing to report
                 self._journal(job, attempt, 0)
                 spec = runner.RunSpec(
                     job=job,
@@ -234,15 +282,22 @@ class Agent:
                     return
                 self.running[job] = run
                 self._journal(job, attempt, run.pid)
+                if not self._still_wanted(allocation):  # released while it was being started
+                    await run.stop(self.config.kill_grace)
                 await self._report(allocation, "started")
                 code = await run.wait()
                 reason = "stopped: allocation released" if run.stopping else ""
                 await self._report(allocation, "exited", exit_code=code, reason=reason)
                 bound.info("attempt exited", exit_code=code, stopped=run.stopping)
+        except Exception as exc:  # a bug or a broken disk: say so rather than leave the job placed
+            bound.error("attempt failed inside the agent", error=repr(exc))
+            with contextlib.suppress(Exception):
+                await self._report(allocation, "failed", reason=f"agent error: {exc!r}")
         finally:
             self.running.pop(job, None)
             self.finished.add(key)
             self.tasks.pop(job, None)
+            self._run_ended.set()
 
     async def _report(
         self, allocation: Allocation, kind: JobEventKind, *, exit_code: int | None = None, reason: str = ""
@@ -267,7 +322,7 @@ class Agent:
             try:
                 await self.bus.store(subject, data, timeout=5.0)
                 return
-            except FederationError as exc:
+            except Exception as exc:  # retried until stored: a report must not be lost
                 self.log.warning("store failed; retrying", subject=subject, error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -301,25 +356,36 @@ class Agent:
 
     def _reap_previous_life(self) -> None:
         """Kill process groups left by a previous life of this agent (verified by their FED_JOB_ID)."""
-        for (job, attempt), pid in self.previous_life.items():
-            if pid and _group_belongs_to(pid, job, attempt):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-                self.log.warning("killed a process group left by a previous agent", job=job, pid=pid)
+        wanted = {pid: key for key, pid in self.previous_life.items() if pid}
+        if not wanted:
+            return
+        for pgid in _groups_running(wanted):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            self.log.warning(
+                "killed a process group left by a previous agent", job=wanted[pgid][0], pgid=pgid
+            )
 
 
-def _group_belongs_to(pid: int, job: str, attempt: int) -> bool:
-    """Whether some live process of group ``pid`` runs ``job``'s ``attempt`` (pid reuse guard)."""
+def _groups_running(wanted: dict[int, tuple[str, int]]) -> set[int]:
+    """Which of the process groups ``wanted`` (pgid -> job, attempt) still run that job's attempt.
+
+    The environment check guards against a reused pid: only a group whose member carries the
+    job's ``FED_JOB_ID`` and ``FED_ATTEMPT`` is reported. One pass over the process table.
+    """
+    found: set[int] = set()
     for proc in psutil.process_iter(["pid"]):
         try:
-            if os.getpgid(proc.pid) != pid:
+            pgid = os.getpgid(proc.pid)
+            if pgid not in wanted or pgid in found:
                 continue
             env = proc.environ()
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
+        job, attempt = wanted[pgid]
         if env.get("FED_JOB_ID") == job and env.get("FED_ATTEMPT") == str(attempt):
-            return True
-    return False
+            found.add(pgid)
+    return found
 
 
 async def serve(config: AgentConfig) -> None:

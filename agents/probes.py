@@ -13,6 +13,7 @@ per device by the same rule. Declared capacity (``cpu``, ``memory``, ``gpu_ids``
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
@@ -65,10 +66,14 @@ class HostProbe:
         )
         total_percent = psutil.cpu_percent(interval=None)
         own_cpu, own_rss = 0.0, 0
+        pids = set(workload_pids)
+        for pid in workload_pids:  # a workload's children are the workload too
+            with contextlib.suppress(psutil.Error):
+                pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
         for pid in list(self._procs):
-            if pid not in workload_pids:
+            if pid not in pids:
                 del self._procs[pid]
-        for pid in workload_pids:
+        for pid in pids:
             try:
                 proc = self._procs.setdefault(pid, psutil.Process(pid))
                 own_cpu += proc.cpu_percent(interval=None)
@@ -109,13 +114,26 @@ def _nvml_gpus() -> list[GpuSample]:
     return out
 
 
-def build_offer(config: AgentConfig, sample: HostSample, now: float) -> Offer:
-    """What the node shares now under its policy (pure)."""
-    policy = config.sharing
+def declared_devices(config: AgentConfig, sample: HostSample) -> tuple[list[int], list[str], bool]:
+    """The node's own devices (cores, GPU ids, pinned?), before any sharing threshold applies.
+
+    Cores are real host core ids when the declared count fits the host (``pinned``), else
+    synthetic ids ``0..n-1``. GPU ids are the declared ones, else NVML's. Duplicates collapse.
+    """
     host_cores = len(sample.cpu_ids)
     declared_cpu = config.cpu or host_cores
     pinned = declared_cpu <= host_cores and hasattr(os, "sched_setaffinity")
     cores = list(sample.cpu_ids[:declared_cpu]) if pinned else list(range(declared_cpu))
+    gpus = list(dict.fromkeys(config.gpu_ids)) or [gpu.id for gpu in sample.gpus]
+    return cores, gpus, pinned
+
+
+def build_offer(config: AgentConfig, sample: HostSample, now: float) -> Offer:
+    """What the node shares now under its policy (pure)."""
+    policy = config.sharing
+    host_cores = len(sample.cpu_ids)
+    cores, gpu_ids, pinned = declared_devices(config, sample)
+    declared_cpu = len(cores)
     notes = (
         [] if pinned else [f"declared {declared_cpu} cores on a {host_cores}-core host: jobs run unpinned"]
     )
@@ -132,7 +150,6 @@ def build_offer(config: AgentConfig, sample: HostSample, now: float) -> Offer:
         notes.append(f"memory withheld: host at {sample.memory_percent:.0f}% ({available_gb:.1f} GiB free)")
 
     measured = {gpu.id: gpu for gpu in sample.gpus}
-    gpu_ids = list(config.gpu_ids) or list(measured)
     gpus = []
     for gpu_id in gpu_ids:
         reading = measured.get(gpu_id)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
 CHUNK = 16 * 1024
+PUMP_DRAIN = 2.0  # seconds to finish reading output once the process group is gone
 
 OutputSink = Callable[[bytes], Awaitable[None]]
 
@@ -101,8 +102,14 @@ class Run:
         code = await self.process.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)  # leave no process of the group behind
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._pump
+        try:
+            # a process that left the group (setsid) may still hold the output pipe: do not let it
+            # keep the attempt open; its output after this point is dropped
+            await asyncio.wait_for(asyncio.shield(self._pump), PUMP_DRAIN)
+        except TimeoutError:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
         shutil.rmtree(self.workdir, ignore_errors=True)
         return code
 

@@ -33,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from federation import subjects, tracing
-from federation.errors import ConflictError, FederationUnavailable
+from federation.errors import ConflictError, FederationUnavailable, InvalidRequest
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 MSG_ID = "Nats-Msg-Id"
@@ -120,6 +120,19 @@ class Tail:
             await self._sub.unsubscribe()
 
 
+def _translate(subject: str, exc: Exception) -> Exception:
+    """Map nats-py's exceptions onto :mod:`federation.errors` (callers never see nats types)."""
+    if isinstance(exc, nats.js.errors.APIError) and exc.code != 503:
+        return InvalidRequest(f"the server refused the message on {subject}: {exc.description or exc}")
+    if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
+        return FederationUnavailable(subject, "no stream answers (is the region up and provisioned?)")
+    if isinstance(exc, nats.errors.TimeoutError | TimeoutError):
+        return FederationUnavailable(subject, "the stream did not acknowledge in time")
+    if isinstance(exc, nats.errors.Error | OSError):
+        return FederationUnavailable(subject, str(exc) or type(exc).__name__)
+    return exc
+
+
 class Bus:
     """A connection to one NATS server (a region's, or the hub) and its JetStream."""
 
@@ -182,28 +195,31 @@ class Bus:
             hdrs[MSG_TTL] = f"{int(ttl)}s"
         try:
             ack = await self.js.publish(subject, data, headers=hdrs, timeout=timeout)
-        except nats.errors.NoRespondersError:
-            raise FederationUnavailable(subject, "no stream answers (is the region up?)") from None
-        except nats.errors.TimeoutError:
-            raise FederationUnavailable(subject, "the stream did not acknowledge in time") from None
+        except Exception as exc:
+            raise _translate(subject, exc) from None
         return int(ack.seq)
 
     # --- KV: compare-and-set ------------------------------------------------------------------------
 
-    async def cas(self, bucket: str, key: str, value: bytes, expected: int) -> int:
+    async def cas(self, bucket: str, key: str, value: bytes, expected: int, *, msg_id: str = "") -> int:
         """Write ``value`` iff the key's last revision is ``expected`` (0: key absent); new revision.
 
-        Raises :class:`ConflictError` when the key moved.
+        Raises :class:`ConflictError` when the key moved. With ``msg_id``, re-sending the same write
+        after a lost answer is idempotent: the server recognises the duplicate and returns the
+        revision of the first copy instead of storing it twice or reporting a conflict.
         """
         subject = f"$KV.{bucket}.{key}"
+        headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
+        if msg_id:
+            headers[MSG_ID] = msg_id
         try:
-            ack = await self.js.publish(
-                subject, value, headers={EXPECTED_LAST_SUBJECT_SEQ: str(expected)}, timeout=10.0
-            )
+            ack = await self.js.publish(subject, value, headers=headers, timeout=10.0)
         except nats.js.errors.APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
                 raise ConflictError(key, expected) from None
-            raise
+            raise _translate(subject, exc) from None
+        except Exception as exc:
+            raise _translate(subject, exc) from None
         return int(ack.seq)
 
     async def kv_get(self, bucket: str, key: str) -> tuple[bytes | None, int]:
@@ -265,6 +281,11 @@ class Bus:
         with contextlib.suppress(nats.js.errors.BadRequestError):
             # exists with an older config: binding to it is what a restart wants
             await self.js.add_consumer(stream, config=config)
+        info = await self.js.consumer_info(stream, consumer)
+        if info.push_bound:
+            raise FederationUnavailable(
+                f"{stream}/{consumer}", "another process is consuming it (is a second scheduler running?)"
+            )
 
         async def on_msg(msg: Msg) -> None:
             await handler(_delivery(msg))

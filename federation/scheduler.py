@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import signal
 import time
 from collections.abc import Callable
@@ -51,7 +52,7 @@ from federation.core.events import (
     WriteLedger,
 )
 from federation.core.state import ALLOWED, RegionCore
-from federation.errors import ConflictError, RemoteProtocolError
+from federation.errors import ConflictError, FederationError, FederationUnavailable, RemoteProtocolError
 from federation.schemas import (
     Cancel,
     Heartbeat,
@@ -86,6 +87,7 @@ class Scheduler:
         self.stats = {"placed": 0, "conflicts": 0, "quarantined": 0, "batches": 0}
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        self.failure: BaseException | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -98,6 +100,8 @@ class Scheduler:
             await self._start_consumers()
             self.log.info("scheduler started", nodes=len(self.core.nodes), jobs=len(self.core.jobs))
             await self._loop()
+            if self.failure is not None:
+                raise self.failure
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -139,12 +143,29 @@ class Scheduler:
             subjects.job_event(r, "*", "*"),
             self._on_status,
         )
-        self._tasks.append(asyncio.create_task(self._follow_offers()))
-        self._tasks.append(asyncio.create_task(self._follow_heartbeats()))
+        for loop in (self._follow_offers(), self._follow_heartbeats()):
+            task = asyncio.create_task(loop)
+            task.add_done_callback(self._task_ended)
+            self._tasks.append(task)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A follower must never end while the scheduler runs: crash loudly (the supervisor restarts)."""
+        if task.cancelled() or self._stop.is_set():
+            return
+        self.failure = task.exception() or FederationError("a follower loop ended")
+        self.log.error("background loop died; stopping", error=repr(self.failure))
+        self._stop.set()
 
     # --- inputs ------------------------------------------------------------------------------------
 
     async def _quarantine(self, source: str, delivery: Delivery, reason: str) -> None:
+        """Record a refused message with its reason; never raises (a handler loop must go on)."""
+        try:
+            await self._store_quarantine(source, delivery, reason)
+        except Exception as exc:
+            self.log.error("could not quarantine a refused message", subject=delivery.subject, error=str(exc))
+
+    async def _store_quarantine(self, source: str, delivery: Delivery, reason: str) -> None:
         assert self.bus is not None
         self.stats["quarantined"] += 1
         record = Quarantined(
@@ -204,6 +225,10 @@ class Scheduler:
                 message = decode_message(delivery.data)
                 if not isinstance(message, Offer) or message.node != subjects.last_token(delivery.subject):
                     raise RemoteProtocolError("not an offer for the node named in the subject")
+                if len(set(message.cores)) != len(message.cores) or len(set(message.gpus)) != len(
+                    message.gpus
+                ):
+                    raise RemoteProtocolError("the offer lists a device twice")
             except RemoteProtocolError as exc:
                 await self._quarantine("offers", delivery, str(exc))
                 continue
@@ -264,13 +289,20 @@ class Scheduler:
         match command:
             case WriteLedger(node=node, ledger=ledger, expected_revision=expected):
                 bucket = subjects.ledger_bucket(self.region)
-                try:
-                    revision = await self.bus.cas(bucket, node, encode(ledger), expected)
-                    return ClaimWritten(node=node, revision=revision)
-                except ConflictError:
-                    self.stats["conflicts"] += 1
-                except Exception as exc:  # outcome unknown: read back what is stored
-                    self.log.warning("ledger write failed; reading back", node=node, error=str(exc))
+                data = encode(ledger)
+                # the same write, re-sent after a lost answer, is recognised by its id: the server
+                # answers with the first copy's revision instead of a false conflict
+                msg_id = f"{node}:{expected}:{hashlib.blake2b(data, digest_size=12).hexdigest()}"
+                for attempt in range(4):
+                    try:
+                        revision = await self.bus.cas(bucket, node, data, expected, msg_id=msg_id)
+                        return ClaimWritten(node=node, revision=revision)
+                    except ConflictError:
+                        self.stats["conflicts"] += 1
+                        break
+                    except FederationUnavailable as exc:  # outcome unknown: send the same write again
+                        self.log.warning("ledger write unanswered; retrying", node=node, error=str(exc))
+                        await asyncio.sleep(0.2 * 2**attempt)
                 value, revision = await self.bus.kv_get(bucket, node)
                 return ClaimConflict(
                     node=node, ledger=decode_ledger(value) if value else None, revision=revision

@@ -113,14 +113,15 @@ class Offer(msgspec.Struct, tag="offer", tag_field="type", kw_only=True, omit_de
     note: Reason = ""
 
 
-JobEventKind = Literal["started", "exited", "failed"]
+JobEventKind = Literal["started", "exited", "failed", "refused"]
 
 
 class JobEvent(msgspec.Struct, tag="job_event", tag_field="type", kw_only=True, omit_defaults=True):
     """An agent's report on one attempt, on ``fed.<region>.status.<node>.<job>.event``.
 
     ``exited`` carries the exit code (negative: killed by that signal); ``failed`` means the
-    attempt never ran or was lost (``reason`` says why).
+    attempt never ran or was lost (``reason`` says why); ``refused`` means local admission turned
+    the allocation down before anything ran (the job goes back to the queue).
     """
 
     node: Name

@@ -44,9 +44,9 @@ class Free:
         """Free capacity of ``offer`` once ``allocations`` are taken out."""
         used_cores = {c for a in allocations for c in a.cores}
         used_gpus = {g for a in allocations for g in a.gpus}
-        return cls(
-            cores=[c for c in offer.cores if c not in used_cores],
-            gpus=[g for g in offer.gpus if g not in used_gpus],
+        return cls(  # dict.fromkeys: a device listed twice in an offer is still one device
+            cores=[c for c in dict.fromkeys(offer.cores) if c not in used_cores],
+            gpus=[g for g in dict.fromkeys(offer.gpus) if g not in used_gpus],
             memory=offer.memory - sum(a.memory for a in allocations),
             slots=offer.max_allocations - len(allocations),
             pinned=offer.pinned,

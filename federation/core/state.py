@@ -17,9 +17,11 @@ pass and emits the writes the view needs:
   marks the record dirty, and a tick emits one :class:`WriteJob` per dirty record. A job being
   claimed is not written until the claim settles, so a placed job costs one record write.
 * **Order of writes** makes crashes harmless: a claim is written before the job record says
-  ``placed`` (a ledger allocation with no placed record is adopted when the submission is
-  redelivered); a terminal record may precede the release (recovery releases allocations of
-  terminal jobs).
+  ``placed`` (on recovery, an allocation with no record gets its record rebuilt from the
+  allocation; a pending record with an allocation is adopted as placed). A terminal record and the
+  release are written in the same round, in either order: recovery releases allocations of
+  terminal jobs, and a running record whose release landed first is finished by the agent's
+  report, which is acknowledged only after the record is stored.
 
 Invariants kept here: I1 (allocations never exceed the offer, by construction of each proposal
 from :class:`~federation.core.placement.Free`), I2 (a job attempt is in at most one ledger: a job
@@ -89,6 +91,7 @@ class NodeView:
     proposal: Ledger | None = None
     proposal_jobs: list[str] = field(default_factory=list)
     releases: set[str] = field(default_factory=set)
+    down_at: float = 0.0
 
     def current(self) -> Ledger:
         """The last ledger known to be stored (an empty one when the key does not exist yet)."""
@@ -133,9 +136,11 @@ class RegionCore:
             case OfferSeen(offer=offer):
                 node = self._node(offer.node)
                 node.offer = offer
-                node.alive = True
-            case NodeDown(node=name):
-                self._node(name).alive = False
+                if offer.sent_at >= node.down_at:  # an offer older than the node's death revives nothing
+                    node.alive = True
+            case NodeDown(node=name, at=at):
+                node = self._node(name)
+                node.alive, node.down_at = False, at
             case JobReported(event=report):
                 self._reported(report)
             case ClaimWritten():
@@ -179,6 +184,44 @@ class RegionCore:
                 self._node(self.allocated[record.id]).releases.add(record.id)
             elif record.state == "pending" and record.id in self.allocated:
                 self._adopt(record.id, self.allocated[record.id], record.updated_at)
+        for job, name in sorted(self.allocated.items()):
+            if job not in self.jobs:
+                # claimed, then the scheduler died before the record was written: the ledger
+                # allocation holds everything needed to rebuild the record, so the agent's reports
+                # find the job (the submission's redelivery is then a harmless duplicate)
+                found = self._node(name).current().find(job)
+                assert found is not None
+                self._rebuild(found, name)
+
+    def _rebuild(self, allocation: Allocation, node: str) -> None:
+        at = allocation.placed_at
+        spec = Submit(
+            id=allocation.job,
+            command=list(allocation.command),
+            cpu=allocation.cpu,
+            memory=allocation.memory,
+            gpu=len(allocation.gpus),
+            priority=allocation.priority,
+            tenant=allocation.tenant,
+            env=dict(allocation.env),
+            submitted_at=at,
+        )
+        reason = f"placed on {node} (record rebuilt from the node's ledger)"
+        record = JobRecord(
+            id=allocation.job,
+            region=self.region,
+            spec=spec,
+            state="placed",
+            attempt=allocation.attempt,
+            node=node,
+            reason=reason,
+            submitted_at=at,
+            updated_at=at,
+            traceparent=allocation.traceparent,
+            history=(Transition(state="pending", at=at), Transition(state="placed", at=at, reason=reason)),
+        )
+        self._add(record)
+        self.dirty.add(record.id)
 
     def _add(self, record: JobRecord) -> JobView:
         self._arrivals += 1
@@ -239,6 +282,13 @@ class RegionCore:
         if report.kind == "started":
             if record.state == "placed":
                 self._move(report.job, "running", report.at, f"running on {report.node}")
+            return
+        if report.kind == "refused":
+            # local admission said no before anything ran: back to the queue, devices released
+            if record.state == "placed":
+                self._move(report.job, "pending", report.at, f"refused by {report.node}: {report.reason}")
+                bisect.insort(self.queue, (view.order, report.job))
+                self._release(report.job)
             return
         if report.kind == "exited":
             code = report.exit_code if report.exit_code is not None else -1

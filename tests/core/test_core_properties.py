@@ -157,7 +157,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.store)
     @rule(
         node=st.sampled_from(NODES),
-        kind=st.sampled_from(["started", "exited", "failed"]),
+        kind=st.sampled_from(["started", "exited", "failed", "refused"]),
         code=st.integers(0, 2),
         stale=st.booleans(),
     )

@@ -211,3 +211,56 @@ def test_redelivered_submission_adopts_claim_written_before_a_crash() -> None:
     assert not [c for c in commands if isinstance(c, WriteLedger)]
     record = next(c for c in commands if isinstance(c, WriteJob)).record
     assert (record.state, record.node, record.attempt) == ("placed", "n1", 1)
+
+
+def test_recovery_rebuilds_the_record_of_an_allocation_whose_record_was_never_written() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(submit("j1", cpu=2))
+    claim = core.handle(Tick(now=11.0))[0]
+    assert isinstance(claim, WriteLedger)
+    fresh = RegionCore("eu")
+    fresh.handle(Recovered(ledgers={"n1": (claim.ledger, 7)}, records=()))
+    written = [c.record for c in fresh.handle(Tick(now=12.0)) if isinstance(c, WriteJob)]
+    assert [(r.id, r.state, r.node, r.spec.cpu) for r in written] == [("j1", "placed", "n1", 2)]
+    # the agent's reports now find the job, and the late redelivery of the submission is a duplicate
+    fresh.handle(JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="exited", exit_code=0)))
+    fresh.handle(submit("j1", cpu=2))
+    commands = fresh.handle(Tick(now=13.0))
+    assert [c.record.state for c in commands if isinstance(c, WriteJob)] == ["succeeded"]
+    assert [c.ledger.allocations for c in commands if isinstance(c, WriteLedger)] == [()]
+
+
+def test_refused_allocation_goes_back_to_the_queue_and_is_released() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(submit("j1"))
+    settle(core)
+    core.handle(JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="refused", reason="busy")))
+    commands = core.handle(Tick(now=20.0))
+    # released and immediately claimed again (attempt 2) in the same pass: one ledger write
+    claims = [c for c in commands if isinstance(c, WriteLedger)]
+    assert len(claims) == 1
+    assert [(a.job, a.attempt) for a in claims[0].ledger.allocations] == [("j1", 2)]
+    assert "refused by n1: busy" in [t.reason for t in core.jobs["j1"].record.history][-1]
+
+
+def test_offer_older_than_a_node_death_does_not_revive_it() -> None:
+    core = RegionCore("eu")
+    core.handle(NodeDown(node="n1", at=50.0))
+    stale = Offer(node="n1", region="eu", cores=[0], memory=1, sent_at=49.0, expires_at=1e9)
+    core.handle(OfferSeen(offer=stale))
+    assert not core.nodes["n1"].alive
+    fresh = Offer(node="n1", region="eu", cores=[0], memory=1, sent_at=51.0, expires_at=1e9)
+    core.handle(OfferSeen(offer=fresh))
+    assert core.nodes["n1"].alive
+
+
+def test_a_device_listed_twice_in_an_offer_is_handed_out_once() -> None:
+    core = RegionCore("eu")
+    doubled = Offer(node="n1", region="eu", cores=[0, 0], gpus=["g", "g"], memory=GiB, expires_at=1e9)
+    core.handle(OfferSeen(offer=doubled))
+    core.handle(submit("a", cpu=1, gpu=1))
+    core.handle(submit("b", cpu=1, gpu=1))
+    claims = [c for c in core.handle(Tick(now=11.0)) if isinstance(c, WriteLedger)]
+    assert [a.job for a in claims[0].ledger.allocations] == ["a"]

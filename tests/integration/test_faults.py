@@ -32,7 +32,7 @@ async def test_scheduler_sigkill_mid_stream_loses_no_job_and_runs_none_twice(
         async def stream() -> None:
             for i in range(total):
                 await fed.submit(["sh", "-c", f"echo $FED_ATTEMPT >> {runs}/$FED_JOB_ID"], job_id=f"k-{i}")
-                await asyncio.sleep(0)
+                await asyncio.sleep(0.01)  # a steady stream, so the kill lands in the middle of it
 
         producer = asyncio.create_task(stream())
         scheduler = cluster.scheduler("eu")
@@ -42,6 +42,7 @@ async def test_scheduler_sigkill_mid_stream_loses_no_job_and_runs_none_twice(
             return len(list(runs.iterdir())) >= 40
 
         await eventually(some_placed, timeout=60)
+        assert not producer.done(), "the stream ended before the kill: not a mid-stream crash"
         os.kill(first_pid, signal.SIGKILL)
         # fed up's supervisor restarts the scheduler; the new one recovers from JetStream
         await eventually(lambda: scheduler.pid != first_pid and scheduler.alive(), timeout=30)
