@@ -290,3 +290,38 @@ async def test_plain_nats_publish_of_documented_json_runs_a_job(make_cluster) ->
         record = await fed.wait("raw-1", timeout=60)
         assert record.state == "succeeded"
         assert b"".join([c async for c in fed.logs("raw-1")]) == b"from a plain client\n"
+
+
+async def test_cancel_right_after_submit_never_leaves_the_process_running(make_cluster) -> None:
+    import psutil
+
+    cluster = await make_cluster(agents=1)
+    async with Client.connect(connection=cluster.connection) as fed:
+        jobs = []
+        for i in range(20):
+            job = await fed.submit(["sleep", "120"], job_id=f"quick-cancel-{i}")
+            await eventually(lambda j=job: _known(fed, j.id))
+            await job.cancel()
+            jobs.append(job)
+        records = [await job.wait(timeout=60) for job in jobs]
+    assert {r.state for r in records} == {"cancelled"}
+
+    def leftovers() -> list[int]:
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if proc.environ().get("FED_JOB_ID", "").startswith("quick-cancel-"):
+                    found.append(proc.pid)
+            except psutil.Error:
+                continue
+        return found
+
+    await eventually(lambda: not leftovers(), timeout=20)
+
+
+async def _known(fed: Client, job: str) -> bool:
+    try:
+        await fed.job(job)
+    except Exception:
+        return False
+    return True

@@ -237,3 +237,16 @@ def _running(pid: int) -> bool:
             return handle.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_a_second_scheduler_for_a_region_refuses_to_start(make_cluster) -> None:
+    cluster = await make_cluster(agents=0)
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "federation.cli", "scheduler", "--region", "eu", "--url", cluster.url("eu")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "second scheduler" in out.stderr
