@@ -92,7 +92,7 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
         else convert(overrides, SchedulerConfig, "flags")
     )
     tracing.configure(f"fed-scheduler-{config.region}")
-    await serve(config)
+    await serve(config, Path(args.config) if args.config else None, overrides)
     return 0
 
 
@@ -146,6 +146,9 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             tenant=args.tenant,
             env=_pairs(args.env or [], "--env"),
             job_id=args.id,
+            require=_pairs(args.require or [], "--require"),
+            scoring=args.scoring or "",
+            max_attempts=args.max_attempts,
         )
         if not args.wait:
             print(job.id)
@@ -336,7 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", default="0", help="memory, e.g. 512MiB (default 0)")
     p.add_argument("--gpu", type=int, default=0, help="whole GPUs (default 0)")
     p.add_argument("--priority", default="medium", choices=["urgent", "high", "medium", "low"])
-    p.add_argument("--node", action="append", help="run only on this node (repeat for alternatives)")
+    p.add_argument("--node", action="append", help="preferred node: used first when it fits (repeat)")
+    p.add_argument(
+        "--require",
+        action="append",
+        help="required node label KEY=VALUE (repeat; VALUE may list alternatives a,b; node=NAME pins a node)",
+    )
+    p.add_argument("--scoring", choices=["binpack", "spread"], help="override the region's scoring")
+    p.add_argument(
+        "--max-attempts", type=int, default=0, help="attempts before failing (default: region policy)"
+    )
     p.add_argument("--tenant", default="default")
     p.add_argument("--env", action="append", help="environment variable KEY=VALUE for the job (repeat)")
     p.add_argument("--id", help="job id (default: generated); resubmitting an id is a no-op")

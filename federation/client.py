@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import msgspec
 
@@ -170,6 +170,9 @@ class Client:
         tenant: str = "default",
         env: dict[str, str] | None = None,
         job_id: str | None = None,
+        require: dict[str, str] | None = None,
+        scoring: Literal["", "binpack", "spread"] = "",
+        max_attempts: int = 0,
     ) -> Job:
         """Validate and durably submit a job; returns once the region's stream stored it."""
         name = self._region(region)
@@ -185,6 +188,9 @@ class Client:
                 nodes=list(nodes),
                 env=dict(env or {}),
                 submitted_at=time.time(),
+                require=dict(require or {}),
+                scoring=scoring,
+                max_attempts=max_attempts,
             )
             validate(spec)
         except MalformedMessage as exc:

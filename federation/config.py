@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
+from federation.core.policy import Policy
 from federation.errors import ConfigError, FederationUnavailable
 
 T = TypeVar("T")
@@ -66,13 +67,14 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
 
 
 class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """Everything ``fed scheduler`` needs."""
+    """Everything ``fed scheduler`` needs; ``[policy]`` is reloaded while it runs."""
 
     region: str
     nats_url: str = "nats://127.0.0.1:4222"
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 512
     tick_interval: Positive = 0.5
     epoch: Annotated[int, msgspec.Meta(ge=0)] = 1
+    policy: Policy = msgspec.field(default_factory=Policy)
 
 
 class RegionEndpoint(msgspec.Struct, kw_only=True):

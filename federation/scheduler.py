@@ -29,13 +29,15 @@ import hashlib
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from federation import subjects, tracing
 from federation.bus import Bus, Delivery, provision
-from federation.config import SchedulerConfig
+from federation.config import SchedulerConfig, load_toml
 from federation.core.events import (
     CancelRequested,
     ClaimConflict,
@@ -45,6 +47,7 @@ from federation.core.events import (
     JobReported,
     NodeDown,
     OfferSeen,
+    PolicyChanged,
     Recovered,
     Submitted,
     Tick,
@@ -52,7 +55,13 @@ from federation.core.events import (
     WriteLedger,
 )
 from federation.core.state import ALLOWED, RegionCore
-from federation.errors import ConflictError, FederationError, FederationUnavailable, RemoteProtocolError
+from federation.errors import (
+    ConfigError,
+    ConflictError,
+    FederationError,
+    FederationUnavailable,
+    RemoteProtocolError,
+)
 from federation.schemas import (
     Cancel,
     Heartbeat,
@@ -75,11 +84,21 @@ Item = tuple[Event, Delivery | None]
 class Scheduler:
     """One region's scheduler process (see the module docstring)."""
 
-    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        clock: Callable[[], float] = time.time,
+        *,
+        config_path: Path | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.region = config.region
         self.clock = clock
-        self.core = RegionCore(config.region, epoch=config.epoch)
+        self.core = RegionCore(config.region, epoch=config.epoch, policy=config.policy)
+        self.config_path = config_path
+        self.overrides = dict(overrides or {})
+        self._config_stamp = self._stamp()
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.revisions: dict[str, int] = {}
         self.bus: Bus | None = None
@@ -113,6 +132,38 @@ class Scheduler:
         """Ask the loop to finish its current batch and exit."""
         self._stop.set()
 
+    # --- policy reload -------------------------------------------------------------------------------
+
+    def _stamp(self) -> tuple[float, int] | None:
+        if self.config_path is None:
+            return None
+        try:
+            info = self.config_path.stat()
+        except OSError:
+            return None
+        return (info.st_mtime, info.st_size)
+
+    def reload(self) -> None:
+        """Re-read the config file; a valid new ``[policy]`` becomes an event, a bad one is refused."""
+        if self.config_path is None:
+            return
+        self._config_stamp = self._stamp()
+        try:
+            config = load_toml(self.config_path, SchedulerConfig, self.overrides)
+        except ConfigError as exc:
+            self.log.error("config refused; keeping the current policy", error=str(exc))
+            return
+        if config.policy != self.core.policy:
+            self.queue.put_nowait((PolicyChanged(policy=config.policy), None))
+            self.log.info("policy reloaded", policy=msgspec.to_builtins(config.policy))
+
+    async def _watch_config(self) -> None:
+        """Reload when the config file changes (editing it is enough; SIGHUP also works)."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self._stamp() != self._config_stamp:
+                self.reload()
+
     async def recover(self) -> None:
         """Rebuild the core's view from the ledger and jobs buckets."""
         assert self.bus is not None
@@ -143,7 +194,7 @@ class Scheduler:
             subjects.job_event(r, "*", "*"),
             self._on_status,
         )
-        for loop in (self._follow_offers(), self._follow_heartbeats()):
+        for loop in (self._follow_offers(), self._follow_heartbeats(), self._watch_config()):
             task = asyncio.create_task(loop)
             task.add_done_callback(self._task_ended)
             self._tasks.append(task)
@@ -357,12 +408,18 @@ class Scheduler:
         raise ConflictError(record.id, self.revisions.get(record.id, 0))
 
 
-async def serve(config: SchedulerConfig) -> None:
-    """Run a scheduler until SIGINT/SIGTERM (the ``fed scheduler`` entry point)."""
-    scheduler = Scheduler(config)
+async def serve(
+    config: SchedulerConfig, config_path: Path | None = None, overrides: dict[str, Any] | None = None
+) -> None:
+    """Run a scheduler until SIGINT/SIGTERM (the ``fed scheduler`` entry point).
+
+    With ``config_path`` the ``[policy]`` table is reloaded when the file changes or on SIGHUP.
+    """
+    scheduler = Scheduler(config, config_path=config_path, overrides=overrides)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, scheduler.stop)
+    loop.add_signal_handler(signal.SIGHUP, scheduler.reload)
     await scheduler.run()
 
 

@@ -57,7 +57,10 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     """A workload request, published to ``fed.<region>.wl.submit.<id>``.
 
     ``id`` is chosen by the submitter and is the idempotency key: publishing the same id twice
-    creates one job. ``nodes`` restricts placement to the named nodes.
+    creates one job. ``nodes`` are preferred nodes (used first when they fit); ``require`` are
+    labels a node must carry (``{"gpu_model": "A100,H100"}``: any of the comma-separated values;
+    every node also carries ``node=<name>`` and ``region=<region>``). ``scoring`` overrides the
+    region's default (binpack or spread); ``max_attempts`` (0: the region's default) bounds retries.
     """
 
     id: JobId
@@ -70,6 +73,9 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     nodes: Annotated[list[Name], msgspec.Meta(max_length=256)] = []
     env: Annotated[dict[EnvKey, Label], msgspec.Meta(max_length=256)] = {}
     submitted_at: Timestamp = 0.0
+    require: Annotated[dict[Label, Label], msgspec.Meta(max_length=64)] = {}
+    scoring: Literal["", "binpack", "spread"] = ""
+    max_attempts: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
 
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type", kw_only=True, omit_defaults=True):
@@ -184,6 +190,32 @@ class Transition(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, 
     reason: str = ""
 
 
+class Candidate(msgspec.Struct, kw_only=True, frozen=True, array_like=True):
+    """A node and its score in a decision (lower scores win)."""
+
+    node: str
+    score: tuple[int, ...]
+
+
+class Decision(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Why a job is pending, or why it went where it did: the data behind ``fed explain``.
+
+    ``filtered`` counts nodes rejected per reason; ``chosen`` and ``runners_up`` carry scores;
+    ``victims`` are the allocations preempted to make room; ``queue_position`` is the job's place in
+    the queue when the decision was made (1 = next).
+    """
+
+    kind: Literal["pending", "placed", "preempting"]
+    at: float
+    considered: int = 0
+    filtered: dict[str, int] = {}
+    chosen: Candidate | None = None
+    runners_up: tuple[Candidate, ...] = ()
+    victims: tuple[str, ...] = ()
+    queue_position: int = 0
+    note: str = ""
+
+
 class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     """A job's state, in the region's jobs bucket keyed by job id; moved forward by CAS only.
 
@@ -203,6 +235,8 @@ class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     updated_at: float = 0.0
     traceparent: str = ""
     history: tuple[Transition, ...] = ()
+    not_before: float = 0.0
+    decision: Decision | None = None
 
     @property
     def terminal(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
+from federation.core.policy import Policy
 from federation.schemas import JobEvent, JobRecord, Ledger, Offer, Submit
 
 # --- events -------------------------------------------------------------------------------------
@@ -72,6 +73,12 @@ class JobReported(msgspec.Struct, frozen=True, kw_only=True):
     event: JobEvent
 
 
+class PolicyChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """The region's scheduling policy was (re)loaded."""
+
+    policy: Policy
+
+
 class Tick(msgspec.Struct, frozen=True, kw_only=True):
     """Time passed: run a scheduling pass and emit the writes the state needs."""
 
@@ -87,6 +94,7 @@ Event = (
     | ClaimWritten
     | ClaimConflict
     | JobReported
+    | PolicyChanged
     | Tick
 )
 

@@ -12,10 +12,11 @@ module builds, because :func:`allocate` only hands out devices from :class:`Free
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from federation.resources import format_memory
-from federation.schemas import Allocation, Offer, Submit
+from federation.schemas import PRIORITY_RANK, Allocation, Offer, Submit
 
 # Reasons a node is filtered out, in the order they are checked (also the order `explain` prints).
 NOT_NAMED = "not among the requested nodes"
@@ -28,6 +29,11 @@ MEMORY = "too little memory"
 GPU = "too little gpu"
 
 
+LABELS = "label mismatch"
+BUSY = "claim in flight"
+FULL = "in use now (fits once allocations finish)"
+
+
 @dataclass(slots=True)
 class Free:
     """What is left of an offer after the allocations in the ledger (and tentative ones)."""
@@ -38,6 +44,10 @@ class Free:
     slots: int
     pinned: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+
+    def copy(self) -> Free:
+        """An independent copy (a pass works on copies until its claims are written)."""
+        return Free(list(self.cores), list(self.gpus), self.memory, self.slots, self.pinned, self.labels)
 
     @classmethod
     def of(cls, offer: Offer, allocations: tuple[Allocation, ...] | list[Allocation]) -> Free:
@@ -74,13 +84,51 @@ class Free:
         return cores, gpus
 
     def score(self, spec: Submit) -> tuple[int, int, int]:
-        """Binpack: the node left with the least free GPUs, then cores, then memory wins (lower is better)."""
+        """What would be left (GPUs, cores, memory): binpack prefers the least, spread the most."""
         return (len(self.gpus) - spec.gpu, len(self.cores) - spec.cpu, self.memory - spec.memory)
+
+
+def labels_match(name: str, region: str, labels: dict[str, str], require: dict[str, str]) -> bool:
+    """Whether a node carries every required label (a value may list alternatives: ``A100,H100``)."""
+    for key, wanted in require.items():
+        have = name if key == "node" else region if key == "region" else labels.get(key)
+        if have is None or have not in {v.strip() for v in wanted.split(",")}:
+            return False
+    return True
+
+
+def preemption_victims(
+    spec: Submit, offer: Offer, allocations: tuple[Allocation, ...], lower: Callable[[str, str], bool]
+) -> list[Allocation] | None:
+    """The fewest strictly-lower-priority allocations whose removal lets ``spec`` fit, or None.
+
+    Candidates are taken lowest priority first, youngest first, until the job fits; then any
+    chosen victim that is not needed after all is given back. Deterministic for equal inputs.
+    """
+    candidates = sorted(
+        (a for a in allocations if lower(a.priority, spec.priority)),
+        key=lambda a: (-PRIORITY_RANK[a.priority], -a.placed_at, a.job),
+    )
+    chosen: list[Allocation] = []
+    remaining = list(allocations)
+    for victim in candidates:
+        chosen.append(victim)
+        remaining.remove(victim)
+        if Free.of(offer, remaining).misfit(spec) is None:
+            break
+    else:
+        return None
+    for victim in list(chosen):
+        trial = [*remaining, victim]
+        if Free.of(offer, trial).misfit(spec) is None:
+            chosen.remove(victim)
+            remaining = trial
+    return chosen
 
 
 def shape(spec: Submit) -> tuple[object, ...]:
     """Jobs with the same shape fit the same nodes; a pass caches misfits by shape."""
-    return (spec.cpu, spec.memory, spec.gpu, tuple(spec.nodes))
+    return (spec.cpu, spec.memory, spec.gpu, tuple(sorted(spec.require.items())))
 
 
 def describe_request(spec: Submit) -> str:
@@ -91,10 +139,8 @@ def describe_request(spec: Submit) -> str:
 def explain_misfit(spec: Submit, reasons: dict[str, list[str]], considered: int) -> str:
     """A one-line "why pending": which filter rejected how many nodes, with examples."""
     if considered == 0:
-        if spec.nodes:
-            return f"pending: none of the requested nodes ({', '.join(spec.nodes)}) has offered capacity"
         return "pending: no node in this region has offered capacity yet"
-    order = [NOT_NAMED, NO_OFFER, DOWN, EXPIRED, SLOTS, CPU, MEMORY, GPU]
+    order = [NOT_NAMED, NO_OFFER, DOWN, EXPIRED, LABELS, BUSY, FULL, SLOTS, CPU, MEMORY, GPU]
     parts = []
     for reason in order:
         nodes = reasons.get(reason)

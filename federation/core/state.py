@@ -50,16 +50,21 @@ from federation.core.events import (
     JobReported,
     NodeDown,
     OfferSeen,
+    PolicyChanged,
     Recovered,
     Submitted,
     Tick,
     WriteJob,
     WriteLedger,
 )
+from federation.core.index import FreeIndex
+from federation.core.planning import Pass
+from federation.core.policy import Policy
 from federation.schemas import (
     PRIORITY_RANK,
     TERMINAL_STATES,
     Allocation,
+    Decision,
     JobEvent,
     JobRecord,
     JobState,
@@ -90,8 +95,10 @@ class NodeView:
     revision: int = 0
     proposal: Ledger | None = None
     proposal_jobs: list[str] = field(default_factory=list)
+    proposal_victims: list[str] = field(default_factory=list)
     releases: set[str] = field(default_factory=set)
     down_at: float = 0.0
+    free: placement.Free | None = None
 
     def current(self) -> Ledger:
         """The last ledger known to be stored (an empty one when the key does not exist yet)."""
@@ -106,14 +113,17 @@ class JobView:
     order: tuple[int, float, int]
     claiming: str = ""
     cancel_pending: str = ""
+    decision: Decision | None = None
 
 
 class RegionCore:
     """The deterministic scheduler of one region (see the module docstring)."""
 
-    def __init__(self, region: str, epoch: int = 1) -> None:
+    def __init__(self, region: str, epoch: int = 1, policy: Policy | None = None) -> None:
         self.region = region
         self.epoch = epoch
+        self.policy = policy or Policy()
+        self.index = FreeIndex()
         self.nodes: dict[str, NodeView] = {}
         self.jobs: dict[str, JobView] = {}
         self.queue: list[tuple[tuple[int, float, int], str]] = []
@@ -138,9 +148,13 @@ class RegionCore:
                 node.offer = offer
                 if offer.sent_at >= node.down_at:  # an offer older than the node's death revives nothing
                     node.alive = True
+                self._sync(node)
             case NodeDown(node=name, at=at):
                 node = self._node(name)
                 node.alive, node.down_at = False, at
+                self._sync(node)
+            case PolicyChanged(policy=policy):
+                self.policy = policy
             case JobReported(event=report):
                 self._reported(report)
             case ClaimWritten():
@@ -160,9 +174,15 @@ class RegionCore:
     def free(self, name: str) -> placement.Free | None:
         """Free capacity of a node as of its stored ledger (None without an offer)."""
         node = self.nodes.get(name)
-        if node is None or node.offer is None:
-            return None
-        return placement.Free.of(node.offer, node.current().allocations)
+        return node.free if node is not None else None
+
+    def _sync(self, node: NodeView) -> None:
+        """Recompute a node's free capacity and its place in the index after any change."""
+        node.free = placement.Free.of(node.offer, node.current().allocations) if node.offer else None
+        if node.free is not None and node.alive and node.proposal is None and node.free.slots > 0:
+            self.index.put(node.name, node.free)
+        else:
+            self.index.discard(node.name)
 
     # --- event handlers -------------------------------------------------------------------------
 
@@ -176,6 +196,7 @@ class RegionCore:
         for name, (ledger, revision) in sorted(event.ledgers.items()):
             node = self._node(name)
             node.ledger, node.revision = ledger, revision
+            self._sync(node)
             for allocation in ledger.allocations:
                 self.allocated[allocation.job] = name
         for record in sorted(event.records, key=lambda r: (r.submitted_at, r.id)):
@@ -279,6 +300,8 @@ class RegionCore:
         if record.terminal:
             self._release(report.job)
             return
+        if record.state not in ("placed", "running"):
+            return  # e.g. the report of a preempted attempt: its job is already back in the queue
         if report.kind == "started":
             if record.state == "placed":
                 self._move(report.job, "running", report.at, f"running on {report.node}")
@@ -286,8 +309,7 @@ class RegionCore:
         if report.kind == "refused":
             # local admission said no before anything ran: back to the queue, devices released
             if record.state == "placed":
-                self._move(report.job, "pending", report.at, f"refused by {report.node}: {report.reason}")
-                bisect.insort(self.queue, (view.order, report.job))
+                self._requeue(report.job, "placed", report.at, f"refused by {report.node}: {report.reason}")
                 self._release(report.job)
             return
         if report.kind == "exited":
@@ -302,8 +324,12 @@ class RegionCore:
     def _claim_written(self, event: ClaimWritten) -> None:
         node = self.nodes[event.node]
         assert node.proposal is not None, "claim result without a proposal"
+        before = node.current()
         node.ledger, node.revision = node.proposal, event.revision
         node.releases -= {job for job in node.releases if node.ledger.find(job) is None}
+        for old in before.allocations:
+            if node.ledger.find(old.job) is None and self.allocated.get(old.job) == node.name:
+                del self.allocated[old.job]
         placed_at = node.ledger.updated_at
         for job in node.proposal_jobs:
             view = self.jobs[job]
@@ -311,13 +337,28 @@ class RegionCore:
             allocation = node.ledger.find(job)
             assert allocation is not None
             self.allocated[job] = node.name
+            why = f"placed on {node.name}"
+            if view.decision is not None and view.decision.victims:
+                why += f", preempting {', '.join(view.decision.victims)}"
             self._move(
-                job, "placed", placed_at, f"placed on {node.name}", node=node.name, attempt=allocation.attempt
+                job,
+                "placed",
+                placed_at,
+                why,
+                node=node.name,
+                attempt=allocation.attempt,
+                decision=view.decision,
             )
+            view.decision = None
             if view.cancel_pending:
                 self._move(job, "cancelled", placed_at, view.cancel_pending)
                 self._release(job)
-        node.proposal, node.proposal_jobs = None, []
+        for victim in node.proposal_victims:
+            by = ", ".join(node.proposal_jobs)
+            self._move(victim, "preempted", placed_at, f"preempted on {node.name} by {by}")
+            self._requeue(victim, "preempted", placed_at, f"preempted on {node.name} by {by}")
+        node.proposal, node.proposal_jobs, node.proposal_victims = None, [], []
+        self._sync(node)
 
     def _claim_conflict(self, event: ClaimConflict) -> None:
         node = self.nodes[event.node]
@@ -346,7 +387,9 @@ class RegionCore:
                 self._move(job, "cancelled", node.current().updated_at, view.cancel_pending)
             else:
                 bisect.insort(self.queue, (view.order, job))
-        node.proposal, node.proposal_jobs = None, []
+            view.decision = None
+        node.proposal, node.proposal_jobs, node.proposal_victims = None, [], []
+        self._sync(node)
 
     # --- record changes ---------------------------------------------------------------------------
 
@@ -365,6 +408,22 @@ class RegionCore:
         )
         self.dirty.add(job)
 
+    def _requeue(self, job: str, state: str, at: float, reason: str) -> None:
+        """Back to the queue after a preemption or refusal, per the retry policy (or fail)."""
+        view = self.jobs[job]
+        record = view.record
+        if record.state != state:
+            return
+        limit = record.spec.max_attempts or self.policy.max_attempts
+        if record.attempt >= limit:
+            self._move(job, "failed", at, f"{reason}; no attempts left ({record.attempt} of {limit})")
+            return
+        not_before = at + self.policy.retry_delay(record.attempt)
+        self._move(
+            job, "pending", at, f"{reason}; retry {record.attempt + 1} of {limit}", not_before=not_before
+        )
+        bisect.insort(self.queue, (view.order, job))
+
     def _unqueue(self, job: str) -> None:
         view = self.jobs[job]
         index = bisect.bisect_left(self.queue, (view.order, job))
@@ -379,15 +438,35 @@ class RegionCore:
     # --- the scheduling pass ----------------------------------------------------------------------
 
     def _tick(self, now: float) -> list[Command]:
+        plan = Pass(self, now).run()
+        self.queue = plan.queue
+        for name, additions in plan.placed.items():
+            for allocation in additions:
+                view = self.jobs[allocation.job]
+                view.claiming = name
+                view.decision = plan.decisions.get(allocation.job)
+        busy = any(node.proposal is not None for node in self.nodes.values())
+        for job, (reason, decision) in plan.waiting.items():
+            self._explain(self.jobs[job], reason, decision, busy, now)
+        if self.unexplained:
+            explainer = Pass(self, now)
+            for job in sorted(self.unexplained):
+                view = self.jobs[job]
+                if view.record.state == "pending" and not view.claiming and not view.record.reason:
+                    reason, decision = explainer._why(view.record.spec, 0)
+                    self._explain(view, reason, decision, False, now)
+            self.unexplained.clear()
         commands: list[Command] = []
-        placed = self._place(now)
-        for name in sorted(set(placed) | {n for n, v in self.nodes.items() if v.releases}):
+        for name in sorted(set(plan.placed) | {n for n, v in self.nodes.items() if v.releases}):
             node = self.nodes[name]
             if node.proposal is not None:
                 continue
             current = node.current()
-            keep = tuple(a for a in current.allocations if a.job not in node.releases)
-            additions = placed.get(name, [])
+            victims = {v.job for v in plan.victims.get(name, [])}
+            keep = tuple(
+                a for a in current.allocations if a.job not in node.releases and a.job not in victims
+            )
+            additions = plan.placed.get(name, [])
             if len(keep) == len(current.allocations) and not additions:
                 node.releases.clear()
                 continue
@@ -395,7 +474,11 @@ class RegionCore:
                 node=name, allocations=keep + tuple(additions), epoch=self.epoch, updated_at=now
             )
             node.proposal_jobs = [a.job for a in additions]
+            node.proposal_victims = sorted(victims)
+            self.index.discard(name)
             commands.append(WriteLedger(node=name, ledger=node.proposal, expected_revision=node.revision))
+        for name in plan.placed:  # nodes whose working copy changed but made no proposal: re-key
+            self._sync(self.nodes[name])
         for job in sorted(self.dirty):
             view = self.jobs[job]
             if not view.claiming:
@@ -403,105 +486,8 @@ class RegionCore:
         self.dirty = {job for job in self.dirty if self.jobs[job].claiming}
         return commands
 
-    def _place(self, now: float) -> dict[str, list[Allocation]]:
-        """Fit queued jobs onto nodes; returns tentative allocations per node.
-
-        The pass stops as soon as no node has room left, so its cost is the number of jobs placed
-        plus the misfits skipped on the way (cached per job shape), not the length of the queue.
-        """
-        free: dict[str, placement.Free] = {}
-        reasons: dict[str, list[str]] = {}
-        for name in sorted(self.nodes):
-            node = self.nodes[name]
-            reason = self._unusable(node, now)
-            if reason:
-                reasons.setdefault(reason, []).append(name)
-            elif node.proposal is None:
-                candidate = placement.Free.of(node.offer, node.current().allocations)  # type: ignore[arg-type]
-                if candidate.slots > 0:
-                    free[name] = candidate
-        busy = any(node.proposal is not None for node in self.nodes.values())
-        placed: dict[str, list[Allocation]] = {}
-        misfits: dict[tuple[object, ...], str] = {}
-        remaining: list[tuple[tuple[int, float, int], str]] = []
-        index = 0
-        while index < len(self.queue) and free:
-            entry = self.queue[index]
-            index += 1
-            view = self.jobs[entry[1]]
-            spec = view.record.spec
-            key = placement.shape(spec)
-            if key in misfits:
-                self._explain(view, misfits[key], busy, now)
-                remaining.append(entry)
-                continue
-            best: tuple[tuple[int, int, int], str] | None = None
-            node_reasons = {k: list(v) for k, v in reasons.items()}
-            for name in spec.nodes or list(free):
-                option = free.get(name)
-                if option is None:
-                    if name not in self.nodes:
-                        node_reasons.setdefault(placement.NO_OFFER, []).append(name)
-                    continue
-                misfit = option.misfit(spec)
-                if misfit is not None:
-                    node_reasons.setdefault(misfit, []).append(name)
-                    continue
-                score = (option.score(spec), name)
-                if best is None or score < best:
-                    best = score
-            if best is None:
-                if spec.nodes:
-                    node_reasons = {k: [n for n in v if n in spec.nodes] for k, v in node_reasons.items()}
-                considered = sum(len(v) for v in node_reasons.values())
-                misfits[key] = placement.explain_misfit(spec, node_reasons, considered)
-                self._explain(view, misfits[key], busy, now)
-                remaining.append(entry)
-                continue
-            name = best[1]
-            placed.setdefault(name, []).append(self._allocation(view, free[name], now))
-            view.claiming = name
-            if free[name].slots <= 0:
-                del free[name]
-        remaining.extend(self.queue[index:])
-        self.queue = remaining
-        for job in sorted(self.unexplained):
-            view = self.jobs[job]
-            if view.record.state == "pending" and not view.claiming and not view.record.reason:
-                self._explain(view, self._why_waiting(view.record.spec, now), False, now)
-        self.unexplained.clear()
-        return placed
-
-    def _unusable(self, node: NodeView, now: float) -> str:
-        """Why a node can take nothing now regardless of the job ("" when it can)."""
-        if node.offer is None:
-            return placement.NO_OFFER
-        if not node.alive:
-            return placement.DOWN
-        if node.offer.expires_at <= now:
-            return placement.EXPIRED
-        return ""
-
-    def _why_waiting(self, spec: Submit, now: float) -> str:
-        """For a job no pass could try: would it fit some node once that node is empty?"""
-        reasons: dict[str, list[str]] = {}
-        fitting = 0
-        for name in sorted(spec.nodes or self.nodes):
-            node = self.nodes.get(name)
-            reason = placement.NO_OFFER if node is None else self._unusable(node, now)
-            if not reason and node is not None and node.offer is not None:
-                reason = placement.Free.of(node.offer, ()).misfit(spec) or ""
-            if reason:
-                reasons.setdefault(reason, []).append(name)
-            else:
-                fitting += 1
-        if fitting:
-            return (
-                f"pending: waiting for free capacity ({fitting} node{'s' if fitting != 1 else ''} can run it)"
-            )
-        return placement.explain_misfit(spec, reasons, sum(len(v) for v in reasons.values()))
-
-    def _allocation(self, view: JobView, free: placement.Free, now: float) -> Allocation:
+    def allocation(self, view: JobView, free: placement.Free, now: float) -> Allocation:
+        """Take the devices ``view``'s job needs from ``free`` and describe the allocation."""
         spec = view.record.spec
         cores, gpus = free.take(spec)
         return Allocation(
@@ -521,11 +507,11 @@ class RegionCore:
             placed_at=now,
         )
 
-    def _explain(self, view: JobView, reason: str | None, busy: bool, now: float) -> None:
+    def _explain(self, view: JobView, reason: str, decision: Decision, busy: bool, now: float) -> None:
         """Record why a job is pending, writing the record only when the reason changes."""
-        if reason is None or busy or reason == view.record.reason:
+        if busy or reason == view.record.reason:
             return
-        view.record = msgspec.structs.replace(view.record, reason=reason, updated_at=now)
+        view.record = msgspec.structs.replace(view.record, reason=reason, decision=decision, updated_at=now)
         self.dirty.add(view.record.id)
 
 

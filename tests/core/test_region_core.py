@@ -236,13 +236,20 @@ def test_refused_allocation_goes_back_to_the_queue_and_is_released() -> None:
     core.handle(OfferSeen(offer=offer("n1")))
     core.handle(submit("j1"))
     settle(core)
-    core.handle(JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="refused", reason="busy")))
+    core.handle(
+        JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="refused", reason="busy", at=20.0))
+    )
     commands = core.handle(Tick(now=20.0))
-    # released and immediately claimed again (attempt 2) in the same pass: one ledger write
-    claims = [c for c in commands if isinstance(c, WriteLedger)]
-    assert len(claims) == 1
+    release = [c for c in commands if isinstance(c, WriteLedger)]
+    assert [c.ledger.allocations for c in release] == [()]
+    record = core.jobs["j1"].record
+    assert record.state == "pending"
+    assert "refused by n1: busy; retry 2 of 3" in record.reason
+    assert record.not_before == 21.0  # the policy's first backoff: 1 s
+    core.handle(ClaimWritten(node="n1", revision=200))
+    assert not [c for c in core.handle(Tick(now=20.5)) if isinstance(c, WriteLedger)], "backing off"
+    claims = [c for c in core.handle(Tick(now=21.5)) if isinstance(c, WriteLedger)]
     assert [(a.job, a.attempt) for a in claims[0].ledger.allocations] == [("j1", 2)]
-    assert "refused by n1: busy" in [t.reason for t in core.jobs["j1"].record.history][-1]
 
 
 def test_offer_older_than_a_node_death_does_not_revive_it() -> None:

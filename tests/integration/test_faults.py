@@ -162,7 +162,7 @@ async def test_restart_with_the_same_state_dir_resumes_jobs(tmp_path: Path) -> N
             done = await fed.submit(["echo", "before"], job_id="before-restart")
             assert (await done.wait(timeout=60)).state == "succeeded"
             # a job no node can take stays queued across the restart
-            waiting = await fed.submit(["echo", "after"], job_id="waits", nodes=["later"])
+            waiting = await fed.submit(["echo", "after"], job_id="waits", require={"node": "later"})
             await eventually(lambda: _pending(fed, waiting.id))
     finally:
         await first.stop()
