@@ -251,6 +251,45 @@ async def cmd_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(score: tuple[int, ...]) -> str:
+    gpus, cores, memory = (*score, 0, 0, 0)[:3]
+    return f"leaves gpu={gpus} cpu={cores} memory={format_memory(max(0, memory))}"
+
+
+async def cmd_explain(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(_state_dir(args)) as fed:
+        explanation = await fed.explain(args.job, region=args.region)
+    if args.json:
+        sys.stdout.buffer.write(msgspec.json.encode(explanation) + b"\n")
+        return 0
+    record, decision = explanation.record, explanation.decision
+    spec = record.spec
+    print(f"job       {record.id} ({record.state}, priority {spec.priority}, tenant {spec.tenant})")
+    extra = f" require={spec.require}" if spec.require else ""
+    extra += f" prefer={','.join(spec.nodes)}" if spec.nodes else ""
+    print(f"request   cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu}{extra}")
+    print(f"why       {record.reason or '-'}")
+    if explanation.queue_position:
+        print(f"queue     position {explanation.queue_position} among pending jobs of {record.region}")
+    if decision is None:
+        return 0
+    when = time.strftime("%H:%M:%S", time.localtime(decision.at))
+    then = f", queue position then {decision.queue_position}" if decision.queue_position else ""
+    print(f"decision  {decision.kind} at {when}, {decision.considered} nodes considered{then}")
+    for reason, count in sorted(decision.filtered.items(), key=lambda kv: -kv[1]):
+        print(f"  filtered  {count:>4} node{'s' if count != 1 else ' '}: {reason}")
+    if decision.chosen is not None:
+        note = f"  ({decision.note})" if decision.note else ""
+        print(f"  chosen    {decision.chosen.node:<16} {_score(decision.chosen.score)}{note}")
+    for runner in decision.runners_up:
+        print(f"  runner-up {runner.node:<16} {_score(runner.score)}")
+    if decision.victims:
+        print(f"  preempted {', '.join(decision.victims)}")
+    return 0
+
+
 async def cmd_logs(args: argparse.Namespace) -> int:
     from federation.client import Client
 
@@ -372,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region")
     p.add_argument("--json", action="store_true", help="the job record as JSON")
     p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("explain", parents=[common], help="why a job is pending, or why it went where it did")
+    p.add_argument("job")
+    p.add_argument("--region")
+    p.add_argument("--json", action="store_true", help="record, decision and queue position as JSON")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("logs", parents=[common], help="a job's output")
     p.add_argument("job")

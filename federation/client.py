@@ -36,8 +36,10 @@ from federation.errors import (
 )
 from federation.schemas import (
     MAX_MESSAGE_BYTES,
+    PRIORITY_RANK,
     Allocation,
     Cancel,
+    Decision,
     JobRecord,
     Offer,
     Priority,
@@ -79,6 +81,14 @@ class RegionStatus(msgspec.Struct, kw_only=True):
     queue: list[str] = []
 
 
+class Explanation(msgspec.Struct, kw_only=True):
+    """What ``fed explain`` shows: the record, its last decision, and the live queue position."""
+
+    record: JobRecord
+    decision: Decision | None
+    queue_position: int = 0
+
+
 class Job:
     """A submitted job: its id and home region, and ways to follow it."""
 
@@ -101,6 +111,10 @@ class Job:
     async def cancel(self, reason: str = "cancelled by user") -> None:
         """Ask the home scheduler to cancel the job."""
         await self.client.cancel(self.id, region=self.region, reason=reason)
+
+    async def explain(self) -> Explanation:
+        """Why the job is pending, or why it went where it did."""
+        return await self.client.explain(self.id, region=self.region)
 
 
 class Client:
@@ -230,6 +244,16 @@ class Client:
             if value is not None:
                 return decode_record(value)
         raise NotFound("job", job_id)
+
+    async def explain(self, job_id: str, *, region: str | None = None) -> Explanation:
+        """Why a job is pending (filters, queue position now) or why it went where it did."""
+        record = await self.job(job_id, region=region)
+        position = 0
+        if record.state == "pending":
+            waiting = await self.jobs(region=record.region, state="pending")
+            ordered = sorted(waiting, key=lambda r: (PRIORITY_RANK[r.spec.priority], r.submitted_at, r.id))
+            position = next((i + 1 for i, r in enumerate(ordered) if r.id == job_id), 0)
+        return Explanation(record=record, decision=record.decision, queue_position=position)
 
     async def wait(
         self, job_id: str, *, region: str | None = None, timeout: float | None = None
