@@ -14,6 +14,7 @@ from federation.core.events import (
     ClaimConflict,
     ClaimWritten,
     Command,
+    Event,
     JobReported,
     NodeDown,
     OfferSeen,
@@ -22,6 +23,7 @@ from federation.core.events import (
     WriteJob,
     WriteLedger,
 )
+from federation.core.policy import lower
 from federation.core.state import ALLOWED, RegionCore
 from federation.schemas import TERMINAL_STATES, JobEvent, Ledger, Offer, Submit, Transition
 
@@ -39,6 +41,20 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.offers: dict[str, Offer] = {}
         self.states: dict[str, tuple[Transition, ...]] = {}
         self.jobs = 0
+        self.events: list[Event] = []
+        self.outputs: list[list[Command]] = []
+
+    def feed(self, event: Event) -> list[Command]:
+        """Hand an event to the core, remembering both for the determinism check."""
+        self.events.append(event)
+        commands = self.core.handle(event)
+        self.outputs.append(commands)
+        return commands
+
+    def teardown(self) -> None:
+        # determinism: the same events, fed to a fresh core, give exactly the same commands
+        replica = RegionCore("eu")
+        assert [replica.handle(event) for event in self.events] == self.outputs
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -65,6 +81,14 @@ class SchedulerMachine(RuleBasedStateMachine):
         stored = self.store.get(command.node, (Ledger(node=command.node), 0))[0]
         kept = {a.job for a in stored.allocations}
         additions = [a for a in command.ledger.allocations if a.job not in kept]
+        proposed = {a.job for a in command.ledger.allocations}
+        for removed in (a for a in stored.allocations if a.job not in proposed):
+            record = self.core.jobs[removed.job].record if removed.job in self.core.jobs else None
+            if record is not None and record.state in ("placed", "running") and record.node == command.node:
+                # a live attempt removed: only a strictly higher-priority addition may do that
+                assert any(lower(removed.priority, a.priority) for a in additions), (
+                    f"{removed.job} ({removed.priority}) preempted without a higher-priority job"
+                )
         if not additions:
             return
         offer = self.offers[command.node]
@@ -98,7 +122,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             expires_at=self.now + 30,
         )
         self.offers[node] = offer
-        self.core.handle(OfferSeen(offer=offer))
+        self.feed(OfferSeen(offer=offer))
 
     @rule(
         cpu=st.integers(0, 3),
@@ -118,17 +142,17 @@ class SchedulerMachine(RuleBasedStateMachine):
             nodes=list(only),
             priority=priority,
         )  # type: ignore[arg-type]
-        self.core.handle(Submitted(spec=spec, at=self.now))
+        self.feed(Submitted(spec=spec, at=self.now))
 
     @rule(job=st.integers(1, 40))
     def duplicate(self, job: int) -> None:
         if job <= self.jobs:
-            self.core.handle(Submitted(spec=Submit(id=f"j{job}", command=["x"]), at=self.now))
+            self.feed(Submitted(spec=Submit(id=f"j{job}", command=["x"]), at=self.now))
 
     @rule()
     def tick(self) -> None:
         self.now += 1
-        self.apply(self.core.handle(Tick(now=self.now)))
+        self.apply(self.feed(Tick(now=self.now)))
 
     @precondition(lambda self: self.in_flight)
     @rule(index=st.integers(0, 10), lose_answer=st.booleans())
@@ -140,11 +164,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.store[command.node] = (command.ledger, self.revision)
             if lose_answer:  # the write landed but its answer was lost: the daemon reads back
                 event = ClaimConflict(node=command.node, ledger=command.ledger, revision=self.revision)
-                self.apply(self.core.handle(event))
+                self.apply(self.feed(event))
             else:
-                self.apply(self.core.handle(ClaimWritten(node=command.node, revision=self.revision)))
+                self.apply(self.feed(ClaimWritten(node=command.node, revision=self.revision)))
         else:
-            self.apply(self.core.handle(ClaimConflict(node=command.node, ledger=current, revision=revision)))
+            self.apply(self.feed(ClaimConflict(node=command.node, ledger=current, revision=revision)))
 
     @precondition(lambda self: self.store)
     @rule(node=st.sampled_from(NODES))
@@ -174,17 +198,34 @@ class SchedulerMachine(RuleBasedStateMachine):
             exit_code=code,
             at=self.now,
         )  # type: ignore[arg-type]
-        self.core.handle(JobReported(event=event))
+        self.feed(JobReported(event=event))
 
     @rule(job=st.integers(1, 40))
     def cancel(self, job: int) -> None:
-        self.core.handle(CancelRequested(job=f"j{job}", reason="test", at=self.now))
+        self.feed(CancelRequested(job=f"j{job}", reason="test", at=self.now))
 
     @rule(node=st.sampled_from(NODES))
     def node_down(self, node: str) -> None:
-        self.core.handle(NodeDown(node=node, at=self.now))
+        self.feed(NodeDown(node=node, at=self.now))
 
     # --- invariants --------------------------------------------------------------------------
+
+    @invariant()
+    def no_eligible_job_is_left_behind_where_it_fits(self) -> None:
+        if not self.outputs or not self.events or not isinstance(self.events[-1], Tick):
+            return
+        for name, node in self.core.nodes.items():
+            if node.proposal is not None or not node.alive or node.offer is None or node.free is None:
+                continue
+            if node.offer.expires_at <= self.now:
+                continue
+            for job in self.core.pending():
+                view = self.core.jobs[job]
+                if view.record.not_before > self.now or view.claiming:
+                    continue
+                assert node.free.misfit(view.record.spec) is not None, (
+                    f"{job} fits {name} but was left pending"
+                )
 
     @invariant()
     def a_job_is_in_at_most_one_ledger(self) -> None:

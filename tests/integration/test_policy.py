@@ -83,16 +83,19 @@ async def test_explain_names_the_blocking_reason_and_why_a_node_won(make_cluster
         explanation = await eventually(lambda: _explained(fed, stuck.id))
         assert explanation.decision.filtered == {"label mismatch": 2}
         out = await asyncio.to_thread(_fed, env, "explain", stuck.id)
-        assert "label mismatch" in out and "filtered" in out
+        assert "label mismatch" in out
+        assert "filtered" in out
         placed = await fed.submit(["sleep", "5"], cpu=1, require={"city": "AMS,BER"})
         record = await eventually(lambda: _state(fed, placed.id, "running"))
         assert record.node == "small", "binpack: the node left with the least room wins"
         decision = (await placed.explain()).decision
-        assert decision is not None and decision.chosen is not None
+        assert decision is not None
+        assert decision.chosen is not None
         assert decision.chosen.node == "small"
         assert [c.node for c in decision.runners_up] == ["big"]
         out = await asyncio.to_thread(_fed, env, "explain", placed.id)
-        assert "chosen    small" in out and "runner-up big" in out
+        assert "chosen    small" in out
+        assert "runner-up big" in out
         await placed.cancel()
 
 
