@@ -59,7 +59,7 @@ class Pass:
         self.work: dict[str, Free] = {}
         self.touched: set[str] = set()
         self.misfits: dict[tuple[object, ...], tuple[str, Decision]] = {}
-        self.busy = any(node.proposal is not None for node in core.nodes.values())
+        self.busy = bool(core.in_flight)
         preempting = [PRIORITY_RANK[p] for p in PRIORITY_RANK if core.policy.may_preempt(p)]
         self.last_preemptor = max(preempting, default=-1)
 

@@ -129,6 +129,8 @@ class RegionCore:
         self.queue: list[tuple[tuple[int, float, int], str]] = []
         self.dirty: set[str] = set()
         self.allocated: dict[str, str] = {}
+        self.in_flight: set[str] = set()
+        self.releasing: set[str] = set()
         self.unexplained: set[str] = set()
         self._arrivals = 0
 
@@ -203,6 +205,7 @@ class RegionCore:
             self._add(record)
             if record.terminal and record.id in self.allocated:
                 self._node(self.allocated[record.id]).releases.add(record.id)
+                self.releasing.add(self.allocated[record.id])
             elif record.state == "pending" and record.id in self.allocated:
                 self._adopt(record.id, self.allocated[record.id], record.updated_at)
         for job, name in sorted(self.allocated.items()):
@@ -327,6 +330,9 @@ class RegionCore:
         before = node.current()
         node.ledger, node.revision = node.proposal, event.revision
         node.releases -= {job for job in node.releases if node.ledger.find(job) is None}
+        self.in_flight.discard(node.name)
+        if not node.releases:
+            self.releasing.discard(node.name)
         for old in before.allocations:
             if node.ledger.find(old.job) is None and self.allocated.get(old.job) == node.name:
                 del self.allocated[old.job]
@@ -358,6 +364,7 @@ class RegionCore:
             self._move(victim, "preempted", placed_at, f"preempted on {node.name} by {by}")
             self._requeue(victim, "preempted", placed_at, f"preempted on {node.name} by {by}")
         node.proposal, node.proposal_jobs, node.proposal_victims = None, [], []
+        self.in_flight.discard(node.name)
         self._sync(node)
 
     def _claim_conflict(self, event: ClaimConflict) -> None:
@@ -389,6 +396,7 @@ class RegionCore:
                 bisect.insort(self.queue, (view.order, job))
             view.decision = None
         node.proposal, node.proposal_jobs, node.proposal_victims = None, [], []
+        self.in_flight.discard(node.name)
         self._sync(node)
 
     # --- record changes ---------------------------------------------------------------------------
@@ -434,6 +442,7 @@ class RegionCore:
         name = self.allocated.get(job)
         if name is not None and self._node(name).current().find(job) is not None:
             self._node(name).releases.add(job)
+            self.releasing.add(name)
 
     # --- the scheduling pass ----------------------------------------------------------------------
 
@@ -445,7 +454,7 @@ class RegionCore:
                 view = self.jobs[allocation.job]
                 view.claiming = name
                 view.decision = plan.decisions.get(allocation.job)
-        busy = any(node.proposal is not None for node in self.nodes.values())
+        busy = bool(self.in_flight)
         for job, (reason, decision) in plan.waiting.items():
             self._explain(self.jobs[job], reason, decision, busy, now)
         if self.unexplained:
@@ -457,7 +466,7 @@ class RegionCore:
                     self._explain(view, reason, decision, False, now)
             self.unexplained.clear()
         commands: list[Command] = []
-        for name in sorted(set(plan.placed) | {n for n, v in self.nodes.items() if v.releases}):
+        for name in sorted(set(plan.placed) | self.releasing):
             node = self.nodes[name]
             if node.proposal is not None:
                 continue
@@ -469,6 +478,7 @@ class RegionCore:
             additions = plan.placed.get(name, [])
             if len(keep) == len(current.allocations) and not additions:
                 node.releases.clear()
+                self.releasing.discard(name)
                 continue
             node.proposal = Ledger(
                 node=name, allocations=keep + tuple(additions), epoch=self.epoch, updated_at=now
@@ -476,6 +486,7 @@ class RegionCore:
             node.proposal_jobs = [a.job for a in additions]
             node.proposal_victims = sorted(victims)
             self.index.discard(name)
+            self.in_flight.add(name)
             commands.append(WriteLedger(node=name, ledger=node.proposal, expected_revision=node.revision))
         for name in plan.placed:  # nodes whose working copy changed but made no proposal: re-key
             self._sync(self.nodes[name])
