@@ -98,15 +98,15 @@ def labels_match(name: str, region: str, labels: dict[str, str], require: dict[s
 
 
 def preemption_victims(
-    spec: Submit, offer: Offer, allocations: tuple[Allocation, ...], lower: Callable[[str, str], bool]
+    spec: Submit, offer: Offer, allocations: tuple[Allocation, ...], eligible: Callable[[Allocation], bool]
 ) -> list[Allocation] | None:
-    """The fewest strictly-lower-priority allocations whose removal lets ``spec`` fit, or None.
+    """The fewest ``eligible`` allocations whose removal lets ``spec`` fit, or None.
 
     Candidates are taken lowest priority first, youngest first, until the job fits; then any
     chosen victim that is not needed after all is given back. Deterministic for equal inputs.
     """
     candidates = sorted(
-        (a for a in allocations if lower(a.priority, spec.priority)),
+        (a for a in allocations if eligible(a)),
         key=lambda a: (-PRIORITY_RANK[a.priority], -a.placed_at, a.job),
     )
     chosen: list[Allocation] = []

@@ -27,12 +27,16 @@ places plus the misfits it explains, not the queue length or the node count.
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from federation.core import placement
 from federation.core.placement import Free
 from federation.core.policy import lower
+from federation.core.quota import Accounts, Vector, held, request
 from federation.schemas import PRIORITY_RANK, Allocation, Candidate, Decision, Submit
 
 if TYPE_CHECKING:
@@ -45,6 +49,7 @@ class Plan:
 
     placed: dict[str, list[Allocation]] = field(default_factory=dict)
     victims: dict[str, list[Allocation]] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
     decisions: dict[str, Decision] = field(default_factory=dict)
     waiting: dict[str, tuple[str, Decision]] = field(default_factory=dict)
     queue: list[tuple[tuple[int, float, int], str]] = field(default_factory=list)
@@ -58,30 +63,121 @@ class Pass:
         self.now = now
         self.work: dict[str, Free] = {}
         self.touched: set[str] = set()
+        self.sealed: set[str] = set()  # nodes whose one proposal this pass preempts: nothing else goes there
         self.misfits: dict[tuple[object, ...], tuple[str, Decision]] = {}
         self.busy = bool(core.in_flight)
         preempting = [PRIORITY_RANK[p] for p in PRIORITY_RANK if core.policy.may_preempt(p)]
         self.last_preemptor = max(preempting, default=-1)
+        self.leaving: dict[str, Vector] = {}  # usage whose removal is decided but not yet written
+        self.accounts = Accounts(core.policy, self._capacity(), self._usage())
+
+    def _capacity(self) -> Vector:
+        cpu = memory = gpu = 0
+        for node in self.core.nodes.values():
+            offer = node.offer
+            if offer is not None and node.alive and offer.expires_at > self.now:
+                cpu, memory, gpu = cpu + len(offer.cores), memory + offer.memory, gpu + len(offer.gpus)
+        return (cpu, memory, gpu)
+
+    def _usage(self) -> dict[str, Vector]:
+        """Usage per tenant, counted conservatively: an allocation counts until its removal is
+        written, and a claim in flight counts already (so quota holds for every stored state)."""
+        usage: dict[str, Vector] = {}
+        for node in self.core.nodes.values():
+            stored = node.current().allocations
+            counted = list(stored)
+            leaving = [a for a in stored if node.released(a)]
+            if node.proposal is not None:
+                present = {(a.job, a.attempt) for a in stored}
+                proposed = {(a.job, a.attempt) for a in node.proposal.allocations}
+                counted += [a for a in node.proposal.allocations if (a.job, a.attempt) not in present]
+                leaving += [a for a in stored if (a.job, a.attempt) not in proposed]
+            for allocation in counted:
+                _charge(usage, allocation)
+            for allocation in leaving:
+                _charge(self.leaving, allocation)
+        return usage
 
     def run(self) -> Plan:
-        """Walk the queue and return the plan."""
+        """Walk the queue, one priority level at a time, tenants by fair share; return the plan."""
         core, plan = self.core, Plan()
+        placed: set[str] = set()
         position = 0
         queue = core.queue
-        for index, entry in enumerate(queue):
-            view = core.jobs[entry[1]]
-            spec = view.record.spec
-            if not core.index and PRIORITY_RANK[spec.priority] > self.last_preemptor:
-                plan.queue.extend(queue[index:])  # no room anywhere and nobody left who may preempt
-                break
-            position += 1
-            if view.record.not_before > self.now:
-                plan.queue.append(entry)
-                continue
-            if not self._place(view, plan, position) and not self._preempt(view, plan, position):
-                plan.waiting[view.record.id] = self._why(spec, position)
-                plan.queue.append(entry)
+        start = 0
+        while start < len(queue):
+            rank = queue[start][0][0]
+            end = start
+            while end < len(queue) and queue[end][0][0] == rank:
+                end += 1
+            if not core.index and rank > self.last_preemptor and not self.accounts.borrowing():
+                break  # no room anywhere and nobody left who may preempt or reclaim
+            for view in self._fair(queue[start:end]):
+                position += 1
+                if self._consider(view, plan, position):
+                    placed.add(view.record.id)
+            start = end
+        plan.queue = [entry for entry in queue if entry[1] not in placed] if placed else list(queue)
         return plan
+
+    def _fair(self, entries: list[tuple[tuple[int, float, int], str]]) -> Iterator[JobView]:
+        """One priority level's jobs: each tenant in submission order, the lowest dominant share next."""
+        lines: dict[str, deque[JobView]] = {}
+        for entry in entries:
+            view = self.core.jobs[entry[1]]
+            lines.setdefault(view.record.spec.tenant, deque()).append(view)
+        if len(lines) == 1:
+            yield from next(iter(lines.values()))
+            return
+        heap = [(self.accounts.share(tenant), line[0].order, tenant) for tenant, line in lines.items()]
+        heapq.heapify(heap)
+        while heap:
+            _, _, tenant = heapq.heappop(heap)
+            line = lines[tenant]
+            yield line.popleft()
+            if line:
+                heapq.heappush(heap, (self.accounts.share(tenant), line[0].order, tenant))
+
+    def _consider(self, view: JobView, plan: Plan, position: int) -> bool:
+        spec = view.record.spec
+        if view.record.not_before > self.now or spec.id in self.core.allocated:
+            return False  # backing off, or its previous attempt is still in a ledger (I2)
+        admission = self.accounts.admit(spec)
+        if admission.kind == "over":
+            reason = admission.reason
+            plan.waiting[spec.id] = (
+                reason,
+                Decision(kind="pending", at=self.now, queue_position=position, note=reason),
+            )
+            return False
+        if admission.kind == "within":
+            excess = self.accounts.cohort_excess(spec)
+            if any(amount > 0 for amount in excess) and self._leaving_covers(spec, excess):
+                reason = "pending: waiting for released quota to be written"
+                plan.waiting[spec.id] = (
+                    reason,
+                    Decision(kind="pending", at=self.now, queue_position=position, note=reason),
+                )
+                return False
+            if any(amount > 0 for amount in excess):
+                # within its own quota, but borrowers hold the cohort's room: reclaim first (the
+                # victims' removal is written before this job is admitted, in a later pass)
+                reason = self._reclaim_quota(spec, excess, plan)
+                plan.waiting[spec.id] = (
+                    reason,
+                    Decision(kind="pending", at=self.now, queue_position=position, note=reason),
+                )
+                return False
+        done = self._place(view, plan, position)
+        if not done and admission.kind == "within":
+            done = self._preempt(view, plan, position, reclaim=True)
+        if not done:
+            done = self._preempt(view, plan, position)
+        if not done:
+            plan.waiting[spec.id] = self._why(spec, position)
+            return False
+        self.accounts.charge(spec.tenant, request(spec))
+        return True
 
     # --- fit -------------------------------------------------------------------------------------
 
@@ -102,7 +198,7 @@ class Pass:
 
     def _fits(self, name: str, spec: Submit) -> Free | None:
         node = self.core.nodes.get(name)
-        if node is None or not self._usable(node):
+        if node is None or not self._usable(node) or name in self.sealed:
             return None
         free = self._free(name)
         if free is None or free.misfit(spec) is not None:
@@ -172,9 +268,24 @@ class Pass:
 
     # --- preempt ---------------------------------------------------------------------------------
 
-    def _preempt(self, view: JobView, plan: Plan, position: int) -> bool:
+    def _preempt(self, view: JobView, plan: Plan, position: int, *, reclaim: bool = False) -> bool:
+        """Make room by preemption: of strictly lower priorities, or (``reclaim``) of cohort borrowers."""
         spec = view.record.spec
-        if not self.core.policy.may_preempt(spec.priority):
+        if reclaim:
+            members = set(self.accounts.cohort(spec.tenant)) - {spec.tenant}
+            borrowers = {m for m in members if self.accounts.over(m)}
+            if not borrowers:
+                return False
+
+            def eligible(victim: Allocation) -> bool:
+                return victim.tenant in borrowers
+
+        elif self.core.policy.may_preempt(spec.priority):
+
+            def eligible(victim: Allocation) -> bool:
+                return lower(victim.priority, spec.priority)
+
+        else:
             return False
         best: tuple[tuple[int, int, str], str, list[Allocation]] | None = None
         for name in sorted(self.core.nodes):
@@ -184,8 +295,8 @@ class Pass:
             labels = node.offer.labels
             if spec.require and not placement.labels_match(name, self.core.region, labels, spec.require):
                 continue
-            allocations = tuple(a for a in node.current().allocations if a.job not in node.releases)
-            victims = placement.preemption_victims(spec, node.offer, allocations, lower)
+            allocations = tuple(a for a in node.current().allocations if not node.released(a))
+            victims = placement.preemption_victims(spec, node.offer, allocations, eligible)
             if not victims:
                 continue
             key = (len(victims), sum(-PRIORITY_RANK[v.priority] for v in victims), name)
@@ -197,12 +308,15 @@ class Pass:
         node = self.core.nodes[name]
         assert node.offer is not None
         gone = {v.job for v in victims}
-        keep = [a for a in node.current().allocations if a.job not in node.releases and a.job not in gone]
+        keep = [a for a in node.current().allocations if not node.released(a) and a.job not in gone]
         free = Free.of(node.offer, keep)
         self.work[name] = free
         self.touched.add(name)
+        self.sealed.add(name)
         plan.placed.setdefault(name, []).append(self.core.allocation(view, free, self.now))
         plan.victims[name] = victims
+        for victim in victims:  # still counted until the removal is written (no same-pass reuse)
+            _charge(self.leaving, victim)
         plan.decisions[spec.id] = Decision(
             kind="preempting",
             at=self.now,
@@ -210,10 +324,66 @@ class Pass:
             chosen=Candidate(node=name, score=free.score(spec)),
             victims=tuple(sorted(gone)),
             queue_position=position,
-            note=f"preempts {len(victims)} lower-priority allocation{'s' if len(victims) != 1 else ''}",
+            note=(
+                f"reclaims quota from {len(victims)} borrowed allocation{'s' if len(victims) != 1 else ''}"
+                if reclaim
+                else f"preempts {len(victims)} lower-priority allocation{'s' if len(victims) != 1 else ''}"
+            ),
         )
         self.core.index.discard(name)  # its one proposal for this pass is made
         return True
+
+    def _leaving_covers(self, spec: Submit, excess: Vector) -> bool:
+        """Whether removals already decided in the cohort free enough: then wait, do not preempt."""
+        freed = [0, 0, 0]
+        for member in self.accounts.cohort(spec.tenant):
+            amount = self.leaving.get(member, (0, 0, 0))
+            freed = [freed[i] + amount[i] for i in range(3)]
+        return all(excess[i] <= freed[i] for i in range(3))
+
+    def _reclaim_quota(self, spec: Submit, excess: Vector, plan: Plan) -> str:
+        """Preempt borrowers' allocations (lowest priority, youngest first) until ``excess`` is covered."""
+        borrowers = {
+            m for m in self.accounts.cohort(spec.tenant) if m != spec.tenant and self.accounts.over(m)
+        }
+        candidates: list[tuple[tuple[int, float, str], str, Allocation]] = []
+        for name, node in self.core.nodes.items():
+            if node.proposal is not None or name in self.touched:
+                continue
+            for allocation in node.current().allocations:
+                if allocation.tenant in borrowers and not node.released(allocation):
+                    key = (-PRIORITY_RANK[allocation.priority], -allocation.placed_at, allocation.job)
+                    candidates.append((key, name, allocation))
+        candidates.sort()
+        needed = list(excess)
+        chosen: list[tuple[str, Allocation]] = []
+        after = dict(self.accounts.usage)  # usage once the chosen victims are gone (a local tally)
+        for _, name, allocation in candidates:
+            if all(amount <= 0 for amount in needed):
+                break
+            quota = self.accounts.quota(allocation.tenant)
+            use = after.get(allocation.tenant, (0, 0, 0))
+            if quota is None or all(use[i] <= quota[i] for i in range(3)):
+                continue  # that tenant is back within its own quota: nothing more to reclaim there
+            amount = held(allocation)
+            if not any(needed[i] > 0 and amount[i] > 0 for i in range(3)):
+                continue
+            chosen.append((name, allocation))
+            after[allocation.tenant] = (use[0] - amount[0], use[1] - amount[1], use[2] - amount[2])
+            needed = [needed[i] - amount[i] for i in range(3)]
+        if any(amount > 0 for amount in needed):
+            return f"pending: reclaiming quota for tenant {spec.tenant}: borrowed allocations are busy"
+        for name, allocation in chosen:
+            _charge(self.leaving, allocation)  # still counted until the removal is written
+            plan.victims.setdefault(name, []).append(allocation)
+            plan.reasons[name] = f"quota reclaimed by tenant {spec.tenant} (job {spec.id})"
+            self.touched.add(name)
+            self.sealed.add(name)
+            self.core.index.discard(name)
+        victims = ", ".join(a.job for _, a in chosen)
+        return (
+            f"pending: reclaiming quota for tenant {spec.tenant} from borrowers ({victims}); admitted after"
+        )
 
     # --- explain ---------------------------------------------------------------------------------
 
@@ -273,6 +443,12 @@ class Pass:
         if misfit is not None and Free.of(node.offer, ()).misfit(spec) is None:
             return placement.FULL
         return misfit or ""
+
+
+def _charge(usage: dict[str, Vector], allocation: Allocation) -> None:
+    amount = held(allocation)
+    use = usage.get(allocation.tenant, (0, 0, 0))
+    usage[allocation.tenant] = (use[0] + amount[0], use[1] + amount[1], use[2] + amount[2])
 
 
 def _order(candidate: Candidate, spread: bool) -> tuple[object, ...]:

@@ -14,19 +14,62 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from federation.resources import parse_memory
 from federation.schemas import PRIORITY_RANK, Priority
 
 Scoring = Literal["binpack", "spread"]
+UNLIMITED = 2**62
+
+
+class Quota(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A tenant's nominal quota in this region (``[policy.tenants.<name>]``).
+
+    ``cpu`` in cores, ``memory`` in bytes or a quantity string (``"64GiB"``), ``gpu`` in devices; a
+    resource left out is not limited. With ``share`` > 0 the quota is instead that fraction of what
+    the region's nodes offer right now, so it follows capacity both ways. Tenants in the same
+    ``cohort`` lend each other their unused quota; a lender that needs it back reclaims it by
+    preemption.
+    """
+
+    cpu: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    memory: int | str | None = None
+    gpu: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    cohort: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.memory, str):
+            parse_memory(self.memory)  # a bad quantity fails at load time, naming the value
+
+    def vector(self, capacity: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The quota as (cpu, memory bytes, gpu) given the region's offered ``capacity``."""
+        if self.share > 0:
+            return (
+                int(capacity[0] * self.share),
+                int(capacity[1] * self.share),
+                int(capacity[2] * self.share),
+            )
+        memory = parse_memory(self.memory) if isinstance(self.memory, str) else self.memory
+        return (
+            UNLIMITED if self.cpu is None else self.cpu,
+            UNLIMITED if memory is None else memory,
+            UNLIMITED if self.gpu is None else self.gpu,
+        )
 
 
 class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """Scheduling policy of one region (the ``[policy]`` table of ``fed scheduler --config``)."""
+    """Scheduling policy of one region (the ``[policy]`` table of ``fed scheduler --config``).
+
+    ``tenants`` is empty by default: no quotas, every tenant competes by priority and fair share.
+    A tenant absent from a non-empty table is not limited.
+    """
 
     scoring: Scoring = "binpack"
     preempt: dict[Priority, bool] = msgspec.field(default_factory=lambda: {"urgent": True})
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     backoff: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
     backoff_max: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 60.0
+    tenants: dict[str, Quota] = msgspec.field(default_factory=dict)
 
     def may_preempt(self, priority: str) -> bool:
         """Whether a job of ``priority`` may preempt strictly lower-priority allocations."""

@@ -96,13 +96,18 @@ class NodeView:
     proposal: Ledger | None = None
     proposal_jobs: list[str] = field(default_factory=list)
     proposal_victims: list[str] = field(default_factory=list)
-    releases: set[str] = field(default_factory=set)
+    proposal_reason: str = ""
+    releases: set[tuple[str, int]] = field(default_factory=set)
     down_at: float = 0.0
     free: placement.Free | None = None
 
     def current(self) -> Ledger:
         """The last ledger known to be stored (an empty one when the key does not exist yet)."""
         return self.ledger if self.ledger is not None else Ledger(node=self.name)
+
+    def released(self, allocation: Allocation) -> bool:
+        """Whether this exact attempt waits to be removed from the ledger."""
+        return (allocation.job, allocation.attempt) in self.releases
 
 
 @dataclass(slots=True)
@@ -204,7 +209,10 @@ class RegionCore:
         for record in sorted(event.records, key=lambda r: (r.submitted_at, r.id)):
             self._add(record)
             if record.terminal and record.id in self.allocated:
-                self._node(self.allocated[record.id]).releases.add(record.id)
+                holder = self._node(self.allocated[record.id])
+                found = holder.current().find(record.id)
+                if found is not None:
+                    holder.releases.add((found.job, found.attempt))
                 self.releasing.add(self.allocated[record.id])
             elif record.state == "pending" and record.id in self.allocated:
                 self._adopt(record.id, self.allocated[record.id], record.updated_at)
@@ -329,7 +337,7 @@ class RegionCore:
         assert node.proposal is not None, "claim result without a proposal"
         before = node.current()
         node.ledger, node.revision = node.proposal, event.revision
-        node.releases -= {job for job in node.releases if node.ledger.find(job) is None}
+        node.releases = {key for key in node.releases if _holds(node.ledger, key)}
         self.in_flight.discard(node.name)
         if not node.releases:
             self.releasing.discard(node.name)
@@ -360,9 +368,10 @@ class RegionCore:
                 self._move(job, "cancelled", placed_at, view.cancel_pending)
                 self._release(job)
         for victim in node.proposal_victims:
-            by = ", ".join(node.proposal_jobs)
-            self._move(victim, "preempted", placed_at, f"preempted on {node.name} by {by}")
-            self._requeue(victim, "preempted", placed_at, f"preempted on {node.name} by {by}")
+            why = node.proposal_reason or f"preempted on {node.name} by {', '.join(node.proposal_jobs)}"
+            self._move(victim, "preempted", placed_at, why)
+            self._requeue(victim, "preempted", placed_at, why)
+        node.proposal_reason = ""
         node.proposal, node.proposal_jobs, node.proposal_victims = None, [], []
         self.in_flight.discard(node.name)
         self._sync(node)
@@ -441,7 +450,9 @@ class RegionCore:
     def _release(self, job: str) -> None:
         name = self.allocated.get(job)
         if name is not None and self._node(name).current().find(job) is not None:
-            self._node(name).releases.add(job)
+            found = self._node(name).current().find(job)
+            assert found is not None
+            self._node(name).releases.add((job, found.attempt))
             self.releasing.add(name)
 
     # --- the scheduling pass ----------------------------------------------------------------------
@@ -466,15 +477,13 @@ class RegionCore:
                     self._explain(view, reason, decision, False, now)
             self.unexplained.clear()
         commands: list[Command] = []
-        for name in sorted(set(plan.placed) | self.releasing):
+        for name in sorted(set(plan.placed) | set(plan.victims) | self.releasing):
             node = self.nodes[name]
             if node.proposal is not None:
                 continue
             current = node.current()
             victims = {v.job for v in plan.victims.get(name, [])}
-            keep = tuple(
-                a for a in current.allocations if a.job not in node.releases and a.job not in victims
-            )
+            keep = tuple(a for a in current.allocations if not node.released(a) and a.job not in victims)
             additions = plan.placed.get(name, [])
             if len(keep) == len(current.allocations) and not additions:
                 node.releases.clear()
@@ -485,6 +494,7 @@ class RegionCore:
             )
             node.proposal_jobs = [a.job for a in additions]
             node.proposal_victims = sorted(victims)
+            node.proposal_reason = plan.reasons.get(name, "")
             self.index.discard(name)
             self.in_flight.add(name)
             commands.append(WriteLedger(node=name, ledger=node.proposal, expected_revision=node.revision))
@@ -524,6 +534,12 @@ class RegionCore:
             return
         view.record = msgspec.structs.replace(view.record, reason=reason, decision=decision, updated_at=now)
         self.dirty.add(view.record.id)
+
+
+def _holds(ledger: Ledger, key: tuple[str, int]) -> bool:
+    """Whether ``ledger`` still holds attempt ``key`` = (job, attempt)."""
+    found = ledger.find(key[0])
+    return found is not None and found.attempt == key[1]
 
 
 __all__ = ["TERMINAL_STATES", "JobView", "NodeView", "RegionCore"]

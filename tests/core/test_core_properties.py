@@ -23,21 +23,25 @@ from federation.core.events import (
     WriteJob,
     WriteLedger,
 )
-from federation.core.policy import lower
+from federation.core.planning import Pass
+from federation.core.policy import Policy, Quota, lower
 from federation.core.state import ALLOWED, RegionCore
 from federation.schemas import TERMINAL_STATES, JobEvent, Ledger, Offer, Submit, Transition
 
 NODES = ("n1", "n2", "n3")
+COHORT = ("a", "b")
+QUOTA = 2  # cores each for tenants a and b, who lend each other; "free" has no quota
+POLICY = Policy(tenants={t: Quota(cpu=QUOTA, cohort="x") for t in COHORT}, backoff=0.0)
 
 
 class SchedulerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.core = RegionCore("eu")
+        self.core = RegionCore("eu", policy=POLICY)
         self.now = 1000.0
         self.store: dict[str, tuple[Ledger, int]] = {}
         self.revision = 0
-        self.in_flight: list[WriteLedger] = []
+        self.in_flight: list[tuple[WriteLedger, Offer | None]] = []
         self.offers: dict[str, Offer] = {}
         self.states: dict[str, tuple[Transition, ...]] = {}
         self.jobs = 0
@@ -53,7 +57,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         # determinism: the same events, fed to a fresh core, give exactly the same commands
-        replica = RegionCore("eu")
+        replica = RegionCore("eu", policy=POLICY)
         assert [replica.handle(event) for event in self.events] == self.outputs
 
     # --- helpers ---------------------------------------------------------------------------
@@ -61,8 +65,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def apply(self, commands: list[Command]) -> None:
         for command in commands:
             if isinstance(command, WriteLedger):
-                self.check_proposal(command)
-                self.in_flight.append(command)
+                self.in_flight.append((command, self.offers.get(command.node)))  # the offer it was based on
             elif isinstance(command, WriteJob):
                 record = command.record
                 before = self.states.get(record.id)
@@ -77,7 +80,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert steps[-1] == record.state
                 self.states[record.id] = record.history
 
-    def check_proposal(self, command: WriteLedger) -> None:
+    def check_proposal(self, command: WriteLedger, offer: Offer | None) -> None:
         stored = self.store.get(command.node, (Ledger(node=command.node), 0))[0]
         kept = {a.job for a in stored.allocations}
         additions = [a for a in command.ledger.allocations if a.job not in kept]
@@ -85,13 +88,17 @@ class SchedulerMachine(RuleBasedStateMachine):
         for removed in (a for a in stored.allocations if a.job not in proposed):
             record = self.core.jobs[removed.job].record if removed.job in self.core.jobs else None
             if record is not None and record.state in ("placed", "running") and record.node == command.node:
-                # a live attempt removed: only a strictly higher-priority addition may do that
-                assert any(lower(removed.priority, a.priority) for a in additions), (
+                # a live attempt removed: only a strictly higher-priority addition, or a cohort
+                # member reclaiming the quota the victim's tenant borrowed, may do that
+                reclaim = removed.tenant in COHORT and (
+                    not additions or any(a.tenant in COHORT and a.tenant != removed.tenant for a in additions)
+                )
+                assert reclaim or any(lower(removed.priority, a.priority) for a in additions), (
                     f"{removed.job} ({removed.priority}) preempted without a higher-priority job"
                 )
         if not additions:
             return
-        offer = self.offers[command.node]
+        assert offer is not None, "a claim without an offer"
         cores = [c for a in command.ledger.allocations for c in a.cores]
         gpus = [g for a in command.ledger.allocations for g in a.gpus]
         assert len(cores) == len(set(cores)), "I1: a core claimed twice"
@@ -130,8 +137,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         memory=st.integers(0, 3),
         only=st.sampled_from([(), ("n1",), ("n2", "n3")]),
         priority=st.sampled_from(["urgent", "low", "medium"]),
+        tenant=st.sampled_from(["a", "b", "free"]),
     )
-    def submit(self, cpu: int, gpu: int, memory: int, only: tuple[str, ...], priority: str) -> None:
+    def submit(
+        self, cpu: int, gpu: int, memory: int, only: tuple[str, ...], priority: str, tenant: str
+    ) -> None:
         self.jobs += 1
         spec = Submit(
             id=f"j{self.jobs}",
@@ -141,6 +151,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             memory=memory * 1024,
             nodes=list(only),
             priority=priority,
+            tenant=tenant,
         )  # type: ignore[arg-type]
         self.feed(Submitted(spec=spec, at=self.now))
 
@@ -157,9 +168,10 @@ class SchedulerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.in_flight)
     @rule(index=st.integers(0, 10), lose_answer=st.booleans())
     def resolve(self, index: int, lose_answer: bool) -> None:
-        command = self.in_flight.pop(index % len(self.in_flight))
+        command, offer = self.in_flight.pop(index % len(self.in_flight))
         current, revision = self.store.get(command.node, (None, 0))
         if revision == command.expected_revision:
+            self.check_proposal(command, offer)  # only a write the store accepts must keep I1
             self.revision += 1
             self.store[command.node] = (command.ledger, self.revision)
             if lose_answer:  # the write landed but its answer was lost: the daemon reads back
@@ -221,11 +233,26 @@ class SchedulerMachine(RuleBasedStateMachine):
                 continue
             for job in self.core.pending():
                 view = self.core.jobs[job]
-                if view.record.not_before > self.now or view.claiming:
-                    continue
+                if view.record.not_before > self.now or view.claiming or job in self.core.allocated:
+                    continue  # backing off, being claimed, or its last attempt not yet released
+                accounts = Pass(self.core, self.now).accounts
+                spec = view.record.spec
+                if accounts.admit(spec).kind == "over" or any(x > 0 for x in accounts.cohort_excess(spec)):
+                    continue  # held back by its tenant's quota, or waiting for a reclaim
+                if any(n.proposal_victims for n in self.core.nodes.values()):
+                    continue  # a reclaim in flight changes who may be admitted: judged next pass
                 assert node.free.misfit(view.record.spec) is not None, (
                     f"{job} fits {name} but was left pending"
                 )
+
+    @invariant()
+    def a_tenant_exceeds_its_quota_only_by_borrowing_from_its_cohort(self) -> None:
+        use = dict.fromkeys(COHORT, 0)
+        for ledger, _ in self.store.values():
+            for allocation in ledger.allocations:
+                if allocation.tenant in use:
+                    use[allocation.tenant] += allocation.cpu
+        assert sum(use.values()) <= QUOTA * len(COHORT), f"cohort over its summed quota: {use}"
 
     @invariant()
     def a_job_is_in_at_most_one_ledger(self) -> None:
