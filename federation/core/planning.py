@@ -36,11 +36,14 @@ from typing import TYPE_CHECKING
 from federation.core import placement
 from federation.core.placement import Free
 from federation.core.policy import lower
-from federation.core.quota import Accounts, Vector, held, request
+from federation.core.quota import Accounts, Admission, Vector, held, request
 from federation.schemas import PRIORITY_RANK, Allocation, Candidate, Decision, Submit
 
 if TYPE_CHECKING:
     from federation.core.state import JobView, NodeView, RegionCore
+
+
+UNLIMITED = Admission("unlimited")
 
 
 @dataclass
@@ -69,7 +72,19 @@ class Pass:
         preempting = [PRIORITY_RANK[p] for p in PRIORITY_RANK if core.policy.may_preempt(p)]
         self.last_preemptor = max(preempting, default=-1)
         self.leaving: dict[str, Vector] = {}  # usage whose removal is decided but not yet written
-        self.accounts = Accounts(core.policy, self._capacity(), self._usage())
+        self._accounts: Accounts | None = None
+        self.placed_here: list[tuple[str, Vector]] = []
+        self.quotas = bool(core.policy.tenants)
+
+    @property
+    def accounts(self) -> Accounts:
+        """Tenant accounting, built on first use: a pass without quotas or competing tenants
+        never walks the ledgers."""
+        if self._accounts is None:
+            self._accounts = Accounts(self.core.policy, self._capacity(), self._usage())
+            for tenant, amount in self.placed_here:  # what this pass placed before accounts existed
+                self._accounts.charge(tenant, amount)
+        return self._accounts
 
     def _capacity(self) -> Vector:
         cpu = memory = gpu = 0
@@ -110,7 +125,11 @@ class Pass:
             end = start
             while end < len(queue) and queue[end][0][0] == rank:
                 end += 1
-            if not core.index and rank > self.last_preemptor and not self.accounts.borrowing():
+            if (
+                not core.index
+                and rank > self.last_preemptor
+                and not (self.quotas and self.accounts.borrowing())
+            ):
                 break  # no room anywhere and nobody left who may preempt or reclaim
             for view in self._fair(queue[start:end]):
                 position += 1
@@ -142,7 +161,7 @@ class Pass:
         spec = view.record.spec
         if view.record.not_before > self.now or spec.id in self.core.allocated:
             return False  # backing off, or its previous attempt is still in a ledger (I2)
-        admission = self.accounts.admit(spec)
+        admission = self.accounts.admit(spec) if self.quotas else UNLIMITED
         if admission.kind == "over":
             reason = admission.reason
             plan.waiting[spec.id] = (
@@ -176,7 +195,10 @@ class Pass:
         if not done:
             plan.waiting[spec.id] = self._why(spec, position)
             return False
-        self.accounts.charge(spec.tenant, request(spec))
+        if self._accounts is not None:
+            self._accounts.charge(spec.tenant, request(spec))
+        else:
+            self.placed_here.append((spec.tenant, request(spec)))
         return True
 
     # --- fit -------------------------------------------------------------------------------------

@@ -118,3 +118,41 @@ def _fed(env: dict[str, str], *args: str) -> str:
     )
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+async def test_a_flooding_tenant_cannot_starve_another_with_an_equal_quota(make_cluster) -> None:
+    cluster = await make_cluster(agents=0)
+    cluster.start_agent("eu", "shared", "--cpu", "4", "--memory", "4GiB")
+    config = cluster.tmp / "config" / "scheduler-eu.toml"
+    log = cluster.tmp / "logs" / "scheduler-eu.log"
+    await eventually(lambda: "scheduler started" in log.read_text(), timeout=15)
+    config.write_text(
+        config.read_text()
+        + '\n[policy.tenants.a]\ncpu = 2\ncohort = "lab"\n\n[policy.tenants.b]\ncpu = 2\ncohort = "lab"\n'
+    )
+    await eventually(lambda: "policy reloaded" in log.read_text(), timeout=15)
+    async with Client.connect(connection=cluster.connection) as fed:
+        flood = [await fed.submit(["sleep", "4"], tenant="a", job_id=f"a-{i}") for i in range(10)]
+
+        async def a_running() -> int:
+            return len([r for r in await fed.jobs(state="running") if r.spec.tenant == "a"])
+
+        assert await eventually(lambda: _equals(a_running(), 4))  # its 2 plus the 2 it borrows from b
+        submitted = time.time()
+        mine = [await fed.submit(["sleep", "1"], tenant="b", job_id=f"b-{i}") for i in range(2)]
+        records = [await eventually(lambda j=j: _state(fed, j.id, "running"), timeout=10) for j in mine]
+        started = max(next(t.at for t in r.history if t.state == "running") for r in records)
+        assert started - submitted < 3.0, f"tenant b waited {started - submitted:.1f}s for its own quota"
+        reclaimed = [
+            r for r in await fed.jobs() if any("quota reclaimed by tenant b" in t.reason for t in r.history)
+        ]
+        assert len(reclaimed) == 2
+        assert {r.spec.tenant for r in reclaimed} == {"a"}
+        for job in mine:
+            assert (await job.wait(timeout=60)).state == "succeeded"
+        for job in flood:
+            await job.cancel()
+
+
+async def _equals(value, expected: int) -> bool:  # type: ignore[no-untyped-def]
+    return (await value) == expected
