@@ -368,6 +368,14 @@ class Bus:
             msg.subject or subject, msg.data or b"", dict(msg.headers or {}), int(msg.seq or 0), 1
         )
 
+    async def consumer_bound(self, stream: str, consumer: str) -> bool:
+        """Whether a durable push consumer exists and a subscriber is bound to it (a daemon is up)."""
+        try:
+            info = await self.js.consumer_info(stream, consumer)
+        except nats.js.errors.NotFoundError:
+            return False
+        return bool(info.push_bound)
+
     async def stream_exists(self, stream: str) -> bool:
         """Whether the stream exists in this server's JetStream domain."""
         try:

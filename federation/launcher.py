@@ -198,6 +198,7 @@ class Federation:
                     await bus.close()
             await self._wait_leafnodes(len(self.options.regions))
             self._start_daemons()
+            await self._wait_ready()
         except BaseException:
             await self.stop()
             raise
@@ -258,6 +259,22 @@ class Federation:
                 return
             await asyncio.sleep(0.1)
         self.echo("  warning: not every region joined the hub yet; regions schedule locally meanwhile")
+
+    async def _wait_ready(self, deadline: float = 30.0) -> None:
+        """Healthy means: each scheduler consumes its region's workloads, each agent has offered."""
+        end = time.monotonic() + deadline
+        for region in self.options.regions:
+            bus = await Bus.connect(self.urls[region], "fed-up-health", retry_forever=False)
+            try:
+                while not await _region_ready(bus, region, self.node_names(region)):
+                    if time.monotonic() > end:
+                        self.echo(
+                            f"  warning: region {region} not fully ready after {deadline:.0f}s; see the logs"
+                        )
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                await bus.close()
 
     def node_names(self, region: str) -> list[str]:
         """The agent node names ``fed up`` runs in ``region``."""
@@ -362,6 +379,15 @@ class Federation:
     def pids(self) -> list[int]:
         """Pids of every child process started (alive or not)."""
         return [c.pid for c in [*self.servers.values(), *self.daemons] if c.pid]
+
+
+async def _region_ready(bus: Bus, region: str, nodes: Sequence[str]) -> bool:
+    if not await bus.consumer_bound(subjects.workloads_stream(region), subjects.SCHEDULER_WORKLOADS_CONSUMER):
+        return False
+    for node in nodes:
+        if await bus.last(subjects.offers_stream(region), subjects.offer(region, node)) is None:
+            return False
+    return True
 
 
 async def _terminate(children: Sequence[Child], grace: float) -> None:

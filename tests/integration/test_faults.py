@@ -241,6 +241,8 @@ def _running(pid: int) -> bool:
 
 async def test_a_second_scheduler_for_a_region_refuses_to_start(make_cluster) -> None:
     cluster = await make_cluster(agents=0)
+    log = cluster.tmp / "logs" / "scheduler-eu.log"
+    await eventually(lambda: "scheduler started" in log.read_text(), timeout=30)
     out = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "federation.cli", "scheduler", "--region", "eu", "--url", cluster.url("eu")],
