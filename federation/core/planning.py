@@ -335,6 +335,7 @@ class Pass:
         self.work[name] = free
         self.touched.add(name)
         self.sealed.add(name)
+        score = free.score(spec)  # before the job takes its devices
         plan.placed.setdefault(name, []).append(self.core.allocation(view, free, self.now))
         plan.victims[name] = victims
         for victim in victims:  # still counted until the removal is written (no same-pass reuse)
@@ -343,7 +344,7 @@ class Pass:
             kind="preempting",
             at=self.now,
             considered=len(self.core.nodes),
-            chosen=Candidate(node=name, score=free.score(spec)),
+            chosen=Candidate(node=name, score=score),
             victims=tuple(sorted(gone)),
             queue_position=position,
             note=(
@@ -462,9 +463,10 @@ class Pass:
         if free is None:
             return placement.NO_OFFER
         misfit = free.misfit(spec)
-        if misfit is not None and Free.of(node.offer, ()).misfit(spec) is None:
-            return placement.FULL
-        return misfit or ""
+        if misfit is None:
+            return ""
+        # the reason that holds even when the node is empty is the one that matters
+        return Free.of(node.offer, ()).misfit(spec) or placement.FULL
 
 
 def _charge(usage: dict[str, Vector], allocation: Allocation) -> None:

@@ -271,3 +271,35 @@ def test_a_device_listed_twice_in_an_offer_is_handed_out_once() -> None:
     core.handle(submit("b", cpu=1, gpu=1))
     claims = [c for c in core.handle(Tick(now=11.0)) if isinstance(c, WriteLedger)]
     assert [a.job for a in claims[0].ledger.allocations] == ["a"]
+
+
+def test_pending_reason_names_what_blocks_even_on_an_empty_node() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1", cpu=1)))
+    core.handle(submit("busy", cpu=1))
+    settle(core)
+    core.handle(submit("needs-gpu", cpu=1, gpu=1))
+    core.handle(submit("needs-cpu", cpu=1))
+    core.handle(Tick(now=12.0))
+    assert "too little gpu on 1 node" in core.jobs["needs-gpu"].record.reason  # not "too little cpu"
+    waiting = core.jobs["needs-cpu"].record
+    assert waiting.reason.startswith("pending: waiting for capacity: 1 node can run it")
+    assert waiting.decision is not None
+    assert waiting.decision.filtered == {"in use now (fits once allocations finish)": 1}
+
+
+def test_preemption_decision_scores_the_node_before_the_job_takes_it() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1", cpu=2)))
+    core.handle(submit("low-1", cpu=1, priority="low"))
+    settle(core, now=11.0)
+    core.handle(submit("low-2", cpu=1, priority="low"))
+    settle(core, now=12.0)
+    core.handle(Submitted(spec=Submit(id="urgent", command=["x"], cpu=1, priority="urgent"), at=20.0))
+    claim = next(c for c in core.handle(Tick(now=21.0)) if isinstance(c, WriteLedger))
+    assert sorted(a.job for a in claim.ledger.allocations) == ["low-1", "urgent"]  # the youngest low went
+    decision = core.jobs["urgent"].decision
+    assert decision is not None
+    assert decision.victims == ("low-2",)
+    assert decision.chosen is not None
+    assert decision.chosen.score[1] == 0
