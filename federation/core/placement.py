@@ -97,6 +97,12 @@ def labels_match(name: str, region: str, labels: dict[str, str], require: dict[s
     return True
 
 
+def victim_order(allocation: Allocation) -> tuple[int, float, str]:
+    """Sorted with ``reverse=True``: lowest priority first, then youngest (latest placed, then the
+    latest job id: client ids are time-ordered) first."""
+    return (PRIORITY_RANK[allocation.priority], allocation.placed_at, allocation.job)
+
+
 def preemption_victims(
     spec: Submit, offer: Offer, allocations: tuple[Allocation, ...], eligible: Callable[[Allocation], bool]
 ) -> list[Allocation] | None:
@@ -107,7 +113,8 @@ def preemption_victims(
     """
     candidates = sorted(
         (a for a in allocations if eligible(a)),
-        key=lambda a: (-PRIORITY_RANK[a.priority], -a.placed_at, a.job),
+        key=victim_order,
+        reverse=True,
     )
     chosen: list[Allocation] = []
     remaining = list(allocations)

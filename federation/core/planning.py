@@ -116,6 +116,8 @@ class Pass:
     def run(self) -> Plan:
         """Walk the queue, one priority level at a time, tenants by fair share; return the plan."""
         core, plan = self.core, Plan()
+        if self.quotas and core.policy.on_shrink == "preempt":
+            self._shrink(plan)
         placed: set[str] = set()
         position = 0
         queue = core.queue
@@ -356,6 +358,72 @@ class Pass:
         self.core.index.discard(name)  # its one proposal for this pass is made
         return True
 
+    def _shrink(self, plan: Plan) -> None:
+        """Quotas below usage (capacity shrank, or a reload): preempt the excess, cohort by cohort."""
+        done: set[str] = set()
+        for tenant in sorted(self.core.policy.tenants):
+            members = self.accounts.cohort(tenant)
+            if tenant in done:
+                continue
+            done.update(members)
+            use: Vector = (0, 0, 0)
+            limit: Vector = (0, 0, 0)
+            for member in members:
+                quota = self.accounts.quota(member)
+                assert quota is not None
+                used = self.accounts.used(member)
+                use = (use[0] + used[0], use[1] + used[1], use[2] + used[2])
+                limit = (limit[0] + quota[0], limit[1] + quota[1], limit[2] + quota[2])
+            excess = (use[0] - limit[0], use[1] - limit[1], use[2] - limit[2])
+            if not any(amount > 0 for amount in excess):
+                continue
+            freed = [0, 0, 0]
+            for member in members:
+                amount = self.leaving.get(member, (0, 0, 0))
+                freed = [freed[i] + amount[i] for i in range(3)]
+            needed = (excess[0] - freed[0], excess[1] - freed[1], excess[2] - freed[2])
+            if any(amount > 0 for amount in needed):
+                self._take_back(
+                    members, needed, plan, f"quota of cohort {','.join(members)} shrank below use"
+                )
+
+    def _take_back(self, members: list[str], needed: Vector, plan: Plan, why: str) -> bool:
+        """Preempt over-quota allocations of ``members`` (lowest priority, youngest first) for ``needed``."""
+        candidates: list[tuple[tuple[int, float, str], str, Allocation]] = []
+        for name, node in self.core.nodes.items():
+            if node.proposal is not None or name in self.touched:
+                continue
+            for allocation in node.current().allocations:
+                if allocation.tenant in members and not node.released(allocation):
+                    candidates.append((placement.victim_order(allocation), name, allocation))
+        candidates.sort(reverse=True)
+        left = list(needed)
+        after = dict(self.accounts.usage)
+        chosen: list[tuple[str, Allocation]] = []
+        for _, name, allocation in candidates:
+            if all(amount <= 0 for amount in left):
+                break
+            quota = self.accounts.quota(allocation.tenant)
+            use = after.get(allocation.tenant, (0, 0, 0))
+            if quota is None or all(use[i] <= quota[i] for i in range(3)):
+                continue  # within its own quota: not the one to give back
+            amount = held(allocation)
+            if not any(left[i] > 0 and amount[i] > 0 for i in range(3)):
+                continue
+            chosen.append((name, allocation))
+            after[allocation.tenant] = (use[0] - amount[0], use[1] - amount[1], use[2] - amount[2])
+            left = [left[i] - amount[i] for i in range(3)]
+        if any(amount > 0 for amount in left):
+            return False
+        for name, allocation in chosen:
+            _charge(self.leaving, allocation)  # still counted until the removal is written
+            plan.victims.setdefault(name, []).append(allocation)
+            plan.reasons[name] = why
+            self.touched.add(name)
+            self.sealed.add(name)
+            self.core.index.discard(name)
+        return True
+
     def _leaving_covers(self, spec: Submit, excess: Vector) -> bool:
         """Whether removals already decided in the cohort free enough: then wait, do not preempt."""
         freed = [0, 0, 0]
@@ -366,47 +434,11 @@ class Pass:
 
     def _reclaim_quota(self, spec: Submit, excess: Vector, plan: Plan) -> str:
         """Preempt borrowers' allocations (lowest priority, youngest first) until ``excess`` is covered."""
-        borrowers = {
-            m for m in self.accounts.cohort(spec.tenant) if m != spec.tenant and self.accounts.over(m)
-        }
-        candidates: list[tuple[tuple[int, float, str], str, Allocation]] = []
-        for name, node in self.core.nodes.items():
-            if node.proposal is not None or name in self.touched:
-                continue
-            for allocation in node.current().allocations:
-                if allocation.tenant in borrowers and not node.released(allocation):
-                    key = (-PRIORITY_RANK[allocation.priority], -allocation.placed_at, allocation.job)
-                    candidates.append((key, name, allocation))
-        candidates.sort()
-        needed = list(excess)
-        chosen: list[tuple[str, Allocation]] = []
-        after = dict(self.accounts.usage)  # usage once the chosen victims are gone (a local tally)
-        for _, name, allocation in candidates:
-            if all(amount <= 0 for amount in needed):
-                break
-            quota = self.accounts.quota(allocation.tenant)
-            use = after.get(allocation.tenant, (0, 0, 0))
-            if quota is None or all(use[i] <= quota[i] for i in range(3)):
-                continue  # that tenant is back within its own quota: nothing more to reclaim there
-            amount = held(allocation)
-            if not any(needed[i] > 0 and amount[i] > 0 for i in range(3)):
-                continue
-            chosen.append((name, allocation))
-            after[allocation.tenant] = (use[0] - amount[0], use[1] - amount[1], use[2] - amount[2])
-            needed = [needed[i] - amount[i] for i in range(3)]
-        if any(amount > 0 for amount in needed):
+        lenders_back = [m for m in self.accounts.cohort(spec.tenant) if m != spec.tenant]
+        why = f"quota reclaimed by tenant {spec.tenant} (job {spec.id})"
+        if not self._take_back(lenders_back, excess, plan, why):
             return f"pending: reclaiming quota for tenant {spec.tenant}: borrowed allocations are busy"
-        for name, allocation in chosen:
-            _charge(self.leaving, allocation)  # still counted until the removal is written
-            plan.victims.setdefault(name, []).append(allocation)
-            plan.reasons[name] = f"quota reclaimed by tenant {spec.tenant} (job {spec.id})"
-            self.touched.add(name)
-            self.sealed.add(name)
-            self.core.index.discard(name)
-        victims = ", ".join(a.job for _, a in chosen)
-        return (
-            f"pending: reclaiming quota for tenant {spec.tenant} from borrowers ({victims}); admitted after"
-        )
+        return f"pending: reclaiming quota for tenant {spec.tenant} from borrowers; admitted after"
 
     # --- explain ---------------------------------------------------------------------------------
 

@@ -61,7 +61,9 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Scheduling policy of one region (the ``[policy]`` table of ``fed scheduler --config``).
 
     ``tenants`` is empty by default: no quotas, every tenant competes by priority and fair share.
-    A tenant absent from a non-empty table is not limited.
+    A tenant absent from a non-empty table is not limited. When quotas shrink below what is in use
+    (a ``share`` quota as offers shrink, or a reload), ``on_shrink = "drain"`` stops admissions and
+    lets running work finish; ``"preempt"`` preempts the over-quota work (youngest, lowest first).
     """
 
     scoring: Scoring = "binpack"
@@ -70,6 +72,7 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     backoff: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
     backoff_max: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 60.0
     tenants: dict[str, Quota] = msgspec.field(default_factory=dict)
+    on_shrink: Literal["drain", "preempt"] = "drain"
 
     def may_preempt(self, priority: str) -> bool:
         """Whether a job of ``priority`` may preempt strictly lower-priority allocations."""

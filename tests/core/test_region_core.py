@@ -303,3 +303,35 @@ def test_preemption_decision_scores_the_node_before_the_job_takes_it() -> None:
     assert decision.victims == ("low-2",)
     assert decision.chosen is not None
     assert decision.chosen.score[1] == 0
+
+
+def _share_core(on_shrink: str) -> RegionCore:
+    from federation.core.policy import Policy, Quota
+
+    policy = Policy(tenants={"t": Quota(share=0.5)}, on_shrink=on_shrink)  # type: ignore[arg-type]
+    core = RegionCore("eu", policy=policy)
+    core.handle(OfferSeen(offer=offer("n1", cpu=8)))
+    for i in range(4):  # half of 8 cores
+        core.handle(Submitted(spec=Submit(id=f"t{i}", command=["x"], tenant="t"), at=10.0 + i))
+    settle(core, now=20.0)
+    assert sum(1 for v in core.jobs.values() if v.record.state == "placed") == 4
+    return core
+
+
+def test_share_quota_follows_capacity_and_drains_by_default() -> None:
+    core = _share_core("drain")
+    core.handle(OfferSeen(offer=offer("n1", cpu=4)))  # capacity halves: the quota is now 2 cores
+    core.handle(Submitted(spec=Submit(id="more", command=["x"], tenant="t"), at=30.0))
+    commands = core.handle(Tick(now=31.0))
+    assert not [c for c in commands if isinstance(c, WriteLedger)], "running work drains, nothing is killed"
+    assert "quota: tenant t would use 5 cpu of its 2" in core.jobs["more"].record.reason
+
+
+def test_share_quota_shrink_preempts_the_youngest_when_the_policy_says_so() -> None:
+    core = _share_core("preempt")
+    core.handle(OfferSeen(offer=offer("n1", cpu=4)))
+    claims = [c for c in core.handle(Tick(now=31.0)) if isinstance(c, WriteLedger)]
+    assert sorted(a.job for a in claims[0].ledger.allocations) == ["t0", "t1"]  # t2, t3 were youngest
+    core.handle(ClaimWritten(node="n1", revision=500))
+    assert [core.jobs[j].record.state for j in ("t2", "t3")] == ["pending", "pending"]
+    assert "shrank below use" in core.jobs["t3"].record.history[-2].reason
