@@ -175,8 +175,9 @@ class Agent:
 
     async def reconcile(self, allocations: tuple[Allocation, ...]) -> None:
         """Start what is allocated and not running; stop what runs and is no longer allocated."""
-        desired = {a.job: a for a in allocations}
-        self.desired = {job: a.attempt for job, a in desired.items()}
+        # a held gang member waits until its whole gang is claimed: it is neither started nor stopped
+        desired = {slot(a): a for a in allocations if not a.held}
+        self.desired = {key: a.attempt for key, a in desired.items()}
         for job, run in list(self.running.items()):
             allocation = desired.get(job)
             if (allocation is None or allocation.attempt != run.spec.attempt) and not run.stopping:
@@ -213,7 +214,7 @@ class Agent:
     def _busy_devices(self, allocation: Allocation) -> bool:
         """Whether a still-running attempt (say, one being stopped) holds a claimed device."""
         for job, run in self.running.items():
-            if job == allocation.job:
+            if job == slot(allocation):
                 continue
             if set(run.spec.gpus) & set(allocation.gpus):
                 return True
@@ -234,20 +235,20 @@ class Agent:
         return True
 
     def _still_wanted(self, allocation: Allocation) -> bool:
-        return self.desired.get(allocation.job) == allocation.attempt
+        return self.desired.get(slot(allocation)) == allocation.attempt
 
     async def _report_only(self, allocation: Allocation, reason: str) -> None:
         try:
             await self._report(allocation, "failed", reason=reason)
         finally:
-            self.tasks.pop(allocation.job, None)
+            self.tasks.pop(slot(allocation), None)
 
     async def _attempt(self, allocation: Allocation) -> None:
-        job, attempt = allocation.job, allocation.attempt
+        job, attempt = slot(allocation), allocation.attempt
         key = (job, attempt)
-        bound = self.log.bind(job=job, attempt=attempt)
+        bound = self.log.bind(job=allocation.job, attempt=attempt, member=allocation.member)
         try:
-            with tracing.span("fed.run", parent=allocation.traceparent, job=job, node=self.node):
+            with tracing.span("fed.run", parent=allocation.traceparent, job=allocation.job, node=self.node):
                 refusal = self._admit(allocation)
                 if not refusal and not await self._wait_for_devices(allocation):
                     refusal = "claimed devices are still held by an attempt that will not stop"
@@ -258,17 +259,20 @@ class Agent:
                 if not self._still_wanted(allocation):
                     return  # released (cancelled) before it started: nothing ran, nothing to report
                 self._journal(job, attempt, 0)
+                env = dict(allocation.env)
+                if allocation.members > 1:
+                    env.update(FED_GANG_MEMBER=str(allocation.member), FED_GANG_SIZE=str(allocation.members))
                 spec = runner.RunSpec(
-                    job=job,
+                    job=allocation.job,
                     attempt=attempt,
                     command=allocation.command,
-                    env=allocation.env,
+                    env=env,
                     cores=allocation.cores,
                     gpus=allocation.gpus,
                     pinned=allocation.pinned,
                     traceparent=tracing.current_traceparent() or allocation.traceparent,
                 )
-                log_subject = subjects.job_log(self.region, self.node, job)
+                log_subject = subjects.job_log(self.region, self.node, allocation.job)
 
                 async def sink(chunk: bytes) -> None:
                     await self._store_retrying(log_subject, chunk)
@@ -311,6 +315,7 @@ class Agent:
             exit_code=exit_code,
             reason=reason[:4000],
             at=time.time(),
+            member=allocation.member,
         )
         await self._store_retrying(subjects.job_event(self.region, self.node, allocation.job), encode(event))
 
@@ -367,6 +372,11 @@ class Agent:
             )
 
 
+def slot(allocation: Allocation) -> str:
+    """What the agent keys an attempt by: the job id, or ``job#member`` for a gang member."""
+    return allocation.job if allocation.members == 1 else f"{allocation.job}#{allocation.member}"
+
+
 def _groups_running(wanted: dict[int, tuple[str, int]]) -> set[int]:
     """Which of the process groups ``wanted`` (pgid -> job, attempt) still run that job's attempt.
 
@@ -382,9 +392,11 @@ def _groups_running(wanted: dict[int, tuple[str, int]]) -> set[int]:
             env = proc.environ()
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
-        job, attempt = wanted[pgid]
+        key, attempt = wanted[pgid]
+        job, _, member = key.partition("#")
         if env.get("FED_JOB_ID") == job and env.get("FED_ATTEMPT") == str(attempt):
-            found.add(pgid)
+            if not member or env.get("FED_GANG_MEMBER") == member:
+                found.add(pgid)
     return found
 
 

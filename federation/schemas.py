@@ -61,6 +61,8 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     labels a node must carry (``{"gpu_model": "A100,H100"}``: any of the comma-separated values;
     every node also carries ``node=<name>`` and ``region=<region>``). ``scoring`` overrides the
     region's default (binpack or spread); ``max_attempts`` (0: the region's default) bounds retries.
+    ``gang`` > 1 asks for that many allocations of the request (members), placed and started all
+    together or not at all.
     """
 
     id: JobId
@@ -76,6 +78,7 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     require: Annotated[dict[Label, Label], msgspec.Meta(max_length=64)] = {}
     scoring: Literal["", "binpack", "spread"] = ""
     max_attempts: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    gang: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
 
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type", kw_only=True, omit_defaults=True):
@@ -138,6 +141,7 @@ class JobEvent(msgspec.Struct, tag="job_event", tag_field="type", kw_only=True, 
     exit_code: int | None = None
     reason: Reason = ""
     at: Timestamp = 0.0
+    member: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
 
 
 Message = Submit | Cancel | Heartbeat | Offer | JobEvent
@@ -148,7 +152,12 @@ Message = Submit | Cancel | Heartbeat | Offer | JobEvent
 
 
 class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
-    """One job attempt bound to exact devices of one node, held in that node's ledger."""
+    """One job attempt bound to exact devices of one node, held in that node's ledger.
+
+    A gang job has ``members`` allocations, numbered by ``member``, possibly on several nodes.
+    ``held`` marks a gang member claimed while the rest of its gang is still being claimed: the
+    agent must not start it until the scheduler clears the flag (all members are stored).
+    """
 
     job: JobId
     attempt: int
@@ -164,6 +173,9 @@ class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     pinned: bool = False
     traceparent: str = ""
     placed_at: float = 0.0
+    member: int = 0
+    members: int = 1
+    held: bool = False
 
 
 class Ledger(msgspec.Struct, kw_only=True, frozen=True):
@@ -175,11 +187,15 @@ class Ledger(msgspec.Struct, kw_only=True, frozen=True):
     updated_at: float = 0.0
 
     def find(self, job: str) -> Allocation | None:
-        """The allocation of ``job`` on this node, if any."""
+        """The (first) allocation of ``job`` on this node, if any."""
         for allocation in self.allocations:
             if allocation.job == job:
                 return allocation
         return None
+
+    def members(self, job: str) -> list[Allocation]:
+        """Every allocation of ``job`` on this node (several for a gang)."""
+        return [a for a in self.allocations if a.job == job]
 
 
 class Transition(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, array_like=True):
@@ -237,6 +253,8 @@ class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     history: tuple[Transition, ...] = ()
     not_before: float = 0.0
     decision: Decision | None = None
+    members: tuple[str, ...] = ()
+    member_exits: dict[str, int] = {}
 
     @property
     def terminal(self) -> bool:
