@@ -394,9 +394,9 @@ def _groups_running(wanted: dict[int, tuple[str, int]]) -> set[int]:
             continue
         key, attempt = wanted[pgid]
         job, _, member = key.partition("#")
-        if env.get("FED_JOB_ID") == job and env.get("FED_ATTEMPT") == str(attempt):
-            if not member or env.get("FED_GANG_MEMBER") == member:
-                found.add(pgid)
+        same_attempt = env.get("FED_JOB_ID") == job and env.get("FED_ATTEMPT") == str(attempt)
+        if same_attempt and (not member or env.get("FED_GANG_MEMBER") == member):
+            found.add(pgid)
     return found
 
 

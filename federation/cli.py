@@ -149,6 +149,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             require=_pairs(args.require or [], "--require"),
             scoring=args.scoring or "",
             max_attempts=args.max_attempts,
+            gang=args.gang,
         )
         if not args.wait:
             print(job.id)
@@ -385,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="required node label KEY=VALUE (repeat; VALUE may list alternatives a,b; node=NAME pins a node)",
     )
     p.add_argument("--scoring", choices=["binpack", "spread"], help="override the region's scoring")
+    p.add_argument(
+        "--gang", type=int, default=1, help="N allocations of the request, started all together or none"
+    )
     p.add_argument(
         "--max-attempts", type=int, default=0, help="attempts before failing (default: region policy)"
     )

@@ -187,6 +187,7 @@ class Client:
         require: dict[str, str] | None = None,
         scoring: Literal["", "binpack", "spread"] = "",
         max_attempts: int = 0,
+        gang: int = 1,
     ) -> Job:
         """Validate and durably submit a job; returns once the region's stream stored it."""
         name = self._region(region)
@@ -205,6 +206,7 @@ class Client:
                 require=dict(require or {}),
                 scoring=scoring,
                 max_attempts=max_attempts,
+                gang=gang,
             )
             validate(spec)
         except MalformedMessage as exc:

@@ -189,7 +189,16 @@ class Pass:
                     Decision(kind="pending", at=self.now, queue_position=position, note=reason),
                 )
                 return False
-        done = self._place(view, plan, position)
+        if spec.gang > 1:
+            fitted = self._place_gang(view, plan, position)
+            if fitted < spec.gang:
+                reason = f"pending: gang of {spec.gang} starts all together; room for {fitted} now"
+                decision = Decision(kind="pending", at=self.now, queue_position=position, note=reason)
+                plan.waiting[spec.id] = (reason, decision)
+                return False
+            done = True
+        else:
+            done = self._place(view, plan, position)
         if not done and admission.kind == "within":
             done = self._preempt(view, plan, position, reclaim=True)
         if not done:
@@ -281,6 +290,54 @@ class Pass:
         else:
             self.core.index.discard(chosen.node)
         return True
+
+    def _place_gang(self, view: JobView, plan: Plan, position: int) -> int:
+        """Place every member of a gang, or none: returns how many fit (== gang size when placed)."""
+        spec = view.record.spec
+        spread = (spec.scoring or self.core.policy.scoring) == "spread"
+        saved: dict[str, Free | None] = {}
+        touched = set(self.touched)
+        members: list[tuple[str, Allocation, Candidate]] = []
+        for member in range(spec.gang):
+            candidates = self._candidates(spec, spread)
+            if not candidates:
+                break
+            chosen = candidates[0]
+            if chosen.node not in saved:
+                saved[chosen.node] = self.work[chosen.node].copy() if chosen.node in self.work else None
+            free = self._take(chosen.node)
+            allocation = self.core.allocation(view, free, self.now, member=member, members=spec.gang)
+            members.append((chosen.node, allocation, chosen))
+            if free.slots > 0:
+                self.core.index.put(chosen.node, free)
+            else:
+                self.core.index.discard(chosen.node)
+        if len(members) < spec.gang:  # all or nothing: give back what this attempt took
+            for name, copy in saved.items():
+                if copy is None:
+                    del self.work[name]
+                else:
+                    self.work[name] = copy
+                restored = self._free(name)
+                if restored is not None and restored.slots > 0:
+                    self.core.index.put(name, restored)
+                else:
+                    self.core.index.discard(name)
+            self.touched = touched
+            return len(members)
+        for name, allocation, _ in members:
+            plan.placed.setdefault(name, []).append(allocation)
+        nodes = sorted({name for name, _, _ in members})
+        plan.decisions[spec.id] = Decision(
+            kind="placed",
+            at=self.now,
+            considered=len(self.core.index),
+            chosen=members[0][2],
+            runners_up=tuple(c for _, _, c in members[1:3]),
+            queue_position=position,
+            note=f"gang of {spec.gang} on {', '.join(nodes)}",
+        )
+        return spec.gang
 
     def _take(self, name: str) -> Free:
         if name not in self.work:

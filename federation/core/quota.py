@@ -26,8 +26,8 @@ NAMES = ("cpu", "memory", "gpu")
 
 
 def request(spec: Submit) -> Vector:
-    """What a job asks for, as a vector."""
-    return (spec.cpu, spec.memory, spec.gpu)
+    """What a job asks for in all (every member of a gang), as a vector."""
+    return (spec.cpu * spec.gang, spec.memory * spec.gang, spec.gpu * spec.gang)
 
 
 def held(allocation: Allocation) -> Vector:

@@ -97,6 +97,8 @@ class NodeView:
     proposal_jobs: list[str] = field(default_factory=list)
     proposal_victims: list[str] = field(default_factory=list)
     proposal_reason: str = ""
+    proposal_activations: list[tuple[str, int]] = field(default_factory=list)
+    activations: set[tuple[str, int]] = field(default_factory=set)
     releases: set[tuple[str, int]] = field(default_factory=set)
     down_at: float = 0.0
     free: placement.Free | None = None
@@ -119,6 +121,17 @@ class JobView:
     claiming: str = ""
     cancel_pending: str = ""
     decision: Decision | None = None
+    gang: GangProgress | None = None
+
+
+@dataclass(slots=True)
+class GangProgress:
+    """A gang being claimed: nodes whose held claims are in flight, then nodes being activated."""
+
+    nodes: list[str]  # the node of each member, in member order
+    pending: set[str]
+    activating: set[str] = field(default_factory=set)
+    failed: str = ""
 
 
 class RegionCore:
@@ -133,9 +146,10 @@ class RegionCore:
         self.jobs: dict[str, JobView] = {}
         self.queue: list[tuple[tuple[int, float, int], str]] = []
         self.dirty: set[str] = set()
-        self.allocated: dict[str, str] = {}
+        self.holders: dict[str, set[str]] = {}  # job -> nodes whose ledger holds an attempt of it
         self.in_flight: set[str] = set()
         self.releasing: set[str] = set()
+        self.activating: set[str] = set()
         self.unexplained: set[str] = set()
         self._arrivals = 0
 
@@ -193,6 +207,21 @@ class RegionCore:
 
     # --- event handlers -------------------------------------------------------------------------
 
+    @property
+    def allocated(self) -> dict[str, set[str]]:
+        """Jobs held by some ledger (an attempt not yet released), with the nodes holding them."""
+        return self.holders
+
+    def _hold(self, job: str, node: str) -> None:
+        self.holders.setdefault(job, set()).add(node)
+
+    def _unhold(self, job: str, node: str) -> None:
+        nodes = self.holders.get(job)
+        if nodes is not None:
+            nodes.discard(node)
+            if not nodes:
+                del self.holders[job]
+
     def _node(self, name: str) -> NodeView:
         node = self.nodes.get(name)
         if node is None:
@@ -205,25 +234,31 @@ class RegionCore:
             node.ledger, node.revision = ledger, revision
             self._sync(node)
             for allocation in ledger.allocations:
-                self.allocated[allocation.job] = name
+                self._hold(allocation.job, name)
+        held_gangs = {a.job for n in self.nodes.values() for a in n.current().allocations if a.held}
         for record in sorted(event.records, key=lambda r: (r.submitted_at, r.id)):
             self._add(record)
-            if record.terminal and record.id in self.allocated:
-                holder = self._node(self.allocated[record.id])
-                found = holder.current().find(record.id)
-                if found is not None:
-                    holder.releases.add((found.job, found.attempt))
-                self.releasing.add(self.allocated[record.id])
-            elif record.state == "pending" and record.id in self.allocated:
-                self._adopt(record.id, self.allocated[record.id], record.updated_at)
-        for job, name in sorted(self.allocated.items()):
-            if job not in self.jobs:
+            if record.id in held_gangs:
+                self._release(record.id)  # a gang half claimed when the scheduler died: start over
+            elif record.terminal and record.id in self.holders:
+                self._release(record.id)
+            elif record.state == "pending" and record.id in self.holders:
+                self._adopt(record.id, record.updated_at)
+        for job, names in sorted(self.holders.items()):
+            if job in self.jobs:
+                continue
+            found = [a for name in sorted(names) for a in self._node(name).current().members(job)]
+            if len(found) == 1 and found[0].members == 1:
                 # claimed, then the scheduler died before the record was written: the ledger
                 # allocation holds everything needed to rebuild the record, so the agent's reports
                 # find the job (the submission's redelivery is then a harmless duplicate)
-                found = self._node(name).current().find(job)
-                assert found is not None
-                self._rebuild(found, name)
+                self._rebuild(found[0], next(iter(names)))
+            else:
+                # a gang without a record: release it; the redelivered submission starts it over
+                for name in names:
+                    node = self._node(name)
+                    node.releases.update((a.job, a.attempt) for a in node.current().members(job))
+                    self.releasing.add(name)
 
     def _rebuild(self, allocation: Allocation, node: str) -> None:
         at = allocation.placed_at
@@ -279,15 +314,31 @@ class RegionCore:
         )
         self._add(record)
         self.dirty.add(spec.id)
-        if spec.id in self.allocated:  # a claim written before a crash: adopt it (I2)
-            self._adopt(spec.id, self.allocated[spec.id], event.at)
+        if spec.id in self.holders:  # a claim written before a crash: adopt it (I2)
+            self._adopt(spec.id, event.at)
 
-    def _adopt(self, job: str, node_name: str, at: float) -> None:
-        allocation = self._node(node_name).current().find(job)
-        if allocation is None:
+    def _adopt(self, job: str, at: float) -> None:
+        found = [
+            (a.member, name, a)
+            for name in sorted(self.holders.get(job, ()))
+            for a in self._node(name).current().members(job)
+        ]
+        if not found or any(a.held for _, _, a in found) or len(found) != found[0][2].members:
+            self._release(job)  # an incomplete gang: start over
             return
+        found.sort()
         self._unqueue(job)
-        self._move(job, "placed", at, "placed on " + node_name, node=node_name, attempt=allocation.attempt)
+        nodes = tuple(name for _, name, _ in found)
+        members = nodes if len(nodes) > 1 else ()
+        self._move(
+            job,
+            "placed",
+            at,
+            "placed on " + ",".join(sorted(set(nodes))),
+            node=nodes[0],
+            attempt=found[0][2].attempt,
+            members=members,
+        )
 
     def _cancel(self, event: CancelRequested) -> None:
         view = self.jobs.get(event.job)
@@ -305,7 +356,11 @@ class RegionCore:
         if view is None:
             return
         record = view.record
-        current_attempt = record.node == report.node and record.attempt == report.attempt
+        if record.members:  # a gang: the report must come from that member's node
+            where = record.members[report.member] if report.member < len(record.members) else ""
+        else:
+            where = record.node if report.member == 0 else ""
+        current_attempt = where == report.node and record.attempt == report.attempt
         if not current_attempt or report.epoch > self.epoch:
             return  # I6: a stale node, attempt or a report from the future changes nothing
         if record.terminal:
@@ -315,7 +370,8 @@ class RegionCore:
             return  # e.g. the report of a preempted attempt: its job is already back in the queue
         if report.kind == "started":
             if record.state == "placed":
-                self._move(report.job, "running", report.at, f"running on {report.node}")
+                where = ",".join(sorted(set(record.members))) if record.members else report.node
+                self._move(report.job, "running", report.at, f"running on {where}")
             return
         if report.kind == "refused":
             # local admission said no before anything ran: back to the queue, devices released
@@ -323,7 +379,26 @@ class RegionCore:
                 self._requeue(report.job, "placed", report.at, f"refused by {report.node}: {report.reason}")
                 self._release(report.job)
             return
-        if report.kind == "exited":
+        if report.kind == "exited" and record.members:
+            code = report.exit_code if report.exit_code is not None else -1
+            exits = {**record.member_exits, str(report.member): code}
+            if code != 0:  # one member failed: the gang failed; the others are stopped
+                why = report.reason or f"member {report.member} exited with code {code}"
+                self._move(report.job, "failed", report.at, why, exit_code=code, member_exits=exits)
+            elif len(exits) == len(record.members):
+                self._move(
+                    report.job,
+                    "succeeded",
+                    report.at,
+                    "every member exited 0",
+                    exit_code=0,
+                    member_exits=exits,
+                )
+            else:
+                view.record = msgspec.structs.replace(record, member_exits=exits, updated_at=report.at)
+                self.dirty.add(report.job)
+                return
+        elif report.kind == "exited":
             code = report.exit_code if report.exit_code is not None else -1
             state: JobState = "succeeded" if code == 0 else "failed"
             reason = "exited 0" if code == 0 else (report.reason or f"exited with code {code}")
@@ -342,15 +417,18 @@ class RegionCore:
         if not node.releases:
             self.releasing.discard(node.name)
         for old in before.allocations:
-            if node.ledger.find(old.job) is None and self.allocated.get(old.job) == node.name:
-                del self.allocated[old.job]
+            if node.ledger.find(old.job) is None:
+                self._unhold(old.job, node.name)
         placed_at = node.ledger.updated_at
-        for job in node.proposal_jobs:
+        for job in dict.fromkeys(node.proposal_jobs):  # a gang may have several members here
             view = self.jobs[job]
+            self._hold(job, node.name)
+            if view.gang is not None:
+                self._gang_claimed(view, node.name, placed_at)
+                continue
             view.claiming = ""
             allocation = node.ledger.find(job)
             assert allocation is not None
-            self.allocated[job] = node.name
             why = f"placed on {node.name}"
             if view.decision is not None and view.decision.victims:
                 why += f", preempting {', '.join(view.decision.victims)}"
@@ -367,27 +445,39 @@ class RegionCore:
             if view.cancel_pending:
                 self._move(job, "cancelled", placed_at, view.cancel_pending)
                 self._release(job)
+        for job, _ in node.proposal_activations:
+            view = self.jobs[job]
+            if view.gang is not None:
+                view.gang.activating.discard(node.name)
+                if not view.gang.activating:
+                    self._gang_started(view, placed_at)
+        node.activations -= set(node.proposal_activations)
+        if not node.activations:
+            self.activating.discard(node.name)
         for victim in node.proposal_victims:
             why = node.proposal_reason or f"preempted on {node.name} by {', '.join(node.proposal_jobs)}"
             self._move(victim, "preempted", placed_at, why)
             self._requeue(victim, "preempted", placed_at, why)
-        node.proposal_reason = ""
-        node.proposal, node.proposal_jobs, node.proposal_victims = None, [], []
-        self.in_flight.discard(node.name)
-        self._sync(node)
+        self._settled(node)
 
     def _claim_conflict(self, event: ClaimConflict) -> None:
         node = self.nodes[event.node]
         node.ledger, node.revision = event.ledger, event.revision
+        stored_jobs = {a.job for a in node.current().allocations}
+        for job in [j for j, names in self.holders.items() if node.name in names and j not in stored_jobs]:
+            self._unhold(job, node.name)
         for allocation in node.current().allocations:
-            self.allocated.setdefault(allocation.job, node.name)
-        for job in node.proposal_jobs:
+            self._hold(allocation.job, node.name)
+        at = node.current().updated_at
+        for job in dict.fromkeys(node.proposal_jobs):
             view = self.jobs[job]
+            if view.gang is not None:
+                self._gang_failed(view, node.name, at, f"claim on {node.name} lost a race")
+                continue
             view.claiming = ""
             stored = node.current().find(job)
             if stored is not None and stored.attempt == view.record.attempt + 1:
                 # the write landed although its answer was lost: it is our claim (I2)
-                self.allocated[job] = node.name
                 self._move(
                     job,
                     "placed",
@@ -400,13 +490,76 @@ class RegionCore:
                     self._move(job, "cancelled", stored.placed_at, view.cancel_pending)
                     self._release(job)
             elif view.cancel_pending:
-                self._move(job, "cancelled", node.current().updated_at, view.cancel_pending)
+                self._move(job, "cancelled", at, view.cancel_pending)
             else:
                 bisect.insort(self.queue, (view.order, job))
             view.decision = None
+        # activations stay in node.activations: the next pass proposes them again on the fresh ledger
+        self._settled(node)
+
+    def _settled(self, node: NodeView) -> None:
+        node.proposal_reason = ""
         node.proposal, node.proposal_jobs, node.proposal_victims = None, [], []
+        node.proposal_activations = []
         self.in_flight.discard(node.name)
         self._sync(node)
+
+    # --- gangs --------------------------------------------------------------------------------------
+
+    def _gang_claimed(self, view: JobView, node: str, at: float) -> None:
+        """Phase 1 of a gang: one node's held members are stored."""
+        gang = view.gang
+        assert gang is not None
+        gang.pending.discard(node)
+        if gang.failed:
+            self._gang_failed(view, node, at, gang.failed)
+            return
+        if gang.pending:
+            return
+        # phase 2: every member is stored; clear the holds so the agents start them together
+        attempt = view.record.attempt + 1
+        gang.activating = set(gang.nodes)
+        for name in gang.activating:
+            self.nodes[name].activations.add((view.record.id, attempt))
+            self.activating.add(name)
+
+    def _gang_started(self, view: JobView, at: float) -> None:
+        gang = view.gang
+        assert gang is not None
+        job = view.record.id
+        view.claiming, view.gang = "", None
+        nodes = tuple(gang.nodes)
+        where = ",".join(sorted(set(nodes)))
+        self._move(
+            job,
+            "placed",
+            at,
+            f"placed as a gang of {len(nodes)} on {where}",
+            node=nodes[0],
+            attempt=view.record.attempt + 1,
+            members=nodes,
+            member_exits={},
+            decision=view.decision,
+        )
+        view.decision = None
+        if view.cancel_pending:
+            self._move(job, "cancelled", at, view.cancel_pending)
+            self._release(job)
+
+    def _gang_failed(self, view: JobView, node: str, at: float, why: str) -> None:
+        """A member's claim failed: release every stored member; requeue once nothing is in flight."""
+        gang = view.gang
+        assert gang is not None
+        gang.failed = gang.failed or why
+        gang.pending.discard(node)
+        self._release(view.record.id)
+        if gang.pending:
+            return  # other claims of this gang are still in flight: their answers release them too
+        view.claiming, view.gang, view.decision = "", None, None
+        if view.cancel_pending:
+            self._move(view.record.id, "cancelled", at, view.cancel_pending)
+        else:
+            bisect.insort(self.queue, (view.order, view.record.id))
 
     # --- record changes ---------------------------------------------------------------------------
 
@@ -448,23 +601,30 @@ class RegionCore:
             del self.queue[index]
 
     def _release(self, job: str) -> None:
-        name = self.allocated.get(job)
-        if name is not None and self._node(name).current().find(job) is not None:
-            found = self._node(name).current().find(job)
-            assert found is not None
-            self._node(name).releases.add((job, found.attempt))
-            self.releasing.add(name)
+        """Remove every allocation of ``job`` (each gang member) at the next write of its nodes."""
+        for name in sorted(self.holders.get(job, ())):
+            node = self._node(name)
+            members = node.current().members(job)
+            if members:
+                node.releases.update((a.job, a.attempt) for a in members)
+                self.releasing.add(name)
 
     # --- the scheduling pass ----------------------------------------------------------------------
 
     def _tick(self, now: float) -> list[Command]:
         plan = Pass(self, now).run()
         self.queue = plan.queue
+        gangs: dict[str, list[tuple[int, str]]] = {}
         for name, additions in plan.placed.items():
             for allocation in additions:
                 view = self.jobs[allocation.job]
                 view.claiming = name
                 view.decision = plan.decisions.get(allocation.job)
+                if allocation.members > 1:
+                    gangs.setdefault(allocation.job, []).append((allocation.member, name))
+        for job, members in gangs.items():
+            nodes = [name for _, name in sorted(members)]
+            self.jobs[job].gang = GangProgress(nodes=nodes, pending=set(nodes))
         busy = bool(self.in_flight)
         for job, (reason, decision) in plan.waiting.items():
             self._explain(self.jobs[job], reason, decision, busy, now)
@@ -477,15 +637,32 @@ class RegionCore:
                     self._explain(view, reason, decision, False, now)
             self.unexplained.clear()
         commands: list[Command] = []
-        for name in sorted(set(plan.placed) | set(plan.victims) | self.releasing):
+        for name in sorted(set(plan.placed) | set(plan.victims) | self.releasing | self.activating):
             node = self.nodes[name]
             if node.proposal is not None:
                 continue
             current = node.current()
             victims = {v.job for v in plan.victims.get(name, [])}
             keep = tuple(a for a in current.allocations if not node.released(a) and a.job not in victims)
+            activated = [k for k in sorted(node.activations) if any(a.held for a in current.members(k[0]))]
+            for key in sorted(node.activations - set(activated)):  # a held member vanished
+                node.activations.discard(key)
+                view = self.jobs[key[0]]
+                if view.gang is not None:
+                    for other in view.gang.activating:
+                        self.nodes[other].activations.discard(key)
+                    view.gang.activating.clear()
+                    view.gang.pending.clear()
+                    self._gang_failed(view, name, now, f"a held member vanished from {name}")
+            if activated:
+                keys = set(activated)
+                keep = tuple(
+                    msgspec.structs.replace(a, held=False) if (a.job, a.attempt) in keys else a for a in keep
+                )
+            if not node.activations:
+                self.activating.discard(name)
             additions = plan.placed.get(name, [])
-            if len(keep) == len(current.allocations) and not additions:
+            if len(keep) == len(current.allocations) and not additions and not activated:
                 node.releases.clear()
                 self.releasing.discard(name)
                 continue
@@ -493,6 +670,7 @@ class RegionCore:
                 node=name, allocations=keep + tuple(additions), epoch=self.epoch, updated_at=now
             )
             node.proposal_jobs = [a.job for a in additions]
+            node.proposal_activations = activated
             node.proposal_victims = sorted(victims)
             node.proposal_reason = plan.reasons.get(name, "")
             self.index.discard(name)
@@ -507,7 +685,9 @@ class RegionCore:
         self.dirty = {job for job in self.dirty if self.jobs[job].claiming}
         return commands
 
-    def allocation(self, view: JobView, free: placement.Free, now: float) -> Allocation:
+    def allocation(
+        self, view: JobView, free: placement.Free, now: float, member: int = 0, members: int = 1
+    ) -> Allocation:
         """Take the devices ``view``'s job needs from ``free`` and describe the allocation."""
         spec = view.record.spec
         cores, gpus = free.take(spec)
@@ -526,6 +706,9 @@ class RegionCore:
             pinned=free.pinned,
             traceparent=view.record.traceparent,
             placed_at=now,
+            member=member,
+            members=members,
+            held=members > 1,
         )
 
     def _explain(self, view: JobView, reason: str, decision: Decision, busy: bool, now: float) -> None:

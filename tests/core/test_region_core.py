@@ -335,3 +335,52 @@ def test_share_quota_shrink_preempts_the_youngest_when_the_policy_says_so() -> N
     core.handle(ClaimWritten(node="n1", revision=500))
     assert [core.jobs[j].record.state for j in ("t2", "t3")] == ["pending", "pending"]
     assert "shrank below use" in core.jobs["t3"].record.history[-2].reason
+
+
+def test_gang_starts_all_together_or_not_at_all() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1", cpu=1)))
+    core.handle(OfferSeen(offer=offer("n2", cpu=1)))
+    core.handle(Submitted(spec=Submit(id="g", command=["x"], cpu=1, gang=3), at=10.0))
+    commands = core.handle(Tick(now=11.0))
+    assert not [c for c in commands if isinstance(c, WriteLedger)], "room for 2 of 3: nothing is claimed"
+    assert "gang of 3 starts all together; room for 2 now" in core.jobs["g"].record.reason
+    core.handle(OfferSeen(offer=offer("n3", cpu=1)))
+    held = [c for c in core.handle(Tick(now=12.0)) if isinstance(c, WriteLedger)]
+    assert sorted(c.node for c in held) == ["n1", "n2", "n3"]
+    assert all(a.held and a.members == 3 for c in held for a in c.ledger.allocations)
+    revision = 10
+    for claim in held:  # phase 1 stored everywhere ...
+        revision += 1
+        assert core.handle(ClaimWritten(node=claim.node, revision=revision)) == []
+    release_holds = [c for c in core.handle(Tick(now=13.0)) if isinstance(c, WriteLedger)]
+    assert sorted(c.node for c in release_holds) == ["n1", "n2", "n3"]  # ... then phase 2 lifts the holds
+    assert not any(a.held for c in release_holds for a in c.ledger.allocations)
+    for claim in release_holds:
+        revision += 1
+        core.handle(ClaimWritten(node=claim.node, revision=revision))
+    record = next(c.record for c in core.handle(Tick(now=14.0)) if isinstance(c, WriteJob))
+    assert record.state == "placed"
+    assert sorted(record.members) == ["n1", "n2", "n3"]
+    for member, node in enumerate(record.members):
+        event = JobEvent(node=node, job="g", attempt=1, kind="exited", exit_code=0, member=member, at=15.0)
+        core.handle(JobReported(event=event))
+        if member < 2:
+            assert core.jobs["g"].record.state == "placed"
+    assert core.jobs["g"].record.state == "succeeded"
+
+
+def test_gang_member_claim_conflict_releases_the_others_and_requeues() -> None:
+    core = RegionCore("eu")
+    for name in ("n1", "n2"):
+        core.handle(OfferSeen(offer=offer(name, cpu=1)))
+    core.handle(Submitted(spec=Submit(id="g", command=["x"], cpu=1, gang=2), at=10.0))
+    held = {c.node: c for c in core.handle(Tick(now=11.0)) if isinstance(c, WriteLedger)}
+    core.handle(ClaimWritten(node="n1", revision=5))
+    core.handle(
+        ClaimConflict(node="n2", ledger=Ledger(node="n2", allocations=(offer_alloc("other"),)), revision=9)
+    )
+    release = [c for c in core.handle(Tick(now=12.0)) if isinstance(c, WriteLedger)]
+    assert [(c.node, c.ledger.allocations) for c in release] == [("n1", ())]
+    assert core.pending() == ["g"]
+    assert held["n1"].ledger.allocations[0].held

@@ -156,3 +156,25 @@ async def test_a_flooding_tenant_cannot_starve_another_with_an_equal_quota(make_
 
 async def _equals(value, expected: int) -> bool:  # type: ignore[no-untyped-def]
     return (await value) == expected
+
+
+async def test_gang_of_three_with_room_for_two_waits_then_starts_together(make_cluster, tmp_path) -> None:
+    cluster = await make_cluster(agents=0)
+    for name in ("g1", "g2"):
+        cluster.start_agent("eu", name, "--cpu", "1", "--memory", "1GiB")
+    marks = tmp_path / "marks"
+    script = f"echo $FED_GANG_MEMBER $(date +%s.%N) >> {marks}; sleep 1"
+    async with Client.connect(connection=cluster.connection) as fed:
+        await eventually(lambda: _offers(fed, 2))
+        job = await fed.submit(["sh", "-c", script], cpu=1, gang=3)
+        explained = await eventually(lambda: _explained(fed, job.id))
+        assert "gang of 3 starts all together; room for 2 now" in explained.record.reason
+        assert not marks.exists(), "a member started although the gang did not fit"
+        cluster.start_agent("eu", "g3", "--cpu", "1", "--memory", "1GiB")
+        record = await job.wait(timeout=60)
+    assert record.state == "succeeded"
+    assert sorted(record.members) == ["g1", "g2", "g3"]
+    lines = [line.split() for line in marks.read_text().splitlines()]
+    assert sorted(member for member, _ in lines) == ["0", "1", "2"]
+    starts = [float(t) for _, t in lines]
+    assert max(starts) - min(starts) < 1.0, f"members started {max(starts) - min(starts):.2f}s apart"
