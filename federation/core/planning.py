@@ -37,7 +37,7 @@ from federation.core import placement
 from federation.core.placement import Free
 from federation.core.policy import lower
 from federation.core.quota import Accounts, Admission, Vector, held, request
-from federation.schemas import PRIORITY_RANK, Allocation, Candidate, Decision, Submit
+from federation.schemas import PRIORITY_RANK, Allocation, Candidate, Decision, Offer, Submit
 
 if TYPE_CHECKING:
     from federation.core.state import JobView, NodeView, RegionCore
@@ -53,6 +53,7 @@ class Plan:
     placed: dict[str, list[Allocation]] = field(default_factory=dict)
     victims: dict[str, list[Allocation]] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
+    reclaims: set[str] = field(default_factory=set)
     decisions: dict[str, Decision] = field(default_factory=dict)
     waiting: dict[str, tuple[str, Decision]] = field(default_factory=dict)
     queue: list[tuple[tuple[int, float, int], str]] = field(default_factory=list)
@@ -74,6 +75,7 @@ class Pass:
         self.leaving: dict[str, Vector] = {}  # usage whose removal is decided but not yet written
         self._accounts: Accounts | None = None
         self.placed_here: list[tuple[str, Vector]] = []
+        self.seen: set[str] = set()
         self.quotas = bool(core.policy.tenants)
 
     @property
@@ -90,7 +92,10 @@ class Pass:
         cpu = memory = gpu = 0
         for node in self.core.nodes.values():
             offer = node.offer
-            if offer is not None and node.alive and offer.expires_at > self.now:
+            live = node.alive and offer is not None and offer.expires_at > self.now
+            # a node that still holds allocations counts with its last offer: usage is counted on
+            # every ledger, so capacity must be too, or a dead node would look like over-use
+            if offer is not None and (live or node.current().allocations):
                 cpu, memory, gpu = cpu + len(offer.cores), memory + offer.memory, gpu + len(offer.gpus)
         return (cpu, memory, gpu)
 
@@ -101,15 +106,17 @@ class Pass:
         for node in self.core.nodes.values():
             stored = node.current().allocations
             counted = list(stored)
-            leaving = [a for a in stored if node.released(a)]
+            leaving = {(a.job, a.attempt, a.member): a for a in stored if node.released(a)}
             if node.proposal is not None:
                 present = {(a.job, a.attempt) for a in stored}
                 proposed = {(a.job, a.attempt) for a in node.proposal.allocations}
                 counted += [a for a in node.proposal.allocations if (a.job, a.attempt) not in present]
-                leaving += [a for a in stored if (a.job, a.attempt) not in proposed]
+                leaving.update(
+                    {(a.job, a.attempt, a.member): a for a in stored if (a.job, a.attempt) not in proposed}
+                )
             for allocation in counted:
                 _charge(usage, allocation)
-            for allocation in leaving:
+            for allocation in leaving.values():
                 _charge(self.leaving, allocation)
         return usage
 
@@ -161,9 +168,28 @@ class Pass:
 
     def _consider(self, view: JobView, plan: Plan, position: int) -> bool:
         spec = view.record.spec
-        if view.record.not_before > self.now or spec.id in self.core.allocated:
-            return False  # backing off, or its previous attempt is still in a ledger (I2)
+        self.seen.add(spec.id)
+        if view.record.not_before > self.now:
+            return False  # backing off (its reason says until when)
+        if spec.id in self.core.allocated:  # its previous attempt is still in a ledger (I2)
+            reason = "pending: its previous attempt is being released"
+            plan.waiting[spec.id] = (
+                reason,
+                Decision(kind="pending", at=self.now, queue_position=position, note=reason),
+            )
+            return False
         admission = self.accounts.admit(spec) if self.quotas else UNLIMITED
+        if admission.kind == "borrow":
+            waiting = self._reclaiming(spec.tenant, plan)
+            if waiting:  # lenders are taking their quota back: no new borrowing in this cohort
+                reason = (
+                    f"pending: quota: cohort is reclaiming for {waiting}; no borrowing until it is placed"
+                )
+                plan.waiting[spec.id] = (
+                    reason,
+                    Decision(kind="pending", at=self.now, queue_position=position, note=reason),
+                )
+                return False
         if admission.kind == "over":
             reason = admission.reason
             plan.waiting[spec.id] = (
@@ -173,6 +199,8 @@ class Pass:
             return False
         if admission.kind == "within":
             excess = self.accounts.cohort_excess(spec)
+            if any(amount > 0 for amount in excess):
+                plan.reclaims.add(spec.id)  # holds back new borrowing in the cohort until resolved
             if any(amount > 0 for amount in excess) and self._leaving_covers(spec, excess):
                 reason = "pending: waiting for released quota to be written"
                 plan.waiting[spec.id] = (
@@ -180,6 +208,13 @@ class Pass:
                     Decision(kind="pending", at=self.now, queue_position=position, note=reason),
                 )
                 return False
+            if any(amount > 0 for amount in excess) and self.core.policy.on_shrink == "drain":
+                before = self.accounts.cohort_excess(spec, with_job=False)
+                if any(amount > 0 for amount in before):  # over before this job: quotas shrank
+                    reason = "pending: quota: the cohort uses more than its quotas now allow; draining"
+                    decision = Decision(kind="pending", at=self.now, queue_position=position, note=reason)
+                    plan.waiting[spec.id] = (reason, decision)
+                    return False
             if any(amount > 0 for amount in excess):
                 # within its own quota, but borrowers hold the cohort's room: reclaim first (the
                 # victims' removal is written before this job is admitted, in a later pass)
@@ -349,6 +384,30 @@ class Pass:
 
     # --- preempt ---------------------------------------------------------------------------------
 
+    def _reclaim_victims(
+        self, spec: Submit, offer: Offer, allocations: tuple[Allocation, ...], borrowers: set[str]
+    ) -> list[Allocation] | None:
+        """Borrowed allocations on one node whose removal lets ``spec`` fit: a borrower gives back
+        only while it stays over its own quota (never what its quota covers)."""
+        after = dict(self.accounts.usage)
+        remaining = list(allocations)
+        chosen: list[Allocation] = []
+        for victim in sorted(
+            (a for a in allocations if a.tenant in borrowers), key=placement.victim_order, reverse=True
+        ):
+            quota = self.accounts.quota(victim.tenant)
+            use = after.get(victim.tenant, (0, 0, 0))
+            amount = held(victim)
+            left = (use[0] - amount[0], use[1] - amount[1], use[2] - amount[2])
+            if quota is None or not any(left[i] >= quota[i] and amount[i] > 0 for i in range(3)):
+                continue  # taking it would dig into what its own quota covers
+            chosen.append(victim)
+            remaining.remove(victim)
+            after[victim.tenant] = left
+            if Free.of(offer, remaining).misfit(spec) is None:
+                return chosen
+        return None
+
     def _preempt(self, view: JobView, plan: Plan, position: int, *, reclaim: bool = False) -> bool:
         """Make room by preemption: of strictly lower priorities, or (``reclaim``) of cohort borrowers."""
         spec = view.record.spec
@@ -377,7 +436,10 @@ class Pass:
             if spec.require and not placement.labels_match(name, self.core.region, labels, spec.require):
                 continue
             allocations = tuple(a for a in node.current().allocations if not node.released(a))
-            victims = placement.preemption_victims(spec, node.offer, allocations, eligible)
+            if reclaim:
+                victims = self._reclaim_victims(spec, node.offer, allocations, borrowers)
+            else:
+                victims = placement.preemption_victims(spec, node.offer, allocations, eligible)
             if not victims:
                 continue
             key = (len(victims), sum(-PRIORITY_RANK[v.priority] for v in victims), name)
@@ -480,6 +542,16 @@ class Pass:
             self.sealed.add(name)
             self.core.index.discard(name)
         return True
+
+    def _reclaiming(self, tenant: str, plan: Plan) -> str:
+        """A job of another cohort member that waits on a reclaim ("" when none): this pass's
+        verdict for jobs it already considered, the last pass's for the others."""
+        members = set(self.accounts.cohort(tenant)) - {tenant}
+        for job in sorted((self.core.reclaims - self.seen) | plan.reclaims):
+            view = self.core.jobs.get(job)
+            if view is not None and view.record.state == "pending" and view.record.spec.tenant in members:
+                return f"tenant {view.record.spec.tenant} (job {job})"
+        return ""
 
     def _leaving_covers(self, spec: Submit, excess: Vector) -> bool:
         """Whether removals already decided in the cohort free enough: then wait, do not preempt."""

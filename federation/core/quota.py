@@ -122,12 +122,12 @@ class Accounts:
         )
         return Admission("over", reason)
 
-    def cohort_excess(self, spec: Submit) -> Vector:
+    def cohort_excess(self, spec: Submit, *, with_job: bool = True) -> Vector:
         """How far the cohort would exceed its summed quotas with this job (positive: too far)."""
         members = self.cohort(spec.tenant)
         if len(members) == 1:
             return (0, 0, 0)
-        use = request(spec)
+        use = request(spec) if with_job else (0, 0, 0)
         limit: Vector = (0, 0, 0)
         for member in members:
             use = _add(use, self.used(member))

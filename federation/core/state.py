@@ -150,6 +150,7 @@ class RegionCore:
         self.in_flight: set[str] = set()
         self.releasing: set[str] = set()
         self.activating: set[str] = set()
+        self.reclaims: set[str] = set()  # jobs within quota waiting for borrowers to give it back
         self.unexplained: set[str] = set()
         self._arrivals = 0
 
@@ -174,6 +175,7 @@ class RegionCore:
                 node = self._node(name)
                 node.alive, node.down_at = False, at
                 self._sync(node)
+                self.unexplained.update(job for _, job in self.queue)  # their reasons may name it
             case PolicyChanged(policy=policy):
                 self.policy = policy
             case JobReported(event=report):
@@ -323,8 +325,10 @@ class RegionCore:
             for name in sorted(self.holders.get(job, ()))
             for a in self._node(name).current().members(job)
         ]
-        if not found or any(a.held for _, _, a in found) or len(found) != found[0][2].members:
-            self._release(job)  # an incomplete gang: start over
+        expected = self.jobs[job].record.attempt + 1
+        complete = bool(found) and not any(a.held for _, _, a in found) and len(found) == found[0][2].members
+        if not complete or found[0][2].attempt != expected:
+            self._release(job)  # an incomplete gang, or an attempt that already ended: start over
             return
         found.sort()
         self._unqueue(job)
@@ -462,7 +466,14 @@ class RegionCore:
 
     def _claim_conflict(self, event: ClaimConflict) -> None:
         node = self.nodes[event.node]
+        if node.proposal is not None and event.ledger == node.proposal:
+            # the write landed and only its answer was lost: it is a success in every respect
+            self._claim_written(ClaimWritten(node=event.node, revision=event.revision))
+            return
         node.ledger, node.revision = event.ledger, event.revision
+        node.releases = {key for key in node.releases if _holds(node.current(), key)}
+        if not node.releases:
+            self.releasing.discard(node.name)
         stored_jobs = {a.job for a in node.current().allocations}
         for job in [j for j, names in self.holders.items() if node.name in names and j not in stored_jobs]:
             self._unhold(job, node.name)
@@ -614,6 +625,10 @@ class RegionCore:
     def _tick(self, now: float) -> list[Command]:
         plan = Pass(self, now).run()
         self.queue = plan.queue
+        self.reclaims |= plan.reclaims
+        self.reclaims = {
+            j for j in self.reclaims if self.jobs[j].record.state == "pending" and j not in plan.decisions
+        }
         gangs: dict[str, list[tuple[int, str]]] = {}
         for name, additions in plan.placed.items():
             for allocation in additions:
@@ -632,7 +647,7 @@ class RegionCore:
             explainer = Pass(self, now)
             for job in sorted(self.unexplained):
                 view = self.jobs[job]
-                if view.record.state == "pending" and not view.claiming and not view.record.reason:
+                if view.record.state == "pending" and not view.claiming and job not in plan.waiting:
                     reason, decision = explainer._why(view.record.spec, 0)
                     self._explain(view, reason, decision, False, now)
             self.unexplained.clear()

@@ -239,8 +239,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 spec = view.record.spec
                 if accounts.admit(spec).kind == "over" or any(x > 0 for x in accounts.cohort_excess(spec)):
                     continue  # held back by its tenant's quota, or waiting for a reclaim
-                if any(n.proposal_victims for n in self.core.nodes.values()):
-                    continue  # a reclaim in flight changes who may be admitted: judged next pass
+                if any(n.proposal_victims for n in self.core.nodes.values()) or self.core.reclaims:
+                    continue  # a reclaim under way holds back borrowing: judged once it resolves
                 assert node.free.misfit(view.record.spec) is not None, (
                     f"{job} fits {name} but was left pending"
                 )
