@@ -97,10 +97,10 @@ def labels_match(name: str, region: str, labels: dict[str, str], require: dict[s
     return True
 
 
-def victim_order(allocation: Allocation) -> tuple[int, float, str]:
+def victim_order(allocation: Allocation) -> tuple[int, float, str, int]:
     """Sorted with ``reverse=True``: lowest priority first, then youngest (latest placed, then the
     latest job id: client ids are time-ordered) first."""
-    return (PRIORITY_RANK[allocation.priority], allocation.placed_at, allocation.job)
+    return (PRIORITY_RANK[allocation.priority], allocation.placed_at, allocation.job, allocation.member)
 
 
 def preemption_victims(

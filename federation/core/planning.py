@@ -508,14 +508,14 @@ class Pass:
 
     def _take_back(self, members: list[str], needed: Vector, plan: Plan, why: str) -> bool:
         """Preempt over-quota allocations of ``members`` (lowest priority, youngest first) for ``needed``."""
-        candidates: list[tuple[tuple[int, float, str], str, Allocation]] = []
+        candidates: list[tuple[tuple[int, float, str, int], str, Allocation]] = []
         for name, node in self.core.nodes.items():
             if node.proposal is not None or name in self.touched:
                 continue
             for allocation in node.current().allocations:
                 if allocation.tenant in members and not node.released(allocation):
                     candidates.append((placement.victim_order(allocation), name, allocation))
-        candidates.sort(reverse=True)
+        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
         left = list(needed)
         after = dict(self.accounts.usage)
         chosen: list[tuple[str, Allocation]] = []

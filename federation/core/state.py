@@ -462,6 +462,7 @@ class RegionCore:
             why = node.proposal_reason or f"preempted on {node.name} by {', '.join(node.proposal_jobs)}"
             self._move(victim, "preempted", placed_at, why)
             self._requeue(victim, "preempted", placed_at, why)
+            self._release(victim)  # a gang's other members go too: a gang runs whole or not at all
         self._settled(node)
 
     def _claim_conflict(self, event: ClaimConflict) -> None:

@@ -26,7 +26,7 @@ from federation.core.events import (
 from federation.core.planning import Pass
 from federation.core.policy import Policy, Quota, lower
 from federation.core.state import ALLOWED, RegionCore
-from federation.schemas import TERMINAL_STATES, JobEvent, Ledger, Offer, Submit, Transition
+from federation.schemas import TERMINAL_STATES, Allocation, JobEvent, Ledger, Offer, Submit, Transition
 
 NODES = ("n1", "n2", "n3")
 COHORT = ("a", "b")
@@ -46,6 +46,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.states: dict[str, tuple[Transition, ...]] = {}
         self.jobs = 0
         self.events: list[Event] = []
+        self.tampered: set[str] = set()  # jobs a foreign writer took an allocation of
         self.outputs: list[list[Command]] = []
 
     def feed(self, event: Event) -> list[Command]:
@@ -138,9 +139,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         only=st.sampled_from([(), ("n1",), ("n2", "n3")]),
         priority=st.sampled_from(["urgent", "low", "medium"]),
         tenant=st.sampled_from(["a", "b", "free"]),
+        gang=st.sampled_from([1, 1, 1, 2, 3]),
     )
     def submit(
-        self, cpu: int, gpu: int, memory: int, only: tuple[str, ...], priority: str, tenant: str
+        self, cpu: int, gpu: int, memory: int, only: tuple[str, ...], priority: str, tenant: str, gang: int
     ) -> None:
         self.jobs += 1
         spec = Submit(
@@ -152,6 +154,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             nodes=list(only),
             priority=priority,
             tenant=tenant,
+            gang=gang,
         )  # type: ignore[arg-type]
         self.feed(Submitted(spec=spec, at=self.now))
 
@@ -189,6 +192,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             ledger, _ = self.store[node]
             self.revision += 1
             self.store[node] = (Ledger(node=node, allocations=ledger.allocations[1:]), self.revision)
+            self.tampered.add(ledger.allocations[0].job)
 
     @precondition(lambda self: self.store)
     @rule(
@@ -209,6 +213,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             kind=kind,
             exit_code=code,
             at=self.now,
+            member=allocation.member,
         )  # type: ignore[arg-type]
         self.feed(JobReported(event=event))
 
@@ -233,6 +238,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 continue
             for job in self.core.pending():
                 view = self.core.jobs[job]
+                if view.record.spec.gang > 1:
+                    continue  # a gang needs room for every member at once, not just this node's
                 if view.record.not_before > self.now or view.claiming or job in self.core.allocated:
                     continue  # backing off, being claimed, or its last attempt not yet released
                 accounts = Pass(self.core, self.now).accounts
@@ -256,13 +263,31 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @invariant()
     def a_job_is_in_at_most_one_ledger(self) -> None:
-        seen: dict[str, str] = {}
+        seen: dict[tuple[str, int], str] = {}
+        attempts: dict[str, int] = {}
         for node, (ledger, _) in self.store.items():
             for allocation in ledger.allocations:
-                assert allocation.job not in seen, (
-                    f"I2: {allocation.job} on {seen[allocation.job]} and {node}"
-                )
-                seen[allocation.job] = node
+                key = (allocation.job, allocation.member)
+                assert key not in seen, f"I2: {key} on {seen[key]} and {node}"
+                seen[key] = node
+                # every stored member of a job belongs to one attempt
+                assert attempts.setdefault(allocation.job, allocation.attempt) == allocation.attempt
+
+    @invariant()
+    def a_gang_runs_whole_or_not_at_all(self) -> None:
+        members: dict[str, list[Allocation]] = {}
+        for ledger, _ in self.store.values():
+            for allocation in ledger.allocations:
+                if allocation.members > 1:
+                    members.setdefault(allocation.job, []).append(allocation)
+        for job, stored in members.items():
+            if job in self.tampered:
+                continue  # a foreign writer removed a member: the core only learns at its next write
+            if any(not a.held for a in stored):  # started (holds lifted) somewhere ...
+                state = self.core.jobs[job].record.state
+                # ... only once all members were stored, or while a failed gang is being released
+                complete = len(stored) == stored[0].members
+                assert complete or state not in ("placed", "running"), f"{job}: a partial gang runs"
 
     @invariant()
     def stored_ledgers_never_share_a_device(self) -> None:
