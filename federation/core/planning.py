@@ -239,7 +239,7 @@ class Pass:
         if not done:
             done = self._preempt(view, plan, position)
         if not done:
-            plan.waiting[spec.id] = self._why(spec, position)
+            plan.waiting[spec.id] = self.why(spec, position)
             return False
         if self._accounts is not None:
             self._accounts.charge(spec.tenant, request(spec))
@@ -571,7 +571,8 @@ class Pass:
 
     # --- explain ---------------------------------------------------------------------------------
 
-    def _why(self, spec: Submit, position: int) -> tuple[str, Decision]:
+    def why(self, spec: Submit, position: int) -> tuple[str, Decision]:
+        """Why ``spec`` waits: each node classified by the first filter that rejects it."""
         key = placement.shape(spec)
         cached = self.misfits.get(key)
         if cached is not None:

@@ -6,13 +6,21 @@ The core holds the region's view: every node's latest offer, its ledger and the 
 revision, and every job's record. Events update the view; a :class:`Tick` runs one scheduling
 pass and emits the writes the view needs:
 
-* **Claims.** Pending jobs are taken in queue order (priority, then submission time, then arrival)
-  and fitted onto nodes (:mod:`federation.core.placement`). Everything placed on one node in one
-  pass, plus any releases waiting for that node, becomes *one* proposed ledger, written by
-  compare-and-set on the revision the core last saw (:class:`WriteLedger`). While a proposal is in
-  flight the node takes no other proposal. :class:`ClaimWritten` makes the proposal the ledger and
-  moves its jobs to ``placed``; :class:`ClaimConflict` adopts the ledger found in the store and
-  returns the jobs to the queue. So concurrent writers can make a claim *fail*, never overlap.
+* **Claims.** A pass (:mod:`federation.core.planning`) takes pending jobs in queue order and
+  fits them onto nodes, preempting or reclaiming quota where the policy allows. Everything placed
+  on one node in one pass, plus any releases, preemptions and lifted gang holds waiting for that
+  node, becomes *one* proposed ledger, written by compare-and-set on the revision the core last saw
+  (:class:`WriteLedger`). While a proposal is in flight the node takes no other proposal.
+  :class:`ClaimWritten` makes the proposal the ledger and moves its jobs to ``placed``;
+  :class:`ClaimConflict` adopts the ledger found in the store and returns the jobs to the queue
+  (unless the stored ledger *is* the proposal: a write whose answer was lost counts as written).
+  So concurrent writers can make a claim *fail*, never overlap.
+* **Gangs** are claimed in two phases: every member is stored with ``held`` set (agents do not
+  start held allocations), then the holds are lifted on every node; a failed member claim releases
+  the members already stored and the gang waits again.
+* **Retries.** A preempted or refused attempt goes back to the queue after the policy's backoff
+  (``not_before``) until ``max_attempts``; it is placed again only once its old allocation's
+  release is stored (so two attempts never sit in ledgers at once).
 * **Job records** move forward only (``pending -> placed -> running -> terminal``); each change
   marks the record dirty, and a tick emits one :class:`WriteJob` per dirty record. A job being
   claimed is not written until the claim settles, so a placed job costs one record write.
@@ -24,11 +32,13 @@ pass and emits the writes the view needs:
   report, which is acknowledged only after the record is stored.
 
 Invariants kept here: I1 (allocations never exceed the offer, by construction of each proposal
-from :class:`~federation.core.placement.Free`), I2 (a job attempt is in at most one ledger: a job
-is claimed on one node at a time and a submission for a job already allocated adopts that
-allocation), I4/I5 (records only move forward; a terminal record never changes), I6 (reports
-carrying another node, attempt or an older epoch are ignored), I7 (a duplicate submission or
-report changes nothing).
+from :class:`~federation.core.placement.Free`), I2 (a job attempt, or each member of a gang's
+attempt, is in at most one ledger: a job is re-placed only once no ledger holds it, and a
+submission for a job already allocated adopts that allocation), I4/I5 (records only move
+forward; a terminal record never changes), I6 (reports carrying another node, attempt or an older
+epoch are ignored), I7 (a duplicate submission or report changes nothing). The quota invariant
+(a tenant above its quota only by borrowing from its cohort) is kept by
+:mod:`federation.core.quota`, which counts usage conservatively.
 
 No I/O, no clock, no randomness, no logging: same events, same commands.
 """
@@ -649,7 +659,7 @@ class RegionCore:
             for job in sorted(self.unexplained):
                 view = self.jobs[job]
                 if view.record.state == "pending" and not view.claiming and job not in plan.waiting:
-                    reason, decision = explainer._why(view.record.spec, 0)
+                    reason, decision = explainer.why(view.record.spec, 0)
                     self._explain(view, reason, decision, False, now)
             self.unexplained.clear()
         commands: list[Command] = []
