@@ -268,7 +268,8 @@ async def cmd_explain(args: argparse.Namespace) -> int:
     record, decision = explanation.record, explanation.decision
     spec = record.spec
     print(f"job       {record.id} ({record.state}, priority {spec.priority}, tenant {spec.tenant})")
-    extra = f" require={spec.require}" if spec.require else ""
+    extra = f" gang={spec.gang}" if spec.gang > 1 else ""
+    extra += f" require={spec.require}" if spec.require else ""
     extra += f" prefer={','.join(spec.nodes)}" if spec.nodes else ""
     print(f"request   cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu}{extra}")
     print(f"why       {record.reason or '-'}")

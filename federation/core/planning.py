@@ -228,7 +228,13 @@ class Pass:
             fitted = self._place_gang(view, plan, position)
             if fitted < spec.gang:
                 reason = f"pending: gang of {spec.gang} starts all together; room for {fitted} now"
-                decision = Decision(kind="pending", at=self.now, queue_position=position, note=reason)
+                decision = Decision(
+                    kind="pending",
+                    at=self.now,
+                    considered=len(self.core.nodes),
+                    queue_position=position,
+                    note=reason,
+                )
                 plan.waiting[spec.id] = (reason, decision)
                 return False
             done = True
