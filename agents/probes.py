@@ -166,8 +166,9 @@ def build_offer(config: AgentConfig, sample: HostSample, now: float) -> Offer:
     if models and "gpu_model" not in labels:
         labels["gpu_model"] = ",".join(models)
 
+    custom = dict(config.custom)
     if not policy.enabled:
-        cores, memory, gpus = [], 0, []
+        cores, memory, gpus, custom = [], 0, [], {}
         notes.append("sharing disabled")
     return Offer(
         node=config.node,
@@ -184,4 +185,5 @@ def build_offer(config: AgentConfig, sample: HostSample, now: float) -> Offer:
         sent_at=now,
         expires_at=now + policy.offer_expiry,
         note="; ".join(notes),
+        custom=custom,
     )

@@ -48,6 +48,16 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
+def _amounts(values: Sequence[str], what: str) -> dict[str, float]:
+    out = {}
+    for key, value in _pairs(values, what).items():
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise InvalidRequest(f"{what} {key} needs a number, got {value!r}") from None
+    return out
+
+
 def exit_status(record: JobRecord) -> int:
     """The shell status ``fed submit --wait`` exits with for a terminal job."""
     if record.state == "succeeded":
@@ -113,6 +123,8 @@ async def cmd_agent(args: argparse.Namespace) -> int:
         overrides["gpu_ids"] = args.gpu_id
     if args.label:
         overrides["labels"] = _pairs(args.label, "--label")
+    if args.resource:
+        overrides["custom"] = _amounts(args.resource, "--resource")
     if args.max_allocations is not None:
         overrides["sharing"] = msgspec.structs.asdict(SharingPolicy(max_offers_per_node=args.max_allocations))
     overrides["state_dir"] = str(_state_dir(args))
@@ -150,6 +162,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             scoring=args.scoring or "",
             max_attempts=args.max_attempts,
             gang=args.gang,
+            custom=_amounts(args.resource or [], "--resource"),
         )
         if not args.wait:
             print(job.id)
@@ -370,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-id", action="append", help="declare a GPU id (repeat); default: NVML's GPUs")
     p.add_argument("--label", action="append", help="node label KEY=VALUE (repeat), e.g. city=AMS")
     p.add_argument("--max-allocations", type=int, help="max concurrent allocations (max_offers_per_node)")
+    p.add_argument(
+        "--resource", action="append", help="custom resource NAME=AMOUNT this node offers (repeat)"
+    )
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser(
@@ -390,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gang", type=int, default=1, help="N allocations of the request, started all together or none"
     )
+    p.add_argument("--resource", action="append", help="custom resource NAME=AMOUNT the job needs (repeat)")
     p.add_argument(
         "--max-attempts", type=int, default=0, help="attempts before failing (default: region policy)"
     )

@@ -188,6 +188,7 @@ class Client:
         scoring: Literal["", "binpack", "spread"] = "",
         max_attempts: int = 0,
         gang: int = 1,
+        custom: dict[str, float] | None = None,
     ) -> Job:
         """Validate and durably submit a job; returns once the region's stream stored it."""
         name = self._region(region)
@@ -207,6 +208,7 @@ class Client:
                 scoring=scoring,
                 max_attempts=max_attempts,
                 gang=gang,
+                custom=dict(custom or {}),
             )
             validate(spec)
         except MalformedMessage as exc:

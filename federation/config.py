@@ -58,6 +58,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     memory: Annotated[int, msgspec.Meta(ge=0)] = 0
     gpu_ids: list[str] = []
     labels: dict[str, str] = {}
+    custom: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = {}
     heartbeat_interval: Positive = 1.0
     work_dir: str = ""
     state_dir: str = ""

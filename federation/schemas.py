@@ -35,6 +35,9 @@ GpuCount = Annotated[int, msgspec.Meta(ge=0, le=256)]
 GpuId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9:._-]{1,128}$")]
 Timestamp = Annotated[float, msgspec.Meta(ge=0)]
 
+Amount = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
+"""A quantity of a custom resource (licences, scratch GB, FPGA slots): any non-negative number."""
+
 Priority = Literal["urgent", "high", "medium", "low"]
 PRIORITY_RANK: Final[dict[str, int]] = {"urgent": 0, "high": 1, "medium": 2, "low": 3}
 
@@ -79,6 +82,7 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     scoring: Literal["", "binpack", "spread"] = ""
     max_attempts: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     gang: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    custom: Annotated[dict[Label, Amount], msgspec.Meta(max_length=32)] = {}
 
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type", kw_only=True, omit_defaults=True):
@@ -120,6 +124,7 @@ class Offer(msgspec.Struct, tag="offer", tag_field="type", kw_only=True, omit_de
     sent_at: Timestamp = 0.0
     expires_at: Timestamp = 0.0
     note: Reason = ""
+    custom: Annotated[dict[Label, Amount], msgspec.Meta(max_length=32)] = {}
 
 
 JobEventKind = Literal["started", "exited", "failed", "refused"]
@@ -176,6 +181,7 @@ class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     member: int = 0
     members: int = 1
     held: bool = False
+    custom: dict[str, float] = {}
 
 
 class Ledger(msgspec.Struct, kw_only=True, frozen=True):

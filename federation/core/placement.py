@@ -44,10 +44,19 @@ class Free:
     slots: int
     pinned: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    custom: dict[str, float] = field(default_factory=dict)
 
     def copy(self) -> Free:
         """An independent copy (a pass works on copies until its claims are written)."""
-        return Free(list(self.cores), list(self.gpus), self.memory, self.slots, self.pinned, self.labels)
+        return Free(
+            list(self.cores),
+            list(self.gpus),
+            self.memory,
+            self.slots,
+            self.pinned,
+            self.labels,
+            dict(self.custom),
+        )
 
     @classmethod
     def of(cls, offer: Offer, allocations: tuple[Allocation, ...] | list[Allocation]) -> Free:
@@ -61,6 +70,10 @@ class Free:
             slots=offer.max_allocations - len(allocations),
             pinned=offer.pinned,
             labels=dict(offer.labels),
+            custom={
+                name: amount - sum(a.custom.get(name, 0.0) for a in allocations)
+                for name, amount in offer.custom.items()
+            },
         )
 
     def misfit(self, spec: Submit) -> str | None:
@@ -73,6 +86,9 @@ class Free:
             return MEMORY
         if len(self.gpus) < spec.gpu:
             return GPU
+        for name, amount in sorted(spec.custom.items()):
+            if self.custom.get(name, 0.0) < amount:
+                return f"too little {name}"
         return None
 
     def take(self, spec: Submit) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -81,6 +97,8 @@ class Free:
         gpus, self.gpus = tuple(self.gpus[: spec.gpu]), self.gpus[spec.gpu :]
         self.memory -= spec.memory
         self.slots -= 1
+        for name, amount in spec.custom.items():
+            self.custom[name] = self.custom.get(name, 0.0) - amount
         return cores, gpus
 
     def score(self, spec: Submit) -> tuple[int, int, int]:
@@ -135,7 +153,13 @@ def preemption_victims(
 
 def shape(spec: Submit) -> tuple[object, ...]:
     """Jobs with the same shape fit the same nodes; a pass caches misfits by shape."""
-    return (spec.cpu, spec.memory, spec.gpu, tuple(sorted(spec.require.items())))
+    return (
+        spec.cpu,
+        spec.memory,
+        spec.gpu,
+        tuple(sorted(spec.require.items())),
+        tuple(sorted(spec.custom.items())),
+    )
 
 
 def describe_request(spec: Submit) -> str:
@@ -148,6 +172,7 @@ def explain_misfit(spec: Submit, reasons: dict[str, list[str]], considered: int)
     if considered == 0:
         return "pending: no node in this region has offered capacity yet"
     order = [NOT_NAMED, NO_OFFER, DOWN, EXPIRED, LABELS, BUSY, FULL, SLOTS, CPU, MEMORY, GPU]
+    order += sorted(set(reasons) - set(order))  # custom resources: "too little <name>"
     parts = []
     for reason in order:
         nodes = reasons.get(reason)

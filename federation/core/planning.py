@@ -74,7 +74,8 @@ class Pass:
         self.last_preemptor = max(preempting, default=-1)
         self.leaving: dict[str, Vector] = {}  # usage whose removal is decided but not yet written
         self._accounts: Accounts | None = None
-        self.placed_here: list[tuple[str, Vector]] = []
+        self.placed_here: list[Submit] = []
+        self.custom_used: dict[str, dict[str, float]] = {}
         self.seen: set[str] = set()
         self.quotas = bool(core.policy.tenants)
 
@@ -83,9 +84,10 @@ class Pass:
         """Tenant accounting, built on first use: a pass without quotas or competing tenants
         never walks the ledgers."""
         if self._accounts is None:
-            self._accounts = Accounts(self.core.policy, self._capacity(), self._usage())
-            for tenant, amount in self.placed_here:  # what this pass placed before accounts existed
-                self._accounts.charge(tenant, amount)
+            self._accounts = Accounts(self.core.policy, self._capacity(), self._usage(), self.custom_used)
+            for spec in self.placed_here:  # what this pass placed before accounts existed
+                self._accounts.charge(spec.tenant, request(spec))
+                self._accounts.charge_custom(spec.tenant, _times(spec.custom, spec.gang))
         return self._accounts
 
     def _capacity(self) -> Vector:
@@ -116,6 +118,10 @@ class Pass:
                 )
             for allocation in counted:
                 _charge(usage, allocation)
+                if allocation.custom:
+                    mine = self.custom_used.setdefault(allocation.tenant, {})
+                    for name, amount in allocation.custom.items():
+                        mine[name] = mine.get(name, 0.0) + amount
             for allocation in leaving.values():
                 _charge(self.leaving, allocation)
         return usage
@@ -249,8 +255,9 @@ class Pass:
             return False
         if self._accounts is not None:
             self._accounts.charge(spec.tenant, request(spec))
+            self._accounts.charge_custom(spec.tenant, _times(spec.custom, spec.gang))
         else:
-            self.placed_here.append((spec.tenant, request(spec)))
+            self.placed_here.append(spec)
         return True
 
     # --- fit -------------------------------------------------------------------------------------
@@ -390,6 +397,11 @@ class Pass:
 
     # --- preempt ---------------------------------------------------------------------------------
 
+    def _movable(self, allocation: Allocation) -> bool:
+        """Whether an allocation may be preempted: not a member of a gang still being claimed."""
+        view = self.core.jobs.get(allocation.job)
+        return not allocation.held and (view is None or view.gang is None)
+
     def _reclaim_victims(
         self, spec: Submit, offer: Offer, allocations: tuple[Allocation, ...], borrowers: set[str]
     ) -> list[Allocation] | None:
@@ -399,7 +411,9 @@ class Pass:
         remaining = list(allocations)
         chosen: list[Allocation] = []
         for victim in sorted(
-            (a for a in allocations if a.tenant in borrowers), key=placement.victim_order, reverse=True
+            (a for a in allocations if a.tenant in borrowers and self._movable(a)),
+            key=placement.victim_order,
+            reverse=True,
         ):
             quota = self.accounts.quota(victim.tenant)
             use = after.get(victim.tenant, (0, 0, 0))
@@ -445,7 +459,9 @@ class Pass:
             if reclaim:
                 victims = self._reclaim_victims(spec, node.offer, allocations, borrowers)
             else:
-                victims = placement.preemption_victims(spec, node.offer, allocations, eligible)
+                victims = placement.preemption_victims(
+                    spec, node.offer, allocations, lambda a: eligible(a) and self._movable(a)
+                )
             if not victims:
                 continue
             key = (len(victims), sum(-PRIORITY_RANK[v.priority] for v in victims), name)
@@ -519,7 +535,11 @@ class Pass:
             if node.proposal is not None or name in self.touched:
                 continue
             for allocation in node.current().allocations:
-                if allocation.tenant in members and not node.released(allocation):
+                if (
+                    allocation.tenant in members
+                    and not node.released(allocation)
+                    and self._movable(allocation)
+                ):
                     candidates.append((placement.victim_order(allocation), name, allocation))
         candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
         left = list(needed)
@@ -635,6 +655,10 @@ class Pass:
             return ""
         # the reason that holds even when the node is empty is the one that matters
         return Free.of(node.offer, ()).misfit(spec) or placement.FULL
+
+
+def _times(amounts: dict[str, float], factor: int) -> dict[str, float]:
+    return {name: amount * factor for name, amount in amounts.items()}
 
 
 def _charge(usage: dict[str, Vector], allocation: Allocation) -> None:

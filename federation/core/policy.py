@@ -36,6 +36,7 @@ class Quota(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     gpu: Annotated[int, msgspec.Meta(ge=0)] | None = None
     share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
     cohort: str = ""
+    custom: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.memory, str):

@@ -58,10 +58,17 @@ class Admission:
 class Accounts:
     """Usage and quotas of every tenant during one pass."""
 
-    def __init__(self, policy: Policy, capacity: Vector, usage: dict[str, Vector]) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        capacity: Vector,
+        usage: dict[str, Vector],
+        custom_used: dict[str, dict[str, float]] | None = None,
+    ) -> None:
         self.policy = policy
         self.capacity = capacity
         self.usage = dict(usage)
+        self.custom_used = {t: dict(v) for t, v in (custom_used or {}).items()}
 
     @property
     def enabled(self) -> bool:
@@ -99,7 +106,8 @@ class Accounts:
         if quota is None:
             return Admission("unlimited")
         wanted = _add(self.used(spec.tenant), request(spec))
-        if _fits(wanted, quota):
+        custom_short = self._custom_short(spec)
+        if _fits(wanted, quota) and not custom_short:
             return Admission("within")
         members = self.cohort(spec.tenant)
         if len(members) > 1:
@@ -110,8 +118,10 @@ class Accounts:
                 member_quota = self.quota(member)
                 if member_quota is not None:
                     total_quota = _add(total_quota, member_quota)
-            if _fits(total_use, total_quota):
+            if _fits(total_use, total_quota) and not self._custom_short(spec, cohort=members):
                 return Admission("borrow")
+        if custom_short and _fits(wanted, quota):
+            return Admission("over", f"pending: quota: tenant {spec.tenant} {custom_short}")
         short = next(i for i in range(3) if wanted[i] > quota[i])
         where = (
             f"; cohort {self.policy.tenants[spec.tenant].cohort} has none to lend" if len(members) > 1 else ""
@@ -135,6 +145,25 @@ class Accounts:
             if quota is not None:
                 limit = _add(limit, quota)
         return (use[0] - limit[0], use[1] - limit[1], use[2] - limit[2])
+
+    def _custom_short(self, spec: Submit, cohort: list[str] | None = None) -> str:
+        """Which custom resource quota ``spec`` would exceed ("" when none), alone or as a cohort."""
+        members = cohort or [spec.tenant]
+        for name, amount in sorted(spec.custom.items()):
+            limits = [self.policy.tenants[m].custom.get(name) for m in members if m in self.policy.tenants]
+            if all(limit is None for limit in limits):
+                continue  # no tenant of the group limits this resource
+            limit = sum(value for value in limits if value is not None)
+            used = sum(self.custom_used.get(m, {}).get(name, 0.0) for m in members)
+            if used + amount > limit:
+                return f"would use {used + amount:g} {name} of {limit:g}"
+        return ""
+
+    def charge_custom(self, tenant: str, amounts: dict[str, float], sign: int = 1) -> None:
+        """Add (or remove) custom resource usage."""
+        mine = self.custom_used.setdefault(tenant, {})
+        for name, amount in amounts.items():
+            mine[name] = mine.get(name, 0.0) + sign * amount
 
     def charge(self, tenant: str, amount: Vector, sign: int = 1) -> None:
         """Add (or with ``sign=-1`` remove) usage."""

@@ -284,6 +284,7 @@ class RegionCore:
             tenant=allocation.tenant,
             env=dict(allocation.env),
             submitted_at=at,
+            custom=dict(allocation.custom),
         )
         reason = f"placed on {node} (record rebuilt from the node's ledger)"
         record = JobRecord(
@@ -735,6 +736,7 @@ class RegionCore:
             member=member,
             members=members,
             held=members > 1,
+            custom=dict(spec.custom),
         )
 
     def _explain(self, view: JobView, reason: str, decision: Decision, busy: bool, now: float) -> None:

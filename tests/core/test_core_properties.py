@@ -109,6 +109,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert set(allocation.gpus) <= set(offer.gpus), "I1: claimed gpu not offered"
         assert sum(a.memory for a in command.ledger.allocations) <= offer.memory, "I1: memory"
         assert len(command.ledger.allocations) <= offer.max_allocations, "I1: slots"
+        if any(a.custom.get("lic") for a in additions):  # a claim that uses the resource must fit it
+            used = sum(a.custom.get("lic", 0.0) for a in command.ledger.allocations)
+            assert used <= offer.custom.get("lic", 0.0), "I1: custom resource"
 
     # --- rules -------------------------------------------------------------------------------
 
@@ -118,8 +121,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         gpus=st.integers(0, 2),
         memory=st.integers(0, 4),
         slots=st.integers(1, 4),
+        licences=st.integers(0, 2),
     )
-    def offer(self, node: str, cores: int, gpus: int, memory: int, slots: int) -> None:
+    def offer(self, node: str, cores: int, gpus: int, memory: int, slots: int, licences: int) -> None:
         offer = Offer(
             node=node,
             region="eu",
@@ -128,6 +132,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             memory=memory * 1024,
             max_allocations=slots,
             expires_at=self.now + 30,
+            custom={"lic": float(licences)} if licences else {},
         )
         self.offers[node] = offer
         self.feed(OfferSeen(offer=offer))
@@ -140,9 +145,18 @@ class SchedulerMachine(RuleBasedStateMachine):
         priority=st.sampled_from(["urgent", "low", "medium"]),
         tenant=st.sampled_from(["a", "b", "free"]),
         gang=st.sampled_from([1, 1, 1, 2, 3]),
+        lic=st.sampled_from([0, 0, 1]),
     )
     def submit(
-        self, cpu: int, gpu: int, memory: int, only: tuple[str, ...], priority: str, tenant: str, gang: int
+        self,
+        cpu: int,
+        gpu: int,
+        memory: int,
+        only: tuple[str, ...],
+        priority: str,
+        tenant: str,
+        gang: int,
+        lic: int,
     ) -> None:
         self.jobs += 1
         spec = Submit(
@@ -155,6 +169,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             priority=priority,
             tenant=tenant,
             gang=gang,
+            custom={"lic": float(lic)} if lic else {},
         )  # type: ignore[arg-type]
         self.feed(Submitted(spec=spec, at=self.now))
 

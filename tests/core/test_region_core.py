@@ -384,3 +384,37 @@ def test_gang_member_claim_conflict_releases_the_others_and_requeues() -> None:
     assert [(c.node, c.ledger.allocations) for c in release] == [("n1", ())]
     assert core.pending() == ["g"]
     assert held["n1"].ledger.allocations[0].held
+
+
+def test_custom_resources_are_offered_claimed_and_explained() -> None:
+    core = RegionCore("eu")
+    licensed = Offer(
+        node="lic", region="eu", cores=[0, 1, 2], memory=GiB, custom={"licence": 2.0}, expires_at=1e9
+    )
+    core.handle(OfferSeen(offer=licensed))
+    for i in range(3):
+        core.handle(submit(f"l{i}", custom={"licence": 1.0}))
+    core.handle(submit("fpga", custom={"fpga": 1.0}))
+    claims = [c for c in core.handle(Tick(now=11.0)) if isinstance(c, WriteLedger)]
+    assert sorted(a.job for a in claims[0].ledger.allocations) == ["l0", "l1"]  # two licences, two jobs
+    assert all(a.custom == {"licence": 1.0} for a in claims[0].ledger.allocations)
+    assert "too little fpga on 1 node" in core.jobs["fpga"].record.reason
+    core.handle(ClaimWritten(node="lic", revision=3))
+    core.handle(Tick(now=12.0))
+    assert core.jobs["l2"].record.reason.startswith("pending: waiting for capacity")
+
+
+def test_custom_resource_quota_holds_a_tenant_back() -> None:
+    from federation.core.policy import Policy, Quota
+
+    policy = Policy(tenants={"t": Quota(custom={"licence": 1.0})})
+    core = RegionCore("eu", policy=policy)
+    licensed = Offer(
+        node="lic", region="eu", cores=[0, 1], memory=GiB, custom={"licence": 4.0}, expires_at=1e9
+    )
+    core.handle(OfferSeen(offer=licensed))
+    core.handle(submit("a", tenant="t", custom={"licence": 1.0}))
+    core.handle(submit("b", tenant="t", custom={"licence": 1.0}))
+    claims = [c for c in core.handle(Tick(now=11.0)) if isinstance(c, WriteLedger)]
+    assert [a.job for a in claims[0].ledger.allocations] == ["a"]
+    assert core.jobs["b"].record.reason == "pending: quota: tenant t would use 2 licence of 1"

@@ -178,3 +178,17 @@ async def test_gang_of_three_with_room_for_two_waits_then_starts_together(make_c
     assert sorted(member for member, _ in lines) == ["0", "1", "2"]
     starts = [float(t) for _, t in lines]
     assert max(starts) - min(starts) < 1.0, f"members started {max(starts) - min(starts):.2f}s apart"
+
+
+async def test_custom_resource_routes_the_job_to_the_node_that_offers_it(make_cluster) -> None:
+    cluster = await make_cluster(agents=1)
+    cluster.start_agent("eu", "licensed", "--resource", "licence=1")
+    async with Client.connect(connection=cluster.connection) as fed:
+        await eventually(lambda: _offers(fed, 2))
+        first = await fed.submit(["sleep", "2"], custom={"licence": 1})
+        second = await fed.submit(["true"], custom={"licence": 1})
+        record = await eventually(lambda: _state(fed, first.id, "running"))
+        assert record.node == "licensed"
+        waiting = await eventually(lambda: _explained(fed, second.id))
+        assert "waiting for capacity" in waiting.record.reason  # the only licence is in use
+        assert (await second.wait(timeout=60)).node == "licensed"
