@@ -230,6 +230,15 @@ class Pass:
                     Decision(kind="pending", at=self.now, queue_position=position, note=reason),
                 )
                 return False
+            custom_excess = self.accounts.custom_excess(spec)
+            if custom_excess:  # the same, for a custom resource the cohort lent out
+                plan.reclaims.add(spec.id)
+                reason = self._reclaim_custom(spec, custom_excess, plan)
+                plan.waiting[spec.id] = (
+                    reason,
+                    Decision(kind="pending", at=self.now, queue_position=position, note=reason),
+                )
+                return False
         if spec.gang > 1:
             fitted = self._place_gang(view, plan, position)
             if fitted < spec.gang:
@@ -578,6 +587,51 @@ class Pass:
             if view is not None and view.record.state == "pending" and view.record.spec.tenant in members:
                 return f"tenant {view.record.spec.tenant} (job {job})"
         return ""
+
+    def _reclaim_custom(self, spec: Submit, excess: dict[str, float], plan: Plan) -> str:
+        """Preempt borrowed holdings of custom resources (members over their own custom quota)."""
+        others = [m for m in self.accounts.cohort(spec.tenant) if m != spec.tenant]
+        used = {m: dict(self.accounts.custom_used.get(m, {})) for m in others}
+        candidates: list[tuple[tuple[int, float, str, int], str, Allocation]] = []
+        for name, node in self.core.nodes.items():
+            if node.proposal is not None or name in self.touched:
+                continue
+            for allocation in node.current().allocations:
+                borrowed = allocation.tenant in used and bool(allocation.custom)
+                if borrowed and self._movable(allocation) and not node.released(allocation):
+                    candidates.append((placement.victim_order(allocation), name, allocation))
+        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        needed = dict(excess)
+        chosen: list[tuple[str, Allocation]] = []
+        for _, name, allocation in candidates:
+            if all(amount <= 0 for amount in needed.values()):
+                break
+            limits = self.core.policy.tenants[allocation.tenant].custom
+            helps = [
+                resource
+                for resource, amount in allocation.custom.items()
+                if needed.get(resource, 0) > 0
+                and resource in limits
+                and used[allocation.tenant].get(resource, 0.0) - amount >= limits[resource]
+            ]
+            if not helps:
+                continue  # it holds nothing borrowed that we need
+            chosen.append((name, allocation))
+            for resource, amount in allocation.custom.items():
+                used[allocation.tenant][resource] = used[allocation.tenant].get(resource, 0.0) - amount
+                if resource in needed:
+                    needed[resource] -= amount
+        if any(amount > 0 for amount in needed.values()):
+            return f"pending: reclaiming quota for tenant {spec.tenant}: borrowed allocations are busy"
+        why = f"quota reclaimed by tenant {spec.tenant} (job {spec.id})"
+        for name, allocation in chosen:
+            _charge(self.leaving, allocation)
+            plan.victims.setdefault(name, []).append(allocation)
+            plan.reasons[name] = why
+            self.touched.add(name)
+            self.sealed.add(name)
+            self.core.index.discard(name)
+        return f"pending: reclaiming quota for tenant {spec.tenant} from borrowers; admitted after"
 
     def _leaving_covers(self, spec: Submit, excess: Vector) -> bool:
         """Whether removals already decided in the cohort free enough: then wait, do not preempt."""

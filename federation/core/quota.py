@@ -159,6 +159,22 @@ class Accounts:
                 return f"would use {used + amount:g} {name} of {limit:g}"
         return ""
 
+    def custom_excess(self, spec: Submit) -> dict[str, float]:
+        """Custom resources the cohort would hold beyond its summed custom quotas with this job."""
+        members = self.cohort(spec.tenant)
+        if len(members) == 1:
+            return {}
+        out = {}
+        for name, amount in sorted(spec.custom.items()):
+            limits = [self.policy.tenants[m].custom.get(name) for m in members if m in self.policy.tenants]
+            if all(limit is None for limit in limits):
+                continue
+            total = sum(self.custom_used.get(m, {}).get(name, 0.0) for m in members) + amount * spec.gang
+            excess = total - sum(limit for limit in limits if limit is not None)
+            if excess > 0:
+                out[name] = excess
+        return out
+
     def charge_custom(self, tenant: str, amounts: dict[str, float], sign: int = 1) -> None:
         """Add (or remove) custom resource usage."""
         mine = self.custom_used.setdefault(tenant, {})

@@ -31,7 +31,7 @@ from federation.schemas import TERMINAL_STATES, Allocation, JobEvent, Ledger, Of
 NODES = ("n1", "n2", "n3")
 COHORT = ("a", "b")
 QUOTA = 2  # cores each for tenants a and b, who lend each other; "free" has no quota
-POLICY = Policy(tenants={t: Quota(cpu=QUOTA, cohort="x") for t in COHORT}, backoff=0.0)
+POLICY = Policy(tenants={t: Quota(cpu=QUOTA, cohort="x", custom={"lic": 1.0}) for t in COHORT}, backoff=0.0)
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -275,6 +275,13 @@ class SchedulerMachine(RuleBasedStateMachine):
                 if allocation.tenant in use:
                     use[allocation.tenant] += allocation.cpu
         assert sum(use.values()) <= QUOTA * len(COHORT), f"cohort over its summed quota: {use}"
+        licences = sum(
+            a.custom.get("lic", 0.0)
+            for ledger, _ in self.store.values()
+            for a in ledger.allocations
+            if a.tenant in COHORT
+        )
+        assert licences <= 1.0 * len(COHORT), f"cohort holds {licences} licences, more than its quotas"
 
     @invariant()
     def a_job_is_in_at_most_one_ledger(self) -> None:

@@ -418,3 +418,28 @@ def test_custom_resource_quota_holds_a_tenant_back() -> None:
     claims = [c for c in core.handle(Tick(now=11.0)) if isinstance(c, WriteLedger)]
     assert [a.job for a in claims[0].ledger.allocations] == ["a"]
     assert core.jobs["b"].record.reason == "pending: quota: tenant t would use 2 licence of 1"
+
+
+def test_a_lender_reclaims_its_custom_resource_quota_from_a_borrower() -> None:
+    from federation.core.policy import Policy, Quota
+
+    policy = Policy(
+        tenants={t: Quota(cohort="lab", custom={"licence": 1.0}) for t in ("a", "b")}, backoff=0.0
+    )
+    core = RegionCore("eu", policy=policy)
+    licensed = Offer(
+        node="lic", region="eu", cores=[0, 1, 2], memory=GiB, custom={"licence": 2.0}, expires_at=1e9
+    )
+    core.handle(OfferSeen(offer=licensed))
+    core.handle(Submitted(spec=Submit(id="a1", command=["x"], tenant="a", custom={"licence": 1.0}), at=10.0))
+    settle(core, now=11.0)
+    core.handle(Submitted(spec=Submit(id="a2", command=["x"], tenant="a", custom={"licence": 1.0}), at=12.0))
+    settle(core, now=13.0)  # a borrows b's licence
+    assert core.jobs["a2"].record.state == "placed"
+    core.handle(Submitted(spec=Submit(id="b1", command=["x"], tenant="b", custom={"licence": 1.0}), at=14.0))
+    claims = [c for c in core.handle(Tick(now=15.0)) if isinstance(c, WriteLedger)]
+    assert [a.job for a in claims[0].ledger.allocations] == ["a1"]  # the borrowed one (a2) goes
+    assert "reclaiming quota for tenant b" in core.jobs["b1"].record.reason
+    core.handle(ClaimWritten(node="lic", revision=50))
+    claims = [c for c in core.handle(Tick(now=16.0)) if isinstance(c, WriteLedger)]
+    assert sorted(a.job for a in claims[0].ledger.allocations) == ["a1", "b1"]
