@@ -21,7 +21,6 @@ from federation import logs, tracing
 from federation.config import (
     AgentConfig,
     SchedulerConfig,
-    SharingPolicy,
     convert,
     default_state_dir,
     load_toml,
@@ -126,7 +125,7 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     if args.resource:
         overrides["custom"] = _amounts(args.resource, "--resource")
     if args.max_allocations is not None:
-        overrides["sharing"] = msgspec.structs.asdict(SharingPolicy(max_offers_per_node=args.max_allocations))
+        overrides["sharing"] = {"max_offers_per_node": args.max_allocations}
     overrides["state_dir"] = str(_state_dir(args))
     config = (
         load_toml(Path(args.config), AgentConfig, overrides)

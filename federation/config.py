@@ -139,7 +139,11 @@ def load_toml(path: Path, kind: type[T], overrides: dict[str, Any] | None = None
         raise ConfigError("file not found", source=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}", source=str(path)) from None
-    return convert({**data, **(overrides or {})}, kind, source=str(path))
+    merged = dict(data)
+    for key, value in (overrides or {}).items():  # a flag overrides one key of a table, not the table
+        base = merged.get(key)
+        merged[key] = {**base, **value} if isinstance(value, dict) and isinstance(base, dict) else value
+    return convert(merged, kind, source=str(path))
 
 
 def convert(data: dict[str, Any], kind: type[T], source: str = "config") -> T:

@@ -98,3 +98,11 @@ def test_over_declared_node_runs_unpinned_and_says_so() -> None:
 def test_disabled_sharing_offers_nothing() -> None:
     offer = build_offer(config(enabled=False), sample(), now=0)
     assert (offer.cores, offer.memory, offer.gpus) == ([], 0, [])
+
+
+def test_a_flag_overrides_one_key_of_a_table_not_the_whole_table(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('region = "eu"\nnode = "n"\n[sharing]\ncpu_percent_max = 70\n')
+    config = load_toml(path, AgentConfig, {"sharing": {"max_offers_per_node": 4}})
+    assert config.sharing.cpu_percent_max == 70
+    assert config.sharing.max_offers_per_node == 4
