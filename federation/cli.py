@@ -314,6 +314,22 @@ async def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_quarantine(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(_state_dir(args)) as fed:
+        records = await fed.quarantined(region=args.region)
+    if args.json:
+        sys.stdout.buffer.write(msgspec.json.encode(records) + b"\n")
+        return 0
+    if not records:
+        print("no quarantined messages")
+    for record in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.at))
+        print(f"{when}  {record.subject}  ({record.size} bytes, seq {record.sequence})\n    {record.reason}")
+    return 0
+
+
 async def cmd_cancel(args: argparse.Namespace) -> int:
     from federation.client import Client
 
@@ -444,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region")
     p.add_argument("-f", "--follow", action="store_true", help="keep reading until the job ends")
     p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("quarantine", parents=[common], help="refused messages and why they were refused")
+    p.add_argument("--region")
+    p.add_argument("--json", action="store_true", help="JSON array of quarantine records")
+    p.set_defaults(func=cmd_quarantine)
 
     p = sub.add_parser("cancel", parents=[common], help="cancel a job (kills its whole process tree)")
     p.add_argument("job")

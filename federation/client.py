@@ -43,6 +43,7 @@ from federation.schemas import (
     JobRecord,
     Offer,
     Priority,
+    Quarantined,
     Submit,
     decode_ledger,
     decode_message,
@@ -315,6 +316,18 @@ class Client:
                     yield item.data
         finally:
             await tail.stop()
+
+    async def quarantined(self, *, region: str | None = None) -> list[Quarantined]:
+        """Refused messages with their reasons, oldest first (one region, or all)."""
+        out: list[Quarantined] = []
+        for name in [self._region(region)] if region else self.regions:
+            bus = await self.bus(name)
+            stream = subjects.quarantine_stream(name)
+            if not await bus.stream_exists(stream):
+                continue
+            async for item in bus.follow(stream, subjects.quarantine(name, "*"), until_caught_up=True):
+                out.append(msgspec.json.decode(item.data, type=Quarantined))
+        return sorted(out, key=lambda q: q.at)
 
     async def status(self) -> list[RegionStatus]:
         """Every region: its nodes (offer, allocations, free capacity), job counts and queue head."""

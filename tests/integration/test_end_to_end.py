@@ -273,6 +273,20 @@ async def test_bad_submissions_are_refused_and_change_nothing(make_cluster) -> N
             subjects.submit("eu", j) for j in ("garbage", "negative", "other")
         )
         assert all(q.reason for q in quarantined)
+        listed = await fed.quarantined(region="eu")
+        assert sorted(q.subject for q in listed) == sorted(q.subject for q in quarantined)
+        env = {**os.environ, "FED_STATE_DIR": str(cluster.tmp)}
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "federation.cli", "quarantine"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "fed.eu.wl.submit.garbage" in out.stdout
+        assert "job id in payload does not match subject" in out.stdout
         record = await fed.wait("newer", timeout=60)
         assert record.state == "succeeded"
         ids = {r.id for r in await fed.jobs()}
