@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from agents.sim import SimulatedNodes  # noqa: E402 - after the sys.path line above
 from federation import subjects  # noqa: E402 - after the sys.path line above
 from federation.bus import Bus, Delivery, provision, wait_for_jetstream  # noqa: E402 - after the sys.path line above
-from federation.launcher import Child, nats_server_binary, read_ports, server_config  # noqa: E402 - after the sys.path line above
+from federation.launcher import Child, fed_command, nats_server_binary, read_ports, server_config  # noqa: E402 - after the sys.path line above
 from federation.schemas import JobEvent, Submit, decode_message, decode_record, encode  # noqa: E402 - after the sys.path line above
 
 REGION = "bench"
@@ -67,9 +67,7 @@ class Region:
         self.spawn("scheduler", "scheduler", "--region", REGION, "--url", self.url, "--log-level", "warning")
 
     def spawn(self, name: str, *args: str) -> Child:
-        child = Child(
-            name, [sys.executable, "-m", "federation.cli", *args], self.base / f"{name}.log", restart=False
-        )
+        child = Child(name, fed_command(*args), self.base / f"{name}.log", restart=False)
         child.start()
         self.children.append(child)
         return child

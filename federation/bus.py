@@ -224,14 +224,10 @@ class Bus:
 
     async def kv_get(self, bucket: str, key: str) -> tuple[bytes | None, int]:
         """The key's value and revision; ``(None, rev)`` when deleted or TTL-expired, ``(None, 0)`` absent."""
-        try:
-            msg = await self.js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}", direct=True)
-        except nats.js.errors.NotFoundError:
+        item = await self.last(f"KV_{bucket}", f"$KV.{bucket}.{key}")
+        if item is None:
             return None, 0
-        hdrs = msg.headers or {}
-        if MARKER_REASON in hdrs or hdrs.get(KV_OPERATION) in ("DEL", "PURGE"):
-            return None, int(msg.seq or 0)
-        return msg.data, int(msg.seq or 0)
+        return (None if item.removed else item.data), item.sequence
 
     async def kv_load(self, bucket: str) -> dict[str, tuple[bytes, int]]:
         """Every live key's latest value and revision (one ordered pass over the bucket)."""

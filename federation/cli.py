@@ -28,7 +28,7 @@ from federation.config import (
 )
 from federation.errors import FederationError, InvalidRequest
 from federation.resources import format_memory, parse_capacity, parse_memory
-from federation.schemas import JobRecord
+from federation.schemas import JobRecord, Submit
 
 EXIT_ERROR = 2
 
@@ -56,6 +56,22 @@ def _amounts(values: Sequence[str], what: str) -> dict[str, float]:
         except ValueError:
             raise InvalidRequest(f"{what} {key} needs a number, got {value!r}") from None
     return out
+
+
+def _print_json(value: object) -> int:
+    """The ``--json`` output: one JSON document and a newline (documented in subjects.md)."""
+    sys.stdout.buffer.write(msgspec.json.encode(value) + b"\n")
+    return 0
+
+
+def _request(spec: Submit) -> str:
+    """``cpu=1 memory=0B gpu=0`` plus whatever else the job asked for."""
+    text = f"cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu}"
+    text += f" gang={spec.gang}" if spec.gang > 1 else ""
+    text += f" require={spec.require}" if spec.require else ""
+    text += f" prefer={','.join(spec.nodes)}" if spec.nodes else ""
+    text += "".join(f" {name}={amount:g}" for name, amount in sorted(spec.custom.items()))
+    return text
 
 
 def exit_status(record: JobRecord) -> int:
@@ -182,8 +198,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     async with Client.connect(_state_dir(args)) as fed:
         regions = await fed.status()
     if args.json:
-        sys.stdout.buffer.write(msgspec.json.encode(regions) + b"\n")
-        return 0
+        return _print_json(regions)
     now = time.time()
     for region in regions:
         if not region.reachable:
@@ -225,8 +240,7 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
         records = await fed.jobs(region=args.region, state=args.state)
     records = records[-args.limit :] if args.limit else records
     if args.json:
-        sys.stdout.buffer.write(msgspec.json.encode(records) + b"\n")
-        return 0
+        return _print_json(records)
     print(f"{'JOB':<26} {'REGION':<10} {'STATE':<10} {'EXIT':>4} {'NODE':<16} SUBMITTED COMMAND")
     for record in records:
         print(_job_line(record))
@@ -239,8 +253,7 @@ async def cmd_job(args: argparse.Namespace) -> int:
     async with Client.connect(_state_dir(args)) as fed:
         record = await fed.job(args.job, region=args.region)
     if args.json:
-        sys.stdout.buffer.write(msgspec.json.encode(record) + b"\n")
-        return 0
+        return _print_json(record)
     spec = record.spec
     print(f"job       {record.id}")
     print(f"region    {record.region}")
@@ -251,11 +264,7 @@ async def cmd_job(args: argparse.Namespace) -> int:
     print(f"why       {record.reason or '-'}")
     print(f"node      {record.node or '-'} (attempt {record.attempt})")
     print(f"command   {' '.join(spec.command)}")
-    print(
-        f"request   cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu} "
-        f"priority={spec.priority} "
-        f"tenant={spec.tenant}" + (f" nodes={','.join(spec.nodes)}" if spec.nodes else "")
-    )
+    print(f"request   {_request(spec)} priority={spec.priority} tenant={spec.tenant}")
     if record.traceparent:
         print(f"trace     {tracing.trace_id(record.traceparent)}")
     print("history")
@@ -276,15 +285,11 @@ async def cmd_explain(args: argparse.Namespace) -> int:
     async with Client.connect(_state_dir(args)) as fed:
         explanation = await fed.explain(args.job, region=args.region)
     if args.json:
-        sys.stdout.buffer.write(msgspec.json.encode(explanation) + b"\n")
-        return 0
+        return _print_json(explanation)
     record, decision = explanation.record, explanation.decision
     spec = record.spec
     print(f"job       {record.id} ({record.state}, priority {spec.priority}, tenant {spec.tenant})")
-    extra = f" gang={spec.gang}" if spec.gang > 1 else ""
-    extra += f" require={spec.require}" if spec.require else ""
-    extra += f" prefer={','.join(spec.nodes)}" if spec.nodes else ""
-    print(f"request   cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu}{extra}")
+    print(f"request   {_request(spec)}")
     print(f"why       {record.reason or '-'}")
     if explanation.queue_position:
         print(f"queue     position {explanation.queue_position} among pending jobs of {record.region}")
@@ -321,8 +326,7 @@ async def cmd_quarantine(args: argparse.Namespace) -> int:
     async with Client.connect(_state_dir(args)) as fed:
         records = await fed.quarantined(region=args.region)
     if args.json:
-        sys.stdout.buffer.write(msgspec.json.encode(records) + b"\n")
-        return 0
+        return _print_json(records)
     if not records:
         print("no quarantined messages")
     for record in records:

@@ -27,6 +27,7 @@ import msgspec
 from federation import subjects, tracing
 from federation.bus import Bus
 from federation.config import Connection, default_state_dir, load_connection
+from federation.core.placement import Free
 from federation.errors import (
     FederationUnavailable,
     InvalidRequest,
@@ -365,9 +366,12 @@ class Client:
                 node=node, live=bool(offer and offer.expires_at > now), offer=offer, allocations=allocations
             )
             if offer is not None:
-                status.free_cpu = len(set(offer.cores) - {c for a in allocations for c in a.cores})
-                status.free_memory = offer.memory - sum(a.memory for a in allocations)
-                status.free_gpu = len(set(offer.gpus) - {g for a in allocations for g in a.gpus})
+                free = Free.of(offer, allocations)  # the scheduler's own arithmetic
+                status.free_cpu, status.free_memory, status.free_gpu = (
+                    len(free.cores),
+                    free.memory,
+                    len(free.gpus),
+                )
             nodes.append(status)
         counts: dict[str, int] = {}
         for record in records:

@@ -102,6 +102,18 @@ def server_config(
     return "\n".join(lines) + "\n"
 
 
+def fed_command(*args: str) -> list[str]:
+    """The argv of a ``fed`` subcommand run with this interpreter (no reliance on PATH)."""
+    return [sys.executable, "-m", "federation.cli", *args]
+
+
+def agent_command(region: str, node: str, url: str, state_dir: Path, *extra: str) -> list[str]:
+    """The argv of ``fed agent`` for ``node`` of ``region``, keeping its state in ``state_dir``."""
+    return fed_command(
+        "agent", "--region", region, "--node", node, "--url", url, "--state-dir", str(state_dir), *extra
+    )
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -282,16 +294,12 @@ class Federation:
 
     def _start_daemons(self) -> None:
         cap = self.options.capacity
-        python = sys.executable
         for region in self.options.regions:
             url = self.urls[region]
             config = self.scheduler_config(region)
             child = Child(
                 f"scheduler-{region}",
-                [
-                    python,
-                    "-m",
-                    "federation.cli",
+                fed_command(
                     "scheduler",
                     "--region",
                     region,
@@ -301,39 +309,31 @@ class Federation:
                     str(config),
                     "--log-level",
                     self.options.log_level,
-                ],
+                ),
                 self.state_dir / "logs" / f"scheduler-{region}.log",
             )
             child.start()
             self.daemons.append(child)
             self.echo(f"  scheduler  {region:<10} pid {child.pid}")
             for node in self.node_names(region):
-                agent_dir = self.state_dir / "agents" / node
+                gpus = [arg for i in range(cap.get("gpu", 0)) for arg in ("--gpu-id", str(i))]
                 child = Child(
                     f"agent-{node}",
-                    [
-                        python,
-                        "-m",
-                        "federation.cli",
-                        "agent",
-                        "--region",
+                    agent_command(
                         region,
-                        "--node",
                         node,
-                        "--url",
                         url,
+                        self.state_dir / "agents" / node,
                         "--cpu",
                         str(cap.get("cpu", 0)),
                         "--memory",
                         str(cap.get("memory", 0)),
-                        *[arg for i in range(cap.get("gpu", 0)) for arg in ("--gpu-id", str(i))],
+                        *gpus,
                         "--label",
                         f"region={region}",
-                        "--state-dir",
-                        str(agent_dir),
                         "--log-level",
                         self.options.log_level,
-                    ],
+                    ),
                     self.state_dir / "logs" / f"agent-{node}.log",
                 )
                 child.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from federation.config import Connection
-from federation.launcher import Child, Federation, Options
+from federation.launcher import Child, Federation, Options, agent_command, fed_command
 
 GiB = 1024**3
 
@@ -58,21 +58,7 @@ class Cluster:
         """Start one more real agent process in ``region``."""
         child = Child(
             f"agent-{node}",
-            [
-                sys.executable,
-                "-m",
-                "federation.cli",
-                "agent",
-                "--region",
-                region,
-                "--node",
-                node,
-                "--url",
-                self.url(region),
-                "--state-dir",
-                str(self.tmp / "agents" / node),
-                *args,
-            ],
+            agent_command(region, node, self.url(region), self.tmp / "agents" / node, *args),
             self.tmp / "logs" / f"agent-{node}.log",
             restart=False,
         )
@@ -125,16 +111,19 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
                     child.process.kill()
         await cluster.federation.stop()
         for pid in cluster.federation.pids() + [c.pid for c in cluster.extra]:
-            assert not _alive(pid), f"process {pid} survived teardown"
+            assert not process_alive(pid), f"process {pid} survived teardown"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as dead: it only waits to be reaped)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie of ours is dead for this purpose
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def run_fed(state_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``fed ARGS`` against the federation of ``state_dir``, capturing text output."""
+    env = {**os.environ, "FED_STATE_DIR": str(state_dir)}
+    return subprocess.run(fed_command(*args), env=env, capture_output=True, text=True, timeout=timeout)

@@ -11,12 +11,13 @@ import pytest
 
 from federation.cli import build_parser, exit_status
 from federation.config import Connection, RegionEndpoint, write_connection
+from federation.launcher import fed_command
 from federation.schemas import JobRecord, Submit
 
 
 def fed(command: str, *args: str, state: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "federation.cli", command, "--state-dir", str(state), *args],
+        fed_command(command, "--state-dir", str(state), *args),
         capture_output=True,
         text=True,
         timeout=60,

@@ -19,7 +19,6 @@ from federation.resources import format_memory
 from federation.schemas import PRIORITY_RANK, Allocation, Offer, Submit
 
 # Reasons a node is filtered out, in the order they are checked (also the order `explain` prints).
-NOT_NAMED = "not among the requested nodes"
 NO_OFFER = "no offer"
 DOWN = "node down"
 EXPIRED = "offer expired"
@@ -171,7 +170,7 @@ def explain_misfit(spec: Submit, reasons: dict[str, list[str]], considered: int)
     """A one-line "why pending": which filter rejected how many nodes, with examples."""
     if considered == 0:
         return "pending: no node in this region has offered capacity yet"
-    order = [NOT_NAMED, NO_OFFER, DOWN, EXPIRED, LABELS, BUSY, FULL, SLOTS, CPU, MEMORY, GPU]
+    order = [NO_OFFER, DOWN, EXPIRED, LABELS, BUSY, FULL, SLOTS, CPU, MEMORY, GPU]
     order += sorted(set(reasons) - set(order))  # custom resources: "too little <name>"
     parts = []
     for reason in order:

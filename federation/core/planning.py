@@ -69,7 +69,6 @@ class Pass:
         self.touched: set[str] = set()
         self.sealed: set[str] = set()  # nodes whose one proposal this pass preempts: nothing else goes there
         self.misfits: dict[tuple[object, ...], tuple[str, Decision]] = {}
-        self.busy = bool(core.in_flight)
         preempting = [PRIORITY_RANK[p] for p in PRIORITY_RANK if core.policy.may_preempt(p)]
         self.last_preemptor = max(preempting, default=-1)
         self.leaving: dict[str, Vector] = {}  # usage whose removal is decided but not yet written
@@ -539,18 +538,7 @@ class Pass:
 
     def _take_back(self, members: list[str], needed: Vector, plan: Plan, why: str) -> bool:
         """Preempt over-quota allocations of ``members`` (lowest priority, youngest first) for ``needed``."""
-        candidates: list[tuple[tuple[int, float, str, int], str, Allocation]] = []
-        for name, node in self.core.nodes.items():
-            if node.proposal is not None or name in self.touched:
-                continue
-            for allocation in node.current().allocations:
-                if (
-                    allocation.tenant in members
-                    and not node.released(allocation)
-                    and self._movable(allocation)
-                ):
-                    candidates.append((placement.victim_order(allocation), name, allocation))
-        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        candidates = self._victim_candidates(set(members))
         left = list(needed)
         after = dict(self.accounts.usage)
         chosen: list[tuple[str, Allocation]] = []
@@ -569,6 +557,29 @@ class Pass:
             left = [left[i] - amount[i] for i in range(3)]
         if any(amount > 0 for amount in left):
             return False
+        self._seal(chosen, plan, why)
+        return True
+
+    def _victim_candidates(
+        self, tenants: set[str]
+    ) -> list[tuple[tuple[int, float, str, int], str, Allocation]]:
+        """Allocations of ``tenants`` that may be preempted this pass, lowest priority and youngest first."""
+        candidates = []
+        for name, node in self.core.nodes.items():
+            if node.proposal is not None or name in self.touched:
+                continue
+            for allocation in node.current().allocations:
+                if (
+                    allocation.tenant in tenants
+                    and not node.released(allocation)
+                    and self._movable(allocation)
+                ):
+                    candidates.append((placement.victim_order(allocation), name, allocation))
+        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        return candidates
+
+    def _seal(self, chosen: list[tuple[str, Allocation]], plan: Plan, why: str) -> None:
+        """Make ``chosen`` this pass's victims: their nodes take no other change this pass."""
         for name, allocation in chosen:
             _charge(self.leaving, allocation)  # still counted until the removal is written
             plan.victims.setdefault(name, []).append(allocation)
@@ -576,7 +587,6 @@ class Pass:
             self.touched.add(name)
             self.sealed.add(name)
             self.core.index.discard(name)
-        return True
 
     def _reclaiming(self, tenant: str, plan: Plan) -> str:
         """A job of another cohort member that waits on a reclaim ("" when none): this pass's
@@ -592,15 +602,7 @@ class Pass:
         """Preempt borrowed holdings of custom resources (members over their own custom quota)."""
         others = [m for m in self.accounts.cohort(spec.tenant) if m != spec.tenant]
         used = {m: dict(self.accounts.custom_used.get(m, {})) for m in others}
-        candidates: list[tuple[tuple[int, float, str, int], str, Allocation]] = []
-        for name, node in self.core.nodes.items():
-            if node.proposal is not None or name in self.touched:
-                continue
-            for allocation in node.current().allocations:
-                borrowed = allocation.tenant in used and bool(allocation.custom)
-                if borrowed and self._movable(allocation) and not node.released(allocation):
-                    candidates.append((placement.victim_order(allocation), name, allocation))
-        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        candidates = [c for c in self._victim_candidates(set(others)) if c[2].custom]
         needed = dict(excess)
         chosen: list[tuple[str, Allocation]] = []
         for _, name, allocation in candidates:
@@ -623,14 +625,7 @@ class Pass:
                     needed[resource] -= amount
         if any(amount > 0 for amount in needed.values()):
             return f"pending: reclaiming quota for tenant {spec.tenant}: borrowed allocations are busy"
-        why = f"quota reclaimed by tenant {spec.tenant} (job {spec.id})"
-        for name, allocation in chosen:
-            _charge(self.leaving, allocation)
-            plan.victims.setdefault(name, []).append(allocation)
-            plan.reasons[name] = why
-            self.touched.add(name)
-            self.sealed.add(name)
-            self.core.index.discard(name)
+        self._seal(chosen, plan, f"quota reclaimed by tenant {spec.tenant} (job {spec.id})")
         return f"pending: reclaiming quota for tenant {spec.tenant} from borrowers; admitted after"
 
     def _leaving_covers(self, spec: Submit, excess: Vector) -> bool:

@@ -111,14 +111,8 @@ class Accounts:
             return Admission("within")
         members = self.cohort(spec.tenant)
         if len(members) > 1:
-            total_use = request(spec)
-            total_quota: Vector = (0, 0, 0)
-            for member in members:
-                total_use = _add(total_use, self.used(member))
-                member_quota = self.quota(member)
-                if member_quota is not None:
-                    total_quota = _add(total_quota, member_quota)
-            if _fits(total_use, total_quota) and not self._custom_short(spec, cohort=members):
+            room = all(amount <= 0 for amount in self.cohort_excess(spec))
+            if room and not self.custom_excess(spec):
                 return Admission("borrow")
         if custom_short and _fits(wanted, quota):
             return Admission("over", f"pending: quota: tenant {spec.tenant} {custom_short}")
@@ -146,17 +140,14 @@ class Accounts:
                 limit = _add(limit, quota)
         return (use[0] - limit[0], use[1] - limit[1], use[2] - limit[2])
 
-    def _custom_short(self, spec: Submit, cohort: list[str] | None = None) -> str:
-        """Which custom resource quota ``spec`` would exceed ("" when none), alone or as a cohort."""
-        members = cohort or [spec.tenant]
+    def _custom_short(self, spec: Submit) -> str:
+        """Which of its own custom resource quotas ``spec``'s tenant would exceed ("" when none)."""
+        limits = self.policy.tenants[spec.tenant].custom
         for name, amount in sorted(spec.custom.items()):
-            limits = [self.policy.tenants[m].custom.get(name) for m in members if m in self.policy.tenants]
-            if all(limit is None for limit in limits):
-                continue  # no tenant of the group limits this resource
-            limit = sum(value for value in limits if value is not None)
-            used = sum(self.custom_used.get(m, {}).get(name, 0.0) for m in members)
-            if used + amount > limit:
-                return f"would use {used + amount:g} {name} of {limit:g}"
+            if name in limits:
+                used = self.custom_used.get(spec.tenant, {}).get(name, 0.0)
+                if used + amount > limits[name]:
+                    return f"would use {used + amount:g} {name} of {limits[name]:g}"
         return ""
 
     def custom_excess(self, spec: Submit) -> dict[str, float]:

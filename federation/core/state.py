@@ -204,11 +204,6 @@ class RegionCore:
         """Job ids waiting for placement, in queue order."""
         return [job for _, job in self.queue]
 
-    def free(self, name: str) -> placement.Free | None:
-        """Free capacity of a node as of its stored ledger (None without an offer)."""
-        node = self.nodes.get(name)
-        return node.free if node is not None else None
-
     def _sync(self, node: NodeView) -> None:
         """Recompute a node's free capacity and its place in the index after any change."""
         node.free = placement.Free.of(node.offer, node.current().allocations) if node.offer else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 
 import msgspec
@@ -15,7 +14,7 @@ from federation import subjects
 from federation.client import Client
 from federation.errors import InvalidRequest
 from federation.schemas import Allocation, Ledger, Quarantined, decode_ledger
-from tests.conftest import GiB, eventually
+from tests.conftest import GiB, eventually, process_alive, run_fed
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,16 +68,9 @@ async def test_output_reads_back_through_fed_logs_cli(make_cluster) -> None:
     async with Client.connect(connection=cluster.connection) as fed:
         job = await fed.submit(["sh", "-c", "for i in 1 2 3; do echo line $i; done"])
         await job.wait(timeout=60)
-    env = {**os.environ, "FED_STATE_DIR": str(cluster.tmp)}
-    out = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "federation.cli", "logs", job.id],
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
+    out = await asyncio.to_thread(run_fed, cluster.tmp, "logs", job.id)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.decode() == "line 1\nline 2\nline 3\n"
+    assert out.stdout == "line 1\nline 2\nline 3\n"
 
 
 def check_ledger(ledger: Ledger, cores: set[int], memory: int, slots: int) -> None:
@@ -153,16 +145,9 @@ async def test_job_bigger_than_any_offer_waits_with_reason_then_runs_when_node_j
 
         reason = await eventually(explained)
         assert "too little gpu on 1 node" in reason
-        env = {**os.environ, "FED_STATE_DIR": str(cluster.tmp)}
-        out = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "federation.cli", "job", job.id],
-            env=env,
-            capture_output=True,
-            timeout=60,
-        )
-        assert "pending" in out.stdout.decode()
-        assert "too little gpu" in out.stdout.decode()
+        out = await asyncio.to_thread(run_fed, cluster.tmp, "job", job.id)
+        assert "pending" in out.stdout
+        assert "too little gpu" in out.stdout
         cluster.start_agent("eu", "gpu-node", "--gpu-id", "0")
         record = await job.wait(timeout=60)
         assert (record.state, record.node) == ("succeeded", "gpu-node")
@@ -218,19 +203,11 @@ async def test_cancel_kills_the_whole_process_tree(make_cluster, tmp_path) -> No
         job = await fed.submit(["sh", "-c", script])
         await eventually(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3)
         pids = [int(p) for p in pids_file.read_text().split()]
-        assert all(_running(p) for p in pids)
+        assert all(process_alive(p) for p in pids)
         await job.cancel()
         record = await job.wait(timeout=60)
         assert record.state == "cancelled"
-        await eventually(lambda: not any(_running(p) for p in pids), timeout=15)
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
+        await eventually(lambda: not any(process_alive(p) for p in pids), timeout=15)
 
 
 async def test_bad_submissions_are_refused_and_change_nothing(make_cluster) -> None:
@@ -275,15 +252,7 @@ async def test_bad_submissions_are_refused_and_change_nothing(make_cluster) -> N
         assert all(q.reason for q in quarantined)
         listed = await fed.quarantined(region="eu")
         assert sorted(q.subject for q in listed) == sorted(q.subject for q in quarantined)
-        env = {**os.environ, "FED_STATE_DIR": str(cluster.tmp)}
-        out = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "federation.cli", "quarantine"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = await asyncio.to_thread(run_fed, cluster.tmp, "quarantine")
         assert out.returncode == 0, out.stderr
         assert "fed.eu.wl.submit.garbage" in out.stdout
         assert "job id in payload does not match subject" in out.stdout

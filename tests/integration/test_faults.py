@@ -7,15 +7,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
 from federation.client import Client
+from federation.launcher import fed_command
 from federation.tracing import trace_id
-from tests.conftest import eventually
+from tests.conftest import eventually, process_alive, run_fed
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,7 +32,7 @@ async def test_scheduler_sigkill_mid_stream_loses_no_job_and_runs_none_twice(
         async def stream() -> None:
             for i in range(total):
                 await fed.submit(["sh", "-c", f"echo $FED_ATTEMPT >> {runs}/$FED_JOB_ID"], job_id=f"k-{i}")
-                await asyncio.sleep(0.01)  # a steady stream, so the kill lands in the middle of it
+                await asyncio.sleep(0.01)  # sleep-ok: paces a steady stream so the kill lands mid-stream
 
         producer = asyncio.create_task(stream())
         scheduler = cluster.scheduler("eu")
@@ -85,33 +85,13 @@ async def test_one_job_is_one_trace_from_submit_to_the_process(make_cluster, tmp
     assert found["fed.run"]["attributes"]["job"] == job.id
 
 
-def _fed(state_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FED_STATE_DIR": str(state_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", "federation.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 async def test_fed_up_starts_runs_a_job_and_stops_leaving_no_process(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {**os.environ, "FED_STATE_DIR": str(state)}
     up = subprocess.Popen(  # noqa: ASYNC220 - started once, stopped by its pid below
-        [
-            sys.executable,
-            "-m",
-            "federation.cli",
-            "up",
-            "--regions",
-            "north,south",
-            "--agents",
-            "1",
-            "--node-capacity",
-            "cpu=2,memory=1GiB",
-        ],
+        fed_command(
+            "up", "--regions", "north,south", "--agents", "1", "--node-capacity", "cpu=2,memory=1GiB"
+        ),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -127,13 +107,13 @@ async def test_fed_up_starts_runs_a_job_and_stops_leaving_no_process(tmp_path: P
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 3 + 2 + 2  # hub + 2 region servers, 2 schedulers, 2 agents
         done = await asyncio.to_thread(
-            _fed, state, "submit", "--region", "south", "--wait", "--", "echo", "hi"
+            run_fed, state, "submit", "--region", "south", "--wait", "--", "echo", "hi"
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout == "hi\n"
-        failed = await asyncio.to_thread(_fed, state, "submit", "--wait", "--", "sh", "-c", "exit 4")
+        failed = await asyncio.to_thread(run_fed, state, "submit", "--wait", "--", "sh", "-c", "exit 4")
         assert failed.returncode == 4
-        status = await asyncio.to_thread(_fed, state, "status", "--json")
+        status = await asyncio.to_thread(run_fed, state, "status", "--json")
         regions = json.loads(status.stdout)
         assert [r["region"] for r in regions] == ["north", "south"]
         assert all(len(r["nodes"]) == 1 for r in regions)
@@ -173,24 +153,11 @@ async def test_restart_with_the_same_state_dir_resumes_jobs(tmp_path: Path) -> N
         async with Client.connect(connection=connection) as fed:
             assert (await fed.job("before-restart")).state == "succeeded"
             assert (await fed.job("waits")).state == "pending"
-            from federation.launcher import Child
+            from federation.launcher import Child, agent_command
 
             agent = Child(
                 "agent-later",
-                [
-                    sys.executable,
-                    "-m",
-                    "federation.cli",
-                    "agent",
-                    "--region",
-                    "eu",
-                    "--node",
-                    "later",
-                    "--url",
-                    connection.regions["eu"].url,
-                    "--state-dir",
-                    str(tmp_path / "later"),
-                ],
+                agent_command("eu", "later", connection.regions["eu"].url, tmp_path / "later"),
                 tmp_path / "later.log",
                 restart=False,
             )
@@ -228,15 +195,7 @@ async def test_restarted_agent_does_not_rerun_an_attempt_it_had_started(make_clu
     assert record.state == "failed"
     assert "not re-run" in record.reason
     assert marker.read_text() == f"{pid}\n", "the attempt ran twice"
-    await eventually(lambda: not _running(pid), timeout=10)
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
+    await eventually(lambda: not process_alive(pid), timeout=10)
 
 
 async def test_a_second_scheduler_for_a_region_refuses_to_start(make_cluster) -> None:
@@ -245,7 +204,7 @@ async def test_a_second_scheduler_for_a_region_refuses_to_start(make_cluster) ->
     await eventually(lambda: "scheduler started" in log.read_text(), timeout=30)
     out = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "federation.cli", "scheduler", "--region", "eu", "--url", cluster.url("eu")],
+        fed_command("scheduler", "--region", "eu", "--url", cluster.url("eu")),
         capture_output=True,
         text=True,
         timeout=60,

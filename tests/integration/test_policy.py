@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from federation.client import Client
-from tests.conftest import eventually
+from tests.conftest import eventually, run_fed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -76,13 +74,12 @@ async def test_explain_names_the_blocking_reason_and_why_a_node_won(make_cluster
     cluster = await make_cluster(agents=0)
     cluster.start_agent("eu", "small", "--cpu", "1", "--label", "city=AMS")
     cluster.start_agent("eu", "big", "--cpu", "2", "--label", "city=BER")
-    env = {**os.environ, "FED_STATE_DIR": str(cluster.tmp)}
     async with Client.connect(connection=cluster.connection) as fed:
         await eventually(lambda: _offers(fed, 2))
         stuck = await fed.submit(["true"], cpu=1, require={"city": "PAR"})
         explanation = await eventually(lambda: _explained(fed, stuck.id))
         assert explanation.decision.filtered == {"label mismatch": 2}
-        out = await asyncio.to_thread(_fed, env, "explain", stuck.id)
+        out = await asyncio.to_thread(_fed, cluster.tmp, "explain", stuck.id)
         assert "label mismatch" in out
         assert "filtered" in out
         placed = await fed.submit(["sleep", "5"], cpu=1, require={"city": "AMS,BER"})
@@ -93,7 +90,7 @@ async def test_explain_names_the_blocking_reason_and_why_a_node_won(make_cluster
         assert decision.chosen is not None
         assert decision.chosen.node == "small"
         assert [c.node for c in decision.runners_up] == ["big"]
-        out = await asyncio.to_thread(_fed, env, "explain", placed.id)
+        out = await asyncio.to_thread(_fed, cluster.tmp, "explain", placed.id)
         assert "chosen    small" in out
         assert "runner-up big" in out
         await placed.cancel()
@@ -110,14 +107,6 @@ async def _explained(fed: Client, job: str):  # type: ignore[no-untyped-def]
     except Exception:
         return None
     return explanation if explanation.decision is not None else None
-
-
-def _fed(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "federation.cli", *args], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 async def test_a_flooding_tenant_cannot_starve_another_with_an_equal_quota(make_cluster) -> None:
@@ -192,3 +181,9 @@ async def test_custom_resource_routes_the_job_to_the_node_that_offers_it(make_cl
         waiting = await eventually(lambda: _explained(fed, second.id))
         assert "waiting for capacity" in waiting.record.reason  # the only licence is in use
         assert (await second.wait(timeout=60)).node == "licensed"
+
+
+def _fed(state_dir: Path, *args: str) -> str:
+    out = run_fed(state_dir, *args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
