@@ -39,7 +39,7 @@ async def eventually(
         last = result
         if time.monotonic() > end:
             raise AssertionError(f"condition not met after {timeout}s (last value: {last!r})")
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval)  # sleep-ok: the poll interval of this condition wait
 
 
 class Cluster:
