@@ -126,17 +126,24 @@ class Agent:
         assert self.bus is not None
         interval = self.config.heartbeat_interval
         ttl = max(1, math.ceil(3 * interval))
-        seq = 0
+        loop = asyncio.get_running_loop()
+        seq, due = 0, loop.time()
         while True:
+            # a fixed cadence: a beat lost on a bad link waits at most most of one interval, so the
+            # next beat still goes out on time (a link healing within the TTL must not look like death)
             seq += 1
             beat = Heartbeat(node=self.node, seq=seq, sent_at=time.time(), interval=interval)
             try:
                 await self.bus.store(
-                    subjects.heartbeat(self.region, self.node), encode(beat), ttl=ttl, timeout=2.0
+                    subjects.heartbeat(self.region, self.node),
+                    encode(beat),
+                    ttl=ttl,
+                    timeout=max(0.2, 0.8 * interval),
                 )
             except Exception as exc:  # the loop must outlive any single failure
                 self.log.warning("heartbeat not stored", error=str(exc))
-            await asyncio.sleep(interval)
+            due = max(due + interval, loop.time())
+            await asyncio.sleep(due - loop.time())
 
     async def _offers(self) -> None:
         assert self.bus is not None

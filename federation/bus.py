@@ -140,6 +140,7 @@ class Bus:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=10.0)
         self.name = name
+        self.generation = 0  # bumped on every reconnect: followers recreate their consumers
 
     @classmethod
     async def connect(cls, url: str, name: str, *, retry_forever: bool = True, timeout: float = 5.0) -> Bus:
@@ -147,6 +148,12 @@ class Bus:
 
         async def quiet(_exc: Exception) -> None:
             return None
+
+        links: list[Bus] = []
+
+        async def reconnected() -> None:
+            for bus in links:
+                bus.generation += 1
 
         try:
             nc = await nats.connect(
@@ -159,10 +166,12 @@ class Bus:
                 error_cb=quiet,
                 max_outstanding_pings=3,
                 ping_interval=5,
+                reconnected_cb=reconnected,
             )
         except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
             raise FederationUnavailable(url, str(exc) or type(exc).__name__) from None
-        return cls(nc, name)
+        links.append(cls(nc, name))
+        return links[0]
 
     async def close(self) -> None:
         """Flush and close the connection."""
@@ -329,22 +338,74 @@ class Bus:
         last_per_subject: bool = False,
         start_sequence: int = 0,
         until_caught_up: bool = False,
+        check_every: float = 5.0,
     ) -> AsyncIterator[Delivery]:
-        """Iterate a :meth:`tail`; ``until_caught_up`` stops after the last message present now."""
-        tail = await self.tail(
-            stream, filter_subject, last_per_subject=last_per_subject, start_sequence=start_sequence
-        )
-        try:
-            if until_caught_up and await tail.caught_up():
-                return
-            while True:
-                item = await tail.next()
-                assert item is not None
-                yield item
-                if until_caught_up and item.pending == 0:
+        """Iterate a :meth:`tail`; ``until_caught_up`` stops after the last message present now.
+
+        A long-lived follow has a watchdog (nats-py brings an ordered consumer back from a server
+        restart only after missed heartbeats, 5-17 s): after a reconnect, or when the consumer is
+        found gone during ``check_every`` seconds of silence, it is recreated, resuming after the
+        last message seen (``last_per_subject`` followers get each subject's latest again, so their
+        readers must treat a repeat as harmless).
+        """
+        if until_caught_up:
+            tail = await self.tail(
+                stream, filter_subject, last_per_subject=last_per_subject, start_sequence=start_sequence
+            )
+            try:
+                if await tail.caught_up():
                     return
-        finally:
-            await tail.stop()
+                while True:
+                    item = await tail.next()
+                    assert item is not None
+                    yield item
+                    if item.pending == 0:
+                        return
+            finally:
+                await tail.stop()
+        resume = start_sequence
+        while True:
+            generation = self.generation
+            tail = await self._open_tail(stream, filter_subject, last_per_subject, resume)
+            try:
+                async for item in self._watched(tail, generation, check_every):
+                    if not last_per_subject:
+                        resume = item.sequence + 1
+                    yield item
+            finally:
+                await tail.stop()
+
+    async def _open_tail(self, stream: str, filter_subject: str, last_per_subject: bool, resume: int) -> Tail:
+        """Create a tail, retrying while the server is away (a follower outlives outages)."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.tail(
+                    stream, filter_subject, last_per_subject=last_per_subject, start_sequence=resume
+                )
+            except Exception as exc:
+                if isinstance(_translate(stream, exc), InvalidRequest):
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 2.0)
+
+    async def _watched(self, tail: Tail, generation: int, check_every: float) -> AsyncIterator[Delivery]:
+        """Messages of ``tail`` until a reconnect or a lost consumer says it must be recreated."""
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        while self.generation == generation:
+            item = await tail.next(timeout=0.5)
+            if item is not None:
+                quiet_since = loop.time()
+                yield item
+                continue
+            if loop.time() - quiet_since < check_every:
+                continue
+            quiet_since = loop.time()
+            try:
+                await tail._sub.consumer_info()
+            except Exception:
+                return  # gone (a server restart, an expired ephemeral consumer): recreate it
 
     async def subscribe(self, subject: str, handler: Callable[[Delivery], Awaitable[None]]) -> Any:
         """A plain core subscription (republished KV writes, inboxes)."""
@@ -398,7 +459,7 @@ def _stream_configs(region: str) -> list[api.StreamConfig]:
         api.StreamConfig(
             name=subjects.heartbeats_stream(region),
             subjects=[subjects.heartbeat(region, "*")],
-            storage=memory,
+            storage=file,  # the TTL markers must survive a server restart: they are the death events
             max_msgs_per_subject=1,
             allow_msg_ttl=True,
             subject_delete_marker_ttl=60.0,
@@ -445,7 +506,14 @@ async def provision(bus: Bus, region: str) -> None:
         try:
             await bus.js.add_stream(config)
         except nats.js.errors.BadRequestError:
-            await bus.js.update_stream(config)
+            try:
+                await bus.js.update_stream(config)
+            except nats.js.errors.BadRequestError:
+                if config.name != subjects.heartbeats_stream(region):
+                    raise
+                # an older layout (memory storage) cannot be updated in place; beats are transient
+                await bus.js.delete_stream(config.name)
+                await bus.js.add_stream(config)
     ledger = subjects.ledger_bucket(region)
     republish = api.RePublish(src=f"$KV.{ledger}.>", dest=subjects.ledger_changes(region, ">"))
     for bucket, tap in ((ledger, republish), (subjects.jobs_bucket(region), None)):

@@ -71,6 +71,7 @@ def _request(spec: Submit) -> str:
     text += f" require={spec.require}" if spec.require else ""
     text += f" prefer={','.join(spec.nodes)}" if spec.nodes else ""
     text += "".join(f" {name}={amount:g}" for name, amount in sorted(spec.custom.items()))
+    text += f" on_node_lost={spec.on_node_lost}" if spec.on_node_lost else ""
     return text
 
 
@@ -179,6 +180,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             max_attempts=args.max_attempts,
             gang=args.gang,
             custom=_amounts(args.resource or [], "--resource"),
+            on_node_lost=args.on_node_lost or "",
         )
         if not args.wait:
             print(job.id)
@@ -429,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resource", action="append", help="custom resource NAME=AMOUNT the job needs (repeat)")
     p.add_argument(
         "--max-attempts", type=int, default=0, help="attempts before failing (default: region policy)"
+    )
+    p.add_argument(
+        "--on-node-lost",
+        metavar="POLICY",
+        help="when the job's node stops heartbeating: replace (run again elsewhere, at least once), "
+        "wait=DURATION (keep it that long, e.g. wait=5m, then replace) or fail (end it lost); "
+        "default: the region's policy (fail)",
     )
     p.add_argument("--tenant", default="default")
     p.add_argument("--env", action="append", help="environment variable KEY=VALUE for the job (repeat)")

@@ -191,8 +191,12 @@ class Client:
         max_attempts: int = 0,
         gang: int = 1,
         custom: dict[str, float] | None = None,
+        on_node_lost: str = "",
     ) -> Job:
-        """Validate and durably submit a job; returns once the region's stream stored it."""
+        """Validate and durably submit a job; returns once the region's stream stored it.
+
+        ``on_node_lost`` is ``replace``, ``wait=30s`` or ``fail`` (empty: the region's default).
+        """
         name = self._region(region)
         try:
             spec = Submit(
@@ -211,6 +215,7 @@ class Client:
                 max_attempts=max_attempts,
                 gang=gang,
                 custom=dict(custom or {}),
+                on_node_lost=on_node_lost,
             )
             validate(spec)
         except MalformedMessage as exc:

@@ -1,4 +1,4 @@
-"""Resource quantities as people type them: ``8GiB``, ``512MB``, ``cpu=4,memory=8GiB,gpu=1``.
+"""Quantities as people type them: ``8GiB``, ``512MB``, ``cpu=4,memory=8GiB,gpu=1``, ``30s``.
 
 Memory is carried as an integer number of bytes everywhere on the wire; CPU as whole cores
 (a core is the unit of pinning); GPUs as a count of whole devices. This module turns human
@@ -53,6 +53,22 @@ def format_memory(size: int) -> str:
             value = size / factor
             return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
     return f"{size}B"
+
+
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|)\s*$")
+_SECONDS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float) -> float:
+    """Parse a duration (``"30s"``, ``"5m"``, ``"250ms"``, ``"1.5h"``, ``12``) into seconds."""
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ConfigError(f"a duration must not be negative: {text}")
+        return float(text)
+    match = _DURATION.match(text)
+    if match is None:
+        raise ConfigError(f"not a duration: {text!r} (examples: 250ms, 30s, 5m, 1h)")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
 def parse_capacity(text: str) -> dict[str, int]:

@@ -46,6 +46,7 @@ from federation.core.events import (
     Event,
     JobReported,
     NodeDown,
+    NodeUp,
     OfferSeen,
     PolicyChanged,
     Recovered,
@@ -175,7 +176,7 @@ class Scheduler:
         for key, (value, rev) in (await self.bus.kv_load(subjects.jobs_bucket(self.region))).items():
             records.append(decode_record(value))
             self.revisions[key] = rev
-        self.core.handle(Recovered(ledgers=ledgers, records=tuple(records)))
+        self.core.handle(Recovered(ledgers=ledgers, records=tuple(records), at=self.clock()))
         await self._execute(self.core.handle(Tick(now=self.clock())))
         self.log.info("recovered", ledgers=len(ledgers), jobs=len(records), pending=len(self.core.queue))
 
@@ -302,6 +303,12 @@ class Scheduler:
                     raise RemoteProtocolError("not a heartbeat for the node named in the subject")
             except RemoteProtocolError as exc:
                 await self._quarantine("heartbeats", delivery, str(exc))
+                continue
+            view = self.core.nodes.get(node)
+            if view is None or not view.alive:  # only a change of liveness is an event
+                if view is not None:
+                    self.log.info("node heartbeat resumed", node=node)
+                self.queue.put_nowait((NodeUp(node=node, at=self.clock()), None))
 
     # --- the loop ----------------------------------------------------------------------------------
 

@@ -38,6 +38,13 @@ Timestamp = Annotated[float, msgspec.Meta(ge=0)]
 Amount = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
 """A quantity of a custom resource (licences, scratch GB, FPGA slots): any non-negative number."""
 
+OnNodeLost = Annotated[
+    str, msgspec.Meta(pattern=r"^(|replace|fail|wait=[0-9]{1,7}(\.[0-9]{1,3})?(ms|s|m|h)?)$")
+]
+"""What happens to a job when its node is lost: ``replace`` (requeue at once), ``wait=DURATION``
+(keep the allocation that long; if the node returns in time nothing moves, else replace) or
+``fail`` (the job ends ``lost``). Empty: the region's default."""
+
 Priority = Literal["urgent", "high", "medium", "low"]
 PRIORITY_RANK: Final[dict[str, int]] = {"urgent": 0, "high": 1, "medium": 2, "low": 3}
 
@@ -65,7 +72,8 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     every node also carries ``node=<name>`` and ``region=<region>``). ``scoring`` overrides the
     region's default (binpack or spread); ``max_attempts`` (0: the region's default) bounds retries.
     ``gang`` > 1 asks for that many allocations of the request (members), placed and started all
-    together or not at all.
+    together or not at all. ``on_node_lost`` says what happens when the node running the job stops
+    heartbeating (see :data:`OnNodeLost`).
     """
 
     id: JobId
@@ -83,6 +91,7 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     max_attempts: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     gang: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     custom: Annotated[dict[Label, Amount], msgspec.Meta(max_length=32)] = {}
+    on_node_lost: OnNodeLost = ""
 
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type", kw_only=True, omit_defaults=True):

@@ -54,11 +54,11 @@ class Cluster:
     def url(self, region: str) -> str:
         return self.connection.regions[region].url
 
-    def start_agent(self, region: str, node: str, *args: str) -> Child:
-        """Start one more real agent process in ``region``."""
+    def start_agent(self, region: str, node: str, *args: str, url: str = "") -> Child:
+        """Start one more real agent process in ``region`` (through ``url``, e.g. a proxy, if given)."""
         child = Child(
             f"agent-{node}",
-            agent_command(region, node, self.url(region), self.tmp / "agents" / node, *args),
+            agent_command(region, node, url or self.url(region), self.tmp / "agents" / node, *args),
             self.tmp / "logs" / f"agent-{node}.log",
             restart=False,
         )

@@ -17,10 +17,14 @@ from federation.schemas import JobEvent, JobRecord, Ledger, Offer, Submit
 
 
 class Recovered(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the region's JetStream holds at start: ledgers (with revisions) and job records."""
+    """Everything the region's JetStream holds at start: ledgers (with revisions) and job records.
+
+    Nodes with a ledger count as silent from ``at`` until their first heartbeat arrives.
+    """
 
     ledgers: dict[str, tuple[Ledger, int]]
     records: tuple[JobRecord, ...]
+    at: float = 0.0
 
 
 class Submitted(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,6 +51,13 @@ class OfferSeen(msgspec.Struct, frozen=True, kw_only=True):
 
 class NodeDown(msgspec.Struct, frozen=True, kw_only=True):
     """A node's heartbeat expired (the server's delete marker)."""
+
+    node: str
+    at: float
+
+
+class NodeUp(msgspec.Struct, frozen=True, kw_only=True):
+    """A heartbeat from a node the core counts as down (or has never seen)."""
 
     node: str
     at: float
@@ -91,6 +102,7 @@ Event = (
     | CancelRequested
     | OfferSeen
     | NodeDown
+    | NodeUp
     | ClaimWritten
     | ClaimConflict
     | JobReported

@@ -5,7 +5,9 @@ it to the core in a :class:`~federation.core.events.PolicyChanged` event, so a r
 any other and a replay of the same events reaches the same decisions. Unknown keys are an error.
 
 Defaults: binpack scoring; only ``urgent`` jobs preempt, and only strictly lower priorities; a job
-gets 3 attempts with exponential backoff (1 s, 2 s, 4 s, ... capped at 60 s) between them.
+gets 3 attempts with exponential backoff (1 s, 2 s, 4 s, ... capped at 60 s) between them; a job
+whose node is lost ends ``lost`` (``on_node_lost = "fail"``: at most once unless a job or the
+region asks for ``replace`` or ``wait=DURATION``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from federation.resources import parse_memory
-from federation.schemas import PRIORITY_RANK, Priority
+from federation.resources import parse_duration, parse_memory
+from federation.schemas import PRIORITY_RANK, OnNodeLost, Priority, Submit
 
 Scoring = Literal["binpack", "spread"]
+LostAction = Literal["replace", "fail"]
 UNLIMITED = 2**62
 
 
@@ -74,6 +77,22 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     backoff_max: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 60.0
     tenants: dict[str, Quota] = msgspec.field(default_factory=dict)
     on_shrink: Literal["drain", "preempt"] = "drain"
+    on_node_lost: OnNodeLost = "fail"
+    node_grace: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.on_node_lost:
+            raise msgspec.ValidationError("on_node_lost must be replace, fail or wait=DURATION")
+
+    def node_lost(self, spec: Submit) -> tuple[LostAction, float]:
+        """What to do with ``spec``'s job when its node is lost, and how long to wait first.
+
+        ``wait=D`` keeps the allocation ``D`` seconds, then replaces it.
+        """
+        text = spec.on_node_lost or self.on_node_lost
+        if text.startswith("wait="):
+            return "replace", parse_duration(text[5:])
+        return ("fail" if text == "fail" else "replace"), 0.0
 
     def may_preempt(self, priority: str) -> bool:
         """Whether a job of ``priority`` may preempt strictly lower-priority allocations."""

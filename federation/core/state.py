@@ -24,6 +24,16 @@ pass and emits the writes the view needs:
 * **Job records** move forward only (``pending -> placed -> running -> terminal``); each change
   marks the record dirty, and a tick emits one :class:`WriteJob` per dirty record. A job being
   claimed is not written until the claim settles, so a placed job costs one record write.
+* **Node loss.** Liveness comes from heartbeats only: :class:`NodeDown` (the heartbeat's TTL
+  marker) and :class:`NodeUp` (a heartbeat from a node counted down). A lost node's placed and
+  running jobs follow ``on_node_lost`` (the job's, else the policy's): ``fail`` ends them ``lost``;
+  ``replace`` requeues them as a new attempt; ``wait=D`` keeps the allocation ``D`` seconds from
+  the loss (nothing moves if the node returns in time), then replaces. Either way the allocation is
+  released from the lost node's ledger, so a node that returns stops its stale copies, and its
+  reports, naming an attempt that is no longer current, change nothing. When *every* node is
+  down at once the broker, not the nodes, is the likely culprit: decisions freeze, and when a
+  heartbeat returns, the nodes still silent get ``node_grace`` more seconds. Nodes known only from
+  the ledgers at recovery count as silent from recovery, with the same grace.
 * **Order of writes** makes crashes harmless: a claim is written before the job record says
   ``placed`` (on recovery, an allocation with no record gets its record rebuilt from the
   allocation; a pending record with an allocation is adopted as placed). A terminal record and the
@@ -59,6 +69,7 @@ from federation.core.events import (
     Event,
     JobReported,
     NodeDown,
+    NodeUp,
     OfferSeen,
     PolicyChanged,
     Recovered,
@@ -88,7 +99,8 @@ from federation.schemas import (
 ALLOWED: dict[str, frozenset[str]] = {
     "pending": frozenset({"placed", "cancelled", "failed", "forwarded"}),
     "placed": frozenset({"running", "succeeded", "failed", "cancelled", "lost", "preempted", "pending"}),
-    "running": frozenset({"succeeded", "failed", "cancelled", "lost", "preempted"}),
+    # running -> pending: the node was lost and the job is replaced by a new attempt
+    "running": frozenset({"succeeded", "failed", "cancelled", "lost", "preempted", "pending"}),
     "preempted": frozenset({"pending", "cancelled", "failed"}),
     "forwarded": frozenset({"succeeded", "failed", "cancelled", "lost"}),
 }
@@ -111,6 +123,7 @@ class NodeView:
     activations: set[tuple[str, int]] = field(default_factory=set)
     releases: set[tuple[str, int]] = field(default_factory=set)
     down_at: float = 0.0
+    lost_from: float = 0.0  # node-loss deadlines count from here (down_at, or later after a grace)
     free: placement.Free | None = None
 
     def current(self) -> Ledger:
@@ -162,6 +175,7 @@ class RegionCore:
         self.activating: set[str] = set()
         self.reclaims: set[str] = set()  # jobs within quota waiting for borrowers to give it back
         self.unexplained: set[str] = set()
+        self.down: set[str] = set()  # nodes whose heartbeat expired (or not seen since recovery)
         self._arrivals = 0
 
     # --- entry point ----------------------------------------------------------------------------
@@ -178,14 +192,11 @@ class RegionCore:
             case OfferSeen(offer=offer):
                 node = self._node(offer.node)
                 node.offer = offer
-                if offer.sent_at >= node.down_at:  # an offer older than the node's death revives nothing
-                    node.alive = True
                 self._sync(node)
             case NodeDown(node=name, at=at):
-                node = self._node(name)
-                node.alive, node.down_at = False, at
-                self._sync(node)
-                self.unexplained.update(job for _, job in self.queue)  # their reasons may name it
+                self._down(self._node(name), at, at)
+            case NodeUp(node=name, at=at):
+                self._up(self._node(name), at)
             case PolicyChanged(policy=policy):
                 self.policy = policy
             case JobReported(event=report):
@@ -235,11 +246,38 @@ class RegionCore:
             node = self.nodes[name] = NodeView(name)
         return node
 
+    def _down(self, node: NodeView, at: float, lost_from: float) -> None:
+        if not node.alive:
+            return  # a repeated marker (a follower replaying) does not restart the clock
+        node.alive, node.down_at, node.lost_from = False, at, lost_from
+        self.down.add(node.name)
+        self._sync(node)
+        self.unexplained.update(job for _, job in self.queue)  # their reasons may name it
+
+    def _up(self, node: NodeView, at: float) -> None:
+        if node.alive:
+            return
+        if self.frozen:
+            # the first heartbeat after every node went silent: the broker was the likely culprit,
+            # so the others get a grace to be heard from again before they count as lost
+            for name in self.down:
+                other = self.nodes[name]
+                other.lost_from = max(other.lost_from, at + self.policy.node_grace)
+        node.alive = True
+        self.down.discard(node.name)
+        self._sync(node)
+        self.unexplained.update(job for _, job in self.queue)
+
+    @property
+    def frozen(self) -> bool:
+        """True while every known node is down: node-loss decisions wait (the broker may be sick)."""
+        return bool(self.down) and len(self.down) == len(self.nodes)
+
     def _recovered(self, event: Recovered) -> None:
         for name, (ledger, revision) in sorted(event.ledgers.items()):
             node = self._node(name)
             node.ledger, node.revision = ledger, revision
-            self._sync(node)
+            self._down(node, event.at, event.at + self.policy.node_grace)
             for allocation in ledger.allocations:
                 self._hold(allocation.job, name)
         held_gangs = {a.job for n in self.nodes.values() for a in n.current().allocations if a.held}
@@ -596,17 +634,28 @@ class RegionCore:
         )
         self.dirty.add(job)
 
-    def _requeue(self, job: str, state: str, at: float, reason: str) -> None:
-        """Back to the queue after a preemption or refusal, per the retry policy (or fail)."""
+    def _requeue(
+        self,
+        job: str,
+        state: str,
+        at: float,
+        reason: str,
+        exhausted: JobState = "failed",
+        backoff: bool = True,
+    ) -> None:
+        """Back to the queue after a preemption, refusal or node loss, per the retry policy.
+
+        With no attempts left the job ends in ``exhausted``; without ``backoff`` it may run again at once.
+        """
         view = self.jobs[job]
         record = view.record
         if record.state != state:
             return
         limit = record.spec.max_attempts or self.policy.max_attempts
         if record.attempt >= limit:
-            self._move(job, "failed", at, f"{reason}; no attempts left ({record.attempt} of {limit})")
+            self._move(job, exhausted, at, f"{reason}; no attempts left ({record.attempt} of {limit})")
             return
-        not_before = at + self.policy.retry_delay(record.attempt)
+        not_before = at + self.policy.retry_delay(record.attempt) if backoff else 0.0
         self._move(
             job, "pending", at, f"{reason}; retry {record.attempt + 1} of {limit}", not_before=not_before
         )
@@ -629,7 +678,37 @@ class RegionCore:
 
     # --- the scheduling pass ----------------------------------------------------------------------
 
+    def _node_losses(self, now: float) -> None:
+        """Apply ``on_node_lost`` to the jobs of down nodes whose deadline has come."""
+        if self.frozen:
+            return
+        for name in sorted(self.down):
+            node = self.nodes[name]
+            for allocation in node.current().allocations:
+                view = self.jobs.get(allocation.job)
+                if view is None or node.released(allocation) or view.claiming or view.gang is not None:
+                    continue
+                record = view.record
+                if record.state not in ("placed", "running") or record.attempt != allocation.attempt:
+                    continue
+                action, wait = self.policy.node_lost(record.spec)
+                deadline = node.lost_from + wait
+                lost = f"node {name} lost (no heartbeat)"
+                if now < deadline:
+                    reason = f"{lost}; keeping the allocation until {deadline:.0f} in case it returns"
+                    if record.reason != reason:
+                        view.record = msgspec.structs.replace(record, reason=reason, updated_at=now)
+                        self.dirty.add(record.id)
+                    continue
+                if action == "fail":
+                    self._move(record.id, "lost", now, f"{lost}; on_node_lost=fail")
+                else:
+                    self._requeue(record.id, record.state, now, f"{lost}; replaced", "lost", backoff=False)
+                self._release(record.id)  # every member of a gang: it runs whole or not at all
+
     def _tick(self, now: float) -> list[Command]:
+        if self.down:
+            self._node_losses(now)
         plan = Pass(self, now).run()
         self.queue = plan.queue
         self.reclaims |= plan.reclaims

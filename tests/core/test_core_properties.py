@@ -17,6 +17,7 @@ from federation.core.events import (
     Event,
     JobReported,
     NodeDown,
+    NodeUp,
     OfferSeen,
     Submitted,
     Tick,
@@ -31,7 +32,11 @@ from federation.schemas import TERMINAL_STATES, Allocation, JobEvent, Ledger, Of
 NODES = ("n1", "n2", "n3")
 COHORT = ("a", "b")
 QUOTA = 2  # cores each for tenants a and b, who lend each other; "free" has no quota
-POLICY = Policy(tenants={t: Quota(cpu=QUOTA, cohort="x", custom={"lic": 1.0}) for t in COHORT}, backoff=0.0)
+POLICY = Policy(
+    tenants={t: Quota(cpu=QUOTA, cohort="x", custom={"lic": 1.0}) for t in COHORT},
+    backoff=0.0,
+    node_grace=1.0,
+)
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -146,6 +151,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         tenant=st.sampled_from(["a", "b", "free"]),
         gang=st.sampled_from([1, 1, 1, 2, 3]),
         lic=st.sampled_from([0, 0, 1]),
+        lost=st.sampled_from(["", "replace", "wait=2s"]),
     )
     def submit(
         self,
@@ -157,6 +163,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         tenant: str,
         gang: int,
         lic: int,
+        lost: str,
     ) -> None:
         self.jobs += 1
         spec = Submit(
@@ -170,6 +177,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             tenant=tenant,
             gang=gang,
             custom={"lic": float(lic)} if lic else {},
+            on_node_lost=lost,
         )  # type: ignore[arg-type]
         self.feed(Submitted(spec=spec, at=self.now))
 
@@ -181,7 +189,15 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule()
     def tick(self) -> None:
         self.now += 1
+        down, frozen = set(self.core.down), self.core.frozen
+        before = {job: len(view.record.history) for job, view in self.core.jobs.items()}
         self.apply(self.feed(Tick(now=self.now)))
+        for job, view in self.core.jobs.items():
+            for step in view.record.history[before.get(job, 0) :]:
+                if step.reason.startswith("node "):  # a node-loss decision made by this tick
+                    lost = step.reason.split()[1]
+                    assert lost in down, f"{job} moved for the loss of {lost}, which was alive"
+                    assert not frozen, f"{job} moved for a node loss while every node was silent"
 
     @precondition(lambda self: self.in_flight)
     @rule(index=st.integers(0, 10), lose_answer=st.booleans())
@@ -239,6 +255,10 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(node=st.sampled_from(NODES))
     def node_down(self, node: str) -> None:
         self.feed(NodeDown(node=node, at=self.now))
+
+    @rule(node=st.sampled_from(NODES))
+    def node_up(self, node: str) -> None:
+        self.feed(NodeUp(node=node, at=self.now))
 
     # --- invariants --------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from federation.core.events import (
     ClaimWritten,
     JobReported,
     NodeDown,
+    NodeUp,
     OfferSeen,
     Recovered,
     Submitted,
@@ -15,6 +16,7 @@ from federation.core.events import (
     WriteJob,
     WriteLedger,
 )
+from federation.core.policy import Policy
 from federation.core.state import RegionCore
 from federation.schemas import JobEvent, Ledger, Offer, Submit
 
@@ -252,15 +254,111 @@ def test_refused_allocation_goes_back_to_the_queue_and_is_released() -> None:
     assert [(a.job, a.attempt) for a in claims[0].ledger.allocations] == [("j1", 2)]
 
 
-def test_offer_older_than_a_node_death_does_not_revive_it() -> None:
+def test_offers_do_not_revive_a_down_node_only_a_heartbeat_does() -> None:
     core = RegionCore("eu")
     core.handle(NodeDown(node="n1", at=50.0))
-    stale = Offer(node="n1", region="eu", cores=[0], memory=1, sent_at=49.0, expires_at=1e9)
-    core.handle(OfferSeen(offer=stale))
+    core.handle(OfferSeen(offer=Offer(node="n1", region="eu", cores=[0], memory=1, expires_at=1e9)))
     assert not core.nodes["n1"].alive
-    fresh = Offer(node="n1", region="eu", cores=[0], memory=1, sent_at=51.0, expires_at=1e9)
-    core.handle(OfferSeen(offer=fresh))
+    core.handle(NodeUp(node="n1", at=51.0))
     assert core.nodes["n1"].alive
+
+
+def running_on(core: RegionCore, job: str, node: str, at: float = 12.0) -> None:
+    core.handle(JobReported(event=JobEvent(node=node, job=job, attempt=1, kind="started", at=at)))
+    core.handle(Tick(now=at))
+
+
+def two_nodes_one_job(**kw: object) -> RegionCore:
+    """n1 runs j1 (placed by preference); n2 is alive and idle."""
+    core = RegionCore("eu", policy=Policy(**kw))  # type: ignore[arg-type]
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(OfferSeen(offer=offer("n2")))
+    return core
+
+
+def test_lost_node_fails_its_job_by_default_and_releases_the_allocation() -> None:
+    core = two_nodes_one_job()
+    core.handle(submit("j1", nodes=["n1"]))
+    settle(core)
+    running_on(core, "j1", "n1")
+    core.handle(NodeDown(node="n1", at=20.0))
+    commands = core.handle(Tick(now=20.0))
+    assert [c.ledger.allocations for c in commands if isinstance(c, WriteLedger)] == [()]
+    record = core.jobs["j1"].record
+    assert (record.state, record.reason) == ("lost", "node n1 lost (no heartbeat); on_node_lost=fail")
+    # the node comes back and reports the attempt it kept running: one terminal state (I4)
+    core.handle(NodeUp(node="n1", at=30.0))
+    core.handle(JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="exited", exit_code=0)))
+    assert core.jobs["j1"].record.state == "lost"
+
+
+def test_replace_runs_a_new_attempt_elsewhere_and_the_stale_report_changes_nothing() -> None:
+    core = two_nodes_one_job()
+    core.handle(submit("j1", nodes=["n1"], on_node_lost="replace"))
+    settle(core)
+    running_on(core, "j1", "n1")
+    core.handle(NodeDown(node="n1", at=20.0))
+    out = settle(core, now=20.0)
+    claims = [c for c in out if isinstance(c, WriteLedger)]
+    assert [(c.node, [(a.job, a.attempt) for a in c.ledger.allocations]) for c in claims] == [
+        ("n1", []),
+        ("n2", [("j1", 2)]),
+    ]
+    record = core.jobs["j1"].record
+    assert (record.state, record.node, record.attempt) == ("placed", "n2", 2)
+    assert [t.state for t in record.history] == ["pending", "placed", "running", "pending", "placed"]
+    core.handle(NodeUp(node="n1", at=30.0))
+    core.handle(JobReported(event=JobEvent(node="n1", job="j1", attempt=1, kind="exited", exit_code=0)))
+    assert core.jobs["j1"].record.state == "placed"
+
+
+def test_wait_keeps_the_job_when_the_node_returns_in_time_and_replaces_it_after() -> None:
+    core = two_nodes_one_job()
+    core.handle(submit("j1", nodes=["n1"], on_node_lost="wait=30s"))
+    settle(core)
+    running_on(core, "j1", "n1")
+    core.handle(NodeDown(node="n1", at=20.0))
+    assert not [c for c in core.handle(Tick(now=49.0)) if isinstance(c, WriteLedger)]
+    assert "keeping the allocation until 50" in core.jobs["j1"].record.reason
+    core.handle(NodeUp(node="n1", at=49.5))
+    assert not [c for c in core.handle(Tick(now=60.0)) if isinstance(c, WriteLedger)]
+    assert core.jobs["j1"].record.state == "running"
+    core.handle(NodeDown(node="n1", at=70.0))
+    settle(core, now=100.0)
+    record = core.jobs["j1"].record
+    assert (record.state, record.node, record.attempt) == ("placed", "n2", 2)
+
+
+def test_every_node_silent_at_once_freezes_decisions_then_grants_a_grace() -> None:
+    core = two_nodes_one_job(on_node_lost="replace", node_grace=10.0)
+    core.handle(submit("j1", nodes=["n1"]))
+    settle(core)
+    running_on(core, "j1", "n1")
+    core.handle(NodeDown(node="n1", at=20.0))
+    core.handle(NodeDown(node="n2", at=20.5))
+    assert core.frozen
+    assert not [c for c in core.handle(Tick(now=40.0)) if isinstance(c, WriteLedger)]
+    core.handle(NodeUp(node="n2", at=41.0))  # the broker is back; n1 gets until 51 to beat again
+    assert not [c for c in core.handle(Tick(now=50.0)) if isinstance(c, WriteLedger)]
+    assert core.jobs["j1"].record.state == "running"
+    settle(core, now=51.0)
+    assert (core.jobs["j1"].record.node, core.jobs["j1"].record.attempt) == ("n2", 2)
+
+
+def test_a_node_known_only_from_its_ledger_at_recovery_gets_a_grace() -> None:
+    core = two_nodes_one_job(on_node_lost="replace", node_grace=10.0)
+    core.handle(submit("j1", nodes=["n1"]))
+    claim = core.handle(Tick(now=11.0))[0]
+    assert isinstance(claim, WriteLedger)
+    core.handle(ClaimWritten(node="n1", revision=3))
+    placed = [c.record for c in core.handle(Tick(now=11.0)) if isinstance(c, WriteJob)]
+    fresh = RegionCore("eu", policy=core.policy)
+    fresh.handle(Recovered(ledgers={"n1": (claim.ledger, 3)}, records=tuple(placed), at=100.0))
+    fresh.handle(NodeUp(node="n2", at=100.1))
+    fresh.handle(OfferSeen(offer=offer("n2")))
+    assert not [c for c in fresh.handle(Tick(now=105.0)) if isinstance(c, WriteLedger)]
+    settle(fresh, now=110.5)
+    assert (fresh.jobs["j1"].record.node, fresh.jobs["j1"].record.attempt) == ("n2", 2)
 
 
 def test_a_device_listed_twice_in_an_offer_is_handed_out_once() -> None:

@@ -1,0 +1,113 @@
+"""Node loss: an agent's link blackholed through a real TCP proxy, real servers and processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from federation.client import Client
+from federation.errors import NotFound
+from federation.schemas import JobRecord
+from tests.conftest import eventually
+from tests.harness import attempts_running, proxied
+
+pytestmark = pytest.mark.timeout(180)
+
+# heartbeat every 1 s: the TTL (the grace before a node counts as lost) is 3 s
+AGENT_CONFIG = "heartbeat_interval = 1.0\nkill_grace = 1.0\ncpu = 4\nmemory = 8589934592\n"
+
+
+def agent_config(tmp_path: Path) -> str:
+    path = tmp_path / "flaky.toml"
+    path.write_text(AGENT_CONFIG)
+    return str(path)
+
+
+async def test_a_link_blackholed_shorter_than_the_grace_moves_nothing(make_cluster, tmp_path) -> None:
+    cluster = await make_cluster(agents=1)
+    async with (
+        proxied(cluster.url("eu"), "flaky") as link,
+        Client.connect(connection=cluster.connection) as fed,
+    ):
+        cluster.start_agent("eu", "flaky", "--config", agent_config(tmp_path), url=link.url)
+        await eventually(lambda: _offering(fed, "flaky"), timeout=30)
+        job = await fed.submit(["sleep", "600"], nodes=["flaky"], on_node_lost="replace", job_id="steady")
+        await eventually(lambda: _state(fed, "steady", "running"), timeout=30)
+        link.blackhole()
+        await asyncio.sleep(1.5)  # sleep-ok: the fault lasts half the heartbeat TTL, on purpose
+        link.heal()
+        # the agent reconnects and beats again; give the scheduler more than a TTL to (not) react
+        await asyncio.sleep(4.0)  # sleep-ok: asserting that nothing happens needs a waiting window
+        record = await job.record()
+        assert (record.state, record.node, record.attempt) == ("running", "flaky", 1), record.history
+        assert attempts_running("steady") == {1}
+        await fed.cancel("steady")
+
+
+async def test_a_lost_node_replaces_waits_and_fails_per_job_and_stops_stale_copies(
+    make_cluster, tmp_path
+) -> None:
+    cluster = await make_cluster(agents=1)
+    async with (
+        proxied(cluster.url("eu"), "flaky") as link,
+        Client.connect(connection=cluster.connection) as fed,
+    ):
+        cluster.start_agent("eu", "flaky", "--config", agent_config(tmp_path), url=link.url)
+        await eventually(lambda: _offering(fed, "flaky"), timeout=30)
+        policies = {"rep": "replace", "wai": "wait=10m", "fai": "fail"}
+        for job, policy in policies.items():
+            await fed.submit(["sleep", "600"], nodes=["flaky"], on_node_lost=policy, job_id=job)
+        for job in policies:
+            await eventually(lambda job=job: _on(fed, job, "running", "flaky"), timeout=30)
+
+        link.blackhole()
+        # replace: a second attempt runs on the healthy node, once
+        await eventually(lambda: _on(fed, "rep", "running", "eu-n1"), timeout=30)
+        rep = await fed.job("rep")
+        assert rep.attempt == 2
+        assert "node flaky lost (no heartbeat); replaced" in [t.reason for t in rep.history][3]
+        # fail: the job ends lost, never to run again
+        fai = await eventually(lambda: _state(fed, "fai", "lost"), timeout=10)
+        assert "on_node_lost=fail" in fai.reason
+        # wait: the allocation stays, and the reason says until when
+        wai = await fed.job("wai")
+        assert (wai.state, wai.node, wai.attempt) == ("running", "flaky", 1)
+        assert "keeping the allocation until" in wai.reason
+        # behind the blackhole the old copies still run: the agent cannot hear the scheduler
+        assert attempts_running("rep") == {1, 2}
+
+        link.heal()
+        # the returning node learns from its ledger that those attempts are gone and stops them
+        await eventually(lambda: attempts_running("rep") == {2} and not attempts_running("fai"), timeout=30)
+        assert attempts_running("wai") == {1}
+        # and its reports of the stale attempts change nothing
+        await asyncio.sleep(
+            1.0
+        )  # sleep-ok: lets the stale reports arrive before checking they changed nothing
+        rep, fai, wai = [await fed.job(j) for j in ("rep", "fai", "wai")]
+        assert (rep.state, rep.node, rep.attempt) == ("running", "eu-n1", 2)
+        assert [t.state for t in rep.history].count("running") == 2
+        assert fai.state == "lost"
+        assert (wai.state, wai.node, wai.attempt) == ("running", "flaky", 1)
+        for job in policies:
+            await fed.cancel(job)
+
+
+async def _offering(fed: Client, node: str) -> bool:
+    (region,) = await fed.status()
+    return any(n.node == node and n.live for n in region.nodes)
+
+
+async def _state(fed: Client, job: str, state: str) -> JobRecord | None:
+    with contextlib.suppress(NotFound):  # the record is written moments after the submission
+        record = await fed.job(job)
+        return record if record.state == state else None
+    return None
+
+
+async def _on(fed: Client, job: str, state: str, node: str) -> bool:
+    record = await _state(fed, job, state)
+    return record is not None and record.node == node
