@@ -11,13 +11,17 @@ Theory of operation
   running attempt that is no longer allocated (cancel). Before starting, local admission checks
   that the claimed devices are ones this node offers.
 * **At most once across agent restarts.** Before an attempt starts it is appended (and fsynced)
-  to a journal in the agent's state directory, and again with its process-group id once it runs. An allocation
-  found in the journal after a restart was started by a previous life of the agent: its process
-  group, if it still exists and carries that job's ``FED_JOB_ID`` (so a reused pid is never hit),
-  is killed (its output pipe died with the old agent), and the attempt is reported ``failed``
-  (lost), never re-run. The journal is compacted to the jobs still in the ledger.
-* **Reports** (``started``, ``exited`` with the code, ``failed`` with the reason) are stored on the
-  status stream, retried until acknowledged, after the attempt's output.
+  to a journal in the agent's state directory, and again with its process-group id once it runs.
+  An allocation found in the journal after a restart was started by a previous life of the agent:
+  its process group, if it still exists and carries that job's ``FED_JOB_ID`` (so a reused pid is
+  never hit), is killed (its output pipe died with the old agent), and the attempt is reported
+  ``lost``, never re-run here; the job's ``on_node_lost`` decides whether a new attempt runs. The
+  journal is compacted to the jobs still in the ledger.
+* **Reports** (``started``, ``exited`` with the code, ``failed`` with the reason, ``lost``) are
+  stored on the status stream, retried until acknowledged, after the attempt's output.
+* **Heartbeats keep their cadence** on a bad link (each waits at most most of an interval), and
+  every follower is recreated after a reconnect (:meth:`federation.bus.Bus.follow`), so a node
+  whose link heals reads its ledger again and stops the attempts that were replaced meanwhile.
 """
 
 from __future__ import annotations
@@ -202,9 +206,7 @@ class Agent:
             if key in self.previous_life:
                 self.finished.add(key)
                 self.tasks[job] = asyncio.create_task(
-                    self._report_only(
-                        allocation, "agent restarted while this attempt ran; not re-run (at most once)"
-                    )
+                    self._report_only(allocation, "the agent restarted while this attempt ran; not re-run")
                 )
                 continue
             self.tasks[job] = asyncio.create_task(self._attempt(allocation))
@@ -246,7 +248,7 @@ class Agent:
 
     async def _report_only(self, allocation: Allocation, reason: str) -> None:
         try:
-            await self._report(allocation, "failed", reason=reason)
+            await self._report(allocation, "lost", reason=reason)
         finally:
             self.tasks.pop(slot(allocation), None)
 

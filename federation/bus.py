@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +68,11 @@ class Delivery:
         """Acknowledge (no-op for messages from ordered followers)."""
         if self._msg is not None and self._msg.reply:
             await self._msg.ack()
+
+    async def nak(self, delay: float = 0.0) -> None:
+        """Hand the message back for redelivery, after ``delay`` seconds."""
+        if self._msg is not None and self._msg.reply:
+            await self._msg.nak(delay=delay or None)
 
     async def term(self) -> None:
         """Tell the server never to redeliver this message."""
@@ -175,8 +182,8 @@ class Bus:
 
     async def close(self) -> None:
         """Flush and close the connection."""
-        with contextlib.suppress(Exception):
-            await self.nc.drain()
+        with contextlib.suppress(Exception):  # bounded: draining a dead link would wait for it forever
+            await asyncio.wait_for(self.nc.drain(), 5.0)
         if not self.nc.is_closed:
             await self.nc.close()
 
@@ -210,17 +217,33 @@ class Bus:
 
     # --- KV: compare-and-set ------------------------------------------------------------------------
 
-    async def cas(self, bucket: str, key: str, value: bytes, expected: int, *, msg_id: str = "") -> int:
+    async def cas(
+        self,
+        bucket: str,
+        key: str,
+        value: bytes,
+        expected: int,
+        *,
+        msg_id: str = "",
+        ttl: int = 0,
+        delete: bool = False,
+    ) -> int:
         """Write ``value`` iff the key's last revision is ``expected`` (0: key absent); new revision.
 
         Raises :class:`ConflictError` when the key moved. With ``msg_id``, re-sending the same write
         after a lost answer is idempotent: the server recognises the duplicate and returns the
-        revision of the first copy instead of storing it twice or reporting a conflict.
+        revision of the first copy instead of storing it twice or reporting a conflict. ``ttl``
+        (whole seconds, buckets that allow it) makes the value expire, leaving a delete marker;
+        ``delete`` writes a delete marker instead of a value.
         """
         subject = f"$KV.{bucket}.{key}"
         headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
         if msg_id:
             headers[MSG_ID] = msg_id
+        if ttl:
+            headers[MSG_TTL] = f"{int(ttl)}s"
+        if delete:  # a KV delete marker, written by compare-and-set like any value
+            headers[KV_OPERATION] = "DEL"
         try:
             ack = await self.js.publish(subject, value, headers=headers, timeout=10.0)
         except nats.js.errors.APIError as exc:
@@ -267,6 +290,7 @@ class Bus:
         *,
         ack_wait: float = 30.0,
         max_ack_pending: int = 8192,
+        max_deliver: int = -1,
     ) -> Callable[[], Awaitable[None]]:
         """Bind ``handler`` to a durable push consumer; returns an async ``stop``.
 
@@ -281,16 +305,14 @@ class Bus:
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=ack_wait,
             max_ack_pending=max_ack_pending,
+            max_deliver=max_deliver,
             deliver_policy=api.DeliverPolicy.ALL,
         )
         with contextlib.suppress(nats.js.errors.BadRequestError):
             # exists with an older config: binding to it is what a restart wants
             await self.js.add_consumer(stream, config=config)
-        info = await self.js.consumer_info(stream, consumer)
-        if info.push_bound:
-            raise FederationUnavailable(
-                f"{stream}/{consumer}", "another process is consuming it (is a second scheduler running?)"
-            )
+        # one consumer per region is ensured by the scheduler lease, not here: a paused old leader
+        # may still be bound, and the new leader must consume regardless (the lease fences it)
 
         async def on_msg(msg: Msg) -> None:
             await handler(_delivery(msg))
@@ -527,6 +549,35 @@ async def provision(bus: Bus, region: str) -> None:
         )
         with contextlib.suppress(nats.js.errors.BadRequestError):  # exists
             await bus.js.create_key_value(kv)
+    # the lease is a KV key whose value expires (per-message TTL, marker on expiry): nats-py's
+    # KeyValueConfig cannot ask for that, so the bucket's stream is made by hand
+    lease = subjects.lease_bucket(region)
+    config = api.StreamConfig(
+        name=f"KV_{lease}",
+        subjects=[f"$KV.{lease}.>"],
+        storage=api.StorageType.FILE,
+        max_msgs_per_subject=1,
+        allow_msg_ttl=True,
+        subject_delete_marker_ttl=60.0,
+        allow_direct=True,
+        deny_delete=True,
+        discard=api.DiscardPolicy.NEW,
+    )
+    with contextlib.suppress(nats.js.errors.BadRequestError):  # exists
+        await bus.js.add_stream(config)
+
+
+def _http_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return dict(json.loads(response.read()))
+
+
+async def monitoring(monitor_url: str, endpoint: str = "varz") -> dict[str, Any]:
+    """One JSON page of a server's monitoring endpoint (``/varz``, ``/leafz``, ``/jsz``...)."""
+    try:
+        return await asyncio.to_thread(_http_json, f"{monitor_url.rstrip('/')}/{endpoint}")
+    except (OSError, ValueError) as exc:
+        raise FederationUnavailable(monitor_url, f"monitoring endpoint /{endpoint}: {exc}") from None
 
 
 async def wait_for_jetstream(url: str, deadline: float = 20.0) -> None:

@@ -100,6 +100,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
         capacity=capacity,
         durable=args.durable,
         log_level=args.log_level,
+        schedulers=args.schedulers,
     )
     await up(options)
     return 0
@@ -113,6 +114,12 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
         overrides["nats_url"] = args.url
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
+    if args.name:
+        overrides["name"] = args.name
+    if args.lease_ttl:
+        overrides["lease_ttl"] = args.lease_ttl
+    if args.monitor_url:
+        overrides["monitor_url"] = args.monitor_url
     config = (
         load_toml(Path(args.config), SchedulerConfig, overrides)
         if args.config
@@ -374,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="run a local multi-region federation (Ctrl-C stops it)",
         description="Start a hub and one NATS server per region (each its own JetStream domain, "
-        "leaf-linked to the hub), one scheduler per region and N agents per region.",
+        "leaf-linked to the hub), schedulers (one leader, optional standbys) and N agents per region.",
     )
     p.add_argument("--regions", default="eu-west,us-east,ap-south", help="comma-separated region names")
     p.add_argument("--agents", type=int, default=2, help="agents per region (default 2)")
@@ -386,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--durable", action="store_true", help="JetStream sync_interval: always (fsync every write)"
     )
+    p.add_argument(
+        "--schedulers",
+        type=int,
+        default=1,
+        help="schedulers per region (default 1); with 2, one leads and one stands by to take over",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("scheduler", parents=[common], help="run a region's scheduler daemon")
@@ -393,6 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="the region's NATS server URL")
     p.add_argument("--config", help="TOML file with scheduler options")
     p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--monitor-url", help="the server's monitoring URL (http://host:8222): checks sync_interval at start"
+    )
+    p.add_argument(
+        "--name", help="this scheduler's name in the region's lease, with its pid (default: the host name)"
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        help="seconds a leader's lease lasts unrenewed (default 5); a standby takes over after it",
+    )
     p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser("agent", parents=[common], help="run a node's agent daemon")

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 import msgspec
+import structlog
 
 from federation import subjects, tracing
 from federation.bus import Bus
@@ -57,6 +58,9 @@ from federation.schemas import (
 def new_job_id() -> str:
     """A fresh job id: time-ordered hex milliseconds plus 40 random bits."""
     return f"j{int(time.time() * 1000):x}{secrets.token_hex(5)}"
+
+
+log = structlog.get_logger()
 
 
 class NodeStatus(msgspec.Struct, kw_only=True):
@@ -283,7 +287,10 @@ class Client:
                     raise TimeoutError(f"job {job_id} not finished after {timeout}s")
                 if item.removed:
                     continue
-                record = decode_record(item.data)
+                try:
+                    record = decode_record(item.data)
+                except RemoteProtocolError:
+                    continue  # an unreadable value: the scheduler quarantines and replaces it
                 if record.terminal:
                     return record
         finally:
@@ -294,8 +301,7 @@ class Client:
         out: list[JobRecord] = []
         for name in [self._region(region)] if region else self.regions:
             bus = await self.bus(name)
-            for value, _ in (await bus.kv_load(subjects.jobs_bucket(name))).values():
-                record = decode_record(value)
+            for record in _readable(await bus.kv_load(subjects.jobs_bucket(name))):
                 if state is None or record.state == state:
                     out.append(record)
         return sorted(out, key=lambda r: (r.submitted_at, r.id))
@@ -359,7 +365,7 @@ class Client:
             ledgers = {
                 k: decode_ledger(v) for k, (v, _) in (await bus.kv_load(subjects.ledger_bucket(name))).items()
             }
-            records = [decode_record(v) for v, _ in (await bus.kv_load(subjects.jobs_bucket(name))).values()]
+            records = _readable(await bus.kv_load(subjects.jobs_bucket(name)))
         except (FederationUnavailable, TimeoutError) as exc:
             return RegionStatus(region=name, url=endpoint.url, reachable=False, error=str(exc))
         now = time.time()
@@ -390,3 +396,14 @@ class Client:
             jobs=counts,
             queue=[r.id for r in pending[:20]],
         )
+
+
+def _readable(values: dict[str, tuple[bytes, int]]) -> list[JobRecord]:
+    """Decode job records, skipping (and logging) unreadable ones: one corrupt key hides no others."""
+    out = []
+    for key, (value, _) in values.items():
+        try:
+            out.append(decode_record(value))
+        except RemoteProtocolError as exc:
+            log.warning("unreadable job record skipped", job=key, error=str(exc))
+    return out

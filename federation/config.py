@@ -68,13 +68,21 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
 
 
 class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """Everything ``fed scheduler`` needs; ``[policy]`` is reloaded while it runs."""
+    """Everything ``fed scheduler`` needs; ``[policy]`` is reloaded while it runs.
+
+    Several schedulers may run per region: one leads (it holds the lease, renewed within
+    ``lease_ttl`` seconds), the others stand by. ``name`` (default: the host name) and the pid
+    identify this one in the lease.
+    """
 
     region: str
     nats_url: str = "nats://127.0.0.1:4222"
+    monitor_url: str = ""  # the server's monitoring endpoint: lets the scheduler check durability
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 512
     tick_interval: Positive = 0.5
-    epoch: Annotated[int, msgspec.Meta(ge=0)] = 1
+    lease_ttl: Annotated[float, msgspec.Meta(ge=1, le=300)] = 5.0
+    max_deliver: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    name: str = ""
     policy: Policy = msgspec.field(default_factory=Policy)
 
 

@@ -11,6 +11,7 @@ The hierarchy keeps "we did wrong" apart from "the peer did wrong" (the h11 spli
     ├── NotFound(kind, name)     a job, node or region that does not exist
     ├── ConflictError(key, expected, actual)  a compare-and-set lost the race
     ├── FederationUnavailable(target, reason) no server / no responders / no federation running
+    ├── LeaseLost(region, why)   this scheduler is no longer its region's leader: stop writing
     └── LocalProtocolError       our own bug: a state machine asked to do something impossible
 
 Errors carry structured fields so callers and log lines can use them without parsing text.
@@ -90,3 +91,12 @@ class FederationUnavailable(FederationError):
 
 class LocalProtocolError(FederationError):
     """A state machine was asked to do something impossible: a bug on our side."""
+
+
+class LeaseLost(FederationError):
+    """This scheduler no longer holds its region's lease (or met a newer epoch): it must stop writing."""
+
+    def __init__(self, region: str, why: str) -> None:
+        super().__init__(f"lost the {region} scheduler lease: {why}")
+        self.region = region
+        self.why = why

@@ -27,16 +27,14 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from federation import subjects
-from federation.bus import Bus, provision, wait_for_jetstream
+from federation.bus import Bus, monitoring, provision, wait_for_jetstream
 from federation.config import Connection, RegionEndpoint, write_connection
-from federation.errors import ConfigError, FederationUnavailable
+from federation.errors import ConfigError, FederationError, FederationUnavailable
 from federation.resources import format_memory
 
 DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
@@ -80,12 +78,18 @@ def server_config(
     leaf_listen: bool = False,
     leaf_remote: str = "",
     sync_always: bool = False,
+    ports: tuple[int, int, int] = (-1, -1, -1),
 ) -> str:
-    """The nats-server configuration of one hub or region server (loopback, server-chosen ports)."""
+    """The nats-server configuration of one hub or region server, on loopback.
+
+    ``ports`` (client, monitoring, leafnode listen) are chosen by the server (-1) at first start; a
+    restart reuses the ports the server had, so every client reconnects to the same address.
+    """
+    client, http, leaf = ports
     lines = [
         f"server_name: {json.dumps(name)}",
-        "listen: 127.0.0.1:-1",
-        "http: 127.0.0.1:-1",
+        f"listen: 127.0.0.1:{client}",
+        f"http: 127.0.0.1:{http}",
         f"ports_file_dir: {json.dumps(str(ports_dir))}",
         "max_payload: 8MB",
         "jetstream {",
@@ -96,7 +100,7 @@ def server_config(
         lines.append("  sync_interval: always")
     lines.append("}")
     if leaf_listen:
-        lines.append("leafnodes { listen: 127.0.0.1:-1 }")
+        lines.append(f"leafnodes {{ listen: 127.0.0.1:{leaf} }}")
     if leaf_remote:
         lines.append(f"leafnodes {{ remotes: [ {{ url: {json.dumps(leaf_remote)} }} ] }}")
     return "\n".join(lines) + "\n"
@@ -168,6 +172,7 @@ class Options:
     capacity: dict[str, int] = field(default_factory=lambda: {"cpu": 4, "memory": 8 * 1024**3, "gpu": 0})
     durable: bool = False
     log_level: str = "info"
+    schedulers: int = 1
 
 
 class Federation:
@@ -187,6 +192,8 @@ class Federation:
         self.daemons: list[Child] = []
         self.urls: dict[str, str] = {}
         self.monitors: dict[str, str] = {}
+        self.server_args: dict[str, tuple[str, bool, str]] = {}  # name -> domain, leaf_listen, leaf_remote
+        self.server_ports: dict[str, tuple[int, int, int]] = {}
         self.connection: Connection | None = None
         self._watch: asyncio.Task[None] | None = None
 
@@ -198,7 +205,7 @@ class Federation:
         (self.state_dir / "logs").mkdir(exist_ok=True)
         try:
             hub = await self._start_server("hub", "hub", leaf_listen=True)
-            leaf_port = int(_http_json(f"{self.monitors['hub']}/varz")["leaf"]["port"])
+            leaf_port = self.server_ports["hub"][2]
             for region in self.options.regions:
                 await self._start_server(region, region, leaf_remote=f"nats-leaf://127.0.0.1:{leaf_port}")
             await asyncio.gather(*(wait_for_jetstream(self.urls[r]) for r in ("hub", *self.options.regions)))
@@ -233,6 +240,7 @@ class Federation:
     async def _start_server(
         self, name: str, domain: str, *, leaf_listen: bool = False, leaf_remote: str = ""
     ) -> str:
+        self.server_args[name] = (domain, leaf_listen, leaf_remote)
         base = self.state_dir / "servers" / name
         ports_dir = base / "ports"
         shutil.rmtree(ports_dir, ignore_errors=True)
@@ -247,6 +255,7 @@ class Federation:
                 leaf_listen=leaf_listen,
                 leaf_remote=leaf_remote,
                 sync_always=self.options.durable,
+                ports=self.server_ports.get(name, (-1, -1, -1)),
             )
         )
         child = Child(
@@ -260,13 +269,17 @@ class Federation:
         ports = await read_ports(ports_dir, child)
         self.urls[name] = ports["nats"][0]
         self.monitors[name] = ports["monitoring"][0]
+        if name not in self.server_ports:
+            varz = await monitoring(self.monitors[name])
+            leaf = int(varz.get("leaf", {}).get("port", -1)) if leaf_listen else -1
+            self.server_ports[name] = (int(varz["port"]), int(varz["http_port"]), leaf)
         self.echo(f"  nats-server {name:<10} {self.urls[name]}  (domain {domain}, pid {child.pid})")
         return self.urls[name]
 
     async def _wait_leafnodes(self, count: int, deadline: float = 15.0) -> None:
         end = time.monotonic() + deadline
         while time.monotonic() < end:
-            leafz = await asyncio.to_thread(_http_json, f"{self.monitors['hub']}/leafz")
+            leafz = await monitoring(self.monitors["hub"], "leafz")
             if int(leafz.get("leafnodes", 0)) >= count:
                 return
             await asyncio.sleep(0.1)
@@ -297,24 +310,30 @@ class Federation:
         for region in self.options.regions:
             url = self.urls[region]
             config = self.scheduler_config(region)
-            child = Child(
-                f"scheduler-{region}",
-                fed_command(
-                    "scheduler",
-                    "--region",
-                    region,
-                    "--url",
-                    url,
-                    "--config",
-                    str(config),
-                    "--log-level",
-                    self.options.log_level,
-                ),
-                self.state_dir / "logs" / f"scheduler-{region}.log",
-            )
-            child.start()
-            self.daemons.append(child)
-            self.echo(f"  scheduler  {region:<10} pid {child.pid}")
+            for i in range(max(1, self.options.schedulers)):
+                name = f"scheduler-{region}" if i == 0 else f"scheduler-{region}-{i + 1}"
+                child = Child(
+                    name,
+                    fed_command(
+                        "scheduler",
+                        "--region",
+                        region,
+                        "--url",
+                        url,
+                        "--config",
+                        str(config),
+                        "--name",
+                        name,
+                        "--monitor-url",
+                        self.monitors[region],
+                        "--log-level",
+                        self.options.log_level,
+                    ),
+                    self.state_dir / "logs" / f"{name}.log",
+                )
+                child.start()
+                self.daemons.append(child)
+                self.echo(f"  scheduler  {region:<10} pid {child.pid}  ({name})")
             for node in self.node_names(region):
                 gpus = [arg for i in range(cap.get("gpu", 0)) for arg in ("--gpu-id", str(i))]
                 child = Child(
@@ -351,10 +370,24 @@ class Federation:
             path.write_text(DEFAULT_SCHEDULER_CONFIG.format(region=region))
         return path
 
+    async def restart_server(self, name: str) -> None:
+        """Start the server ``name`` again on the ports it had, with its JetStream store intact."""
+        domain, leaf_listen, leaf_remote = self.server_args[name]
+        await self._start_server(name, domain, leaf_listen=leaf_listen, leaf_remote=leaf_remote)
+        await wait_for_jetstream(self.urls[name])
+
     async def _supervise(self) -> None:
-        """Restart a daemon that died (at most once per 2 s each); servers are not restarted."""
+        """Restart a server or daemon that died (each at most once per 2 s), servers on their ports."""
         while True:
             await asyncio.sleep(0.5)
+            for name, server in list(self.servers.items()):
+                if not server.alive() and time.monotonic() - server.last_start > 2.0:
+                    code = server.process.returncode if server.process else None
+                    self.echo(f"  nats-server {name} exited ({code}); restarting on its ports")
+                    try:
+                        await self.restart_server(name)
+                    except FederationError as exc:
+                        self.echo(f"  nats-server {name} did not come back: {exc}")
             for child in self.daemons:
                 if child.restart and not child.alive() and time.monotonic() - child.last_start > 2.0:
                     code = child.process.returncode if child.process else None
@@ -424,11 +457,6 @@ async def read_ports(ports_dir: Path, child: Child, deadline: float = 20.0) -> d
                 return dict(ports)
         await asyncio.sleep(0.05)
     raise FederationUnavailable(child.name, f"no ports file after {deadline:.0f}s; see {child.log_path}")
-
-
-def _http_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return dict(json.loads(response.read()))
 
 
 async def up(options: Options, echo: Callable[[str], None] = print) -> None:

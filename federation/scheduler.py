@@ -2,8 +2,12 @@
 
 Theory of operation
 -------------------
-At start the daemon provisions the region's streams and buckets (idempotent), loads every ledger
-and job record into :class:`~federation.core.state.RegionCore` (recovery), then consumes:
+At start the daemon provisions the region's streams and buckets (idempotent), then waits as a
+standby until it wins the region's lease (:mod:`federation.lease`), whose epoch fences its writes.
+As the new leader it loads every ledger and job record into
+:class:`~federation.core.state.RegionCore` (recovery), rewriting every ledger with its epoch first
+(the **fencing sweep**: a paused predecessor's compare-and-set then finds the revision moved, and
+a stored ledger or record carrying a newer epoch than ours makes us step down), then consumes:
 
 * the workloads stream (submissions, cancels) and the status stream (agents' reports) through
   durable consumers, acknowledged only after everything they caused is durable;
@@ -14,10 +18,12 @@ message is written to the quarantine stream with its reason and acknowledged, ch
 Accepted messages become core events on one queue. The loop drains the queue in batches, feeds
 the events and a :class:`Tick` to the core, and executes the commands the core returns
 *concurrently* (claims and record writes are pipelined compare-and-set publishes), feeding each
-result back, until the core has nothing left to write. Only then are the batch's messages
-acknowledged: a crash at any point leaves them unacknowledged, and the redelivery meets a state in
-which the core either already holds the job (duplicate, nothing changes) or finds the claim it had
-written and adopts it.
+result back, until the core has nothing left to write. Before every round of writes the lease is
+checked on the local monotonic clock: a scheduler paused past its lease writes nothing more and
+exits (its supervisor restarts it as a standby). Only then are the batch's messages
+acknowledged: a crash at any point leaves them unacknowledged, and the redelivery meets a state
+in which the core either already holds the job (duplicate, nothing changes) or finds the claim it
+had written and adopts it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,8 +43,8 @@ from typing import Any
 import msgspec
 import structlog
 
-from federation import subjects, tracing
-from federation.bus import Bus, Delivery, provision
+from federation import failpoints, subjects, tracing
+from federation.bus import Bus, Delivery, monitoring, provision
 from federation.config import SchedulerConfig, load_toml
 from federation.core.events import (
     CancelRequested,
@@ -61,13 +69,16 @@ from federation.errors import (
     ConflictError,
     FederationError,
     FederationUnavailable,
+    LeaseLost,
     RemoteProtocolError,
 )
+from federation.lease import Lease
 from federation.schemas import (
     Cancel,
     Heartbeat,
     JobEvent,
     JobRecord,
+    Ledger,
     Offer,
     Quarantined,
     Submit,
@@ -79,7 +90,9 @@ from federation.schemas import (
 
 log = structlog.get_logger()
 
+
 Item = tuple[Event, Delivery | None]
+QUARANTINE_PAYLOAD = 64 * 1024  # bytes of a refused message kept as evidence (base64 in the record)
 
 
 class Scheduler:
@@ -96,7 +109,10 @@ class Scheduler:
         self.config = config
         self.region = config.region
         self.clock = clock
-        self.core = RegionCore(config.region, epoch=config.epoch, policy=config.policy)
+        self.core = RegionCore(config.region, epoch=0, policy=config.policy)  # epoch: won with the lease
+        # unique per process: a restarted scheduler is a new contender, not the old leader
+        self.name = f"{config.name or socket.gethostname()}:{os.getpid()}"
+        self.lease: Lease | None = None
         self.config_path = config_path
         self.overrides = dict(overrides or {})
         self._config_stamp = self._stamp()
@@ -106,6 +122,7 @@ class Scheduler:
         self.log = log.bind(region=config.region)
         self.stats = {"placed": 0, "conflicts": 0, "quarantined": 0, "batches": 0}
         self._tasks: list[asyncio.Task[None]] = []
+        self._followers: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.failure: BaseException | None = None
 
@@ -114,11 +131,20 @@ class Scheduler:
     async def run(self) -> None:
         """Connect, provision, recover and schedule until :meth:`stop` or a signal."""
         self.bus = await Bus.connect(self.config.nats_url, f"fed-scheduler-{self.region}")
+        self.lease = Lease(self.bus, self.region, self.name, ttl=self.config.lease_ttl)
         try:
             await provision(self.bus, self.region)
+            await self._check_durability()
+            if not await self._lead():
+                return  # stopped while standing by
             await self.recover()
             await self._start_consumers()
-            self.log.info("scheduler started", nodes=len(self.core.nodes), jobs=len(self.core.jobs))
+            self.log.info(
+                "scheduler started",
+                nodes=len(self.core.nodes),
+                jobs=len(self.core.jobs),
+                epoch=self.core.epoch,
+            )
             await self._loop()
             if self.failure is not None:
                 raise self.failure
@@ -126,8 +152,48 @@ class Scheduler:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if not isinstance(self.failure, LeaseLost):
+                await self.lease.release()  # a clean stop hands over at once, not after the TTL
             await self.bus.close()
             self.log.info("scheduler stopped", **self.stats)
+
+    async def _check_durability(self) -> None:
+        """Warn when JetStream acknowledges writes before they reach the disk (its default)."""
+        if not self.config.monitor_url:
+            self.log.info("durability not checked: no monitor_url for the region's server")
+            return
+        try:
+            varz = await monitoring(self.config.monitor_url)
+        except FederationUnavailable as exc:
+            self.log.warning("durability not checked", error=str(exc))
+            return
+        if not varz.get("jetstream", {}).get("config", {}).get("sync_always", False):
+            self.log.warning(
+                "JetStream acknowledges writes before fsync: a power loss can lose acknowledged "
+                "submissions and claims; run the server with sync_interval: always (fed up --durable)"
+            )
+
+    async def _lead(self) -> bool:
+        """Stand by until this process wins the lease (True) or is asked to stop (False)."""
+        assert self.lease is not None
+        winning = asyncio.create_task(self.lease.acquire())
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({winning, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not winning.done():
+            winning.cancel()
+            await asyncio.gather(winning, return_exceptions=True)
+            return False
+        self.core.epoch = winning.result()
+        holding = asyncio.create_task(self.lease.hold())
+        holding.add_done_callback(self._task_ended)
+        self._tasks.append(holding)
+        return True
+
+    def _check_lease(self) -> None:
+        """Refuse to write once the lease may have passed to another scheduler."""
+        if self.lease is not None and not self.lease.valid():
+            raise LeaseLost(self.region, "lease expired before this write (the process was paused?)")
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and exit."""
@@ -165,20 +231,71 @@ class Scheduler:
             if self._stamp() != self._config_stamp:
                 self.reload()
 
-    async def recover(self) -> None:
-        """Rebuild the core's view from the ledger and jobs buckets."""
+    async def recover(self, *, fence: bool = True) -> None:
+        """Rebuild the core's view from the ledger and jobs buckets (fencing them first, as a new leader).
+
+        An unreadable job record is skipped and quarantined (source ``jobs``): one corrupt key must
+        not keep the region from scheduling. Any message that needs that record then fails until
+        it is quarantined too (see :meth:`_failed`).
+        """
         assert self.bus is not None
         ledgers = {
             key: (decode_ledger(value), rev)
             for key, (value, rev) in (await self.bus.kv_load(subjects.ledger_bucket(self.region))).items()
         }
+        if fence:
+            ledgers = await self._fence(ledgers)
         records = []
         for key, (value, rev) in (await self.bus.kv_load(subjects.jobs_bucket(self.region))).items():
-            records.append(decode_record(value))
             self.revisions[key] = rev
+            try:
+                records.append(decode_record(value))
+            except RemoteProtocolError as exc:
+                await self._unreadable_record(key, value, rev, exc)
+        self._check_epoch([r.epoch for r in records], "a job record")
         self.core.handle(Recovered(ledgers=ledgers, records=tuple(records), at=self.clock()))
         await self._execute(self.core.handle(Tick(now=self.clock())))
         self.log.info("recovered", ledgers=len(ledgers), jobs=len(records), pending=len(self.core.queue))
+
+    async def _unreadable_record(self, key: str, value: bytes, revision: int, exc: Exception) -> None:
+        """A stored record that does not decode: keep it in quarantine, then let our write replace it.
+
+        One corrupt key must neither stop the region nor block its job; the quarantine record keeps
+        the bytes as evidence, and the next write of that job overwrites them by compare-and-set.
+        """
+        subject = f"$KV.{subjects.jobs_bucket(self.region)}.{key}"
+        await self._quarantine(
+            "jobs", Delivery(subject, value, {}, revision, 1), f"unreadable job record: {exc}"
+        )
+        self.revisions[key] = revision
+
+    async def _fence(self, ledgers: dict[str, tuple[Ledger, int]]) -> dict[str, tuple[Ledger, int]]:
+        """Rewrite every ledger with this leader's epoch (the fencing sweep), pipelined.
+
+        Afterwards no compare-and-set prepared by an earlier leader can land on any ledger.
+        """
+        assert self.bus is not None
+        self._check_epoch([ledger.epoch for ledger, _ in ledgers.values()], "a ledger")
+        bucket = subjects.ledger_bucket(self.region)
+        epoch = self.core.epoch
+
+        async def stamp(node: str, ledger: Ledger, revision: int) -> tuple[str, tuple[Ledger, int]]:
+            assert self.bus is not None
+            fenced = msgspec.structs.replace(ledger, epoch=epoch)
+            return node, (fenced, await self.bus.cas(bucket, node, encode(fenced), revision))
+
+        self._check_lease()
+        stamped = await asyncio.gather(*(stamp(n, ledger, rev) for n, (ledger, rev) in ledgers.items()))
+        self.log.info("fenced ledgers with the new epoch", epoch=epoch, ledgers=len(stamped))
+        return dict(stamped)
+
+    def _check_epoch(self, epochs: list[int], what: str) -> None:
+        """Step down when the store holds a write from a newer leader than this one."""
+        newest = max(epochs, default=0)
+        if newest > self.core.epoch:
+            raise LeaseLost(
+                self.region, f"{what} carries epoch {newest}, newer than ours ({self.core.epoch})"
+            )
 
     async def _start_consumers(self) -> None:
         assert self.bus is not None
@@ -188,17 +305,29 @@ class Scheduler:
             subjects.SCHEDULER_WORKLOADS_CONSUMER,
             subjects.workloads_filter(r),
             self._on_workload,
+            max_deliver=self.config.max_deliver + 2,  # a backstop: _failed quarantines at max_deliver
         )
         await self.bus.durable(
             subjects.status_stream(r),
             subjects.SCHEDULER_STATUS_CONSUMER,
             subjects.job_event(r, "*", "*"),
             self._on_status,
+            max_deliver=self.config.max_deliver + 2,
         )
-        for loop in (self._follow_offers(), self._follow_heartbeats(), self._watch_config()):
-            task = asyncio.create_task(loop)
+        self._start_followers()
+        config = asyncio.create_task(self._watch_config())
+        config.add_done_callback(self._task_ended)
+        self._tasks.append(config)
+
+    def _start_followers(self) -> None:
+        """Follow offers and heartbeats (from each node's latest: a restart replays the current view)."""
+        self._followers = [
+            asyncio.create_task(self._follow_offers()),
+            asyncio.create_task(self._follow_heartbeats()),
+        ]
+        for task in self._followers:
             task.add_done_callback(self._task_ended)
-            self._tasks.append(task)
+        self._tasks.extend(self._followers)
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         """A follower must never end while the scheduler runs: crash loudly (the supervisor restarts)."""
@@ -223,10 +352,11 @@ class Scheduler:
         record = Quarantined(
             subject=delivery.subject,
             reason=reason,
-            payload=base64.b64encode(delivery.data[:4096]).decode(),
+            payload=base64.b64encode(delivery.data[:QUARANTINE_PAYLOAD]).decode(),
             size=len(delivery.data),
             at=self.clock(),
             sequence=delivery.sequence,
+            deliveries=delivery.delivered,
         )
         await self.bus.store(subjects.quarantine(self.region, source), encode(record))
         await delivery.term()
@@ -319,12 +449,75 @@ class Scheduler:
                 items.append(await asyncio.wait_for(self.queue.get(), self.config.tick_interval))
             while len(items) < self.config.batch_size and not self.queue.empty():
                 items.append(self.queue.get_nowait())
+            # a redelivered message may be the one that failed its batch: it goes alone, so a poison
+            # message fails only itself and is found out
+            fresh = [item for item in items if item[1] is None or item[1].delivered == 1]
+            batches = [fresh] + [[item] for item in items if item[1] is not None and item[1].delivered > 1]
+            for batch in batches:
+                if batch or len(batches) == 1:
+                    await self._guarded(batch)
+
+    async def _guarded(self, items: list[Item]) -> None:
+        """Handle a batch; on an unexpected failure, hand its messages back and start over clean."""
+        try:
             await self.handle_batch(items)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            await self._failed(items, exc)
+
+    async def _failed(self, items: list[Item], exc: Exception) -> None:
+        """A batch failed half-way: the core may be ahead of the store, so it is rebuilt from it.
+
+        Its messages are handed back (negative acknowledgement, delayed more at each delivery).
+        A message failing alone on its ``max_deliver``-th delivery is quarantined with the error
+        and terminated: it is never delivered again, and the messages behind it flow on.
+        """
+        deliveries = [d for _, d in items if d is not None]
+        self.log.error(
+            "batch failed; rebuilding state from JetStream",
+            error=repr(exc),
+            messages=len(deliveries),
+            subjects=[d.subject for d in deliveries[:5]],
+        )
+        for delivery in deliveries:
+            if len(deliveries) == 1 and delivery.delivered >= self.config.max_deliver:
+                why = f"failed on each of {delivery.delivered} deliveries; last error: {exc!r}"
+                await self._quarantine(self._source(delivery), delivery, why)
+                continue
+            with contextlib.suppress(Exception):  # unacknowledged, it comes back after ack_wait anyway
+                await delivery.nak(delay=min(30.0, 0.5 * 2 ** (delivery.delivered - 1)))
+        await self._reset()
+
+    def _source(self, delivery: Delivery) -> str:
+        return "status" if subjects.parse_status(delivery.subject) else "workloads"
+
+    async def _reset(self) -> None:
+        """Forget the in-memory view and rebuild it: recovery, then the followers replay the rest."""
+        for task in self._followers:
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
+        self._tasks = [t for t in self._tasks if t not in self._followers]
+        epoch = self.core.epoch
+        self.core = RegionCore(self.region, epoch=epoch, policy=self.core.policy)
+        self.revisions.clear()
+        delay = 0.2
+        while True:
+            try:
+                await self.recover(fence=False)
+                break
+            except (FederationUnavailable, TimeoutError) as exc:
+                self.log.warning("recovery failed; retrying", error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+        self._start_followers()
 
     async def handle_batch(self, items: list[Item]) -> None:
         """Feed a batch to the core, write everything it asks for, then acknowledge the batch."""
         commands: list[Command] = []
         for event, _ in items:
+            if isinstance(event, Submitted):
+                failpoints.fail("handle-submit", event.spec.id)
             commands.extend(self.core.handle(event))
         commands.extend(self.core.handle(Tick(now=self.clock())))
         await self._execute(commands)
@@ -335,6 +528,7 @@ class Scheduler:
 
     async def _execute(self, commands: list[Command]) -> None:
         while commands:
+            self._check_lease()
             results = await asyncio.gather(*(self._run(command) for command in commands))
             commands = []
             for result in results:
@@ -351,9 +545,11 @@ class Scheduler:
                 # the same write, re-sent after a lost answer, is recognised by its id: the server
                 # answers with the first copy's revision instead of a false conflict
                 msg_id = f"{node}:{expected}:{hashlib.blake2b(data, digest_size=12).hexdigest()}"
+                failpoints.crash("before-claim")
                 for attempt in range(4):
                     try:
                         revision = await self.bus.cas(bucket, node, data, expected, msg_id=msg_id)
+                        failpoints.crash("after-claim")
                         return ClaimWritten(node=node, revision=revision)
                     except ConflictError:
                         self.stats["conflicts"] += 1
@@ -362,9 +558,9 @@ class Scheduler:
                         self.log.warning("ledger write unanswered; retrying", node=node, error=str(exc))
                         await asyncio.sleep(0.2 * 2**attempt)
                 value, revision = await self.bus.kv_get(bucket, node)
-                return ClaimConflict(
-                    node=node, ledger=decode_ledger(value) if value else None, revision=revision
-                )
+                stored = decode_ledger(value) if value else None
+                self._check_epoch([stored.epoch if stored else 0], f"the ledger of {node}")
+                return ClaimConflict(node=node, ledger=stored, revision=revision)
             case WriteJob(record=record):
                 await self._write_record(record)
         return None
@@ -379,7 +575,12 @@ class Scheduler:
                 self.revisions[record.id] = await self.bus.cas(bucket, record.id, data, expected)
             except ConflictError:
                 value, revision = await self.bus.kv_get(bucket, record.id)
-                stored = decode_record(value) if value else None
+                try:
+                    stored = decode_record(value) if value else None
+                except RemoteProtocolError as exc:
+                    await self._unreadable_record(record.id, value or b"", revision, exc)
+                    stored = None
+                self._check_epoch([stored.epoch if stored else 0], f"the record of {record.id}")
                 if (
                     stored is not None
                     and stored.state != record.state
@@ -392,6 +593,7 @@ class Scheduler:
                 self.revisions[record.id] = revision
                 continue
             if record.state == "placed":
+                failpoints.crash("after-record")
                 self.stats["placed"] += 1
                 if tracing.recording() and record.traceparent:
                     with tracing.span(

@@ -136,15 +136,17 @@ class Offer(msgspec.Struct, tag="offer", tag_field="type", kw_only=True, omit_de
     custom: Annotated[dict[Label, Amount], msgspec.Meta(max_length=32)] = {}
 
 
-JobEventKind = Literal["started", "exited", "failed", "refused"]
+JobEventKind = Literal["started", "exited", "failed", "refused", "lost"]
 
 
 class JobEvent(msgspec.Struct, tag="job_event", tag_field="type", kw_only=True, omit_defaults=True):
     """An agent's report on one attempt, on ``fed.<region>.status.<node>.<job>.event``.
 
     ``exited`` carries the exit code (negative: killed by that signal); ``failed`` means the
-    attempt never ran or was lost (``reason`` says why); ``refused`` means local admission turned
-    the allocation down before anything ran (the job goes back to the queue).
+    attempt could not start or the agent failed it (``reason`` says why); ``refused`` means local
+    admission turned the allocation down before anything ran (the job goes back to the queue);
+    ``lost`` means the agent lost track of a running attempt (it restarted while the attempt ran
+    and killed what was left of it): the job's ``on_node_lost`` decides, as for a lost node.
     """
 
     node: Name
@@ -270,11 +272,25 @@ class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     decision: Decision | None = None
     members: tuple[str, ...] = ()
     member_exits: dict[str, int] = {}
+    epoch: int = 0
 
     @property
     def terminal(self) -> bool:
         """True once the job has reached its one terminal state."""
         return self.state in TERMINAL_STATES
+
+
+class Lease(msgspec.Struct, kw_only=True, frozen=True):
+    """The region's scheduler lease (``fed-lease-<region>`` key ``scheduler``, per-message TTL).
+
+    ``epoch`` is the revision of the write that won the lease: the server hands it out, so every
+    new leader's epoch is higher than every earlier one's (the fencing token stamped on writes).
+    """
+
+    holder: str
+    epoch: int = 0
+    renewed_at: float = 0.0
+    ttl: float = 0.0
 
 
 class Quarantined(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -286,6 +302,7 @@ class Quarantined(msgspec.Struct, kw_only=True, omit_defaults=True):
     size: int
     at: float
     sequence: int = 0
+    deliveries: int = 0
 
 
 # --- codecs (built once) -------------------------------------------------------------------------
@@ -294,6 +311,7 @@ _encoder = msgspec.json.Encoder()
 _message_decoder = msgspec.json.Decoder(Message)
 _ledger_decoder = msgspec.json.Decoder(Ledger)
 _record_decoder = msgspec.json.Decoder(JobRecord)
+_lease_decoder = msgspec.json.Decoder(Lease)
 
 
 def encode(value: msgspec.Struct) -> bytes:
@@ -332,6 +350,15 @@ def decode_record(data: bytes) -> JobRecord:
         return _record_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedMessage(f"job record: {exc}") from None
+
+
+def decode_lease(data: bytes) -> Lease:
+    """Decode the scheduler lease value."""
+    _bounded(data, MAX_MESSAGE_BYTES)
+    try:
+        return _lease_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"lease: {exc}") from None
 
 
 def validate(message: Message) -> Message:

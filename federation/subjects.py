@@ -152,6 +152,13 @@ def jobs_bucket(region: str) -> str:
     return f"fed-jobs-{region}"
 
 
+def lease_bucket(region: str) -> str:
+    """KV bucket holding the region's scheduler lease (key :data:`LEADER_KEY`, per-message TTL)."""
+    return f"fed-lease-{region}"
+
+
+LEADER_KEY: Final = "scheduler"
+
 SCHEDULER_WORKLOADS_CONSUMER: Final = "scheduler-workloads"
 SCHEDULER_STATUS_CONSUMER: Final = "scheduler-status"
 
@@ -184,6 +191,7 @@ CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("stream", quarantine_stream(R)),
     Entry("bucket", ledger_bucket(R)),
     Entry("bucket", jobs_bucket(R)),
+    Entry("bucket", lease_bucket(R)),
     Entry("consumer", SCHEDULER_WORKLOADS_CONSUMER),
     Entry("consumer", SCHEDULER_STATUS_CONSUMER),
 )

@@ -18,8 +18,11 @@ from typing import Any
 
 import pytest
 
+from federation import subjects
+from federation.bus import Bus
 from federation.config import Connection
 from federation.launcher import Child, Federation, Options, agent_command, fed_command
+from federation.schemas import Lease, decode_lease
 
 GiB = 1024**3
 
@@ -69,6 +72,32 @@ class Cluster:
     def scheduler(self, region: str) -> Child:
         return next(c for c in self.federation.daemons if c.name == f"scheduler-{region}")
 
+    def schedulers(self, region: str) -> list[Child]:
+        """Every scheduler process of ``region`` (the leader and its standbys)."""
+        prefix = f"scheduler-{region}"
+        return [c for c in self.federation.daemons if c.name == prefix or c.name.startswith(prefix + "-")]
+
+    async def leader(self, region: str, after: int = 0) -> tuple[Child, int]:
+        """The scheduler holding ``region``'s lease with an epoch above ``after``, and that epoch.
+
+        Waits until one does. The holder is ``<name>:<pid>``; the child returned runs that pid.
+        """
+        bus = await Bus.connect(self.url(region), "test-lease", retry_forever=False)
+        try:
+
+            async def holder() -> Lease | None:
+                value, _ = await bus.kv_get(subjects.lease_bucket(region), subjects.LEADER_KEY)
+                lease = decode_lease(value) if value else None
+                if lease is None or lease.epoch <= after:
+                    return None
+                return lease
+
+            lease = await eventually(holder, timeout=30, interval=0.1)
+        finally:
+            await bus.close()
+        pid = int(lease.holder.rpartition(":")[2])
+        return next(c for c in self.schedulers(region) if c.pid == pid), lease.epoch
+
     def logs(self) -> str:
         """Every daemon log, for assertion messages."""
         out = []
@@ -83,13 +112,19 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
     clusters: list[Cluster] = []
 
     async def factory(
-        regions: tuple[str, ...] = ("eu",), agents: int = 2, capacity: dict[str, int] | None = None
+        regions: tuple[str, ...] = ("eu",),
+        agents: int = 2,
+        capacity: dict[str, int] | None = None,
+        schedulers: int = 1,
+        durable: bool = False,
     ) -> Cluster:
         options = Options(
             state_dir=tmp_path / f"fed{len(clusters)}",
             regions=regions,
             agents=agents,
             capacity=capacity or {"cpu": 4, "memory": 8 * GiB, "gpu": 0},
+            schedulers=schedulers,
+            durable=durable,
         )
         federation = Federation(options)
         connection = await federation.start()
@@ -107,8 +142,9 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
             if child.process is not None:
                 try:
                     child.process.wait(timeout=10)
-                except Exception:
+                except subprocess.TimeoutExpired:
                     child.process.kill()
+                    child.process.wait(timeout=10)
         await cluster.federation.stop()
         for pid in cluster.federation.pids() + [c.pid for c in cluster.extra]:
             assert not process_alive(pid), f"process {pid} survived teardown"

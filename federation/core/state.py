@@ -421,6 +421,16 @@ class RegionCore:
                 where = ",".join(sorted(set(record.members))) if record.members else report.node
                 self._move(report.job, "running", report.at, f"running on {where}")
             return
+        if report.kind == "lost":
+            # the agent lost track of the attempt (it restarted): the job's node-loss policy decides
+            lost = f"attempt lost on {report.node}: {report.reason or 'the agent lost it'}"
+            action, _ = self.policy.node_lost(record.spec)
+            if action == "fail":
+                self._move(report.job, "lost", report.at, f"{lost}; on_node_lost=fail")
+            else:
+                self._requeue(report.job, record.state, report.at, f"{lost}; replaced", "lost", backoff=False)
+            self._release(report.job)
+            return
         if report.kind == "refused":
             # local admission said no before anything ran: back to the queue, devices released
             if record.state == "placed":
@@ -782,6 +792,8 @@ class RegionCore:
         for job in sorted(self.dirty):
             view = self.jobs[job]
             if not view.claiming:
+                if view.record.epoch != self.epoch:  # every write carries the writer's epoch (I6)
+                    view.record = msgspec.structs.replace(view.record, epoch=self.epoch)
                 commands.append(WriteJob(record=view.record))
         self.dirty = {job for job in self.dirty if self.jobs[job].claiming}
         return commands

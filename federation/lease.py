@@ -1,0 +1,144 @@
+"""One leader per region: a TTL'd lease in KV, won and renewed by compare-and-set.
+
+Theory of operation
+-------------------
+The lease is the key ``scheduler`` of the bucket ``fed-lease-<region>``, written with a
+per-message TTL of ``ttl`` seconds. When it expires the server leaves a delete marker.
+
+* **Winning.** A scheduler reads the key. While a live lease is there it is a standby and reads
+  again every ``poll`` seconds. When the key is absent, or its last message is a marker, it writes
+  its own lease by compare-and-set on that last revision; of several standbys only one write can
+  land. The revision of the winning write is the **epoch**. Revisions only grow, so a later
+  leader always holds a higher epoch, and that epoch fences every write the leader makes (I6).
+* **Holding.** The leader renews every ``ttl / 3`` by compare-and-set on its last revision. A
+  conflict means someone else holds the lease: the leader has lost it. A renewal that goes
+  unanswered is retried, and the leader counts as valid only until ``ttl`` (minus a margin) after
+  the last renewal that landed, measured on the monotonic clock. :meth:`Lease.valid` is that
+  check, and the scheduler makes it before each round of writes. A process paused past its lease
+  (SIGSTOP, a long GC, a frozen VM) therefore finds itself invalid the moment it runs again,
+  before it writes anything.
+* **Losing** is final: the scheduler stops, and its supervisor starts it again as a standby.
+
+The residual risk is a pause between :meth:`valid` and the write it guards. That write is still
+fenced, because the new leader rewrites every ledger with its epoch when it takes over, so a stale
+compare-and-set finds the revision moved. See :mod:`federation.scheduler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+
+import structlog
+
+from federation import subjects
+from federation.bus import Bus
+from federation.errors import ConflictError, FederationUnavailable, LeaseLost, MalformedMessage
+from federation.schemas import Lease as LeaseValue
+from federation.schemas import decode_lease, encode
+
+log = structlog.get_logger()
+
+
+class Lease:
+    """The scheduler lease of one region, as seen by one scheduler process (``holder``)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        region: str,
+        holder: str,
+        *,
+        ttl: float = 5.0,
+        poll: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bus = bus
+        self.region = region
+        self.holder = holder
+        self.ttl = max(1, math.ceil(ttl))  # per-message TTLs are whole seconds
+        self.poll = poll
+        self.clock = clock
+        self.bucket = subjects.lease_bucket(region)
+        self.epoch = 0
+        self.revision = 0
+        self.valid_until = 0.0
+        self.log = log.bind(region=region, holder=holder)
+
+    def valid(self) -> bool:
+        """Whether this process may still write as the leader (by its own monotonic clock)."""
+        return self.epoch > 0 and self.clock() < self.valid_until
+
+    def _value(self) -> bytes:
+        return encode(LeaseValue(holder=self.holder, epoch=self.epoch, renewed_at=time.time(), ttl=self.ttl))
+
+    async def acquire(self) -> int:
+        """Wait as a standby until this process wins the lease; returns the epoch."""
+        announced = ""
+        while True:
+            try:
+                value, revision = await self.bus.kv_get(self.bucket, subjects.LEADER_KEY)
+                if value is None:
+                    started = self.clock()
+                    won = await self.bus.cas(
+                        self.bucket, subjects.LEADER_KEY, self._value(), revision, ttl=self.ttl
+                    )
+                    # the epoch is the winning revision; stamp it into the value at the first renewal
+                    self.epoch, self.revision = won, won
+                    self.valid_until = started + self.ttl * 0.8
+                    await self.renew()
+                    self.log.info("lease won: leading", epoch=self.epoch)
+                    return self.epoch
+                try:
+                    current = decode_lease(value)
+                except MalformedMessage:
+                    current = LeaseValue(holder="(unreadable lease)")
+                if current.holder != announced:
+                    announced = current.holder
+                    self.log.info(
+                        "standby: another scheduler leads", leader=current.holder, epoch=current.epoch
+                    )
+            except ConflictError:
+                pass  # another standby won the race: keep watching
+            except FederationUnavailable as exc:
+                self.log.warning("lease unreadable; retrying", error=str(exc))
+            await asyncio.sleep(self.poll)
+
+    async def renew(self) -> None:
+        """Extend the lease once; raises :class:`LeaseLost` when someone else holds it."""
+        started = self.clock()
+        try:
+            self.revision = await self.bus.cas(
+                self.bucket, subjects.LEADER_KEY, self._value(), self.revision, ttl=self.ttl
+            )
+        except ConflictError:
+            self.valid_until = 0.0
+            raise LeaseLost(self.region, "another scheduler took it over") from None
+        # valid for the TTL from when the renewal was *sent*, less a margin for clock rates
+        self.valid_until = started + self.ttl * 0.8
+
+    async def hold(self) -> None:
+        """Renew every ``ttl / 3`` until the lease is lost (raises :class:`LeaseLost`)."""
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            if not self.valid():
+                raise LeaseLost(self.region, "not renewed in time (paused, or the server was away)")
+            try:
+                await self.renew()
+            except FederationUnavailable as exc:
+                self.log.warning("lease renewal unanswered; retrying", error=str(exc))
+
+    async def release(self) -> None:
+        """Give the lease up at a clean stop so a standby takes over at once, not after the TTL."""
+        if not self.valid():
+            return
+        try:
+            await self.bus.cas(self.bucket, subjects.LEADER_KEY, b"", self.revision, delete=True)
+        except (ConflictError, FederationUnavailable):
+            return
+        self.valid_until = 0.0
+
+
+__all__ = ["Lease"]
