@@ -46,8 +46,9 @@ REGION = "bench"
 class Region:
     """One nats-server and one scheduler process in a temporary directory."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, durable: bool = False) -> None:
         self.base = base
+        self.durable = durable
         self.children: list[Child] = []
         self.url = ""
 
@@ -55,7 +56,9 @@ class Region:
         ports_dir = self.base / "ports"
         ports_dir.mkdir(parents=True)
         conf = self.base / "nats.conf"
-        conf.write_text(server_config(REGION, REGION, self.base / "store", ports_dir))
+        conf.write_text(
+            server_config(REGION, REGION, self.base / "store", ports_dir, sync_always=self.durable)
+        )
         server = Child("nats", [nats_server_binary(), "-c", str(conf)], self.base / "nats.log", restart=False)
         server.start()
         self.children.append(server)
@@ -141,9 +144,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def placements(n: int, nodes: int) -> dict[str, float]:
+async def placements(n: int, nodes: int, durable: bool = False, idle: int = 200) -> dict[str, float]:
     base = Path(tempfile.mkdtemp(prefix="fed-bench-"))
-    region = Region(base)
+    region = Region(base, durable)
     try:
         await region.start()
         bus = await Bus.connect(region.url, "bench")
@@ -166,7 +169,7 @@ async def placements(n: int, nodes: int) -> dict[str, float]:
         )
         # unloaded: one job at a time, each waited for
         single: list[float] = []
-        for i in range(200):
+        for i in range(idle):
             one = await submit_all(bus, 1, ["true"], f"s{i}")
             await observer.wait(observer.placed, n + i + 1, timeout=60)
             job = next(iter(one))
@@ -180,17 +183,17 @@ async def placements(n: int, nodes: int) -> dict[str, float]:
             "placements_per_s": n / (t1 - t0),
             "p50_ms": pct(latencies, 0.5),
             "p99_ms": pct(latencies, 0.99),
-            "idle_p50_ms": pct(single, 0.5),
-            "idle_p99_ms": pct(single, 0.99),
+            "idle_p50_ms": pct(single, 0.5) if single else 0.0,
+            "idle_p99_ms": pct(single, 0.99) if single else 0.0,
         }
     finally:
         region.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
-async def end_to_end(n: int, agents: int, slots: int) -> dict[str, float]:
+async def end_to_end(n: int, agents: int, slots: int, durable: bool = False) -> dict[str, float]:
     base = Path(tempfile.mkdtemp(prefix="fed-bench-"))
-    region = Region(base)
+    region = Region(base, durable)
     try:
         await region.start()
         for i in range(agents):

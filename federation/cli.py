@@ -214,14 +214,17 @@ async def cmd_status(args: argparse.Namespace) -> int:
             print(f"region {region.region}: UNREACHABLE ({region.error})")
             continue
         counts = " ".join(f"{k}={v}" for k, v in sorted(region.jobs.items())) or "no jobs"
-        print(f"region {region.region}  {region.url}  jobs: {counts}")
+        leader = (
+            f"leader {region.leader.holder} (epoch {region.leader.epoch})" if region.leader else "NO LEADER"
+        )
+        print(f"region {region.region}  {region.url}  {leader}  jobs: {counts}")
         for node in region.nodes:
             offer = node.offer
             if offer is None:
                 print(f"  {node.node:<16} no offer  allocations={len(node.allocations)}")
                 continue
             age = now - offer.sent_at
-            state = "live" if node.live else "EXPIRED"
+            state = "live" if node.live else ("LOST" if node.heartbeat == "lost" else "EXPIRED")
             print(
                 f"  {node.node:<16} {state:<7} free cpu {node.free_cpu}/{len(offer.cores)}  "
                 f"memory {format_memory(max(0, node.free_memory))}/{format_memory(offer.memory)}  "

@@ -43,10 +43,12 @@ from federation.schemas import (
     Cancel,
     Decision,
     JobRecord,
+    Lease,
     Offer,
     Priority,
     Quarantined,
     Submit,
+    decode_lease,
     decode_ledger,
     decode_message,
     decode_record,
@@ -73,6 +75,7 @@ class NodeStatus(msgspec.Struct, kw_only=True):
     free_cpu: int = 0
     free_memory: int = 0
     free_gpu: int = 0
+    heartbeat: str = "ok"  # "lost" once the heartbeat's TTL marker is the node's last word
 
 
 class RegionStatus(msgspec.Struct, kw_only=True):
@@ -85,6 +88,7 @@ class RegionStatus(msgspec.Struct, kw_only=True):
     nodes: list[NodeStatus] = []
     jobs: dict[str, int] = {}
     queue: list[str] = []
+    leader: Lease | None = None
 
 
 class Explanation(msgspec.Struct, kw_only=True):
@@ -366,6 +370,16 @@ class Client:
                 k: decode_ledger(v) for k, (v, _) in (await bus.kv_load(subjects.ledger_bucket(name))).items()
             }
             records = _readable(await bus.kv_load(subjects.jobs_bucket(name)))
+            silent: set[str] = set()  # nodes whose last heartbeat message is the TTL marker
+            async for item in bus.follow(
+                subjects.heartbeats_stream(name),
+                subjects.heartbeat(name, "*"),
+                last_per_subject=True,
+                until_caught_up=True,
+            ):
+                if item.removed:
+                    silent.add(subjects.last_token(item.subject))
+            lease_value, _ = await bus.kv_get(subjects.lease_bucket(name), subjects.LEADER_KEY)
         except (FederationUnavailable, TimeoutError) as exc:
             return RegionStatus(region=name, url=endpoint.url, reachable=False, error=str(exc))
         now = time.time()
@@ -374,7 +388,11 @@ class Client:
             offer = offers.get(node)
             allocations = list(ledgers[node].allocations) if node in ledgers else []
             status = NodeStatus(
-                node=node, live=bool(offer and offer.expires_at > now), offer=offer, allocations=allocations
+                node=node,
+                live=bool(offer and offer.expires_at > now) and node not in silent,
+                offer=offer,
+                allocations=allocations,
+                heartbeat="lost" if node in silent else "ok",
             )
             if offer is not None:
                 free = Free.of(offer, allocations)  # the scheduler's own arithmetic
@@ -395,6 +413,7 @@ class Client:
             nodes=nodes,
             jobs=counts,
             queue=[r.id for r in pending[:20]],
+            leader=_leader(lease_value),
         )
 
 
@@ -407,3 +426,13 @@ def _readable(values: dict[str, tuple[bytes, int]]) -> list[JobRecord]:
         except RemoteProtocolError as exc:
             log.warning("unreadable job record skipped", job=key, error=str(exc))
     return out
+
+
+def _leader(value: bytes | None) -> Lease | None:
+    """The region's lease holder, if a readable lease is held."""
+    if not value:
+        return None
+    try:
+        return decode_lease(value)
+    except RemoteProtocolError:
+        return None

@@ -305,6 +305,7 @@ class Scheduler:
             subjects.SCHEDULER_WORKLOADS_CONSUMER,
             subjects.workloads_filter(r),
             self._on_workload,
+            epoch=self.core.epoch,
             max_deliver=self.config.max_deliver + 2,  # a backstop: _failed quarantines at max_deliver
         )
         await self.bus.durable(
@@ -312,6 +313,7 @@ class Scheduler:
             subjects.SCHEDULER_STATUS_CONSUMER,
             subjects.job_event(r, "*", "*"),
             self._on_status,
+            epoch=self.core.epoch,
             max_deliver=self.config.max_deliver + 2,
         )
         self._start_followers()
