@@ -59,6 +59,7 @@ class Delivery:
     delivered: int
     pending: int = 0
     _msg: Msg | None = None
+    timestamp: float = 0.0  # when the server stored it (0 when unknown)
 
     @property
     def removed(self) -> bool:
@@ -82,11 +83,12 @@ class Delivery:
 
 
 def _delivery(msg: Msg) -> Delivery:
-    sequence, delivered, pending = 0, 1, 0
+    sequence, delivered, pending, stamp = 0, 1, 0, 0.0
     if msg.reply and msg.reply.startswith("$JS.ACK."):
         meta = msg.metadata
         sequence, delivered, pending = meta.sequence.stream, meta.num_delivered, meta.num_pending
-    return Delivery(msg.subject, msg.data, dict(msg.headers or {}), sequence, delivered, pending, msg)
+        stamp = meta.timestamp.timestamp() if meta.timestamp else 0.0
+    return Delivery(msg.subject, msg.data, dict(msg.headers or {}), sequence, delivered, pending, msg, stamp)
 
 
 class Tail:
@@ -420,7 +422,12 @@ class Bus:
                     stream, filter_subject, last_per_subject=last_per_subject, start_sequence=resume
                 )
             except Exception as exc:
-                if isinstance(_translate(stream, exc), InvalidRequest):
+                # a stream not found (a server restarted before anyone provisioned again) or away:
+                # both pass, so a follower waits rather than dies
+                self_error = _translate(stream, exc)
+                if isinstance(self_error, InvalidRequest) and not isinstance(
+                    exc, nats.js.errors.NotFoundError
+                ):
                     raise
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 2.0)
@@ -482,7 +489,7 @@ class Bus:
 
 
 def _stream_configs(region: str) -> list[api.StreamConfig]:
-    file, memory = api.StorageType.FILE, api.StorageType.MEMORY
+    file = api.StorageType.FILE
     return [
         api.StreamConfig(
             name=subjects.workloads_stream(region),
@@ -504,7 +511,7 @@ def _stream_configs(region: str) -> list[api.StreamConfig]:
         api.StreamConfig(
             name=subjects.offers_stream(region),
             subjects=[subjects.offer(region, "*")],
-            storage=memory,
+            storage=file,  # survives a server restart: followers and agents find their stream
             max_msgs_per_subject=1,
             allow_msg_ttl=True,
             allow_direct=True,
@@ -545,9 +552,10 @@ async def provision(bus: Bus, region: str) -> None:
             try:
                 await bus.js.update_stream(config)
             except nats.js.errors.BadRequestError:
-                if config.name != subjects.heartbeats_stream(region):
+                if config.name not in (subjects.heartbeats_stream(region), subjects.offers_stream(region)):
                     raise
-                # an older layout (memory storage) cannot be updated in place; beats are transient
+                # an older layout (memory storage) cannot be updated in place; beats and offers are
+                # transient (each node sends its next one within seconds)
                 await bus.js.delete_stream(config.name)
                 await bus.js.add_stream(config)
     ledger = subjects.ledger_bucket(region)

@@ -13,10 +13,11 @@ per-message TTL of ``ttl`` seconds. When it expires the server leaves a delete m
 * **Holding.** The leader renews every ``ttl / 3`` by compare-and-set on its last revision. A
   conflict means someone else holds the lease: the leader has lost it. A renewal that goes
   unanswered is retried, and the leader counts as valid only until ``ttl`` (minus a margin) after
-  the last renewal that landed, measured on the monotonic clock. :meth:`Lease.valid` is that
-  check, and the scheduler makes it before each round of writes. A process paused past its lease
-  (SIGSTOP, a long GC, a frozen VM) therefore finds itself invalid the moment it runs again,
-  before it writes anything.
+  the last renewal that landed, measured on the boot-time clock (it counts suspended time).
+  :meth:`Lease.ensure` is that check, and the scheduler makes it before each write; a lease that
+  lapsed locally is renewed once first, which can only land if nobody took it over. A process
+  paused past its lease (SIGSTOP, a long GC, a frozen VM) therefore finds, the moment it runs
+  again and before it writes anything, either that it still leads or that it must stop.
 * **Losing** is final: the scheduler stops, and its supervisor starts it again as a standby.
 
 The residual risk is a pause between :meth:`valid` and the write it guards. That write is still
@@ -53,7 +54,7 @@ class Lease:
         *,
         ttl: float = 5.0,
         poll: float = 0.25,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = lambda: time.clock_gettime(time.CLOCK_BOOTTIME),
     ) -> None:
         self.bus = bus
         self.region = region
@@ -68,8 +69,23 @@ class Lease:
         self.log = log.bind(region=region, holder=holder)
 
     def valid(self) -> bool:
-        """Whether this process may still write as the leader (by its own monotonic clock)."""
+        """Whether this process may still write as the leader (by its own clock, which counts suspend)."""
         return self.epoch > 0 and self.clock() < self.valid_until
+
+    async def ensure(self) -> None:
+        """Return only while this process holds the lease; raise :class:`LeaseLost` otherwise.
+
+        When the lease lapsed by the local clock (a long stall, a pause), one renewal is tried: it
+        lands only if nobody took the lease over, which proves the stall cost nothing.
+        """
+        if self.valid():
+            return
+        if self.epoch == 0:
+            raise LeaseLost(self.region, "not the leader")
+        try:
+            await self.renew()
+        except FederationUnavailable as exc:
+            raise LeaseLost(self.region, f"lease lapsed and could not be renewed: {exc}") from None
 
     def _value(self) -> bytes:
         return encode(LeaseValue(holder=self.holder, epoch=self.epoch, renewed_at=time.time(), ttl=self.ttl))
@@ -110,8 +126,14 @@ class Lease:
         """Extend the lease once; raises :class:`LeaseLost` when someone else holds it."""
         started = self.clock()
         try:
+            # the id makes a renewal whose answer was lost, sent again, count once (not a conflict)
             self.revision = await self.bus.cas(
-                self.bucket, subjects.LEADER_KEY, self._value(), self.revision, ttl=self.ttl
+                self.bucket,
+                subjects.LEADER_KEY,
+                self._value(),
+                self.revision,
+                ttl=self.ttl,
+                msg_id=f"{self.holder}:{self.revision}",
             )
         except ConflictError:
             self.valid_until = 0.0
@@ -123,11 +145,11 @@ class Lease:
         """Renew every ``ttl / 3`` until the lease is lost (raises :class:`LeaseLost`)."""
         while True:
             await asyncio.sleep(self.ttl / 3)
-            if not self.valid():
-                raise LeaseLost(self.region, "not renewed in time (paused, or the server was away)")
             try:
-                await self.renew()
+                await self.renew()  # even after a local lapse: it lands only if nobody took over
             except FederationUnavailable as exc:
+                if not self.valid():
+                    raise LeaseLost(self.region, f"lease lapsed while the server was away: {exc}") from None
                 self.log.warning("lease renewal unanswered; retrying", error=str(exc))
 
     async def release(self) -> None:

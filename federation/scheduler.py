@@ -123,6 +123,7 @@ class Scheduler:
         self.stats = {"placed": 0, "conflicts": 0, "quarantined": 0, "batches": 0}
         self._tasks: list[asyncio.Task[None]] = []
         self._followers: list[asyncio.Task[None]] = []
+        self.suspects: dict[tuple[str, int], int] = {}  # (stream, sequence) -> failed batches
         self._stop = asyncio.Event()
         self.failure: BaseException | None = None
 
@@ -190,10 +191,10 @@ class Scheduler:
         self._tasks.append(holding)
         return True
 
-    def _check_lease(self) -> None:
+    async def _check_lease(self) -> None:
         """Refuse to write once the lease may have passed to another scheduler."""
-        if self.lease is not None and not self.lease.valid():
-            raise LeaseLost(self.region, "lease expired before this write (the process was paused?)")
+        if self.lease is not None:
+            await self.lease.ensure()
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and exit."""
@@ -234,26 +235,27 @@ class Scheduler:
     async def recover(self, *, fence: bool = True) -> None:
         """Rebuild the core's view from the ledger and jobs buckets (fencing them first, as a new leader).
 
-        An unreadable job record is skipped and quarantined (source ``jobs``): one corrupt key must
-        not keep the region from scheduling. Any message that needs that record then fails until
-        it is quarantined too (see :meth:`_failed`).
+        An unreadable job record is quarantined as evidence and replaced by the next write of its
+        job (:meth:`_unreadable_record`): one corrupt key must not keep the region from scheduling.
         """
         assert self.bus is not None
         ledgers = {
             key: (decode_ledger(value), rev)
             for key, (value, rev) in (await self.bus.kv_load(subjects.ledger_bucket(self.region))).items()
         }
-        if fence:
-            ledgers = await self._fence(ledgers)
-        records = []
+        records: dict[str, JobRecord] = {}
         for key, (value, rev) in (await self.bus.kv_load(subjects.jobs_bucket(self.region))).items():
             self.revisions[key] = rev
             try:
-                records.append(decode_record(value))
+                records[key] = decode_record(value)
             except RemoteProtocolError as exc:
                 await self._unreadable_record(key, value, rev, exc)
-        self._check_epoch([r.epoch for r in records], "a job record")
-        self.core.handle(Recovered(ledgers=ledgers, records=tuple(records), at=self.clock()))
+        if fence:
+            ledgers, records = await self._fence(ledgers, records)
+        else:
+            self._check_epoch([ledger.epoch for ledger, _ in ledgers.values()], "a ledger")
+            self._check_epoch([r.epoch for r in records.values()], "a job record")
+        self.core.handle(Recovered(ledgers=ledgers, records=tuple(records.values()), at=self.clock()))
         await self._execute(self.core.handle(Tick(now=self.clock())))
         self.log.info("recovered", ledgers=len(ledgers), jobs=len(records), pending=len(self.core.queue))
 
@@ -269,25 +271,64 @@ class Scheduler:
         )
         self.revisions[key] = revision
 
-    async def _fence(self, ledgers: dict[str, tuple[Ledger, int]]) -> dict[str, tuple[Ledger, int]]:
-        """Rewrite every ledger with this leader's epoch (the fencing sweep), pipelined.
+    async def _fence(
+        self, ledgers: dict[str, tuple[Ledger, int]], records: dict[str, JobRecord]
+    ) -> tuple[dict[str, tuple[Ledger, int]], dict[str, JobRecord]]:
+        """The fencing sweep of a new leader, pipelined: stamp this leader's epoch on everything.
 
-        Afterwards no compare-and-set prepared by an earlier leader can land on any ledger.
+        Every ledger is rewritten with the epoch, and so is every unfinished job record. Every node
+        known from its heartbeat or offer gets an (empty) ledger if it has none. Afterwards no
+        compare-and-set an earlier leader prepared can land anywhere it matters, and an earlier
+        leader that meets one of these writes finds a newer epoch and steps down. The epoch rises
+        above every epoch stored (a lease bucket recreated from scratch restarts its revisions).
         """
         assert self.bus is not None
-        self._check_epoch([ledger.epoch for ledger, _ in ledgers.values()], "a ledger")
-        bucket = subjects.ledger_bucket(self.region)
+        newest = max(
+            [ledger.epoch for ledger, _ in ledgers.values()] + [r.epoch for r in records.values()], default=0
+        )
+        if newest >= self.core.epoch:
+            self.log.warning("stored epochs are ahead of the lease; raising ours", stored=newest)
+            self.core.epoch = newest + 1
+        if self.lease is not None:
+            self.lease.epoch = self.core.epoch
         epoch = self.core.epoch
+        ledger_bucket, jobs_bucket = subjects.ledger_bucket(self.region), subjects.jobs_bucket(self.region)
+        for node in await self._known_nodes():
+            ledgers.setdefault(node, (Ledger(node=node), 0))
 
         async def stamp(node: str, ledger: Ledger, revision: int) -> tuple[str, tuple[Ledger, int]]:
             assert self.bus is not None
             fenced = msgspec.structs.replace(ledger, epoch=epoch)
-            return node, (fenced, await self.bus.cas(bucket, node, encode(fenced), revision))
+            return node, (fenced, await self.bus.cas(ledger_bucket, node, encode(fenced), revision))
 
-        self._check_lease()
-        stamped = await asyncio.gather(*(stamp(n, ledger, rev) for n, (ledger, rev) in ledgers.items()))
-        self.log.info("fenced ledgers with the new epoch", epoch=epoch, ledgers=len(stamped))
-        return dict(stamped)
+        async def restamp(record: JobRecord) -> JobRecord:
+            assert self.bus is not None
+            fenced = msgspec.structs.replace(record, epoch=epoch)
+            revision = await self.bus.cas(jobs_bucket, record.id, encode(fenced), self.revisions[record.id])
+            self.revisions[record.id] = revision
+            return fenced
+
+        await self._check_lease()
+        stamped = dict(await asyncio.gather(*(stamp(n, ledger, rev) for n, (ledger, rev) in ledgers.items())))
+        open_records = [r for r in records.values() if not r.terminal]
+        for record in await asyncio.gather(*(restamp(r) for r in open_records)):
+            records[record.id] = record
+        self.log.info(
+            "fenced with the new epoch", epoch=epoch, ledgers=len(stamped), records=len(open_records)
+        )
+        return stamped, records
+
+    async def _known_nodes(self) -> set[str]:
+        """Nodes with a heartbeat or an offer stored now."""
+        assert self.bus is not None
+        names: set[str] = set()
+        for stream, subject in (
+            (subjects.heartbeats_stream(self.region), subjects.heartbeat(self.region, "*")),
+            (subjects.offers_stream(self.region), subjects.offer(self.region, "*")),
+        ):
+            async for item in self.bus.follow(stream, subject, last_per_subject=True, until_caught_up=True):
+                names.add(subjects.last_token(item.subject))
+        return names
 
     def _check_epoch(self, epochs: list[int], what: str) -> None:
         """Step down when the store holds a write from a newer leader than this one."""
@@ -306,7 +347,10 @@ class Scheduler:
             subjects.workloads_filter(r),
             self._on_workload,
             epoch=self.core.epoch,
-            max_deliver=self.config.max_deliver + 2,  # a backstop: _failed quarantines at max_deliver
+            # backstops only: _failed naks and quarantines at max_deliver, and a new leader recreates
+            # the consumer, so ack_wait never paces a failover and a long queue is not redelivered
+            ack_wait=300.0,
+            max_deliver=self.config.max_deliver + 2,
         )
         await self.bus.durable(
             subjects.status_stream(r),
@@ -314,6 +358,7 @@ class Scheduler:
             subjects.job_event(r, "*", "*"),
             self._on_status,
             epoch=self.core.epoch,
+            ack_wait=300.0,
             max_deliver=self.config.max_deliver + 2,
         )
         self._start_followers()
@@ -427,7 +472,9 @@ class Scheduler:
             node = subjects.last_token(delivery.subject)
             if delivery.removed:
                 self.log.warning("node heartbeat expired", node=node)
-                self.queue.put_nowait((NodeDown(node=node, at=self.clock()), None))
+                # the marker's own time: a replay after a restart does not restart the node's clock
+                at = min(delivery.timestamp or self.clock(), self.clock())
+                self.queue.put_nowait((NodeDown(node=node, at=at), None))
                 continue
             try:
                 message = decode_message(delivery.data)
@@ -451,13 +498,24 @@ class Scheduler:
                 items.append(await asyncio.wait_for(self.queue.get(), self.config.tick_interval))
             while len(items) < self.config.batch_size and not self.queue.empty():
                 items.append(self.queue.get_nowait())
-            # a redelivered message may be the one that failed its batch: it goes alone, so a poison
-            # message fails only itself and is found out
-            fresh = [item for item in items if item[1] is None or item[1].delivered == 1]
-            batches = [fresh] + [[item] for item in items if item[1] is not None and item[1].delivered > 1]
-            for batch in batches:
-                if batch or len(batches) == 1:
-                    await self._guarded(batch)
+            # a message that failed a batch before goes alone, in its place in the order, so a
+            # poison message fails only itself and is found out
+            batch: list[Item] = []
+            for item in items:
+                if item[1] is not None and self._key(item[1]) in self.suspects:
+                    if batch:
+                        await self._guarded(batch)
+                        batch = []
+                    await self._guarded([item])
+                else:
+                    batch.append(item)
+            if batch or not items:
+                await self._guarded(batch)
+
+    @staticmethod
+    def _key(delivery: Delivery) -> tuple[str, int]:
+        stream = "status" if subjects.parse_status(delivery.subject) is not None else "workloads"
+        return (stream, delivery.sequence)
 
     async def _guarded(self, items: list[Item]) -> None:
         """Handle a batch; on an unexpected failure, hand its messages back and start over clean."""
@@ -467,15 +525,22 @@ class Scheduler:
             raise
         except Exception as exc:
             await self._failed(items, exc)
+        else:
+            for _, delivery in items:
+                if delivery is not None:
+                    self.suspects.pop(self._key(delivery), None)
 
     async def _failed(self, items: list[Item], exc: Exception) -> None:
         """A batch failed half-way: the core may be ahead of the store, so it is rebuilt from it.
 
-        Its messages are handed back (negative acknowledgement, delayed more at each delivery).
-        A message failing alone on its ``max_deliver``-th delivery is quarantined with the error
-        and terminated: it is never delivered again, and the messages behind it flow on.
+        Its messages are handed back (negative acknowledgement, delayed more at each failure) and
+        become suspects, handled alone from then on. Only a message that fails alone, with an error
+        of its own (not the store being unavailable, not a lost race), counts toward poison: on its
+        ``max_deliver``-th delivery it is quarantined with the error and terminated, and the
+        messages behind it flow on. Events that are not messages (a policy reload) are queued again.
         """
         deliveries = [d for _, d in items if d is not None]
+        infrastructure = isinstance(exc, FederationUnavailable | ConflictError | TimeoutError)
         self.log.error(
             "batch failed; rebuilding state from JetStream",
             error=repr(exc),
@@ -483,16 +548,22 @@ class Scheduler:
             subjects=[d.subject for d in deliveries[:5]],
         )
         for delivery in deliveries:
-            if len(deliveries) == 1 and delivery.delivered >= self.config.max_deliver:
+            key = self._key(delivery)
+            failures = self.suspects[key] = self.suspects.get(key, 0) + 1
+            if len(deliveries) == 1 and not infrastructure and delivery.delivered >= self.config.max_deliver:
                 why = f"failed on each of {delivery.delivered} deliveries; last error: {exc!r}"
                 await self._quarantine(self._source(delivery), delivery, why)
+                self.suspects.pop(key, None)
                 continue
             with contextlib.suppress(Exception):  # unacknowledged, it comes back after ack_wait anyway
-                await delivery.nak(delay=min(30.0, 0.5 * 2 ** (delivery.delivered - 1)))
+                await delivery.nak(delay=min(30.0, 0.25 * 2**failures))
+        for event, source in items:
+            if source is None and isinstance(event, PolicyChanged):
+                self.queue.put_nowait((event, None))
         await self._reset()
 
     def _source(self, delivery: Delivery) -> str:
-        return "status" if subjects.parse_status(delivery.subject) else "workloads"
+        return self._key(delivery)[0]
 
     async def _reset(self) -> None:
         """Forget the in-memory view and rebuild it: recovery, then the followers replay the rest."""
@@ -504,13 +575,14 @@ class Scheduler:
         self.core = RegionCore(self.region, epoch=epoch, policy=self.core.policy)
         self.revisions.clear()
         delay = 0.2
-        while True:
+        while not self._stop.is_set():
             try:
                 await self.recover(fence=False)
                 break
             except (FederationUnavailable, TimeoutError) as exc:
                 self.log.warning("recovery failed; retrying", error=str(exc))
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(2 * delay, 5.0)
         self._start_followers()
 
@@ -523,19 +595,29 @@ class Scheduler:
             commands.extend(self.core.handle(event))
         commands.extend(self.core.handle(Tick(now=self.clock())))
         await self._execute(commands)
+        await self._check_lease()  # a stale leader acknowledges nothing either
         acks = [delivery.ack() for _, delivery in items if delivery is not None]
         if acks:
             await asyncio.gather(*acks)
         self.stats["batches"] += 1
 
     async def _execute(self, commands: list[Command]) -> None:
+        """Run the commands concurrently, feed every result back, repeat until nothing is left.
+
+        Every write of a round finishes before a failure is raised: a write still retrying in the
+        background while the state is rebuilt could land after the rebuild read the store.
+        """
         while commands:
-            self._check_lease()
-            results = await asyncio.gather(*(self._run(command) for command in commands))
+            outcomes = await asyncio.gather(*(self._run(c) for c in commands), return_exceptions=True)
             commands = []
-            for result in results:
-                if result is not None:
-                    commands.extend(self.core.handle(result))
+            failure: BaseException | None = None
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    failure = failure or outcome
+                elif outcome is not None:
+                    commands.extend(self.core.handle(outcome))
+            if failure is not None:
+                raise failure
             commands.extend(self.core.handle(Tick(now=self.clock())))
 
     async def _run(self, command: Command) -> Event | None:
@@ -550,6 +632,7 @@ class Scheduler:
                 failpoints.crash("before-claim")
                 for attempt in range(4):
                     try:
+                        await self._check_lease()
                         revision = await self.bus.cas(bucket, node, data, expected, msg_id=msg_id)
                         failpoints.crash("after-claim")
                         return ClaimWritten(node=node, revision=revision)
@@ -574,6 +657,7 @@ class Scheduler:
         for _ in range(5):
             expected = self.revisions.get(record.id, 0)
             try:
+                await self._check_lease()
                 self.revisions[record.id] = await self.bus.cas(bucket, record.id, data, expected)
             except ConflictError:
                 value, revision = await self.bus.kv_get(bucket, record.id)

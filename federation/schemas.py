@@ -193,6 +193,8 @@ class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     members: int = 1
     held: bool = False
     custom: dict[str, float] = {}
+    on_node_lost: str = ""
+    max_attempts: int = 0
 
 
 class Ledger(msgspec.Struct, kw_only=True, frozen=True):

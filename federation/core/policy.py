@@ -68,6 +68,12 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     A tenant absent from a non-empty table is not limited. When quotas shrink below what is in use
     (a ``share`` quota as offers shrink, or a reload), ``on_shrink = "drain"`` stops admissions and
     lets running work finish; ``"preempt"`` preempts the over-quota work (youngest, lowest first).
+
+    Node loss: no decision is taken until ``node_settle`` seconds after a loss, so that losing
+    every node at once (a sick broker or a cut network, whose heartbeat markers arrive spread
+    over a beat) is seen as that and freezes decisions; a freeze lasts at most ``freeze_limit``
+    seconds, and when heartbeats resume the nodes still silent get ``node_grace`` more seconds.
+    A region of one node never freezes (it cannot tell the two apart).
     """
 
     scoring: Scoring = "binpack"
@@ -79,6 +85,8 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     on_shrink: Literal["drain", "preempt"] = "drain"
     on_node_lost: OnNodeLost = "fail"
     node_grace: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
+    node_settle: Annotated[float, msgspec.Meta(ge=0, le=600)] = 2.0
+    freeze_limit: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0
 
     def __post_init__(self) -> None:
         if not self.on_node_lost:

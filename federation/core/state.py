@@ -31,9 +31,11 @@ pass and emits the writes the view needs:
   the loss (nothing moves if the node returns in time), then replaces. Either way the allocation is
   released from the lost node's ledger, so a node that returns stops its stale copies, and its
   reports, naming an attempt that is no longer current, change nothing. When *every* node is
-  down at once the broker, not the nodes, is the likely culprit: decisions freeze, and when a
-  heartbeat returns, the nodes still silent get ``node_grace`` more seconds. Nodes known only from
-  the ledgers at recovery count as silent from recovery, with the same grace.
+  down at once the broker, not the nodes, is the likely culprit: decisions freeze (for at most
+  ``freeze_limit``), and when a heartbeat returns, the nodes still silent get ``node_grace`` more
+  seconds. No decision comes before ``node_settle`` seconds after the loss, so that markers
+  arriving spread over a beat still count as "at once". Nodes known only from the ledgers at
+  recovery count as silent from recovery, with the same grace.
 * **Order of writes** makes crashes harmless: a claim is written before the job record says
   ``placed`` (on recovery, an allocation with no record gets its record rebuilt from the
   allocation; a pending record with an allocation is adopted as placed). A terminal record and the
@@ -176,6 +178,7 @@ class RegionCore:
         self.reclaims: set[str] = set()  # jobs within quota waiting for borrowers to give it back
         self.unexplained: set[str] = set()
         self.down: set[str] = set()  # nodes whose heartbeat expired (or not seen since recovery)
+        self.silent_since: float | None = None  # when the last node still heard from went silent
         self._arrivals = 0
 
     # --- entry point ----------------------------------------------------------------------------
@@ -251,27 +254,37 @@ class RegionCore:
             return  # a repeated marker (a follower replaying) does not restart the clock
         node.alive, node.down_at, node.lost_from = False, at, lost_from
         self.down.add(node.name)
+        if len(self.down) == len(self.nodes):
+            self.silent_since = at
         self._sync(node)
         self.unexplained.update(job for _, job in self.queue)  # their reasons may name it
 
     def _up(self, node: NodeView, at: float) -> None:
         if node.alive:
             return
-        if self.frozen:
+        if self.silent_since is not None and len(self.down) == len(self.nodes):
             # the first heartbeat after every node went silent: the broker was the likely culprit,
             # so the others get a grace to be heard from again before they count as lost
             for name in self.down:
                 other = self.nodes[name]
                 other.lost_from = max(other.lost_from, at + self.policy.node_grace)
+        self.silent_since = None
         node.alive = True
         self.down.discard(node.name)
         self._sync(node)
         self.unexplained.update(job for _, job in self.queue)
 
-    @property
-    def frozen(self) -> bool:
-        """True while every known node is down: node-loss decisions wait (the broker may be sick)."""
-        return bool(self.down) and len(self.down) == len(self.nodes)
+    def frozen(self, now: float) -> bool:
+        """True while every node (of two or more) is silent, for at most ``freeze_limit`` seconds.
+
+        Node-loss decisions wait meanwhile: the broker, not the nodes, is the likely culprit.
+        """
+        return (
+            self.silent_since is not None
+            and len(self.nodes) >= 2
+            and len(self.down) == len(self.nodes)
+            and now - self.silent_since < self.policy.freeze_limit
+        )
 
     def _recovered(self, event: Recovered) -> None:
         for name, (ledger, revision) in sorted(event.ledgers.items()):
@@ -318,6 +331,8 @@ class RegionCore:
             env=dict(allocation.env),
             submitted_at=at,
             custom=dict(allocation.custom),
+            on_node_lost=allocation.on_node_lost,
+            max_attempts=allocation.max_attempts,
         )
         reason = f"placed on {node} (record rebuilt from the node's ledger)"
         record = JobRecord(
@@ -690,7 +705,7 @@ class RegionCore:
 
     def _node_losses(self, now: float) -> None:
         """Apply ``on_node_lost`` to the jobs of down nodes whose deadline has come."""
-        if self.frozen:
+        if self.frozen(now):
             return
         for name in sorted(self.down):
             node = self.nodes[name]
@@ -702,11 +717,11 @@ class RegionCore:
                 if record.state not in ("placed", "running") or record.attempt != allocation.attempt:
                     continue
                 action, wait = self.policy.node_lost(record.spec)
-                deadline = node.lost_from + wait
+                deadline = node.lost_from + max(wait, self.policy.node_settle)
                 lost = f"node {name} lost (no heartbeat)"
                 if now < deadline:
                     reason = f"{lost}; keeping the allocation until {deadline:.0f} in case it returns"
-                    if record.reason != reason:
+                    if wait and record.reason != reason:
                         view.record = msgspec.structs.replace(record, reason=reason, updated_at=now)
                         self.dirty.add(record.id)
                     continue
@@ -823,6 +838,8 @@ class RegionCore:
             members=members,
             held=members > 1,
             custom=dict(spec.custom),
+            on_node_lost=spec.on_node_lost,
+            max_attempts=spec.max_attempts,
         )
 
     def _explain(self, view: JobView, reason: str, decision: Decision, busy: bool, now: float) -> None:

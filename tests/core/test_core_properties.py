@@ -189,7 +189,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule()
     def tick(self) -> None:
         self.now += 1
-        down, frozen = set(self.core.down), self.core.frozen
+        down, frozen = set(self.core.down), self.core.frozen(self.now)
         before = {job: len(view.record.history) for job, view in self.core.jobs.items()}
         self.apply(self.feed(Tick(now=self.now)))
         for job, view in self.core.jobs.items():

@@ -206,7 +206,7 @@ def test_redelivered_submission_adopts_claim_written_before_a_crash() -> None:
     assert isinstance(claim, WriteLedger)
     # the scheduler dies here; a new one recovers the ledger but finds no job record
     fresh = RegionCore("eu")
-    fresh.handle(Recovered(ledgers={"n1": (claim.ledger, 7)}, records=()))
+    fresh.handle(Recovered(ledgers={"n1": (claim.ledger, 7)}, records=(), at=11.5))
     fresh.handle(OfferSeen(offer=offer("n1")))
     fresh.handle(submit("j1"))
     commands = fresh.handle(Tick(now=12.0))
@@ -222,7 +222,7 @@ def test_recovery_rebuilds_the_record_of_an_allocation_whose_record_was_never_wr
     claim = core.handle(Tick(now=11.0))[0]
     assert isinstance(claim, WriteLedger)
     fresh = RegionCore("eu")
-    fresh.handle(Recovered(ledgers={"n1": (claim.ledger, 7)}, records=()))
+    fresh.handle(Recovered(ledgers={"n1": (claim.ledger, 7)}, records=(), at=11.5))
     written = [c.record for c in fresh.handle(Tick(now=12.0)) if isinstance(c, WriteJob)]
     assert [(r.id, r.state, r.node, r.spec.cpu) for r in written] == [("j1", "placed", "n1", 2)]
     # the agent's reports now find the job, and the late redelivery of the submission is a duplicate
@@ -282,7 +282,8 @@ def test_lost_node_fails_its_job_by_default_and_releases_the_allocation() -> Non
     settle(core)
     running_on(core, "j1", "n1")
     core.handle(NodeDown(node="n1", at=20.0))
-    commands = core.handle(Tick(now=20.0))
+    assert not core.handle(Tick(now=21.0)), "decided before node_settle (2 s) passed"
+    commands = core.handle(Tick(now=22.0))
     assert [c.ledger.allocations for c in commands if isinstance(c, WriteLedger)] == [()]
     record = core.jobs["j1"].record
     assert (record.state, record.reason) == ("lost", "node n1 lost (no heartbeat); on_node_lost=fail")
@@ -298,7 +299,7 @@ def test_replace_runs_a_new_attempt_elsewhere_and_the_stale_report_changes_nothi
     settle(core)
     running_on(core, "j1", "n1")
     core.handle(NodeDown(node="n1", at=20.0))
-    out = settle(core, now=20.0)
+    out = settle(core, now=22.0)
     claims = [c for c in out if isinstance(c, WriteLedger)]
     assert [(c.node, [(a.job, a.attempt) for a in c.ledger.allocations]) for c in claims] == [
         ("n1", []),
@@ -335,14 +336,35 @@ def test_every_node_silent_at_once_freezes_decisions_then_grants_a_grace() -> No
     settle(core)
     running_on(core, "j1", "n1")
     core.handle(NodeDown(node="n1", at=20.0))
-    core.handle(NodeDown(node="n2", at=20.5))
-    assert core.frozen
+    assert not core.handle(Tick(now=20.5))  # settling: is it one node, or all of them?
+    core.handle(NodeDown(node="n2", at=21.0))  # the other marker comes a beat later
+    assert core.frozen(23.0)
     assert not [c for c in core.handle(Tick(now=40.0)) if isinstance(c, WriteLedger)]
-    core.handle(NodeUp(node="n2", at=41.0))  # the broker is back; n1 gets until 51 to beat again
-    assert not [c for c in core.handle(Tick(now=50.0)) if isinstance(c, WriteLedger)]
+    core.handle(NodeUp(node="n2", at=41.0))  # the broker is back; n1 gets until 51 (+ settle) to beat
+    assert not [c for c in core.handle(Tick(now=52.0)) if isinstance(c, WriteLedger)]
     assert core.jobs["j1"].record.state == "running"
-    settle(core, now=51.0)
+    settle(core, now=53.0)
     assert (core.jobs["j1"].record.node, core.jobs["j1"].record.attempt) == ("n2", 2)
+
+
+def test_a_freeze_ends_after_its_limit_and_a_lone_node_never_freezes() -> None:
+    core = two_nodes_one_job(on_node_lost="replace", freeze_limit=60.0)
+    core.handle(submit("j1", nodes=["n1"]))
+    settle(core)
+    running_on(core, "j1", "n1")
+    core.handle(NodeDown(node="n1", at=20.0))
+    core.handle(NodeDown(node="n2", at=20.0))
+    assert not [c for c in core.handle(Tick(now=79.0)) if isinstance(c, WriteLedger)]
+    assert [c.ledger.allocations for c in core.handle(Tick(now=80.0)) if isinstance(c, WriteLedger)] == [()]
+    lone = RegionCore("eu", policy=Policy(on_node_lost="fail"))
+    lone.handle(OfferSeen(offer=offer("n1")))
+    lone.handle(submit("j1"))
+    settle(lone)
+    running_on(lone, "j1", "n1")
+    lone.handle(NodeDown(node="n1", at=20.0))
+    assert not lone.frozen(22.0)
+    lone.handle(Tick(now=22.0))
+    assert lone.jobs["j1"].record.state == "lost"
 
 
 def test_a_node_known_only_from_its_ledger_at_recovery_gets_a_grace() -> None:
@@ -356,8 +378,8 @@ def test_a_node_known_only_from_its_ledger_at_recovery_gets_a_grace() -> None:
     fresh.handle(Recovered(ledgers={"n1": (claim.ledger, 3)}, records=tuple(placed), at=100.0))
     fresh.handle(NodeUp(node="n2", at=100.1))
     fresh.handle(OfferSeen(offer=offer("n2")))
-    assert not [c for c in fresh.handle(Tick(now=105.0)) if isinstance(c, WriteLedger)]
-    settle(fresh, now=110.5)
+    assert not [c for c in fresh.handle(Tick(now=111.0)) if isinstance(c, WriteLedger)]
+    settle(fresh, now=112.0)
     assert (fresh.jobs["j1"].record.node, fresh.jobs["j1"].record.attempt) == ("n2", 2)
 
 

@@ -128,9 +128,9 @@ async def test_soak_with_rotating_faults_keeps_every_invariant(make_cluster, tmp
             assert len(ran.get(job, [])) <= 1, f"{job} ran {ran[job]}"
         if record.state == "succeeded":
             assert ran.get(job), f"{job} succeeded without running"
-    survivors = {pid: rss for pid, rss in before.items() if pid in after}
+    survivors = {key: rss for key, rss in before.items() if key in after}
     assert len(survivors) >= 3, f"too few long-lived processes to judge memory: {survivors}"
-    grown = {pid: after[pid] / rss for pid, rss in survivors.items() if after[pid] > rss * 1.10}
+    grown = {key: round(after[key] / rss, 2) for key, rss in survivors.items() if after[key] > rss * 1.10}
     assert not grown, f"resident memory grew by more than 10%: {grown} (faults: {faults})"
 
 
@@ -160,11 +160,11 @@ async def _fault(cluster: Cluster, kind: str, link) -> None:  # type: ignore[no-
             os.kill(cluster.federation.servers["eu"].pid, signal.SIGKILL)
 
 
-def _rss(cluster: Cluster, *extra: int) -> dict[int, int]:
-    """Resident bytes of every server and daemon process now alive."""
+def _rss(cluster: Cluster, flaky: int) -> dict[str, int]:
+    """Resident bytes of every server and daemon process now alive, keyed ``name/pid``."""
     out = {}
-    pids = [c.pid for c in [*cluster.federation.servers.values(), *cluster.federation.daemons]] + list(extra)
-    for pid in pids:
+    children = [*cluster.federation.servers.items(), *((c.name, c) for c in cluster.federation.daemons)]
+    for name, pid in [(name, child.pid) for name, child in children] + [("agent-flaky", flaky)]:
         with contextlib.suppress(psutil.Error):
-            out[pid] = psutil.Process(pid).memory_info().rss
+            out[f"{name}/{pid}"] = psutil.Process(pid).memory_info().rss
     return out
