@@ -476,6 +476,16 @@ class Bus:
             return False
         return bool(info.push_bound)
 
+    async def consumer_exists(self, stream: str, consumer: str) -> bool:
+        """Whether the durable consumer exists (False when it or its stream is gone)."""
+        try:
+            await self.js.consumer_info(stream, consumer)
+        except nats.js.errors.NotFoundError:
+            return False
+        except Exception as exc:
+            raise _translate(stream, exc) from None
+        return True
+
     async def stream_exists(self, stream: str) -> bool:
         """Whether the stream exists in this server's JetStream domain."""
         try:

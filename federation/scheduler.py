@@ -36,7 +36,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,8 @@ class Scheduler:
         self.stats = {"placed": 0, "conflicts": 0, "quarantined": 0, "batches": 0}
         self._tasks: list[asyncio.Task[None]] = []
         self._followers: list[asyncio.Task[None]] = []
-        self.suspects: dict[tuple[str, int], int] = {}  # (stream, sequence) -> failed batches
+        self.suspects: dict[tuple[str, int], int] = {}
+        self._unbind: list[Callable[[], Awaitable[None]]] = []  # (stream, sequence) -> failed batches
         self._stop = asyncio.Event()
         self.failure: BaseException | None = None
 
@@ -339,32 +340,69 @@ class Scheduler:
             )
 
     async def _start_consumers(self) -> None:
+        await self._bind_consumers()
+        self._start_followers()
+        for loop in (self._watch_config(), self._watch_consumers()):
+            task = asyncio.create_task(loop)
+            task.add_done_callback(self._task_ended)
+            self._tasks.append(task)
+
+    async def _bind_consumers(self) -> None:
+        """Bind (or create) the workloads and status consumers for this leader's epoch."""
         assert self.bus is not None
         r = self.region
-        await self.bus.durable(
-            subjects.workloads_stream(r),
-            subjects.SCHEDULER_WORKLOADS_CONSUMER,
-            subjects.workloads_filter(r),
-            self._on_workload,
-            epoch=self.core.epoch,
-            # backstops only: _failed naks and quarantines at max_deliver, and a new leader recreates
-            # the consumer, so ack_wait never paces a failover and a long queue is not redelivered
-            ack_wait=300.0,
-            max_deliver=self.config.max_deliver + 2,
-        )
-        await self.bus.durable(
-            subjects.status_stream(r),
-            subjects.SCHEDULER_STATUS_CONSUMER,
-            subjects.job_event(r, "*", "*"),
-            self._on_status,
-            epoch=self.core.epoch,
-            ack_wait=300.0,
-            max_deliver=self.config.max_deliver + 2,
-        )
-        self._start_followers()
-        config = asyncio.create_task(self._watch_config())
-        config.add_done_callback(self._task_ended)
-        self._tasks.append(config)
+        for stop in self._unbind:
+            with contextlib.suppress(Exception):
+                await stop()
+        self._unbind = [
+            await self.bus.durable(
+                stream,
+                consumer,
+                filter_subject,
+                handler,
+                epoch=self.core.epoch,
+                # backstops only: _failed naks and quarantines at max_deliver, and a new leader
+                # recreates the consumer, so ack_wait never paces a failover and a long queue is
+                # not redelivered
+                ack_wait=300.0,
+                max_deliver=self.config.max_deliver + 2,
+            )
+            for stream, consumer, filter_subject, handler in (
+                (
+                    subjects.workloads_stream(r),
+                    subjects.SCHEDULER_WORKLOADS_CONSUMER,
+                    subjects.workloads_filter(r),
+                    self._on_workload,
+                ),
+                (
+                    subjects.status_stream(r),
+                    subjects.SCHEDULER_STATUS_CONSUMER,
+                    subjects.job_event(r, "*", "*"),
+                    self._on_status,
+                ),
+            )
+        ]
+
+    async def _watch_consumers(self) -> None:
+        """The durable consumers' watchdog: recreate them if the server lost them (every 5 s)."""
+        assert self.bus is not None
+        r = self.region
+        while True:
+            await asyncio.sleep(5.0)
+            try:
+                present = [
+                    await self.bus.consumer_exists(
+                        subjects.workloads_stream(r), subjects.SCHEDULER_WORKLOADS_CONSUMER
+                    ),
+                    await self.bus.consumer_exists(
+                        subjects.status_stream(r), subjects.SCHEDULER_STATUS_CONSUMER
+                    ),
+                ]
+            except FederationUnavailable:
+                continue  # the server is away; the client reconnects by itself
+            if not all(present):
+                self.log.warning("a durable consumer vanished; recreating it")
+                await self._bind_consumers()
 
     def _start_followers(self) -> None:
         """Follow offers and heartbeats (from each node's latest: a restart replays the current view)."""

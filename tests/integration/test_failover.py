@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import time
@@ -13,7 +15,7 @@ from federation import subjects
 from federation.bus import Bus
 from federation.client import Client
 from federation.schemas import decode_ledger
-from tests.conftest import eventually, process_alive
+from tests.conftest import eventually, process_alive, run_fed
 from tests.harness import pause, resume
 
 pytestmark = pytest.mark.timeout(240)
@@ -103,3 +105,5 @@ async def test_clean_stop_of_the_leader_hands_over_at_once(make_cluster) -> None
         await fed.submit(["true"], job_id="after-handover")
         await eventually(lambda: _all_succeeded(fed, 1), timeout=30)
         assert (await fed.job("after-handover")).epoch == new_epoch
+    status = json.loads((await asyncio.to_thread(run_fed, cluster.tmp, "status", "--json")).stdout)
+    assert status[0]["leader"]["epoch"] == new_epoch

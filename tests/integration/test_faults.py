@@ -333,3 +333,21 @@ async def test_the_scheduler_warns_unless_jetstream_fsyncs_every_write(make_clus
         await eventually(lambda log=log: "scheduler started" in log.read_text(), timeout=30)
     assert warning in (default.tmp / "logs" / "scheduler-eu.log").read_text()
     assert warning not in (durable.tmp / "logs" / "scheduler-eu.log").read_text()
+
+
+async def test_a_vanished_consumer_is_recreated_by_the_watchdog(make_cluster) -> None:
+    cluster = await make_cluster(agents=1)
+    async with Client.connect(connection=cluster.connection) as fed:
+        assert (
+            await fed.wait((await fed.submit(["true"], job_id="before")).id, timeout=30)
+        ).state == "succeeded"
+        bus = await Bus.connect(cluster.url("eu"), "test-vandal", retry_forever=False)
+        try:  # an operator's mistake, or a server that lost its consumer state
+            await bus.js.delete_consumer(
+                subjects.workloads_stream("eu"), subjects.SCHEDULER_WORKLOADS_CONSUMER
+            )
+        finally:
+            await bus.close()
+        await fed.submit(["true"], job_id="after")
+        assert (await fed.wait("after", timeout=30)).state == "succeeded"
+        assert (await fed.job("before")).attempt == 1  # the replay from the start changed nothing

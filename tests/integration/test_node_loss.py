@@ -78,6 +78,8 @@ async def test_a_lost_node_replaces_waits_and_fails_per_job_and_stops_stale_copi
         assert "keeping the allocation until" in wai.reason
         # behind the blackhole the old copies still run: the agent cannot hear the scheduler
         assert attempts_running("rep") == {1, 2}
+        (region,) = await fed.status()
+        assert {n.node: n.heartbeat for n in region.nodes}["flaky"] == "lost"
 
         link.heal()
         # the returning node learns from its ledger that those attempts are gone and stops them
