@@ -16,13 +16,11 @@ from tests.harness import attempts_running, proxied
 
 pytestmark = pytest.mark.timeout(180)
 
-# heartbeat every 1 s: the TTL (the grace before a node counts as lost) is 3 s
-AGENT_CONFIG = "heartbeat_interval = 1.0\nkill_grace = 1.0\ncpu = 4\nmemory = 8589934592\n"
 
-
-def agent_config(tmp_path: Path) -> str:
+def agent_config(tmp_path: Path, heartbeat: float = 1.0) -> str:
+    """The flaky node's config: a heartbeat every ``heartbeat`` s, so the TTL (the grace) is 3 beats."""
     path = tmp_path / "flaky.toml"
-    path.write_text(AGENT_CONFIG)
+    path.write_text(f"heartbeat_interval = {heartbeat}\nkill_grace = 1.0\ncpu = 4\nmemory = 8589934592\n")
     return str(path)
 
 
@@ -32,15 +30,15 @@ async def test_a_link_blackholed_shorter_than_the_grace_moves_nothing(make_clust
         proxied(cluster.url("eu"), "flaky") as link,
         Client.connect(connection=cluster.connection) as fed,
     ):
-        cluster.start_agent("eu", "flaky", "--config", agent_config(tmp_path), url=link.url)
+        cluster.start_agent("eu", "flaky", "--config", agent_config(tmp_path, heartbeat=2.0), url=link.url)
         await eventually(lambda: _offering(fed, "flaky"), timeout=30)
         job = await fed.submit(["sleep", "600"], nodes=["flaky"], on_node_lost="replace", job_id="steady")
         await eventually(lambda: _state(fed, "steady", "running"), timeout=30)
         link.blackhole()
-        await asyncio.sleep(1.5)  # sleep-ok: the fault lasts half the heartbeat TTL, on purpose
+        await asyncio.sleep(2.0)  # sleep-ok: the fault lasts a third of the 6 s heartbeat TTL, on purpose
         link.heal()
         # the agent reconnects and beats again; give the scheduler more than a TTL to (not) react
-        await asyncio.sleep(4.0)  # sleep-ok: asserting that nothing happens needs a waiting window
+        await asyncio.sleep(7.0)  # sleep-ok: asserting that nothing happens needs a waiting window
         record = await job.record()
         assert (record.state, record.node, record.attempt) == ("running", "flaky", 1), record.history
         assert attempts_running("steady") == {1}
