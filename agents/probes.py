@@ -186,4 +186,11 @@ def build_offer(config: AgentConfig, sample: HostSample, now: float) -> Offer:
         expires_at=now + policy.offer_expiry,
         note="; ".join(notes),
         custom=custom,
+        cpu_percent=min(100.0, max(0.0, sample.cpu_percent)),
+        memory_percent=min(100.0, max(0.0, sample.memory_percent)),
+        gpu_percent=min(100.0, sum(g.utilization for g in sample.gpus) / len(sample.gpus))
+        if sample.gpus
+        else 0.0,
+        runtimes=list(config.runtimes),
+        attributes=dict(config.attributes),
     )

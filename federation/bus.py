@@ -544,6 +544,14 @@ def _stream_configs(region: str) -> list[api.StreamConfig]:
             allow_direct=True,
         ),
         api.StreamConfig(
+            name=subjects.summary_stream(region),
+            subjects=[subjects.summary(region)],
+            storage=file,
+            max_msgs_per_subject=1,
+            max_msg_size=256 * 1024,
+            allow_direct=True,
+        ),
+        api.StreamConfig(
             name=subjects.quarantine_stream(region),
             subjects=[subjects.quarantine(region, "*")],
             storage=file,

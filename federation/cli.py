@@ -218,6 +218,14 @@ async def cmd_status(args: argparse.Namespace) -> int:
             f"leader {region.leader.holder} (epoch {region.leader.epoch})" if region.leader else "NO LEADER"
         )
         print(f"region {region.region}  {region.url}  {leader}  jobs: {counts}")
+        if region.summary is not None:
+            s = region.summary
+            print(
+                f"  summary ({now - s.at:.0f}s old): {s.live}/{s.nodes} nodes live, "
+                f"cpu {s.cpu_free}/{s.cpu} free, "
+                f"memory {format_memory(s.memory_free)}/{format_memory(s.memory)}, "
+                f"gpu {s.gpu_free}/{s.gpu}, load cpu {s.cpu_percent:.0f}% memory {s.memory_percent:.0f}%"
+            )
         for node in region.nodes:
             offer = node.offer
             if offer is None:

@@ -48,6 +48,7 @@ from federation.schemas import (
     Priority,
     Quarantined,
     Submit,
+    Summary,
     decode_lease,
     decode_ledger,
     decode_message,
@@ -89,6 +90,7 @@ class RegionStatus(msgspec.Struct, kw_only=True):
     jobs: dict[str, int] = {}
     queue: list[str] = []
     leader: Lease | None = None
+    summary: Summary | None = None
 
 
 class Explanation(msgspec.Struct, kw_only=True):
@@ -380,6 +382,7 @@ class Client:
                 if item.removed:
                     silent.add(subjects.last_token(item.subject))
             lease_value, _ = await bus.kv_get(subjects.lease_bucket(name), subjects.LEADER_KEY)
+            summary = await self.summary(name)
         except (FederationUnavailable, TimeoutError) as exc:
             return RegionStatus(region=name, url=endpoint.url, reachable=False, error=str(exc))
         now = time.time()
@@ -414,7 +417,22 @@ class Client:
             jobs=counts,
             queue=[r.id for r in pending[:20]],
             leader=_leader(lease_value),
+            summary=summary,
         )
+
+    async def summary(self, region: str) -> Summary | None:
+        """The region's latest capacity summary as its leader published it (None before the first)."""
+        bus = await self.bus(region)
+        if not await bus.stream_exists(subjects.summary_stream(region)):
+            return None
+        item = await bus.last(subjects.summary_stream(region), subjects.summary(region))
+        if item is None:
+            return None
+        try:
+            message = decode_message(item.data)
+        except RemoteProtocolError:
+            return None
+        return message if isinstance(message, Summary) else None
 
 
 def _readable(values: dict[str, tuple[bytes, int]]) -> list[JobRecord]:

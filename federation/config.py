@@ -59,6 +59,8 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     gpu_ids: list[str] = []
     labels: dict[str, str] = {}
     custom: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = {}
+    attributes: dict[str, float | str | list[str]] = {}
+    runtimes: list[str] = msgspec.field(default_factory=lambda: ["process"])
     heartbeat_interval: Positive = 1.0
     work_dir: str = ""
     state_dir: str = ""
@@ -82,6 +84,7 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
     tick_interval: Positive = 0.5
     lease_ttl: Annotated[float, msgspec.Meta(ge=1, le=300)] = 5.0
     max_deliver: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    summary_interval: Positive = 2.0
     name: str = ""
     policy: Policy = msgspec.field(default_factory=Policy)
 

@@ -64,6 +64,7 @@ from federation.core.events import (
     WriteLedger,
 )
 from federation.core.state import ALLOWED, RegionCore
+from federation.core.summary import NodeState, summarize
 from federation.errors import (
     ConfigError,
     ConflictError,
@@ -82,6 +83,7 @@ from federation.schemas import (
     Offer,
     Quarantined,
     Submit,
+    Summary,
     decode_ledger,
     decode_message,
     decode_record,
@@ -342,7 +344,7 @@ class Scheduler:
     async def _start_consumers(self) -> None:
         await self._bind_consumers()
         self._start_followers()
-        for loop in (self._watch_config(), self._watch_consumers()):
+        for loop in (self._watch_config(), self._watch_consumers(), self._publish_summaries()):
             task = asyncio.create_task(loop)
             task.add_done_callback(self._task_ended)
             self._tasks.append(task)
@@ -382,6 +384,23 @@ class Scheduler:
                 ),
             )
         ]
+
+    def summary(self) -> Summary:
+        """The region's capacity summary from the core's view (see :mod:`federation.core.summary`)."""
+        nodes = (
+            NodeState(view.offer, view.current().allocations, view.alive) for view in self.core.nodes.values()
+        )
+        return summarize(self.region, nodes, self.clock(), pending=len(self.core.queue))
+
+    async def _publish_summaries(self) -> None:
+        """Publish the summary every ``summary_interval`` (latest per region, read by other regions)."""
+        assert self.bus is not None
+        while True:
+            try:
+                await self.bus.store(subjects.summary(self.region), encode(self.summary()), timeout=5.0)
+            except FederationError as exc:  # the loop outlives a server outage
+                self.log.warning("summary not stored", error=str(exc))
+            await asyncio.sleep(self.config.summary_interval)
 
     async def _watch_consumers(self) -> None:
         """The durable consumers' watchdog: recreate them if the server lost them (every 5 s)."""

@@ -45,6 +45,13 @@ OnNodeLost = Annotated[
 (keep the allocation that long; if the node returns in time nothing moves, else replace) or
 ``fail`` (the job ends ``lost``). Empty: the region's default."""
 
+Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
+
+Attribute = Amount | Label | Annotated[list[Label], msgspec.Meta(max_length=64)]
+"""A node attribute beyond the counted resources (Oakestra's non-canonical resources): a number
+(``scratch_gb = 500``), a string (``os = "debian12"``) or a list of strings (``isa = ["avx2",
+"avx512"]``). Region summaries sum numbers, collect strings, flatten lists."""
+
 Priority = Literal["urgent", "high", "medium", "low"]
 PRIORITY_RANK: Final[dict[str, int]] = {"urgent": 0, "high": 1, "medium": 2, "low": 3}
 
@@ -117,6 +124,9 @@ class Offer(msgspec.Struct, tag="offer", tag_field="type", kw_only=True, omit_de
     ``cores`` and ``gpus`` name concrete devices. ``pinned`` is false when the declared cores do not
     exist on the host (a simulated or over-declared node): jobs then run without CPU affinity.
     ``capacity_*`` is the node's registered maximum, the ceiling an offer is clamped to.
+    ``*_percent`` is the host's utilisation when the offer was made (federation workloads
+    excluded), ``runtimes`` how it can run a job (``process``), ``attributes`` what else it
+    declares (see :data:`Attribute`).
     """
 
     node: Name
@@ -134,6 +144,11 @@ class Offer(msgspec.Struct, tag="offer", tag_field="type", kw_only=True, omit_de
     expires_at: Timestamp = 0.0
     note: Reason = ""
     custom: Annotated[dict[Label, Amount], msgspec.Meta(max_length=32)] = {}
+    cpu_percent: Percent = 0.0
+    memory_percent: Percent = 0.0
+    gpu_percent: Percent = 0.0
+    runtimes: Annotated[list[Label], msgspec.Meta(max_length=16)] = []
+    attributes: Annotated[dict[Label, Attribute], msgspec.Meta(max_length=32)] = {}
 
 
 JobEventKind = Literal["started", "exited", "failed", "refused", "lost"]
@@ -160,7 +175,43 @@ class JobEvent(msgspec.Struct, tag="job_event", tag_field="type", kw_only=True, 
     member: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
 
 
-Message = Submit | Cancel | Heartbeat | Offer | JobEvent
+class Summary(msgspec.Struct, tag="summary", tag_field="type", kw_only=True, omit_defaults=True):
+    """A region's capacity in one message, on ``fed.<region>.summary`` (aggregated Oakestra-style).
+
+    Canonical resources are summed over the nodes with a live offer: ``cpu``/``memory``/``gpu``
+    offered, and ``*_free`` what their allocations leave. Utilisation percentages are averaged
+    over those nodes. ``gpu_models`` and ``runtimes`` are listed, and ``labels`` collects every
+    label's values. ``custom`` aggregates counted resources and attributes by value type: numbers
+    are summed (counted resources: what is free), strings collected in a list, lists flattened.
+    ``nodes`` counts every node known, ``live`` those with a live offer.
+    """
+
+    region: Name
+    at: Timestamp
+    nodes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    live: Annotated[int, msgspec.Meta(ge=0)] = 0
+    cpu: Annotated[int, msgspec.Meta(ge=0)] = 0
+    cpu_free: Annotated[int, msgspec.Meta(ge=0)] = 0
+    memory: Annotated[int, msgspec.Meta(ge=0)] = 0
+    memory_free: Annotated[int, msgspec.Meta(ge=0)] = 0
+    gpu: Annotated[int, msgspec.Meta(ge=0)] = 0
+    gpu_free: Annotated[int, msgspec.Meta(ge=0)] = 0
+    cpu_percent: Percent = 0.0
+    memory_percent: Percent = 0.0
+    gpu_percent: Percent = 0.0
+    gpu_models: Annotated[list[Label], msgspec.Meta(max_length=256)] = []
+    runtimes: Annotated[list[Label], msgspec.Meta(max_length=64)] = []
+    labels: Annotated[
+        dict[Label, Annotated[list[Label], msgspec.Meta(max_length=1024)]], msgspec.Meta(max_length=64)
+    ] = {}
+    custom: Annotated[
+        dict[Label, Amount | Annotated[list[Label], msgspec.Meta(max_length=4096)]],
+        msgspec.Meta(max_length=64),
+    ] = {}
+    pending: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+Message = Submit | Cancel | Heartbeat | Offer | JobEvent | Summary
 """Everything published on a ``fed.>`` subject, except log chunks (raw bytes)."""
 
 

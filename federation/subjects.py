@@ -82,6 +82,11 @@ def ledger_changes(region: str, node: str) -> str:
     return f"fed.{region}.ledger.{node}"
 
 
+def summary(region: str) -> str:
+    """The region's capacity summary, republished by its leader every few seconds."""
+    return f"fed.{region}.summary"
+
+
 def quarantine(region: str, source: str) -> str:
     """Where a refused message is recorded with its reason (``source`` is the stream it came from)."""
     return f"fed.{region}.quarantine.{source}"
@@ -137,6 +142,11 @@ def logs_stream(region: str) -> str:
     return f"fed-{region}-logs"
 
 
+def summary_stream(region: str) -> str:
+    """The latest summary of the region (one message)."""
+    return f"fed-{region}-summary"
+
+
 def quarantine_stream(region: str) -> str:
     """Refused messages with the reason."""
     return f"fed-{region}-quarantine"
@@ -182,12 +192,14 @@ CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("subject", job_event(R, "<node>", "<job>")),
     Entry("subject", job_log(R, "<node>", "<job>")),
     Entry("subject", ledger_changes(R, "<node>")),
+    Entry("subject", summary(R)),
     Entry("subject", quarantine(R, "<source>")),
     Entry("stream", workloads_stream(R)),
     Entry("stream", heartbeats_stream(R)),
     Entry("stream", offers_stream(R)),
     Entry("stream", status_stream(R)),
     Entry("stream", logs_stream(R)),
+    Entry("stream", summary_stream(R)),
     Entry("stream", quarantine_stream(R)),
     Entry("bucket", ledger_bucket(R)),
     Entry("bucket", jobs_bucket(R)),

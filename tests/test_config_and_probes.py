@@ -85,6 +85,18 @@ def test_busy_gpu_is_withheld_per_device() -> None:
     offer = build_offer(config(gpu_utilization_max=50), sample(gpus=gpus), now=0)
     assert offer.gpus == ["1"]
     assert offer.labels["gpu_model"] == "A100"
+    assert offer.gpu_percent == 50.0  # the average over the node's GPUs, for region summaries
+
+
+def test_an_offer_carries_utilisation_runtimes_and_attributes(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        'region = "eu"\nnode = "n1"\nattributes = { scratch_gb = 500, os = "debian12", isa = ["avx2"] }\n'
+    )
+    offer = build_offer(load_toml(path, AgentConfig), sample(cpu=25.0, available=12 * GiB), now=0)
+    assert (offer.cpu_percent, offer.memory_percent) == (25.0, 25.0)
+    assert offer.runtimes == ["process"]
+    assert offer.attributes == {"scratch_gb": 500, "os": "debian12", "isa": ["avx2"]}
 
 
 def test_over_declared_node_runs_unpinned_and_says_so() -> None:
