@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import json
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,6 +263,13 @@ class Bus:
         if item is None:
             return None, 0
         return (None if item.removed else item.data), item.sequence
+
+    async def latest(self, stream: str, filter_subject: str) -> dict[str, Delivery]:
+        """The latest message of every subject matching ``filter_subject`` stored in ``stream`` now."""
+        out: dict[str, Delivery] = {}
+        async for item in self.follow(stream, filter_subject, last_per_subject=True, until_caught_up=True):
+            out[item.subject] = item
+        return out
 
     async def kv_load(self, bucket: str) -> dict[str, tuple[bytes, int]]:
         """Every live key's latest value and revision (one ordered pass over the bucket)."""
@@ -605,6 +612,46 @@ async def provision(bus: Bus, region: str) -> None:
     )
     with contextlib.suppress(nats.js.errors.BadRequestError):  # exists
         await bus.js.add_stream(config)
+
+
+def _views_config(region: str, peers: Sequence[str]) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=subjects.views_stream(region),
+        storage=api.StorageType.FILE,
+        max_msgs_per_subject=1,
+        allow_direct=True,
+        sources=[
+            api.StreamSource(
+                name=subjects.summary_stream(peer),
+                external=api.ExternalStream(api=f"$JS.{peer}.API", deliver=""),
+            )
+            for peer in sorted(peers)
+            if peer != region
+        ],
+    )
+
+
+async def provision_views(bus: Bus, region: str, peers: Sequence[str]) -> None:
+    """Create or update the region's views stream: it sources every peer's summary stream.
+
+    Sources cross JetStream domains through the hub (``$JS.<peer>.API``): while a link is cut the
+    view of that peer simply ages, and it catches up when the link returns.
+    """
+    config = _views_config(region, peers)
+    try:
+        await bus.js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await bus.js.update_stream(config)
+
+
+async def readd_source(bus: Bus, region: str, peers: Sequence[str], peer: str) -> None:
+    """Drop the source of ``peer`` from the views stream and add it again (the link watchdog).
+
+    The server retries a source that lost its peer with a backoff of up to minutes; a source added
+    afresh connects at once, so a view catches up within seconds of a heal.
+    """
+    await bus.js.update_stream(_views_config(region, [p for p in peers if p != peer]))
+    await bus.js.update_stream(_views_config(region, peers))
 
 
 def _http_json(url: str) -> dict[str, Any]:

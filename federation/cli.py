@@ -58,6 +58,9 @@ def _amounts(values: Sequence[str], what: str) -> dict[str, float]:
     return out
 
 
+STALE_AFTER = 10.0  # seconds: a region's view of another older than this is shown stale
+
+
 def _print_json(value: object) -> int:
     """The ``--json`` output: one JSON document and a newline (documented in subjects.md)."""
     sys.stdout.buffer.write(msgspec.json.encode(value) + b"\n")
@@ -120,6 +123,8 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
         overrides["lease_ttl"] = args.lease_ttl
     if args.monitor_url:
         overrides["monitor_url"] = args.monitor_url
+    if args.peers:
+        overrides["peers"] = [p.strip() for p in args.peers.split(",") if p.strip()]
     config = (
         load_toml(Path(args.config), SchedulerConfig, overrides)
         if args.config
@@ -241,6 +246,20 @@ async def cmd_status(args: argparse.Namespace) -> int:
             )
         if region.queue:
             print(f"  queue ({region.jobs.get('pending', 0)} pending): {' '.join(region.queue[:10])}")
+        if args.all:
+            views = []
+            for peer in (r.region for r in regions if r.region != region.region):
+                view = region.views.get(peer)
+                if view is None:
+                    views.append(f"{peer} (none yet)")
+                    continue
+                age = now - view.at
+                stale = "STALE, " if age > STALE_AFTER else ""
+                views.append(
+                    f"{peer} ({stale}{age:.0f}s old, "
+                    f"cpu {view.cpu_free}/{view.cpu}, gpu {view.gpu_free}/{view.gpu})"
+                )
+            print(f"  sees: {'; '.join(views) or 'no other region'}")
     return 0
 
 
@@ -418,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file with scheduler options")
     p.add_argument("--batch-size", type=int)
     p.add_argument(
+        "--peers", help="the other regions (comma-separated): their summaries are sourced into views"
+    )
+    p.add_argument(
         "--monitor-url", help="the server's monitoring URL (http://host:8222): checks sync_interval at start"
     )
     p.add_argument(
@@ -483,6 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="regions, nodes, offers, allocations, queue")
     p.add_argument("--json", action="store_true", help="machine-readable (documented in subjects.md)")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also each region's view of the others, with its age (stale past 10 s)",
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("jobs", parents=[common], help="list jobs")

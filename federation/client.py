@@ -53,6 +53,7 @@ from federation.schemas import (
     decode_ledger,
     decode_message,
     decode_record,
+    decode_summaries,
     encode,
     validate,
 )
@@ -91,6 +92,7 @@ class RegionStatus(msgspec.Struct, kw_only=True):
     queue: list[str] = []
     leader: Lease | None = None
     summary: Summary | None = None
+    views: dict[str, Summary] = {}  # the other regions' summaries as this region sees them
 
 
 class Explanation(msgspec.Struct, kw_only=True):
@@ -383,6 +385,7 @@ class Client:
                     silent.add(subjects.last_token(item.subject))
             lease_value, _ = await bus.kv_get(subjects.lease_bucket(name), subjects.LEADER_KEY)
             summary = await self.summary(name)
+            views = await self.views(name)
         except (FederationUnavailable, TimeoutError) as exc:
             return RegionStatus(region=name, url=endpoint.url, reachable=False, error=str(exc))
         now = time.time()
@@ -418,7 +421,20 @@ class Client:
             queue=[r.id for r in pending[:20]],
             leader=_leader(lease_value),
             summary=summary,
+            views=views,
         )
+
+    async def views(self, region: str) -> dict[str, Summary]:
+        """``region``'s view of the others: their summaries as sourced into it (each with its ``at``).
+
+        Read from the region's own stream, so it answers while the region is cut off; a view that
+        stopped moving is stale.
+        """
+        bus = await self.bus(region)
+        if not await bus.stream_exists(subjects.views_stream(region)):
+            return {}
+        latest = await bus.latest(subjects.views_stream(region), subjects.summary("*"))
+        return decode_summaries(item.data for item in latest.values())
 
     async def summary(self, region: str) -> Summary | None:
         """The region's latest capacity summary as its leader published it (None before the first)."""

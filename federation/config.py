@@ -85,6 +85,7 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
     lease_ttl: Annotated[float, msgspec.Meta(ge=1, le=300)] = 5.0
     max_deliver: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
     summary_interval: Positive = 2.0
+    peers: list[str] = []  # the other regions, whose summaries this region sources into its views
     name: str = ""
     policy: Policy = msgspec.field(default_factory=Policy)
 

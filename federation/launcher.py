@@ -35,6 +35,7 @@ from federation import subjects
 from federation.bus import Bus, monitoring, provision, wait_for_jetstream
 from federation.config import Connection, RegionEndpoint, write_connection
 from federation.errors import ConfigError, FederationError, FederationUnavailable
+from federation.proxy import LinkProxy
 from federation.resources import format_memory
 
 DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
@@ -100,7 +101,9 @@ def server_config(
         lines.append("  sync_interval: always")
     lines.append("}")
     if leaf_listen:
-        lines.append(f"leafnodes {{ listen: 127.0.0.1:{leaf} }}")
+        # no_advertise: a region dials exactly the URL it was given (a proxy under --chaos), never
+        # an address the hub would otherwise advertise around it
+        lines.append(f"leafnodes {{ listen: 127.0.0.1:{leaf}, no_advertise: true }}")
     if leaf_remote:
         lines.append(f"leafnodes {{ remotes: [ {{ url: {json.dumps(leaf_remote)} }} ] }}")
     return "\n".join(lines) + "\n"
@@ -173,6 +176,7 @@ class Options:
     durable: bool = False
     log_level: str = "info"
     schedulers: int = 1
+    chaos: bool = False
 
 
 class Federation:
@@ -194,6 +198,7 @@ class Federation:
         self.monitors: dict[str, str] = {}
         self.server_args: dict[str, tuple[str, bool, str]] = {}  # name -> domain, leaf_listen, leaf_remote
         self.server_ports: dict[str, tuple[int, int, int]] = {}
+        self.links: dict[str, LinkProxy] = {}  # region -> its leafnode link's proxy (with chaos)
         self.connection: Connection | None = None
         self._watch: asyncio.Task[None] | None = None
 
@@ -207,7 +212,11 @@ class Federation:
             hub = await self._start_server("hub", "hub", leaf_listen=True)
             leaf_port = self.server_ports["hub"][2]
             for region in self.options.regions:
-                await self._start_server(region, region, leaf_remote=f"nats-leaf://127.0.0.1:{leaf_port}")
+                port = leaf_port
+                if self.options.chaos:  # the region's link to the hub runs through a proxy we control
+                    link = self.links[region] = LinkProxy("127.0.0.1", leaf_port, name=region)
+                    port = await link.start()
+                await self._start_server(region, region, leaf_remote=f"nats-leaf://127.0.0.1:{port}")
             await asyncio.gather(*(wait_for_jetstream(self.urls[r]) for r in ("hub", *self.options.regions)))
             for region in self.options.regions:
                 bus = await Bus.connect(self.urls[region], "fed-up", retry_forever=False)
@@ -326,6 +335,8 @@ class Federation:
                         name,
                         "--monitor-url",
                         self.monitors[region],
+                        "--peers",
+                        ",".join(r for r in self.options.regions if r != region),
                         "--log-level",
                         self.options.log_level,
                     ),
@@ -406,6 +417,8 @@ class Federation:
             self._watch = None
         await _terminate(self.daemons, grace)
         await _terminate(list(self.servers.values()), grace)
+        for link in self.links.values():
+            await link.close()
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / "federation.json").unlink()
 

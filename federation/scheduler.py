@@ -44,7 +44,7 @@ import msgspec
 import structlog
 
 from federation import failpoints, subjects, tracing
-from federation.bus import Bus, Delivery, monitoring, provision
+from federation.bus import Bus, Delivery, monitoring, provision, provision_views, readd_source
 from federation.config import SchedulerConfig, load_toml
 from federation.core.events import (
     CancelRequested,
@@ -87,6 +87,7 @@ from federation.schemas import (
     decode_ledger,
     decode_message,
     decode_record,
+    decode_summaries,
     encode,
 )
 
@@ -342,9 +343,14 @@ class Scheduler:
             )
 
     async def _start_consumers(self) -> None:
+        assert self.bus is not None
         await self._bind_consumers()
         self._start_followers()
-        for loop in (self._watch_config(), self._watch_consumers(), self._publish_summaries()):
+        loops = [self._watch_config(), self._watch_consumers(), self._publish_summaries()]
+        if self.config.peers:
+            await provision_views(self.bus, self.region, self.config.peers)
+            loops.append(self._watch_views())
+        for loop in loops:
             task = asyncio.create_task(loop)
             task.add_done_callback(self._task_ended)
             self._tasks.append(task)
@@ -401,6 +407,35 @@ class Scheduler:
             except FederationError as exc:  # the loop outlives a server outage
                 self.log.warning("summary not stored", error=str(exc))
             await asyncio.sleep(self.config.summary_interval)
+
+    async def views(self) -> dict[str, Summary]:
+        """The peers' latest summaries as sourced into this region (its view of the federation)."""
+        assert self.bus is not None
+        latest = await self.bus.latest(subjects.views_stream(self.region), subjects.summary("*"))
+        return decode_summaries(item.data for item in latest.values())
+
+    async def _watch_views(self) -> None:
+        """The link watchdog: a peer's view older than three summaries gets its source re-added.
+
+        After a partition heals the server's own retry of a source can take minutes; a source added
+        afresh catches up at once. While the link is still cut, re-adding costs two stream config
+        updates a second per stale peer, all local to the region.
+        """
+        assert self.bus is not None
+        stale_after = 3 * self.config.summary_interval
+        while True:
+            await asyncio.sleep(min(1.0, self.config.summary_interval))
+            try:
+                views = await self.views()
+                now = self.clock()
+                for peer in self.config.peers:
+                    view = views.get(peer)
+                    age = now - view.at if view is not None else float("inf")
+                    if age > stale_after:
+                        self.log.debug("view stale; re-adding its source", peer=peer, age=round(age, 1))
+                        await readd_source(self.bus, self.region, self.config.peers, peer)
+            except FederationError as exc:
+                self.log.warning("views not checked", error=str(exc))
 
     async def _watch_consumers(self) -> None:
         """The durable consumers' watchdog: recreate them if the server lost them (every 5 s)."""

@@ -11,6 +11,7 @@ fields (a newer client may add one); a new field always has a default; a field n
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -412,6 +413,19 @@ def decode_lease(data: bytes) -> Lease:
         return _lease_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedMessage(f"lease: {exc}") from None
+
+
+def decode_summaries(values: Iterable[bytes]) -> dict[str, Summary]:
+    """Region summaries by region, skipping anything that is not a readable summary."""
+    out: dict[str, Summary] = {}
+    for data in values:
+        try:
+            message = decode_message(data)
+        except (MalformedMessage, MessageTooLarge):
+            continue
+        if isinstance(message, Summary):
+            out[message.region] = message
+    return out
 
 
 def validate(message: Message) -> Message:

@@ -147,6 +147,11 @@ def summary_stream(region: str) -> str:
     return f"fed-{region}-summary"
 
 
+def views_stream(region: str) -> str:
+    """The other regions' summaries, sourced into this region (its local view of the federation)."""
+    return f"fed-{region}-views"
+
+
 def quarantine_stream(region: str) -> str:
     """Refused messages with the reason."""
     return f"fed-{region}-quarantine"
@@ -200,6 +205,7 @@ CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("stream", status_stream(R)),
     Entry("stream", logs_stream(R)),
     Entry("stream", summary_stream(R)),
+    Entry("stream", views_stream(R)),
     Entry("stream", quarantine_stream(R)),
     Entry("bucket", ledger_bucket(R)),
     Entry("bucket", jobs_bucket(R)),

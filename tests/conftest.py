@@ -117,6 +117,7 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
         capacity: dict[str, int] | None = None,
         schedulers: int = 1,
         durable: bool = False,
+        chaos: bool = False,
     ) -> Cluster:
         options = Options(
             state_dir=tmp_path / f"fed{len(clusters)}",
@@ -125,6 +126,7 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
             capacity=capacity or {"cpu": 4, "memory": 8 * GiB, "gpu": 0},
             schedulers=schedulers,
             durable=durable,
+            chaos=chaos,
         )
         federation = Federation(options)
         connection = await federation.start()

@@ -1,0 +1,43 @@
+"""Cross-region views through real leafnode links and a real link proxy (issue #4, parts 1 and 4)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from federation.client import Client
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def test_views_go_stale_in_a_partition_and_converge_within_5s_of_the_heal(make_cluster) -> None:
+    cluster = await make_cluster(regions=("aa", "bb"), agents=1, chaos=True)
+    async with Client.connect(connection=cluster.connection) as fed:
+
+        async def fresh(region: str, peer: str, within: float = 4.0) -> bool:
+            view = (await fed.views(region)).get(peer)
+            return view is not None and time.time() - view.at < within
+
+        async def stale(region: str, peer: str) -> bool:
+            return not await fresh(region, peer, within=8.0)
+
+        await eventually(lambda: fresh("aa", "bb"), timeout=30)
+        await eventually(lambda: fresh("bb", "aa"), timeout=30)
+
+        cluster.federation.links["bb"].cut()  # bb loses the hub, and with it every other region
+        # each side keeps scheduling its own nodes
+        for region in ("aa", "bb"):
+            job = await fed.submit(["true"], region=region, job_id=f"during-{region}")
+            assert (await job.wait(timeout=30)).state == "succeeded"
+        # and each side's view of the other ages: stale, with its age
+        await eventually(lambda: stale("aa", "bb"), timeout=30)
+        await eventually(lambda: stale("bb", "aa"), timeout=30)
+
+        cluster.federation.links["bb"].heal()
+        healed = time.monotonic()
+        await eventually(lambda: fresh("aa", "bb", within=3.0), timeout=30, interval=0.1)
+        await eventually(lambda: fresh("bb", "aa", within=3.0), timeout=30, interval=0.1)
+        took = time.monotonic() - healed
+        assert took < 5.0, f"views took {took:.1f}s to converge after the heal"
