@@ -196,6 +196,23 @@ class Bus:
         """Core publish: fire and forget, nothing stored unless a stream captures it."""
         await self.nc.publish(subject, data, headers=tracing.inject(headers))
 
+    async def request(self, subject: str, data: bytes, timeout: float = 5.0) -> bytes:
+        """Core request/reply: the responder's answer (FederationUnavailable when nobody answers)."""
+        try:
+            msg = await self.nc.request(subject, data, timeout=timeout)
+        except Exception as exc:
+            raise _translate(subject, exc) from None
+        return bytes(msg.data)
+
+    async def reply(self, subject: str, handler: Callable[[bytes], Awaitable[bytes]]) -> Any:
+        """Answer requests on ``subject`` with ``handler(request data)``; returns the subscription."""
+
+        async def on_msg(msg: Msg) -> None:
+            if msg.reply:
+                await self.nc.publish(msg.reply, await handler(msg.data))
+
+        return await self.nc.subscribe(subject, cb=on_msg)
+
     async def store(
         self,
         subject: str,

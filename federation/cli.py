@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from federation import logs, tracing
+from federation import logs, subjects, tracing
 from federation.config import (
     AgentConfig,
     SchedulerConfig,
@@ -26,9 +26,9 @@ from federation.config import (
     default_state_dir,
     load_toml,
 )
-from federation.errors import FederationError, InvalidRequest
-from federation.resources import format_memory, parse_capacity, parse_memory
-from federation.schemas import JobRecord, Submit
+from federation.errors import FederationError, FederationUnavailable, InvalidRequest
+from federation.resources import format_memory, parse_capacity, parse_duration, parse_memory
+from federation.schemas import ChaosCommand, ChaosState, JobRecord, Submit
 
 EXIT_ERROR = 2
 
@@ -104,8 +104,39 @@ async def cmd_up(args: argparse.Namespace) -> int:
         durable=args.durable,
         log_level=args.log_level,
         schedulers=args.schedulers,
+        chaos=args.chaos,
     )
     await up(options)
+    return 0
+
+
+async def cmd_chaos(args: argparse.Namespace) -> int:
+    from federation.bus import Bus
+    from federation.config import load_connection
+
+    connection = load_connection(_state_dir(args))
+    request = ChaosCommand(
+        region=getattr(args, "region", None) or "",
+        seconds=parse_duration(args.duration) if getattr(args, "duration", None) else 0.0,
+        mode=getattr(args, "mode", None) or "cut",
+    )
+    bus = await Bus.connect(connection.hub_url, "fed-chaos", retry_forever=False)
+    try:
+        try:
+            data = await bus.request(subjects.chaos(args.chaos_command), msgspec.json.encode(request))
+        except FederationUnavailable:
+            raise FederationUnavailable(
+                connection.hub_url, "nobody answers chaos requests: is fed up running with --chaos?"
+            ) from None
+    finally:
+        await bus.close()
+    state = msgspec.json.decode(data, type=ChaosState)
+    if state.error:
+        raise InvalidRequest(state.error)
+    if args.json:
+        return _print_json(state)
+    for region, mode in sorted(state.links.items()):
+        print(f"{region:<16} {'linked' if mode == 'open' else 'PARTITIONED (' + mode + ')'}")
     return 0
 
 
@@ -424,12 +455,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--durable", action="store_true", help="JetStream sync_interval: always (fsync every write)"
     )
     p.add_argument(
+        "--chaos",
+        action="store_true",
+        help="put a controllable proxy in every region's link to the hub (see fed chaos)",
+    )
+    p.add_argument(
         "--schedulers",
         type=int,
         default=1,
         help="schedulers per region (default 1); with 2, one leads and one stands by to take over",
     )
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser(
+        "chaos",
+        parents=[common],
+        help="cut or heal regions' links (fed up --chaos)",
+        description="Partition a region from the hub (and so from every other region), heal it, or show "
+        "the links. Needs a federation started with fed up --chaos.",
+    )
+    chaos = p.add_subparsers(dest="chaos_command", required=True, metavar="ACTION")
+    q = chaos.add_parser("partition", parents=[common], help="cut REGION off")
+    q.add_argument("region")
+    q.add_argument("--for", dest="duration", help="heal by itself after this long, e.g. 30s")
+    q.add_argument(
+        "--mode", choices=["cut", "blackhole"], default="cut", help="close the link, or drop its bytes"
+    )
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_chaos)
+    q = chaos.add_parser("heal", parents=[common], help="restore REGION's link (default: every region's)")
+    q.add_argument("region", nargs="?")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_chaos)
+    q = chaos.add_parser("status", parents=[common], help="each region's link: linked or partitioned")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_chaos)
 
     p = sub.add_parser("scheduler", parents=[common], help="run a region's scheduler daemon")
     p.add_argument("--region")

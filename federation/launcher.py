@@ -31,12 +31,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from federation import subjects
 from federation.bus import Bus, monitoring, provision, wait_for_jetstream
 from federation.config import Connection, RegionEndpoint, write_connection
 from federation.errors import ConfigError, FederationError, FederationUnavailable
 from federation.proxy import LinkProxy
 from federation.resources import format_memory
+from federation.schemas import ChaosCommand, ChaosState
 
 DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
 
@@ -199,6 +202,8 @@ class Federation:
         self.server_args: dict[str, tuple[str, bool, str]] = {}  # name -> domain, leaf_listen, leaf_remote
         self.server_ports: dict[str, tuple[int, int, int]] = {}
         self.links: dict[str, LinkProxy] = {}  # region -> its leafnode link's proxy (with chaos)
+        self._heals: dict[str, asyncio.TimerHandle] = {}
+        self._chaos_bus: Bus | None = None
         self.connection: Connection | None = None
         self._watch: asyncio.Task[None] | None = None
 
@@ -244,6 +249,8 @@ class Federation:
         )
         write_connection(self.state_dir, self.connection)
         self._watch = asyncio.create_task(self._supervise())
+        if self.options.chaos:
+            await self._serve_chaos()
         return self.connection
 
     async def _start_server(
@@ -381,6 +388,54 @@ class Federation:
             path.write_text(DEFAULT_SCHEDULER_CONFIG.format(region=region))
         return path
 
+    # --- chaos -------------------------------------------------------------------------------------
+
+    async def _serve_chaos(self) -> None:
+        """Answer ``fed chaos`` on the hub (which no proxy stands in front of)."""
+        self._chaos_bus = await Bus.connect(self.urls["hub"], "fed-up-chaos")
+        for command in ("partition", "heal", "status"):
+
+            async def answer(data: bytes, command: str = command) -> bytes:
+                return msgspec.json.encode(self.chaos(command, data))
+
+            await self._chaos_bus.reply(subjects.chaos(command), answer)
+
+    def chaos(self, command: str, data: bytes = b"{}") -> ChaosState:
+        """Apply one chaos command (``partition``, ``heal``, ``status``) to the leafnode links."""
+        try:
+            request = msgspec.json.decode(data or b"{}", type=ChaosCommand)
+        except msgspec.ValidationError as exc:
+            return ChaosState(error=f"bad request: {exc}")
+        except msgspec.DecodeError as exc:
+            return ChaosState(error=f"bad request: {exc}")
+        if request.region and request.region not in self.links:
+            return ChaosState(error=f"no such region {request.region!r} (regions: {', '.join(self.links)})")
+        if command == "partition":
+            if not request.region:
+                return ChaosState(error="partition needs a region")
+            link = self.links[request.region]
+            if request.mode == "blackhole":
+                link.blackhole()
+            else:
+                link.cut()
+            self.echo(f"  chaos: {request.region} partitioned ({request.mode})")
+            if request.seconds:
+                self._heals[request.region] = asyncio.get_running_loop().call_later(
+                    request.seconds, self._heal, request.region
+                )
+        elif command == "heal":
+            for region in [request.region] if request.region else list(self.links):
+                self._heal(region)
+        return ChaosState(links={region: link.mode for region, link in self.links.items()})
+
+    def _heal(self, region: str) -> None:
+        timer = self._heals.pop(region, None)
+        if timer is not None:
+            timer.cancel()
+        if self.links[region].mode != "open":
+            self.links[region].heal()
+            self.echo(f"  chaos: {region} healed")
+
     async def restart_server(self, name: str) -> None:
         """Start the server ``name`` again on the ports it had, with its JetStream store intact."""
         domain, leaf_listen, leaf_remote = self.server_args[name]
@@ -417,6 +472,11 @@ class Federation:
             self._watch = None
         await _terminate(self.daemons, grace)
         await _terminate(list(self.servers.values()), grace)
+        if self._chaos_bus is not None:
+            await self._chaos_bus.close()
+            self._chaos_bus = None
+        for timer in self._heals.values():
+            timer.cancel()
         for link in self.links.values():
             await link.close()
         with contextlib.suppress(FileNotFoundError):

@@ -347,6 +347,26 @@ class Lease(msgspec.Struct, kw_only=True, frozen=True):
     ttl: float = 0.0
 
 
+class ChaosCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A request to ``fed up --chaos`` on ``fed.hub.chaos.<command>`` (``partition``, ``heal``, ``status``).
+
+    ``region`` empty means every region (``heal``); ``seconds`` > 0 heals a partition by itself
+    after that long; ``mode`` ``cut`` closes the link (peers see it at once), ``blackhole`` drops
+    its bytes (peers notice through their own timeouts).
+    """
+
+    region: str = ""
+    seconds: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 0.0
+    mode: Literal["cut", "blackhole"] = "cut"
+
+
+class ChaosState(msgspec.Struct, kw_only=True):
+    """The reply: every region's link mode (``open``, ``cut``, ``blackhole``), or an error."""
+
+    links: dict[str, str] = {}
+    error: str = ""
+
+
 class Quarantined(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A refused message, kept with the reason on ``fed.<region>.quarantine.<source>``."""
 

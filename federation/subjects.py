@@ -82,6 +82,11 @@ def ledger_changes(region: str, node: str) -> str:
     return f"fed.{region}.ledger.{node}"
 
 
+def chaos(command: str) -> str:
+    """Fault injection requests to ``fed up --chaos`` (served on the hub: partition, heal, status)."""
+    return f"fed.hub.chaos.{command}"
+
+
 def summary(region: str) -> str:
     """The region's capacity summary, republished by its leader every few seconds."""
     return f"fed.{region}.summary"
@@ -198,6 +203,7 @@ CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("subject", job_log(R, "<node>", "<job>")),
     Entry("subject", ledger_changes(R, "<node>")),
     Entry("subject", summary(R)),
+    Entry("subject", chaos("<command>")),
     Entry("subject", quarantine(R, "<source>")),
     Entry("stream", workloads_stream(R)),
     Entry("stream", heartbeats_stream(R)),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
 import time
 
 import pytest
 
 from federation.client import Client
-from tests.conftest import eventually
+from tests.conftest import eventually, run_fed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,3 +44,26 @@ async def test_views_go_stale_in_a_partition_and_converge_within_5s_of_the_heal(
         await eventually(lambda: fresh("bb", "aa", within=3.0), timeout=30, interval=0.1)
         took = time.monotonic() - healed
         assert took < 5.0, f"views took {took:.1f}s to converge after the heal"
+
+
+async def test_fed_chaos_partitions_heals_and_reports_the_links(make_cluster) -> None:
+    cluster = await make_cluster(regions=("aa", "bb"), agents=0, chaos=True)
+
+    async def fed(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(run_fed, cluster.tmp, "chaos", *args)
+
+    out = await fed("partition", "bb", "--for", "3s")
+    assert out.returncode == 0, out.stderr
+    assert "bb               PARTITIONED (cut)" in out.stdout
+    assert cluster.federation.links["bb"].mode == "cut"
+    status = json.loads((await fed("status", "--json")).stdout)
+    assert status["links"] == {"aa": "open", "bb": "cut"}
+    await eventually(lambda: cluster.federation.links["bb"].mode == "open", timeout=10)  # --for 3s
+    assert (await fed("partition", "aa", "--mode", "blackhole")).returncode == 0
+    assert cluster.federation.links["aa"].mode == "blackhole"
+    healed = await fed("heal")
+    assert "aa               linked" in healed.stdout
+    assert cluster.federation.links["aa"].mode == "open"
+    bad = await fed("partition", "zz")
+    assert bad.returncode != 0
+    assert "no such region 'zz'" in bad.stderr
