@@ -123,7 +123,9 @@ async def cmd_chaos(args: argparse.Namespace) -> int:
     bus = await Bus.connect(connection.hub_url, "fed-chaos", retry_forever=False)
     try:
         try:
-            data = await bus.request(subjects.chaos(args.chaos_command), msgspec.json.encode(request))
+            data = await bus.request(
+                subjects.chaos(subjects.HUB, args.chaos_command), msgspec.json.encode(request)
+            )
         except FederationUnavailable:
             raise FederationUnavailable(
                 connection.hub_url, "nobody answers chaos requests: is fed up running with --chaos?"

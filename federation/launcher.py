@@ -398,7 +398,7 @@ class Federation:
             async def answer(data: bytes, command: str = command) -> bytes:
                 return msgspec.json.encode(self.chaos(command, data))
 
-            await self._chaos_bus.reply(subjects.chaos(command), answer)
+            await self._chaos_bus.reply(subjects.chaos(subjects.HUB, command), answer)
 
     def chaos(self, command: str, data: bytes = b"{}") -> ChaosState:
         """Apply one chaos command (``partition``, ``heal``, ``status``) to the leafnode links."""

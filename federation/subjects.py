@@ -82,9 +82,12 @@ def ledger_changes(region: str, node: str) -> str:
     return f"fed.{region}.ledger.{node}"
 
 
-def chaos(command: str) -> str:
-    """Fault injection requests to ``fed up --chaos`` (served on the hub: partition, heal, status)."""
-    return f"fed.hub.chaos.{command}"
+HUB: Final = "hub"
+
+
+def chaos(region: str, command: str) -> str:
+    """Fault injection requests to ``fed up --chaos`` (``region`` is the hub's: :data:`HUB`)."""
+    return f"fed.{region}.chaos.{command}"
 
 
 def summary(region: str) -> str:
@@ -203,7 +206,7 @@ CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("subject", job_log(R, "<node>", "<job>")),
     Entry("subject", ledger_changes(R, "<node>")),
     Entry("subject", summary(R)),
-    Entry("subject", chaos("<command>")),
+    Entry("subject", chaos(R, "<command>")),
     Entry("subject", quarantine(R, "<source>")),
     Entry("stream", workloads_stream(R)),
     Entry("stream", heartbeats_stream(R)),
