@@ -204,6 +204,15 @@ class Bus:
             raise _translate(subject, exc) from None
         return bytes(msg.data)
 
+    async def domain_reachable(self, domain: str, timeout: float = 0.5) -> bool:
+        """Whether the JetStream of another domain answers through the hub right now (cheap: one
+        request for the account info; a cut link fails fast with no responders)."""
+        try:
+            await self.nc.request(f"$JS.{domain}.API.INFO", b"", timeout=timeout)
+        except Exception:
+            return False
+        return True
+
     async def reply(self, subject: str, handler: Callable[[bytes], Awaitable[bytes]]) -> Any:
         """Answer requests on ``subject`` with ``handler(request data)``; returns the subscription."""
 

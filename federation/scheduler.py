@@ -418,11 +418,12 @@ class Scheduler:
         """The link watchdog: a peer's view older than three summaries gets its source re-added.
 
         After a partition heals the server's own retry of a source can take minutes; a source added
-        afresh catches up at once. While the link is still cut, re-adding costs two stream config
-        updates a second per stale peer, all local to the region.
+        afresh catches up at once. A stale peer is probed every second (one request through the
+        hub, failing fast while the link is cut); the source is re-added once the peer answers.
         """
         assert self.bus is not None
         stale_after = 3 * self.config.summary_interval
+        last_try: dict[str, float] = {}
         while True:
             await asyncio.sleep(min(1.0, self.config.summary_interval))
             try:
@@ -431,8 +432,13 @@ class Scheduler:
                 for peer in self.config.peers:
                     view = views.get(peer)
                     age = now - view.at if view is not None else float("inf")
-                    if age > stale_after:
-                        self.log.debug("view stale; re-adding its source", peer=peer, age=round(age, 1))
+                    if age <= stale_after or now - last_try.get(peer, 0.0) < 2.0:
+                        continue
+                    # only once the peer answers again: re-adding while the link is cut would cost
+                    # stream updates every second and gain nothing
+                    if await self.bus.domain_reachable(peer):
+                        last_try[peer] = now
+                        self.log.info("view stale and peer reachable; re-adding its source", peer=peer)
                         await readd_source(self.bus, self.region, self.config.peers, peer)
             except FederationError as exc:
                 self.log.warning("views not checked", error=str(exc))
