@@ -11,6 +11,7 @@ import pytest
 
 from federation.client import Client
 from tests.conftest import eventually, run_fed
+from tests.harness import pause, resume
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -67,3 +68,16 @@ async def test_fed_chaos_partitions_heals_and_reports_the_links(make_cluster) ->
     bad = await fed("partition", "zz")
     assert bad.returncode != 0
     assert "no such region 'zz'" in bad.stderr
+
+
+async def test_with_the_hub_frozen_every_region_keeps_scheduling_its_own_nodes(make_cluster) -> None:
+    cluster = await make_cluster(regions=("aa", "bb"), agents=1)
+    hub = cluster.federation.servers["hub"]
+    async with Client.connect(connection=cluster.connection) as fed:
+        pause(hub.pid)  # the hub hangs: every leafnode link stalls, like every region partitioned
+        try:
+            for region in ("aa", "bb"):
+                job = await fed.submit(["true"], region=region, job_id=f"hubless-{region}")
+                assert (await job.wait(timeout=30)).state == "succeeded"
+        finally:
+            resume(hub.pid)
