@@ -40,7 +40,7 @@ import structlog
 from agents import runner
 from agents.probes import HostProbe, build_offer, declared_devices
 from federation import subjects, tracing
-from federation.bus import Bus
+from federation.bus import Bus, idle
 from federation.config import AgentConfig
 from federation.errors import RemoteProtocolError
 from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, decode_ledger, encode
@@ -147,7 +147,7 @@ class Agent:
             except Exception as exc:  # the loop must outlive any single failure
                 self.log.warning("heartbeat not stored", error=str(exc))
             due = max(due + interval, loop.time())
-            await asyncio.sleep(due - loop.time())
+            await idle(due - loop.time())
 
     async def _offers(self) -> None:
         assert self.bus is not None
@@ -164,7 +164,7 @@ class Agent:
                 )
             except Exception as exc:  # the loop must outlive any single failure
                 self.log.warning("offer not stored", error=str(exc))
-            await asyncio.sleep(policy.check_interval)
+            await idle(policy.check_interval)
 
     # --- reconcile ---------------------------------------------------------------------------------
 
@@ -240,7 +240,8 @@ class Agent:
                 return False
             self._run_ended.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._run_ended.wait(), left)
+                async with asyncio.timeout(left):  # not wait_for: it can swallow a cancellation on 3.11
+                    await self._run_ended.wait()
         return True
 
     def _still_wanted(self, allocation: Allocation) -> bool:
@@ -338,7 +339,7 @@ class Agent:
                 return
             except Exception as exc:  # retried until stored: a report must not be lost
                 self.log.warning("store failed; retrying", subject=subject, error=str(exc))
-                await asyncio.sleep(delay)
+                await idle(delay)
                 delay = min(delay * 2, 5.0)
 
     # --- journal -----------------------------------------------------------------------------------

@@ -94,7 +94,8 @@ def _delivery(msg: Msg) -> Delivery:
 class Tail:
     """Messages of an ordered consumer, taken one at a time with an optional timeout."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: str = "") -> None:
+        self.stream = stream
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._sub: Any = None
         self.last_pending = -1
@@ -106,7 +107,10 @@ class Tail:
     async def next(self, timeout: float | None = None) -> Delivery | None:
         """The next message, or None when ``timeout`` passes first."""
         try:
-            msg = await asyncio.wait_for(self._queue.get(), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can turn a cancellation that meets its
+            # own timeout into a TimeoutError, and a follower loop would then never stop
+            async with asyncio.timeout(timeout):
+                msg = await self._queue.get()
         except TimeoutError:
             return None
         item = _delivery(msg)
@@ -130,8 +134,34 @@ class Tail:
             await self._sub.unsubscribe()
 
 
-def _translate(subject: str, exc: Exception) -> Exception:
-    """Map nats-py's exceptions onto :mod:`federation.errors` (callers never see nats types)."""
+async def idle(seconds: float) -> None:
+    """``asyncio.sleep`` for daemon loops, raising a cancellation that something swallowed.
+
+    nats-py waits with ``asyncio.wait_for``, which on Python 3.11 can swallow a cancellation that
+    meets its answer or its timeout (the task stays marked as cancelling); a loop that sleeps
+    through here stops at its next turn instead of running forever.
+    """
+    cancelled()
+    await asyncio.sleep(seconds)
+
+
+def cancelled() -> None:
+    """Raise ``CancelledError`` if the current task was asked to stop and something swallowed it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _translate(subject: str, exc: Exception) -> BaseException:
+    """Map nats-py's exceptions onto :mod:`federation.errors` (callers never see nats types).
+
+    A task being cancelled gets its cancellation back: nats-py waits with ``asyncio.wait_for``,
+    which on Python 3.11 can turn a cancellation into a timeout, and a loop that retries timeouts
+    would then never stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return asyncio.CancelledError()
     if isinstance(exc, nats.js.errors.APIError) and exc.code != 503:
         return InvalidRequest(f"the server refused the message on {subject}: {exc.description or exc}")
     if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
@@ -209,7 +239,10 @@ class Bus:
         request for the account info; a cut link fails fast with no responders)."""
         try:
             await self.nc.request(f"$JS.{domain}.API.INFO", b"", timeout=timeout)
-        except Exception:
+        except Exception as exc:
+            error = _translate(domain, exc)
+            if not isinstance(error, Exception):
+                raise error from None  # being cancelled
             return False
         return True
 
@@ -383,7 +416,7 @@ class Bus:
         ``last_per_subject`` starts at the latest message of each subject (offers, heartbeats, KV
         keys); ``start_sequence`` starts at that stream sequence; else from the beginning.
         """
-        tail = Tail()
+        tail = Tail(stream)
         if start_sequence:
             policy = api.DeliverPolicy.BY_START_SEQUENCE
         else:
@@ -436,6 +469,7 @@ class Bus:
                 await tail.stop()
         resume = start_sequence
         while True:
+            cancelled()
             generation = self.generation
             tail = await self._open_tail(stream, filter_subject, last_per_subject, resume)
             try:
@@ -457,12 +491,12 @@ class Bus:
             except Exception as exc:
                 # a stream not found (a server restarted before anyone provisioned again) or away:
                 # both pass, so a follower waits rather than dies
-                self_error = _translate(stream, exc)
-                if isinstance(self_error, InvalidRequest) and not isinstance(
-                    exc, nats.js.errors.NotFoundError
-                ):
+                error = _translate(stream, exc)
+                if not isinstance(error, Exception):
+                    raise error from None  # being cancelled
+                if isinstance(error, InvalidRequest) and not isinstance(exc, nats.js.errors.NotFoundError):
                     raise
-                await asyncio.sleep(delay)
+                await idle(delay)
                 delay = min(2 * delay, 2.0)
 
     async def _watched(self, tail: Tail, generation: int, check_every: float) -> AsyncIterator[Delivery]:
@@ -470,6 +504,7 @@ class Bus:
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
         while self.generation == generation:
+            cancelled()
             item = await tail.next(timeout=0.5)
             if item is not None:
                 quiet_since = loop.time()
@@ -480,7 +515,10 @@ class Bus:
             quiet_since = loop.time()
             try:
                 await tail._sub.consumer_info()
-            except Exception:
+            except Exception as exc:
+                error = _translate(tail.stream, exc)
+                if not isinstance(error, Exception):
+                    raise error from None  # being cancelled
                 return  # gone (a server restart, an expired ephemeral consumer): recreate it
 
     async def subscribe(self, subject: str, handler: Callable[[Delivery], Awaitable[None]]) -> Any:

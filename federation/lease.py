@@ -27,7 +27,6 @@ compare-and-set finds the revision moved. See :mod:`federation.scheduler`.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from collections.abc import Callable
 import structlog
 
 from federation import subjects
-from federation.bus import Bus
+from federation.bus import Bus, idle
 from federation.errors import ConflictError, FederationUnavailable, LeaseLost, MalformedMessage
 from federation.schemas import Lease as LeaseValue
 from federation.schemas import decode_lease, encode
@@ -120,7 +119,7 @@ class Lease:
                 pass  # another standby won the race: keep watching
             except FederationUnavailable as exc:
                 self.log.warning("lease unreadable; retrying", error=str(exc))
-            await asyncio.sleep(self.poll)
+            await idle(self.poll)
 
     async def renew(self) -> None:
         """Extend the lease once; raises :class:`LeaseLost` when someone else holds it."""
@@ -144,7 +143,7 @@ class Lease:
     async def hold(self) -> None:
         """Renew every ``ttl / 3`` until the lease is lost (raises :class:`LeaseLost`)."""
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            await idle(self.ttl / 3)
             try:
                 await self.renew()  # even after a local lapse: it lands only if nobody took over
             except FederationUnavailable as exc:

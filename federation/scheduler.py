@@ -44,7 +44,7 @@ import msgspec
 import structlog
 
 from federation import failpoints, subjects, tracing
-from federation.bus import Bus, Delivery, monitoring, provision, provision_views, readd_source
+from federation.bus import Bus, Delivery, idle, monitoring, provision, provision_views, readd_source
 from federation.config import SchedulerConfig, load_toml
 from federation.core.events import (
     CancelRequested,
@@ -156,7 +156,10 @@ class Scheduler:
         finally:
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._tasks:  # bounded: a task that swallowed its cancellation must not hang the exit
+                _, stuck = await asyncio.wait(self._tasks, timeout=10.0)
+                for task in stuck:
+                    self.log.error("task did not stop", task=task.get_name(), stack=_stack(task))
             if not isinstance(self.failure, LeaseLost):
                 await self.lease.release()  # a clean stop hands over at once, not after the TTL
             await self.bus.close()
@@ -232,7 +235,7 @@ class Scheduler:
     async def _watch_config(self) -> None:
         """Reload when the config file changes (editing it is enough; SIGHUP also works)."""
         while True:
-            await asyncio.sleep(1.0)
+            await idle(1.0)
             if self._stamp() != self._config_stamp:
                 self.reload()
 
@@ -406,7 +409,7 @@ class Scheduler:
                 await self.bus.store(subjects.summary(self.region), encode(self.summary()), timeout=5.0)
             except FederationError as exc:  # the loop outlives a server outage
                 self.log.warning("summary not stored", error=str(exc))
-            await asyncio.sleep(self.config.summary_interval)
+            await idle(self.config.summary_interval)
 
     async def views(self) -> dict[str, Summary]:
         """The peers' latest summaries as sourced into this region (its view of the federation)."""
@@ -425,7 +428,7 @@ class Scheduler:
         stale_after = 3 * self.config.summary_interval
         last_try: dict[str, float] = {}
         while True:
-            await asyncio.sleep(min(1.0, self.config.summary_interval))
+            await idle(min(1.0, self.config.summary_interval))
             try:
                 views = await self.views()
                 now = self.clock()
@@ -448,7 +451,7 @@ class Scheduler:
         assert self.bus is not None
         r = self.region
         while True:
-            await asyncio.sleep(5.0)
+            await idle(5.0)
             try:
                 present = [
                     await self.bus.consumer_exists(
@@ -593,7 +596,8 @@ class Scheduler:
         while not self._stop.is_set():
             items: list[Item] = []
             with contextlib.suppress(TimeoutError):
-                items.append(await asyncio.wait_for(self.queue.get(), self.config.tick_interval))
+                async with asyncio.timeout(self.config.tick_interval):  # not wait_for: see Tail.next
+                    items.append(await self.queue.get())
             while len(items) < self.config.batch_size and not self.queue.empty():
                 items.append(self.queue.get_nowait())
             # a message that failed a batch before goes alone, in its place in the order, so a
@@ -680,7 +684,8 @@ class Scheduler:
             except (FederationUnavailable, TimeoutError) as exc:
                 self.log.warning("recovery failed; retrying", error=str(exc))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
                 delay = min(2 * delay, 5.0)
         self._start_followers()
 
@@ -739,7 +744,7 @@ class Scheduler:
                         break
                     except FederationUnavailable as exc:  # outcome unknown: send the same write again
                         self.log.warning("ledger write unanswered; retrying", node=node, error=str(exc))
-                        await asyncio.sleep(0.2 * 2**attempt)
+                        await idle(0.2 * 2**attempt)
                 value, revision = await self.bus.kv_get(bucket, node)
                 stored = decode_ledger(value) if value else None
                 self._check_epoch([stored.epoch if stored else 0], f"the ledger of {node}")
@@ -813,7 +818,27 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, scheduler.stop)
     loop.add_signal_handler(signal.SIGHUP, scheduler.reload)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     await scheduler.run()
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: log what every task is waiting on (for a daemon that seems stuck)."""
+    for task in asyncio.all_tasks():
+        log.warning("task", name=task.get_name(), stack=_stack(task))
+
+
+def _stack(task: asyncio.Task[Any]) -> list[str]:
+    """Where a task waits: its chain of awaits, outermost first."""
+    frames: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(frames) < 40:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            frames.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} {code.co_name}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return frames
 
 
 __all__: list[Any] = ["Scheduler", "serve"]
