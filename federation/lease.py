@@ -95,7 +95,12 @@ class Lease:
         while True:
             try:
                 value, revision = await self.bus.kv_get(self.bucket, subjects.LEADER_KEY)
-                if value is None:
+                try:
+                    current = decode_lease(value) if value is not None else None
+                except MalformedMessage:
+                    self.log.warning("unreadable lease value; taking it over")
+                    current = None  # garbage (without a TTL it would never expire): treat as free
+                if current is None:
                     started = self.clock()
                     won = await self.bus.cas(
                         self.bucket, subjects.LEADER_KEY, self._value(), revision, ttl=self.ttl
@@ -106,10 +111,6 @@ class Lease:
                     await self.renew()
                     self.log.info("lease won: leading", epoch=self.epoch)
                     return self.epoch
-                try:
-                    current = decode_lease(value)
-                except MalformedMessage:
-                    current = LeaseValue(holder="(unreadable lease)")
                 if current.holder != announced:
                     announced = current.holder
                     self.log.info(
