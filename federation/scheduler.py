@@ -44,7 +44,7 @@ import msgspec
 import structlog
 
 from federation import failpoints, subjects, tracing
-from federation.bus import Bus, Delivery, idle, monitoring, provision, provision_views, readd_source
+from federation.bus import Bus, Delivery, idle, monitoring, provision, provision_views
 from federation.config import SchedulerConfig, load_toml
 from federation.core.events import (
     CancelRequested,
@@ -64,7 +64,6 @@ from federation.core.events import (
     WriteLedger,
 )
 from federation.core.state import ALLOWED, RegionCore
-from federation.core.summary import NodeState, summarize
 from federation.errors import (
     ConfigError,
     ConflictError,
@@ -74,6 +73,7 @@ from federation.errors import (
     RemoteProtocolError,
 )
 from federation.lease import Lease
+from federation.peering import Peering
 from federation.schemas import (
     Cancel,
     Heartbeat,
@@ -83,11 +83,9 @@ from federation.schemas import (
     Offer,
     Quarantined,
     Submit,
-    Summary,
     decode_ledger,
     decode_message,
     decode_record,
-    decode_summaries,
     encode,
 )
 
@@ -349,10 +347,11 @@ class Scheduler:
         assert self.bus is not None
         await self._bind_consumers()
         self._start_followers()
-        loops = [self._watch_config(), self._watch_consumers(), self._publish_summaries()]
+        peering = Peering(self)
+        loops = [self._watch_config(), self._watch_consumers(), peering.publish_summaries()]
         if self.config.peers:
             await provision_views(self.bus, self.region, self.config.peers)
-            loops.append(self._watch_views())
+            loops.append(peering.watch_views())
         for loop in loops:
             task = asyncio.create_task(loop)
             task.add_done_callback(self._task_ended)
@@ -393,58 +392,6 @@ class Scheduler:
                 ),
             )
         ]
-
-    def summary(self) -> Summary:
-        """The region's capacity summary from the core's view (see :mod:`federation.core.summary`)."""
-        nodes = (
-            NodeState(view.offer, view.current().allocations, view.alive) for view in self.core.nodes.values()
-        )
-        return summarize(self.region, nodes, self.clock(), pending=len(self.core.queue))
-
-    async def _publish_summaries(self) -> None:
-        """Publish the summary every ``summary_interval`` (latest per region, read by other regions)."""
-        assert self.bus is not None
-        while True:
-            try:
-                await self.bus.store(subjects.summary(self.region), encode(self.summary()), timeout=5.0)
-            except FederationError as exc:  # the loop outlives a server outage
-                self.log.warning("summary not stored", error=str(exc))
-            await idle(self.config.summary_interval)
-
-    async def views(self) -> dict[str, Summary]:
-        """The peers' latest summaries as sourced into this region (its view of the federation)."""
-        assert self.bus is not None
-        latest = await self.bus.latest(subjects.views_stream(self.region), subjects.summary("*"))
-        return decode_summaries(item.data for item in latest.values())
-
-    async def _watch_views(self) -> None:
-        """The link watchdog: a peer's view older than three summaries gets its source re-added.
-
-        After a partition heals the server's own retry of a source can take minutes; a source added
-        afresh catches up at once. A stale peer is probed every second (one request through the
-        hub, failing fast while the link is cut); the source is re-added once the peer answers.
-        """
-        assert self.bus is not None
-        stale_after = 3 * self.config.summary_interval
-        last_try: dict[str, float] = {}
-        while True:
-            await idle(min(1.0, self.config.summary_interval))
-            try:
-                views = await self.views()
-                now = self.clock()
-                for peer in self.config.peers:
-                    view = views.get(peer)
-                    age = now - view.at if view is not None else float("inf")
-                    if age <= stale_after or now - last_try.get(peer, 0.0) < 2.0:
-                        continue
-                    # only once the peer answers again: re-adding while the link is cut would cost
-                    # stream updates every second and gain nothing
-                    if await self.bus.domain_reachable(peer):
-                        last_try[peer] = now
-                        self.log.info("view stale and peer reachable; re-adding its source", peer=peer)
-                        await readd_source(self.bus, self.region, self.config.peers, peer)
-            except FederationError as exc:
-                self.log.warning("views not checked", error=str(exc))
 
     async def _watch_consumers(self) -> None:
         """The durable consumers' watchdog: recreate them if the server lost them (every 5 s)."""

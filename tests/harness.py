@@ -22,7 +22,9 @@ from federation.proxy import LinkProxy
 async def proxied(url: str, name: str = "link") -> AsyncIterator[LinkProxy]:
     """A :class:`LinkProxy` in front of the server at ``url``, closed on exit."""
     target = urlsplit(url)
-    proxy = LinkProxy(target.hostname or "127.0.0.1", target.port or 4222, name=name)
+    if target.port is None:
+        raise ValueError(f"{url!r} names no port: tests only use server-chosen ports")
+    proxy = LinkProxy(target.hostname or "127.0.0.1", target.port, name=name)
     await proxy.start()
     try:
         yield proxy

@@ -40,7 +40,8 @@ from federation.core.quota import Accounts, Admission, Vector, held, request
 from federation.schemas import PRIORITY_RANK, Allocation, Candidate, Decision, Offer, Submit
 
 if TYPE_CHECKING:
-    from federation.core.state import JobView, NodeView, RegionCore
+    from federation.core.state import RegionCore
+    from federation.core.views import JobView, NodeView
 
 
 UNLIMITED = Admission("unlimited")

@@ -58,7 +58,6 @@ No I/O, no clock, no randomness, no logging: same events, same commands.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
 
 import msgspec
 
@@ -83,6 +82,7 @@ from federation.core.events import (
 from federation.core.index import FreeIndex
 from federation.core.planning import Pass
 from federation.core.policy import Policy
+from federation.core.views import ALLOWED, GangProgress, JobView, NodeView, holds
 from federation.schemas import (
     PRIORITY_RANK,
     TERMINAL_STATES,
@@ -92,71 +92,9 @@ from federation.schemas import (
     JobRecord,
     JobState,
     Ledger,
-    Offer,
     Submit,
     Transition,
 )
-
-# The forward-only state machine (I5). "preempted" and "forwarded" arrive with later policies.
-ALLOWED: dict[str, frozenset[str]] = {
-    "pending": frozenset({"placed", "cancelled", "failed", "forwarded"}),
-    "placed": frozenset({"running", "succeeded", "failed", "cancelled", "lost", "preempted", "pending"}),
-    # running -> pending: the node was lost and the job is replaced by a new attempt
-    "running": frozenset({"succeeded", "failed", "cancelled", "lost", "preempted", "pending"}),
-    "preempted": frozenset({"pending", "cancelled", "failed"}),
-    "forwarded": frozenset({"succeeded", "failed", "cancelled", "lost"}),
-}
-
-
-@dataclass(slots=True)
-class NodeView:
-    """One node as the core sees it."""
-
-    name: str
-    offer: Offer | None = None
-    alive: bool = True
-    ledger: Ledger | None = None
-    revision: int = 0
-    proposal: Ledger | None = None
-    proposal_jobs: list[str] = field(default_factory=list)
-    proposal_victims: list[str] = field(default_factory=list)
-    proposal_reason: str = ""
-    proposal_activations: list[tuple[str, int]] = field(default_factory=list)
-    activations: set[tuple[str, int]] = field(default_factory=set)
-    releases: set[tuple[str, int]] = field(default_factory=set)
-    down_at: float = 0.0
-    lost_from: float = 0.0  # node-loss deadlines count from here (down_at, or later after a grace)
-    free: placement.Free | None = None
-
-    def current(self) -> Ledger:
-        """The last ledger known to be stored (an empty one when the key does not exist yet)."""
-        return self.ledger if self.ledger is not None else Ledger(node=self.name)
-
-    def released(self, allocation: Allocation) -> bool:
-        """Whether this exact attempt waits to be removed from the ledger."""
-        return (allocation.job, allocation.attempt) in self.releases
-
-
-@dataclass(slots=True)
-class JobView:
-    """One job: its record plus in-memory bookkeeping that is never stored."""
-
-    record: JobRecord
-    order: tuple[int, float, int]
-    claiming: str = ""
-    cancel_pending: str = ""
-    decision: Decision | None = None
-    gang: GangProgress | None = None
-
-
-@dataclass(slots=True)
-class GangProgress:
-    """A gang being claimed: nodes whose held claims are in flight, then nodes being activated."""
-
-    nodes: list[str]  # the node of each member, in member order
-    pending: set[str]
-    activating: set[str] = field(default_factory=set)
-    failed: str = ""
 
 
 class RegionCore:
@@ -485,7 +423,7 @@ class RegionCore:
         assert node.proposal is not None, "claim result without a proposal"
         before = node.current()
         node.ledger, node.revision = node.proposal, event.revision
-        node.releases = {key for key in node.releases if _holds(node.ledger, key)}
+        node.releases = {key for key in node.releases if holds(node.ledger, key)}
         self.in_flight.discard(node.name)
         if not node.releases:
             self.releasing.discard(node.name)
@@ -541,7 +479,7 @@ class RegionCore:
             self._claim_written(ClaimWritten(node=event.node, revision=event.revision))
             return
         node.ledger, node.revision = event.ledger, event.revision
-        node.releases = {key for key in node.releases if _holds(node.current(), key)}
+        node.releases = {key for key in node.releases if holds(node.current(), key)}
         if not node.releases:
             self.releasing.discard(node.name)
         stored_jobs = {a.job for a in node.current().allocations}
@@ -850,10 +788,4 @@ class RegionCore:
         self.dirty.add(view.record.id)
 
 
-def _holds(ledger: Ledger, key: tuple[str, int]) -> bool:
-    """Whether ``ledger`` still holds attempt ``key`` = (job, attempt)."""
-    found = ledger.find(key[0])
-    return found is not None and found.attempt == key[1]
-
-
-__all__ = ["TERMINAL_STATES", "JobView", "NodeView", "RegionCore"]
+__all__ = ["ALLOWED", "TERMINAL_STATES", "JobView", "NodeView", "RegionCore"]

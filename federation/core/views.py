@@ -1,0 +1,82 @@
+"""The core's view of its region: nodes, jobs, gangs in flight, and the state machine's edges.
+
+Plain data, mutated only by :class:`~federation.core.state.RegionCore` (and read by the planning
+pass). ``ALLOWED`` is the forward-only job state machine (I5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from federation.core import placement
+from federation.schemas import Allocation, Decision, JobRecord, Ledger, Offer
+
+# The forward-only state machine (I5). "preempted" and "forwarded" arrive with later policies.
+ALLOWED: dict[str, frozenset[str]] = {
+    "pending": frozenset({"placed", "cancelled", "failed", "forwarded"}),
+    "placed": frozenset({"running", "succeeded", "failed", "cancelled", "lost", "preempted", "pending"}),
+    # running -> pending: the node was lost and the job is replaced by a new attempt
+    "running": frozenset({"succeeded", "failed", "cancelled", "lost", "preempted", "pending"}),
+    "preempted": frozenset({"pending", "cancelled", "failed"}),
+    "forwarded": frozenset({"succeeded", "failed", "cancelled", "lost"}),
+}
+
+
+@dataclass(slots=True)
+class NodeView:
+    """One node as the core sees it."""
+
+    name: str
+    offer: Offer | None = None
+    alive: bool = True
+    ledger: Ledger | None = None
+    revision: int = 0
+    proposal: Ledger | None = None
+    proposal_jobs: list[str] = field(default_factory=list)
+    proposal_victims: list[str] = field(default_factory=list)
+    proposal_reason: str = ""
+    proposal_activations: list[tuple[str, int]] = field(default_factory=list)
+    activations: set[tuple[str, int]] = field(default_factory=set)
+    releases: set[tuple[str, int]] = field(default_factory=set)
+    down_at: float = 0.0
+    lost_from: float = 0.0  # node-loss deadlines count from here (down_at, or later after a grace)
+    free: placement.Free | None = None
+
+    def current(self) -> Ledger:
+        """The last ledger known to be stored (an empty one when the key does not exist yet)."""
+        return self.ledger if self.ledger is not None else Ledger(node=self.name)
+
+    def released(self, allocation: Allocation) -> bool:
+        """Whether this exact attempt waits to be removed from the ledger."""
+        return (allocation.job, allocation.attempt) in self.releases
+
+
+@dataclass(slots=True)
+class JobView:
+    """One job: its record plus in-memory bookkeeping that is never stored."""
+
+    record: JobRecord
+    order: tuple[int, float, int]
+    claiming: str = ""
+    cancel_pending: str = ""
+    decision: Decision | None = None
+    gang: GangProgress | None = None
+
+
+@dataclass(slots=True)
+class GangProgress:
+    """A gang being claimed: nodes whose held claims are in flight, then nodes being activated."""
+
+    nodes: list[str]  # the node of each member, in member order
+    pending: set[str]
+    activating: set[str] = field(default_factory=set)
+    failed: str = ""
+
+
+def holds(ledger: Ledger, key: tuple[str, int]) -> bool:
+    """Whether ``ledger`` still holds attempt ``key`` = (job, attempt)."""
+    found = ledger.find(key[0])
+    return found is not None and found.attempt == key[1]
+
+
+__all__ = ["ALLOWED", "GangProgress", "JobView", "NodeView", "holds"]

@@ -1,0 +1,84 @@
+"""Cross-region peering: the summary a region's leader publishes and its views of the other regions.
+
+The leader publishes :func:`~federation.core.summary.summarize` of its view every
+``summary_interval``. Each region's ``fed-<region>-views`` stream sources its peers' summaries
+through the hub (:func:`federation.bus.provision_views`). A view that stops moving is stale, and a
+link watchdog re-adds its source once the peer answers again, so views catch up within seconds of
+a heal instead of after the server's retry backoff.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from federation import subjects
+from federation.bus import idle, readd_source
+from federation.core.summary import NodeState, summarize
+from federation.errors import FederationError
+from federation.schemas import Summary, decode_summaries, encode
+
+if TYPE_CHECKING:
+    from federation.scheduler import Scheduler
+
+
+class Peering:
+    """The leader's side of cross-region views (started by :class:`~federation.scheduler.Scheduler`)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        assert scheduler.bus is not None
+        self.scheduler = scheduler  # its core is read afresh each time: a reset replaces it
+        self.bus, self.region, self.config = scheduler.bus, scheduler.region, scheduler.config
+        self.log, self.clock = scheduler.log, scheduler.clock
+
+    def summary(self) -> Summary:
+        """The region's capacity summary from the core's view (see :mod:`federation.core.summary`)."""
+        nodes = (
+            NodeState(view.offer, view.current().allocations, view.alive)
+            for view in self.scheduler.core.nodes.values()
+        )
+        return summarize(self.region, nodes, self.clock(), pending=len(self.scheduler.core.queue))
+
+    async def publish_summaries(self) -> None:
+        """Publish the summary every ``summary_interval`` (latest per region, read by other regions)."""
+        while True:
+            try:
+                await self.bus.store(subjects.summary(self.region), encode(self.summary()), timeout=5.0)
+            except FederationError as exc:  # the loop outlives a server outage
+                self.log.warning("summary not stored", error=str(exc))
+            await idle(self.config.summary_interval)
+
+    async def views(self) -> dict[str, Summary]:
+        """The peers' latest summaries as sourced into this region (its view of the federation)."""
+        latest = await self.bus.latest(subjects.views_stream(self.region), subjects.summary("*"))
+        return decode_summaries(item.data for item in latest.values())
+
+    async def watch_views(self) -> None:
+        """The link watchdog: a peer's view older than three summaries gets its source re-added.
+
+        After a partition heals the server's own retry of a source can take minutes; a source added
+        afresh catches up at once. A stale peer is probed every second (one request through the
+        hub, failing fast while the link is cut); the source is re-added once the peer answers.
+        """
+        stale_after = 3 * self.config.summary_interval
+        last_try: dict[str, float] = {}
+        while True:
+            await idle(min(1.0, self.config.summary_interval))
+            try:
+                views = await self.views()
+                now = self.clock()
+                for peer in self.config.peers:
+                    view = views.get(peer)
+                    age = now - view.at if view is not None else float("inf")
+                    if age <= stale_after or now - last_try.get(peer, 0.0) < 2.0:
+                        continue
+                    # only once the peer answers again: re-adding while the link is cut would cost
+                    # stream updates every second and gain nothing
+                    if await self.bus.domain_reachable(peer):
+                        last_try[peer] = now
+                        self.log.info("view stale and peer reachable; re-adding its source", peer=peer)
+                        await readd_source(self.bus, self.region, self.config.peers, peer)
+            except FederationError as exc:
+                self.log.warning("views not checked", error=str(exc))
+
+
+__all__ = ["Peering"]
