@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from federation import subjects, tracing
-from federation.errors import ConflictError, FederationUnavailable, InvalidRequest
+from federation.errors import ConflictError, FederationUnavailable, InvalidRequest, NoResponders
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 MSG_ID = "Nats-Msg-Id"
@@ -164,7 +164,9 @@ def _translate(subject: str, exc: Exception) -> BaseException:
         return asyncio.CancelledError()
     if isinstance(exc, nats.js.errors.APIError) and exc.code != 503:
         return InvalidRequest(f"the server refused the message on {subject}: {exc.description or exc}")
-    if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return NoResponders(subject, "nobody answers (is the region up and reachable?)")
+    if isinstance(exc, nats.js.errors.NoStreamResponseError):
         return FederationUnavailable(subject, "no stream answers (is the region up and provisioned?)")
     if isinstance(exc, nats.errors.TimeoutError | TimeoutError):
         return FederationUnavailable(subject, "the stream did not acknowledge in time")
@@ -248,10 +250,14 @@ class Bus:
 
     async def reply(self, subject: str, handler: Callable[[bytes], Awaitable[bytes]]) -> Any:
         """Answer requests on ``subject`` with ``handler(request data)``; returns the subscription."""
+        return await self.serve(subject, lambda _subject, data: handler(data))
+
+    async def serve(self, subject: str, handler: Callable[[str, bytes], Awaitable[bytes]]) -> Any:
+        """Answer requests on ``subject`` (a wildcard) with ``handler(subject, data)``."""
 
         async def on_msg(msg: Msg) -> None:
             if msg.reply:
-                await self.nc.publish(msg.reply, await handler(msg.data))
+                await self.nc.publish(msg.reply, await handler(msg.subject, msg.data))
 
         return await self.nc.subscribe(subject, cb=on_msg)
 

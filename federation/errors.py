@@ -89,6 +89,11 @@ class FederationUnavailable(FederationError):
         super().__init__(f"{target} unavailable: {reason}")
 
 
+class NoResponders(FederationUnavailable):
+    """Nobody listens on the subject right now: the request was delivered to no one (it is
+    definite, unlike a timeout, where the request may have arrived and only the answer was lost)."""
+
+
 class LocalProtocolError(FederationError):
     """A state machine was asked to do something impossible: a bug on our side."""
 

@@ -48,6 +48,9 @@ OnNodeLost = Annotated[
 
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
 
+Semantics = Literal["at_most_once", "at_least_once"]
+"""Execution semantics of a job handed to another region (``fed submit --once/--retry-anywhere``)."""
+
 Attribute = Amount | Label | Annotated[list[Label], msgspec.Meta(max_length=64)]
 """A node attribute beyond the counted resources (Oakestra's non-canonical resources): a number
 (``scratch_gb = 500``), a string (``os = "debian12"``) or a list of strings (``isa = ["avx2",
@@ -82,6 +85,13 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     ``gang`` > 1 asks for that many allocations of the request (members), placed and started all
     together or not at all. ``on_node_lost`` says what happens when the node running the job stops
     heartbeating (see :data:`OnNodeLost`).
+
+    ``regions`` says where the job may run: empty (or ``["any"]``) is the home region first, then
+    any other; a list names the regions allowed (the home region, if listed, is tried first).
+    ``semantics`` is the execution guarantee across regions: ``at_most_once`` (a hand-off whose
+    answer was lost holds the job until the answer is known) or ``at_least_once`` (the job may be
+    placed elsewhere after the hand-off's deadline; a duplicate run is recorded). ``origin`` is set
+    by a scheduler on a job it accepted from another region's hand-off (such a job never moves on).
     """
 
     id: JobId
@@ -100,6 +110,9 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     gang: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     custom: Annotated[dict[Label, Amount], msgspec.Meta(max_length=32)] = {}
     on_node_lost: OnNodeLost = ""
+    regions: Annotated[list[Name], msgspec.Meta(max_length=64)] = []
+    semantics: Semantics = "at_most_once"
+    origin: Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9][a-z0-9_-]{0,62})?$")] = ""
 
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type", kw_only=True, omit_defaults=True):
@@ -212,7 +225,34 @@ class Summary(msgspec.Struct, tag="summary", tag_field="type", kw_only=True, omi
     pending: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
-Message = Submit | Cancel | Heartbeat | Offer | JobEvent | Summary
+class HandOff(msgspec.Struct, tag="handoff", tag_field="type", kw_only=True, omit_defaults=True):
+    """A home scheduler offering a job to another region, a request on ``fed.<remote>.handoff.<id>``.
+
+    The remote leader stores ``spec`` (with ``origin`` set) in its own workloads stream and answers
+    ``accepted``, or answers ``refused`` having stored nothing. A request past ``expires_at`` is
+    refused unread, so a late copy can never be accepted after the home region moved on. With
+    ``query`` set nothing is stored: the answer says whether the remote holds the job
+    (``found``, with its state) or not (``absent``).
+    """
+
+    origin: Name
+    spec: Submit
+    expires_at: Timestamp
+    query: bool = False
+
+
+HandOffOutcome = Literal["accepted", "refused", "found", "absent"]
+
+
+class HandOffReply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The remote region's answer to a :class:`HandOff` (``state``: the job's state there, if held)."""
+
+    outcome: HandOffOutcome
+    reason: Reason = ""
+    state: str = ""
+
+
+Message = Submit | Cancel | Heartbeat | Offer | JobEvent | Summary | HandOff
 """Everything published on a ``fed.>`` subject, except log chunks (raw bytes)."""
 
 
@@ -308,6 +348,12 @@ class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
 
     ``reason`` says why a job is where it is: why pending (which filters rejected which nodes),
     why failed. ``history`` keeps every transition for ``fed job``.
+
+    Cross-region: ``handoffs`` maps each region this job was offered to onto what is known of it
+    (``asked``: request sent, answer not yet known; ``accepted``, ``refused``; ``absent``: the
+    region confirmed it never took the job). ``forwarded_to`` is the region that accepted it (the
+    record then stays ``forwarded``; the job's life continues in that region's record).
+    ``duplicates`` names regions found to have run the job as well (at-least-once only).
     """
 
     id: str
@@ -327,6 +373,9 @@ class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     members: tuple[str, ...] = ()
     member_exits: dict[str, int] = {}
     epoch: int = 0
+    forwarded_to: str = ""
+    handoffs: dict[str, str] = {}
+    duplicates: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -386,6 +435,7 @@ _message_decoder = msgspec.json.Decoder(Message)
 _ledger_decoder = msgspec.json.Decoder(Ledger)
 _record_decoder = msgspec.json.Decoder(JobRecord)
 _lease_decoder = msgspec.json.Decoder(Lease)
+_reply_decoder = msgspec.json.Decoder(HandOffReply)
 
 
 def encode(value: msgspec.Struct) -> bytes:
@@ -433,6 +483,15 @@ def decode_lease(data: bytes) -> Lease:
         return _lease_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedMessage(f"lease: {exc}") from None
+
+
+def decode_reply(data: bytes) -> HandOffReply:
+    """Decode a remote region's answer to a hand-off."""
+    _bounded(data, MAX_MESSAGE_BYTES)
+    try:
+        return _reply_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"hand-off reply: {exc}") from None
 
 
 def decode_summaries(values: Iterable[bytes]) -> dict[str, Summary]:

@@ -95,6 +95,11 @@ def summary(region: str) -> str:
     return f"fed.{region}.summary"
 
 
+def handoff(region: str, job: str) -> str:
+    """A job offered to ``region`` by another region's scheduler (core request/reply via the hub)."""
+    return f"fed.{region}.handoff.{job}"
+
+
 def quarantine(region: str, source: str) -> str:
     """Where a refused message is recorded with its reason (``source`` is the stream it came from)."""
     return f"fed.{region}.quarantine.{source}"
@@ -207,6 +212,7 @@ CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("subject", ledger_changes(R, "<node>")),
     Entry("subject", summary(R)),
     Entry("subject", chaos(R, "<command>")),
+    Entry("subject", handoff(R, "<job>")),
     Entry("subject", quarantine(R, "<source>")),
     Entry("stream", workloads_stream(R)),
     Entry("stream", heartbeats_stream(R)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from federation.core.policy import Policy
-from federation.schemas import JobEvent, JobRecord, Ledger, Offer, Submit
+from federation.schemas import JobEvent, JobRecord, Ledger, Offer, Submit, Summary
 
 # --- events -------------------------------------------------------------------------------------
 
@@ -90,6 +90,28 @@ class PolicyChanged(msgspec.Struct, frozen=True, kw_only=True):
     policy: Policy
 
 
+class ViewsSeen(msgspec.Struct, frozen=True, kw_only=True):
+    """The other regions' latest summaries as this region sees them (each carries its own ``at``)."""
+
+    views: dict[str, Summary]
+
+
+class HandOffAnswered(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of a hand-off request (:class:`SendHandOff`).
+
+    ``outcome`` is the remote's answer (``accepted``, ``refused``, ``found``, ``absent``), or
+    ``unreachable`` (nobody listened: the request was delivered to no one) or ``unknown`` (no
+    answer in time: the request may have arrived).
+    """
+
+    job: str
+    region: str
+    outcome: str
+    at: float
+    reason: str = ""
+    query: bool = False
+
+
 class Tick(msgspec.Struct, frozen=True, kw_only=True):
     """Time passed: run a scheduling pass and emit the writes the state needs."""
 
@@ -107,6 +129,8 @@ Event = (
     | ClaimConflict
     | JobReported
     | PolicyChanged
+    | ViewsSeen
+    | HandOffAnswered
     | Tick
 )
 
@@ -131,4 +155,23 @@ class WriteJob(msgspec.Struct, frozen=True, kw_only=True):
     record: JobRecord
 
 
-Command = WriteLedger | WriteJob
+class SendHandOff(msgspec.Struct, frozen=True, kw_only=True):
+    """Offer the job to ``region`` (or, with ``query``, ask whether it holds the job), valid until
+    ``expires_at``; the daemon answers with :class:`HandOffAnswered` in a later batch."""
+
+    job: str
+    region: str
+    spec: Submit
+    expires_at: float
+    query: bool = False
+
+
+class SendCancel(msgspec.Struct, frozen=True, kw_only=True):
+    """Pass a cancel on to the region a job was forwarded to."""
+
+    job: str
+    region: str
+    reason: str
+
+
+Command = WriteLedger | WriteJob | SendHandOff | SendCancel

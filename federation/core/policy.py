@@ -74,6 +74,11 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     over a beat) is seen as that and freezes decisions; a freeze lasts at most ``freeze_limit``
     seconds, and when heartbeats resume the nodes still silent get ``node_grace`` more seconds.
     A region of one node never freezes (it cannot tell the two apart).
+
+    Cross-region (:mod:`federation.core.spill`): a job that fits nowhere here for ``spill_after``
+    seconds is offered to another region whose view (younger than ``view_stale``) shows room; a
+    hand-off unanswered after ``handoff_timeout`` is unknown, asked again every ``handoff_retry``.
+    ``clock_skew`` bounds how far regions' clocks may disagree (a hand-off request carries a deadline).
     """
 
     scoring: Scoring = "binpack"
@@ -87,6 +92,11 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     node_grace: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
     node_settle: Annotated[float, msgspec.Meta(ge=0, le=600)] = 2.0
     freeze_limit: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0
+    spill_after: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 0.0
+    handoff_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 3.0
+    handoff_retry: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    view_stale: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    clock_skew: Annotated[float, msgspec.Meta(ge=0, le=600)] = 1.0
 
     def __post_init__(self) -> None:
         if not self.on_node_lost:

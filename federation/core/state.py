@@ -68,6 +68,7 @@ from federation.core.events import (
     ClaimWritten,
     Command,
     Event,
+    HandOffAnswered,
     JobReported,
     NodeDown,
     NodeUp,
@@ -76,13 +77,15 @@ from federation.core.events import (
     Recovered,
     Submitted,
     Tick,
+    ViewsSeen,
     WriteJob,
     WriteLedger,
 )
 from federation.core.index import FreeIndex
 from federation.core.planning import Pass
 from federation.core.policy import Policy
-from federation.core.views import ALLOWED, GangProgress, JobView, NodeView, holds
+from federation.core.spill import Spill
+from federation.core.views import ALLOWED, GangProgress, JobView, NodeView, holds, rebuilt
 from federation.schemas import (
     PRIORITY_RANK,
     TERMINAL_STATES,
@@ -92,7 +95,6 @@ from federation.schemas import (
     JobRecord,
     JobState,
     Ledger,
-    Submit,
     Transition,
 )
 
@@ -117,6 +119,7 @@ class RegionCore:
         self.unexplained: set[str] = set()
         self.down: set[str] = set()  # nodes whose heartbeat expired (or not seen since recovery)
         self.silent_since: float | None = None  # when the last node still heard from went silent
+        self.spill = Spill()  # cross-region: views of the other regions, hand-offs under way
         self._arrivals = 0
 
     # --- entry point ----------------------------------------------------------------------------
@@ -140,6 +143,10 @@ class RegionCore:
                 self._up(self._node(name), at)
             case PolicyChanged(policy=policy):
                 self.policy = policy
+            case ViewsSeen(views=views):
+                self.spill.views = views
+            case HandOffAnswered():
+                self.spill.answered(self, event)
             case JobReported(event=report):
                 self._reported(report)
             case ClaimWritten():
@@ -257,37 +264,8 @@ class RegionCore:
                     self.releasing.add(name)
 
     def _rebuild(self, allocation: Allocation, node: str) -> None:
-        at = allocation.placed_at
-        spec = Submit(
-            id=allocation.job,
-            command=list(allocation.command),
-            cpu=allocation.cpu,
-            memory=allocation.memory,
-            gpu=len(allocation.gpus),
-            priority=allocation.priority,
-            tenant=allocation.tenant,
-            env=dict(allocation.env),
-            submitted_at=at,
-            custom=dict(allocation.custom),
-            on_node_lost=allocation.on_node_lost,
-            max_attempts=allocation.max_attempts,
-        )
-        reason = f"placed on {node} (record rebuilt from the node's ledger)"
-        record = JobRecord(
-            id=allocation.job,
-            region=self.region,
-            spec=spec,
-            state="placed",
-            attempt=allocation.attempt,
-            node=node,
-            reason=reason,
-            submitted_at=at,
-            updated_at=at,
-            traceparent=allocation.traceparent,
-            history=(Transition(state="pending", at=at), Transition(state="placed", at=at, reason=reason)),
-        )
-        self._add(record)
-        self.dirty.add(record.id)
+        self._add(rebuilt(allocation, node, self.region))
+        self.dirty.add(allocation.job)
 
     def _add(self, record: JobRecord) -> JobView:
         self._arrivals += 1
@@ -296,6 +274,8 @@ class RegionCore:
         if record.state == "pending":
             bisect.insort(self.queue, (view.order, record.id))
             self.unexplained.add(record.id)
+        if record.state == "pending" or record.handoffs:
+            self.spill.admitted(self, view)
         return view
 
     def _submitted(self, event: Submitted) -> None:
@@ -328,10 +308,10 @@ class RegionCore:
             self._release(job)  # an incomplete gang, or an attempt that already ended: start over
             return
         found.sort()
-        self._unqueue(job)
+        self.unqueue(job)
         nodes = tuple(name for _, name, _ in found)
         members = nodes if len(nodes) > 1 else ()
-        self._move(
+        self.move(
             job,
             "placed",
             at,
@@ -348,8 +328,10 @@ class RegionCore:
         if view.claiming:
             view.cancel_pending = event.reason
             return
-        self._unqueue(event.job)
-        self._move(event.job, "cancelled", event.at, event.reason)
+        if self.spill.cancel(self, view, event.reason):
+            return
+        self.unqueue(event.job)
+        self.move(event.job, "cancelled", event.at, event.reason)
         self._release(event.job)
 
     def _reported(self, report: JobEvent) -> None:
@@ -372,14 +354,14 @@ class RegionCore:
         if report.kind == "started":
             if record.state == "placed":
                 where = ",".join(sorted(set(record.members))) if record.members else report.node
-                self._move(report.job, "running", report.at, f"running on {where}")
+                self.move(report.job, "running", report.at, f"running on {where}")
             return
         if report.kind == "lost":
             # the agent lost track of the attempt (it restarted): the job's node-loss policy decides
             lost = f"attempt lost on {report.node}: {report.reason or 'the agent lost it'}"
             action, _ = self.policy.node_lost(record.spec)
             if action == "fail":
-                self._move(report.job, "lost", report.at, f"{lost}; on_node_lost=fail")
+                self.move(report.job, "lost", report.at, f"{lost}; on_node_lost=fail")
             else:
                 self._requeue(report.job, record.state, report.at, f"{lost}; replaced", "lost", backoff=False)
             self._release(report.job)
@@ -395,9 +377,9 @@ class RegionCore:
             exits = {**record.member_exits, str(report.member): code}
             if code != 0:  # one member failed: the gang failed; the others are stopped
                 why = report.reason or f"member {report.member} exited with code {code}"
-                self._move(report.job, "failed", report.at, why, exit_code=code, member_exits=exits)
+                self.move(report.job, "failed", report.at, why, exit_code=code, member_exits=exits)
             elif len(exits) == len(record.members):
-                self._move(
+                self.move(
                     report.job,
                     "succeeded",
                     report.at,
@@ -413,9 +395,9 @@ class RegionCore:
             code = report.exit_code if report.exit_code is not None else -1
             state: JobState = "succeeded" if code == 0 else "failed"
             reason = "exited 0" if code == 0 else (report.reason or f"exited with code {code}")
-            self._move(report.job, state, report.at, reason, exit_code=code)
+            self.move(report.job, state, report.at, reason, exit_code=code)
         else:
-            self._move(report.job, "failed", report.at, report.reason or "failed", exit_code=report.exit_code)
+            self.move(report.job, "failed", report.at, report.reason or "failed", exit_code=report.exit_code)
         self._release(report.job)
 
     def _claim_written(self, event: ClaimWritten) -> None:
@@ -443,7 +425,7 @@ class RegionCore:
             why = f"placed on {node.name}"
             if view.decision is not None and view.decision.victims:
                 why += f", preempting {', '.join(view.decision.victims)}"
-            self._move(
+            self.move(
                 job,
                 "placed",
                 placed_at,
@@ -454,7 +436,7 @@ class RegionCore:
             )
             view.decision = None
             if view.cancel_pending:
-                self._move(job, "cancelled", placed_at, view.cancel_pending)
+                self.move(job, "cancelled", placed_at, view.cancel_pending)
                 self._release(job)
         for job, _ in node.proposal_activations:
             view = self.jobs[job]
@@ -467,7 +449,7 @@ class RegionCore:
             self.activating.discard(node.name)
         for victim in node.proposal_victims:
             why = node.proposal_reason or f"preempted on {node.name} by {', '.join(node.proposal_jobs)}"
-            self._move(victim, "preempted", placed_at, why)
+            self.move(victim, "preempted", placed_at, why)
             self._requeue(victim, "preempted", placed_at, why)
             self._release(victim)  # a gang's other members go too: a gang runs whole or not at all
         self._settled(node)
@@ -497,7 +479,7 @@ class RegionCore:
             stored = node.current().find(job)
             if stored is not None and stored.attempt == view.record.attempt + 1:
                 # the write landed although its answer was lost: it is our claim (I2)
-                self._move(
+                self.move(
                     job,
                     "placed",
                     stored.placed_at,
@@ -506,10 +488,10 @@ class RegionCore:
                     attempt=stored.attempt,
                 )
                 if view.cancel_pending:
-                    self._move(job, "cancelled", stored.placed_at, view.cancel_pending)
+                    self.move(job, "cancelled", stored.placed_at, view.cancel_pending)
                     self._release(job)
             elif view.cancel_pending:
-                self._move(job, "cancelled", at, view.cancel_pending)
+                self.move(job, "cancelled", at, view.cancel_pending)
             else:
                 bisect.insort(self.queue, (view.order, job))
             view.decision = None
@@ -549,7 +531,7 @@ class RegionCore:
         view.claiming, view.gang = "", None
         nodes = tuple(gang.nodes)
         where = ",".join(sorted(set(nodes)))
-        self._move(
+        self.move(
             job,
             "placed",
             at,
@@ -562,7 +544,7 @@ class RegionCore:
         )
         view.decision = None
         if view.cancel_pending:
-            self._move(job, "cancelled", at, view.cancel_pending)
+            self.move(job, "cancelled", at, view.cancel_pending)
             self._release(job)
 
     def _gang_failed(self, view: JobView, node: str, at: float, why: str) -> None:
@@ -576,13 +558,13 @@ class RegionCore:
             return  # other claims of this gang are still in flight: their answers release them too
         view.claiming, view.gang, view.decision = "", None, None
         if view.cancel_pending:
-            self._move(view.record.id, "cancelled", at, view.cancel_pending)
+            self.move(view.record.id, "cancelled", at, view.cancel_pending)
         else:
             bisect.insort(self.queue, (view.order, view.record.id))
 
     # --- record changes ---------------------------------------------------------------------------
 
-    def _move(self, job: str, state: JobState, at: float, reason: str, **changes: object) -> None:
+    def move(self, job: str, state: JobState, at: float, reason: str, **changes: object) -> None:
         view = self.jobs[job]
         record = view.record
         if state != record.state and state not in ALLOWED.get(record.state, frozenset()):
@@ -616,15 +598,19 @@ class RegionCore:
             return
         limit = record.spec.max_attempts or self.policy.max_attempts
         if record.attempt >= limit:
-            self._move(job, exhausted, at, f"{reason}; no attempts left ({record.attempt} of {limit})")
+            self.move(job, exhausted, at, f"{reason}; no attempts left ({record.attempt} of {limit})")
             return
         not_before = at + self.policy.retry_delay(record.attempt) if backoff else 0.0
-        self._move(
+        self.move(
             job, "pending", at, f"{reason}; retry {record.attempt + 1} of {limit}", not_before=not_before
         )
         bisect.insort(self.queue, (view.order, job))
 
-    def _unqueue(self, job: str) -> None:
+    def requeue_now(self, job: str) -> None:
+        """Put a pending job back in the queue, in its place by priority and age."""
+        bisect.insort(self.queue, (self.jobs[job].order, job))
+
+    def unqueue(self, job: str) -> None:
         view = self.jobs[job]
         index = bisect.bisect_left(self.queue, (view.order, job))
         if index < len(self.queue) and self.queue[index][1] == job:
@@ -664,7 +650,7 @@ class RegionCore:
                         self.dirty.add(record.id)
                     continue
                 if action == "fail":
-                    self._move(record.id, "lost", now, f"{lost}; on_node_lost=fail")
+                    self.move(record.id, "lost", now, f"{lost}; on_node_lost=fail")
                 else:
                     self._requeue(record.id, record.state, now, f"{lost}; replaced", "lost", backoff=False)
                 self._release(record.id)  # every member of a gang: it runs whole or not at all
@@ -742,6 +728,7 @@ class RegionCore:
             commands.append(WriteLedger(node=name, ledger=node.proposal, expected_revision=node.revision))
         for name in plan.placed:  # nodes whose working copy changed but made no proposal: re-key
             self._sync(self.nodes[name])
+        commands.extend(self.spill.tick(self, now))
         for job in sorted(self.dirty):
             view = self.jobs[job]
             if not view.claiming:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from federation.core import placement
-from federation.schemas import Allocation, Decision, JobRecord, Ledger, Offer
+from federation.schemas import Allocation, Decision, JobRecord, Ledger, Offer, Submit, Transition
 
 # The forward-only state machine (I5). "preempted" and "forwarded" arrive with later policies.
 ALLOWED: dict[str, frozenset[str]] = {
+    # pending -> forwarded: another region accepted the job (its life goes on in that region)
     "pending": frozenset({"placed", "cancelled", "failed", "forwarded"}),
     "placed": frozenset({"running", "succeeded", "failed", "cancelled", "lost", "preempted", "pending"}),
     # running -> pending: the node was lost and the job is replaced by a new attempt
@@ -80,3 +81,37 @@ def holds(ledger: Ledger, key: tuple[str, int]) -> bool:
 
 
 __all__ = ["ALLOWED", "GangProgress", "JobView", "NodeView", "holds"]
+
+
+def rebuilt(allocation: Allocation, node: str, region: str) -> JobRecord:
+    """The record of a job found claimed in ``node``'s ledger with no record (the scheduler died
+    between the claim and the record): everything needed is in the allocation."""
+    at = allocation.placed_at
+    spec = Submit(
+        id=allocation.job,
+        command=list(allocation.command),
+        cpu=allocation.cpu,
+        memory=allocation.memory,
+        gpu=len(allocation.gpus),
+        priority=allocation.priority,
+        tenant=allocation.tenant,
+        env=dict(allocation.env),
+        submitted_at=at,
+        custom=dict(allocation.custom),
+        on_node_lost=allocation.on_node_lost,
+        max_attempts=allocation.max_attempts,
+    )
+    reason = f"placed on {node} (record rebuilt from the node's ledger)"
+    return JobRecord(
+        id=allocation.job,
+        region=region,
+        spec=spec,
+        state="placed",
+        attempt=allocation.attempt,
+        node=node,
+        reason=reason,
+        submitted_at=at,
+        updated_at=at,
+        traceparent=allocation.traceparent,
+        history=(Transition(state="pending", at=at), Transition(state="placed", at=at, reason=reason)),
+    )

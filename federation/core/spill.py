@@ -1,0 +1,344 @@
+"""Cross-region spillover as pure logic: where a job that fits nowhere here is offered, and what
+the answer does to it.
+
+Theory of operation
+-------------------
+The region sees the others only through their summaries (:class:`ViewsSeen`). After each
+scheduling pass, :meth:`Spill.tick` looks at the head of the queue (and at the jobs that may not
+run here at all): a job that is pending, not backing off, fits nowhere here for
+``policy.spill_after`` seconds, and whose ``regions`` allow it elsewhere is offered to the best
+region by the views (:func:`rank`: a fresh view whose free capacity, labels and custom resources
+can hold it; the least loaded first). A gang, and a job that came from another region, stay put.
+
+A hand-off is made durable before it is sent: the job's record first stores
+``handoffs[region] = "asked"`` (phase ``recording``); only in the tick after that write landed is
+:class:`SendHandOff` emitted (phase ``sent``). So a scheduler that crashes mid-hand-off recovers
+the job as *held*, and asks the same region again before doing anything else with it.
+
+The answer (:class:`HandOffAnswered`):
+
+* ``accepted`` (or ``found``): the record moves to ``forwarded`` with ``forwarded_to``;
+* ``refused``, or ``unreachable`` (delivered to no one): the region is skipped for
+  ``handoff_retry`` seconds and the job goes back to the queue (the next region, or home);
+* ``unknown`` (no answer in time: the request may have arrived): an ``at_most_once`` job is
+  **held**: it is placed nowhere, here or elsewhere, until that region answers; it is asked again
+  every ``handoff_retry``. A refusal only counts once every earlier request to that region is past
+  its deadline (the remote refuses a late request unread, so nothing can contradict it later).
+  An ``at_least_once`` job goes back to the queue at once; the region is later *queried* about
+  it, and if it ran the job too the record lists it in ``duplicates``.
+
+No I/O, no clock: ``now`` and ``at`` come in with the events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from federation.core.events import Command, HandOffAnswered, SendCancel, SendHandOff
+from federation.schemas import JobRecord, Submit, Summary, Transition
+
+if TYPE_CHECKING:
+    from federation.core.state import RegionCore
+    from federation.core.views import JobView
+
+MAX_IN_FLIGHT = 64
+"""Hand-offs outstanding at once (requests are cheap, but a flood would swamp a small region)."""
+
+SCAN = 256
+"""Queue entries examined per tick for spilling (the head: highest priority, oldest)."""
+
+
+def home_allowed(spec: Submit, home: str) -> bool:
+    """Whether ``spec`` may run in its home region."""
+    return not spec.regions or "any" in spec.regions or home in spec.regions
+
+
+def may_go(spec: Submit, home: str, region: str) -> bool:
+    """Whether ``spec`` may be handed to ``region`` (never a gang, never a job already handed over)."""
+    if spec.origin or spec.gang > 1 or region == home:
+        return False
+    return not spec.regions or "any" in spec.regions or region in spec.regions
+
+
+def fits(view: Summary, spec: Submit, reserved: tuple[int, int, int] = (0, 0, 0)) -> str:
+    """Why a region's summary cannot hold ``spec`` ("" when it can, as far as the summary tells).
+
+    ``reserved`` is what hand-offs in flight to that region already count on.
+    """
+    cpu, memory, gpu = reserved
+    if view.live == 0:
+        return "no live node"
+    if view.cpu_free - cpu < spec.cpu:
+        return f"{max(0, view.cpu_free - cpu)} cores free"
+    if view.memory_free - memory < spec.memory:
+        return "not enough memory free"
+    if view.gpu_free - gpu < spec.gpu:
+        return f"{max(0, view.gpu_free - gpu)} GPUs free"
+    for name, amount in spec.custom.items():
+        have = view.custom.get(name)
+        if not isinstance(have, float | int) or have < amount:
+            return f"not enough {name}"
+    for key, wanted in spec.require.items():
+        if key == "node":
+            continue  # node names are not in summaries; the remote region checks
+        options = {v.strip() for v in wanted.split(",")}
+        values = {view.region} if key == "region" else set(view.labels.get(key, ()))
+        if not options & values:
+            return f"no node labelled {key}={wanted}"
+    return ""
+
+
+def rank(
+    spec: Submit,
+    home: str,
+    views: dict[str, Summary],
+    now: float,
+    stale_after: float,
+    skip: set[str] | frozenset[str] = frozenset(),
+    reserved: dict[str, tuple[int, int, int]] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The regions ``spec`` may be offered to, best first, and why each other region may not.
+
+    Best: fewest pending jobs, then most free cores, then name (deterministic).
+    """
+    reserved = reserved or {}
+    ranked: list[tuple[int, int, str]] = []
+    why: dict[str, str] = {}
+    for region, view in sorted(views.items()):
+        if not may_go(spec, home, region):
+            continue
+        age = now - view.at
+        if region in skip:
+            why[region] = "refused or unreachable recently"
+        elif age > stale_after:
+            why[region] = f"view stale ({age:.0f} s old)"
+        elif reason := fits(view, spec, reserved.get(region, (0, 0, 0))):
+            why[region] = reason
+        else:
+            ranked.append((view.pending, -view.cpu_free, region))
+    return [region for _, _, region in sorted(ranked)], why
+
+
+@dataclass(slots=True)
+class Handing:
+    """A hand-off under way: recording (intent being stored), sent, or held (answer unknown)."""
+
+    region: str
+    phase: Literal["recording", "sent", "held"]
+    expires_at: float = 0.0
+    retry_at: float = 0.0
+    unanswered_until: float = 0.0  # an earlier request may still arrive until then
+
+
+class Spill:
+    """The core's cross-region state (one per :class:`~federation.core.state.RegionCore`)."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, Summary] = {}
+        self.handing: dict[str, Handing] = {}
+        self.away: set[str] = set()  # pending jobs that may not run here (kept out of the queue)
+        self.tried: dict[str, dict[str, float]] = {}  # job -> region -> when it refused / was unreachable
+        self.unresolved: dict[str, float] = {}  # at-least-once job with an unknown hand-off -> next query
+        self.cancels: list[Command] = []
+
+    # --- jobs arriving ---------------------------------------------------------------------------
+
+    def admitted(self, core: RegionCore, view: JobView) -> None:
+        """A pending job entered the core (a submission, or recovery)."""
+        record = view.record
+        asked = [region for region, state in sorted(record.handoffs.items()) if state == "asked"]
+        if "unknown" in record.handoffs.values():
+            self.unresolved[record.id] = 0.0
+        if record.state != "pending":
+            return
+        if asked:  # a hand-off whose answer never arrived (the scheduler died): ask it again first
+            core.unqueue(record.id)
+            until = record.updated_at + core.policy.handoff_timeout + core.policy.clock_skew
+            self.handing[record.id] = Handing(asked[0], "held", unanswered_until=until)
+        elif not home_allowed(record.spec, core.region):
+            core.unqueue(record.id)
+            self.away.add(record.id)
+
+    def cancel(self, core: RegionCore, view: JobView, reason: str) -> bool:
+        """A cancel for a job this module holds; True when the core must not cancel it itself."""
+        job = view.record.id
+        if job in self.handing:
+            view.cancel_pending = reason  # the answer decides: forward the cancel, or cancel here
+            return True
+        if view.record.state == "forwarded":
+            self.cancels.append(SendCancel(job=job, region=view.record.forwarded_to, reason=reason))
+            return True
+        self.away.discard(job)
+        return False
+
+    # --- answers ---------------------------------------------------------------------------------
+
+    def answered(self, core: RegionCore, event: HandOffAnswered) -> None:
+        """Apply a hand-off's answer (see the module docstring)."""
+        view = core.jobs.get(event.job)
+        if view is None:
+            return
+        if event.query:
+            self._resolved(core, view, event)
+            return
+        handing = self.handing.get(event.job)
+        if handing is None or handing.region != event.region or handing.phase != "sent":
+            return
+        record, region, policy = view.record, event.region, core.policy
+        if event.outcome in ("accepted", "found"):
+            del self.handing[event.job]
+            core.move(
+                event.job,
+                "forwarded",
+                event.at,
+                f"forwarded to {region}: {event.reason or 'accepted'}",
+                forwarded_to=region,
+                handoffs={**record.handoffs, region: "accepted"},
+            )
+            if view.cancel_pending:
+                self.cancels.append(SendCancel(job=event.job, region=region, reason=view.cancel_pending))
+                view.cancel_pending = ""
+            return
+        definite = event.outcome in ("refused", "absent", "unreachable")
+        if definite and event.at >= handing.unanswered_until:
+            del self.handing[event.job]
+            said = "unreachable" if event.outcome == "unreachable" else "refused"
+            self.tried.setdefault(event.job, {})[region] = event.at
+            self._back(core, view, event.at, f"{region} {said}: {event.reason}", {region: said})
+            return
+        if record.spec.semantics == "at_least_once" and event.outcome == "unknown":
+            del self.handing[event.job]
+            self.tried.setdefault(event.job, {})[region] = event.at
+            self.unresolved[event.job] = handing.expires_at + policy.clock_skew
+            why = f"the hand-off to {region} was not answered; at-least-once, so it may run elsewhere"
+            self._back(core, view, event.at, why, {region: "unknown"})
+            return
+        if event.outcome == "unknown":
+            handing.unanswered_until = max(handing.unanswered_until, handing.expires_at + policy.clock_skew)
+        handing.phase = "held"
+        handing.retry_at = max(event.at + policy.handoff_retry, handing.unanswered_until)
+        reason = (
+            f"held: the hand-off to {region} was not answered; at-most-once, so it runs nowhere else "
+            f"until {region} answers (asked again every {policy.handoff_retry:g} s)"
+        )
+        if record.reason != reason:
+            view.record = msgspec.structs.replace(record, reason=reason, updated_at=event.at)
+            core.dirty.add(event.job)
+
+    def _back(self, core: RegionCore, view: JobView, at: float, why: str, handoffs: dict[str, str]) -> None:
+        """A hand-off that did not take: the job waits here again (or is cancelled, if asked to)."""
+        record = view.record
+        job = record.id
+        view.record = msgspec.structs.replace(
+            record, handoffs={**record.handoffs, **handoffs}, reason=f"pending: {why}", updated_at=at
+        )
+        core.dirty.add(job)
+        if view.cancel_pending:
+            reason, view.cancel_pending = view.cancel_pending, ""
+            core.move(job, "cancelled", at, reason)
+        elif home_allowed(record.spec, core.region):
+            core.requeue_now(job)
+        else:
+            self.away.add(job)
+
+    def _resolved(self, core: RegionCore, view: JobView, event: HandOffAnswered) -> None:
+        """A query's answer about an at-least-once job's unknown hand-off."""
+        record, region = view.record, event.region
+        if record.handoffs.get(region) != "unknown" or event.outcome not in ("found", "absent"):
+            return  # unreachable or unanswered again: asked again later
+        changes: dict[str, object] = {"handoffs": {**record.handoffs, region: "accepted"}}
+        if event.outcome == "absent":
+            changes["handoffs"] = {**record.handoffs, region: "absent"}
+        elif record.forwarded_to != region:
+            note = f"duplicate: {region} accepted it too ({event.reason or 'found'}); at-least-once"
+            changes["duplicates"] = (*record.duplicates, region)
+            changes["history"] = (*record.history, Transition(state=record.state, at=event.at, reason=note))
+        view.record = msgspec.structs.replace(record, **changes)
+        core.dirty.add(record.id)
+        if "unknown" not in view.record.handoffs.values():
+            self.unresolved.pop(record.id, None)
+
+    # --- the tick --------------------------------------------------------------------------------
+
+    def tick(self, core: RegionCore, now: float) -> list[Command]:
+        """Send recorded hand-offs, re-ask held ones and queries, and pick new jobs to offer."""
+        commands, self.cancels = self.cancels, []
+        policy = core.policy
+        for job, handing in sorted(self.handing.items()):
+            due = handing.phase == "recording" and job not in core.dirty
+            if due or (handing.phase == "held" and now >= handing.retry_at):
+                handing.phase, handing.expires_at = "sent", now + policy.handoff_timeout
+                spec = core.jobs[job].record.spec
+                commands.append(
+                    SendHandOff(job=job, region=handing.region, spec=spec, expires_at=handing.expires_at)
+                )
+        for job, next_at in sorted(self.unresolved.items()):
+            if now < next_at:
+                continue
+            self.unresolved[job] = now + policy.handoff_retry
+            record = core.jobs[job].record
+            for region, state in sorted(record.handoffs.items()):
+                if state == "unknown":
+                    commands.append(
+                        SendHandOff(
+                            job=job,
+                            region=region,
+                            spec=record.spec,
+                            expires_at=now + policy.handoff_timeout,
+                            query=True,
+                        )
+                    )
+        if self.views and len(self.handing) < MAX_IN_FLIGHT:
+            self._offer(core, now)
+        return commands
+
+    def _offer(self, core: RegionCore, now: float) -> None:
+        policy = core.policy
+        reserved: dict[str, tuple[int, int, int]] = {}
+        for job, handing in self.handing.items():
+            spec = core.jobs[job].record.spec
+            cpu, memory, gpu = reserved.get(handing.region, (0, 0, 0))
+            reserved[handing.region] = (cpu + spec.cpu, memory + spec.memory, gpu + spec.gpu)
+        candidates = sorted(self.away) + [job for _, job in core.queue[:SCAN]]
+        for job in candidates:
+            if len(self.handing) >= MAX_IN_FLIGHT:
+                break
+            view = core.jobs[job]
+            record = view.record
+            if record.state != "pending" or view.claiming or job in core.allocated:
+                continue
+            if record.not_before > now:
+                continue
+            if job not in self.away and now - _pending_since(record) < policy.spill_after:
+                continue
+            recent = {r for r, at in self.tried.get(job, {}).items() if now - at < policy.handoff_retry}
+            ranked, _ = rank(record.spec, core.region, self.views, now, policy.view_stale, recent, reserved)
+            if not ranked:
+                continue
+            region = ranked[0]
+            spec = record.spec
+            cpu, memory, gpu = reserved.get(region, (0, 0, 0))
+            reserved[region] = (cpu + spec.cpu, memory + spec.memory, gpu + spec.gpu)
+            core.unqueue(job)
+            self.away.discard(job)
+            view.record = msgspec.structs.replace(
+                record,
+                handoffs={**record.handoffs, region: "asked"},
+                reason=f"pending: fits nowhere here; offering it to {region}",
+                updated_at=now,
+            )
+            core.dirty.add(job)
+            self.handing[job] = Handing(region, "recording")
+
+
+def _pending_since(record: JobRecord) -> float:
+    for transition in reversed(record.history):
+        if transition.state == "pending":
+            return transition.at
+    return record.submitted_at
+
+
+__all__ = ["Handing", "Spill", "fits", "home_allowed", "may_go", "rank"]
