@@ -252,14 +252,20 @@ class Bus:
         """Answer requests on ``subject`` with ``handler(request data)``; returns the subscription."""
         return await self.serve(subject, lambda _subject, data: handler(data))
 
-    async def serve(self, subject: str, handler: Callable[[str, bytes], Awaitable[bytes]]) -> Any:
-        """Answer requests on ``subject`` (a wildcard) with ``handler(subject, data)``."""
+    async def serve(
+        self, subject: str, handler: Callable[[str, bytes], Awaitable[bytes | None]], queue: str = ""
+    ) -> Any:
+        """Answer requests on ``subject`` (a wildcard) with ``handler(subject, data)``.
+
+        A ``None`` answer sends nothing (the requester times out). With ``queue`` each request goes
+        to one member of the queue group only.
+        """
 
         async def on_msg(msg: Msg) -> None:
-            if msg.reply:
-                await self.nc.publish(msg.reply, await handler(msg.subject, msg.data))
+            if msg.reply and (answer := await handler(msg.subject, msg.data)) is not None:
+                await self.nc.publish(msg.reply, answer)
 
-        return await self.nc.subscribe(subject, cb=on_msg)
+        return await self.nc.subscribe(subject, queue=queue, cb=on_msg)
 
     async def store(
         self,
@@ -541,6 +547,8 @@ class Bus:
             msg = await self.js.get_msg(stream, subject=subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None
+        except Exception as exc:
+            raise _translate(subject, exc) from None
         return Delivery(
             msg.subject or subject, msg.data or b"", dict(msg.headers or {}), int(msg.seq or 0), 1
         )

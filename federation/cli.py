@@ -75,6 +75,8 @@ def _request(spec: Submit) -> str:
     text += f" prefer={','.join(spec.nodes)}" if spec.nodes else ""
     text += "".join(f" {name}={amount:g}" for name, amount in sorted(spec.custom.items()))
     text += f" on_node_lost={spec.on_node_lost}" if spec.on_node_lost else ""
+    text += f" regions={','.join(spec.regions)}" if spec.regions else ""
+    text += " retry-anywhere" if spec.semantics == "at_least_once" else ""
     return text
 
 
@@ -226,6 +228,8 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             gang=args.gang,
             custom=_amounts(args.resource or [], "--resource"),
             on_node_lost=args.on_node_lost or "",
+            regions=[r.strip() for r in (args.regions or "").split(",") if r.strip()],
+            semantics="at_least_once" if args.retry_anywhere else "at_most_once",
         )
         if not args.wait:
             print(job.id)
@@ -362,6 +366,17 @@ async def cmd_explain(args: argparse.Namespace) -> int:
     spec = record.spec
     print(f"job       {record.id} ({record.state}, priority {spec.priority}, tenant {spec.tenant})")
     print(f"request   {_request(spec)}")
+    if spec.origin:
+        print(f"region    {record.region}, handed over by {spec.origin}")
+    via = explanation.via
+    if via is not None:
+        print(f"home      {via.region}: {via.reason}")
+        print(f"region    {record.region} (forwarded; its record follows)")
+    if (via or record).handoffs:
+        tried = ", ".join(f"{r}={state}" for r, state in sorted((via or record).handoffs.items()))
+        print(f"hand-offs {tried}")
+    if record.duplicates:
+        print(f"duplicate also ran in {', '.join(record.duplicates)} (at-least-once)")
     print(f"why       {record.reason or '-'}")
     if explanation.queue_position:
         print(f"queue     position {explanation.queue_position} among pending jobs of {record.region}")
@@ -557,6 +572,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the job's node stops heartbeating: replace (run again elsewhere, at least once), "
         "wait=DURATION (keep it that long, e.g. wait=5m, then replace) or fail (end it lost); "
         "default: the region's policy (fail)",
+    )
+    p.add_argument(
+        "--regions",
+        metavar="any|R1,R2",
+        help="where the job may run: 'any' (the default: home region first, then any other) or a "
+        "list of regions (home first if listed); a job that fits nowhere at home is offered to the "
+        "best allowed region by its capacity summary",
+    )
+    semantics = p.add_mutually_exclusive_group()
+    semantics.add_argument(
+        "--once",
+        action="store_true",
+        help="at most once (the default): a hand-off to another region whose answer is lost holds "
+        "the job until that region answers; it never runs twice",
+    )
+    semantics.add_argument(
+        "--retry-anywhere",
+        action="store_true",
+        help="at least once: after an unanswered hand-off the job may run elsewhere; a duplicate "
+        "run is recorded on the job",
     )
     p.add_argument("--tenant", default="default")
     p.add_argument("--env", action="append", help="environment variable KEY=VALUE for the job (repeat)")

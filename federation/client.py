@@ -47,6 +47,7 @@ from federation.schemas import (
     Offer,
     Priority,
     Quarantined,
+    Semantics,
     Submit,
     Summary,
     decode_lease,
@@ -101,6 +102,7 @@ class Explanation(msgspec.Struct, kw_only=True):
     record: JobRecord
     decision: Decision | None
     queue_position: int = 0
+    via: JobRecord | None = None  # the home region's record of a job forwarded elsewhere
 
 
 class Job:
@@ -204,10 +206,14 @@ class Client:
         gang: int = 1,
         custom: dict[str, float] | None = None,
         on_node_lost: str = "",
+        regions: Sequence[str] = (),
+        semantics: Semantics = "at_most_once",
     ) -> Job:
         """Validate and durably submit a job; returns once the region's stream stored it.
 
         ``on_node_lost`` is ``replace``, ``wait=30s`` or ``fail`` (empty: the region's default).
+        ``regions`` lists where the job may run (empty or ``["any"]``: home first, then any
+        region); ``semantics`` is ``at_most_once`` or ``at_least_once`` across regions.
         """
         name = self._region(region)
         try:
@@ -228,6 +234,8 @@ class Client:
                 gang=gang,
                 custom=dict(custom or {}),
                 on_node_lost=on_node_lost,
+                regions=list(regions),
+                semantics=semantics,
             )
             validate(spec)
         except MalformedMessage as exc:
@@ -245,8 +253,9 @@ class Client:
     async def cancel(
         self, job_id: str, *, region: str | None = None, reason: str = "cancelled by user"
     ) -> None:
-        """Ask the job's home scheduler to cancel it (a no-op once the job is terminal)."""
-        record = await self.job(job_id, region=region)
+        """Ask the scheduler of the region that holds the job to cancel it (a no-op once the job
+        is terminal; a job handed to another region is cancelled there)."""
+        record = await self.where(job_id, region=region)
         bus = await self.bus(record.region)
         message = Cancel(id=job_id, reason=reason, requested_at=time.time())
         await bus.store(subjects.cancel(record.region, job_id), encode(message))
@@ -268,20 +277,33 @@ class Client:
                 return decode_record(value)
         raise NotFound("job", job_id)
 
-    async def explain(self, job_id: str, *, region: str | None = None) -> Explanation:
-        """Why a job is pending (filters, queue position now) or why it went where it did."""
+    async def where(self, job_id: str, *, region: str | None = None) -> JobRecord:
+        """The record of the region the job lives in: its home's, or the region it was forwarded to."""
         record = await self.job(job_id, region=region)
+        if record.state == "forwarded" and record.forwarded_to in self.connection.regions:
+            return await self.job(job_id, region=record.forwarded_to)
+        return record
+
+    async def explain(self, job_id: str, *, region: str | None = None) -> Explanation:
+        """Why a job is pending (filters, queue position now) or why it went where it did.
+
+        A job handed to another region is explained from that region's record; ``via`` is then
+        the home region's record (why it left).
+        """
+        home = await self.job(job_id, region=region)
+        record = await self.where(job_id, region=home.region)
+        via = home if record is not home else None
         position = 0
         if record.state == "pending":
             waiting = await self.jobs(region=record.region, state="pending")
             ordered = sorted(waiting, key=lambda r: (PRIORITY_RANK[r.spec.priority], r.submitted_at, r.id))
             position = next((i + 1 for i, r in enumerate(ordered) if r.id == job_id), 0)
-        return Explanation(record=record, decision=record.decision, queue_position=position)
+        return Explanation(record=record, decision=record.decision, queue_position=position, via=via)
 
     async def wait(
         self, job_id: str, *, region: str | None = None, timeout: float | None = None
     ) -> JobRecord:
-        """Follow the job's record until it is terminal."""
+        """Follow the job's record until it is terminal (into the region it was forwarded to)."""
         name = self._region(region)
         bus = await self.bus(name)
         bucket = subjects.jobs_bucket(name)
@@ -301,6 +323,9 @@ class Client:
                     continue  # an unreadable value: the scheduler quarantines and replaces it
                 if record.terminal:
                     return record
+                if record.state == "forwarded" and record.forwarded_to in self.connection.regions:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    return await self.wait(job_id, region=record.forwarded_to, timeout=left)
         finally:
             await tail.stop()
 
@@ -317,8 +342,9 @@ class Client:
     async def logs(
         self, job_id: str, *, region: str | None = None, follow: bool = False
     ) -> AsyncIterator[bytes]:
-        """The job's output chunks; ``follow`` keeps reading until the job is terminal."""
-        record = await self.job(job_id, region=region)
+        """The job's output chunks (from the region that runs it); ``follow`` keeps reading until
+        the job is terminal."""
+        record = await self.where(job_id, region=region)
         bus = await self.bus(record.region)
         tail = await bus.tail(
             subjects.logs_stream(record.region), subjects.job_log_filter(record.region, job_id)

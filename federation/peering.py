@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from federation import subjects
 from federation.bus import idle, readd_source
+from federation.core.events import ViewsSeen
 from federation.core.summary import NodeState, summarize
 from federation.errors import FederationError
 from federation.schemas import Summary, decode_summaries, encode
@@ -51,6 +52,15 @@ class Peering:
         """The peers' latest summaries as sourced into this region (its view of the federation)."""
         latest = await self.bus.latest(subjects.views_stream(self.region), subjects.summary("*"))
         return decode_summaries(item.data for item in latest.values())
+
+    async def feed_views(self) -> None:
+        """Hand the views to the core every ``summary_interval`` (spillover chooses regions by them)."""
+        while True:
+            try:
+                self.scheduler.queue.put_nowait((ViewsSeen(views=await self.views()), None))
+            except FederationError as exc:
+                self.log.warning("views not read", error=str(exc))
+            await idle(self.config.summary_interval)
 
     async def watch_views(self) -> None:
         """The link watchdog: a peer's view older than three summaries gets its source re-added.

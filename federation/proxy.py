@@ -10,7 +10,9 @@ connection gets two pumps (client to server, server to client) that obey the lin
 * ``blackhole``: connections stay up but every byte is dropped, and new connections hang: the peer
   notices only through its own timeouts. On healing, the connections that lost bytes are closed
   (their byte streams are corrupt), so peers reconnect cleanly;
-* ``stall``: bytes are held, not dropped, and flow again when the link is healed.
+* ``stall``: bytes are held, not dropped, and flow again when the link is healed;
+* ``mute``: bytes the dialling side sends are dropped, bytes towards it still flow: a request
+  through the link arrives, and its answer is lost (closed on healing, like ``blackhole``).
 
 ``flap(period)`` alternates ``cut`` and ``open`` until the next :meth:`heal`.
 No NATS knowledge here: the proxy moves bytes and nothing else.
@@ -23,7 +25,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Literal
 
-Mode = Literal["open", "cut", "blackhole", "stall"]
+Mode = Literal["open", "cut", "blackhole", "stall", "mute"]
 CHUNK = 64 * 1024
 
 
@@ -98,6 +100,11 @@ class LinkProxy:
         self._stop_flapping()
         self._set("stall")
 
+    def mute(self) -> None:
+        """Drop what the dialling side sends, deliver what it receives, until :meth:`heal`."""
+        self._stop_flapping()
+        self._set("mute")
+
     def set_delay(self, seconds: float) -> None:
         """Delay every chunk by ``seconds`` in each direction (0 removes the delay)."""
         self.delay = max(0.0, seconds)
@@ -122,8 +129,8 @@ class LinkProxy:
             for connection in [c for c in self._connections if c.lossy]:
                 connection.close()
             self._drop_hanging()
-        if mode in ("open", "blackhole"):
-            self._flowing.set()  # blackhole pumps run, to read and drop
+        if mode in ("open", "blackhole", "mute"):
+            self._flowing.set()  # blackhole and mute pumps run, to read and drop
         else:
             self._flowing.clear()
 
@@ -162,12 +169,16 @@ class LinkProxy:
         connection = _Connection(client=writer, server=up_writer)
         self._connections.add(connection)
         connection.pumps = [
-            asyncio.create_task(self._pump(reader, up_writer, connection)),
+            asyncio.create_task(self._pump(reader, up_writer, connection, dialling=True)),
             asyncio.create_task(self._pump(up_reader, writer, connection)),
         ]
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connection: _Connection
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: _Connection,
+        dialling: bool = False,
     ) -> None:
         try:
             while True:
@@ -175,7 +186,7 @@ class LinkProxy:
                 if not data:
                     break
                 await self._flowing.wait()
-                if self.mode == "blackhole":
+                if self.mode == "blackhole" or (self.mode == "mute" and dialling):
                     connection.lossy = True
                     continue
                 if self.delay:

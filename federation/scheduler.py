@@ -58,6 +58,8 @@ from federation.core.events import (
     OfferSeen,
     PolicyChanged,
     Recovered,
+    SendCancel,
+    SendHandOff,
     Submitted,
     Tick,
     WriteJob,
@@ -72,6 +74,7 @@ from federation.errors import (
     LeaseLost,
     RemoteProtocolError,
 )
+from federation.handoff import HandOffs
 from federation.lease import Lease
 from federation.peering import Peering
 from federation.schemas import (
@@ -114,6 +117,7 @@ class Scheduler:
         # unique per process: a restarted scheduler is a new contender, not the old leader
         self.name = f"{config.name or socket.gethostname()}:{os.getpid()}"
         self.lease: Lease | None = None
+        self.handoffs: HandOffs | None = None
         self.config_path = config_path
         self.overrides = dict(overrides or {})
         self._config_stamp = self._stamp()
@@ -140,6 +144,7 @@ class Scheduler:
             await self._check_durability()
             if not await self._lead():
                 return  # stopped while standing by
+            self.handoffs = HandOffs(self)
             await self.recover()
             await self._start_consumers()
             self.log.info(
@@ -152,12 +157,14 @@ class Scheduler:
             if self.failure is not None:
                 raise self.failure
         finally:
+            if self.handoffs is not None:
+                await self.handoffs.stop()
             for task in self._tasks:
                 task.cancel()
             if self._tasks:  # bounded: a task that swallowed its cancellation must not hang the exit
                 _, stuck = await asyncio.wait(self._tasks, timeout=10.0)
                 for task in stuck:
-                    self.log.error("task did not stop", task=task.get_name(), stack=_stack(task))
+                    self.log.error("task did not stop", task=task.get_name(), stack=tracing.task_stack(task))
             if not isinstance(self.failure, LeaseLost):
                 await self.lease.release()  # a clean stop hands over at once, not after the TTL
             await self.bus.close()
@@ -196,7 +203,7 @@ class Scheduler:
         self._tasks.append(holding)
         return True
 
-    async def _check_lease(self) -> None:
+    async def check_lease(self) -> None:
         """Refuse to write once the lease may have passed to another scheduler."""
         if self.lease is not None:
             await self.lease.ensure()
@@ -313,7 +320,7 @@ class Scheduler:
             self.revisions[record.id] = revision
             return fenced
 
-        await self._check_lease()
+        await self.check_lease()
         stamped = dict(await asyncio.gather(*(stamp(n, ledger, rev) for n, (ledger, rev) in ledgers.items())))
         open_records = [r for r in records.values() if not r.terminal]
         for record in await asyncio.gather(*(restamp(r) for r in open_records)):
@@ -349,9 +356,11 @@ class Scheduler:
         self._start_followers()
         peering = Peering(self)
         loops = [self._watch_config(), self._watch_consumers(), peering.publish_summaries()]
+        if self.handoffs is not None:
+            loops.append(self.handoffs.serve())
         if self.config.peers:
             await provision_views(self.bus, self.region, self.config.peers)
-            loops.append(peering.watch_views())
+            loops += [peering.watch_views(), peering.feed_views()]
         for loop in loops:
             task = asyncio.create_task(loop)
             task.add_done_callback(self._task_ended)
@@ -645,7 +654,7 @@ class Scheduler:
             commands.extend(self.core.handle(event))
         commands.extend(self.core.handle(Tick(now=self.clock())))
         await self._execute(commands)
-        await self._check_lease()  # a stale leader acknowledges nothing either
+        await self.check_lease()  # a stale leader acknowledges nothing either
         acks = [delivery.ack() for _, delivery in items if delivery is not None]
         if acks:
             await asyncio.gather(*acks)
@@ -682,7 +691,7 @@ class Scheduler:
                 failpoints.crash("before-claim")
                 for attempt in range(4):
                     try:
-                        await self._check_lease()
+                        await self.check_lease()
                         revision = await self.bus.cas(bucket, node, data, expected, msg_id=msg_id)
                         failpoints.crash("after-claim")
                         return ClaimWritten(node=node, revision=revision)
@@ -698,6 +707,9 @@ class Scheduler:
                 return ClaimConflict(node=node, ledger=stored, revision=revision)
             case WriteJob(record=record):
                 await self._write_record(record)
+            case SendHandOff() | SendCancel():
+                assert self.handoffs is not None
+                self.handoffs.send(command)  # the outcome comes back as an event
         return None
 
     async def _write_record(self, record: JobRecord) -> None:
@@ -707,7 +719,7 @@ class Scheduler:
         for _ in range(5):
             expected = self.revisions.get(record.id, 0)
             try:
-                await self._check_lease()
+                await self.check_lease()
                 self.revisions[record.id] = await self.bus.cas(bucket, record.id, data, expected)
             except ConflictError:
                 value, revision = await self.bus.kv_get(bucket, record.id)
@@ -765,27 +777,8 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, scheduler.stop)
     loop.add_signal_handler(signal.SIGHUP, scheduler.reload)
-    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    loop.add_signal_handler(signal.SIGUSR1, tracing.dump_tasks)
     await scheduler.run()
-
-
-def _dump_tasks() -> None:
-    """SIGUSR1: log what every task is waiting on (for a daemon that seems stuck)."""
-    for task in asyncio.all_tasks():
-        log.warning("task", name=task.get_name(), stack=_stack(task))
-
-
-def _stack(task: asyncio.Task[Any]) -> list[str]:
-    """Where a task waits: its chain of awaits, outermost first."""
-    frames: list[str] = []
-    awaited: Any = task.get_coro()
-    while awaited is not None and len(frames) < 40:
-        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
-        if frame is not None:
-            code = frame.f_code
-            frames.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} {code.co_name}")
-        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
-    return frames
 
 
 __all__: list[Any] = ["Scheduler", "serve"]

@@ -11,11 +11,14 @@ tests check that submit, placement and run share one trace without a collector.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
+import structlog
 from opentelemetry import context, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -127,3 +130,22 @@ def current_traceparent() -> str:
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)
     return carrier.get("traceparent", "")
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log what every task is waiting on (for a daemon that seems stuck)."""
+    for task in asyncio.all_tasks():
+        structlog.get_logger().warning("task", name=task.get_name(), stack=task_stack(task))
+
+
+def task_stack(task: asyncio.Task[Any]) -> list[str]:
+    """Where a task waits: its chain of awaits, outermost first."""
+    frames: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(frames) < 40:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            frames.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} {code.co_name}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return frames

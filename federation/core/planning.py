@@ -647,6 +647,10 @@ class Pass:
 
     # --- explain ---------------------------------------------------------------------------------
 
+    def room_for(self, spec: Submit) -> bool:
+        """Whether some node has room for ``spec`` now (a hand-off's admission check)."""
+        return bool(self._candidates(spec, (spec.scoring or self.core.policy.scoring) == "spread"))
+
     def why(self, spec: Submit, position: int) -> tuple[str, Decision]:
         """Why ``spec`` waits: each node classified by the first filter that rejects it."""
         key = placement.shape(spec)

@@ -51,6 +51,24 @@ SCAN = 256
 """Queue entries examined per tick for spilling (the head: highest priority, oldest)."""
 
 
+def admit(core: RegionCore, spec: Submit, now: float) -> str:
+    """The receiving side: why this region refuses a job offered by another ("" to accept).
+
+    Accepted only if a node has room for it now (it is then placed on this region's own nodes,
+    through this region's own ledgers) and it does not collide with a job of this region.
+    """
+    from federation.core.planning import Pass
+
+    if spec.gang > 1:
+        return "gangs are not handed between regions"
+    if (view := core.jobs.get(spec.id)) is not None and view.record.spec.origin != spec.origin:
+        return f"job id {spec.id} is already used in {core.region}"
+    check = Pass(core, now)
+    if check.room_for(spec):
+        return ""
+    return check.why(spec, 0)[0].removeprefix("pending: ")
+
+
 def home_allowed(spec: Submit, home: str) -> bool:
     """Whether ``spec`` may run in its home region."""
     return not spec.regions or "any" in spec.regions or home in spec.regions
@@ -341,4 +359,4 @@ def _pending_since(record: JobRecord) -> float:
     return record.submitted_at
 
 
-__all__ = ["Handing", "Spill", "fits", "home_allowed", "may_go", "rank"]
+__all__ = ["Handing", "Spill", "admit", "fits", "home_allowed", "may_go", "rank"]
