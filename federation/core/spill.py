@@ -321,6 +321,7 @@ class Spill:
             cpu, memory, gpu = reserved.get(handing.region, (0, 0, 0))
             reserved[handing.region] = (cpu + spec.cpu, memory + spec.memory, gpu + spec.gpu)
         candidates = sorted(self.away) + [job for _, job in core.queue[:SCAN]]
+        nowhere: set[tuple[object, ...]] = set()  # job shapes no region can take in this tick
         for job in candidates:
             if len(self.handing) >= MAX_IN_FLIGHT:
                 break
@@ -333,8 +334,12 @@ class Spill:
             if job not in self.away and now - _pending_since(record) < policy.spill_after:
                 continue
             recent = {r for r, at in self.tried.get(job, {}).items() if now - at < policy.handoff_retry}
+            shape = _shape(record.spec, recent)
+            if shape in nowhere:
+                continue
             ranked, _ = rank(record.spec, core.region, self.views, now, policy.view_stale, recent, reserved)
             if not ranked:
+                nowhere.add(shape)
                 continue
             region = ranked[0]
             spec = record.spec
@@ -350,6 +355,20 @@ class Spill:
             )
             core.dirty.add(job)
             self.handing[job] = Handing(region, "recording")
+
+
+def _shape(spec: Submit, skip: set[str]) -> tuple[object, ...]:
+    """What :func:`rank` looks at in a job: equal shapes get equal answers within one tick."""
+    return (
+        spec.cpu,
+        spec.memory,
+        spec.gpu,
+        tuple(sorted(spec.custom.items())),
+        tuple(sorted(spec.require.items())),
+        tuple(spec.regions),
+        bool(spec.origin) or spec.gang > 1,
+        tuple(sorted(skip)),
+    )
 
 
 def _pending_since(record: JobRecord) -> float:
