@@ -123,3 +123,47 @@ async def test_a_dropped_hand_off_answer_never_runs_an_at_most_once_job_twice(
         assert home.node == ""
         assert home.attempt == 0  # never placed at home
         assert runs.read_text() == "run\n"
+
+
+async def test_an_at_least_once_job_runs_elsewhere_after_a_lost_answer_and_the_duplicate_is_recorded(
+    make_cluster, tmp_path: Path
+) -> None:
+    cluster = await make_cluster(
+        regions=("aa", "bb"), agents=1, chaos=True, capacity={"cpu": 1, "memory": 8 * GiB, "gpu": 0}
+    )
+    runs = tmp_path / "runs"
+    async with Client.connect(connection=cluster.connection) as fed:
+        blocker = await fed.submit(["sleep", "300"], region="aa", job_id="blocker")
+
+        async def state(job: str, region: str) -> str:
+            found = await record(fed, job, region)
+            return found.state if found is not None else ""
+
+        await eventually(lambda: state("blocker", "aa"), timeout=30)
+        await eventually(lambda: fresh_view(fed, "aa", "bb", cpu_free=1), timeout=30)
+        cluster.federation.links["bb"].mute()
+        await fed.submit(
+            ["sh", "-c", f"echo run >> {runs}"], region="aa", job_id="twice", semantics="at_least_once"
+        )
+
+        async def unknown() -> bool:
+            found = await record(fed, "twice", "aa")
+            return found is not None and found.handoffs.get("bb") == "unknown"
+
+        await eventually(unknown, timeout=30)
+        await blocker.cancel()  # room at home: at least once, so it may run here now
+        assert (await fed.wait("twice", region="aa", timeout=60)).state == "succeeded"
+        assert (await fed.job("twice", region="aa")).node != ""
+        await eventually(lambda: state("twice", "bb"), timeout=30)  # bb had stored it: it runs there too
+        cluster.federation.links["bb"].heal()
+
+        async def recorded() -> tuple[str, ...]:
+            found = await record(fed, "twice", "aa")
+            return found.duplicates if found is not None else ()
+
+        assert await eventually(recorded, timeout=60) == ("bb",)
+        home = await fed.job("twice", region="aa")
+        assert home.state == "succeeded"
+        assert home.handoffs == {"bb": "accepted"}
+        assert any(t.reason.startswith("duplicate: bb accepted it too") for t in home.history)
+        await eventually(lambda: runs.exists() and runs.read_text() == "run\nrun\n", timeout=30)
