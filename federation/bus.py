@@ -253,17 +253,31 @@ class Bus:
         return await self.serve(subject, lambda _subject, data: handler(data))
 
     async def serve(
-        self, subject: str, handler: Callable[[str, bytes], Awaitable[bytes | None]], queue: str = ""
+        self,
+        subject: str,
+        handler: Callable[[str, bytes], Awaitable[bytes | None]],
+        queue: str = "",
+        concurrent: bool = False,
     ) -> Any:
         """Answer requests on ``subject`` (a wildcard) with ``handler(subject, data)``.
 
         A ``None`` answer sends nothing (the requester times out). With ``queue`` each request goes
-        to one member of the queue group only.
+        to one member of the queue group only; ``concurrent`` answers each in a task of its own.
         """
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(msg: Msg) -> None:
+            if msg.reply and (data := await handler(msg.subject, msg.data)) is not None:
+                with contextlib.suppress(Exception):  # the connection went: the requester times out
+                    await self.nc.publish(msg.reply, data)
 
         async def on_msg(msg: Msg) -> None:
-            if msg.reply and (answer := await handler(msg.subject, msg.data)) is not None:
-                await self.nc.publish(msg.reply, answer)
+            if not concurrent:
+                await answer(msg)
+                return
+            task = asyncio.create_task(answer(msg))
+            running.add(task)
+            task.add_done_callback(running.discard)
 
         return await self.nc.subscribe(subject, queue=queue, cb=on_msg)
 
@@ -541,10 +555,11 @@ class Bus:
 
         return await self.nc.subscribe(subject, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
 
-    async def last(self, stream: str, subject: str) -> Delivery | None:
-        """The latest message on ``subject`` (direct get), or None."""
+    async def last(self, stream: str, subject: str, *, direct: bool = True) -> Delivery | None:
+        """The latest message on ``subject`` (a direct get, or through the stream's leader for a
+        stream without ``allow_direct``), or None."""
         try:
-            msg = await self.js.get_msg(stream, subject=subject, direct=True)
+            msg = await self.js.get_msg(stream, subject=subject, direct=direct)
         except nats.js.errors.NotFoundError:
             return None
         except Exception as exc:

@@ -327,12 +327,15 @@ async def cmd_job(args: argparse.Namespace) -> int:
     from federation.client import Client
 
     async with Client.connect(_state_dir(args)) as fed:
-        record = await fed.job(args.job, region=args.region)
+        home = await fed.job(args.job, region=args.region)
+        record = home if args.json else await fed.where(args.job, region=home.region)
     if args.json:
         return _print_json(record)
     spec = record.spec
     print(f"job       {record.id}")
-    print(f"region    {record.region}")
+    print(f"region    {record.region}" + (f" (handed over by {spec.origin})" if spec.origin else ""))
+    if record is not home:
+        print(f"home      {home.region}: {home.reason}")
     print(
         f"state     {record.state}"
         + (f" (exit code {record.exit_code})" if record.exit_code is not None else "")

@@ -15,6 +15,7 @@ as ``Nats-Msg-Id``: the returned :class:`Job` exists durably once ``submit`` ret
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -278,10 +279,12 @@ class Client:
         raise NotFound("job", job_id)
 
     async def where(self, job_id: str, *, region: str | None = None) -> JobRecord:
-        """The record of the region the job lives in: its home's, or the region it was forwarded to."""
+        """The record of the region the job lives in: its home's, or the region it was forwarded to
+        (the home's while that region has not written its record yet, or cannot be reached)."""
         record = await self.job(job_id, region=region)
         if record.state == "forwarded" and record.forwarded_to in self.connection.regions:
-            return await self.job(job_id, region=record.forwarded_to)
+            with contextlib.suppress(NotFound, FederationUnavailable):
+                return await self.job(job_id, region=record.forwarded_to)
         return record
 
     async def explain(self, job_id: str, *, region: str | None = None) -> Explanation:

@@ -15,9 +15,11 @@ for the job now (:func:`~federation.core.spill.admit`); otherwise the submission
 this region's own workloads stream with ``origin`` set and ``Nats-Msg-Id`` = job id, and only
 then ``accepted`` is answered. The job is then placed like any submission, on this region's
 nodes through this region's ledgers. A request repeated after a lost answer is answered from the
-job table (or deduplicated by the stream): the same job is never stored twice. When storing
-fails with its outcome unknown, no answer is sent: the requester holds the job and asks again.
-Before a refusal the lease is checked, so a deposed leader never answers.
+job table or the stream (a submission stored but not consumed yet): the same job is never stored
+twice. When storing fails with its outcome unknown, no answer is sent and the job is never refused
+afterwards, only stored again (the same ``Nats-Msg-Id``), so a store that landed late cannot
+contradict a refusal. Before a refusal the lease is checked, so a deposed leader never refuses.
+Requests are answered concurrently: one slow store does not delay the others.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from federation import subjects
-from federation.core.events import HandOffAnswered, SendCancel, SendHandOff
+from federation.core.events import CancelPassed, HandOffAnswered, SendCancel, SendHandOff
 from federation.core.spill import admit
-from federation.errors import FederationError, NoResponders, RemoteProtocolError
+from federation.errors import FederationError, InvalidRequest, LeaseLost, NoResponders, RemoteProtocolError
 from federation.schemas import (
     MAX_MESSAGE_BYTES,
     Cancel,
     HandOff,
     HandOffReply,
+    Submit,
     decode_message,
     decode_reply,
     encode,
@@ -57,6 +60,7 @@ class HandOffs:
         self.bus, self.region = scheduler.bus, scheduler.region
         self.log, self.clock = scheduler.log, scheduler.clock
         self._sending: set[asyncio.Task[None]] = set()
+        self.uncertain: set[str] = set()  # jobs whose store timed out: stored or not, unknown
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -71,18 +75,20 @@ class HandOffs:
         request = HandOff(
             origin=self.region, spec=command.spec, expires_at=command.expires_at, query=command.query
         )
-        timeout = max(0.1, command.expires_at - self.clock())
         subject = subjects.handoff(command.region, command.job)
-        outcome, reason = "", ""
+        outcome, reason = "unknown", ""
         try:
+            # a deposed leader sends nothing: the new one counts on the requests it knows of
+            await self.scheduler.check_lease()
+            timeout = max(0.1, command.expires_at - self.clock())
             reply = decode_reply(await self.bus.request(subject, encode(request), timeout=timeout))
             outcome, reason = reply.outcome, reply.reason or reply.state
+        except LeaseLost:
+            return
         except NoResponders:
             outcome, reason = "unreachable", "nobody answers (the region is cut off or has no leader)"
-        except RemoteProtocolError as exc:
-            outcome, reason = "unknown", f"unreadable answer: {exc}"
-        except FederationError as exc:
-            outcome, reason = "unknown", str(exc)
+        except Exception as exc:  # whatever it was, the request may have arrived: unknown
+            reason = str(exc) or type(exc).__name__
         self.log.info("hand-off", job=command.job, to=command.region, outcome=outcome, reason=reason)
         answer = HandOffAnswered(
             job=command.job,
@@ -96,15 +102,13 @@ class HandOffs:
 
     async def _cancel(self, command: SendCancel) -> None:
         cancel = Cancel(id=command.job, reason=command.reason, requested_at=self.clock())
+        ok = False
         try:
             await self.bus.store(subjects.cancel(command.region, command.job), encode(cancel), timeout=5.0)
+            ok = True
         except FederationError as exc:
-            self.log.warning(
-                "cancel not passed on; cancel it in its region",
-                job=command.job,
-                to=command.region,
-                error=str(exc),
-            )
+            self.log.warning("cancel not passed on yet", job=command.job, to=command.region, error=str(exc))
+        self.scheduler.queue.put_nowait((CancelPassed(job=command.job, ok=ok, at=self.clock()), None))
 
     async def stop(self) -> None:
         """Cancel the requests in flight (their jobs are held or retried by the next leader)."""
@@ -115,9 +119,9 @@ class HandOffs:
     # --- answering -----------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Answer hand-offs to this region until cancelled."""
+        """Answer hand-offs to this region until cancelled (each request in a task of its own)."""
         subscription = await self.bus.serve(
-            subjects.handoff(self.region, "*"), self._answer, queue=QUEUE_GROUP
+            subjects.handoff(self.region, "*"), self._answer, queue=QUEUE_GROUP, concurrent=True
         )
         try:
             await asyncio.Event().wait()
@@ -137,37 +141,66 @@ class HandOffs:
             return encode(HandOffReply(outcome="refused", reason=str(exc)))
         try:
             reply = await self._decide(message)
+        except LeaseLost:
+            return None
         except FederationError as exc:  # stored or not, unknown: no answer, the requester asks again
             self.log.warning("hand-off not answered", job=message.spec.id, error=str(exc))
+            return None
+        except Exception as exc:  # a bug: the requester holds the job; the loop goes on
+            self.log.error("hand-off failed", job=message.spec.id, error=repr(exc))
             return None
         self.log.info("hand-off answered", job=message.spec.id, origin=message.origin, outcome=reply.outcome)
         return encode(reply)
 
     async def _decide(self, message: HandOff) -> HandOffReply:
+        """Accept (store first), or refuse having stored nothing; raise when the outcome is unknown."""
         spec, core, now = message.spec, self.scheduler.core, self.clock()
         held = core.jobs.get(spec.id)
         mine = held is not None and held.record.spec.origin == message.origin
+        if mine and held is not None:  # a repeated request, or a query: the first one was stored
+            state = held.record.state
+            if message.query:
+                return HandOffReply(outcome="found", state=state)
+            return HandOffReply(outcome="accepted", reason=f"already here ({state})")
+        if await self._stored(spec.id, message.origin):  # stored, not consumed yet
+            return HandOffReply(outcome="found" if message.query else "accepted", reason="stored here")
         if message.query:
-            if mine and held is not None:
-                return HandOffReply(outcome="found", state=held.record.state)
             await self.scheduler.check_lease()
             return HandOffReply(outcome="absent")
-        if mine and held is not None:  # a repeated request: the first one was stored
-            return HandOffReply(outcome="accepted", reason=f"already here ({held.record.state})")
-        why = "the request expired before it arrived" if now > message.expires_at else admit(core, spec, now)
-        if why:
-            # stored by an earlier request but not consumed yet (this leader just took over)?
-            if await self.bus.last(
-                subjects.workloads_stream(self.region), subjects.submit(self.region, spec.id)
-            ):
-                return HandOffReply(outcome="accepted", reason="already stored here")
-            await self.scheduler.check_lease()
-            return HandOffReply(outcome="refused", reason=why)
         stored = msgspec.structs.replace(spec, origin=message.origin, regions=[self.region])
-        await self.bus.store(
-            subjects.submit(self.region, spec.id), encode(stored), msg_id=spec.id, timeout=5.0
-        )
+        data = encode(stored)
+        if spec.id not in self.uncertain:  # a store that may have landed is never refused, only retried
+            why = (
+                "the request expired before it arrived"
+                if now > message.expires_at
+                else admit(core, spec, now)
+            )
+            if not why and len(data) > MAX_MESSAGE_BYTES:
+                why = f"the submission is {len(data)} bytes here; the limit is {MAX_MESSAGE_BYTES}"
+            if why:
+                await self.scheduler.check_lease()
+                return HandOffReply(outcome="refused", reason=why)
+        self.uncertain.add(spec.id)
+        try:
+            await self.bus.store(subjects.submit(self.region, spec.id), data, msg_id=spec.id, timeout=5.0)
+        except InvalidRequest as exc:  # the stream refused it: nothing was stored
+            self.uncertain.discard(spec.id)
+            await self.scheduler.check_lease()
+            return HandOffReply(outcome="refused", reason=str(exc))
+        self.uncertain.discard(spec.id)
         return HandOffReply(outcome="accepted", reason=f"{self.region} has room")
+
+    async def _stored(self, job: str, origin: str) -> bool:
+        """Whether this region's workloads stream holds ``origin``'s submission of ``job``."""
+        stream, subject = subjects.workloads_stream(self.region), subjects.submit(self.region, job)
+        found = await self.bus.last(stream, subject, direct=False)
+        if found is None:
+            return False
+        try:
+            message = decode_message(found.data)
+        except RemoteProtocolError:
+            return False
+        return isinstance(message, Submit) and message.origin == origin
 
 
 __all__ = ["HandOffs"]

@@ -354,6 +354,8 @@ class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     region confirmed it never took the job). ``forwarded_to`` is the region that accepted it (the
     record then stays ``forwarded``; the job's life continues in that region's record).
     ``duplicates`` names regions found to have run the job as well (at-least-once only).
+    ``cancel_requested`` keeps a cancel that arrived while the job was being handed off or after
+    it was forwarded (passed on to the region that holds it, again after a restart).
     """
 
     id: str
@@ -376,6 +378,7 @@ class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     forwarded_to: str = ""
     handoffs: dict[str, str] = {}
     duplicates: tuple[str, ...] = ()
+    cancel_requested: str = ""
 
     @property
     def terminal(self) -> bool:

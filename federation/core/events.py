@@ -112,6 +112,14 @@ class HandOffAnswered(msgspec.Struct, frozen=True, kw_only=True):
     query: bool = False
 
 
+class CancelPassed(msgspec.Struct, frozen=True, kw_only=True):
+    """Whether a cancel was stored in the region a job was forwarded to (:class:`SendCancel`)."""
+
+    job: str
+    ok: bool
+    at: float
+
+
 class Tick(msgspec.Struct, frozen=True, kw_only=True):
     """Time passed: run a scheduling pass and emit the writes the state needs."""
 
@@ -131,6 +139,7 @@ Event = (
     | PolicyChanged
     | ViewsSeen
     | HandOffAnswered
+    | CancelPassed
     | Tick
 )
 
@@ -167,7 +176,7 @@ class SendHandOff(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SendCancel(msgspec.Struct, frozen=True, kw_only=True):
-    """Pass a cancel on to the region a job was forwarded to."""
+    """Pass a cancel on to the region a job was forwarded to (answered by :class:`CancelPassed`)."""
 
     job: str
     region: str

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from federation.core.events import Command, HandOffAnswered, SendCancel, SendHandOff
+from federation.core.events import CancelPassed, Command, HandOffAnswered, SendCancel, SendHandOff
+from federation.core.placement import labels_match
 from federation.schemas import JobRecord, Submit, Summary, Transition
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ MAX_IN_FLIGHT = 64
 
 SCAN = 256
 """Queue entries examined per tick for spilling (the head: highest priority, oldest)."""
+
+OFFER_EVERY = 0.25
+"""Seconds between looks for jobs to offer, unless something changed (views, a job came back)."""
 
 
 def admit(core: RegionCore, spec: Submit, now: float) -> str:
@@ -160,37 +164,66 @@ class Spill:
         self.away: set[str] = set()  # pending jobs that may not run here (kept out of the queue)
         self.tried: dict[str, dict[str, float]] = {}  # job -> region -> when it refused / was unreachable
         self.unresolved: dict[str, float] = {}  # at-least-once job with an unknown hand-off -> next query
-        self.cancels: list[Command] = []
+        # job -> (region, reason, next try): NaN while a try is in flight, inf after a failed one
+        self.cancelling: dict[str, tuple[str, str, float]] = {}
+        self.next_offer = 0.0
+        self.stirred = False  # something changed that may let a job go: look at once
+
+    def seen(self, views: dict[str, Summary]) -> None:
+        """New views of the other regions."""
+        self.views = views
+        self.stirred = True
 
     # --- jobs arriving ---------------------------------------------------------------------------
 
-    def admitted(self, core: RegionCore, view: JobView) -> None:
-        """A pending job entered the core (a submission, or recovery)."""
+    def admitted(self, core: RegionCore, view: JobView, at: float) -> None:
+        """A job entered the core (a submission, or recovery at ``at``)."""
         record = view.record
         asked = [region for region, state in sorted(record.handoffs.items()) if state == "asked"]
         if "unknown" in record.handoffs.values():
             self.unresolved[record.id] = 0.0
+        if record.state == "forwarded" and record.cancel_requested:
+            # passed on before? the region ignores a second copy; a lost one must not stay lost
+            self.cancelling[record.id] = (record.forwarded_to, record.cancel_requested, 0.0)
         if record.state != "pending":
             return
         if asked:  # a hand-off whose answer never arrived (the scheduler died): ask it again first
             core.unqueue(record.id)
-            until = record.updated_at + core.policy.handoff_timeout + core.policy.clock_skew
+            # requests of an earlier leader may still arrive until their deadline: every request
+            # was sent before this recovery (a leader checks its lease before sending)
+            until = max(record.updated_at, at) + core.policy.handoff_timeout + core.policy.clock_skew
             self.handing[record.id] = Handing(asked[0], "held", unanswered_until=until)
+            view.cancel_pending = record.cancel_requested
         elif not home_allowed(record.spec, core.region):
             core.unqueue(record.id)
             self.away.add(record.id)
+            self.stirred = True
 
-    def cancel(self, core: RegionCore, view: JobView, reason: str) -> bool:
+    def cancel(self, core: RegionCore, view: JobView, reason: str, at: float) -> bool:
         """A cancel for a job this module holds; True when the core must not cancel it itself."""
-        job = view.record.id
-        if job in self.handing:
-            view.cancel_pending = reason  # the answer decides: forward the cancel, or cancel here
-            return True
-        if view.record.state == "forwarded":
-            self.cancels.append(SendCancel(job=job, region=view.record.forwarded_to, reason=reason))
+        record = view.record
+        job = record.id
+        if job in self.handing or record.state == "forwarded":
+            if job in self.handing:
+                view.cancel_pending = reason  # the answer decides: pass the cancel on, or cancel here
+            else:
+                self.cancelling[job] = (record.forwarded_to, reason, 0.0)
+            if record.cancel_requested != reason:  # kept in the record: a restart must not forget it
+                view.record = msgspec.structs.replace(record, cancel_requested=reason, updated_at=at)
+                core.dirty.add(job)
             return True
         self.away.discard(job)
         return False
+
+    def cancel_passed(self, event: CancelPassed) -> None:
+        """The region holding a forwarded job stored its cancel (or not: try again later)."""
+        entry = self.cancelling.get(event.job)
+        if entry is None:
+            return
+        if event.ok:
+            del self.cancelling[event.job]
+        else:
+            self.cancelling[event.job] = (entry[0], entry[1], float("inf"))  # re-armed by the tick
 
     # --- answers ---------------------------------------------------------------------------------
 
@@ -208,6 +241,7 @@ class Spill:
         record, region, policy = view.record, event.region, core.policy
         if event.outcome in ("accepted", "found"):
             del self.handing[event.job]
+            self.tried.pop(event.job, None)
             core.move(
                 event.job,
                 "forwarded",
@@ -217,7 +251,7 @@ class Spill:
                 handoffs={**record.handoffs, region: "accepted"},
             )
             if view.cancel_pending:
-                self.cancels.append(SendCancel(job=event.job, region=region, reason=view.cancel_pending))
+                self.cancelling[event.job] = (region, view.cancel_pending, 0.0)
                 view.cancel_pending = ""
             return
         definite = event.outcome in ("refused", "absent", "unreachable")
@@ -254,6 +288,7 @@ class Spill:
             record, handoffs={**record.handoffs, **handoffs}, reason=f"pending: {why}", updated_at=at
         )
         core.dirty.add(job)
+        self.stirred = True
         if view.cancel_pending:
             reason, view.cancel_pending = view.cancel_pending, ""
             core.move(job, "cancelled", at, reason)
@@ -282,8 +317,8 @@ class Spill:
     # --- the tick --------------------------------------------------------------------------------
 
     def tick(self, core: RegionCore, now: float) -> list[Command]:
-        """Send recorded hand-offs, re-ask held ones and queries, and pick new jobs to offer."""
-        commands, self.cancels = self.cancels, []
+        """Send recorded hand-offs, re-ask held ones, queries and cancels; pick new jobs to offer."""
+        commands: list[Command] = []
         policy = core.policy
         for job, handing in sorted(self.handing.items()):
             due = handing.phase == "recording" and job not in core.dirty
@@ -293,6 +328,12 @@ class Spill:
                 commands.append(
                     SendHandOff(job=job, region=handing.region, spec=spec, expires_at=handing.expires_at)
                 )
+        for job, (region, reason, next_try) in sorted(self.cancelling.items()):
+            if next_try == float("inf"):  # the last try failed: again after the retry delay
+                self.cancelling[job] = (region, reason, now + policy.handoff_retry)
+            elif now >= next_try:
+                self.cancelling[job] = (region, reason, float("nan"))  # in flight until answered
+                commands.append(SendCancel(job=job, region=region, reason=reason))
         for job, next_at in sorted(self.unresolved.items()):
             if now < next_at:
                 continue
@@ -309,40 +350,55 @@ class Spill:
                             query=True,
                         )
                     )
-        if self.views and len(self.handing) < MAX_IN_FLIGHT:
+        if self.views and (self.stirred or now >= self.next_offer):
+            self.stirred, self.next_offer = False, now + OFFER_EVERY
             self._offer(core, now)
         return commands
 
+    def _in_flight(self) -> int:
+        return sum(1 for handing in self.handing.values() if handing.phase != "held")
+
     def _offer(self, core: RegionCore, now: float) -> None:
+        """Offer jobs that fit nowhere here to the best region their policy allows."""
         policy = core.policy
+        if len(self.tried) > 4 * SCAN:  # forget the refusals of jobs that are no longer waiting
+            self.tried = {j: t for j, t in self.tried.items() if j in core.jobs and j not in core.allocated}
         reserved: dict[str, tuple[int, int, int]] = {}
         for job, handing in self.handing.items():
             spec = core.jobs[job].record.spec
             cpu, memory, gpu = reserved.get(handing.region, (0, 0, 0))
             reserved[handing.region] = (cpu + spec.cpu, memory + spec.memory, gpu + spec.gpu)
-        candidates = sorted(self.away) + [job for _, job in core.queue[:SCAN]]
-        nowhere: set[tuple[object, ...]] = set()  # job shapes no region can take in this tick
+        candidates = sorted(self.away)[:SCAN] + [job for _, job in core.queue[:SCAN]]
+        nowhere: set[tuple[object, ...]] = set()  # job shapes no region can take now
+        room: dict[tuple[object, ...], bool] = {}  # job shapes some node here has room for
+        in_flight = self._in_flight()
         for job in candidates:
-            if len(self.handing) >= MAX_IN_FLIGHT:
+            if in_flight >= MAX_IN_FLIGHT:
                 break
             view = core.jobs[job]
             record = view.record
+            spec = record.spec
             if record.state != "pending" or view.claiming or job in core.allocated:
                 continue
             if record.not_before > now:
                 continue
-            if job not in self.away and now - _pending_since(record) < policy.spill_after:
-                continue
+            if job not in self.away:
+                if now - _pending_since(record) < policy.spill_after:
+                    continue
+                here = _shape(spec, set())
+                if here not in room:
+                    room[here] = _room_here(core, spec, now)
+                if room[here]:
+                    continue  # it fits here: it waits for a claim in flight, not for room
             recent = {r for r, at in self.tried.get(job, {}).items() if now - at < policy.handoff_retry}
-            shape = _shape(record.spec, recent)
+            shape = _shape(spec, recent)
             if shape in nowhere:
                 continue
-            ranked, _ = rank(record.spec, core.region, self.views, now, policy.view_stale, recent, reserved)
+            ranked, _ = rank(spec, core.region, self.views, now, policy.view_stale, recent, reserved)
             if not ranked:
                 nowhere.add(shape)
                 continue
             region = ranked[0]
-            spec = record.spec
             cpu, memory, gpu = reserved.get(region, (0, 0, 0))
             reserved[region] = (cpu + spec.cpu, memory + spec.memory, gpu + spec.gpu)
             core.unqueue(job)
@@ -355,6 +411,20 @@ class Spill:
             )
             core.dirty.add(job)
             self.handing[job] = Handing(region, "recording")
+            in_flight += 1
+
+
+def _room_here(core: RegionCore, spec: Submit, now: float) -> bool:
+    """Whether a live node here has room for ``spec`` by its stored ledger (claims in flight aside)."""
+    for node in core.nodes.values():
+        offer, free = node.offer, node.free
+        if not node.alive or offer is None or free is None or offer.expires_at <= now:
+            continue
+        if free.misfit(spec) is None and (
+            not spec.require or labels_match(node.name, core.region, free.labels, spec.require)
+        ):
+            return True
+    return False
 
 
 def _shape(spec: Submit, skip: set[str]) -> tuple[object, ...]:

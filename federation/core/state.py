@@ -63,6 +63,7 @@ import msgspec
 
 from federation.core import placement
 from federation.core.events import (
+    CancelPassed,
     CancelRequested,
     ClaimConflict,
     ClaimWritten,
@@ -144,9 +145,11 @@ class RegionCore:
             case PolicyChanged(policy=policy):
                 self.policy = policy
             case ViewsSeen(views=views):
-                self.spill.views = views
+                self.spill.seen(views)
             case HandOffAnswered():
                 self.spill.answered(self, event)
+            case CancelPassed():
+                self.spill.cancel_passed(event)
             case JobReported(event=report):
                 self._reported(report)
             case ClaimWritten():
@@ -240,7 +243,7 @@ class RegionCore:
                 self._hold(allocation.job, name)
         held_gangs = {a.job for n in self.nodes.values() for a in n.current().allocations if a.held}
         for record in sorted(event.records, key=lambda r: (r.submitted_at, r.id)):
-            self._add(record)
+            self._add(record, event.at)
             if record.id in held_gangs:
                 self._release(record.id)  # a gang half claimed when the scheduler died: start over
             elif record.terminal and record.id in self.holders:
@@ -267,15 +270,15 @@ class RegionCore:
         self._add(rebuilt(allocation, node, self.region))
         self.dirty.add(allocation.job)
 
-    def _add(self, record: JobRecord) -> JobView:
+    def _add(self, record: JobRecord, at: float = 0.0) -> JobView:
         self._arrivals += 1
         view = JobView(record, (PRIORITY_RANK[record.spec.priority], record.submitted_at, self._arrivals))
         self.jobs[record.id] = view
         if record.state == "pending":
             bisect.insort(self.queue, (view.order, record.id))
             self.unexplained.add(record.id)
-        if record.state == "pending" or record.handoffs:
-            self.spill.admitted(self, view)
+        if record.state in ("pending", "forwarded") or record.handoffs:
+            self.spill.admitted(self, view, at)
         return view
 
     def _submitted(self, event: Submitted) -> None:
@@ -291,7 +294,7 @@ class RegionCore:
             traceparent=event.traceparent,
             history=(Transition(state="pending", at=event.at),),
         )
-        self._add(record)
+        self._add(record, event.at)
         self.dirty.add(spec.id)
         if spec.id in self.holders:  # a claim written before a crash: adopt it (I2)
             self._adopt(spec.id, event.at)
@@ -328,7 +331,7 @@ class RegionCore:
         if view.claiming:
             view.cancel_pending = event.reason
             return
-        if self.spill.cancel(self, view, event.reason):
+        if self.spill.cancel(self, view, event.reason, event.at):
             return
         self.unqueue(event.job)
         self.move(event.job, "cancelled", event.at, event.reason)

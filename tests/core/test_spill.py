@@ -217,3 +217,29 @@ def test_a_cancel_during_a_hand_off_follows_the_job() -> None:
     commands = core.handle(Tick(now=11.2))
     assert of(SendCancel, commands) == [SendCancel(job="g", region="us", reason="no longer needed")]
     assert record_of(commands).state == "forwarded"
+
+
+def test_a_job_waiting_only_for_a_claim_in_flight_is_not_offered_elsewhere() -> None:
+    core = core_with_views(view("us"))
+    core.handle(submit("a", cpu=4))
+    core.handle(submit("b", cpu=4))
+    (claim,) = of(WriteLedger, core.handle(Tick(now=11.0)))  # "a" takes the node; "b" waits
+    assert core.spill.handing == {}  # the stored ledger still has room: no hand-off yet
+    core.handle(ClaimWritten(node=claim.node, revision=3))
+    commands = core.handle(Tick(now=11.5))
+    assert record_of(commands, "b").handoffs == {"us": "asked"}  # now it fits nowhere here
+
+
+def test_a_cancel_during_a_hand_off_is_kept_in_the_record_across_a_restart() -> None:
+    core = core_with_views(view("us", gpu=1, gpu_free=1))
+    core.handle(submit("g", gpu=1))
+    offered(core)
+    core.handle(CancelRequested(job="g", reason="stop", at=11.1))
+    record = record_of(core.handle(Tick(now=11.1)))
+    assert record.cancel_requested == "stop"
+    fresh = RegionCore("eu")
+    fresh.handle(Recovered(ledgers={}, records=(record,), at=20.0))
+    (again,) = of(SendHandOff, fresh.handle(Tick(now=20.0)))
+    assert again.region == "us"
+    fresh.handle(HandOffAnswered(job="g", region="us", outcome="refused", at=25.0, reason="full"))
+    assert record_of(fresh.handle(Tick(now=25.0))).state == "cancelled"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from federation.client import Client
 from federation.errors import NotFound
 from federation.schemas import JobRecord
-from tests.conftest import GiB, eventually
+from tests.conftest import GiB, eventually, run_fed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,6 +58,12 @@ async def test_a_gpu_job_from_a_region_without_gpus_runs_on_another_regions_gpu(
         assert explanation.via.reason.startswith("forwarded to bb")
         # and from the region that runs it
         assert (await fed.job("gpu-job", region="bb")).state == "succeeded"
+        shown = await asyncio.to_thread(run_fed, cluster.tmp, "explain", "gpu-job", "--region", "aa")
+        assert shown.returncode == 0, shown.stderr
+        assert "home      aa: forwarded to bb" in shown.stdout
+        assert "hand-offs bb=accepted" in shown.stdout
+        shown = await asyncio.to_thread(run_fed, cluster.tmp, "job", "gpu-job")
+        assert "(handed over by aa)" in shown.stdout
 
         # city targeting: routed to the region whose nodes carry the label
         await eventually(lambda: fresh_view(fed, "aa", "bb", gpu_free=1), timeout=30)
