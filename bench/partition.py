@@ -149,9 +149,13 @@ async def main() -> None:
             await fed_up.stop()
     for region in REGIONS:
         note = " (the partitioned one)" if region == "pa" else ""
+        # "after" shows how far the rate drifts with a region's growing history alone: during is
+        # also given against the mean of before and after, which takes that drift out
+        around = (before[region] + after[region]) / 2
         print(
             f"{region}{note}: {before[region]:.0f} placements/s before, {during[region]:.0f} during "
-            f"({during[region] / before[region]:.2f}x), {after[region]:.0f} after"
+            f"({during[region] / before[region]:.2f}x before, {during[region] / around:.2f}x the mean "
+            f"of before and after), {after[region]:.0f} after"
         )
     print(f"views converged {convergence:.2f} s after the heal")
 
