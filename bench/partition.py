@@ -1,13 +1,13 @@
 """Scheduling through a partition: per-region placements/s before, during and after, and view convergence.
 
-    python bench/partition.py                       # 3 regions, 2,000 jobs per region per phase
+    python bench/partition.py                       # 3 regions, 3 rounds of 2,000 jobs per region per phase
     python bench/partition.py --jobs 5000 --nodes 20
 
 A three-region federation from ``fed up``'s launcher with ``--chaos`` (a proxy in every region's
 leafnode link to the hub), each region with simulated nodes (``agents/sim.py``) that complete the
 jobs they are given. In each phase every region gets ``--jobs`` one-core jobs at once, all regions
-concurrently (pinned to it with ``regions``, so that spillover does not blur the figure), and each
-region's rate is jobs / (first submit to last record seen placed):
+concurrently (pinned to it with ``regions``, so that spillover does not blur the figure); each
+region's rate is jobs / (first submit to last record seen placed), the median of ``--rounds``:
 
 1. before: every link up;
 2. during: the first region cut off from the hub (and so from the others);
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import tempfile
 import time
@@ -59,7 +60,17 @@ class Placed:
             self.at.setdefault(record.id, time.time())
 
 
-async def phase(buses: dict[str, Bus], placed: dict[str, Placed], name: str, jobs: int) -> dict[str, float]:
+async def phase(
+    buses: dict[str, Bus], placed: dict[str, Placed], name: str, jobs: int, rounds: int
+) -> dict[str, float]:
+    """``rounds`` times: ``jobs`` to every region at once; each region's median placements/s."""
+    samples = [await one_round(buses, placed, f"{name}{i}", jobs) for i in range(rounds)]
+    return {region: statistics.median(sample[region] for sample in samples) for region in REGIONS}
+
+
+async def one_round(
+    buses: dict[str, Bus], placed: dict[str, Placed], name: str, jobs: int
+) -> dict[str, float]:
     """Submit ``jobs`` to every region at once; each region's placements per second."""
 
     async def one_region(region: str) -> float:
@@ -99,6 +110,7 @@ async def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per region per phase")
     parser.add_argument("--nodes", type=int, default=10, help="simulated nodes per region")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per phase (the median is shown)")
     args = parser.parse_args()
     print(f"machine: {throughput.machine()}")
     print(f"command: python bench/partition.py {' '.join(sys.argv[1:])}".rstrip())
@@ -131,16 +143,16 @@ async def main() -> None:
                     if time.monotonic() > end:
                         raise TimeoutError("views never converged at start")
                     await asyncio.sleep(0.2)
-                before = await phase(buses, placed, "before", args.jobs)
+                before = await phase(buses, placed, "before", args.jobs, args.rounds)
                 fed_up.chaos("partition", b'{"region": "pa"}')
                 await asyncio.sleep(8.0)  # let the views go stale: the partition is in full effect
-                during = await phase(buses, placed, "during", args.jobs)
+                during = await phase(buses, placed, "during", args.jobs, args.rounds)
                 fed_up.chaos("heal", b'{"region": "pa"}')
                 healed = time.monotonic()
                 while not await converged(fed):  # noqa: ASYNC110 - polling what the regions see is the measurement
                     await asyncio.sleep(0.05)
                 convergence = time.monotonic() - healed
-                after = await phase(buses, placed, "after", args.jobs)
+                after = await phase(buses, placed, "after", args.jobs, args.rounds)
         finally:
             for sim in sims:
                 await sim.stop()

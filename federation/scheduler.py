@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import os
 import signal
@@ -97,6 +98,7 @@ log = structlog.get_logger()
 
 Item = tuple[Event, Delivery | None]
 QUARANTINE_PAYLOAD = 64 * 1024  # bytes of a refused message kept as evidence (base64 in the record)
+FREEZE_EVERY = float(os.environ.get("FED_GC_FREEZE_EVERY", "30"))  # seconds: see Scheduler._settle_heap
 
 
 class Scheduler:
@@ -237,6 +239,20 @@ class Scheduler:
             self.queue.put_nowait((PolicyChanged(policy=config.policy), None))
             self.log.info("policy reloaded", policy=msgspec.to_builtins(config.policy))
 
+    async def _settle_heap(self) -> None:
+        """Keep the garbage collector's work proportional to what is new, not to the history.
+
+        The core keeps every job's record, so the heap grows with the region's history, and the
+        collector's full passes over it made placements slower round after round (measured: 3,700
+        to 2,200 placements/s over 20,000 jobs; flat with the collector off). Every
+        ``FREEZE_EVERY`` seconds a collection frees what is garbage now, and what survives is
+        frozen: later passes skip it (reference counting still frees it when it is dropped).
+        """
+        while True:
+            await idle(FREEZE_EVERY)
+            gc.collect()
+            gc.freeze()
+
     async def _watch_config(self) -> None:
         """Reload when the config file changes (editing it is enough; SIGHUP also works)."""
         while True:
@@ -355,7 +371,12 @@ class Scheduler:
         await self._bind_consumers()
         self._start_followers()
         peering = Peering(self)
-        loops = [self._watch_config(), self._watch_consumers(), peering.publish_summaries()]
+        loops = [
+            self._watch_config(),
+            self._watch_consumers(),
+            self._settle_heap(),
+            peering.publish_summaries(),
+        ]
         if self.handoffs is not None:
             loops.append(self.handoffs.serve())
         if self.config.peers:
