@@ -1,7 +1,7 @@
 """Scheduling through a partition: per-region placements/s before, during and after, and view convergence.
 
-    python bench/partition.py                       # 3 regions, 3 rounds of 2,000 jobs per region per phase
-    python bench/partition.py --jobs 5000 --nodes 20
+    python bench/partition.py                       # 3 regions, 3 rounds of 4,000 jobs per region per phase
+    python bench/partition.py --jobs 2000 --rounds 1 --nodes 20
 
 A three-region federation from ``fed up``'s launcher with ``--chaos`` (a proxy in every region's
 leafnode link to the hub), each region with simulated nodes (``agents/sim.py``) that complete the
@@ -108,7 +108,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=2000, help="jobs per region per phase")
+    parser.add_argument("--jobs", type=int, default=4000, help="jobs per region per round")
     parser.add_argument("--nodes", type=int, default=10, help="simulated nodes per region")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per phase (the median is shown)")
     args = parser.parse_args()
