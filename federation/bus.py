@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +44,7 @@ KV_OPERATION = "KV-Operation"
 WRONG_LAST_SEQUENCE = (10071, 10164)
 
 DAY = 24 * 3600.0
+AUDIT_HISTORY = 64  # versions kept per ledger and job record: the audit stream's sources read them
 
 
 @dataclass(slots=True)
@@ -247,10 +246,6 @@ class Bus:
                 raise error from None  # being cancelled
             return False
         return True
-
-    async def reply(self, subject: str, handler: Callable[[bytes], Awaitable[bytes]]) -> Any:
-        """Answer requests on ``subject`` with ``handler(request data)``; returns the subscription."""
-        return await self.serve(subject, lambda _subject, data: handler(data))
 
     async def serve(
         self,
@@ -586,13 +581,12 @@ class Bus:
             raise _translate(stream, exc) from None
         return True
 
-    async def stream_exists(self, stream: str) -> bool:
-        """Whether the stream exists in this server's JetStream domain."""
+    async def last_sequence(self, stream: str) -> int | None:
+        """The stream's last sequence (0 when empty), or None when it does not exist."""
         try:
-            await self.js.stream_info(stream)
+            return int((await self.js.stream_info(stream)).state.last_seq)
         except nats.js.errors.NotFoundError:
-            return False
-        return True
+            return None
 
 
 # --- provisioning ------------------------------------------------------------------------------------
@@ -676,19 +670,37 @@ async def provision(bus: Bus, region: str) -> None:
                 # transient (each node sends its next one within seconds)
                 await bus.js.delete_stream(config.name)
                 await bus.js.add_stream(config)
-    ledger = subjects.ledger_bucket(region)
+    # the buckets keep a value's last versions (history) so that the audit stream, which sources
+    # them, never misses a superseded one: the audit costs the scheduler nothing
+    ledger, jobs = subjects.ledger_bucket(region), subjects.jobs_bucket(region)
     republish = api.RePublish(src=f"$KV.{ledger}.>", dest=subjects.ledger_changes(region, ">"))
-    for bucket, tap in ((ledger, republish), (subjects.jobs_bucket(region), None)):
+    for bucket, tap in ((ledger, republish), (jobs, None)):
         kv = api.KeyValueConfig(
             bucket=bucket,
-            history=1,
+            history=AUDIT_HISTORY,
             direct=True,
             storage=api.StorageType.FILE,
             max_value_size=4 * 1024**2,
             republish=tap,
         )
-        with contextlib.suppress(nats.js.errors.BadRequestError):  # exists
+        try:
             await bus.js.create_key_value(kv)
+        except nats.js.errors.BadRequestError:  # exists: an older layout kept one version only
+            info = await bus.js.stream_info(f"KV_{bucket}")
+            if (info.config.max_msgs_per_subject or 0) < AUDIT_HISTORY:
+                info.config.max_msgs_per_subject = AUDIT_HISTORY
+                await bus.js.update_stream(info.config)
+    audit = _sourcing(
+        subjects.audit_stream(region),
+        [(name, "") for name in subjects.audit_sources(region)],
+        deny_delete=True,
+        deny_purge=True,
+        max_msg_size=5 * 1024**2,
+    )
+    try:
+        await bus.js.add_stream(audit)
+    except nats.js.errors.BadRequestError:
+        await bus.js.update_stream(audit)
     # the lease is a KV key whose value expires (per-message TTL, marker on expiry): nats-py's
     # KeyValueConfig cannot ask for that, so the bucket's stream is made by hand
     lease = subjects.lease_bucket(region)
@@ -707,21 +719,32 @@ async def provision(bus: Bus, region: str) -> None:
         await bus.js.add_stream(config)
 
 
+def _sourcing(name: str, streams: Sequence[tuple[str, str]], **options: Any) -> api.StreamConfig:
+    """A file stream that sources ``streams``, each (name, domain); domain "" is this one."""
+    sources = [
+        api.StreamSource(
+            name=stream, external=api.ExternalStream(api=f"$JS.{domain}.API", deliver="") if domain else None
+        )
+        for stream, domain in streams
+    ]
+    return api.StreamConfig(name=name, storage=api.StorageType.FILE, sources=sources, **options)
+
+
 def _views_config(region: str, peers: Sequence[str]) -> api.StreamConfig:
-    return api.StreamConfig(
-        name=subjects.views_stream(region),
-        storage=api.StorageType.FILE,
-        max_msgs_per_subject=1,
-        allow_direct=True,
-        sources=[
-            api.StreamSource(
-                name=subjects.summary_stream(peer),
-                external=api.ExternalStream(api=f"$JS.{peer}.API", deliver=""),
-            )
-            for peer in sorted(peers)
-            if peer != region
-        ],
+    streams = [(subjects.summary_stream(peer), peer) for peer in sorted(peers) if peer != region]
+    return _sourcing(subjects.views_stream(region), streams, max_msgs_per_subject=1, allow_direct=True)
+
+
+async def provision_audit_all(bus: Bus, regions: Sequence[str]) -> None:
+    """On the hub: ``AUDIT_ALL`` sources every region's audit stream (no delete, no purge)."""
+    streams = [(subjects.audit_stream(region), region) for region in sorted(regions)]
+    config = _sourcing(
+        subjects.AUDIT_ALL, streams, deny_delete=True, deny_purge=True, max_msg_size=5 * 1024**2
     )
+    try:
+        await bus.js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await bus.js.update_stream(config)
 
 
 async def provision_views(bus: Bus, region: str, peers: Sequence[str]) -> None:
@@ -745,19 +768,6 @@ async def readd_source(bus: Bus, region: str, peers: Sequence[str], peer: str) -
     """
     await bus.js.update_stream(_views_config(region, [p for p in peers if p != peer]))
     await bus.js.update_stream(_views_config(region, peers))
-
-
-def _http_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return dict(json.loads(response.read()))
-
-
-async def monitoring(monitor_url: str, endpoint: str = "varz") -> dict[str, Any]:
-    """One JSON page of a server's monitoring endpoint (``/varz``, ``/leafz``, ``/jsz``...)."""
-    try:
-        return await asyncio.to_thread(_http_json, f"{monitor_url.rstrip('/')}/{endpoint}")
-    except (OSError, ValueError) as exc:
-        raise FederationUnavailable(monitor_url, f"monitoring endpoint /{endpoint}: {exc}") from None
 
 
 async def wait_for_jetstream(url: str, deadline: float = 20.0) -> None:

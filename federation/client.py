@@ -27,6 +27,7 @@ import msgspec
 import structlog
 
 from federation import subjects, tracing
+from federation.audit import AuditEvent, Checker, Report, events, matches, origins_last
 from federation.bus import Bus
 from federation.config import Connection, default_state_dir, load_connection
 from federation.core.placement import Free
@@ -59,6 +60,8 @@ from federation.schemas import (
     encode,
     validate,
 )
+
+HUB_KEY = ":hub"  # the hub's connection among the region connections (no region has a colon)
 
 
 def new_job_id() -> str:
@@ -366,13 +369,63 @@ class Client:
         finally:
             await tail.stop()
 
+    # --- audit ------------------------------------------------------------------------------------
+
+    async def _audit_source(self, region: str | None, everywhere: bool) -> tuple[Bus, str]:
+        if everywhere:
+            if HUB_KEY not in self._buses:
+                self._buses[HUB_KEY] = await Bus.connect(
+                    self.connection.hub_url, "fed-client", retry_forever=False
+                )
+            return self._buses[HUB_KEY], subjects.AUDIT_ALL
+        name = self._region(region)
+        return await self.bus(name), subjects.audit_stream(name)
+
+    async def audit(
+        self,
+        *,
+        region: str | None = None,
+        everywhere: bool = False,
+        from_seq: int = 0,
+        since: float = 0.0,
+        job: str = "",
+        node: str = "",
+        tenant: str = "",
+    ) -> AsyncIterator[AuditEvent]:
+        """The audit trail of a region (from its own stream: works while it is cut off) or, with
+        ``everywhere``, of every region (the hub's ``AUDIT_ALL``), oldest first, as it is now."""
+        bus, stream = await self._audit_source(region, everywhere)
+        async for event, _ in events(bus, stream, from_seq=from_seq, since=since):
+            if matches(event, job=job, node=node, tenant=tenant):
+                yield event
+
+    async def audit_check(self, *, region: str | None = None, everywhere: bool = False) -> Report:
+        """Rebuild the state from the audit trail and check the invariants (see :mod:`federation.audit`)."""
+        bus, stream = await self._audit_source(region, everywhere)
+        names = self.regions if everywhere else [self._region(region)]
+        checker = Checker()
+        live: dict[tuple[str, str], tuple[bytes, int]] = {}
+        if not everywhere:  # I8 is checked against the region's own buckets
+            for bucket in (subjects.ledger_bucket(names[0]), subjects.jobs_bucket(names[0])):
+                live.update({(bucket, key): item for key, item in (await bus.kv_load(bucket)).items()})
+        async for event, value in events(bus, stream):
+            checker.feed(event, value)
+        origins: dict[str, int] = {}
+        for name in names:
+            if everywhere:
+                with contextlib.suppress(FederationUnavailable):
+                    origins.update(await origins_last(await self.bus(name), [subjects.audit_stream(name)]))
+            else:
+                origins.update(await origins_last(bus, subjects.audit_sources(name)))
+        return checker.finish(origins_last=origins, live=live)
+
     async def quarantined(self, *, region: str | None = None) -> list[Quarantined]:
         """Refused messages with their reasons, oldest first (one region, or all)."""
         out: list[Quarantined] = []
         for name in [self._region(region)] if region else self.regions:
             bus = await self.bus(name)
             stream = subjects.quarantine_stream(name)
-            if not await bus.stream_exists(stream):
+            if not await bus.last_sequence(stream) is not None:
                 continue
             async for item in bus.follow(stream, subjects.quarantine(name, "*"), until_caught_up=True):
                 out.append(msgspec.json.decode(item.data, type=Quarantined))
@@ -388,7 +441,7 @@ class Client:
         try:
             bus = await self.bus(name)
             offers: dict[str, Offer] = {}
-            if await bus.stream_exists(subjects.offers_stream(name)):
+            if await bus.last_sequence(subjects.offers_stream(name)) is not None:
                 async for item in bus.follow(
                     subjects.offers_stream(name),
                     subjects.offer(name, "*"),
@@ -460,7 +513,7 @@ class Client:
         stopped moving is stale.
         """
         bus = await self.bus(region)
-        if not await bus.stream_exists(subjects.views_stream(region)):
+        if not await bus.last_sequence(subjects.views_stream(region)) is not None:
             return {}
         latest = await bus.latest(subjects.views_stream(region), subjects.summary("*"))
         return decode_summaries(item.data for item in latest.values())
@@ -468,7 +521,7 @@ class Client:
     async def summary(self, region: str) -> Summary | None:
         """The region's latest capacity summary as its leader published it (None before the first)."""
         bus = await self.bus(region)
-        if not await bus.stream_exists(subjects.summary_stream(region)):
+        if not await bus.last_sequence(subjects.summary_stream(region)) is not None:
             return None
         item = await bus.last(subjects.summary_stream(region), subjects.summary(region))
         if item is None:

@@ -34,9 +34,10 @@ from pathlib import Path
 import msgspec
 
 from federation import subjects
-from federation.bus import Bus, monitoring, provision, wait_for_jetstream
+from federation.bus import Bus, provision, provision_audit_all, wait_for_jetstream
 from federation.config import Connection, RegionEndpoint, write_connection
 from federation.errors import ConfigError, FederationError, FederationUnavailable
+from federation.monitor import monitoring
 from federation.proxy import LinkProxy
 from federation.resources import format_memory
 from federation.schemas import ChaosCommand, ChaosState
@@ -230,6 +231,11 @@ class Federation:
                 finally:
                     await bus.close()
             await self._wait_leafnodes(len(self.options.regions))
+            bus = await Bus.connect(self.urls["hub"], "fed-up", retry_forever=False)
+            try:  # the hub's copy of every region's audit trail
+                await provision_audit_all(bus, self.options.regions)
+            finally:
+                await bus.close()
             self._start_daemons()
             await self._wait_ready()
         except BaseException:
@@ -395,10 +401,10 @@ class Federation:
         self._chaos_bus = await Bus.connect(self.urls["hub"], "fed-up-chaos")
         for command in ("partition", "heal", "status"):
 
-            async def answer(data: bytes, command: str = command) -> bytes:
+            async def answer(_subject: str, data: bytes, command: str = command) -> bytes:
                 return msgspec.json.encode(self.chaos(command, data))
 
-            await self._chaos_bus.reply(subjects.chaos(subjects.HUB, command), answer)
+            await self._chaos_bus.serve(subjects.chaos(subjects.HUB, command), answer)
 
     def chaos(self, command: str, data: bytes = b"{}") -> ChaosState:
         """Apply one chaos command (``partition``, ``heal``, ``status``) to the leafnode links."""

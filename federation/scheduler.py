@@ -45,7 +45,7 @@ import msgspec
 import structlog
 
 from federation import failpoints, subjects, tracing
-from federation.bus import Bus, Delivery, idle, monitoring, provision, provision_views
+from federation.bus import Bus, Delivery, idle, provision, provision_views
 from federation.config import SchedulerConfig, load_toml
 from federation.core.events import (
     CancelRequested,
@@ -77,6 +77,7 @@ from federation.errors import (
 )
 from federation.handoff import HandOffs
 from federation.lease import Lease
+from federation.monitor import monitoring
 from federation.peering import Peering
 from federation.schemas import (
     Cancel,

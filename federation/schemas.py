@@ -289,13 +289,26 @@ class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     max_attempts: int = 0
 
 
-class Ledger(msgspec.Struct, kw_only=True, frozen=True):
-    """A node's allocation ledger: the only record of what runs there, CAS-updated by revision."""
+class Capacity(msgspec.Struct, kw_only=True, frozen=True, array_like=True):
+    """What a node offered when a ledger write was made (its evidence for ``fed audit check``)."""
+
+    cpu: int
+    memory: int
+    gpu: int
+
+
+class Ledger(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A node's allocation ledger: the only record of what runs there, CAS-updated by revision.
+
+    ``capacity`` is the offer the write was made against (absent on ledgers written before it
+    existed, and on a fencing stamp).
+    """
 
     node: str
     allocations: tuple[Allocation, ...] = ()
     epoch: int = 0
     updated_at: float = 0.0
+    capacity: Capacity | None = None
 
     def find(self, job: str) -> Allocation | None:
         """The (first) allocation of ``job`` on this node, if any."""

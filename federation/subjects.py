@@ -165,6 +165,26 @@ def views_stream(region: str) -> str:
     return f"fed-{region}-views"
 
 
+def audit_stream(region: str) -> str:
+    """Every claim, release, job record, submission, cancel and agent report of the region, kept
+    forever (no delete, no purge)."""
+    return f"fed-{region}-audit"
+
+
+def audit_sources(region: str) -> list[str]:
+    """The streams the region's audit stream sources (what the region writes anyway)."""
+    return [
+        workloads_stream(region),
+        status_stream(region),
+        f"KV_{ledger_bucket(region)}",
+        f"KV_{jobs_bucket(region)}",
+    ]
+
+
+AUDIT_ALL: Final = "AUDIT_ALL"
+"""The hub's stream sourcing every region's audit stream."""
+
+
 def quarantine_stream(region: str) -> str:
     """Refused messages with the reason."""
     return f"fed-{region}-quarantine"
@@ -222,6 +242,8 @@ CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("stream", summary_stream(R)),
     Entry("stream", views_stream(R)),
     Entry("stream", quarantine_stream(R)),
+    Entry("stream", audit_stream(R)),
+    Entry("hub stream", AUDIT_ALL),  # the hub is its own domain: nothing else captures there
     Entry("bucket", ledger_bucket(R)),
     Entry("bucket", jobs_bucket(R)),
     Entry("bucket", lease_bucket(R)),

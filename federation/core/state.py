@@ -91,6 +91,7 @@ from federation.schemas import (
     PRIORITY_RANK,
     TERMINAL_STATES,
     Allocation,
+    Capacity,
     Decision,
     JobEvent,
     JobRecord,
@@ -719,8 +720,16 @@ class RegionCore:
                 node.releases.clear()
                 self.releasing.discard(name)
                 continue
+            offer = node.offer
+            capacity = (
+                Capacity(cpu=len(offer.cores), memory=offer.memory, gpu=len(offer.gpus)) if offer else None
+            )
             node.proposal = Ledger(
-                node=name, allocations=keep + tuple(additions), epoch=self.epoch, updated_at=now
+                node=name,
+                allocations=keep + tuple(additions),
+                epoch=self.epoch,
+                updated_at=now,
+                capacity=capacity,
             )
             node.proposal_jobs = [a.job for a in additions]
             node.proposal_activations = activated
