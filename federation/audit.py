@@ -52,6 +52,7 @@ from federation.schemas import (
 
 Kind = Literal["submit", "cancel", "report", "ledger", "record", "unreadable"]
 SOURCE_HEADER = "Nats-Stream-Source"
+Attempt = tuple[str, int, int]  # (job, attempt, gang member)
 SETTLE = 60.0  # seconds: a submission younger than this may simply not be processed yet (I3)
 
 
@@ -199,9 +200,11 @@ class Checker:
         self.report = Report()
         self.next_seq: dict[str, tuple[int, int]] = {}  # origin -> (next origin seq expected, audit seq)
         self.first_seq: dict[str, int] = {}
-        self.ledgers: dict[tuple[str, str], tuple[Ledger, int]] = {}  # (region, node) -> (ledger, seq)
-        self.records: dict[tuple[str, str], tuple[JobRecord, int]] = {}  # (region, job) -> (record, seq)
-        self.versions: dict[tuple[str, str], int] = {}  # (bucket, key) -> origin sequence of the last value
+        # only plain values are kept (no Structs): the garbage collector then has nothing to scan
+        # as the history grows, and a check runs at a steady rate over millions of events
+        self.ledgers: dict[tuple[str, str], tuple[frozenset[Attempt], int, int]] = {}  # -> (held, epoch, seq)
+        self.records: dict[tuple[str, str], tuple[str, int, int]] = {}  # (region, job) -> (state, epoch, seq)
+        self.versions: dict[tuple[str, str], tuple[int, bytes]] = {}  # (bucket, key) -> (origin seq, value)
         self.held: dict[tuple[str, int, int], tuple[str, str, int]] = {}  # attempt -> (region, node, seq)
         self.submitted: dict[tuple[str, str], tuple[float, int]] = {}  # (region, job) -> (at, seq)
         self.running_in: dict[str, dict[str, int]] = {}  # job -> region -> seq of a placement there
@@ -220,10 +223,14 @@ class Checker:
                 self.report.unreadable.append(event.seq)
             case Ledger():
                 self._ledger(event, value)
-                self.versions[(subjects.ledger_bucket(event.region), event.node)] = event.origin_seq
+                key = (subjects.ledger_bucket(event.region), event.node)
+                self.versions[key] = (event.origin_seq, bytes(event.value))
             case JobRecord():
                 self._record(event, value)
-                self.versions[(subjects.jobs_bucket(event.region), event.job)] = event.origin_seq
+                self.versions[(subjects.jobs_bucket(event.region), event.job)] = (
+                    event.origin_seq,
+                    bytes(event.value),
+                )
             case Submit():
                 self.submitted.setdefault((event.region, value.id), (event.at, event.seq))
 
@@ -244,16 +251,11 @@ class Checker:
 
     def _ledger(self, event: AuditEvent, ledger: Ledger) -> None:
         key = (event.region, event.node)
-        before = self.ledgers.get(key)
-        previous = before[0] if before else Ledger(node=event.node)
-        if before is not None and ledger.epoch < previous.epoch:
+        had, epoch, seq = self.ledgers.get(key, (frozenset(), 0, 0))
+        if seq and ledger.epoch < epoch:
             self.violate(
-                "I6",
-                f"{event.node}: ledger written with epoch {ledger.epoch} after {previous.epoch}",
-                before[1],
-                event.seq,
+                "I6", f"{event.node}: ledger written with epoch {ledger.epoch} after {epoch}", seq, event.seq
             )
-        had = {(a.job, a.attempt, a.member) for a in previous.allocations}
         added = [a for a in ledger.allocations if (a.job, a.attempt, a.member) not in had]
         cores = [c for a in ledger.allocations for c in a.cores]
         gpus = [g for a in ledger.allocations for g in a.gpus]
@@ -271,7 +273,7 @@ class Checker:
                     f"when {', '.join(a.job for a in added)} was added",
                     event.seq,
                 )
-        now = {(a.job, a.attempt, a.member) for a in ledger.allocations}
+        now = frozenset((a.job, a.attempt, a.member) for a in ledger.allocations)
         for gone in had - now:
             if self.held.get(gone, ("", "", 0))[:2] == (event.region, event.node):
                 del self.held[gone]
@@ -289,27 +291,25 @@ class Checker:
             self.held[attempt] = (event.region, event.node, event.seq)
             regions = self.running_in.setdefault(allocation.job, {})
             regions.setdefault(event.region, event.seq)
-        self.ledgers[key] = (ledger, event.seq)
+        self.ledgers[key] = (now, ledger.epoch, event.seq)
 
     def _record(self, event: AuditEvent, record: JobRecord) -> None:
         key = (event.region, record.id)
         before = self.records.get(key)
         if before is not None:
-            previous, seq = before
-            if record.epoch < previous.epoch:
+            state, epoch, seq = before
+            if record.epoch < epoch:
                 self.violate(
                     "I6",
-                    f"{record.id}: record written with epoch {record.epoch} after {previous.epoch}",
+                    f"{record.id}: record written with epoch {record.epoch} after {epoch}",
                     seq,
                     event.seq,
                 )
-            if previous.state in TERMINAL_STATES and record.state != previous.state:
-                self.violate("I4", f"{record.id}: {previous.state}, then {record.state}", seq, event.seq)
-            elif record.state != previous.state and record.state not in ALLOWED.get(previous.state, ()):
-                self.violate(
-                    "I5", f"{record.id}: moved back from {previous.state} to {record.state}", seq, event.seq
-                )
-        self.records[key] = (record, event.seq)
+            if state in TERMINAL_STATES and record.state != state:
+                self.violate("I4", f"{record.id}: {state}, then {record.state}", seq, event.seq)
+            elif record.state != state and record.state not in ALLOWED.get(state, ()):
+                self.violate("I5", f"{record.id}: moved back from {state} to {record.state}", seq, event.seq)
+        self.records[key] = (record.state, record.epoch, event.seq)
 
     def finish(
         self,
@@ -336,20 +336,15 @@ class Checker:
                     "I2", f"{job} was placed in {len(regions)} regions: {sorted(regions)}", *regions.values()
                 )
         self.report.open_jobs = sum(
-            1 for record, _ in self.records.values() if not record.terminal and record.state != "forwarded"
+            1
+            for state, _, _ in self.records.values()
+            if state not in TERMINAL_STATES and state != "forwarded"
         )
         for (bucket, key), (value, revision) in sorted((live or {}).items()):
             if revision >= self.next_seq.get(f"KV_{bucket}", (1, 0))[0]:
                 continue  # written after the audit was read
-            region = bucket.split("-", 2)[2]
-            if bucket.startswith("fed-ledger-"):
-                rebuilt: object = self.ledgers.get((region, key), (None, 0))[0]
-                stored: object = decode_ledger(value)
-            else:
-                rebuilt = self.records.get((region, key), (None, 0))[0]
-                stored = decode_record(value)
-            if self.versions.get((bucket, key)) != revision or rebuilt != stored:
-                seen = self.versions.get((bucket, key), 0)
+            seen, audited = self.versions.get((bucket, key), (0, b""))
+            if seen != revision or audited != value:
                 self.violate("I8", f"{bucket}/{key}: live revision {revision}, the audit's last {seen}")
         return self.report
 

@@ -105,13 +105,16 @@ class Tail:
 
     async def next(self, timeout: float | None = None) -> Delivery | None:
         """The next message, or None when ``timeout`` passes first."""
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can turn a cancellation that meets its
-            # own timeout into a TimeoutError, and a follower loop would then never stop
-            async with asyncio.timeout(timeout):
-                msg = await self._queue.get()
-        except TimeoutError:
-            return None
+        if self._queue.empty():
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can turn a cancellation that meets
+                # its own timeout into a TimeoutError, and a follower loop would then never stop
+                async with asyncio.timeout(timeout):
+                    msg = await self._queue.get()
+            except TimeoutError:
+                return None
+        else:  # a backlog (a replay) is taken without a timer per message
+            msg = self._queue.get_nowait()
         item = _delivery(msg)
         self.last_pending = item.pending
         self.taken += 1
