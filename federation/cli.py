@@ -424,7 +424,8 @@ async def cmd_audit(args: argparse.Namespace) -> int:
             print(f"checked {report.events} events of {where}; {report.open_jobs} jobs not finished yet")
             for gap in report.gaps:
                 after = f" after audit sequence {gap.after}" if gap.after else ""
-                print(f"GAP  lost {gap.kind}: {gap.origin} sequences {gap.first}-{gap.last}{after}")
+                lag = " (the copy may still be catching up: check again)" if gap.kind == "postfix" else ""
+                print(f"GAP  lost {gap.kind}: {gap.origin} sequences {gap.first}-{gap.last}{after}{lag}")
             for violation in report.violations:
                 print(f"FAIL {violation.invariant}: {violation.message} (audit events {violation.events})")
             if report.unreadable:
