@@ -696,6 +696,7 @@ async def provision(bus: Bus, region: str) -> None:
     audit = _sourcing(
         subjects.audit_stream(region),
         [(name, "") for name in subjects.audit_sources(region)],
+        subjects=[subjects.inputs(region)],
         deny_delete=True,
         deny_purge=True,
         max_msg_size=5 * 1024**2,

@@ -432,6 +432,18 @@ async def cmd_audit(args: argparse.Namespace) -> int:
                 print(f"FAIL unreadable events at audit sequences {report.unreadable[:20]}")
             print("ok: every invariant holds" if report.ok else "the audit trail shows problems (above)")
             return 0 if report.ok else 1
+        if args.audit_command == "verify":
+            result = await fed.audit_verify(region=args.region, everywhere=args.all)
+            print(f"re-ran {result.steps} core steps in {result.lives} core lives")
+            for why in result.unverifiable:
+                print(f"GAP  {why}: that life cannot be verified past it")
+            for divergence in result.divergences:
+                print(f"FAIL {divergence.life} step {divergence.step}: the core now decides differently")
+                print(f"  event      {divergence.event}")
+                print(f"  recorded   {divergence.recorded or '(no commands)'}")
+                print(f"  re-derived {divergence.rederived or '(no commands)'}: {divergence.commands}")
+            print("ok: the core makes the same decisions" if result.ok else "verification failed (above)")
+            return 0 if result.ok else 1
         since = time.time() - parse_duration(args.since) if args.since else 0.0
         found = fed.audit(
             region=args.region,
@@ -693,6 +705,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("replay", "print the timeline, with sequence numbers"),
         ("check", "rebuild the state from the log and check the invariants; exit 1 on any violation or gap"),
+        (
+            "verify",
+            "re-run the placement core on its recorded inputs; exit 1 at the first different decision",
+        ),
     ):
         q = audit.add_parser(name, parents=[common], help=text)
         scope = q.add_mutually_exclusive_group()

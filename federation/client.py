@@ -38,6 +38,7 @@ from federation.errors import (
     NotFound,
     RemoteProtocolError,
 )
+from federation.journal import Verification, verify
 from federation.schemas import (
     MAX_MESSAGE_BYTES,
     PRIORITY_RANK,
@@ -418,6 +419,12 @@ class Client:
             else:
                 origins.update(await origins_last(bus, subjects.audit_sources(name)))
         return checker.finish(origins_last=origins, live=live)
+
+    async def audit_verify(self, *, region: str | None = None, everywhere: bool = False) -> Verification:
+        """Re-run the placement core on the inputs it was fed and compare its decisions step by step
+        (see :mod:`federation.journal`)."""
+        bus, stream = await self._audit_source(region, everywhere)
+        return await verify(bus, stream, self.regions if everywhere else [self._region(region)])
 
     async def quarantined(self, *, region: str | None = None) -> list[Quarantined]:
         """Refused messages with their reasons, oldest first (one region, or all)."""

@@ -23,4 +23,21 @@ async def monitoring(monitor_url: str, endpoint: str = "varz") -> dict[str, Any]
         raise FederationUnavailable(monitor_url, f"monitoring endpoint /{endpoint}: {exc}") from None
 
 
-__all__ = ["monitoring"]
+async def check_durability(monitor_url: str, log: Any) -> None:
+    """Warn (on ``log``) when JetStream acknowledges writes before they reach the disk (its default)."""
+    if not monitor_url:
+        log.info("durability not checked: no monitor_url for the region's server")
+        return
+    try:
+        varz = await monitoring(monitor_url)
+    except FederationUnavailable as exc:
+        log.warning("durability not checked", error=str(exc))
+        return
+    if not varz.get("jetstream", {}).get("config", {}).get("sync_always", False):
+        log.warning(
+            "JetStream acknowledges writes before fsync: a power loss can lose acknowledged "
+            "submissions and claims; run the server with sync_interval: always (fed up --durable)"
+        )
+
+
+__all__ = ["check_durability", "monitoring"]

@@ -76,8 +76,9 @@ from federation.errors import (
     RemoteProtocolError,
 )
 from federation.handoff import HandOffs
+from federation.journal import Journal
 from federation.lease import Lease
-from federation.monitor import monitoring
+from federation.monitor import check_durability
 from federation.peering import Peering
 from federation.schemas import (
     Cancel,
@@ -120,6 +121,7 @@ class Scheduler:
         # unique per process: a restarted scheduler is a new contender, not the old leader
         self.name = f"{config.name or socket.gethostname()}:{os.getpid()}"
         self.lease: Lease | None = None
+        self.journal = Journal(config.region, self.name)  # what the core is fed: fed audit verify
         self.handoffs: HandOffs | None = None
         self.config_path = config_path
         self.overrides = dict(overrides or {})
@@ -144,10 +146,11 @@ class Scheduler:
         self.lease = Lease(self.bus, self.region, self.name, ttl=self.config.lease_ttl)
         try:
             await provision(self.bus, self.region)
-            await self._check_durability()
+            await check_durability(self.config.monitor_url, self.log)
             if not await self._lead():
                 return  # stopped while standing by
             self.handoffs = HandOffs(self)
+            self.journal.begin(self.core)
             await self.recover()
             await self._start_consumers()
             self.log.info(
@@ -172,22 +175,6 @@ class Scheduler:
                 await self.lease.release()  # a clean stop hands over at once, not after the TTL
             await self.bus.close()
             self.log.info("scheduler stopped", **self.stats)
-
-    async def _check_durability(self) -> None:
-        """Warn when JetStream acknowledges writes before they reach the disk (its default)."""
-        if not self.config.monitor_url:
-            self.log.info("durability not checked: no monitor_url for the region's server")
-            return
-        try:
-            varz = await monitoring(self.config.monitor_url)
-        except FederationUnavailable as exc:
-            self.log.warning("durability not checked", error=str(exc))
-            return
-        if not varz.get("jetstream", {}).get("config", {}).get("sync_always", False):
-            self.log.warning(
-                "JetStream acknowledges writes before fsync: a power loss can lose acknowledged "
-                "submissions and claims; run the server with sync_interval: always (fed up --durable)"
-            )
 
     async def _lead(self) -> bool:
         """Stand by until this process wins the lease (True) or is asked to stop (False)."""
@@ -284,8 +271,9 @@ class Scheduler:
         else:
             self._check_epoch([ledger.epoch for ledger, _ in ledgers.values()], "a ledger")
             self._check_epoch([r.epoch for r in records.values()], "a job record")
-        self.core.handle(Recovered(ledgers=ledgers, records=tuple(records.values()), at=self.clock()))
-        await self._execute(self.core.handle(Tick(now=self.clock())))
+        self._feed(Recovered(ledgers=ledgers, records=tuple(records.values()), at=self.clock()))
+        await self._execute(self._feed(Tick(now=self.clock())))
+        await self.journal.flush(self.bus, self.core.epoch)
         self.log.info("recovered", ledgers=len(ledgers), jobs=len(records), pending=len(self.core.queue))
 
     async def _unreadable_record(self, key: str, value: bytes, revision: int, exc: Exception) -> None:
@@ -653,6 +641,7 @@ class Scheduler:
         self._tasks = [t for t in self._tasks if t not in self._followers]
         epoch = self.core.epoch
         self.core = RegionCore(self.region, epoch=epoch, policy=self.core.policy)
+        self.journal.begin(self.core)
         self.revisions.clear()
         delay = 0.2
         while not self._stop.is_set():
@@ -667,15 +656,19 @@ class Scheduler:
                 delay = min(2 * delay, 5.0)
         self._start_followers()
 
+    def _feed(self, event: Event) -> list[Command]:
+        return self.journal.handle(self.core, event)  # journalled: fed audit verify re-runs it
+
     async def handle_batch(self, items: list[Item]) -> None:
         """Feed a batch to the core, write everything it asks for, then acknowledge the batch."""
         commands: list[Command] = []
         for event, _ in items:
             if isinstance(event, Submitted):
                 failpoints.fail("handle-submit", event.spec.id)
-            commands.extend(self.core.handle(event))
-        commands.extend(self.core.handle(Tick(now=self.clock())))
+            commands.extend(self._feed(event))
+        commands.extend(self._feed(Tick(now=self.clock())))
         await self._execute(commands)
+        await self.journal.flush(self.bus, self.core.epoch)
         await self.check_lease()  # a stale leader acknowledges nothing either
         acks = [delivery.ack() for _, delivery in items if delivery is not None]
         if acks:
@@ -696,10 +689,10 @@ class Scheduler:
                 if isinstance(outcome, BaseException):
                     failure = failure or outcome
                 elif outcome is not None:
-                    commands.extend(self.core.handle(outcome))
+                    commands.extend(self._feed(outcome))
             if failure is not None:
                 raise failure
-            commands.extend(self.core.handle(Tick(now=self.clock())))
+            commands.extend(self._feed(Tick(now=self.clock())))
 
     async def _run(self, command: Command) -> Event | None:
         assert self.bus is not None

@@ -82,6 +82,11 @@ def ledger_changes(region: str, node: str) -> str:
     return f"fed.{region}.ledger.{node}"
 
 
+def inputs(region: str) -> str:
+    """What the region's leader fed its scheduling core, batch by batch (captured by the audit stream)."""
+    return f"fed.{region}.inputs"
+
+
 HUB: Final = "hub"
 
 
@@ -231,6 +236,7 @@ CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("subject", job_log(R, "<node>", "<job>")),
     Entry("subject", ledger_changes(R, "<node>")),
     Entry("subject", summary(R)),
+    Entry("subject", inputs(R)),
     Entry("subject", chaos(R, "<command>")),
     Entry("subject", handoff(R, "<job>")),
     Entry("subject", quarantine(R, "<source>")),

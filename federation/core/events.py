@@ -1,8 +1,9 @@
 """The vocabulary of the pure core: events in, commands out.
 
 Events are what the daemon observed (a submission, an offer, the result of a compare-and-set);
-commands are what the core wants written. Both are plain frozen Structs: serialisable, comparable,
-and free of I/O, so a recorded event sequence can be fed back to the core and its commands compared.
+commands are what the core wants written. Both are plain frozen Structs, tagged by class name:
+serialisable, comparable, and free of I/O, so a recorded event sequence can be fed back to the
+core and its commands compared (:mod:`federation.journal`, ``fed audit verify``).
 Time only enters through fields (``at``, ``now``).
 """
 
@@ -16,7 +17,7 @@ from federation.schemas import JobEvent, JobRecord, Ledger, Offer, Submit, Summa
 # --- events -------------------------------------------------------------------------------------
 
 
-class Recovered(msgspec.Struct, frozen=True, kw_only=True):
+class Recovered(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Everything the region's JetStream holds at start: ledgers (with revisions) and job records.
 
     Nodes with a ledger count as silent from ``at`` until their first heartbeat arrives.
@@ -27,7 +28,7 @@ class Recovered(msgspec.Struct, frozen=True, kw_only=True):
     at: float = 0.0
 
 
-class Submitted(msgspec.Struct, frozen=True, kw_only=True):
+class Submitted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """A workload request consumed from the workloads stream."""
 
     spec: Submit
@@ -35,7 +36,7 @@ class Submitted(msgspec.Struct, frozen=True, kw_only=True):
     traceparent: str = ""
 
 
-class CancelRequested(msgspec.Struct, frozen=True, kw_only=True):
+class CancelRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """A cancel request consumed from the workloads stream."""
 
     job: str
@@ -43,34 +44,34 @@ class CancelRequested(msgspec.Struct, frozen=True, kw_only=True):
     at: float
 
 
-class OfferSeen(msgspec.Struct, frozen=True, kw_only=True):
+class OfferSeen(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The latest offer of a node."""
 
     offer: Offer
 
 
-class NodeDown(msgspec.Struct, frozen=True, kw_only=True):
+class NodeDown(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """A node's heartbeat expired (the server's delete marker)."""
 
     node: str
     at: float
 
 
-class NodeUp(msgspec.Struct, frozen=True, kw_only=True):
+class NodeUp(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """A heartbeat from a node the core counts as down (or has never seen)."""
 
     node: str
     at: float
 
 
-class ClaimWritten(msgspec.Struct, frozen=True, kw_only=True):
+class ClaimWritten(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The proposed ledger of ``node`` was stored at ``revision``."""
 
     node: str
     revision: int
 
 
-class ClaimConflict(msgspec.Struct, frozen=True, kw_only=True):
+class ClaimConflict(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The ledger of ``node`` moved; this is its current value (None: the key does not exist)."""
 
     node: str
@@ -78,25 +79,25 @@ class ClaimConflict(msgspec.Struct, frozen=True, kw_only=True):
     revision: int
 
 
-class JobReported(msgspec.Struct, frozen=True, kw_only=True):
+class JobReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """An agent's report on one attempt."""
 
     event: JobEvent
 
 
-class PolicyChanged(msgspec.Struct, frozen=True, kw_only=True):
+class PolicyChanged(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The region's scheduling policy was (re)loaded."""
 
     policy: Policy
 
 
-class ViewsSeen(msgspec.Struct, frozen=True, kw_only=True):
+class ViewsSeen(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The other regions' latest summaries as this region sees them (each carries its own ``at``)."""
 
     views: dict[str, Summary]
 
 
-class HandOffAnswered(msgspec.Struct, frozen=True, kw_only=True):
+class HandOffAnswered(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """What became of a hand-off request (:class:`SendHandOff`).
 
     ``outcome`` is the remote's answer (``accepted``, ``refused``, ``found``, ``absent``), or
@@ -112,7 +113,7 @@ class HandOffAnswered(msgspec.Struct, frozen=True, kw_only=True):
     query: bool = False
 
 
-class CancelPassed(msgspec.Struct, frozen=True, kw_only=True):
+class CancelPassed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Whether a cancel was stored in the region a job was forwarded to (:class:`SendCancel`)."""
 
     job: str
@@ -120,7 +121,7 @@ class CancelPassed(msgspec.Struct, frozen=True, kw_only=True):
     at: float
 
 
-class Tick(msgspec.Struct, frozen=True, kw_only=True):
+class Tick(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Time passed: run a scheduling pass and emit the writes the state needs."""
 
     now: float
@@ -147,7 +148,7 @@ Event = (
 # --- commands -------------------------------------------------------------------------------------
 
 
-class WriteLedger(msgspec.Struct, frozen=True, kw_only=True):
+class WriteLedger(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Store ``ledger`` as the node's ledger iff its revision is still ``expected_revision``.
 
     The daemon answers with :class:`ClaimWritten` or :class:`ClaimConflict`.
@@ -158,13 +159,13 @@ class WriteLedger(msgspec.Struct, frozen=True, kw_only=True):
     expected_revision: int
 
 
-class WriteJob(msgspec.Struct, frozen=True, kw_only=True):
+class WriteJob(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Store the job record (the daemon CASes on the revision it last wrote or read)."""
 
     record: JobRecord
 
 
-class SendHandOff(msgspec.Struct, frozen=True, kw_only=True):
+class SendHandOff(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Offer the job to ``region`` (or, with ``query``, ask whether it holds the job), valid until
     ``expires_at``; the daemon answers with :class:`HandOffAnswered` in a later batch."""
 
@@ -175,7 +176,7 @@ class SendHandOff(msgspec.Struct, frozen=True, kw_only=True):
     query: bool = False
 
 
-class SendCancel(msgspec.Struct, frozen=True, kw_only=True):
+class SendCancel(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Pass a cancel on to the region a job was forwarded to (answered by :class:`CancelPassed`)."""
 
     job: str
