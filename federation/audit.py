@@ -20,8 +20,10 @@ DESIGN.md: I1 (a ledger write that adds an allocation stays within the capacity 
 against, and no core or GPU is given twice), I2 (an attempt is in at most one node's ledger, and a
 job runs in at most one region), I3 (every submission has a record), I4 (one terminal state), I5
 (states only move forward), I6 (no write carries an older epoch than one already written to the
-same key), I7 (a repeated submission leaves one job). I8 (replay equals live state) compares the
-rebuilt last values with the live buckets when the caller passes them (:meth:`Checker.finish`).
+same key), I7 (a repeated submission leaves one job: a duplicate that changed anything would show
+as a record moving back or ending twice, I5/I4; ``duplicates`` counts them). I8 (replay equals
+live state) compares the rebuilt last values with the live buckets when the caller passes them
+(:meth:`Checker.finish`).
 
 The JSON-lines form of :class:`AuditEvent` is stable (documented in ``subjects.md``).
 """
@@ -189,6 +191,7 @@ class Report:
     gaps: list[Gap] = field(default_factory=list)
     unreadable: list[int] = field(default_factory=list)
     open_jobs: int = 0
+    duplicates: int = 0  # submissions of a job id already submitted (harmless by I7)
 
     @property
     def ok(self) -> bool:
@@ -234,6 +237,8 @@ class Checker:
                     bytes(event.value),
                 )
             case Submit():
+                if (event.region, value.id) in self.submitted:
+                    self.report.duplicates += 1
                 self.submitted.setdefault((event.region, value.id), (event.at, event.seq))
 
     def _sequence(self, event: AuditEvent) -> None:

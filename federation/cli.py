@@ -421,7 +421,10 @@ async def cmd_audit(args: argparse.Namespace) -> int:
                 if args.all
                 else f"region {args.region or fed.regions[0]}"
             )
-            print(f"checked {report.events} events of {where}; {report.open_jobs} jobs not finished yet")
+            print(
+                f"checked {report.events} events of {where}; {report.open_jobs} jobs not finished yet, "
+                f"{report.duplicates} duplicate submissions (harmless)"
+            )
             for gap in report.gaps:
                 after = f" after audit sequence {gap.after}" if gap.after else ""
                 lag = " (the copy may still be catching up: check again)" if gap.kind == "postfix" else ""

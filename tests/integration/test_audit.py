@@ -60,11 +60,18 @@ async def test_a_mixed_workload_checks_clean_on_every_region_and_on_the_hub(make
         # preemption: an urgent job pushes a low one off a full node
         for i in range(2):
             await fed.submit(
-                ["sleep", "60"], region="bb", cpu=2, priority="low", job_id=f"low-{i}", nodes=["bb-n1"]
+                ["sleep", "60"],
+                region="bb",
+                cpu=2,
+                priority="low",
+                job_id=f"low-{i}",
+                require={"node": "bb-n1"},
             )
             jobs[f"low-{i}"] = "bb"
         await eventually(lambda: running("low-0", "bb"), timeout=30)
-        await fed.submit(["true"], region="bb", cpu=2, priority="urgent", job_id="urgent", nodes=["bb-n1"])
+        await fed.submit(
+            ["true"], region="bb", cpu=2, priority="urgent", job_id="urgent", require={"node": "bb-n1"}
+        )
         jobs["urgent"] = "bb"
         # a hand-off: no GPU in aa
         await eventually(lambda: _gpu_visible(fed), timeout=30)
@@ -84,6 +91,8 @@ async def test_a_mixed_workload_checks_clean_on_every_region_and_on_the_hub(make
             await eventually(lambda job=job, region=region: finished(fed, job, region), timeout=60)
         assert (await fed.where("gpu", region="aa")).region == "bb"
         assert (await fed.job("lost", region="aa")).state == "lost"
+        preempted = await fed.job("low-0", region="bb")
+        assert any(step.state == "preempted" for step in preempted.history), preempted.history
         assert gpu.alive()
 
         for region in ("aa", "bb"):
