@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import throughput  # noqa: E402 - after the sys.path lines above
 
 from federation import audit, subjects  # noqa: E402 - after the sys.path lines above
-from federation.bus import Bus, provision, wait_for_jetstream  # noqa: E402 - after the sys.path lines above
+from federation.bus import Bus  # noqa: E402 - after the sys.path lines above
 from federation.launcher import Child, nats_server_binary, read_ports, server_config  # noqa: E402
+from federation.provision import provision, wait_for_jetstream  # noqa: E402
 from federation.schemas import (  # noqa: E402 - after the sys.path lines above
     Allocation,
     Capacity,

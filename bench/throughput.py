@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from agents.sim import SimulatedNodes  # noqa: E402 - after the sys.path line above
 from federation import subjects  # noqa: E402 - after the sys.path line above
-from federation.bus import Bus, Delivery, provision, wait_for_jetstream  # noqa: E402 - after the sys.path line above
+from federation.bus import Bus, Delivery  # noqa: E402 - after the sys.path line above
 from federation.launcher import Child, fed_command, nats_server_binary, read_ports, server_config  # noqa: E402 - after the sys.path line above
+from federation.provision import provision, wait_for_jetstream  # noqa: E402
 from federation.schemas import JobEvent, Submit, decode_message, decode_record, encode  # noqa: E402 - after the sys.path line above
 
 REGION = "bench"

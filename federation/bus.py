@@ -1,10 +1,9 @@
-"""The only module that talks NATS.
+"""The only module that talks NATS (with :mod:`federation.provision`, the stream and bucket layout).
 
 Everything else sees :class:`Delivery` (subject, bytes, headers, ack) and the typed messages of
 :mod:`federation.schemas`, never a ``nats.aio.msg.Msg``. This module owns:
 
 * connecting (reconnect forever, as DESIGN.md's nats-py traps require);
-* provisioning a region's streams and buckets idempotently (:func:`provision`);
 * durable publishing, with W3C trace context injected into the headers (:mod:`federation.tracing`);
 * compare-and-set writes to KV keys as raw JetStream publishes carrying
   ``Nats-Expected-Last-Subject-Sequence`` (pipelinable, domain-independent), and reads that treat a
@@ -22,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from federation import subjects, tracing
+from federation import tracing
 from federation.errors import ConflictError, FederationUnavailable, InvalidRequest, NoResponders
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -42,9 +41,6 @@ MSG_TTL = "Nats-TTL"
 MARKER_REASON = "Nats-Marker-Reason"
 KV_OPERATION = "KV-Operation"
 WRONG_LAST_SEQUENCE = (10071, 10164)
-
-DAY = 24 * 3600.0
-AUDIT_HISTORY = 64  # versions kept per ledger and job record: the audit stream's sources read them
 
 
 @dataclass(slots=True)
@@ -590,208 +586,3 @@ class Bus:
             return int((await self.js.stream_info(stream)).state.last_seq)
         except nats.js.errors.NotFoundError:
             return None
-
-
-# --- provisioning ------------------------------------------------------------------------------------
-
-
-def _stream_configs(region: str) -> list[api.StreamConfig]:
-    file = api.StorageType.FILE
-    return [
-        api.StreamConfig(
-            name=subjects.workloads_stream(region),
-            subjects=[subjects.workloads_filter(region)],
-            storage=file,
-            max_age=7 * DAY,
-            duplicate_window=120.0,
-            max_msg_size=64 * 1024,
-        ),
-        api.StreamConfig(
-            name=subjects.heartbeats_stream(region),
-            subjects=[subjects.heartbeat(region, "*")],
-            storage=file,  # the TTL markers must survive a server restart: they are the death events
-            max_msgs_per_subject=1,
-            allow_msg_ttl=True,
-            subject_delete_marker_ttl=60.0,
-            allow_direct=True,
-        ),
-        api.StreamConfig(
-            name=subjects.offers_stream(region),
-            subjects=[subjects.offer(region, "*")],
-            storage=file,  # survives a server restart: followers and agents find their stream
-            max_msgs_per_subject=1,
-            allow_msg_ttl=True,
-            allow_direct=True,
-            max_msg_size=64 * 1024,
-        ),
-        api.StreamConfig(
-            name=subjects.status_stream(region),
-            subjects=[subjects.job_event(region, "*", "*")],
-            storage=file,
-            max_age=7 * DAY,
-            max_msg_size=64 * 1024,
-        ),
-        api.StreamConfig(
-            name=subjects.logs_stream(region),
-            subjects=[subjects.job_log(region, "*", "*")],
-            storage=file,
-            max_age=7 * DAY,
-            max_bytes=1024**3,
-            max_msg_size=64 * 1024,
-            allow_direct=True,
-        ),
-        api.StreamConfig(
-            name=subjects.summary_stream(region),
-            subjects=[subjects.summary(region)],
-            storage=file,
-            max_msgs_per_subject=1,
-            max_msg_size=256 * 1024,
-            allow_direct=True,
-        ),
-        api.StreamConfig(
-            name=subjects.quarantine_stream(region),
-            subjects=[subjects.quarantine(region, "*")],
-            storage=file,
-            max_age=30 * DAY,
-            max_msg_size=256 * 1024,
-        ),
-    ]
-
-
-async def provision(bus: Bus, region: str) -> None:
-    """Create (or update) every stream and bucket of ``region`` on the connected server."""
-    for config in _stream_configs(region):
-        try:
-            await bus.js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            try:
-                await bus.js.update_stream(config)
-            except nats.js.errors.BadRequestError:
-                if config.name not in (subjects.heartbeats_stream(region), subjects.offers_stream(region)):
-                    raise
-                # an older layout (memory storage) cannot be updated in place; beats and offers are
-                # transient (each node sends its next one within seconds)
-                await bus.js.delete_stream(config.name)
-                await bus.js.add_stream(config)
-    # the buckets keep a value's last versions (history) so that the audit stream, which sources
-    # them, never misses a superseded one: the audit costs the scheduler nothing
-    ledger, jobs = subjects.ledger_bucket(region), subjects.jobs_bucket(region)
-    republish = api.RePublish(src=f"$KV.{ledger}.>", dest=subjects.ledger_changes(region, ">"))
-    for bucket, tap in ((ledger, republish), (jobs, None)):
-        kv = api.KeyValueConfig(
-            bucket=bucket,
-            history=AUDIT_HISTORY,
-            direct=True,
-            storage=api.StorageType.FILE,
-            max_value_size=4 * 1024**2,
-            republish=tap,
-        )
-        try:
-            await bus.js.create_key_value(kv)
-        except nats.js.errors.BadRequestError:  # exists: an older layout kept one version only
-            info = await bus.js.stream_info(f"KV_{bucket}")
-            if (info.config.max_msgs_per_subject or 0) < AUDIT_HISTORY:
-                info.config.max_msgs_per_subject = AUDIT_HISTORY
-                await bus.js.update_stream(info.config)
-    audit = _sourcing(
-        subjects.audit_stream(region),
-        [(name, "") for name in subjects.audit_sources(region)],
-        subjects=[subjects.inputs(region)],
-        deny_delete=True,
-        deny_purge=True,
-        max_msg_size=5 * 1024**2,
-    )
-    try:
-        await bus.js.add_stream(audit)
-    except nats.js.errors.BadRequestError:
-        await bus.js.update_stream(audit)
-    # the lease is a KV key whose value expires (per-message TTL, marker on expiry): nats-py's
-    # KeyValueConfig cannot ask for that, so the bucket's stream is made by hand
-    lease = subjects.lease_bucket(region)
-    config = api.StreamConfig(
-        name=f"KV_{lease}",
-        subjects=[f"$KV.{lease}.>"],
-        storage=api.StorageType.FILE,
-        max_msgs_per_subject=1,
-        allow_msg_ttl=True,
-        subject_delete_marker_ttl=60.0,
-        allow_direct=True,
-        deny_delete=True,
-        discard=api.DiscardPolicy.NEW,
-    )
-    with contextlib.suppress(nats.js.errors.BadRequestError):  # exists
-        await bus.js.add_stream(config)
-
-
-def _sourcing(name: str, streams: Sequence[tuple[str, str]], **options: Any) -> api.StreamConfig:
-    """A file stream that sources ``streams``, each (name, domain); domain "" is this one."""
-    sources = [
-        api.StreamSource(
-            name=stream, external=api.ExternalStream(api=f"$JS.{domain}.API", deliver="") if domain else None
-        )
-        for stream, domain in streams
-    ]
-    return api.StreamConfig(name=name, storage=api.StorageType.FILE, sources=sources, **options)
-
-
-def _views_config(region: str, peers: Sequence[str]) -> api.StreamConfig:
-    streams = [(subjects.summary_stream(peer), peer) for peer in sorted(peers) if peer != region]
-    return _sourcing(subjects.views_stream(region), streams, max_msgs_per_subject=1, allow_direct=True)
-
-
-async def provision_audit_all(bus: Bus, regions: Sequence[str]) -> None:
-    """On the hub: ``AUDIT_ALL`` sources every region's audit stream (no delete, no purge)."""
-    streams = [(subjects.audit_stream(region), region) for region in sorted(regions)]
-    config = _sourcing(
-        subjects.AUDIT_ALL, streams, deny_delete=True, deny_purge=True, max_msg_size=5 * 1024**2
-    )
-    try:
-        await bus.js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await bus.js.update_stream(config)
-
-
-async def provision_views(bus: Bus, region: str, peers: Sequence[str]) -> None:
-    """Create or update the region's views stream: it sources every peer's summary stream.
-
-    Sources cross JetStream domains through the hub (``$JS.<peer>.API``): while a link is cut the
-    view of that peer simply ages, and it catches up when the link returns.
-    """
-    config = _views_config(region, peers)
-    try:
-        await bus.js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await bus.js.update_stream(config)
-
-
-async def readd_source(bus: Bus, region: str, peers: Sequence[str], peer: str) -> None:
-    """Drop the source of ``peer`` from the views stream and add it again (the link watchdog).
-
-    The server retries a source that lost its peer with a backoff of up to minutes; a source added
-    afresh connects at once, so a view catches up within seconds of a heal.
-    """
-    await bus.js.update_stream(_views_config(region, [p for p in peers if p != peer]))
-    await bus.js.update_stream(_views_config(region, peers))
-
-
-async def wait_for_jetstream(url: str, deadline: float = 20.0) -> None:
-    """Block until the server at ``url`` answers JetStream requests (or raise)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    last: Exception | None = None
-    while loop.time() < end:
-        try:
-            bus = await Bus.connect(url, "fed-probe", retry_forever=False, timeout=1.0)
-        except FederationUnavailable as exc:
-            last = exc
-            await asyncio.sleep(0.1)
-            continue
-        try:
-            await bus.js.account_info()
-            return
-        except Exception as exc:
-            last = exc
-            await asyncio.sleep(0.1)
-        finally:
-            await bus.close()
-    raise FederationUnavailable(url, f"JetStream not ready: {last}")

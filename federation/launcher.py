@@ -34,10 +34,11 @@ from pathlib import Path
 import msgspec
 
 from federation import subjects
-from federation.bus import Bus, provision, provision_audit_all, wait_for_jetstream
+from federation.bus import Bus
 from federation.config import Connection, RegionEndpoint, write_connection
 from federation.errors import ConfigError, FederationError, FederationUnavailable
 from federation.monitor import monitoring
+from federation.provision import provision, provision_audit_all, wait_for_jetstream
 from federation.proxy import LinkProxy
 from federation.resources import format_memory
 from federation.schemas import ChaosCommand, ChaosState

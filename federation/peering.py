@@ -2,7 +2,7 @@
 
 The leader publishes :func:`~federation.core.summary.summarize` of its view every
 ``summary_interval``. Each region's ``fed-<region>-views`` stream sources its peers' summaries
-through the hub (:func:`federation.bus.provision_views`). A view that stops moving is stale, and a
+through the hub (:func:`federation.provision.provision_views`). A view that stops moving is stale, and a
 link watchdog re-adds its source once the peer answers again, so views catch up within seconds of
 a heal instead of after the server's retry backoff.
 """
@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from federation import subjects
-from federation.bus import idle, readd_source
+from federation.bus import idle
 from federation.core.events import ViewsSeen
 from federation.core.summary import NodeState, summarize
 from federation.errors import FederationError
+from federation.provision import readd_source
 from federation.schemas import Summary, decode_summaries, encode
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ import msgspec
 import structlog
 
 from federation import failpoints, subjects, tracing
-from federation.bus import Bus, Delivery, idle, provision, provision_views
+from federation.bus import Bus, Delivery, idle
 from federation.config import SchedulerConfig, load_toml
 from federation.core.events import (
     CancelRequested,
@@ -80,6 +80,7 @@ from federation.journal import Journal
 from federation.lease import Lease
 from federation.monitor import check_durability
 from federation.peering import Peering
+from federation.provision import provision, provision_views
 from federation.schemas import (
     Cancel,
     Heartbeat,
