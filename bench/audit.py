@@ -60,7 +60,7 @@ def job_facts(i: int, now: float) -> list[tuple[str, bytes]]:
     allocation = Allocation(
         job=job, attempt=1, epoch=1, cpu=1, memory=1 << 30, cores=(i % 8,), command=tuple(spec.command)
     )
-    capacity = Capacity(cpu=8, memory=64 << 30, gpu=0)
+    capacity = Capacity(cpu=8, memory=64 << 30, gpu=0, cores=tuple(range(8)), offered_memory=64 << 30)
     ledger_key = f"$KV.{subjects.ledger_bucket(REGION)}.{node}"
     record_key = f"$KV.{subjects.jobs_bucket(REGION)}.{job}"
     history: list[Transition] = [Transition(state="pending", at=now)]

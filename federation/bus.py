@@ -580,6 +580,24 @@ class Bus:
             raise _translate(stream, exc) from None
         return True
 
+    async def ack_floor(self, stream: str, consumer: str) -> int | None:
+        """The stream sequence up to which the durable consumer has acknowledged everything, or
+        None when it (or its stream) does not exist."""
+        try:
+            info = await self.js.consumer_info(stream, consumer)
+        except nats.js.errors.NotFoundError:
+            return None
+        except Exception as exc:
+            raise _translate(stream, exc) from None
+        return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+
+    async def stream_metadata(self, stream: str) -> dict[str, str] | None:
+        """The stream's metadata, or None when it does not exist."""
+        try:
+            return dict((await self.js.stream_info(stream)).config.metadata or {})
+        except nats.js.errors.NotFoundError:
+            return None
+
     async def last_sequence(self, stream: str) -> int | None:
         """The stream's last sequence (0 when empty), or None when it does not exist."""
         try:

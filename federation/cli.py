@@ -423,12 +423,12 @@ async def cmd_audit(args: argparse.Namespace) -> int:
             )
             print(
                 f"checked {report.events} events of {where}; {report.open_jobs} jobs not finished yet, "
-                f"{report.duplicates} duplicate submissions (harmless)"
+                f"{report.duplicates} duplicate submissions (harmless), {report.refused} refused messages "
+                f"(quarantined), {report.unprocessed} inputs not handled yet"
             )
             for gap in report.gaps:
                 after = f" after audit sequence {gap.after}" if gap.after else ""
-                lag = " (the copy may still be catching up: check again)" if gap.kind == "postfix" else ""
-                print(f"GAP  lost {gap.kind}: {gap.origin} sequences {gap.first}-{gap.last}{after}{lag}")
+                print(f"GAP  lost {gap.kind}: {gap.origin} sequences {gap.first}-{gap.last}{after}")
             for violation in report.violations:
                 print(f"FAIL {violation.invariant}: {violation.message} (audit events {violation.events})")
             if report.unreadable:

@@ -27,7 +27,17 @@ import msgspec
 import structlog
 
 from federation import subjects, tracing
-from federation.audit import AuditEvent, Checker, Report, events, matches, origins_last
+from federation.audit import (
+    AuditEvent,
+    Checker,
+    Report,
+    baseline,
+    events,
+    matches,
+    origins_last,
+    processed,
+    read,
+)
 from federation.bus import Bus
 from federation.config import Connection, default_state_dir, load_connection
 from federation.core.placement import Free
@@ -400,25 +410,33 @@ class Client:
             if matches(event, job=job, node=node, tenant=tenant):
                 yield event
 
-    async def audit_check(self, *, region: str | None = None, everywhere: bool = False) -> Report:
-        """Rebuild the state from the audit trail and check the invariants (see :mod:`federation.audit`)."""
+    async def audit_check(
+        self, *, region: str | None = None, everywhere: bool = False, wait: float = 10.0
+    ) -> Report:
+        """Rebuild the state from the audit trail and check the invariants (see :mod:`federation.audit`).
+
+        What the region has handled (its consumers' floors) and each origin's last sequence are
+        read first; the pass then reads until the audit has copied that far (up to ``wait``
+        seconds), and the live buckets are read last, for I8.
+        """
         bus, stream = await self._audit_source(region, everywhere)
         names = self.regions if everywhere else [self._region(region)]
-        checker = Checker()
-        live: dict[tuple[str, str], tuple[bytes, int]] = {}
-        if not everywhere:  # I8 is checked against the region's own buckets
-            for bucket in (subjects.ledger_bucket(names[0]), subjects.jobs_bucket(names[0])):
-                live.update({(bucket, key): item for key, item in (await bus.kv_load(bucket)).items()})
-        async for event, value in events(bus, stream):
-            checker.feed(event, value)
+        handled: dict[str, int] = {}
         origins: dict[str, int] = {}
         for name in names:
             if everywhere:
                 with contextlib.suppress(FederationUnavailable):
                     origins.update(await origins_last(await self.bus(name), [subjects.audit_stream(name)]))
             else:
+                handled.update(await processed(bus, name))
                 origins.update(await origins_last(bus, subjects.audit_sources(name)))
-        return checker.finish(origins_last=origins, live=live)
+        checker = Checker(await baseline(bus, stream))
+        await read(bus, stream, checker, origins, wait=wait)
+        live: dict[tuple[str, str], tuple[bytes, int]] = {}
+        if not everywhere:  # I8 is checked against the region's own buckets
+            for bucket in (subjects.ledger_bucket(names[0]), subjects.jobs_bucket(names[0])):
+                live.update({(bucket, key): item for key, item in (await bus.kv_load(bucket)).items()})
+        return checker.finish(origins_last=origins, live=live, processed=handled)
 
     async def audit_verify(self, *, region: str | None = None, everywhere: bool = False) -> Verification:
         """Re-run the placement core on the inputs it was fed and compare its decisions step by step

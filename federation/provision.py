@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from federation.errors import FederationUnavailable
 
 DAY = 24 * 3600.0
 AUDIT_HISTORY = 64  # versions kept per ledger and job record: the audit stream's sources read them
+BASELINE = "fed_baseline"  # the audit stream's metadata key (read by federation.audit)
 
 
 def _stream_configs(region: str) -> list[api.StreamConfig]:
@@ -122,18 +124,7 @@ async def provision(bus: Bus, region: str) -> None:
             if (info.config.max_msgs_per_subject or 0) < AUDIT_HISTORY:
                 info.config.max_msgs_per_subject = AUDIT_HISTORY
                 await bus.js.update_stream(info.config)
-    audit = _sourcing(
-        subjects.audit_stream(region),
-        [(name, "") for name in subjects.audit_sources(region)],
-        subjects=[subjects.inputs(region)],
-        deny_delete=True,
-        deny_purge=True,
-        max_msg_size=5 * 1024**2,
-    )
-    try:
-        await bus.js.add_stream(audit)
-    except nats.js.errors.BadRequestError:
-        await bus.js.update_stream(audit)
+    await _provision_audit(bus, region)
     # the lease is a KV key whose value expires (per-message TTL, marker on expiry): nats-py's
     # KeyValueConfig cannot ask for that, so the bucket's stream is made by hand
     lease = subjects.lease_bucket(region)
@@ -150,6 +141,30 @@ async def provision(bus: Bus, region: str) -> None:
     )
     with contextlib.suppress(nats.js.errors.BadRequestError):  # exists
         await bus.js.add_stream(config)
+
+
+async def _provision_audit(bus: Bus, region: str) -> None:
+    """The region's audit stream. Created on a region that already has history (an upgrade), it
+    records each origin's last sequence then as its ``fed_baseline`` metadata: what came before was
+    never audited, and ``fed audit check`` does not call it a gap."""
+    name, sources = subjects.audit_stream(region), subjects.audit_sources(region)
+    metadata = await bus.stream_metadata(name)
+    if metadata is None:
+        last = {source: await bus.last_sequence(source) or 0 for source in sources}
+        metadata = {BASELINE: json.dumps({k: v for k, v in last.items() if v})} if any(last.values()) else {}
+    audit = _sourcing(
+        name,
+        [(source, "") for source in sources],
+        subjects=[subjects.inputs(region)],
+        deny_delete=True,
+        deny_purge=True,
+        max_msg_size=5 * 1024**2,
+        metadata=metadata,
+    )
+    try:
+        await bus.js.add_stream(audit)
+    except nats.js.errors.BadRequestError:
+        await bus.js.update_stream(audit)
 
 
 def _sourcing(name: str, streams: Sequence[tuple[str, str]], **options: Any) -> api.StreamConfig:

@@ -290,11 +290,31 @@ class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
 
 
 class Capacity(msgspec.Struct, kw_only=True, frozen=True, array_like=True):
-    """What a node offered when a ledger write was made (its evidence for ``fed audit check``)."""
+    """What a node offered when a ledger write was made (its evidence for ``fed audit check``).
+
+    ``cpu``, ``memory`` and ``gpu`` are the node's registered maximum; ``cores`` and ``gpus`` the
+    devices it offered then and ``offered_memory`` the memory (an agent withholds busy devices, so
+    the offer can be smaller than what its ledger already holds).
+    """
 
     cpu: int
     memory: int
     gpu: int
+    cores: tuple[int, ...] = ()
+    gpus: tuple[str, ...] = ()
+    offered_memory: int = 0
+
+    @classmethod
+    def of(cls, offer: Offer) -> Capacity:
+        """The evidence of ``offer``."""
+        return cls(
+            cpu=max(offer.capacity_cpu, len(offer.cores)),
+            memory=max(offer.capacity_memory, offer.memory),
+            gpu=max(offer.capacity_gpu, len(offer.gpus)),
+            cores=tuple(offer.cores),
+            gpus=tuple(offer.gpus),
+            offered_memory=offer.memory,
+        )
 
 
 class Ledger(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):

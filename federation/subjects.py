@@ -183,6 +183,7 @@ def audit_sources(region: str) -> list[str]:
         status_stream(region),
         f"KV_{ledger_bucket(region)}",
         f"KV_{jobs_bucket(region)}",
+        quarantine_stream(region),
     ]
 
 

@@ -721,9 +721,7 @@ class RegionCore:
                 self.releasing.discard(name)
                 continue
             offer = node.offer
-            capacity = (
-                Capacity(cpu=len(offer.cores), memory=offer.memory, gpu=len(offer.gpus)) if offer else None
-            )
+            capacity = Capacity.of(offer) if offer else None
             node.proposal = Ledger(
                 node=name,
                 allocations=keep + tuple(additions),

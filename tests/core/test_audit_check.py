@@ -2,35 +2,69 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from federation.audit import AuditEvent, Checker, Parsed
-from federation.schemas import Allocation, Capacity, JobRecord, Ledger, Submit
+from federation.schemas import Allocation, Capacity, JobRecord, Ledger, Quarantined, Submit
 
 SPEC = Submit(id="j", command=["true"])
 
 
 def event(seq: int, kind: str, origin: str, origin_seq: int, **kw: object) -> AuditEvent:
-    return AuditEvent(
-        seq=seq, at=float(seq), region="eu", kind=kind, origin=origin, origin_seq=origin_seq, **kw
-    )  # type: ignore[arg-type]
+    kw.setdefault("region", "eu")
+    return AuditEvent(seq=seq, at=float(seq), kind=kind, origin=origin, origin_seq=origin_seq, **kw)  # type: ignore[arg-type]
 
 
 class Log:
     """Feeds a checker, numbering audit and origin sequences."""
 
-    def __init__(self) -> None:
-        self.checker = Checker()
+    def __init__(self, **options: object) -> None:
+        self.checker = Checker(**options)  # type: ignore[arg-type]
         self.seq = 0
         self.origin: dict[str, int] = {}
 
-    def ledger(self, node: str, *allocations: Allocation, epoch: int = 1, cpu: int = 4) -> int:
-        value = Ledger(
-            node=node, allocations=allocations, epoch=epoch, capacity=Capacity(cpu=cpu, memory=1 << 30, gpu=0)
+    def ledger(
+        self,
+        node: str,
+        *allocations: Allocation,
+        epoch: int = 1,
+        cpu: int = 4,
+        gpus: tuple[str, ...] = (),
+        offered: tuple[str, ...] | None = None,
+        region: str = "eu",
+        at: float = 0.0,
+    ) -> int:
+        capacity = Capacity(
+            cpu=cpu,
+            memory=1 << 30,
+            gpu=len(gpus),
+            cores=tuple(range(cpu)),
+            gpus=gpus if offered is None else offered,
+            offered_memory=1 << 30,
         )
-        return self._feed("ledger", "KV_fed-ledger-eu", value, node=node)
+        value = Ledger(node=node, allocations=allocations, epoch=epoch, capacity=capacity, updated_at=at)
+        return self._feed("ledger", f"KV_fed-ledger-{region}", value, node=node, region=region)
 
-    def record(self, state: str, epoch: int = 1) -> int:
-        value = JobRecord(id="j", region="eu", spec=SPEC, state=state, epoch=epoch)  # type: ignore[arg-type]
-        return self._feed("record", "KV_fed-jobs-eu", value, job="j", state=state)
+    def record(self, state: str, epoch: int = 1, job: str = "j", region: str = "eu", **spec: object) -> int:
+        value = JobRecord(
+            id=job,
+            region=region,
+            spec=msgspec.structs.replace(SPEC, id=job, **spec),
+            state=state,
+            epoch=epoch,
+        )  # type: ignore[arg-type]
+        return self._feed("record", f"KV_fed-jobs-{region}", value, job=job, state=state, region=region)
+
+    def submit(self, job: str, subject: str = "") -> int:
+        subject = subject or f"fed.eu.wl.submit.{job}"
+        return self._feed("submit", "fed-eu-workloads", Submit(id=job, command=["true"]), subject=subject)
+
+    def unreadable(self, subject: str) -> int:
+        return self._feed("unreadable", "fed-eu-workloads", None, subject=subject)
+
+    def quarantine(self, subject: str) -> int:
+        value = Quarantined(subject=subject, reason="bad", payload="", size=1, at=0.0)
+        return self._feed("quarantine", "fed-eu-quarantine", value, subject="fed.eu.quarantine.workloads")
 
     def skip(self, origin: str) -> None:
         self.origin[origin] = self.origin.get(origin, 0) + 1
@@ -42,12 +76,14 @@ class Log:
         return self.seq
 
 
-def alloc(job: str, cpu: int = 1, core: int = 0, attempt: int = 1) -> Allocation:
-    return Allocation(job=job, attempt=attempt, cpu=cpu, cores=(core,))
+def alloc(
+    job: str, cpu: int = 1, core: int = 0, attempt: int = 1, gpus: tuple[str, ...] = (), **kw: object
+) -> Allocation:
+    return Allocation(job=job, attempt=attempt, cpu=cpu, cores=(core,), gpus=gpus, **kw)  # type: ignore[arg-type]
 
 
-def invariants(log: Log) -> list[str]:
-    return [v.invariant for v in log.checker.finish().violations]
+def invariants(log: Log, **finish: object) -> list[str]:
+    return [v.invariant for v in log.checker.finish(**finish).violations]  # type: ignore[arg-type]
 
 
 def test_a_clean_history_passes() -> None:
@@ -112,3 +148,99 @@ def test_gaps_are_a_lost_prefix_middle_or_postfix() -> None:
     assert gaps == [("prefix", 1, 1), ("middle", 3, 3), ("postfix", 5, 6)]
     assert report.gaps[2].after == after
     assert not report.ok
+
+
+def test_a_device_not_offered_or_memory_beyond_the_offer_breaks_i1() -> None:
+    log = Log()
+    log.ledger("n1", alloc("a", core=9))  # core 9 is not among the offered 0..3
+    assert invariants(log) == ["I1"]
+    log = Log()
+    log.ledger("n1", Allocation(job="a", attempt=1, cpu=1, cores=(0,), memory=2 << 30))
+    assert invariants(log) == ["I1"]
+
+
+def test_a_busy_gpu_withheld_from_the_offer_is_no_overcommit() -> None:
+    """An agent stops offering a GPU its own job keeps busy; adding a CPU job next to it is fine."""
+    log = Log()
+    log.ledger("n1", alloc("trainer", gpus=("g0",)), gpus=("g0",))
+    log.ledger("n1", alloc("trainer", gpus=("g0",)), alloc("cpu-job", core=1), gpus=("g0",), offered=())
+    assert invariants(log) == []
+    log.ledger(
+        "n1",
+        alloc("trainer", gpus=("g0",)),
+        alloc("cpu-job", core=1),
+        alloc("b", core=2, gpus=("g0",)),
+        gpus=("g0",),
+    )
+    assert invariants(log) == ["I1"]  # the same GPU twice
+
+
+def test_held_gang_members_are_not_running_attempts() -> None:
+    """A gang retry may hold a member on another node while the old hold is being released."""
+    log = Log()
+    log.ledger("n1", alloc("g", held=True))
+    log.ledger("n2", alloc("g", held=True))
+    log.ledger("n2", alloc("g"))  # activated on n2
+    assert invariants(log) == []
+    log.ledger("n1", alloc("g"))  # running on two nodes at once
+    assert invariants(log) == ["I2"]
+
+
+def test_an_at_most_once_job_running_in_two_regions_at_once_breaks_i2() -> None:
+    log = Log()
+    log.record("placed", region="eu")
+    log.ledger("n1", alloc("j"), region="eu", at=100.0)
+    log.ledger("n1", region="eu", at=105.0)
+    log.ledger("m1", alloc("j"), region="us", at=105.5)  # handed off after: same attempt number, fine
+    assert invariants(log) == []
+    log = Log()
+    log.record("placed", region="eu")
+    log.ledger("n1", alloc("j"), region="eu", at=100.0)
+    log.ledger("m1", alloc("j"), region="us", at=102.0)
+    log.ledger("n1", region="eu", at=110.0)
+    assert invariants(log) == ["I2"]
+    log = Log()  # at least once: a duplicate run elsewhere is the contract
+    log.record("placed", region="eu", semantics="at_least_once")
+    log.ledger("n1", alloc("j"), region="eu", at=100.0)
+    log.ledger("m1", alloc("j"), region="us", at=102.0)
+    assert invariants(log) == []
+
+
+def test_a_handled_submission_without_a_record_breaks_i3_unless_it_was_quarantined() -> None:
+    log = Log()
+    log.submit("a")
+    log.submit("b")
+    log.submit("c")
+    log.record("placed", job="a")
+    log.quarantine("fed.eu.wl.submit.c")
+    report = log.checker.finish(processed={"fed-eu-workloads": 2})
+    assert [(v.invariant, v.message) for v in report.violations] == [
+        ("I3", "b: submitted to eu but never recorded")
+    ]
+    assert report.refused == 1
+    report = Log()
+    report.submit("a")
+    result = report.checker.finish(processed={"fed-eu-workloads": 0})
+    assert result.ok  # not handled yet: not judged
+    assert result.unprocessed == 1
+
+
+def test_an_unreadable_input_is_evidence_when_quarantined_and_a_failure_when_not() -> None:
+    log = Log()
+    log.unreadable("fed.eu.wl.submit.x")
+    log.unreadable("fed.eu.wl.submit.y")
+    log.quarantine("fed.eu.wl.submit.x")
+    report = log.checker.finish(processed={"fed-eu-workloads": 2})
+    assert report.unreadable == [2]
+    assert report.refused == 1
+
+
+def test_history_before_the_audit_existed_is_no_gap() -> None:
+    log = Log(baseline={"KV_fed-ledger-eu": 5})
+    for _ in range(5):
+        log.skip("KV_fed-ledger-eu")
+    log.ledger("n1")
+    report = log.checker.finish(origins_last={"KV_fed-ledger-eu": 6})
+    assert report.ok, report.gaps
+    assert log.checker.caught_up({"KV_fed-ledger-eu": 6})
+    assert not log.checker.caught_up({"KV_fed-ledger-eu": 7})
