@@ -220,6 +220,11 @@ class Bus:
         if not self.nc.is_closed:
             await self.nc.close()
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server accepts (its ``max_payload``)."""
+        return int(self.nc.max_payload)
+
     # --- publishing --------------------------------------------------------------------------------
 
     async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:

@@ -21,6 +21,7 @@ issued does not matter (they run concurrently), what is written does.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass, field
 
 import msgspec
@@ -31,7 +32,8 @@ from federation.core.events import Command, Event
 from federation.core.policy import Policy
 from federation.core.state import RegionCore
 
-MAX_INPUTS = 4 * 1024**2  # bytes per message (the audit stream takes 5 MiB)
+MAX_INPUTS = 4 * 1024**2  # bytes per message (the audit stream takes 5 MiB; the server's max_payload caps it)
+HEADROOM = 4096  # bytes left under max_payload for the protocol and headers
 
 
 class Inputs(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -64,7 +66,8 @@ class Journal:
     """Records what a scheduler feeds its core; :meth:`flush` publishes it."""
 
     def __init__(self, region: str, name: str) -> None:
-        self.region, self.name = region, name
+        # a random boot id: host and pid repeat (pid 1 in every container), a life's name must not
+        self.region, self.name = region, f"{name}.{secrets.token_hex(4)}"
         self.lives = 0
         self.life, self.step, self.fresh = "", 0, False
         self.policy: Policy | None = None
@@ -91,7 +94,7 @@ class Journal:
         if not self.events or bus is None:
             return
         try:
-            for message in self._messages(epoch):
+            for message in self._messages(epoch, min(MAX_INPUTS, bus.max_payload - HEADROOM)):
                 await bus.publish(subjects.inputs(self.region), _encoder.encode(message))
         except Exception:  # a server away: the life's next message shows the gap
             pass
@@ -101,7 +104,7 @@ class Journal:
             self.digests.clear()
             self.fresh = False
 
-    def _messages(self, epoch: int) -> list[Inputs]:
+    def _messages(self, epoch: int, limit: int) -> list[Inputs]:
         out: list[Inputs] = []
         start = 0
         while start < len(self.events):
@@ -117,7 +120,7 @@ class Journal:
                     fresh=self.fresh and start == 0,
                     policy=self.policy if self.fresh and start == 0 else None,
                 )
-                if len(_encoder.encode(message)) <= MAX_INPUTS:
+                if len(_encoder.encode(message)) <= limit:
                     break
                 if end - start == 1:  # one event alone is too large (a huge recovery snapshot)
                     message = msgspec.structs.replace(message, events=[], digests=[], skipped=1)
@@ -164,14 +167,20 @@ async def verify(bus: Bus, stream: str, regions: list[str]) -> Verification:
     broken: set[str] = set()
     for region in regions:
         async for delivery in bus.follow(stream, subjects.inputs(region), until_caught_up=True):
-            inputs = _decoder.decode(delivery.data)
+            try:
+                inputs = _decoder.decode(delivery.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                result.unverifiable.append(
+                    f"{region}: audit sequence {delivery.sequence} is unreadable: {exc}"
+                )
+                continue  # the life it belonged to shows a gap at its next message
             life = f"{inputs.region}/{inputs.life}"
+            if inputs.fresh:  # a life starts here (even under a name seen before)
+                broken.discard(life)
+                cores[life] = (RegionCore(inputs.region, epoch=inputs.epoch, policy=inputs.policy), 0)
+                result.lives += 1
             if life in broken:
                 continue
-            if inputs.fresh:
-                core = RegionCore(inputs.region, epoch=inputs.epoch, policy=inputs.policy)
-                cores[life] = (core, 0)
-                result.lives += 1
             if life not in cores or cores[life][1] != inputs.step or inputs.skipped:
                 why = (
                     "a snapshot too large to journal"
@@ -183,25 +192,39 @@ async def verify(bus: Bus, stream: str, regions: list[str]) -> Verification:
                 cores.pop(life, None)
                 continue
             core, step = cores[life]
-            for event, recorded in zip(inputs.events, inputs.digests, strict=True):
-                commands = core.handle(event)
-                result.steps += 1
-                if digest(commands) != recorded:
-                    result.divergences.append(
-                        Divergence(
-                            life=life,
-                            step=step,
-                            event=_encoder.encode(event).decode(),
-                            recorded=recorded,
-                            rederived=digest(commands),
-                            commands=_encoder.encode(commands).decode(),
-                        )
-                    )
-                    broken.add(life)
-                    break
-                step += 1
-            cores[life] = (core, step)
+            if len(inputs.events) != len(inputs.digests):
+                result.unverifiable.append(f"{life}: step {step} has events and digests of unequal number")
+                broken.add(life)
+                continue
+            diverged = _replay(result, life, core, step, inputs)
+            if diverged:
+                broken.add(life)
+            cores[life] = (core, step + len(inputs.events))
     return result
+
+
+def _replay(result: Verification, life: str, core: RegionCore, step: int, inputs: Inputs) -> bool:
+    """Feed one message's events to ``core``; True at the first divergence (recorded in ``result``)."""
+    for offset, (event, recorded) in enumerate(zip(inputs.events, inputs.digests, strict=True)):
+        try:
+            commands = core.handle(event)
+            rederived, shown = digest(commands), _encoder.encode(commands).decode()
+        except Exception as exc:  # a forged or corrupt event: the core refuses what it never made
+            rederived, shown = "(raised)", f"{type(exc).__name__}: {exc}"
+        result.steps += 1
+        if rederived != recorded:
+            result.divergences.append(
+                Divergence(
+                    life=life,
+                    step=step + offset,
+                    event=_encoder.encode(event).decode(),
+                    recorded=recorded,
+                    rederived=rederived,
+                    commands=shown,
+                )
+            )
+            return True
+    return False
 
 
 __all__ = ["Inputs", "Journal", "Verification", "digest", "verify"]

@@ -297,8 +297,10 @@ class Pass:
             return None
         return free
 
-    def _candidates(self, spec: Submit, spread: bool) -> list[Candidate]:
-        """Up to three fitting nodes in score order: preferred ones first, then the index."""
+    def _candidates(self, spec: Submit, spread: bool, prune: bool = True) -> list[Candidate]:
+        """Up to three fitting nodes in score order: preferred ones first, then the index (whose
+        expired offers are dropped on the way, unless ``prune`` is false: a look from outside
+        :meth:`RegionCore.handle` must change nothing, or a replay of the core would differ)."""
         found: list[Candidate] = []
         for name in spec.nodes:
             free = self._fits(name, spec)
@@ -320,7 +322,7 @@ class Pass:
                 found.append(Candidate(node=name, score=free.score(spec)))
                 if len(found) == 3:
                     break
-        for name in expired:
+        for name in expired if prune else ():
             index.discard(name)
         return found
 
@@ -649,7 +651,8 @@ class Pass:
 
     def room_for(self, spec: Submit) -> bool:
         """Whether some node has room for ``spec`` now (a hand-off's admission check)."""
-        return bool(self._candidates(spec, (spec.scoring or self.core.policy.scoring) == "spread"))
+        spread = (spec.scoring or self.core.policy.scoring) == "spread"
+        return bool(self._candidates(spec, spread, prune=False))
 
     def why(self, spec: Submit, position: int) -> tuple[str, Decision]:
         """Why ``spec`` waits: each node classified by the first filter that rejects it."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from federation.core.events import (
     CancelRequested,
     ClaimWritten,
@@ -16,7 +18,7 @@ from federation.core.events import (
     WriteJob,
     WriteLedger,
 )
-from federation.core.spill import fits, rank
+from federation.core.spill import admit, fits, rank
 from federation.core.state import RegionCore
 from federation.schemas import Submit, Summary
 from tests.core.test_region_core import offer, submit
@@ -243,3 +245,14 @@ def test_a_cancel_during_a_hand_off_is_kept_in_the_record_across_a_restart() -> 
     assert again.region == "us"
     fresh.handle(HandOffAnswered(job="g", region="us", outcome="refused", at=25.0, reason="full"))
     assert record_of(fresh.handle(Tick(now=25.0))).state == "cancelled"
+
+
+def test_the_admission_check_of_a_hand_off_changes_nothing_in_the_core() -> None:
+    """admit() runs outside RegionCore.handle: if it dropped an expired offer from the index, the
+    journal's replay (fed audit verify) would no longer match what the leader decided."""
+    core = RegionCore("eu")
+    stale = msgspec.structs.replace(offer("n1"), expires_at=5.0)
+    core.handle(OfferSeen(offer=stale))
+    assert "n1" in core.index
+    assert admit(core, spec(origin="us"), now=10.0) != ""  # no room: the only offer has expired
+    assert "n1" in core.index

@@ -95,10 +95,20 @@ async def test_a_mixed_workload_checks_clean_on_every_region_and_on_the_hub(make
         assert any(step.state == "preempted" for step in preempted.history), preempted.history
         assert gpu.alive()
 
+        # bad input: quarantined by the scheduler, evidence in the audit, not a violation
+        bus = await fed.bus("aa")
+        await bus.publish(subjects.submit("aa", "garbled"), b"{not json")
+        await bus.publish(subjects.submit("aa", "mismatch"), encode(Submit(id="other", command=["true"])))
+
+        async def both_refused() -> bool:
+            return len(await fed.quarantined(region="aa")) >= 2
+
+        await eventually(both_refused, timeout=30)
         for region in ("aa", "bb"):
             report = await fed.audit_check(region=region)
             assert report.ok, (region, report)
             assert report.events > 20
+        assert (await fed.audit_check(region="aa")).refused == 2
 
         # the hub's copy catches up with every region's trail
         async def hub_clean() -> bool:
