@@ -603,6 +603,10 @@ class Bus:
         except nats.js.errors.NotFoundError:
             return None
 
+    async def subjects_stored(self) -> int:
+        """Distinct subjects stored over every stream of the account (the servers' index size)."""
+        return sum(int(info.state.num_subjects or 0) for info in await self.js.streams_info())
+
     async def last_sequence(self, stream: str) -> int | None:
         """The stream's last sequence (0 when empty), or None when it does not exist."""
         try:
