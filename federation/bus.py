@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -605,7 +606,11 @@ class Bus:
 
     async def subjects_stored(self) -> int:
         """Distinct subjects stored over every stream of the account (the servers' index size)."""
-        return sum(int(info.state.num_subjects or 0) for info in await self.js.streams_info())
+        total = 0
+        for info in await self.js.streams_info():  # nats-py's StreamState lacks num_subjects: ask raw
+            reply = await self.nc.request(f"$JS.API.STREAM.INFO.{info.config.name}", b"", timeout=5.0)
+            total += int(json.loads(reply.data).get("state", {}).get("num_subjects", 0))
+        return total
 
     async def last_sequence(self, stream: str) -> int | None:
         """The stream's last sequence (0 when empty), or None when it does not exist."""

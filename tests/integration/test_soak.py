@@ -10,7 +10,10 @@ let it go; SIGKILL an agent (fed up restarts it); blackhole one agent's link sho
 than the heartbeat TTL; SIGKILL the region's nats-server (fed up restarts it on its ports). At the
 end: every acknowledged submission is terminal, at-most-once jobs ran at most once, no sampled
 ledger ever held more than its node declared, every history moved forward, and the resident
-memory of the processes that lived through minutes 5 to the end grew by less than 10%.
+memory of the processes that lived through minutes 5 to the end grew by less than 10% (servers:
+plus SUBJECT_BYTES per subject they newly store, since the audit keeps every job's subjects
+forever; judged on runs of JUDGE_MEMORY_AFTER minutes or more). The audit trail then checks clean
+and the core re-derives every decision.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from tests.harness import pause, proxied, resume
 MINUTES = float(os.environ.get("FED_SOAK_MINUTES", "30"))
 CPU_PER_NODE = 4
 SUBJECT_BYTES = 512  # a server's resident cost per stored subject (its per-subject index, measured)
+JUDGE_MEMORY_AFTER = 20  # minutes: shorter runs still check every invariant but not memory
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(MINUTES * 60) + 900)]
 
@@ -143,6 +147,10 @@ async def test_soak_with_rotating_faults_keeps_every_invariant(make_cluster, tmp
             assert len(ran.get(job, [])) <= 1, f"{job} ran {ran[job]}"
         if record.state == "succeeded":
             assert ran.get(job), f"{job} succeeded without running"
+    jobs = len(acknowledged) - jobs_before
+    print(f"rss before {before}, after {after}, new stored subjects {stored}, jobs {jobs}")
+    if MINUTES < JUDGE_MEMORY_AFTER:
+        return  # a short run measures warm-up, not leaks (a server grew 2.3x from minute 1 to 6)
     survivors = {key: rss for key, rss in before.items() if key in after}
     assert len(survivors) >= 3, f"too few long-lived processes to judge memory: {survivors}"
     # a server keeps an index entry per stored subject, and the audit keeps every job's subjects
@@ -153,8 +161,6 @@ async def test_soak_with_rotating_faults_keeps_every_invariant(make_cluster, tmp
         for key, rss in survivors.items()
         if after[key] > rss * 1.10 + allowance[key]
     }
-    jobs = len(acknowledged) - jobs_before
-    print(f"rss before {before}, after {after}, new stored subjects {stored}, jobs {jobs}")
     assert not grown, f"resident memory grew by more than 10%: {grown} (faults: {faults})"
 
 
