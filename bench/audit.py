@@ -35,7 +35,8 @@ import throughput  # noqa: E402 - after the sys.path lines above
 
 from federation import audit, subjects  # noqa: E402 - after the sys.path lines above
 from federation.bus import Bus  # noqa: E402 - after the sys.path lines above
-from federation.launcher import Child, nats_server_binary, read_ports, server_config  # noqa: E402
+from federation.deploy import Server, server_config  # noqa: E402
+from federation.launcher import Child, nats_server_binary, read_ports  # noqa: E402
 from federation.provision import provision, wait_for_jetstream  # noqa: E402
 from federation.schemas import (  # noqa: E402 - after the sys.path lines above
     Allocation,
@@ -138,7 +139,8 @@ async def main() -> None:
         ports = base / "ports"
         ports.mkdir()
         conf = base / "nats.conf"
-        conf.write_text(server_config(REGION, REGION, base / "store", ports))
+        server = Server(name=REGION, domain=REGION, store_dir=str(base / "store"), ports_dir=str(ports))
+        conf.write_text(server_config(server))
         server = Child("nats", [nats_server_binary(), "-c", str(conf)], base / "nats.log", restart=False)
         server.start()
         try:

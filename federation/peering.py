@@ -87,7 +87,9 @@ class Peering:
                     if await self.bus.domain_reachable(peer):
                         last_try[peer] = now
                         self.log.info("view stale and peer reachable; re-adding its source", peer=peer)
-                        await readd_source(self.bus, self.region, self.config.peers, peer)
+                        await readd_source(
+                            self.bus, self.region, self.config.peers, peer, self.config.replicas
+                        )
             except FederationError as exc:
                 self.log.warning("views not checked", error=str(exc))
 

@@ -26,9 +26,9 @@ AUDIT_HISTORY = 64  # versions kept per ledger and job record: the audit stream'
 BASELINE = "fed_baseline"  # the audit stream's metadata key (read by federation.audit)
 
 
-def _stream_configs(region: str) -> list[api.StreamConfig]:
+def _stream_configs(region: str, replicas: int) -> list[api.StreamConfig]:
     file = api.StorageType.FILE
-    return [
+    configs = [
         api.StreamConfig(
             name=subjects.workloads_stream(region),
             subjects=[subjects.workloads_filter(region)],
@@ -87,11 +87,18 @@ def _stream_configs(region: str) -> list[api.StreamConfig]:
             max_msg_size=256 * 1024,
         ),
     ]
+    for config in configs:
+        config.num_replicas = replicas
+    return configs
 
 
-async def provision(bus: Bus, region: str) -> None:
-    """Create (or update) every stream and bucket of ``region`` on the connected server."""
-    for config in _stream_configs(region):
+async def provision(bus: Bus, region: str, replicas: int = 1) -> None:
+    """Create (or update) every stream and bucket of ``region`` on the connected server.
+
+    ``replicas`` is each stream's replica count: 1 on a single server, 3 on a region's 3-server
+    cluster (it then survives the loss of one server). An existing stream is updated to it.
+    """
+    for config in _stream_configs(region, replicas):
         try:
             await bus.js.add_stream(config)
         except nats.js.errors.BadRequestError:
@@ -116,15 +123,19 @@ async def provision(bus: Bus, region: str) -> None:
             storage=api.StorageType.FILE,
             max_value_size=4 * 1024**2,
             republish=tap,
+            replicas=replicas,
         )
         try:
             await bus.js.create_key_value(kv)
         except nats.js.errors.BadRequestError:  # exists: an older layout kept one version only
             info = await bus.js.stream_info(f"KV_{bucket}")
-            if (info.config.max_msgs_per_subject or 0) < AUDIT_HISTORY:
-                info.config.max_msgs_per_subject = AUDIT_HISTORY
+            if (
+                info.config.max_msgs_per_subject or 0
+            ) < AUDIT_HISTORY or info.config.num_replicas != replicas:
+                info.config.max_msgs_per_subject = max(AUDIT_HISTORY, info.config.max_msgs_per_subject or 0)
+                info.config.num_replicas = replicas
                 await bus.js.update_stream(info.config)
-    await _provision_audit(bus, region)
+    await _provision_audit(bus, region, replicas)
     # the lease is a KV key whose value expires (per-message TTL, marker on expiry): nats-py's
     # KeyValueConfig cannot ask for that, so the bucket's stream is made by hand
     lease = subjects.lease_bucket(region)
@@ -138,12 +149,16 @@ async def provision(bus: Bus, region: str) -> None:
         allow_direct=True,
         deny_delete=True,
         discard=api.DiscardPolicy.NEW,
+        num_replicas=replicas,
     )
-    with contextlib.suppress(nats.js.errors.BadRequestError):  # exists
+    try:
         await bus.js.add_stream(config)
+    except nats.js.errors.BadRequestError:  # exists: only its replica count may change
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            await bus.js.update_stream(config)
 
 
-async def _provision_audit(bus: Bus, region: str) -> None:
+async def _provision_audit(bus: Bus, region: str, replicas: int) -> None:
     """The region's audit stream. Created on a region that already has history (an upgrade), it
     records each origin's last sequence then as its ``fed_baseline`` metadata: what came before was
     never audited, and ``fed audit check`` does not call it a gap."""
@@ -160,6 +175,7 @@ async def _provision_audit(bus: Bus, region: str) -> None:
         deny_purge=True,
         max_msg_size=5 * 1024**2,
         metadata=metadata,
+        num_replicas=replicas,
     )
     try:
         await bus.js.add_stream(audit)
@@ -178,9 +194,15 @@ def _sourcing(name: str, streams: Sequence[tuple[str, str]], **options: Any) -> 
     return api.StreamConfig(name=name, storage=api.StorageType.FILE, sources=sources, **options)
 
 
-def _views_config(region: str, peers: Sequence[str]) -> api.StreamConfig:
+def _views_config(region: str, peers: Sequence[str], replicas: int) -> api.StreamConfig:
     streams = [(subjects.summary_stream(peer), peer) for peer in sorted(peers) if peer != region]
-    return _sourcing(subjects.views_stream(region), streams, max_msgs_per_subject=1, allow_direct=True)
+    return _sourcing(
+        subjects.views_stream(region),
+        streams,
+        max_msgs_per_subject=1,
+        allow_direct=True,
+        num_replicas=replicas,
+    )
 
 
 async def provision_audit_all(bus: Bus, regions: Sequence[str]) -> None:
@@ -195,27 +217,27 @@ async def provision_audit_all(bus: Bus, regions: Sequence[str]) -> None:
         await bus.js.update_stream(config)
 
 
-async def provision_views(bus: Bus, region: str, peers: Sequence[str]) -> None:
+async def provision_views(bus: Bus, region: str, peers: Sequence[str], replicas: int = 1) -> None:
     """Create or update the region's views stream: it sources every peer's summary stream.
 
     Sources cross JetStream domains through the hub (``$JS.<peer>.API``): while a link is cut the
     view of that peer simply ages, and it catches up when the link returns.
     """
-    config = _views_config(region, peers)
+    config = _views_config(region, peers, replicas)
     try:
         await bus.js.add_stream(config)
     except nats.js.errors.BadRequestError:
         await bus.js.update_stream(config)
 
 
-async def readd_source(bus: Bus, region: str, peers: Sequence[str], peer: str) -> None:
+async def readd_source(bus: Bus, region: str, peers: Sequence[str], peer: str, replicas: int = 1) -> None:
     """Drop the source of ``peer`` from the views stream and add it again (the link watchdog).
 
     The server retries a source that lost its peer with a backoff of up to minutes; a source added
     afresh connects at once, so a view catches up within seconds of a heal.
     """
-    await bus.js.update_stream(_views_config(region, [p for p in peers if p != peer]))
-    await bus.js.update_stream(_views_config(region, peers))
+    await bus.js.update_stream(_views_config(region, [p for p in peers if p != peer], replicas))
+    await bus.js.update_stream(_views_config(region, peers, replicas))
 
 
 async def wait_for_jetstream(url: str, deadline: float = 20.0) -> None:

@@ -146,7 +146,7 @@ class Scheduler:
         self.bus = await Bus.connect(self.config.nats_url, f"fed-scheduler-{self.region}")
         self.lease = Lease(self.bus, self.region, self.name, ttl=self.config.lease_ttl)
         try:
-            await provision(self.bus, self.region)
+            await provision(self.bus, self.region, self.config.replicas)
             await check_durability(self.config.monitor_url, self.log)
             if not await self._lead():
                 return  # stopped while standing by
@@ -370,7 +370,7 @@ class Scheduler:
         if self.handoffs is not None:
             loops.append(self.handoffs.serve())
         if self.config.peers:
-            await provision_views(self.bus, self.region, self.config.peers)
+            await provision_views(self.bus, self.region, self.config.peers, self.config.replicas)
             loops += [peering.watch_views(), peering.feed_views()]
         for loop in loops:
             task = asyncio.create_task(loop)

@@ -1,0 +1,97 @@
+"""Operator commands of ``fed`` for deployments beyond one machine: ``fed config render`` and
+``fed provision`` (the rest of the CLI is :mod:`federation.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+from typing import Any
+
+from federation import deploy, subjects
+from federation.errors import ConfigError
+
+EXIT_STALE = 1
+
+
+async def cmd_render(args: argparse.Namespace) -> int:
+    regions = [r.strip() for r in args.regions.split(",") if r.strip()]
+    for region in regions:
+        subjects.check_region(region)
+    files = deploy.compose_files(regions)
+    out = Path(args.out)
+    if args.check:  # compare with what is there, write nothing
+        stale = []
+        for name, text in sorted(files.items()):
+            path = out / name
+            current = path.read_text() if path.exists() else ""
+            if current != text:
+                stale.append(name)
+                diff = difflib.unified_diff(
+                    current.splitlines(True),
+                    text.splitlines(True),
+                    f"{path} (committed)",
+                    f"{path} (rendered)",
+                )
+                print("".join(diff), end="")
+        if stale:
+            print(f"{len(stale)} files differ from the rendering: {', '.join(stale)}")
+            return EXIT_STALE
+        print(f"{len(files)} files up to date in {out}")
+        return 0
+    for path in deploy.write(files, out):
+        print(f"wrote {path}")
+    return 0
+
+
+async def cmd_provision(args: argparse.Namespace) -> int:
+    from federation.bus import Bus
+    from federation.provision import provision, provision_audit_all
+
+    if not args.region:
+        raise ConfigError("name at least one region (--region R, repeatable)")
+    for region in args.region:
+        subjects.check_region(region)
+    bus = await Bus.connect(args.url, "fed-provision", retry_forever=False)
+    try:
+        if args.hub:
+            await provision_audit_all(bus, args.region)
+            print(f"{subjects.AUDIT_ALL} sources the audit streams of {', '.join(args.region)}")
+        else:
+            for region in args.region:
+                await provision(bus, region, args.replicas)
+                print(f"region {region}: streams and buckets provisioned ({args.replicas} replicas)")
+    finally:
+        await bus.close()
+    return 0
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``config`` and ``provision`` to the ``fed`` subcommands."""
+    p = sub.add_parser(
+        "config",
+        parents=[common],
+        help="render deployment files (compose/ and its NATS server configs)",
+        description="Render the Docker Compose deployment (a hub and regions of three NATS servers, two "
+        "schedulers and two agents each) and its server configs from the code `fed up` uses.",
+    )
+    config = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    q = config.add_parser("render", parents=[common], help="write compose.yaml, nats/*.conf, federation.json")
+    q.add_argument("--out", default="compose", help="directory to write into (default: compose)")
+    q.add_argument("--regions", default=",".join(deploy.COMPOSE_REGIONS), help="comma-separated region names")
+    q.add_argument("--check", action="store_true", help="write nothing; exit 1 if the files differ")
+    q.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "provision",
+        parents=[common],
+        help="create a region's streams and buckets, or the hub's AUDIT_ALL",
+        description="Schedulers provision their region when they start; run this ahead of them (e.g. with "
+        "--replicas 3 on a clustered region), or with --hub to make the hub's AUDIT_ALL source every "
+        "region's audit stream.",
+    )
+    p.add_argument("--url", required=True, help="the server to provision (comma-separated for a cluster)")
+    p.add_argument("--region", action="append", default=[], help="a region (repeatable)")
+    p.add_argument("--replicas", type=int, default=1, help="copies of each stream (default 1)")
+    p.add_argument("--hub", action="store_true", help="provision the hub's AUDIT_ALL for these regions")
+    p.set_defaults(func=cmd_provision)
