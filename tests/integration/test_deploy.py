@@ -248,3 +248,15 @@ async def test_a_three_server_region_keeps_scheduling_with_one_server_killed(tmp
                 except subprocess.TimeoutExpired:
                     child.process.kill()
                     child.process.wait()
+
+
+def test_the_systemd_examples_run_valid_fed_commands() -> None:
+    parser = build_parser()
+    units = sorted((ROOT / "docs" / "systemd").glob("*.service"))
+    assert len(units) == 2
+    for unit in units:
+        (exec_start,) = [line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")]
+        argv = exec_start.removeprefix("ExecStart=").replace("%i", "eu-west").split()
+        assert Path(argv[0]).name == "fed"
+        args = parser.parse_args(argv[1:])
+        assert args.cmd in ("scheduler", "agent")
