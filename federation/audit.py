@@ -37,6 +37,7 @@ The JSON-lines form of :class:`AuditEvent` is stable (documented in ``subjects.m
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -225,9 +226,10 @@ class Checker:
     upgraded from a layout without one): history below it was never audited and is not a gap.
     """
 
-    def __init__(self, baseline: dict[str, int] | None = None) -> None:
+    def __init__(self, baseline: dict[str, int] | None = None, clock_skew: float = CLOCK_SKEW) -> None:
         self.report = Report()
         self.baseline = dict(baseline or {})
+        self.clock_skew = clock_skew
         self.next_seq: dict[str, tuple[int, int]] = {}  # origin -> (next origin seq expected, audit seq)
         self.last_seq = 0  # the last audit sequence fed
         # only plain values are kept (no Structs): the garbage collector then has nothing to scan
@@ -239,7 +241,10 @@ class Checker:
         # (region, job) -> (at, seq, origin, origin seq, subject) of its first submission
         self.submitted: dict[tuple[str, str], tuple[float, int, str, int, str]] = {}
         self.unread: list[tuple[str, float, int, str, int, str]] = []  # unreadable inputs, as above
-        self.quarantined: dict[str, int] = {}  # subject -> messages on it the scheduler refused
+        # what the scheduler refused: exactly (input stream, sequence) where the trail names the
+        # input stream (a region's own), else by subject (the hub's copy names the region's trail)
+        self.quarantined: set[tuple[str, int]] = set()
+        self.refused_on: dict[str, int] = {}  # subject -> refused messages on it
         self.written: dict[str, float] = {}  # region -> when its scheduler last wrote (I3 fallback)
         self.once: dict[str, bool] = {}  # job -> at most once across regions
         self.members: dict[tuple[str, str], int] = {}  # (job, region) -> running members there
@@ -284,7 +289,12 @@ class Checker:
                     (event.at, event.seq, event.origin, event.origin_seq, event.subject),
                 )
             case Quarantined():
-                self.quarantined[value.subject] = self.quarantined.get(value.subject, 0) + 1
+                stream = {"workloads": subjects.workloads_stream, "status": subjects.status_stream}.get(
+                    subjects.last_token(event.subject)
+                )
+                if stream is not None:
+                    self.quarantined.add((stream(event.region), value.sequence))
+                self.refused_on[value.subject] = self.refused_on.get(value.subject, 0) + 1
 
     def caught_up(self, origins_last: dict[str, int]) -> bool:
         """Whether every origin's messages up to ``origins_last`` have been fed."""
@@ -318,6 +328,8 @@ class Checker:
         now = frozenset((a.job, a.attempt, a.member) for a in ledger.allocations)
         running = frozenset((a.job, a.attempt, a.member) for a in ledger.allocations if not a.held)
         added = [a for a in ledger.allocations if (a.job, a.attempt, a.member) not in had]
+        if not seq and event.origin_seq <= self.baseline.get(event.origin, 0):
+            added = []  # first seen from before the audit existed: held already, not added here
         self._capacity(event, ledger, added)
         for gone in was_running - running:
             if self.running.get((event.region, gone), ("", 0))[0] == event.node:
@@ -359,14 +371,18 @@ class Checker:
                 event.seq,
             )
             return
-        offered_cores, offered_gpus = set(capacity.cores), set(capacity.gpus)
-        outside = [str(c) for a in added for c in a.cores if c not in offered_cores]
-        outside += [g for a in added for g in a.gpus if g not in offered_gpus]
+        outside = []
+        if capacity.cores is not None:  # absent on ledgers written before offers were recorded
+            offered_cores = set(capacity.cores)
+            outside += [str(c) for a in added for c in a.cores if c not in offered_cores]
+        if capacity.gpus is not None:
+            offered_gpus = set(capacity.gpus)
+            outside += [g for a in added for g in a.gpus if g not in offered_gpus]
         if outside:
             self.violate(
                 "I1", f"{event.node}: {names} was given devices not offered: {' '.join(outside)}", event.seq
             )
-        elif memory > capacity.offered_memory:
+        elif capacity.offered_memory is not None and memory > capacity.offered_memory:
             self.violate(
                 "I1",
                 f"{event.node}: allocations hold memory={memory}, more than the {capacity.offered_memory} "
@@ -425,11 +441,11 @@ class Checker:
             expected = self.next_seq.get(origin)
             self._gap(origin, "postfix", expected[0] if expected else 1, last, expected[1] if expected else 0)
         self._lost(processed or {})
-        for job, spans in sorted(self.spans.items()):
-            self._regions(
-                job,
-                spans + [(r, at, float("inf"), seq) for (j, r), (at, seq) in self.opened.items() if j == job],
-            )
+        runs = {job: list(spans) for job, spans in self.spans.items()}
+        for (job, region), (at, seq) in self.opened.items():  # still running at the end of the trail
+            runs.setdefault(job, []).append((region, at, float("inf"), seq))
+        for job, spans in sorted(runs.items()):
+            self._regions(job, spans)
         self.report.open_jobs = sum(
             1
             for state, _, _ in self.records.values()
@@ -452,25 +468,30 @@ class Checker:
             return origin_seq <= processed[origin]
         return at < self.written.get(region, 0.0) - SETTLE
 
-    def _refused(self, subject: str) -> bool:
-        """Whether a message on ``subject`` was quarantined (each quarantine entry excuses one)."""
-        left = self.quarantined.get(subject, 0)
-        if left:
-            self.quarantined[subject] = left - 1
-            self.report.refused += 1
-        return bool(left)
+    def _refused(self, region: str, subject: str, origin: str, origin_seq: int) -> bool:
+        """Whether this input was quarantined: by its stream sequence when the trail has it, else
+        by subject (each quarantine entry on a subject excuses one message on it)."""
+        if origin in (subjects.workloads_stream(region), subjects.status_stream(region)):
+            refused = (origin, origin_seq) in self.quarantined
+        else:
+            left = self.refused_on.get(subject, 0)
+            refused = left > 0
+            if refused:
+                self.refused_on[subject] = left - 1
+        self.report.refused += refused
+        return refused
 
     def _lost(self, processed: dict[str, int]) -> None:
         """I3 and unreadable inputs: each handled input has a record or was quarantined."""
         for (region, job), (at, seq, origin, origin_seq, subject) in sorted(self.submitted.items()):
-            if (region, job) in self.records or self._refused(subject):
+            if (region, job) in self.records or self._refused(region, subject, origin, origin_seq):
                 continue
             if self._handled(region, at, origin, origin_seq, processed):
                 self.violate("I3", f"{job}: submitted to {region} but never recorded", seq)
             else:
                 self.report.unprocessed += 1
         for region, at, seq, origin, origin_seq, subject in self.unread:
-            if self._refused(subject):
+            if self._refused(region, subject, origin, origin_seq):
                 continue
             if self._handled(region, at, origin, origin_seq, processed):
                 self.report.unreadable.append(seq)
@@ -479,13 +500,21 @@ class Checker:
 
     def _regions(self, job: str, spans: list[tuple[str, float, float, int]]) -> None:
         """Cross-region I2: an at-most-once job never runs in two regions at the same time (the
-        spans are compared by the writers' clocks, allowing ``CLOCK_SKEW``)."""
+        spans are compared by the writers' clocks, allowing ``clock_skew``)."""
         if not self.once.get(job, True) or len({span[0] for span in spans}) < 2:
             return
         for i, (region, began, ended, seq) in enumerate(spans):
             for other, began2, ended2, seq2 in spans[i + 1 :]:
-                if other != region and min(ended, ended2) - max(began, began2) > CLOCK_SKEW:
-                    self.violate("I2", f"{job} (at most once) ran in {region} and {other} at once", seq, seq2)
+                overlap = min(ended, ended2) - max(began, began2)
+                if other != region and overlap > self.clock_skew:
+                    lasted = "until the end of the trail" if math.isinf(overlap) else f"for {overlap:.2f} s"
+                    self.violate(
+                        "I2",
+                        f"{job} (at most once) ran in {region} and {other} at once, {lasted} by their "
+                        f"clocks (allowed skew {self.clock_skew:g} s)",
+                        seq,
+                        seq2,
+                    )
                     return
 
 

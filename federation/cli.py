@@ -430,7 +430,13 @@ async def cmd_audit(args: argparse.Namespace) -> int:
             )
             for gap in report.gaps:
                 after = f" after audit sequence {gap.after}" if gap.after else ""
-                print(f"GAP  lost {gap.kind}: {gap.origin} sequences {gap.first}-{gap.last}{after}")
+                lag = (
+                    " (the hub's copy may still be catching up: after a link returns, a source resumes "
+                    "within about two minutes; check again)"
+                    if args.all and gap.kind == "postfix"
+                    else ""
+                )
+                print(f"GAP  lost {gap.kind}: {gap.origin} sequences {gap.first}-{gap.last}{after}{lag}")
             for violation in report.violations:
                 print(f"FAIL {violation.invariant}: {violation.message} (audit events {violation.events})")
             if report.unreadable:

@@ -49,7 +49,9 @@ async def cmd_provision(args: argparse.Namespace) -> int:
     from federation.provision import provision, provision_audit_all
 
     if not args.region:
-        raise ConfigError("name at least one region (--region R, repeatable)")
+        raise ConfigError("name a region (--region R; with --hub, every region: repeat it)")
+    if not args.hub and len(args.region) > 1:
+        raise ConfigError("a region's server holds that region only: provision one --region per server")
     for region in args.region:
         subjects.check_region(region)
     bus = await Bus.connect(args.url, "fed-provision", retry_forever=False)
@@ -58,9 +60,10 @@ async def cmd_provision(args: argparse.Namespace) -> int:
             await provision_audit_all(bus, args.region)
             print(f"{subjects.AUDIT_ALL} sources the audit streams of {', '.join(args.region)}")
         else:
-            for region in args.region:
-                await provision(bus, region, args.replicas)
-                print(f"region {region}: streams and buckets provisioned ({args.replicas} replicas)")
+            (region,) = args.region
+            await provision(bus, region, args.replicas)
+            kept = f"{args.replicas} replicas" if args.replicas else "replica counts kept"
+            print(f"region {region}: streams and buckets provisioned ({kept})")
     finally:
         await bus.close()
     return 0
@@ -91,7 +94,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "region's audit stream.",
     )
     p.add_argument("--url", required=True, help="the server to provision (comma-separated for a cluster)")
-    p.add_argument("--region", action="append", default=[], help="a region (repeatable)")
-    p.add_argument("--replicas", type=int, default=1, help="copies of each stream (default 1)")
+    p.add_argument("--region", action="append", default=[], help="the region (with --hub: repeat for each)")
+    p.add_argument(
+        "--replicas", type=int, help="copies of each stream (default: keep what exists, 1 for new streams)"
+    )
     p.add_argument("--hub", action="store_true", help="provision the hub's AUDIT_ALL for these regions")
     p.set_defaults(func=cmd_provision)

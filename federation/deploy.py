@@ -78,6 +78,9 @@ def server_config(server: Server) -> str:
             f"  name: {quote(server.cluster)}",
             f"  listen: {server.host}:{server.cluster_port}",
             f"  routes: [{', '.join(quote(route) for route in server.routes)}]",
+            # clients use the addresses they were given: members' own (container) addresses may
+            # not be reachable from where a client runs
+            "  no_advertise: true",
             "}",
         ]
     if server.leaf_listen is not None:
@@ -160,7 +163,7 @@ def compose_files(regions: Sequence[str] = COMPOSE_REGIONS) -> dict[str, str]:
         ):
             files[f"nats/{server.name}.conf"] = server_config(server)
             published = [f"127.0.0.1:{CLIENT_PORT + 1 + index}:{CLIENT_PORT}"] if i == 0 else []
-            services[server.name] = _nats_service(server.name, published, depends=["hub"])
+            services[server.name] = _nats_service(server.name, published)  # never waits for the hub
         region_url = urls(hosts)
         peers = [p for p in regions if p != region]
         for n in (1, 2):
@@ -188,17 +191,28 @@ def compose_files(regions: Sequence[str] = COMPOSE_REGIONS) -> dict[str, str]:
     return files
 
 
-def _nats_service(name: str, published: list[str], depends: Sequence[str] = ()) -> dict[str, object]:
+def _nats_service(name: str, published: list[str]) -> dict[str, object]:
     service: dict[str, object] = {
         "image": NATS_IMAGE,
         "command": ["-c", f"/etc/nats/{name}.conf"],
         "volumes": [f"./nats/{name}.conf:/etc/nats/{name}.conf:ro", f"{name}-data:/data"],
         "restart": "unless-stopped",
+        # healthy once JetStream answers: the daemons start only then
+        "healthcheck": {
+            "test": [
+                "CMD",
+                "wget",
+                "-q",
+                "-O",
+                "/dev/null",
+                f"http://127.0.0.1:{HTTP_PORT}/healthz?js-enabled-only=true",
+            ],
+            "interval": "2s",
+            "retries": 30,
+        },
     }
     if published:
         service["ports"] = published
-    if depends:
-        service["depends_on"] = list(depends)
     return service
 
 
@@ -209,7 +223,7 @@ def _fed_service(
         "image": FED_IMAGE,
         "build": {"context": "..", "dockerfile": "compose/Dockerfile"},
         "command": command,
-        "depends_on": list(servers),
+        "depends_on": {server: {"condition": "service_healthy"} for server in servers},
         "restart": restart,
     }
     if volume:

@@ -26,7 +26,7 @@ AUDIT_HISTORY = 64  # versions kept per ledger and job record: the audit stream'
 BASELINE = "fed_baseline"  # the audit stream's metadata key (read by federation.audit)
 
 
-def _stream_configs(region: str, replicas: int) -> list[api.StreamConfig]:
+def _stream_configs(region: str) -> list[api.StreamConfig]:
     file = api.StorageType.FILE
     configs = [
         api.StreamConfig(
@@ -87,25 +87,39 @@ def _stream_configs(region: str, replicas: int) -> list[api.StreamConfig]:
             max_msg_size=256 * 1024,
         ),
     ]
-    for config in configs:
-        config.num_replicas = replicas
     return configs
 
 
-async def provision(bus: Bus, region: str, replicas: int = 1) -> None:
+async def _replicas(bus: Bus, stream: str, wanted: int | None) -> int:
+    """``wanted``, else what ``stream`` has now (1 for a new one): a scheduler started without
+    ``--replicas`` never scales a clustered region's streams down."""
+    if wanted is not None:
+        return wanted
+    try:
+        return int((await bus.js.stream_info(stream)).config.num_replicas or 1)
+    except nats.js.errors.NotFoundError:
+        return 1
+
+
+async def provision(bus: Bus, region: str, replicas: int | None = None) -> None:
     """Create (or update) every stream and bucket of ``region`` on the connected server.
 
     ``replicas`` is each stream's replica count: 1 on a single server, 3 on a region's 3-server
-    cluster (it then survives the loss of one server). An existing stream is updated to it.
+    cluster (it then survives the loss of one server). Given, existing streams are changed to it;
+    None keeps what each stream has (1 for a new one).
     """
-    for config in _stream_configs(region, replicas):
+    for config in _stream_configs(region):
+        assert config.name is not None
+        config.num_replicas = await _replicas(bus, config.name, replicas)
         try:
             await bus.js.add_stream(config)
         except nats.js.errors.BadRequestError:
             try:
                 await bus.js.update_stream(config)
             except nats.js.errors.BadRequestError:
-                if config.name not in (subjects.heartbeats_stream(region), subjects.offers_stream(region)):
+                transient = (subjects.heartbeats_stream(region), subjects.offers_stream(region))
+                stored = (await bus.js.stream_info(config.name)).config.storage
+                if config.name not in transient or stored == config.storage:
                     raise
                 # an older layout (memory storage) cannot be updated in place; beats and offers are
                 # transient (each node sends its next one within seconds)
@@ -123,7 +137,7 @@ async def provision(bus: Bus, region: str, replicas: int = 1) -> None:
             storage=api.StorageType.FILE,
             max_value_size=4 * 1024**2,
             republish=tap,
-            replicas=replicas,
+            replicas=await _replicas(bus, f"KV_{bucket}", replicas),
         )
         try:
             await bus.js.create_key_value(kv)
@@ -131,9 +145,9 @@ async def provision(bus: Bus, region: str, replicas: int = 1) -> None:
             info = await bus.js.stream_info(f"KV_{bucket}")
             if (
                 info.config.max_msgs_per_subject or 0
-            ) < AUDIT_HISTORY or info.config.num_replicas != replicas:
+            ) < AUDIT_HISTORY or info.config.num_replicas != kv.replicas:
                 info.config.max_msgs_per_subject = max(AUDIT_HISTORY, info.config.max_msgs_per_subject or 0)
-                info.config.num_replicas = replicas
+                info.config.num_replicas = kv.replicas
                 await bus.js.update_stream(info.config)
     await _provision_audit(bus, region, replicas)
     # the lease is a KV key whose value expires (per-message TTL, marker on expiry): nats-py's
@@ -149,7 +163,7 @@ async def provision(bus: Bus, region: str, replicas: int = 1) -> None:
         allow_direct=True,
         deny_delete=True,
         discard=api.DiscardPolicy.NEW,
-        num_replicas=replicas,
+        num_replicas=await _replicas(bus, f"KV_{lease}", replicas),
     )
     try:
         await bus.js.add_stream(config)
@@ -158,15 +172,23 @@ async def provision(bus: Bus, region: str, replicas: int = 1) -> None:
             await bus.js.update_stream(config)
 
 
-async def _provision_audit(bus: Bus, region: str, replicas: int) -> None:
+async def _provision_audit(bus: Bus, region: str, replicas: int | None) -> None:
     """The region's audit stream. Created on a region that already has history (an upgrade), it
     records each origin's last sequence then as its ``fed_baseline`` metadata: what came before was
-    never audited, and ``fed audit check`` does not call it a gap."""
+    never audited, and ``fed audit check`` does not call it a gap. A source added to an existing
+    audit stream gets its baseline the same way."""
     name, sources = subjects.audit_stream(region), subjects.audit_sources(region)
-    metadata = await bus.stream_metadata(name)
-    if metadata is None:
-        last = {source: await bus.last_sequence(source) or 0 for source in sources}
-        metadata = {BASELINE: json.dumps({k: v for k, v in last.items() if v})} if any(last.values()) else {}
+    try:
+        existing = (await bus.js.stream_info(name)).config
+        metadata, known = dict(existing.metadata or {}), {source.name for source in existing.sources or []}
+    except nats.js.errors.NotFoundError:
+        metadata, known = {}, set()
+    baseline: dict[str, int] = json.loads(metadata.get(BASELINE, "{}"))
+    for source in sources:
+        if source not in known and (last := await bus.last_sequence(source) or 0):
+            baseline[source] = last
+    if baseline:
+        metadata[BASELINE] = json.dumps(baseline, sort_keys=True)
     audit = _sourcing(
         name,
         [(source, "") for source in sources],
@@ -175,7 +197,7 @@ async def _provision_audit(bus: Bus, region: str, replicas: int) -> None:
         deny_purge=True,
         max_msg_size=5 * 1024**2,
         metadata=metadata,
-        num_replicas=replicas,
+        num_replicas=await _replicas(bus, name, replicas),
     )
     try:
         await bus.js.add_stream(audit)
@@ -217,27 +239,30 @@ async def provision_audit_all(bus: Bus, regions: Sequence[str]) -> None:
         await bus.js.update_stream(config)
 
 
-async def provision_views(bus: Bus, region: str, peers: Sequence[str], replicas: int = 1) -> None:
+async def provision_views(bus: Bus, region: str, peers: Sequence[str], replicas: int | None = None) -> None:
     """Create or update the region's views stream: it sources every peer's summary stream.
 
     Sources cross JetStream domains through the hub (``$JS.<peer>.API``): while a link is cut the
     view of that peer simply ages, and it catches up when the link returns.
     """
-    config = _views_config(region, peers, replicas)
+    config = _views_config(region, peers, await _replicas(bus, subjects.views_stream(region), replicas))
     try:
         await bus.js.add_stream(config)
     except nats.js.errors.BadRequestError:
         await bus.js.update_stream(config)
 
 
-async def readd_source(bus: Bus, region: str, peers: Sequence[str], peer: str, replicas: int = 1) -> None:
+async def readd_source(
+    bus: Bus, region: str, peers: Sequence[str], peer: str, replicas: int | None = None
+) -> None:
     """Drop the source of ``peer`` from the views stream and add it again (the link watchdog).
 
     The server retries a source that lost its peer with a backoff of up to minutes; a source added
     afresh connects at once, so a view catches up within seconds of a heal.
     """
-    await bus.js.update_stream(_views_config(region, [p for p in peers if p != peer], replicas))
-    await bus.js.update_stream(_views_config(region, peers, replicas))
+    count = await _replicas(bus, subjects.views_stream(region), replicas)
+    await bus.js.update_stream(_views_config(region, [p for p in peers if p != peer], count))
+    await bus.js.update_stream(_views_config(region, peers, count))
 
 
 async def wait_for_jetstream(url: str, deadline: float = 20.0) -> None:

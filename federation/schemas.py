@@ -300,9 +300,9 @@ class Capacity(msgspec.Struct, kw_only=True, frozen=True, array_like=True):
     cpu: int
     memory: int
     gpu: int
-    cores: tuple[int, ...] = ()
-    gpus: tuple[str, ...] = ()
-    offered_memory: int = 0
+    cores: tuple[int, ...] | None = None  # None: written before offers were recorded (not judged)
+    gpus: tuple[str, ...] | None = None
+    offered_memory: int | None = None
 
     @classmethod
     def of(cls, offer: Offer) -> Capacity:

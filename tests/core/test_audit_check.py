@@ -62,8 +62,8 @@ class Log:
     def unreadable(self, subject: str) -> int:
         return self._feed("unreadable", "fed-eu-workloads", None, subject=subject)
 
-    def quarantine(self, subject: str) -> int:
-        value = Quarantined(subject=subject, reason="bad", payload="", size=1, at=0.0)
+    def quarantine(self, subject: str, sequence: int) -> int:
+        value = Quarantined(subject=subject, reason="bad", payload="", size=1, at=0.0, sequence=sequence)
         return self._feed("quarantine", "fed-eu-quarantine", value, subject="fed.eu.quarantine.workloads")
 
     def skip(self, origin: str) -> None:
@@ -212,7 +212,7 @@ def test_a_handled_submission_without_a_record_breaks_i3_unless_it_was_quarantin
     log.submit("b")
     log.submit("c")
     log.record("placed", job="a")
-    log.quarantine("fed.eu.wl.submit.c")
+    log.quarantine("fed.eu.wl.submit.c", sequence=3)
     report = log.checker.finish(processed={"fed-eu-workloads": 2})
     assert [(v.invariant, v.message) for v in report.violations] == [
         ("I3", "b: submitted to eu but never recorded")
@@ -229,10 +229,16 @@ def test_an_unreadable_input_is_evidence_when_quarantined_and_a_failure_when_not
     log = Log()
     log.unreadable("fed.eu.wl.submit.x")
     log.unreadable("fed.eu.wl.submit.y")
-    log.quarantine("fed.eu.wl.submit.x")
+    log.quarantine("fed.eu.wl.submit.x", sequence=1)
     report = log.checker.finish(processed={"fed-eu-workloads": 2})
     assert report.unreadable == [2]
     assert report.refused == 1
+    # a quarantine entry excuses its own message only, not another one on the same subject
+    log = Log()
+    log.unreadable("fed.eu.wl.submit.x")
+    log.unreadable("fed.eu.wl.submit.x")
+    log.quarantine("fed.eu.wl.submit.x", sequence=2)
+    assert log.checker.finish(processed={"fed-eu-workloads": 2}).unreadable == [1]
 
 
 def test_history_before_the_audit_existed_is_no_gap() -> None:
@@ -244,3 +250,26 @@ def test_history_before_the_audit_existed_is_no_gap() -> None:
     assert report.ok, report.gaps
     assert log.checker.caught_up({"KV_fed-ledger-eu": 6})
     assert not log.checker.caught_up({"KV_fed-ledger-eu": 7})
+
+
+def test_an_at_most_once_job_still_running_in_two_regions_breaks_i2() -> None:
+    log = Log()
+    log.record("placed", region="eu")
+    log.ledger("n1", alloc("j"), region="eu", at=100.0)
+    log.ledger("m1", alloc("j"), region="us", at=102.0)  # neither run has ended
+    (violation,) = log.checker.finish().violations
+    assert violation.invariant == "I2"
+    assert "until the end of the trail" in violation.message
+
+
+def test_ledgers_from_before_the_audit_and_before_offers_were_recorded_are_not_judged() -> None:
+    log = Log(baseline={"KV_fed-ledger-eu": 1})
+    log.ledger("n1", alloc("a", core=9))  # first seen at or below the baseline: held already
+    log.ledger("n1", alloc("a", core=9), alloc("b", core=1))
+    assert invariants(log) == []
+    log = Log()
+    legacy = Ledger(
+        node="n1", allocations=(alloc("a", core=9),), capacity=Capacity(cpu=4, memory=1 << 30, gpu=0)
+    )
+    log._feed("ledger", "KV_fed-ledger-eu", legacy, node="n1")
+    assert invariants(log) == []
