@@ -42,6 +42,9 @@ MSG_TTL = "Nats-TTL"
 MARKER_REASON = "Nats-Marker-Reason"
 KV_OPERATION = "KV-Operation"
 WRONG_LAST_SEQUENCE = (10071, 10164)
+# seconds a clustered region may take to elect new leaders after losing a server (the meta layer,
+# then each stream: a Raft election timeout of 4-9 s each, measured up to ~20 s on 2 cores)
+FAILOVER = 30.0
 
 
 @dataclass(slots=True)
@@ -292,17 +295,36 @@ class Bus:
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
     ) -> int:
-        """Publish to a stream and wait for the server's acknowledgement; returns the sequence."""
+        """Publish to a stream and wait for the server's acknowledgement; returns the sequence.
+
+        Rides through a stream leader election (a clustered region losing a server): while no
+        leader answers, nothing was stored, so the publish is retried within ``timeout``. An
+        unacknowledged publish is retried only with a ``msg_id`` (the stream drops the duplicate).
+        """
         hdrs = tracing.inject(headers)
         if msg_id:
             hdrs[MSG_ID] = msg_id
         if ttl:
             hdrs[MSG_TTL] = f"{int(ttl)}s"
-        try:
-            ack = await self.js.publish(subject, data, headers=hdrs, timeout=timeout)
-        except Exception as exc:
-            raise _translate(subject, exc) from None
-        return int(ack.seq)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        error: Exception
+        while True:
+            left = deadline - loop.time()
+            try:
+                ack = await self.js.publish(
+                    subject, data, headers=hdrs, timeout=max(0.1, min(left, 2.0) if msg_id else left)
+                )
+                return int(ack.seq)
+            except (nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError) as exc:
+                retry, error = True, exc  # no leader now: nothing stored
+            except (nats.errors.TimeoutError, TimeoutError) as exc:
+                retry, error = bool(msg_id), exc
+            except Exception as exc:
+                raise _translate(subject, exc) from None
+            if not retry or loop.time() + 0.2 >= deadline:
+                raise _translate(subject, error) from None
+            await asyncio.sleep(0.2)
 
     # --- KV: compare-and-set ------------------------------------------------------------------------
 
@@ -448,17 +470,26 @@ class Bus:
             policy = api.DeliverPolicy.BY_START_SEQUENCE
         else:
             policy = api.DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else api.DeliverPolicy.ALL
-        tail._sub = await self.js.subscribe(
-            filter_subject,
-            stream=stream,
-            cb=tail._on_msg,
-            ordered_consumer=True,
-            deliver_policy=policy,
-            config=api.ConsumerConfig(opt_start_seq=start_sequence or None),
-            idle_heartbeat=idle,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FAILOVER
+        while True:
+            try:
+                tail._sub = await self.js.subscribe(
+                    filter_subject,
+                    stream=stream,
+                    cb=tail._on_msg,
+                    ordered_consumer=True,
+                    deliver_policy=policy,
+                    config=api.ConsumerConfig(opt_start_seq=start_sequence or None),
+                    idle_heartbeat=idle,
+                    pending_msgs_limit=-1,
+                    pending_bytes_limit=-1,
+                )
+                break
+            except (nats.errors.TimeoutError, TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+                if loop.time() + 0.25 >= deadline:
+                    raise _translate(stream, exc) from None
+                await asyncio.sleep(0.25)
         return tail
 
     async def follow(

@@ -38,7 +38,7 @@ from federation.audit import (
     processed,
     read,
 )
-from federation.bus import Bus
+from federation.bus import FAILOVER, Bus
 from federation.config import Connection, default_state_dir, load_connection
 from federation.core.placement import Free
 from federation.errors import (
@@ -262,7 +262,7 @@ class Client:
             raise InvalidRequest(f"submission is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}")
         bus = await self.bus(name)
         with tracing.span("fed.submit", job=spec.id, region=name):
-            await bus.store(subjects.submit(name, spec.id), data, msg_id=spec.id)
+            await bus.store(subjects.submit(name, spec.id), data, msg_id=spec.id, timeout=FAILOVER)
         return Job(self, spec.id, name)
 
     async def cancel(
@@ -273,7 +273,7 @@ class Client:
         record = await self.where(job_id, region=region)
         bus = await self.bus(record.region)
         message = Cancel(id=job_id, reason=reason, requested_at=time.time())
-        await bus.store(subjects.cancel(record.region, job_id), encode(message))
+        await bus.store(subjects.cancel(record.region, job_id), encode(message), timeout=FAILOVER)
 
     # --- read -------------------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ The leader publishes :func:`~federation.core.summary.summarize` of its view ever
 ``summary_interval``. Each region's ``fed-<region>-views`` stream sources its peers' summaries
 through the hub (:func:`federation.provision.provision_views`). A view that stops moving is stale, and a
 link watchdog re-adds its source once the peer answers again, so views catch up within seconds of
-a heal instead of after the server's retry backoff.
+a heal instead of after the server's retry backoff. The region's audit stream gets the same
+watchdog for its sources: after a source stream's leader moves, its copy resumes within seconds.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from federation.bus import idle
 from federation.core.events import ViewsSeen
 from federation.core.summary import NodeState, summarize
 from federation.errors import FederationError
-from federation.provision import readd_source
+from federation.provision import readd_audit_source, readd_source, stalled_sources
 from federation.schemas import Summary, decode_summaries, encode
 
 if TYPE_CHECKING:
     from federation.scheduler import Scheduler
+
+AUDIT_STALL = 10.0  # seconds a source of the audit stream may go unheard before it is re-added
 
 
 class Peering:
@@ -92,6 +95,24 @@ class Peering:
                         )
             except FederationError as exc:
                 self.log.warning("views not checked", error=str(exc))
+
+    async def watch_audit(self, stall: float = AUDIT_STALL) -> None:
+        """The audit stream's watchdog: a source not heard from for ``stall`` seconds is re-added
+        (at most once per ``stall`` each), so the trail keeps up through a server failover."""
+        stream = subjects.audit_stream(self.region)
+        last_try: dict[str, float] = {}
+        while True:
+            await idle(stall / 2)
+            try:
+                for source in await stalled_sources(self.bus, stream, stall):
+                    now = self.clock()
+                    if now - last_try.get(source, 0.0) < stall:
+                        continue
+                    last_try[source] = now
+                    self.log.info("audit source stalled; re-adding it", source=source)
+                    await readd_audit_source(self.bus, stream, source)
+            except Exception as exc:  # a watchdog outlives any server error (a failover is its job)
+                self.log.warning("audit sources not checked", error=str(exc) or type(exc).__name__)
 
 
 __all__ = ["Peering"]

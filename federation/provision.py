@@ -265,6 +265,32 @@ async def readd_source(
     await bus.js.update_stream(_views_config(region, peers, count))
 
 
+async def stalled_sources(bus: Bus, stream: str, after: float) -> list[str]:
+    """The sources of ``stream`` that have not been heard from for ``after`` seconds."""
+    info = await bus.js.stream_info(stream)
+    stalled = []
+    for source in info.sources or []:
+        idle_ns = source.active if source.active is not None else -1
+        if source.name and (idle_ns < 0 or idle_ns > after * 1e9):
+            stalled.append(source.name)
+    return stalled
+
+
+async def readd_audit_source(bus: Bus, stream: str, source: str) -> None:
+    """Drop ``source`` from the audit stream ``stream`` and add it again, as it was.
+
+    After the source stream's leader moves (a server of a clustered region lost), the server's
+    own retry of a source can take minutes; a source added afresh resumes at once, after the last
+    message it copied (the server finds it in the stream), so nothing is copied twice.
+    """
+    config = (await bus.js.stream_info(stream)).config
+    sources = list(config.sources or [])
+    config.sources = [s for s in sources if s.name != source]
+    await bus.js.update_stream(config)
+    config.sources = sources
+    await bus.js.update_stream(config)
+
+
 async def wait_for_jetstream(url: str, deadline: float = 20.0) -> None:
     """Block until the server at ``url`` answers JetStream requests (or raise)."""
     loop = asyncio.get_running_loop()

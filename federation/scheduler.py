@@ -361,12 +361,8 @@ class Scheduler:
         await self._bind_consumers()
         self._start_followers()
         peering = Peering(self)
-        loops = [
-            self._watch_config(),
-            self._watch_consumers(),
-            self._settle_heap(),
-            peering.publish_summaries(),
-        ]
+        loops = [self._watch_config(), self._watch_consumers(), self._settle_heap()]
+        loops += [peering.publish_summaries(), peering.watch_audit()]
         if self.handoffs is not None:
             loops.append(self.handoffs.serve())
         if self.config.peers:

@@ -165,15 +165,24 @@ def _replica_last_seq(monitor: str, stream: str) -> int:
 
 
 async def test_a_three_server_region_keeps_scheduling_with_one_server_killed(tmp_path: Path) -> None:
+    """The region's servers, joined to a hub as in compose/: each member has a leafnode to it."""
+    *routes, leaf = _free_ports(4)
+    hub = Server(
+        name="hub",
+        domain="hub",
+        store_dir=str(tmp_path / "hub" / "store"),
+        ports_dir=str(tmp_path / "hub" / "ports"),
+        leaf_listen=leaf,
+    )
     servers = [
         dataclasses.replace(server, ports_dir=str(tmp_path / server.name / "ports"))
         for server in deploy.region_cluster(
             "eu",
             hosts=["127.0.0.1"] * 3,
             store_dir=str(tmp_path / "{name}" / "store"),
-            hub_leaf=[],
+            hub_leaf=[f"nats-leaf://127.0.0.1:{leaf}"],
             host="127.0.0.1",
-            ports=[(-1, route, -1) for route in _free_ports(3)],
+            ports=[(-1, route, -1) for route in routes],
             sync_always=False,
         )
     ]
@@ -181,7 +190,7 @@ async def test_a_three_server_region_keeps_scheduling_with_one_server_killed(tmp
     monitors: dict[str, str] = {}
     urls: dict[str, str] = {}
 
-    for server in servers:
+    for server in [hub, *servers]:
         (tmp_path / server.name / "ports").mkdir(parents=True)
 
     async def start(server: Server) -> None:
@@ -195,31 +204,45 @@ async def test_a_three_server_region_keeps_scheduling_with_one_server_killed(tmp
         urls[server.name], monitors[server.name] = ports["nats"][0], ports["monitoring"][0]
 
     daemons: list[Child] = []
+
+    async def fed(*args: str) -> None:
+        done = await asyncio.to_thread(
+            subprocess.run, fed_command(*args), capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
     try:
-        for server in servers:
+        for server in [hub, *servers]:
             await start(server)
+        hub_url = urls.pop("hub")
         region_url = ",".join(urls.values())
         await wait_for_jetstream(region_url, deadline=60.0)
-        provision = fed_command("provision", "--url", region_url, "--region", "eu", "--replicas", "3")
-        done = await asyncio.to_thread(subprocess.run, provision, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stdout + done.stderr
-        scheduler = fed_command("scheduler", "--region", "eu", "--url", region_url, "--replicas", "3")
-        daemons.append(Child("scheduler", scheduler, tmp_path / "scheduler.log"))
+        await wait_for_jetstream(hub_url)
+        await fed("provision", "--url", region_url, "--region", "eu", "--replicas", "3")
+        await fed("provision", "--hub", "--url", hub_url, "--region", "eu")
+        for n in (1, 2):  # as in compose/: one leads, one stands by (a leader that cannot renew its
+            # lease while the lease stream elects a new leader exits, and the standby takes over)
+            scheduler = fed_command(
+                "scheduler", "--region", "eu", "--url", region_url, "--replicas", "3", "--name", f"s{n}"
+            )
+            daemons.append(Child(f"scheduler-{n}", scheduler, tmp_path / f"scheduler-{n}.log"))
         for node in ("eu-n1", "eu-n2"):
             argv = agent_command("eu", node, region_url, tmp_path / node, "--cpu", "2", "--memory", "2GiB")
             daemons.append(Child(node, argv, tmp_path / f"{node}.log"))
         for daemon in daemons:
             daemon.start()
-        connection = Connection(hub_url=region_url, regions={"eu": RegionEndpoint(url=region_url)})
-        async with Client.connect(connection=connection) as fed:
+        connection = Connection(hub_url=hub_url, regions={"eu": RegionEndpoint(url=region_url)})
+        async with Client.connect(connection=connection) as client:
 
             async def all_succeed(prefix: str) -> None:
-                handles = [await fed.submit(["true"], job_id=f"{prefix}-{i}", region="eu") for i in range(4)]
+                handles = [
+                    await client.submit(["true"], job_id=f"{prefix}-{i}", region="eu") for i in range(4)
+                ]
                 for handle in handles:
                     assert (await handle.wait(timeout=90)).state == "succeeded"
 
             await all_succeed("before")
-            bus = await fed.bus("eu")
+            bus = await client.bus("eu")
             jobs = f"KV_{subjects.jobs_bucket('eu')}"
             info = await bus.js.stream_info(jobs)
             assert info.config.num_replicas == 3
@@ -237,6 +260,17 @@ async def test_a_three_server_region_keeps_scheduling_with_one_server_killed(tmp
 
             await eventually(caught_up, timeout=60, interval=0.5)
             await all_succeed("after")
+            # the trail went through the failover whole, in the region and in the hub's copy
+            report = await client.audit_check(region="eu")
+            assert report.ok, report
+            verified = await client.audit_verify(region="eu")
+            assert not verified.divergences, verified.divergences[:1]
+
+            async def hub_clean() -> bool:
+                everywhere = await client.audit_check(everywhere=True, wait=2.0)
+                return everywhere.ok and everywhere.events >= report.events
+
+            await eventually(hub_clean, timeout=60, interval=1.0)
     finally:
         for child in [*daemons, *children.values()]:
             if child.alive():
