@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
+import pwd
 import signal
 import time
 from pathlib import Path
@@ -42,7 +44,7 @@ from agents.probes import HostProbe, build_offer, declared_devices
 from federation import subjects, tracing
 from federation.bus import Bus, idle
 from federation.config import AgentConfig
-from federation.errors import RemoteProtocolError
+from federation.errors import ConfigError, RemoteProtocolError
 from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, decode_ledger, encode
 
 log = structlog.get_logger()
@@ -73,12 +75,15 @@ class Agent:
         self._stop = asyncio.Event()
         self._stopping: set[asyncio.Task[None]] = set()
         self.failure: BaseException | None = None
+        self.sandbox = runner.Sandbox()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until :meth:`stop` or a signal; on the way out stop every running attempt."""
+        os.umask(0o077)  # the agent's files (journal, logs, credentials) are its own; so are the jobs'
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.sandbox = self._sandbox()
         cores, gpus, _ = declared_devices(self.config, self.probe.sample(set()))
         self.devices = (set(cores), set(gpus))
         self.previous_life = self._read_journal()
@@ -288,7 +293,9 @@ class Agent:
                     await self._store_retrying(log_subject, chunk)
 
                 try:
-                    run = await runner.start(spec, self.work_root, sink, self.config.max_output_bytes)
+                    run = await runner.start(
+                        spec, self.work_root, sink, self.config.max_output_bytes, self._confined(allocation)
+                    )
                 except runner.LaunchError as exc:
                     await sink(f"[fed: {exc}]\n".encode())
                     await self._report(allocation, "failed", reason=str(exc), exit_code=127)
@@ -299,8 +306,14 @@ class Agent:
                 if not self._still_wanted(allocation):  # released while it was being started
                     await run.stop(self.config.kill_grace)
                 await self._report(allocation, "started")
-                code = await run.wait()
-                reason = "stopped: allocation released" if run.stopping else ""
+                code, timed_out = await self._wait(run, allocation.timeout)
+                reason = "stopped: allocation released" if run.stopping and not timed_out else ""
+                if timed_out:
+                    reason = f"stopped: its wall-clock limit of {allocation.timeout:g} s was reached"
+                elif code < 0 and -code in runner.LIMIT_SIGNALS:
+                    reason = (
+                        f"killed by {signal.Signals(-code).name}: {runner.LIMIT_SIGNALS[-code]} was reached"
+                    )
                 await self._report(allocation, "exited", exit_code=code, reason=reason)
                 bound.info("attempt exited", exit_code=code, stopped=run.stopping)
         except Exception as exc:  # a bug or a broken disk: say so rather than leave the job placed
@@ -312,6 +325,48 @@ class Agent:
             self.finished.add(key)
             self.tasks.pop(job, None)
             self._run_ended.set()
+
+    async def _wait(self, run: runner.Run, timeout: float) -> tuple[int, bool]:
+        """The attempt's exit code, and whether its wall-clock limit stopped it."""
+        if not timeout:
+            return await run.wait(), False
+        try:
+            return await asyncio.wait_for(asyncio.shield(run.wait()), timeout), False
+        except TimeoutError:
+            await run.stop(self.config.kill_grace)
+            return await run.wait(), True
+
+    def _sandbox(self) -> runner.Sandbox:
+        """Who workloads run as (``run_as``), checked at start: a wrong user stops the agent."""
+        if not self.config.run_as:
+            return runner.Sandbox()
+        try:
+            user = pwd.getpwnam(self.config.run_as)
+        except KeyError:
+            raise ConfigError(f"run_as: no user {self.config.run_as!r} on this host") from None
+        if user.pw_uid == 0:
+            raise ConfigError("run_as must name an unprivileged user, not root")
+        if os.geteuid() != 0:
+            raise ConfigError(
+                f"run_as={self.config.run_as!r} needs the agent to start as root to switch users"
+            )
+        # workloads reach their own directories (0700, theirs) but cannot list or read the agent's
+        self.state_dir.chmod(0o711)
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        self.work_root.chmod(0o711)
+        self.log.info("workloads run as", user=self.config.run_as, uid=user.pw_uid)
+        return runner.Sandbox(uid=user.pw_uid, gid=user.pw_gid)
+
+    def _confined(self, allocation: Allocation) -> runner.Sandbox:
+        """The sandbox of one attempt: its address space is at least the memory it asked for."""
+        limits = self.config.limits
+        space = max(limits.address_space, allocation.memory) if limits.address_space else 0
+        return dataclasses.replace(
+            self.sandbox,
+            limits=runner.rlimits(
+                space, limits.cpu_time, limits.processes, limits.file_size, limits.open_files
+            ),
+        )
 
     async def _report(
         self, allocation: Allocation, kind: JobEventKind, *, exit_code: int | None = None, reason: str = ""

@@ -7,6 +7,11 @@ from an allowlist of the agent's variables plus the job's own ``env`` and ``FED_
 its own session and process group, so stopping it (SIGTERM, then SIGKILL after a grace period)
 and cleaning up after it reach every process it started. Output (stdout and stderr merged) is
 handed to a callback in chunks, up to a bound; the rest is counted and dropped.
+
+The :class:`Sandbox` confines it further: it runs as an unprivileged user (its working directory
+is that user's; the agent's state and credentials are not), argv only (a shell only when the job
+itself runs ``sh -c``), under resource limits (address space, CPU time, processes, file size, open
+files) that the kernel enforces on every process it starts.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -46,6 +52,35 @@ def use_pidfd_child_watcher() -> None:
 
 class LaunchError(Exception):
     """The command could not be started (not found, not executable, bad cwd)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """Who a workload runs as and its limits (``resource.RLIMIT_*`` -> value; absent: unchanged)."""
+
+    uid: int | None = None
+    gid: int | None = None
+    limits: Mapping[int, int] = field(default_factory=dict)
+
+
+LIMIT_SIGNALS: dict[int, str] = {
+    int(signal.SIGXCPU): "its CPU time limit",
+    int(signal.SIGXFSZ): "its file size limit",
+}
+
+
+def rlimits(
+    address_space: int, cpu_time: int, processes: int, file_size: int, open_files: int
+) -> dict[int, int]:
+    """The limits to set, by resource (0: left as the agent has it)."""
+    wanted = {
+        resource.RLIMIT_AS: address_space,
+        resource.RLIMIT_CPU: cpu_time,
+        resource.RLIMIT_NPROC: processes,
+        resource.RLIMIT_FSIZE: file_size,
+        resource.RLIMIT_NOFILE: open_files,
+    }
+    return {name: value for name, value in wanted.items() if value > 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,16 +160,26 @@ class Run:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
 
-async def start(spec: RunSpec, work_root: Path, sink: OutputSink, max_output: int) -> Run:
+async def start(
+    spec: RunSpec, work_root: Path, sink: OutputSink, max_output: int, sandbox: Sandbox = Sandbox()
+) -> Run:
     """Start the attempt; raises :class:`LaunchError` when it cannot start."""
     # local-disk metadata calls of microseconds; a thread hop would cost more than it saves
     work_root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - see above
     workdir = Path(tempfile.mkdtemp(prefix=f"{spec.job}.{spec.attempt}.", dir=work_root))
     workdir.chmod(0o700)  # noqa: ASYNC240 - see above
+    if sandbox.uid is not None:  # the workload's own directory, and nothing else of the agent's
+        os.chown(workdir, sandbox.uid, sandbox.gid if sandbox.gid is not None else -1)
     env = build_env(spec, os.environ, str(workdir))
+    env["TMPDIR"] = str(workdir)
     cores = set(spec.cores) if spec.pinned and spec.cores else None
+    limits = dict(sandbox.limits)
 
-    def in_child() -> None:  # runs between fork and exec
+    def in_child() -> None:  # runs between fork and exec, after the switch to the sandbox's user
+        for name, value in limits.items():
+            # CPU: SIGXCPU at the soft limit, SIGKILL one second later (equal limits would SIGKILL
+            # at once and hide the cause)
+            resource.setrlimit(name, (value, value + 1 if name == resource.RLIMIT_CPU else value))
         if cores is not None:
             os.sched_setaffinity(0, cores)
 
@@ -147,7 +192,10 @@ async def start(spec: RunSpec, work_root: Path, sink: OutputSink, max_output: in
             cwd=workdir,
             env=env,
             start_new_session=True,
-            preexec_fn=in_child if cores is not None else None,
+            preexec_fn=in_child if cores is not None or limits else None,
+            user=sandbox.uid,
+            group=sandbox.gid,
+            extra_groups=[] if sandbox.uid is not None else None,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         shutil.rmtree(workdir, ignore_errors=True)

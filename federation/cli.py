@@ -193,6 +193,8 @@ async def cmd_agent(args: argparse.Namespace) -> int:
         overrides["custom"] = _amounts(args.resource, "--resource")
     if args.max_allocations is not None:
         overrides["sharing"] = {"max_offers_per_node": args.max_allocations}
+    if args.run_as:
+        overrides["run_as"] = args.run_as
     overrides["state_dir"] = str(_state_dir(args))
     config = (
         load_toml(Path(args.config), AgentConfig, overrides)
@@ -232,6 +234,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             on_node_lost=args.on_node_lost or "",
             regions=[r.strip() for r in (args.regions or "").split(",") if r.strip()],
             semantics="at_least_once" if args.retry_anywhere else "at_most_once",
+            timeout=parse_duration(args.timeout) if args.timeout else 0.0,
         )
         if not args.wait:
             print(job.id)
@@ -609,7 +612,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region")
     p.add_argument("--node")
     p.add_argument("--url", help="the region's NATS server URL (a cluster: its URLs, comma-separated)")
-    p.add_argument("--config", help="TOML file: agent options and a [sharing] policy table")
+    p.add_argument(
+        "--config", help="TOML file: agent options, a [sharing] policy table and [limits] for workloads"
+    )
+    p.add_argument(
+        "--run-as", help="run workloads as this unprivileged user (the agent must start as root to switch)"
+    )
     p.add_argument("--cpu", type=int, help="cores to declare (default: the host's)")
     p.add_argument("--memory", help="memory to declare, e.g. 8GiB (default: the host's)")
     p.add_argument("--gpu-id", action="append", help="declare a GPU id (repeat); default: NVML's GPUs")
@@ -641,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resource", action="append", help="custom resource NAME=AMOUNT the job needs (repeat)")
     p.add_argument(
         "--max-attempts", type=int, default=0, help="attempts before failing (default: region policy)"
+    )
+    p.add_argument(
+        "--timeout", help="wall-clock limit of each attempt, e.g. 30s or 2h: its processes are then stopped"
     )
     p.add_argument(
         "--on-node-lost",

@@ -223,12 +223,14 @@ class Client:
         on_node_lost: str = "",
         regions: Sequence[str] = (),
         semantics: Semantics = "at_most_once",
+        timeout: float = 0.0,
     ) -> Job:
         """Validate and durably submit a job; returns once the region's stream stored it.
 
         ``on_node_lost`` is ``replace``, ``wait=30s`` or ``fail`` (empty: the region's default).
         ``regions`` lists where the job may run (empty or ``["any"]``: home first, then any
         region); ``semantics`` is ``at_most_once`` or ``at_least_once`` across regions.
+        ``timeout`` is each attempt's wall-clock limit in seconds (0: none).
         """
         name = self._region(region)
         try:
@@ -246,6 +248,7 @@ class Client:
                 require=dict(require or {}),
                 scoring=scoring,
                 max_attempts=max_attempts,
+                timeout=timeout,
                 gang=gang,
                 custom=dict(custom or {}),
                 on_node_lost=on_node_lost,

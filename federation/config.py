@@ -48,8 +48,27 @@ class SharingPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     gpu_memory_min_mb: NonNegative = 0.0
 
 
+class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Resource limits of every workload process (``setrlimit``; 0: no limit).
+
+    ``address_space`` is the floor of each process's virtual memory limit: a job that asks for
+    more memory gets what it asked for. ``processes`` counts every process of the user jobs run
+    as (only meaningful with ``run_as``: root is not bound by it).
+    """
+
+    address_space: Annotated[int, msgspec.Meta(ge=0)] = 2 * 1024**3
+    cpu_time: Annotated[int, msgspec.Meta(ge=0)] = 0  # seconds of CPU per process
+    processes: Annotated[int, msgspec.Meta(ge=0)] = 512
+    file_size: Annotated[int, msgspec.Meta(ge=0)] = 1024**3  # bytes of any one file written
+    open_files: Annotated[int, msgspec.Meta(ge=0)] = 1024
+
+
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """Everything ``fed agent`` needs; ``cpu``/``memory`` of 0 mean "what the host has"."""
+    """Everything ``fed agent`` needs; ``cpu``/``memory`` of 0 mean "what the host has".
+
+    ``run_as`` is the unprivileged user workloads run as (the agent must start as root to switch);
+    empty runs them as the agent's own user. ``limits`` bound every workload process.
+    """
 
     region: str
     node: str
@@ -66,6 +85,8 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     state_dir: str = ""
     max_output_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024 * 1024
     kill_grace: NonNegative = 5.0
+    run_as: str = ""
+    limits: Limits = Limits()
     sharing: SharingPolicy = SharingPolicy()
 
 

@@ -92,6 +92,8 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     answer was lost holds the job until the answer is known) or ``at_least_once`` (the job may be
     placed elsewhere after the hand-off's deadline; a duplicate run is recorded). ``origin`` is set
     by a scheduler on a job it accepted from another region's hand-off (such a job never moves on).
+    ``timeout`` is the wall-clock limit of each attempt in seconds (0: none): the agent stops the
+    attempt's whole process group when it is reached and the attempt fails with that cause.
     """
 
     id: JobId
@@ -113,6 +115,7 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     regions: Annotated[list[Name], msgspec.Meta(max_length=64)] = []
     semantics: Semantics = "at_most_once"
     origin: Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9][a-z0-9_-]{0,62})?$")] = ""
+    timeout: Annotated[float, msgspec.Meta(ge=0, le=30 * 24 * 3600)] = 0.0
 
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type", kw_only=True, omit_defaults=True):
@@ -287,6 +290,7 @@ class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     custom: dict[str, float] = {}
     on_node_lost: str = ""
     max_attempts: int = 0
+    timeout: float = 0.0  # the attempt's wall-clock limit in seconds (0: none)
 
 
 class Capacity(msgspec.Struct, kw_only=True, frozen=True, array_like=True):

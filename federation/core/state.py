@@ -775,6 +775,7 @@ class RegionCore:
             custom=dict(spec.custom),
             on_node_lost=spec.on_node_lost,
             max_attempts=spec.max_attempts,
+            timeout=spec.timeout,
         )
 
     def _explain(self, view: JobView, reason: str, decision: Decision, busy: bool, now: float) -> None:
