@@ -90,6 +90,7 @@ from federation.schemas import (
     Offer,
     Quarantined,
     Submit,
+    clamp_offer,
     decode_ledger,
     decode_message,
     decode_record,
@@ -518,13 +519,15 @@ class Scheduler:
                 message = decode_message(delivery.data)
                 if not isinstance(message, Offer) or message.node != subjects.last_token(delivery.subject):
                     raise RemoteProtocolError("not an offer for the node named in the subject")
-                if len(set(message.cores)) != len(message.cores) or len(set(message.gpus)) != len(
-                    message.gpus
-                ):
+                cores, gpus = message.cores, message.gpus
+                if len(set(cores)) != len(cores) or len(set(gpus)) != len(gpus):
                     raise RemoteProtocolError("the offer lists a device twice")
             except RemoteProtocolError as exc:
                 await self._quarantine("offers", delivery, str(exc))
                 continue
+            message, cut = clamp_offer(message)  # more than registered: flagged, and clamped
+            if cut:
+                await self._quarantine("offers", delivery, cut)
             self.queue.put_nowait((OfferSeen(offer=message), None))
 
     async def _follow_heartbeats(self) -> None:

@@ -547,6 +547,27 @@ def decode_summaries(values: Iterable[bytes]) -> dict[str, Summary]:
     return out
 
 
+def clamp_offer(offer: Offer) -> tuple[Offer, str]:
+    """``offer`` within the node's registered maximum (its ``capacity_*``), and what was cut ("" if
+    nothing): an agent offering more than its node declares is held to the declaration."""
+    cut = []
+    cores, gpus, memory = offer.cores, offer.gpus, offer.memory
+    if offer.capacity_cpu and len(cores) > offer.capacity_cpu:
+        cut.append(f"{len(cores)} cores offered, {offer.capacity_cpu} registered")
+        cores = cores[: offer.capacity_cpu]
+    if offer.capacity_gpu and len(gpus) > offer.capacity_gpu:
+        cut.append(f"{len(gpus)} GPUs offered, {offer.capacity_gpu} registered")
+        gpus = gpus[: offer.capacity_gpu]
+    if offer.capacity_memory and memory > offer.capacity_memory:
+        cut.append(f"{memory} bytes of memory offered, {offer.capacity_memory} registered")
+        memory = offer.capacity_memory
+    if not cut:
+        return offer, ""
+    why = "offer clamped to the node's registered maximum: " + "; ".join(cut)
+    note = f"{offer.note}; {why}" if offer.note else why
+    return msgspec.structs.replace(offer, cores=cores, gpus=gpus, memory=memory, note=note[:1000]), why
+
+
 def validate(message: Message) -> Message:
     """Check a locally built message against the schema constraints (round trip through JSON)."""
     return decode_message(encode(message))
