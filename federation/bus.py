@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from federation import tracing
+from federation.deploy import TlsFiles
 from federation.errors import ConflictError, FederationUnavailable, InvalidRequest, NoResponders
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -177,6 +179,25 @@ def _translate(subject: str, exc: Exception) -> BaseException:
     return exc
 
 
+_default_tls: TlsFiles | None = None
+
+
+def use_tls(files: TlsFiles | None) -> None:
+    """Make ``files`` the TLS of every connection this process opens without its own (a daemon's
+    ``--tls-ca/--tls-cert/--tls-key``)."""
+    global _default_tls
+    _default_tls = files
+
+
+def _context(files: TlsFiles) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=files.ca)
+        context.load_cert_chain(files.cert, files.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise FederationUnavailable("tls", f"cannot load the TLS files: {exc}") from None
+    return context
+
+
 class Bus:
     """A connection to one NATS server (a region's, or the hub) and its JetStream."""
 
@@ -187,9 +208,19 @@ class Bus:
         self.generation = 0  # bumped on every reconnect: followers recreate their consumers
 
     @classmethod
-    async def connect(cls, url: str, name: str, *, retry_forever: bool = True, timeout: float = 5.0) -> Bus:
+    async def connect(
+        cls,
+        url: str,
+        name: str,
+        *,
+        retry_forever: bool = True,
+        timeout: float = 5.0,
+        tls: TlsFiles | None = None,
+    ) -> Bus:
         """Connect to ``url`` (a cluster: its members' URLs, comma-separated); daemons reconnect
-        forever, CLI commands fail fast when nothing answers."""
+        forever, CLI commands fail fast when nothing answers. ``tls`` (else the process default,
+        :func:`use_tls`) verifies the server against its CA and presents the certificate."""
+        tls = tls or _default_tls
 
         async def quiet(_exc: Exception) -> None:
             return None
@@ -200,21 +231,26 @@ class Bus:
             for bus in links:
                 bus.generation += 1
 
+        connecting = nats.connect(
+            [part.strip() for part in url.split(",") if part.strip()],  # a cluster: every member
+            name=name,
+            connect_timeout=timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1 if retry_forever else 3,
+            reconnect_time_wait=0.5,
+            error_cb=quiet,
+            max_outstanding_pings=3,
+            ping_interval=5,
+            reconnected_cb=reconnected,
+            tls=_context(tls) if tls else None,
+        )
         try:
-            nc = await nats.connect(
-                [part.strip() for part in url.split(",") if part.strip()],  # a cluster: every member
-                name=name,
-                connect_timeout=timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1 if retry_forever else 3,
-                reconnect_time_wait=0.5,
-                error_cb=quiet,
-                max_outstanding_pings=3,
-                ping_interval=5,
-                reconnected_cb=reconnected,
-            )
+            # a client that fails fast is bounded as a whole: nats-py can retry a failing TLS
+            # handshake (a plaintext client of a TLS server) for much longer than its timeout
+            nc = await (connecting if retry_forever else asyncio.wait_for(connecting, 4 * timeout))
         except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
-            raise FederationUnavailable(url, str(exc) or type(exc).__name__) from None
+            hint = "" if tls else " (does the server require TLS? see --tls-ca)"
+            raise FederationUnavailable(url, (str(exc) or type(exc).__name__) + hint) from None
         links.append(cls(nc, name))
         return links[0]
 

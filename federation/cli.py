@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from federation import cli_ops, logs, subjects, tracing
+from federation import cli_audit, cli_ops, logs, subjects, tracing
 from federation.config import (
     AgentConfig,
     SchedulerConfig,
@@ -26,7 +26,7 @@ from federation.config import (
     default_state_dir,
     load_toml,
 )
-from federation.errors import FederationError, FederationUnavailable, InvalidRequest
+from federation.errors import ConfigError, FederationError, FederationUnavailable, InvalidRequest
 from federation.resources import format_memory, parse_capacity, parse_duration, parse_memory
 from federation.schemas import ChaosCommand, ChaosState, JobRecord, Submit
 
@@ -107,6 +107,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         schedulers=args.schedulers,
         chaos=args.chaos,
+        tls=args.tls,
     )
     await up(options)
     return 0
@@ -114,7 +115,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
 async def cmd_chaos(args: argparse.Namespace) -> int:
     from federation.bus import Bus
-    from federation.config import load_connection
+    from federation.config import connection_tls, load_connection
 
     connection = load_connection(_state_dir(args))
     request = ChaosCommand(
@@ -122,7 +123,9 @@ async def cmd_chaos(args: argparse.Namespace) -> int:
         seconds=parse_duration(args.duration) if getattr(args, "duration", None) else 0.0,
         mode=getattr(args, "mode", None) or "cut",
     )
-    bus = await Bus.connect(connection.hub_url, "fed-chaos", retry_forever=False)
+    bus = await Bus.connect(
+        connection.hub_url, "fed-chaos", retry_forever=False, tls=connection_tls(connection)
+    )
     try:
         try:
             data = await bus.request(
@@ -144,8 +147,22 @@ async def cmd_chaos(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_tls(args: argparse.Namespace) -> None:
+    """A daemon's ``--tls-ca/--tls-cert/--tls-key``: every connection it opens uses them."""
+    from federation.bus import use_tls
+    from federation.deploy import TlsFiles
+
+    given = [args.tls_ca, args.tls_cert, args.tls_key]
+    if any(given) and not all(given):
+        raise ConfigError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
+    if all(given):
+        use_tls(TlsFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key))
+
+
 async def cmd_scheduler(args: argparse.Namespace) -> int:
     from federation.scheduler import serve
+
+    _use_tls(args)
 
     overrides: dict[str, Any] = {"region": args.region} if args.region else {}
     if args.url:
@@ -174,6 +191,8 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
 
 async def cmd_agent(args: argparse.Namespace) -> int:
     from agents.agent import serve
+
+    _use_tls(args)
 
     overrides: dict[str, Any] = {}
     for key in ("region", "node"):
@@ -415,71 +434,6 @@ async def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_audit(args: argparse.Namespace) -> int:
-    from federation.client import Client
-
-    async with Client.connect(_state_dir(args)) as fed:
-        if args.audit_command == "check":
-            report = await fed.audit_check(region=args.region, everywhere=args.all)
-            where = (
-                "every region (the hub's AUDIT_ALL)"
-                if args.all
-                else f"region {args.region or fed.regions[0]}"
-            )
-            print(
-                f"checked {report.events} events of {where}; {report.open_jobs} jobs not finished yet, "
-                f"{report.duplicates} duplicate submissions (harmless), {report.refused} refused messages "
-                f"(quarantined), {report.unprocessed} inputs not handled yet"
-            )
-            for gap in report.gaps:
-                after = f" after audit sequence {gap.after}" if gap.after else ""
-                lag = (
-                    " (the hub's copy may still be catching up: after a link returns, a source resumes "
-                    "within about two minutes; check again)"
-                    if args.all and gap.kind == "postfix"
-                    else ""
-                )
-                print(f"GAP  lost {gap.kind}: {gap.origin} sequences {gap.first}-{gap.last}{after}{lag}")
-            for violation in report.violations:
-                print(f"FAIL {violation.invariant}: {violation.message} (audit events {violation.events})")
-            if report.unreadable:
-                print(f"FAIL unreadable events at audit sequences {report.unreadable[:20]}")
-            print("ok: every invariant holds" if report.ok else "the audit trail shows problems (above)")
-            return 0 if report.ok else 1
-        if args.audit_command == "verify":
-            result = await fed.audit_verify(region=args.region, everywhere=args.all)
-            print(f"re-ran {result.steps} core steps in {result.lives} core lives")
-            for why in result.unverifiable:
-                print(f"GAP  {why}: that life cannot be verified past it")
-            for divergence in result.divergences:
-                print(f"FAIL {divergence.life} step {divergence.step}: the core now decides differently")
-                print(f"  event      {divergence.event}")
-                print(f"  recorded   {divergence.recorded or '(no commands)'}")
-                print(f"  re-derived {divergence.rederived or '(no commands)'}: {divergence.commands}")
-            print("ok: the core makes the same decisions" if result.ok else "verification failed (above)")
-            return 0 if result.ok else 1
-        since = time.time() - parse_duration(args.since) if args.since else 0.0
-        found = fed.audit(
-            region=args.region,
-            everywhere=args.all,
-            from_seq=args.from_seq,
-            since=since,
-            job=args.job or "",
-            node=args.node or "",
-            tenant=args.tenant or "",
-        )
-        out = sys.stdout
-        async for event in found:
-            if args.format == "jsonl":
-                out.write(msgspec.json.encode(event).decode() + "\n")
-                continue
-            when = time.strftime("%H:%M:%S", time.localtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}"
-            who, what = event.job or event.node, event.state or ""
-            line = f"{event.seq:>8} {when} {event.region:<10} {event.kind:<7} {who:<24} {what:<10}"
-            out.write(f"{line} {event.detail}\n")
-    return 0
-
-
 async def cmd_quarantine(args: argparse.Namespace) -> int:
     from federation.client import Client
 
@@ -545,6 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--durable", action="store_true", help="JetStream sync_interval: always (fsync every write)"
     )
     p.add_argument(
+        "--tls",
+        action="store_true",
+        help="make a local CA (<state-dir>/tls) and require TLS with client certificates on every "
+        "client and leafnode connection",
+    )
+    p.add_argument(
         "--chaos",
         action="store_true",
         help="put a controllable proxy in every region's link to the hub (see fed chaos)",
@@ -581,7 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_chaos)
 
-    p = sub.add_parser("scheduler", parents=[common], help="run a region's scheduler daemon")
+    tls = argparse.ArgumentParser(add_help=False)
+    tls.add_argument("--tls-ca", help="CA bundle (PEM) the server's certificate must chain to")
+    tls.add_argument("--tls-cert", help="this daemon's client certificate (PEM)")
+    tls.add_argument("--tls-key", help="the key of --tls-cert (PEM)")
+
+    p = sub.add_parser("scheduler", parents=[common, tls], help="run a region's scheduler daemon")
     p.add_argument("--region")
     p.add_argument("--url", help="the region's NATS server URL (a cluster: its URLs, comma-separated)")
     p.add_argument("--config", help="TOML file with scheduler options")
@@ -608,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_scheduler)
 
-    p = sub.add_parser("agent", parents=[common], help="run a node's agent daemon")
+    p = sub.add_parser("agent", parents=[common, tls], help="run a node's agent daemon")
     p.add_argument("--region")
     p.add_argument("--node")
     p.add_argument("--url", help="the region's NATS server URL (a cluster: its URLs, comma-separated)")
@@ -721,40 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep reading until the job ends")
     p.set_defaults(func=cmd_logs)
 
-    p = sub.add_parser(
-        "audit",
-        parents=[common],
-        help="the audit trail: replay it, check the invariants",
-        description="Every claim, release, job record (with its decision), submission, cancel and agent "
-        "report, from the region's audit stream (it refuses delete and purge) or, with --all, from the "
-        "hub's AUDIT_ALL. A region cut off from the hub reads its own.",
-    )
-    audit = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    for name, text in (
-        ("replay", "print the timeline, with sequence numbers"),
-        ("check", "rebuild the state from the log and check the invariants; exit 1 on any violation or gap"),
-        (
-            "verify",
-            "re-run the placement core on its recorded inputs; exit 1 at the first different decision",
-        ),
-    ):
-        q = audit.add_parser(name, parents=[common], help=text)
-        scope = q.add_mutually_exclusive_group()
-        scope.add_argument("--region", help="one region's own audit stream (default: the first region)")
-        scope.add_argument("--all", action="store_true", help="every region, from the hub's AUDIT_ALL")
-        if name == "replay":
-            q.add_argument("--since", help="only events stored in the last DURATION (e.g. 2h, 30m)")
-            q.add_argument("--from-seq", type=int, default=0, help="start at this audit sequence")
-            q.add_argument("--job", help="only events about this job (ledgers holding it included)")
-            q.add_argument("--node", help="only events about this node")
-            q.add_argument("--tenant", help="only this tenant's submissions and records")
-            q.add_argument(
-                "--format",
-                choices=["table", "jsonl"],
-                default="table",
-                help="jsonl: one event per line (subjects.md)",
-            )
-        q.set_defaults(func=cmd_audit)
+    cli_audit.add_parsers(sub, common)
 
     p = sub.add_parser("quarantine", parents=[common], help="refused messages and why they were refused")
     p.add_argument("--region")

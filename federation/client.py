@@ -39,7 +39,7 @@ from federation.audit import (
     read,
 )
 from federation.bus import FAILOVER, Bus
-from federation.config import Connection, default_state_dir, load_connection
+from federation.config import Connection, connection_tls, default_state_dir, load_connection
 from federation.core.placement import Free
 from federation.errors import (
     FederationUnavailable,
@@ -196,7 +196,11 @@ class Client:
         if name not in self._buses:
             endpoint = self.connection.regions[name]
             self._buses[name] = await Bus.connect(
-                endpoint.url, "fed-client", retry_forever=False, timeout=3.0
+                endpoint.url,
+                "fed-client",
+                retry_forever=False,
+                timeout=3.0,
+                tls=connection_tls(self.connection),
             )
         return self._buses[name]
 
@@ -389,7 +393,10 @@ class Client:
         if everywhere:
             if HUB_KEY not in self._buses:
                 self._buses[HUB_KEY] = await Bus.connect(
-                    self.connection.hub_url, "fed-client", retry_forever=False
+                    self.connection.hub_url,
+                    "fed-client",
+                    retry_forever=False,
+                    tls=connection_tls(self.connection),
                 )
             return self._buses[HUB_KEY], subjects.AUDIT_ALL
         name = self._region(region)

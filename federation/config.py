@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from federation.core.policy import Policy
+from federation.deploy import TlsFiles
 from federation.errors import ConfigError, FederationUnavailable
 
 T = TypeVar("T")
@@ -130,6 +131,9 @@ class Connection(msgspec.Struct, kw_only=True):
     default_region: str = ""
     pid: int = 0
     started_at: float = 0.0
+    tls_ca: str = ""  # with TLS on: the CA, and the client certificate and key clients present
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 CONNECTION_FILE = "federation.json"
@@ -187,3 +191,10 @@ def convert(data: dict[str, Any], kind: type[T], source: str = "config") -> T:
         return msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
         raise ConfigError(str(exc), source=source) from None
+
+
+def connection_tls(connection: Connection) -> TlsFiles | None:
+    """The TLS files a client of ``connection`` presents (None: the federation runs without TLS)."""
+    if not connection.tls_ca:
+        return None
+    return TlsFiles(ca=connection.tls_ca, cert=connection.tls_cert, key=connection.tls_key)

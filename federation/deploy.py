@@ -31,6 +31,15 @@ NATS_IMAGE = "nats:2.15.1-alpine"  # the server version the project is tested on
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Paths of a CA bundle, a certificate and its key (PEM)."""
+
+    ca: str
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Server:
     """One nats-server: who it is, where it listens, what it joins.
 
@@ -51,6 +60,7 @@ class Server:
     cluster_port: int = -1
     routes: tuple[str, ...] = ()  # every member's cluster URL (a member ignores its own)
     sync_always: bool = False  # fsync every write (durability over throughput)
+    tls: TlsFiles | None = None  # TLS for clients (who must present a certificate of the CA) and leafnodes
 
 
 def server_config(server: Server) -> str:
@@ -72,6 +82,8 @@ def server_config(server: Server) -> str:
     if server.sync_always:
         lines.append("  sync_interval: always")
     lines.append("}")
+    if server.tls:
+        lines.append(f"tls {{ {_tls(server.tls)}, verify: true, timeout: 2 }}")
     if server.cluster:
         lines += [
             "cluster {",
@@ -86,11 +98,20 @@ def server_config(server: Server) -> str:
     if server.leaf_listen is not None:
         # no_advertise: a region dials exactly the URL it was given (a proxy under --chaos), never
         # an address the hub would otherwise advertise around it
-        lines.append(f"leafnodes {{ listen: {server.host}:{server.leaf_listen}, no_advertise: true }}")
+        secure = f", tls {{ {_tls(server.tls)}, verify: true }}" if server.tls else ""
+        lines.append(
+            f"leafnodes {{ listen: {server.host}:{server.leaf_listen}, no_advertise: true{secure} }}"
+        )
     if server.leaf_remotes:
         urls = ", ".join(quote(url) for url in server.leaf_remotes)
-        lines.append(f"leafnodes {{ remotes: [ {{ urls: [{urls}] }} ] }}")
+        secure = f", tls {{ {_tls(server.tls)} }}" if server.tls else ""
+        lines.append(f"leafnodes {{ remotes: [ {{ urls: [{urls}]{secure} }} ] }}")
     return "\n".join(lines) + "\n"
+
+
+def _tls(files: TlsFiles) -> str:
+    quote = json.dumps
+    return f"cert_file: {quote(files.cert)}, key_file: {quote(files.key)}, ca_file: {quote(files.ca)}"
 
 
 def region_cluster(
@@ -276,4 +297,4 @@ def write(files: dict[str, str], out: Path) -> list[Path]:
     return written
 
 
-__all__ = ["Server", "compose_files", "region_cluster", "server_config", "urls", "write"]
+__all__ = ["Server", "TlsFiles", "compose_files", "region_cluster", "server_config", "urls", "write"]

@@ -36,7 +36,7 @@ import msgspec
 from federation import subjects
 from federation.bus import Bus
 from federation.config import Connection, RegionEndpoint, write_connection
-from federation.deploy import Server, server_config
+from federation.deploy import Server, TlsFiles, server_config
 from federation.errors import ConfigError, FederationError, FederationUnavailable
 from federation.monitor import monitoring
 from federation.provision import provision, provision_audit_all, wait_for_jetstream
@@ -144,6 +144,7 @@ class Options:
     log_level: str = "info"
     schedulers: int = 1
     chaos: bool = False
+    tls: bool = False  # a local CA; TLS with client certificates on every client and leafnode link
 
 
 class Federation:
@@ -170,6 +171,8 @@ class Federation:
         self._chaos_bus: Bus | None = None
         self.connection: Connection | None = None
         self._watch: asyncio.Task[None] | None = None
+        self.tls_server: TlsFiles | None = None
+        self.tls: TlsFiles | None = None  # the client certificate every daemon and client presents
 
     # --- start -------------------------------------------------------------------------------------
 
@@ -177,6 +180,10 @@ class Federation:
         """Start everything, wait until healthy, write the connection file."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
+        if self.options.tls:
+            from federation.pki import local_authority  # cryptography is loaded only when asked for
+
+            self.tls_server, self.tls = local_authority(self.state_dir / "tls")
         try:
             hub = await self._start_server("hub", "hub", leaf_listen=True)
             leaf_port = self.server_ports["hub"][2]
@@ -186,15 +193,17 @@ class Federation:
                     link = self.links[region] = LinkProxy("127.0.0.1", leaf_port, name=region)
                     port = await link.start()
                 await self._start_server(region, region, leaf_remote=f"nats-leaf://127.0.0.1:{port}")
-            await asyncio.gather(*(wait_for_jetstream(self.urls[r]) for r in ("hub", *self.options.regions)))
+            await asyncio.gather(
+                *(wait_for_jetstream(self.urls[r], tls=self.tls) for r in ("hub", *self.options.regions))
+            )
             for region in self.options.regions:
-                bus = await Bus.connect(self.urls[region], "fed-up", retry_forever=False)
+                bus = await Bus.connect(self.urls[region], "fed-up", retry_forever=False, tls=self.tls)
                 try:
                     await provision(bus, region)
                 finally:
                     await bus.close()
             await self._wait_leafnodes(len(self.options.regions))
-            bus = await Bus.connect(self.urls["hub"], "fed-up", retry_forever=False)
+            bus = await Bus.connect(self.urls["hub"], "fed-up", retry_forever=False, tls=self.tls)
             try:  # the hub's copy of every region's audit trail
                 await provision_audit_all(bus, self.options.regions)
             finally:
@@ -215,6 +224,9 @@ class Federation:
             default_region=self.options.regions[0],
             pid=os.getpid(),
             started_at=time.time(),
+            tls_ca=self.tls.ca if self.tls else "",
+            tls_cert=self.tls.cert if self.tls else "",
+            tls_key=self.tls.key if self.tls else "",
         )
         write_connection(self.state_dir, self.connection)
         self._watch = asyncio.create_task(self._supervise())
@@ -244,6 +256,7 @@ class Federation:
                     leaf_listen=leaf if leaf_listen else None,
                     leaf_remotes=(leaf_remote,) if leaf_remote else (),
                     sync_always=self.options.durable,
+                    tls=self.tls_server,
                 )
             )
         )
@@ -278,7 +291,7 @@ class Federation:
         """Healthy means: each scheduler consumes its region's workloads, each agent has offered."""
         end = time.monotonic() + deadline
         for region in self.options.regions:
-            bus = await Bus.connect(self.urls[region], "fed-up-health", retry_forever=False)
+            bus = await Bus.connect(self.urls[region], "fed-up-health", retry_forever=False, tls=self.tls)
             try:
                 while not await _region_ready(bus, region, self.node_names(region)):
                     if time.monotonic() > end:
@@ -289,6 +302,12 @@ class Federation:
                     await asyncio.sleep(0.1)
             finally:
                 await bus.close()
+
+    def tls_args(self) -> list[str]:
+        """The daemons' TLS flags (none without ``--tls``)."""
+        if self.tls is None:
+            return []
+        return ["--tls-ca", self.tls.ca, "--tls-cert", self.tls.cert, "--tls-key", self.tls.key]
 
     def node_names(self, region: str) -> list[str]:
         """The agent node names ``fed up`` runs in ``region``."""
@@ -319,6 +338,7 @@ class Federation:
                         ",".join(r for r in self.options.regions if r != region),
                         "--log-level",
                         self.options.log_level,
+                        *self.tls_args(),
                     ),
                     self.state_dir / "logs" / f"{name}.log",
                 )
@@ -343,6 +363,7 @@ class Federation:
                         f"region={region}",
                         "--log-level",
                         self.options.log_level,
+                        *self.tls_args(),
                     ),
                     self.state_dir / "logs" / f"agent-{node}.log",
                 )
@@ -365,7 +386,7 @@ class Federation:
 
     async def _serve_chaos(self) -> None:
         """Answer ``fed chaos`` on the hub (which no proxy stands in front of)."""
-        self._chaos_bus = await Bus.connect(self.urls["hub"], "fed-up-chaos")
+        self._chaos_bus = await Bus.connect(self.urls["hub"], "fed-up-chaos", tls=self.tls)
         for command in ("partition", "heal", "status"):
 
             async def answer(_subject: str, data: bytes, command: str = command) -> bytes:

@@ -19,6 +19,7 @@ from nats.js import api
 
 from federation import subjects
 from federation.bus import Bus
+from federation.deploy import TlsFiles
 from federation.errors import FederationUnavailable
 
 DAY = 24 * 3600.0
@@ -291,14 +292,14 @@ async def readd_audit_source(bus: Bus, stream: str, source: str) -> None:
     await bus.js.update_stream(config)
 
 
-async def wait_for_jetstream(url: str, deadline: float = 20.0) -> None:
+async def wait_for_jetstream(url: str, deadline: float = 20.0, tls: TlsFiles | None = None) -> None:
     """Block until the server at ``url`` answers JetStream requests (or raise)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     last: Exception | None = None
     while loop.time() < end:
         try:
-            bus = await Bus.connect(url, "fed-probe", retry_forever=False, timeout=1.0)
+            bus = await Bus.connect(url, "fed-probe", retry_forever=False, timeout=1.0, tls=tls)
         except FederationUnavailable as exc:
             last = exc
             await asyncio.sleep(0.1)

@@ -118,6 +118,7 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
         schedulers: int = 1,
         durable: bool = False,
         chaos: bool = False,
+        tls: bool = False,
     ) -> Cluster:
         options = Options(
             state_dir=tmp_path / f"fed{len(clusters)}",
@@ -127,6 +128,7 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
             schedulers=schedulers,
             durable=durable,
             chaos=chaos,
+            tls=tls,
         )
         federation = Federation(options)
         connection = await federation.start()
