@@ -36,13 +36,19 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from agents.sim import SimulatedNodes  # noqa: E402 - after the sys.path line above
 from federation import subjects  # noqa: E402 - after the sys.path line above
-from federation.bus import Bus, Delivery  # noqa: E402 - after the sys.path line above
-from federation.deploy import Server, server_config  # noqa: E402
+from federation.bus import (  # noqa: E402 - after the sys.path line above
+    Bus,
+    Delivery,
+    use_tls,
+)
+from federation.deploy import Server, TlsFiles, server_config  # noqa: E402
 from federation.launcher import Child, fed_command, nats_server_binary, read_ports  # noqa: E402
+from federation.pki import local_authority  # noqa: E402
 from federation.provision import provision, wait_for_jetstream  # noqa: E402
 from federation.schemas import JobEvent, Submit, decode_message, decode_record, encode  # noqa: E402 - after the sys.path line above
 
 REGION = "bench"
+TLS = False  # --tls
 
 
 class Region:
@@ -51,6 +57,11 @@ class Region:
     def __init__(self, base: Path, durable: bool = False) -> None:
         self.base = base
         self.durable = durable
+        self.server_tls: TlsFiles | None = None
+        self.tls: TlsFiles | None = None
+        if TLS:  # a local CA; this process and every daemon connect with its client certificate
+            self.server_tls, self.tls = local_authority(base / "tls")
+            use_tls(self.tls)
         self.children: list[Child] = []
         self.url = ""
 
@@ -66,6 +77,7 @@ class Region:
                     store_dir=str(self.base / "store"),
                     ports_dir=str(ports_dir),
                     sync_always=self.durable,
+                    tls=self.server_tls,
                 )
             )
         )
@@ -73,13 +85,15 @@ class Region:
         server.start()
         self.children.append(server)
         self.url = (await read_ports(ports_dir, server))["nats"][0]
-        await wait_for_jetstream(self.url)
+        await wait_for_jetstream(self.url, tls=self.tls)
         bus = await Bus.connect(self.url, "bench-provision")
         await provision(bus, REGION)
         await bus.close()
         self.spawn("scheduler", "scheduler", "--region", REGION, "--url", self.url, "--log-level", "warning")
 
     def spawn(self, name: str, *args: str) -> Child:
+        if self.tls is not None:
+            args = (*args, "--tls-ca", self.tls.ca, "--tls-cert", self.tls.cert, "--tls-key", self.tls.key)
         child = Child(name, fed_command(*args), self.base / f"{name}.log", restart=False)
         child.start()
         self.children.append(child)
@@ -290,7 +304,10 @@ async def main() -> None:
     parser.add_argument("--e2e", type=int, default=2000, help="jobs for part 2 (0 skips it)")
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--tls", action="store_true", help="TLS with client certificates on every connection")
     args = parser.parse_args()
+    global TLS
+    TLS = args.tls
     print(f"machine: {machine()}")
     print(f"command: python bench/throughput.py {' '.join(sys.argv[1:])}".rstrip())
     if args.placements:
