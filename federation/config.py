@@ -50,18 +50,20 @@ class SharingPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """Resource limits of every workload process (``setrlimit``; 0: no limit).
+    """Resource limits of every workload process (``setrlimit``; 0: no limit, the default).
 
     ``address_space`` is the floor of each process's virtual memory limit: a job that asks for
     more memory gets what it asked for. ``processes`` counts every process of the user jobs run
-    as (only meaningful with ``run_as``: root is not bound by it).
+    as (only meaningful with ``run_as``: root is not bound by it). Setting any limit, or
+    ``run_as``, starts each workload through a full fork instead of vfork: about a third of the
+    agent's start rate here (bench/README.md), the price of the sandbox.
     """
 
-    address_space: Annotated[int, msgspec.Meta(ge=0)] = 2 * 1024**3
+    address_space: Annotated[int, msgspec.Meta(ge=0)] = 0  # bytes, e.g. 2 GiB
     cpu_time: Annotated[int, msgspec.Meta(ge=0)] = 0  # seconds of CPU per process
-    processes: Annotated[int, msgspec.Meta(ge=0)] = 512
-    file_size: Annotated[int, msgspec.Meta(ge=0)] = 1024**3  # bytes of any one file written
-    open_files: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    processes: Annotated[int, msgspec.Meta(ge=0)] = 0  # e.g. 512
+    file_size: Annotated[int, msgspec.Meta(ge=0)] = 0  # bytes of any one file written, e.g. 1 GiB
+    open_files: Annotated[int, msgspec.Meta(ge=0)] = 0  # e.g. 1024
 
 
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
