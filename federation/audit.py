@@ -142,7 +142,7 @@ def parse(delivery: Delivery) -> tuple[AuditEvent, Parsed]:
         region = subject.split(".")[1]
         if subject == subjects.inputs(region):  # the core's journal (fed audit verify reads it)
             return fill(base, region=region, kind="inputs", detail=f"{len(data)} bytes of core inputs"), None
-        if subject.startswith(subjects.quarantine(region, "")):  # a message the scheduler refused
+        if ".quarantine." in subject:  # a message the scheduler refused
             refused = msgspec.json.decode(data, type=Quarantined)
             source = subjects.last_token(subject)
             detail = f"{source}: {refused.subject} #{refused.sequence}: {refused.reason}"
@@ -335,7 +335,8 @@ class Checker:
             if self.running.get((event.region, gone), ("", 0))[0] == event.node:
                 del self.running[(event.region, gone)]
             self._members(gone[0], event.region, -1, ledger.updated_at or event.at, event.seq)
-        for attempt in sorted(running - was_running):
+        started = running - was_running
+        for attempt in sorted(started) if len(started) > 1 else started:
             other = self.running.get((event.region, attempt))
             if other is not None and other[0] != event.node:
                 self.violate(
