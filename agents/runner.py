@@ -56,11 +56,57 @@ class LaunchError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Sandbox:
-    """Who a workload runs as and its limits (``resource.RLIMIT_*`` -> value; absent: unchanged)."""
+    """Who a workload runs as and its limits (``resource.RLIMIT_*`` -> value; absent: unchanged).
+
+    ``tools`` are util-linux's ``setpriv`` and ``prlimit`` when the host has them: the workload is
+    then started through them (switch user, set limits, exec the command), so the agent itself
+    starts it with a vfork, at about a sixth of the agent's CPU per start of doing the same in a
+    ``preexec_fn`` after a full fork (the fallback).
+    """
 
     uid: int | None = None
     gid: int | None = None
     limits: Mapping[int, int] = field(default_factory=dict)
+    tools: tuple[str, str] | None = None
+
+    def prefix(self) -> list[str]:
+        """The argv that applies the sandbox before the command (empty: nothing to apply, or the
+        tools are missing)."""
+        if self.tools is None or (self.uid is None and not self.limits):
+            return []
+        setpriv, prlimit = self.tools
+        argv: list[str] = []
+        if self.uid is not None:
+            gid = self.gid if self.gid is not None else self.uid
+            argv += [setpriv, f"--reuid={self.uid}", f"--regid={gid}", "--clear-groups", "--"]
+        if self.limits:
+            argv.append(prlimit)
+            argv += [f"--{PRLIMIT_FLAGS[name]}={soft}:{hard}" for name, (soft, hard) in _pairs(self.limits)]
+            argv.append("--")
+        return argv
+
+
+def sandbox_tools() -> tuple[str, str] | None:
+    """util-linux's ``setpriv`` and ``prlimit`` if both are installed."""
+    setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
+    return (setpriv, prlimit) if setpriv and prlimit else None
+
+
+def _pairs(limits: Mapping[int, int]) -> list[tuple[int, tuple[int, int]]]:
+    """(soft, hard) per resource: CPU gets SIGXCPU at the soft limit and SIGKILL one second later
+    (equal limits would SIGKILL at once and hide the cause)."""
+    return [
+        (name, (value, value + 1 if name == resource.RLIMIT_CPU else value)) for name, value in limits.items()
+    ]
+
+
+PRLIMIT_FLAGS = {
+    resource.RLIMIT_AS: "as",
+    resource.RLIMIT_CPU: "cpu",
+    resource.RLIMIT_NPROC: "nproc",
+    resource.RLIMIT_FSIZE: "fsize",
+    resource.RLIMIT_NOFILE: "nofile",
+}
 
 
 LIMIT_SIGNALS: dict[int, str] = {
@@ -173,18 +219,23 @@ async def start(
     env = build_env(spec, os.environ, str(workdir))
     env["TMPDIR"] = str(workdir)
     cores = set(spec.cores) if spec.pinned and spec.cores else None
-    limits = dict(sandbox.limits)
+    prefix = sandbox.prefix()
+    # without the tools, the child applies the sandbox itself, between fork and exec
+    limits = _pairs(sandbox.limits) if not prefix else []
+    switch = sandbox.uid is not None and not prefix
+    if prefix and not shutil.which(spec.command[0], path=env.get("PATH")):
+        shutil.rmtree(workdir, ignore_errors=True)  # the tools would report it only as an exit
+        raise LaunchError(f"cannot start {spec.command[0]!r}: not found or not executable")
 
     def in_child() -> None:  # runs between fork and exec, after the switch to the sandbox's user
-        for name, value in limits.items():
-            # CPU: SIGXCPU at the soft limit, SIGKILL one second later (equal limits would SIGKILL
-            # at once and hide the cause)
-            resource.setrlimit(name, (value, value + 1 if name == resource.RLIMIT_CPU else value))
+        for name, pair in limits:
+            resource.setrlimit(name, pair)
         if cores is not None:
             os.sched_setaffinity(0, cores)
 
     try:
         process = await asyncio.create_subprocess_exec(
+            *prefix,
             *spec.command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -193,9 +244,9 @@ async def start(
             env=env,
             start_new_session=True,
             preexec_fn=in_child if cores is not None or limits else None,
-            user=sandbox.uid,
-            group=sandbox.gid,
-            extra_groups=[] if sandbox.uid is not None else None,
+            user=sandbox.uid if switch else None,
+            group=sandbox.gid if switch else None,
+            extra_groups=[] if switch else None,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -54,9 +54,9 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
 
     ``address_space`` is the floor of each process's virtual memory limit: a job that asks for
     more memory gets what it asked for. ``processes`` counts every process of the user jobs run
-    as (only meaningful with ``run_as``: root is not bound by it). Setting any limit, or
-    ``run_as``, starts each workload through a full fork instead of vfork: about a third of the
-    agent's start rate here (bench/README.md), the price of the sandbox.
+    as (only meaningful with ``run_as``: root is not bound by it). The agent applies them through
+    util-linux's ``setpriv``/``prlimit`` (cheap); without those, through a full fork per start
+    (about a third of the agent's start rate here, bench/README.md).
     """
 
     address_space: Annotated[int, msgspec.Meta(ge=0)] = 0  # bytes, e.g. 2 GiB

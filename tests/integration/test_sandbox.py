@@ -113,3 +113,46 @@ async def test_hostile_workloads_are_stopped_or_denied_and_the_agent_carries_on(
 async def _offered(fed: Client) -> bool:
     (region,) = await fed.status()
     return any(node.node == "sandboxed" and node.offer is not None for node in region.nodes)
+
+
+@pytest.mark.parametrize("through_tools", [True, False], ids=["setpriv-prlimit", "preexec"])
+async def test_both_ways_of_applying_the_sandbox_switch_user_and_set_limits(
+    shared_dir: Path, through_tools: bool
+) -> None:
+    """With util-linux's setpriv and prlimit the agent starts a workload with a vfork and the
+    tools apply the sandbox; without them the child applies it between fork and exec. Same result."""
+    import resource
+
+    from agents import runner
+
+    tools = runner.sandbox_tools() if through_tools else None
+    if through_tools:
+        assert tools is not None, "setpriv and prlimit (util-linux) are missing on this host"
+    nobody = pwd.getpwnam("nobody")
+    limits = runner.rlimits(256 * 1024**2, 7, 0, 4096, 64)
+    sandbox = runner.Sandbox(uid=nobody.pw_uid, gid=nobody.pw_gid, limits=limits, tools=tools)
+    assert bool(sandbox.prefix()) == through_tools
+    assert resource.RLIMIT_AS in limits
+    output: list[bytes] = []
+
+    async def sink(chunk: bytes) -> None:
+        output.append(chunk)
+
+    spec = runner.RunSpec(
+        job="probe", attempt=1, command=["sh", "-c", "id -u; ulimit -v; ulimit -t; ulimit -n"]
+    )
+    run = await runner.start(spec, shared_dir / "work", sink, 4096, sandbox)
+    assert await run.wait() == 0
+    uid, space, cpu, files = b"".join(output).decode().split()
+    assert int(uid) == nobody.pw_uid
+    assert int(space) == 256 * 1024  # KiB
+    assert cpu == "7"
+    assert files == "64"
+    with pytest.raises(runner.LaunchError):
+        await runner.start(
+            runner.RunSpec(job="x", attempt=1, command=["no-such-command"]),
+            shared_dir / "work",
+            sink,
+            4096,
+            sandbox,
+        )
