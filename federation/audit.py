@@ -525,8 +525,12 @@ class Checker:
 async def events(
     bus: Bus, stream: str, *, from_seq: int = 0, since: float = 0.0
 ) -> AsyncIterator[tuple[AuditEvent, Parsed]]:
-    """The audit stream's events from ``from_seq`` (or stored after ``since``), as it is now."""
-    async for delivery in bus.follow(stream, ">", start_sequence=from_seq, until_caught_up=True):
+    """The audit stream's events from ``from_seq`` (or stored after ``since``: the server finds the
+    first one), as it is now."""
+    start = since if since and not from_seq else 0.0
+    async for delivery in bus.follow(
+        stream, ">", start_sequence=from_seq, start_time=start, until_caught_up=True
+    ):
         if since and delivery.timestamp < since:
             continue
         yield parse(delivery)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -494,16 +495,21 @@ class Bus:
         *,
         last_per_subject: bool = False,
         start_sequence: int = 0,
+        start_time: float = 0.0,
         idle: float = 5.0,
     ) -> Tail:
         """An ordered consumer on ``stream`` (no acks; nats-py recreates it on gaps).
 
         ``last_per_subject`` starts at the latest message of each subject (offers, heartbeats, KV
-        keys); ``start_sequence`` starts at that stream sequence; else from the beginning.
+        keys); ``start_sequence`` starts at that stream sequence; ``start_time`` (Unix seconds) at
+        the first message stored then or later, found by the server; else from the beginning.
         """
         tail = Tail(stream)
+        since = datetime.datetime.fromtimestamp(start_time, datetime.UTC) if start_time else None
         if start_sequence:
             policy = api.DeliverPolicy.BY_START_SEQUENCE
+        elif since is not None:
+            policy = api.DeliverPolicy.BY_START_TIME
         else:
             policy = api.DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else api.DeliverPolicy.ALL
         loop = asyncio.get_running_loop()
@@ -516,7 +522,10 @@ class Bus:
                     cb=tail._on_msg,
                     ordered_consumer=True,
                     deliver_policy=policy,
-                    config=api.ConsumerConfig(opt_start_seq=start_sequence or None),
+                    config=api.ConsumerConfig(
+                        opt_start_seq=start_sequence or None,
+                        opt_start_time=since if not start_sequence else None,
+                    ),
                     idle_heartbeat=idle,
                     pending_msgs_limit=-1,
                     pending_bytes_limit=-1,
@@ -535,6 +544,7 @@ class Bus:
         *,
         last_per_subject: bool = False,
         start_sequence: int = 0,
+        start_time: float = 0.0,
         until_caught_up: bool = False,
         check_every: float = 5.0,
     ) -> AsyncIterator[Delivery]:
@@ -548,7 +558,11 @@ class Bus:
         """
         if until_caught_up:
             tail = await self.tail(
-                stream, filter_subject, last_per_subject=last_per_subject, start_sequence=start_sequence
+                stream,
+                filter_subject,
+                last_per_subject=last_per_subject,
+                start_sequence=start_sequence,
+                start_time=start_time,
             )
             try:
                 if await tail.caught_up():

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -149,7 +150,22 @@ async def test_a_forged_overcommit_fails_the_check_and_is_named(make_cluster) ->
     async with Client.connect(connection=cluster.connection) as fed:
         await (await fed.submit(["true"], region="aa", job_id="honest")).wait(timeout=30)
         assert (await fed.audit_check(region="aa")).ok
+        # --since: the server starts the replay at the first event stored then
+        since = time.time()
+        await (await fed.submit(["true"], region="aa", job_id="later")).wait(timeout=30)
+        recent = [e async for e in fed.audit(region="aa", since=since)]
+        submitted = {e.job for e in recent if e.kind == "submit"}
+        assert submitted == {"later"}
+        assert all(e.at >= since for e in recent)
         bus = await fed.bus("aa")
+        stored = [
+            d
+            async for d in bus.follow(
+                subjects.audit_stream("aa"), ">", start_time=since, until_caught_up=True
+            )
+        ]
+        assert stored
+        assert min(d.timestamp for d in stored) >= since  # the server skipped the earlier ones
         forged = Ledger(
             node="forged-n9",
             allocations=tuple(Allocation(job=f"f{i}", attempt=1, cpu=3, cores=(i,)) for i in range(2)),
