@@ -6,7 +6,8 @@ Theory of operation
   three beats; when the agent dies the server's delete marker tells the scheduler.
 * **Offer** every ``sharing.check_interval``: the host is sampled and the sharing policy turned into
   an offer (:mod:`agents.probes`), stored latest-per-node with a TTL of ``offer_expiry``.
-* **Reconcile, level-triggered.** The agent follows its own ledger key. On every value it starts
+* **Reconcile, level-triggered.** The agent follows its own ledger key through subjects a server
+  permission can name (its key's republish and a direct get of it). On every value it starts
   each allocation that is not running and not yet finished, and stops (SIGTERM, then SIGKILL) each
   running attempt that is no longer allocated (cancel). Before starting, local admission checks
   that the claimed devices are ones this node offers.
@@ -42,12 +43,13 @@ import structlog
 from agents import runner
 from agents.probes import HostProbe, build_offer, declared_devices
 from federation import subjects, tracing
-from federation.bus import Bus, idle
+from federation.bus import Bus, Delivery, idle
 from federation.config import AgentConfig
-from federation.errors import ConfigError, RemoteProtocolError
+from federation.errors import ConfigError, FederationError, RemoteProtocolError
 from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, decode_ledger, encode
 
 log = structlog.get_logger()
+LEDGER_CHECK = 2.0  # seconds without a republished change before the agent reads its ledger again
 
 
 class Agent:
@@ -174,20 +176,56 @@ class Agent:
     # --- reconcile ---------------------------------------------------------------------------------
 
     async def _follow_ledger(self) -> None:
+        """Watch this node's ledger through subjects a permission can name (so an agent can be
+        confined to its own node): the bucket's republish of every write to ``fed.<r>.ledger.<node>``
+        (core NATS), and a direct get of the key at start, after a reconnect, and after
+        ``LEDGER_CHECK`` seconds without a change (a republished write can be missed). Each value is
+        the node's whole ledger, so the latest one is all that matters; older ones are skipped."""
         assert self.bus is not None
         bucket = subjects.ledger_bucket(self.region)
-        async for delivery in self.bus.follow(
-            f"KV_{bucket}", f"$KV.{bucket}.{self.node}", last_per_subject=True
-        ):
-            if delivery.removed:
-                allocations: tuple[Allocation, ...] = ()
-            else:
-                try:
-                    allocations = decode_ledger(delivery.data).allocations
-                except RemoteProtocolError as exc:
-                    self.log.error("unreadable ledger; keeping current runs", error=str(exc))
-                    continue
-            await self.reconcile(allocations)
+        arrived: list[Delivery] = []
+        changed = asyncio.Event()
+
+        async def on_change(delivery: Delivery) -> None:
+            arrived.append(delivery)
+            changed.set()
+
+        subscription = await self.bus.subscribe(subjects.ledger_changes(self.region, self.node), on_change)
+        seen, generation = -1, -1
+        try:
+            while True:
+                changed.clear()
+                news, arrived[:] = list(arrived), []
+                if news and generation == self.bus.generation:
+                    latest = max(news, key=lambda d: int(d.headers.get("Nats-Sequence", 0)))
+                    revision = int(latest.headers.get("Nats-Sequence", 0))
+                    value = None if latest.removed else latest.data
+                else:
+                    generation = self.bus.generation
+                    try:
+                        value, revision = await self.bus.kv_get(bucket, self.node)
+                    except FederationError as exc:
+                        self.log.warning("ledger not read; retrying", error=str(exc))
+                        await idle(1.0)
+                        continue
+                if revision > seen:
+                    seen = revision
+                    await self._apply_ledger(value)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), LEDGER_CHECK)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def _apply_ledger(self, value: bytes | None) -> None:
+        allocations: tuple[Allocation, ...] = ()
+        if value is not None:
+            try:
+                allocations = decode_ledger(value).allocations
+            except RemoteProtocolError as exc:
+                self.log.error("unreadable ledger; keeping current runs", error=str(exc))
+                return
+        await self.reconcile(allocations)
 
     async def reconcile(self, allocations: tuple[Allocation, ...]) -> None:
         """Start what is allocated and not running; stop what runs and is no longer allocated."""
