@@ -33,6 +33,7 @@ import dataclasses
 import math
 import os
 import pwd
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -376,9 +377,9 @@ class Agent:
 
     def _sandbox(self) -> runner.Sandbox:
         """Who workloads run as (``run_as``), checked at start: a wrong user stops the agent."""
-        tools = runner.sandbox_tools()
+        tools, taskset = runner.sandbox_tools(), shutil.which("taskset")
         if not self.config.run_as:
-            return runner.Sandbox(tools=tools)
+            return runner.Sandbox(tools=tools, taskset=taskset)
         try:
             user = pwd.getpwnam(self.config.run_as)
         except KeyError:
@@ -394,7 +395,7 @@ class Agent:
         self.work_root.mkdir(parents=True, exist_ok=True)
         self.work_root.chmod(0o711)
         self.log.info("workloads run as", user=self.config.run_as, uid=user.pw_uid)
-        return runner.Sandbox(uid=user.pw_uid, gid=user.pw_gid, tools=tools)
+        return runner.Sandbox(uid=user.pw_uid, gid=user.pw_gid, tools=tools, taskset=taskset)
 
     def _confined(self, allocation: Allocation) -> runner.Sandbox:
         """The sandbox of one attempt: its address space is at least the memory it asked for."""

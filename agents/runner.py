@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,14 +68,24 @@ class Sandbox:
     gid: int | None = None
     limits: Mapping[int, int] = field(default_factory=dict)
     tools: tuple[str, str] | None = None
+    taskset: str | None = None  # util-linux's taskset: CPU affinity without a preexec_fn
 
-    def prefix(self) -> list[str]:
-        """The argv that applies the sandbox before the command (empty: nothing to apply, or the
-        tools are missing)."""
-        if self.tools is None or (self.uid is None and not self.limits):
-            return []
-        setpriv, prlimit = self.tools
+    @property
+    def by_tools(self) -> bool:
+        """Whether the tools apply the user and the limits (else the child does, after a fork)."""
+        return self.tools is not None and (self.uid is not None or bool(self.limits))
+
+    def prefix(self, cores: Collection[int] | None = None) -> list[str]:
+        """The argv that applies the sandbox and the CPU affinity before the command (empty:
+        nothing to apply, or the tools are missing)."""
         argv: list[str] = []
+        if cores and self.taskset:
+            argv = [self.taskset, "-c", ",".join(str(core) for core in sorted(cores))]
+        if not self.by_tools:
+            return argv
+        assert self.tools is not None
+        setpriv, prlimit = self.tools
+        pin, argv = argv, []
         if self.uid is not None:
             gid = self.gid if self.gid is not None else self.uid
             argv += [setpriv, f"--reuid={self.uid}", f"--regid={gid}", "--clear-groups", "--"]
@@ -83,7 +93,7 @@ class Sandbox:
             argv.append(prlimit)
             argv += [f"--{PRLIMIT_FLAGS[name]}={soft}:{hard}" for name, (soft, hard) in _pairs(self.limits)]
             argv.append("--")
-        return argv
+        return argv + pin
 
 
 def sandbox_tools() -> tuple[str, str] | None:
@@ -219,10 +229,12 @@ async def start(
     env = build_env(spec, os.environ, str(workdir))
     env["TMPDIR"] = str(workdir)
     cores = set(spec.cores) if spec.pinned and spec.cores else None
-    prefix = sandbox.prefix()
-    # without the tools, the child applies the sandbox itself, between fork and exec
-    limits = _pairs(sandbox.limits) if not prefix else []
-    switch = sandbox.uid is not None and not prefix
+    prefix = sandbox.prefix(cores)
+    # without the tools, the child applies the sandbox and the affinity itself, between fork and exec
+    limits = _pairs(sandbox.limits) if not sandbox.by_tools else []
+    switch = sandbox.uid is not None and not sandbox.by_tools
+    if sandbox.taskset and cores:
+        cores = None  # taskset pins it
     if prefix and not shutil.which(spec.command[0], path=env.get("PATH")):
         shutil.rmtree(workdir, ignore_errors=True)  # the tools would report it only as an exit
         raise LaunchError(f"cannot start {spec.command[0]!r}: not found or not executable")

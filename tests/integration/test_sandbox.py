@@ -130,7 +130,10 @@ async def test_both_ways_of_applying_the_sandbox_switch_user_and_set_limits(
         assert tools is not None, "setpriv and prlimit (util-linux) are missing on this host"
     nobody = pwd.getpwnam("nobody")
     limits = runner.rlimits(256 * 1024**2, 7, 0, 4096, 64)
-    sandbox = runner.Sandbox(uid=nobody.pw_uid, gid=nobody.pw_gid, limits=limits, tools=tools)
+    taskset = shutil.which("taskset") if through_tools else None
+    sandbox = runner.Sandbox(
+        uid=nobody.pw_uid, gid=nobody.pw_gid, limits=limits, tools=tools, taskset=taskset
+    )
     assert bool(sandbox.prefix()) == through_tools
     assert resource.RLIMIT_AS in limits
     output: list[bytes] = []
@@ -138,12 +141,14 @@ async def test_both_ways_of_applying_the_sandbox_switch_user_and_set_limits(
     async def sink(chunk: bytes) -> None:
         output.append(chunk)
 
-    spec = runner.RunSpec(
-        job="probe", attempt=1, command=["sh", "-c", "id -u; ulimit -v; ulimit -t; ulimit -n"]
-    )
+    core = sorted(os.sched_getaffinity(0))[-1]
+    probe = "id -u; ulimit -v; ulimit -t; ulimit -n; grep Cpus_allowed_list /proc/self/status"
+    spec = runner.RunSpec(job="probe", attempt=1, command=["sh", "-c", probe], cores=(core,), pinned=True)
     run = await runner.start(spec, shared_dir / "work", sink, 4096, sandbox)
     assert await run.wait() == 0
-    uid, space, cpu, files = b"".join(output).decode().split()
+    uid, space, cpu, files, _, allowed = b"".join(output).decode().split()
+    assert allowed == str(core)  # pinned by taskset, or by the child itself
+    assert ("taskset" in " ".join(sandbox.prefix({core}))) == through_tools
     assert int(uid) == nobody.pw_uid
     assert int(space) == 256 * 1024  # KiB
     assert cpu == "7"
