@@ -573,7 +573,8 @@ async def read(
 
 async def baseline(bus: Bus, stream: str) -> dict[str, int]:
     """Each origin's last sequence when the audit stream was created (empty for a fresh region)."""
-    metadata = await bus.stream_metadata(stream) or {}
+    facts = await bus.stream_facts(stream)
+    metadata = facts.metadata if facts is not None else {}
     try:
         return {k: int(v) for k, v in msgspec.json.decode(metadata.get(BASELINE, "{}")).items()}
     except (msgspec.DecodeError, AttributeError, ValueError):

@@ -1,4 +1,4 @@
-"""The only module that talks NATS (with :mod:`federation.provision`, the stream and bucket layout).
+"""The only module that talks NATS (:mod:`federation.provision` lays the streams out through it).
 
 Everything else sees :class:`Delivery` (subject, bytes, headers, ack) and the typed messages of
 :mod:`federation.schemas`, never a ``nats.aio.msg.Msg``. This module owns:
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from nats.js import JetStreamContext, api
 from federation import tracing
 from federation.deploy import TlsFiles
 from federation.errors import ConflictError, FederationUnavailable, InvalidRequest, NoResponders
+from federation.layout import StreamFacts, StreamSpec
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 MSG_ID = "Nats-Msg-Id"
@@ -178,6 +178,38 @@ def _translate(subject: str, exc: Exception) -> BaseException:
     if isinstance(exc, nats.errors.Error | OSError):
         return FederationUnavailable(subject, str(exc) or type(exc).__name__)
     return exc
+
+
+def _stream_config(spec: StreamSpec) -> api.StreamConfig:
+    """The nats-py form of ``spec``."""
+    sources = [
+        api.StreamSource(
+            name=stream,
+            external=api.ExternalStream(api=f"$JS.{domain}.API", deliver="") if domain else None,
+        )
+        for stream, domain in spec.sources
+    ]
+    return api.StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects) or None,
+        storage=api.StorageType.FILE,
+        num_replicas=spec.replicas,
+        max_age=spec.max_age or None,
+        duplicate_window=spec.duplicate_window,
+        max_msg_size=spec.max_msg_size or -1,
+        max_msgs_per_subject=spec.max_msgs_per_subject or -1,
+        max_bytes=spec.max_bytes or None,
+        allow_msg_ttl=spec.allow_msg_ttl or None,
+        subject_delete_marker_ttl=spec.subject_delete_marker_ttl or None,
+        allow_direct=spec.allow_direct or None,
+        deny_delete=spec.deny_delete,
+        deny_purge=spec.deny_purge,
+        discard=api.DiscardPolicy.NEW if spec.discard_new else api.DiscardPolicy.OLD,
+        sources=sources or None,
+        metadata=dict(spec.metadata) or None,
+        allow_rollup_hdrs=spec.allow_rollup,
+        republish=api.RePublish(src=spec.subjects[0], dest=spec.republish) if spec.republish else None,
+    )
 
 
 _default_tls: TlsFiles | None = None
@@ -679,24 +711,76 @@ class Bus:
             raise _translate(stream, exc) from None
         return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
 
-    async def stream_metadata(self, stream: str) -> dict[str, str] | None:
-        """The stream's metadata, or None when it does not exist."""
-        try:
-            return dict((await self.js.stream_info(stream)).config.metadata or {})
-        except nats.js.errors.NotFoundError:
-            return None
-
-    async def subjects_stored(self) -> int:
-        """Distinct subjects stored over every stream of the account (the servers' index size)."""
-        total = 0
-        for info in await self.js.streams_info():  # nats-py's StreamState lacks num_subjects: ask raw
-            reply = await self.nc.request(f"$JS.API.STREAM.INFO.{info.config.name}", b"", timeout=5.0)
-            total += int(json.loads(reply.data).get("state", {}).get("num_subjects", 0))
-        return total
-
     async def last_sequence(self, stream: str) -> int | None:
         """The stream's last sequence (0 when empty), or None when it does not exist."""
         try:
             return int((await self.js.stream_info(stream)).state.last_seq)
         except nats.js.errors.NotFoundError:
             return None
+
+    # --- stream layout (what federation.provision creates) -----------------------------------------
+
+    async def stream_facts(self, stream: str) -> StreamFacts | None:
+        """The facts of ``stream``, or None when it does not exist."""
+        try:
+            config = (await self.js.stream_info(stream)).config
+        except nats.js.errors.NotFoundError:
+            return None
+        except Exception as exc:
+            raise _translate(stream, exc) from None
+        return StreamFacts(
+            replicas=int(config.num_replicas or 1),
+            file=config.storage in (None, api.StorageType.FILE),
+            sources=tuple(source.name for source in config.sources or [] if source.name),
+            metadata=dict(config.metadata or {}),
+        )
+
+    async def ensure_stream(self, spec: StreamSpec, *, recreate_if_not_file: bool = False) -> None:
+        """Create the stream, or update it to ``spec``. With ``recreate_if_not_file`` a stream the
+        server cannot update because it is kept in memory (an older layout) is deleted and made
+        again: only for streams whose content is transient."""
+        config = _stream_config(spec)
+        try:
+            await self.js.add_stream(config)
+            return
+        except nats.js.errors.BadRequestError:
+            pass  # exists
+        try:
+            await self.js.update_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            facts = await self.stream_facts(spec.name)
+            if not recreate_if_not_file or facts is None or facts.file:
+                raise _translate(spec.name, exc) from None
+            await self.js.delete_stream(spec.name)
+            await self.js.add_stream(config)
+
+    async def readd_source(self, stream: str, source: str) -> None:
+        """Drop ``source`` from ``stream``'s sources and add it again, as it was.
+
+        The server retries a source that lost its origin (a cut link, a moved stream leader) with
+        a backoff of up to minutes; a source added afresh connects at once and resumes after the
+        last message it copied (the server finds it in the stream), so nothing is copied twice.
+        """
+        config = (await self.js.stream_info(stream)).config
+        sources = list(config.sources or [])
+        config.sources = [s for s in sources if s.name != source]
+        await self.js.update_stream(config)
+        config.sources = sources
+        await self.js.update_stream(config)
+
+    async def stalled_sources(self, stream: str, after: float) -> list[str]:
+        """The sources of ``stream`` not heard from for ``after`` seconds."""
+        info = await self.js.stream_info(stream)
+        stalled = []
+        for source in info.sources or []:
+            idle_ns = source.active if source.active is not None else -1
+            if source.name and (idle_ns < 0 or idle_ns > after * 1e9):
+                stalled.append(source.name)
+        return stalled
+
+    async def jetstream_ready(self) -> None:
+        """Raise unless the server answers JetStream requests."""
+        try:
+            await self.js.account_info()
+        except Exception as exc:
+            raise _translate("JetStream", exc) from None

@@ -434,7 +434,7 @@ class Federation:
         """Start the server ``name`` again on the ports it had, with its JetStream store intact."""
         domain, leaf_listen, leaf_remote = self.server_args[name]
         await self._start_server(name, domain, leaf_listen=leaf_listen, leaf_remote=leaf_remote)
-        await wait_for_jetstream(self.urls[name])
+        await wait_for_jetstream(self.urls[name], tls=self.tls)
 
     async def _supervise(self) -> None:
         """Restart a server or daemon that died (each at most once per 2 s), servers on their ports."""

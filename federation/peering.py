@@ -17,7 +17,6 @@ from federation.bus import idle
 from federation.core.events import ViewsSeen
 from federation.core.summary import NodeState, summarize
 from federation.errors import FederationError
-from federation.provision import readd_audit_source, readd_source, stalled_sources
 from federation.schemas import Summary, decode_summaries, encode
 
 if TYPE_CHECKING:
@@ -90,9 +89,8 @@ class Peering:
                     if await self.bus.domain_reachable(peer):
                         last_try[peer] = now
                         self.log.info("view stale and peer reachable; re-adding its source", peer=peer)
-                        await readd_source(
-                            self.bus, self.region, self.config.peers, peer, self.config.replicas
-                        )
+                        stream = subjects.views_stream(self.region)
+                        await self.bus.readd_source(stream, subjects.summary_stream(peer))
             except FederationError as exc:
                 self.log.warning("views not checked", error=str(exc))
 
@@ -104,13 +102,13 @@ class Peering:
         while True:
             await idle(stall / 2)
             try:
-                for source in await stalled_sources(self.bus, stream, stall):
+                for source in await self.bus.stalled_sources(stream, stall):
                     now = self.clock()
                     if now - last_try.get(source, 0.0) < stall:
                         continue
                     last_try[source] = now
                     self.log.info("audit source stalled; re-adding it", source=source)
-                    await readd_audit_source(self.bus, stream, source)
+                    await self.bus.readd_source(stream, source)
             except Exception as exc:  # a watchdog outlives any server error (a failover is its job)
                 self.log.warning("audit sources not checked", error=str(exc) or type(exc).__name__)
 

@@ -59,7 +59,7 @@ def _configs(tmp_path: Path) -> list[Path]:
             domain="eu",
             store_dir=str(tmp_path / "eu"),
             ports_dir=str(tmp_path),
-            leaf_remotes=("nats-leaf://127.0.0.1:7422",),
+            leaf_remotes=(f"nats-leaf://127.0.0.1:{_free_ports(1)[0]}",),
             sync_always=True,
         ),
     ]
