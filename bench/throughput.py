@@ -36,12 +36,13 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from agents.sim import SimulatedNodes  # noqa: E402 - after the sys.path line above
 from federation import subjects  # noqa: E402 - after the sys.path line above
+from federation.auth import authorization, use_credentials, use_tls  # noqa: E402
 from federation.bus import (  # noqa: E402 - after the sys.path line above
     Bus,
     Delivery,
-    use_tls,
 )
 from federation.deploy import Server, TlsFiles, server_config  # noqa: E402
+from federation.keyring import Keyring  # noqa: E402
 from federation.launcher import Child, fed_command, nats_server_binary, read_ports  # noqa: E402
 from federation.pki import local_authority  # noqa: E402
 from federation.provision import provision, wait_for_jetstream  # noqa: E402
@@ -49,6 +50,7 @@ from federation.schemas import JobEvent, Submit, decode_message, decode_record, 
 
 REGION = "bench"
 TLS = False  # --tls
+AUTH = False  # --auth
 
 
 class Region:
@@ -62,6 +64,14 @@ class Region:
         if TLS:  # a local CA; this process and every daemon connect with its client certificate
             self.server_tls, self.tls = local_authority(base / "tls")
             use_tls(self.tls)
+        self.keyring: Keyring | None = None
+        if AUTH:  # an nkey per process; the scheduler and each agent with only their role's permissions
+            self.keyring = Keyring(base / "creds")
+            self.keyring.add("admin", "admin")
+            self.keyring.add("scheduler", REGION)
+            for i in range(64):
+                self.keyring.add("agent", f"node-{i}", REGION)
+            use_credentials(self.keyring.credentials("admin", "admin"))
         self.children: list[Child] = []
         self.url = ""
 
@@ -78,6 +88,9 @@ class Region:
                     ports_dir=str(ports_dir),
                     sync_always=self.durable,
                     tls=self.server_tls,
+                    authorization=authorization(self.keyring.identities(), [REGION], hub=False)
+                    if self.keyring
+                    else "",
                 )
             )
         )
@@ -89,9 +102,15 @@ class Region:
         bus = await Bus.connect(self.url, "bench-provision")
         await provision(bus, REGION)
         await bus.close()
-        self.spawn("scheduler", "scheduler", "--region", REGION, "--url", self.url, "--log-level", "warning")
+        self.spawn(
+            "scheduler",
+            *("scheduler", "--region", REGION, "--url", self.url, "--log-level", "warning"),
+            identity=("scheduler", REGION),
+        )
 
-    def spawn(self, name: str, *args: str) -> Child:
+    def spawn(self, name: str, *args: str, identity: tuple[str, ...] = ()) -> Child:
+        if self.keyring is not None and identity:
+            args = (*args, "--creds", str(self.keyring.path(*identity)))
         if self.tls is not None:
             args = (*args, "--tls-ca", self.tls.ca, "--tls-cert", self.tls.cert, "--tls-key", self.tls.key)
         child = Child(name, fed_command(*args), self.base / f"{name}.log", restart=False)
@@ -240,6 +259,7 @@ async def end_to_end(n: int, agents: int, slots: int, durable: bool = False) -> 
                 str(base / f"agent-{i}"),
                 "--log-level",
                 "warning",
+                identity=("agent", f"node-{i}", REGION),
             )
         bus = await Bus.connect(region.url, "bench")
         observer = Observer()
@@ -305,9 +325,12 @@ async def main() -> None:
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--tls", action="store_true", help="TLS with client certificates on every connection")
+    parser.add_argument(
+        "--auth", action="store_true", help="an nkey and role permissions per process (fed up's default)"
+    )
     args = parser.parse_args()
-    global TLS
-    TLS = args.tls
+    global TLS, AUTH
+    TLS, AUTH = args.tls, args.auth
     print(f"machine: {machine()}")
     print(f"command: python bench/throughput.py {' '.join(sys.argv[1:])}".rstrip())
     if args.placements:

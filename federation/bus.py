@@ -20,9 +20,9 @@ on that: it never awaits writes one by one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +34,10 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from federation import tracing
+from federation import auth, tracing
+from federation.auth import Credentials
 from federation.deploy import TlsFiles
-from federation.errors import ConflictError, FederationUnavailable, InvalidRequest, NoResponders
+from federation.errors import ConflictError, FederationUnavailable, InvalidRequest, NoResponders, NotPermitted
 from federation.layout import StreamFacts, StreamSpec
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -212,25 +213,6 @@ def _stream_config(spec: StreamSpec) -> api.StreamConfig:
     )
 
 
-_default_tls: TlsFiles | None = None
-
-
-def use_tls(files: TlsFiles | None) -> None:
-    """Make ``files`` the TLS of every connection this process opens without its own (a daemon's
-    ``--tls-ca/--tls-cert/--tls-key``)."""
-    global _default_tls
-    _default_tls = files
-
-
-def _context(files: TlsFiles) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(cafile=files.ca)
-        context.load_cert_chain(files.cert, files.key)
-    except (OSError, ssl.SSLError) as exc:
-        raise FederationUnavailable("tls", f"cannot load the TLS files: {exc}") from None
-    return context
-
-
 class Bus:
     """A connection to one NATS server (a region's, or the hub) and its JetStream."""
 
@@ -239,6 +221,15 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream(timeout=10.0)
         self.name = name
         self.generation = 0  # bumped on every reconnect: followers recreate their consumers
+        self.identity = "this client"  # who the server knows us as (for errors)
+        self.refused: collections.deque[str] = collections.deque(maxlen=64)  # permission violations
+
+    def _check_permitted(self, subject: str, *, prefix: bool = False) -> None:
+        """NotPermitted if the server lately refused us ``subject`` (or, with ``prefix``, a subject
+        starting with it): a refused publish is never acknowledged, so say why instead of timing out."""
+        quoted = f'"{subject.lower()}' + ("" if prefix else '"')
+        if any(quoted in refusal for refusal in self.refused):
+            raise NotPermitted(subject, self.identity)
 
     @classmethod
     async def connect(
@@ -249,16 +240,27 @@ class Bus:
         retry_forever: bool = True,
         timeout: float = 5.0,
         tls: TlsFiles | None = None,
+        credentials: Credentials | None = None,
     ) -> Bus:
         """Connect to ``url`` (a cluster: its members' URLs, comma-separated); daemons reconnect
-        forever, CLI commands fail fast when nothing answers. ``tls`` (else the process default,
-        :func:`use_tls`) verifies the server against its CA and presents the certificate."""
-        tls = tls or _default_tls
-
-        async def quiet(_exc: Exception) -> None:
-            return None
+        forever, CLI commands fail fast. ``tls`` and ``credentials`` default to the process's own
+        (:mod:`federation.auth`); replies come to the identity's private inbox."""
+        tls = tls or auth.process_tls()
+        credentials = credentials or auth.process_credentials()
+        identity: dict[str, Any] = {}
+        if credentials is not None:
+            identity = {"nkeys_seed_str": credentials.seed, "inbox_prefix": credentials.inbox}
 
         links: list[Bus] = []
+        failures: list[str] = []  # while connecting: why the server turned us away
+
+        async def noted(exc: Exception) -> None:
+            text = str(exc)
+            if "permissions violation" in text.lower():
+                for bus in links:
+                    bus.refused.append(text.lower())
+            elif not links:
+                failures.append(text)
 
         async def reconnected() -> None:
             for bus in links:
@@ -271,21 +273,32 @@ class Bus:
             allow_reconnect=True,
             max_reconnect_attempts=-1 if retry_forever else 3,
             reconnect_time_wait=0.5,
-            error_cb=quiet,
+            error_cb=noted,
             max_outstanding_pings=3,
             ping_interval=5,
             reconnected_cb=reconnected,
-            tls=_context(tls) if tls else None,
+            tls=auth.tls_context(tls) if tls else None,
+            **identity,
         )
         try:
             # a client that fails fast is bounded as a whole: nats-py can retry a failing TLS
             # handshake (a plaintext client of a TLS server) for much longer than its timeout
             nc = await (connecting if retry_forever else asyncio.wait_for(connecting, 4 * timeout))
-        except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
+        except (OSError, nats.errors.Error, TimeoutError) as exc:
+            refused = next((f for f in reversed(failures) if "authorization" in f.lower()), "")
+            if refused:  # an unknown or revoked key, or none given
+                who = f"{credentials.identity.label} (unknown or revoked key)" if credentials else ""
+                who = who or "a client without credentials (see --creds)"
+                raise FederationUnavailable(
+                    url, f"authorization violation: the server refuses {who}"
+                ) from None
             hint = "" if tls else " (does the server require TLS? see --tls-ca)"
             raise FederationUnavailable(url, (str(exc) or type(exc).__name__) + hint) from None
-        links.append(cls(nc, name))
-        return links[0]
+        bus = cls(nc, name)
+        if credentials is not None:
+            bus.identity = credentials.identity.label
+        links.append(bus)
+        return bus
 
     async def close(self) -> None:
         """Flush and close the connection."""
@@ -310,6 +323,7 @@ class Bus:
         try:
             msg = await self.nc.request(subject, data, timeout=timeout)
         except Exception as exc:
+            self._check_permitted(subject)
             raise _translate(subject, exc) from None
         return bytes(msg.data)
 
@@ -388,6 +402,7 @@ class Bus:
             except (nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError) as exc:
                 retry, error = True, exc  # no leader now: nothing stored
             except (nats.errors.TimeoutError, TimeoutError) as exc:
+                self._check_permitted(subject)
                 retry, error = bool(msg_id), exc
             except Exception as exc:
                 raise _translate(subject, exc) from None
@@ -634,6 +649,7 @@ class Bus:
                 error = _translate(stream, exc)
                 if not isinstance(error, Exception):
                     raise error from None  # being cancelled
+                self._check_permitted(f"$JS.API.CONSUMER.CREATE.{stream}", prefix=True)
                 if isinstance(error, InvalidRequest) and not isinstance(exc, nats.js.errors.NotFoundError):
                     raise
                 await idle(delay)
@@ -677,6 +693,9 @@ class Bus:
         except nats.js.errors.NotFoundError:
             return None
         except Exception as exc:
+            self._check_permitted(
+                f"$JS.API.{'DIRECT.GET' if direct else 'STREAM.MSG.GET'}.{stream}", prefix=True
+            )
             raise _translate(subject, exc) from None
         return Delivery(
             msg.subject or subject, msg.data or b"", dict(msg.headers or {}), int(msg.seq or 0), 1
@@ -692,13 +711,7 @@ class Bus:
 
     async def consumer_exists(self, stream: str, consumer: str) -> bool:
         """Whether the durable consumer exists (False when it or its stream is gone)."""
-        try:
-            await self.js.consumer_info(stream, consumer)
-        except nats.js.errors.NotFoundError:
-            return False
-        except Exception as exc:
-            raise _translate(stream, exc) from None
-        return True
+        return await self.ack_floor(stream, consumer) is not None
 
     async def ack_floor(self, stream: str, consumer: str) -> int | None:
         """The stream sequence up to which the durable consumer has acknowledged everything, or

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from federation import cli_audit, cli_ops, logs, subjects, tracing
+from federation import cli_audit, cli_creds, cli_ops, logs, subjects, tracing
 from federation.config import (
     AgentConfig,
     SchedulerConfig,
@@ -108,6 +108,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
         schedulers=args.schedulers,
         chaos=args.chaos,
         tls=args.tls,
+        auth=args.auth,
     )
     await up(options)
     return 0
@@ -115,16 +116,21 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
 async def cmd_chaos(args: argparse.Namespace) -> int:
     from federation.bus import Bus
-    from federation.config import connection_tls, load_connection
+    from federation.config import connection_credentials, connection_tls, load_connection
 
     connection = load_connection(_state_dir(args))
+    credentials = connection_credentials(connection)
     request = ChaosCommand(
         region=getattr(args, "region", None) or "",
         seconds=parse_duration(args.duration) if getattr(args, "duration", None) else 0.0,
         mode=getattr(args, "mode", None) or "cut",
     )
     bus = await Bus.connect(
-        connection.hub_url, "fed-chaos", retry_forever=False, tls=connection_tls(connection)
+        connection.hub_url,
+        "fed-chaos",
+        retry_forever=False,
+        tls=connection_tls(connection),
+        credentials=credentials,
     )
     try:
         try:
@@ -147,9 +153,21 @@ async def cmd_chaos(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_credentials(path: str | None) -> None:
+    """``--creds`` (else ``$FED_CREDS``): the identity every connection of this process presents."""
+    from federation.auth import use_credentials
+    from federation.keyring import load_credentials
+
+    if path:
+        os.environ["FED_CREDS"] = path  # the client path reads it (config.connection_credentials)
+    path = path or os.environ.get("FED_CREDS")
+    if path:
+        use_credentials(load_credentials(path))
+
+
 def _use_tls(args: argparse.Namespace) -> None:
     """A daemon's ``--tls-ca/--tls-cert/--tls-key``: every connection it opens uses them."""
-    from federation.bus import use_tls
+    from federation.auth import use_tls
     from federation.deploy import TlsFiles
 
     given = [args.tls_ca, args.tls_cert, args.tls_key]
@@ -470,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="state directory (default: $FED_STATE_DIR or ~/.local/share/nats-federation)",
     )
     common.add_argument(
+        "--creds",
+        default=argparse.SUPPRESS,
+        help="credentials file to connect with (default: $FED_CREDS, else the one fed up wrote)",
+    )
+    common.add_argument(
         "--log-level",
         default=argparse.SUPPRESS,
         choices=["debug", "info", "warning", "error"],
@@ -503,6 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="make a local CA (<state-dir>/tls) and require TLS with client certificates on every "
         "client and leafnode connection",
+    )
+    p.add_argument(
+        "--no-auth",
+        dest="auth",
+        action="store_false",
+        help="accept any client (default: every process presents its own nkey and gets only the "
+        "permissions of its role; keys in <state-dir>/creds, see fed creds)",
     )
     p.add_argument(
         "--chaos",
@@ -699,6 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="cancelled by user")
     p.set_defaults(func=cmd_cancel)
     cli_ops.add_parsers(sub, common)
+    cli_creds.add_parsers(sub, common)
     return parser
 
 
@@ -709,6 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.log_level = getattr(args, "log_level", "info")
     logs.configure(args.log_level)
     try:
+        _use_credentials(getattr(args, "creds", None))
         code: int = asyncio.run(args.func(args))
     except FederationError as exc:
         print(f"fed: error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ as ``Nats-Msg-Id``: the returned :class:`Job` exists durably once ``submit`` ret
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
@@ -38,8 +39,15 @@ from federation.audit import (
     processed,
     read,
 )
+from federation.auth import Credentials
 from federation.bus import FAILOVER, Bus
-from federation.config import Connection, connection_tls, default_state_dir, load_connection
+from federation.config import (
+    Connection,
+    connection_credentials,
+    connection_tls,
+    default_state_dir,
+    load_connection,
+)
 from federation.core.placement import Free
 from federation.errors import (
     FederationUnavailable,
@@ -71,8 +79,11 @@ from federation.schemas import (
     encode,
     validate,
 )
+from federation.tenants import TenantQuery, TenantReply
+from federation.tenants import decode_reply as decode_tenant_reply
 
 HUB_KEY = ":hub"  # the hub's connection among the region connections (no region has a colon)
+TENANT_POLL = 0.25  # seconds between a tenant's questions while it waits for a job
 
 
 def new_job_id() -> str:
@@ -151,17 +162,26 @@ class Job:
 class Client:
     """A connection to a federation; use ``async with Client.connect(...) as fed``."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, credentials: Credentials | None = None) -> None:
         self.connection = connection
+        self.credentials = credentials or connection_credentials(connection)
+        # a tenant's credentials: its own jobs only, through the region's scheduler (federation.tenants)
+        self.tenant = self.credentials.name if self.credentials and self.credentials.kind == "tenant" else ""
         self._buses: dict[str, Bus] = {}
 
     @classmethod
-    def connect(cls, state_dir: str | Path | None = None, connection: Connection | None = None) -> Client:
-        """A client for the federation described by ``connection`` or found in ``state_dir``."""
+    def connect(
+        cls,
+        state_dir: str | Path | None = None,
+        connection: Connection | None = None,
+        credentials: Credentials | None = None,
+    ) -> Client:
+        """A client for the federation described by ``connection`` or found in ``state_dir``, as
+        the identity of ``credentials`` (default: ``$FED_CREDS``, else the connection file's)."""
         tracing.configure("fed-client")
         if connection is None:
             connection = load_connection(Path(state_dir) if state_dir else default_state_dir())
-        return cls(connection)
+        return cls(connection, credentials)
 
     async def __aenter__(self) -> Self:
         return self
@@ -201,6 +221,7 @@ class Client:
                 retry_forever=False,
                 timeout=3.0,
                 tls=connection_tls(self.connection),
+                credentials=self.credentials,
             )
         return self._buses[name]
 
@@ -237,6 +258,9 @@ class Client:
         ``timeout`` is each attempt's wall-clock limit in seconds (0: none).
         """
         name = self._region(region)
+        if self.tenant and tenant not in ("default", self.tenant):
+            raise InvalidRequest(f"these credentials submit as tenant {self.tenant!r} only, not {tenant!r}")
+        tenant = self.tenant or tenant
         try:
             spec = Submit(
                 id=job_id or new_job_id(),
@@ -269,7 +293,10 @@ class Client:
             raise InvalidRequest(f"submission is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}")
         bus = await self.bus(name)
         with tracing.span("fed.submit", job=spec.id, region=name):
-            await bus.store(subjects.submit(name, spec.id), data, msg_id=spec.id, timeout=FAILOVER)
+            subject = subjects.submit(name, spec.id)
+            if self.tenant:
+                subject = subjects.tenant_submit(name, spec.id, self.tenant)
+            await bus.store(subject, data, msg_id=spec.id, timeout=FAILOVER)
         return Job(self, spec.id, name)
 
     async def cancel(
@@ -280,7 +307,10 @@ class Client:
         record = await self.where(job_id, region=region)
         bus = await self.bus(record.region)
         message = Cancel(id=job_id, reason=reason, requested_at=time.time())
-        await bus.store(subjects.cancel(record.region, job_id), encode(message), timeout=FAILOVER)
+        subject = subjects.cancel(record.region, job_id)
+        if self.tenant:
+            subject = subjects.tenant_cancel(record.region, job_id, self.tenant)
+        await bus.store(subject, encode(message), timeout=FAILOVER)
 
     # --- read -------------------------------------------------------------------------------------
 
@@ -289,6 +319,10 @@ class Client:
         subjects.check_token(job_id, "job id")
         for name in [self._region(region)] if region else self.regions:
             try:
+                if self.tenant:
+                    with contextlib.suppress(NotFound):
+                        return (await self._ask(name, "job", TenantQuery(job=job_id))).records[0]
+                    continue
                 bus = await self.bus(name)
                 value, _ = await bus.kv_get(subjects.jobs_bucket(name), job_id)
             except FederationUnavailable:
@@ -298,6 +332,19 @@ class Client:
             if value is not None:
                 return decode_record(value)
         raise NotFound("job", job_id)
+
+    async def _ask(self, region: str, verb: str, query: TenantQuery) -> TenantReply:
+        """A tenant's question to ``region``'s leading scheduler."""
+        bus = await self.bus(region)
+        data = await bus.request(
+            subjects.tenant_api(region, self.tenant, verb), encode(query), timeout=FAILOVER
+        )
+        reply = decode_tenant_reply(data)
+        if reply.error.endswith("not found"):
+            raise NotFound("job", query.job)
+        if reply.error:
+            raise InvalidRequest(reply.error)
+        return reply
 
     async def where(self, job_id: str, *, region: str | None = None) -> JobRecord:
         """The record of the region the job lives in: its home's, or the region it was forwarded to
@@ -329,6 +376,18 @@ class Client:
     ) -> JobRecord:
         """Follow the job's record until it is terminal (into the region it was forwarded to)."""
         name = self._region(region)
+        if self.tenant:  # no bucket access: ask until the record is terminal
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                with contextlib.suppress(NotFound):  # not recorded yet: the scheduler is on it
+                    record = await self.job(job_id, region=name)
+                    if record.terminal:
+                        return record
+                    if record.state == "forwarded" and record.forwarded_to in self.connection.regions:
+                        name = record.forwarded_to
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} not finished after {timeout}s")
+                await asyncio.sleep(TENANT_POLL)
         bus = await self.bus(name)
         bucket = subjects.jobs_bucket(name)
         tail = await bus.tail(f"KV_{bucket}", f"$KV.{bucket}.{job_id}", last_per_subject=True)
@@ -357,6 +416,9 @@ class Client:
         """Job records of one region (or all), oldest first, optionally of one state."""
         out: list[JobRecord] = []
         for name in [self._region(region)] if region else self.regions:
+            if self.tenant:
+                out += (await self._ask(name, "jobs", TenantQuery(state=state or ""))).records
+                continue
             bus = await self.bus(name)
             for record in _readable(await bus.kv_load(subjects.jobs_bucket(name))):
                 if state is None or record.state == state:
@@ -369,6 +431,10 @@ class Client:
         """The job's output chunks (from the region that runs it); ``follow`` keeps reading until
         the job is terminal."""
         record = await self.where(job_id, region=region)
+        if self.tenant:
+            async for chunk in self._tenant_logs(record, follow):
+                yield chunk
+            return
         bus = await self.bus(record.region)
         tail = await bus.tail(
             subjects.logs_stream(record.region), subjects.job_log_filter(record.region, job_id)
@@ -387,6 +453,21 @@ class Client:
         finally:
             await tail.stop()
 
+    async def _tenant_logs(self, record: JobRecord, follow: bool) -> AsyncIterator[bytes]:
+        after = 0
+        while True:
+            reply = await self._ask(record.region, "logs", TenantQuery(job=record.id, after=after))
+            for chunk in reply.chunks:
+                yield chunk
+            if reply.next > after:
+                after = reply.next
+                continue
+            if not follow or record.terminal:
+                return
+            record = await self.job(record.id, region=record.region)  # terminal: one more read, then done
+            if not record.terminal:
+                await asyncio.sleep(TENANT_POLL)
+
     # --- audit ------------------------------------------------------------------------------------
 
     async def _audit_source(self, region: str | None, everywhere: bool) -> tuple[Bus, str]:
@@ -397,6 +478,7 @@ class Client:
                     "fed-client",
                     retry_forever=False,
                     tls=connection_tls(self.connection),
+                    credentials=self.credentials,
                 )
             return self._buses[HUB_KEY], subjects.AUDIT_ALL
         name = self._region(region)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
+from federation.auth import Credentials
 from federation.core.policy import Policy
 from federation.deploy import TlsFiles
 from federation.errors import ConfigError, FederationUnavailable
@@ -136,6 +137,7 @@ class Connection(msgspec.Struct, kw_only=True):
     tls_ca: str = ""  # with TLS on: the CA, and the client certificate and key clients present
     tls_cert: str = ""
     tls_key: str = ""
+    creds: str = ""  # with authentication on (the default): the credentials file clients present
 
 
 CONNECTION_FILE = "federation.json"
@@ -200,3 +202,12 @@ def connection_tls(connection: Connection) -> TlsFiles | None:
     if not connection.tls_ca:
         return None
     return TlsFiles(ca=connection.tls_ca, cert=connection.tls_cert, key=connection.tls_key)
+
+
+def connection_credentials(connection: Connection) -> Credentials | None:
+    """Who a client of ``connection`` is: ``$FED_CREDS`` (``fed --creds``), else the connection
+    file's credentials (the operator's, written by ``fed up``), else nobody."""
+    from federation.keyring import load_credentials
+
+    path = os.environ.get("FED_CREDS") or connection.creds
+    return load_credentials(path) if path else None

@@ -61,6 +61,14 @@ class InvalidRequest(FederationError):
         super().__init__(reason)
 
 
+class NotPermitted(FederationError):
+    """The server refused this identity the subject (its role's permissions do not include it)."""
+
+    def __init__(self, subject: str, identity: str) -> None:
+        super().__init__(f"{identity} may not use {subject} (refused by the server's permissions)")
+        self.subject = subject
+
+
 class NotFound(FederationError):
     """A named object does not exist."""
 

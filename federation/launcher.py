@@ -34,10 +34,12 @@ from pathlib import Path
 import msgspec
 
 from federation import subjects
+from federation.auth import Credentials, authorization
 from federation.bus import Bus
 from federation.config import Connection, RegionEndpoint, write_connection
 from federation.deploy import Server, TlsFiles, server_config
 from federation.errors import ConfigError, FederationError, FederationUnavailable
+from federation.keyring import Keyring
 from federation.monitor import monitoring
 from federation.provision import provision, provision_audit_all, wait_for_jetstream
 from federation.proxy import LinkProxy
@@ -145,6 +147,7 @@ class Options:
     schedulers: int = 1
     chaos: bool = False
     tls: bool = False  # a local CA; TLS with client certificates on every client and leafnode link
+    auth: bool = True  # every process connects with its own nkey and only the permissions of its role
 
 
 class Federation:
@@ -166,6 +169,7 @@ class Federation:
         self.monitors: dict[str, str] = {}
         self.server_args: dict[str, tuple[str, bool, str]] = {}  # name -> domain, leaf_listen, leaf_remote
         self.server_ports: dict[str, tuple[int, int, int]] = {}
+        self._config_ports: dict[str, tuple[int, int, int]] = {}  # the ports each config was written with
         self.links: dict[str, LinkProxy] = {}  # region -> its leafnode link's proxy (with chaos)
         self._heals: dict[str, asyncio.TimerHandle] = {}
         self._chaos_bus: Bus | None = None
@@ -173,6 +177,8 @@ class Federation:
         self._watch: asyncio.Task[None] | None = None
         self.tls_server: TlsFiles | None = None
         self.tls: TlsFiles | None = None  # the client certificate every daemon and client presents
+        self.keyring = Keyring(self.state_dir / "creds") if options.auth else None
+        self.credentials: Credentials | None = None  # the operator's (admin): this process and the CLI
 
     # --- start -------------------------------------------------------------------------------------
 
@@ -184,6 +190,8 @@ class Federation:
             from federation.pki import local_authority  # cryptography is loaded only when asked for
 
             self.tls_server, self.tls = local_authority(self.state_dir / "tls")
+        if self.keyring is not None:
+            self._identities()
         try:
             hub = await self._start_server("hub", "hub", leaf_listen=True)
             leaf_port = self.server_ports["hub"][2]
@@ -194,16 +202,27 @@ class Federation:
                     port = await link.start()
                 await self._start_server(region, region, leaf_remote=f"nats-leaf://127.0.0.1:{port}")
             await asyncio.gather(
-                *(wait_for_jetstream(self.urls[r], tls=self.tls) for r in ("hub", *self.options.regions))
+                *(
+                    wait_for_jetstream(self.urls[r], tls=self.tls, credentials=self.credentials)
+                    for r in ("hub", *self.options.regions)
+                )
             )
             for region in self.options.regions:
-                bus = await Bus.connect(self.urls[region], "fed-up", retry_forever=False, tls=self.tls)
+                bus = await Bus.connect(
+                    self.urls[region],
+                    "fed-up",
+                    retry_forever=False,
+                    tls=self.tls,
+                    credentials=self.credentials,
+                )
                 try:
                     await provision(bus, region)
                 finally:
                     await bus.close()
             await self._wait_leafnodes(len(self.options.regions))
-            bus = await Bus.connect(self.urls["hub"], "fed-up", retry_forever=False, tls=self.tls)
+            bus = await Bus.connect(
+                self.urls["hub"], "fed-up", retry_forever=False, tls=self.tls, credentials=self.credentials
+            )
             try:  # the hub's copy of every region's audit trail
                 await provision_audit_all(bus, self.options.regions)
             finally:
@@ -227,6 +246,7 @@ class Federation:
             tls_ca=self.tls.ca if self.tls else "",
             tls_cert=self.tls.cert if self.tls else "",
             tls_key=self.tls.key if self.tls else "",
+            creds=str(self.keyring.path("admin", "admin")) if self.keyring else "",
         )
         write_connection(self.state_dir, self.connection)
         self._watch = asyncio.create_task(self._supervise())
@@ -242,24 +262,8 @@ class Federation:
         ports_dir = base / "ports"
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir(parents=True)
-        conf = base / "nats.conf"
-        client, http, leaf = self.server_ports.get(name, (-1, -1, -1))
-        conf.write_text(
-            server_config(
-                Server(
-                    name=name,
-                    domain=domain,
-                    store_dir=str(base / "store"),
-                    client=client,
-                    http=http,
-                    ports_dir=str(ports_dir),
-                    leaf_listen=leaf if leaf_listen else None,
-                    leaf_remotes=(leaf_remote,) if leaf_remote else (),
-                    sync_always=self.options.durable,
-                    tls=self.tls_server,
-                )
-            )
-        )
+        self._config_ports[name] = self.server_ports.get(name, (-1, -1, -1))  # a reload keeps them
+        conf = self._write_config(name)
         child = Child(
             f"nats-{name}",
             [nats_server_binary(), "-c", str(conf)],
@@ -278,6 +282,85 @@ class Federation:
         self.echo(f"  nats-server {name:<10} {self.urls[name]}  (domain {domain}, pid {child.pid})")
         return self.urls[name]
 
+    def _write_config(self, name: str) -> Path:
+        """Render server ``name``'s configuration (with the keyring's identities) into its file."""
+        domain, leaf_listen, leaf_remote = self.server_args[name]
+        base = self.state_dir / "servers" / name
+        client, http, leaf = self._config_ports[name]
+        users, leaf_seed = "", ""
+        if self.keyring is not None:
+            users = authorization(self.keyring.identities(), self.options.regions, hub=name == "hub")
+            if leaf_remote:
+                leaf_seed = self.keyring.credentials("leaf", domain).seed
+        conf = base / "nats.conf"
+        text = server_config(
+            Server(
+                name=name,
+                domain=domain,
+                store_dir=str(base / "store"),
+                client=client,
+                http=http,
+                ports_dir=str(base / "ports"),
+                leaf_listen=leaf if leaf_listen else None,
+                leaf_remotes=(leaf_remote,) if leaf_remote else (),
+                sync_always=self.options.durable,
+                tls=self.tls_server,
+                authorization=users,
+                leaf_seed=leaf_seed,
+            )
+        )
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the leaf's seed
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        return conf
+
+    def _identities(self) -> None:
+        """Create (once; kept across restarts) every identity this federation's processes use."""
+        assert self.keyring is not None
+        keyring = self.keyring
+        keyring.add("admin", "admin", exist_ok=True)
+        keyring.add("auditor", "auditor", exist_ok=True)
+        for region in self.options.regions:
+            keyring.add("scheduler", region, exist_ok=True)
+            keyring.add("leaf", region, exist_ok=True)
+            for node in self.node_names(region):
+                keyring.add("agent", node, region, exist_ok=True)
+        self.credentials = keyring.credentials("admin", "admin")
+
+    def creds_args(self, kind: str, name: str, region: str = "") -> list[str]:
+        """``--creds FILE`` of a daemon's identity (none with authentication off)."""
+        if self.keyring is None:
+            return []
+        return ["--creds", str(self.keyring.path(kind, name, region))]
+
+    async def add_identity(self, kind: str, name: str, region: str = "") -> Path | None:
+        """Make sure an identity exists and the servers accept it; its credentials file (None with
+        authentication off)."""
+        if self.keyring is None:
+            return None
+        fresh = self.keyring.find(kind, name, region) is None
+        path = self.keyring.add(kind, name, region, exist_ok=True)
+        if fresh:
+            await self.reload()
+        return path
+
+    async def reload(self) -> None:
+        """Render every server's configuration from the keyring again and have each reload it
+        (SIGHUP): a removed identity's connections are closed, new ones are accepted. Returns once
+        every server reports the new configuration loaded."""
+        before = {}
+        for name, child in self.servers.items():
+            if child.alive():
+                before[name] = (await monitoring(self.monitors[name])).get("config_load_time")
+                self._write_config(name)
+                os.kill(child.pid, signal.SIGHUP)
+        end = time.monotonic() + 10.0
+        for name, loaded in before.items():
+            while (await monitoring(self.monitors[name])).get("config_load_time") == loaded:
+                if time.monotonic() > end:
+                    raise FederationUnavailable(name, "the server did not reload its configuration")
+                await asyncio.sleep(0.05)
+
     async def _wait_leafnodes(self, count: int, deadline: float = 15.0) -> None:
         end = time.monotonic() + deadline
         while time.monotonic() < end:
@@ -291,7 +374,13 @@ class Federation:
         """Healthy means: each scheduler consumes its region's workloads, each agent has offered."""
         end = time.monotonic() + deadline
         for region in self.options.regions:
-            bus = await Bus.connect(self.urls[region], "fed-up-health", retry_forever=False, tls=self.tls)
+            bus = await Bus.connect(
+                self.urls[region],
+                "fed-up-health",
+                retry_forever=False,
+                tls=self.tls,
+                credentials=self.credentials,
+            )
             try:
                 while not await _region_ready(bus, region, self.node_names(region)):
                     if time.monotonic() > end:
@@ -339,6 +428,7 @@ class Federation:
                         "--log-level",
                         self.options.log_level,
                         *self.tls_args(),
+                        *self.creds_args("scheduler", region),
                     ),
                     self.state_dir / "logs" / f"{name}.log",
                 )
@@ -364,6 +454,7 @@ class Federation:
                         "--log-level",
                         self.options.log_level,
                         *self.tls_args(),
+                        *self.creds_args("agent", node, region),
                     ),
                     self.state_dir / "logs" / f"agent-{node}.log",
                 )
@@ -386,7 +477,9 @@ class Federation:
 
     async def _serve_chaos(self) -> None:
         """Answer ``fed chaos`` on the hub (which no proxy stands in front of)."""
-        self._chaos_bus = await Bus.connect(self.urls["hub"], "fed-up-chaos", tls=self.tls)
+        self._chaos_bus = await Bus.connect(
+            self.urls["hub"], "fed-up-chaos", tls=self.tls, credentials=self.credentials
+        )
         for command in ("partition", "heal", "status"):
 
             async def answer(_subject: str, data: bytes, command: str = command) -> bytes:
@@ -434,7 +527,7 @@ class Federation:
         """Start the server ``name`` again on the ports it had, with its JetStream store intact."""
         domain, leaf_listen, leaf_remote = self.server_args[name]
         await self._start_server(name, domain, leaf_listen=leaf_listen, leaf_remote=leaf_remote)
-        await wait_for_jetstream(self.urls[name], tls=self.tls)
+        await wait_for_jetstream(self.urls[name], tls=self.tls, credentials=self.credentials)
 
     async def _supervise(self) -> None:
         """Restart a server or daemon that died (each at most once per 2 s), servers on their ports."""
@@ -533,6 +626,14 @@ async def up(options: Options, echo: Callable[[str], None] = print) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:  # SIGHUP (fed creds): the servers take the keyring's identities again
+        task = loop.create_task(federation.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     echo(f"starting a federation of {len(options.regions)} regions in {options.state_dir}")
     connection = await federation.start()
     region = connection.default_region

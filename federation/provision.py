@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 
 from federation import subjects
+from federation.auth import Credentials
 from federation.bus import Bus
 from federation.deploy import TlsFiles
 from federation.errors import FederationUnavailable
@@ -194,14 +195,18 @@ async def provision_views(bus: Bus, region: str, peers: Sequence[str], replicas:
     await bus.ensure_stream(spec)
 
 
-async def wait_for_jetstream(url: str, deadline: float = 20.0, tls: TlsFiles | None = None) -> None:
+async def wait_for_jetstream(
+    url: str, deadline: float = 20.0, tls: TlsFiles | None = None, credentials: Credentials | None = None
+) -> None:
     """Block until the server at ``url`` answers JetStream requests (or raise)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     last: Exception | None = None
     while loop.time() < end:
         try:
-            bus = await Bus.connect(url, "fed-probe", retry_forever=False, timeout=1.0, tls=tls)
+            bus = await Bus.connect(
+                url, "fed-probe", retry_forever=False, timeout=1.0, tls=tls, credentials=credentials
+            )
         except FederationUnavailable as exc:
             last = exc
             await asyncio.sleep(0.1)

@@ -82,7 +82,6 @@ from federation.monitor import check_durability
 from federation.peering import Peering
 from federation.provision import provision, provision_views
 from federation.schemas import (
-    Cancel,
     Heartbeat,
     JobEvent,
     JobRecord,
@@ -90,12 +89,14 @@ from federation.schemas import (
     Offer,
     Quarantined,
     Submit,
+    check_workload,
     clamp_offer,
     decode_ledger,
     decode_message,
     decode_record,
     encode,
 )
+from federation.tenants import Tenants
 
 log = structlog.get_logger()
 
@@ -364,8 +365,8 @@ class Scheduler:
         peering = Peering(self)
         loops = [self._watch_config(), self._watch_consumers(), self._settle_heap()]
         loops += [peering.publish_summaries(), peering.watch_audit()]
-        if self.handoffs is not None:
-            loops.append(self.handoffs.serve())
+        loops += [self.handoffs.serve()] if self.handoffs is not None else []
+        loops.append(Tenants(self.bus, self.region).serve())  # tenants' own jobs and logs
         if self.config.peers:
             await provision_views(self.bus, self.region, self.config.peers, self.config.replicas)
             loops += [peering.watch_views(), peering.feed_views()]
@@ -476,22 +477,17 @@ class Scheduler:
 
     async def _on_workload(self, delivery: Delivery) -> None:
         try:
-            message = decode_message(delivery.data)
-            token = subjects.last_token(delivery.subject)
-            match message:
-                case Submit(id=job) if job == token:
-                    event: Event = Submitted(
-                        spec=message, at=self.clock(), traceparent=tracing.traceparent(delivery.headers)
-                    )
-                case Cancel(id=job) if job == token:
-                    event = CancelRequested(job=job, reason=message.reason, at=self.clock())
-                case Submit() | Cancel():
-                    raise RemoteProtocolError(f"job id in payload does not match subject token {token!r}")
-                case _:
-                    raise RemoteProtocolError(f"unexpected message type {type(message).__name__}")
+            job, tenant = (subjects.parse_workload(delivery.subject) or ("", "", ""))[1:]
+            message = check_workload(decode_message(delivery.data), job, tenant)
         except RemoteProtocolError as exc:
             await self._quarantine("workloads", delivery, str(exc))
             return
+        if isinstance(message, Submit):
+            event: Event = Submitted(
+                spec=message, at=self.clock(), traceparent=tracing.traceparent(delivery.headers)
+            )
+        else:
+            event = CancelRequested(job=job, reason=message.reason, at=self.clock(), tenant=tenant)
         self.queue.put_nowait((event, delivery))
 
     async def _on_status(self, delivery: Delivery) -> None:

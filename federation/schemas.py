@@ -16,7 +16,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from federation.errors import MalformedMessage, MessageTooLarge
+from federation.errors import MalformedMessage, MessageTooLarge, RemoteProtocolError
 
 # --- bounded scalar types -----------------------------------------------------------------------
 
@@ -545,6 +545,19 @@ def decode_summaries(values: Iterable[bytes]) -> dict[str, Summary]:
         if isinstance(message, Summary):
             out[message.region] = message
     return out
+
+
+def check_workload(message: Message, job: str, tenant: str) -> Submit | Cancel:
+    """``message`` consumed from the workloads stream under subject tokens ``job`` and ``tenant``
+    (the tenant whose credentials sent it, "" for a trusted submitter), if it may be accepted:
+    a submission or cancel of that job, a tenant's submission in its own name."""
+    if not isinstance(message, Submit | Cancel):
+        raise RemoteProtocolError(f"unexpected message type {type(message).__name__}")
+    if message.id != job:
+        raise RemoteProtocolError(f"job id in payload does not match subject token {job!r}")
+    if tenant and isinstance(message, Submit) and message.tenant != tenant:
+        raise RemoteProtocolError(f"tenant {message.tenant!r} submitted with {tenant!r}'s credentials")
+    return message
 
 
 def clamp_offer(offer: Offer) -> tuple[Offer, str]:

@@ -47,6 +47,35 @@ def cancel(region: str, job: str) -> str:
     return f"fed.{region}.wl.cancel.{job}"
 
 
+def tenant_submit(region: str, job: str, tenant: str) -> str:
+    """A tenant's submission: the last token names the tenant, which a permission can pin."""
+    return f"{submit(region, job)}.{tenant}"
+
+
+def tenant_cancel(region: str, job: str, tenant: str) -> str:
+    """A tenant's cancel: only that tenant's job is cancelled."""
+    return f"{cancel(region, job)}.{tenant}"
+
+
+def tenant_api(region: str, tenant: str, verb: str) -> str:
+    """A tenant's question to its region's leading scheduler (``job``, ``jobs``, ``logs``)."""
+    return f"fed.{region}.tenant.{tenant}.{verb}"
+
+
+class ParsedWorkload(NamedTuple):
+    kind: str  # submit | cancel
+    job: str
+    tenant: str  # "" unless a tenant's subject
+
+
+def parse_workload(subject: str) -> ParsedWorkload | None:
+    """``fed.<region>.wl.<kind>.<job>[.<tenant>]``, or None."""
+    parts = subject.split(".")
+    if len(parts) not in (5, 6) or parts[0] != "fed" or parts[2] != "wl":
+        return None
+    return ParsedWorkload(parts[3], parts[4], parts[5] if len(parts) == 6 else "")
+
+
 def workloads_filter(region: str) -> str:
     """Everything the region's scheduler consumes from the workloads stream."""
     return f"fed.{region}.wl.>"
@@ -231,6 +260,9 @@ R = "<region>"
 CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("subject", submit(R, "<job>")),
     Entry("subject", cancel(R, "<job>")),
+    Entry("subject", tenant_submit(R, "<job>", "<tenant>")),
+    Entry("subject", tenant_cancel(R, "<job>", "<tenant>")),
+    Entry("subject", tenant_api(R, "<tenant>", "<verb>")),
     Entry("subject", heartbeat(R, "<node>")),
     Entry("subject", offer(R, "<node>")),
     Entry("subject", job_event(R, "<node>", "<job>")),

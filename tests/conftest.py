@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from federation import subjects
+from federation.auth import use_credentials
 from federation.bus import Bus
 from federation.config import Connection
 from federation.launcher import Child, Federation, Options, agent_command, fed_command
@@ -57,17 +58,28 @@ class Cluster:
     def url(self, region: str) -> str:
         return self.connection.regions[region].url
 
-    def start_agent(self, region: str, node: str, *args: str, url: str = "") -> Child:
-        """Start one more real agent process in ``region`` (through ``url``, e.g. a proxy, if given)."""
+    async def start_agent(self, region: str, node: str, *args: str, url: str = "") -> Child:
+        """Start one more real agent process in ``region`` (through ``url``, e.g. a proxy, if given),
+        with its own identity (added to the servers first, as ``fed creds add-agent`` does)."""
+        creds = await self.federation.add_identity("agent", node, region)
+        extra = ["--creds", str(creds)] if creds else []
         child = Child(
             f"agent-{node}",
-            agent_command(region, node, url or self.url(region), self.tmp / "agents" / node, *args),
+            agent_command(region, node, url or self.url(region), self.tmp / "agents" / node, *args, *extra),
             self.tmp / "logs" / f"agent-{node}.log",
             restart=False,
         )
         child.start()
         self.extra.append(child)
         return child
+
+    async def raw(self, region: str) -> Any:
+        """A plain nats-py connection to ``region``'s server as the operator (to watch raw subjects)."""
+        import nats
+
+        creds = self.federation.credentials
+        extra = {"nkeys_seed_str": creds.seed, "inbox_prefix": creds.inbox} if creds else {}
+        return await nats.connect(self.url(region), **extra)
 
     def scheduler(self, region: str) -> Child:
         return next(c for c in self.federation.daemons if c.name == f"scheduler-{region}")
@@ -132,11 +144,13 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
         )
         federation = Federation(options)
         connection = await federation.start()
+        use_credentials(federation.credentials)  # this test process is the operator
         cluster = Cluster(federation, connection, options.state_dir)
         clusters.append(cluster)
         return cluster
 
     yield factory
+    use_credentials(None)
     for cluster in clusters:
         for child in cluster.extra:
             if child.alive():

@@ -42,6 +42,7 @@ class CancelRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     job: str
     reason: str
     at: float
+    tenant: str = ""  # set when a tenant's credentials sent it: only that tenant's job is cancelled
 
 
 class OfferSeen(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -329,6 +329,8 @@ class RegionCore:
         view = self.jobs.get(event.job)
         if view is None or view.record.terminal:
             return
+        if event.tenant and event.tenant != view.record.spec.tenant:
+            return  # another tenant's job: as if it did not exist
         if view.claiming:
             view.cancel_pending = event.reason
             return

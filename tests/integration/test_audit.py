@@ -38,8 +38,8 @@ async def test_a_mixed_workload_checks_clean_on_every_region_and_on_the_hub(make
     cluster = await make_cluster(
         regions=("aa", "bb"), agents=1, capacity={"cpu": 2, "memory": 8 * GiB, "gpu": 0}
     )
-    gpu = cluster.start_agent("bb", "bb-gpu", "--gpu-id", "GPU-1")
-    doomed = cluster.start_agent("aa", "aa-doomed")
+    gpu = await cluster.start_agent("bb", "bb-gpu", "--gpu-id", "GPU-1")
+    doomed = await cluster.start_agent("aa", "aa-doomed")
     async with Client.connect(connection=cluster.connection) as fed:
         jobs = {}
         for i in range(6):

@@ -86,9 +86,9 @@ def check_ledger(ledger: Ledger, cores: set[int], memory: int, slots: int) -> No
 
 async def test_four_racing_submitters_never_overallocate_a_small_node(make_cluster) -> None:
     cluster = await make_cluster(agents=0)
-    cluster.start_agent("eu", "small", "--cpu", "2", "--memory", "1GiB", "--max-allocations", "3")
+    await cluster.start_agent("eu", "small", "--cpu", "2", "--memory", "1GiB", "--max-allocations", "3")
     history: list[Ledger] = []
-    nc = await nats.connect(cluster.url("eu"))
+    nc = await cluster.raw("eu")
 
     async def record(msg: nats.aio.msg.Msg) -> None:
         history.append(decode_ledger(msg.data))
@@ -148,7 +148,7 @@ async def test_job_bigger_than_any_offer_waits_with_reason_then_runs_when_node_j
         out = await asyncio.to_thread(run_fed, cluster.tmp, "job", job.id)
         assert "pending" in out.stdout
         assert "too little gpu" in out.stdout
-        cluster.start_agent("eu", "gpu-node", "--gpu-id", "0")
+        await cluster.start_agent("eu", "gpu-node", "--gpu-id", "0")
         record = await job.wait(timeout=60)
         assert (record.state, record.node) == ("succeeded", "gpu-node")
 
@@ -156,7 +156,7 @@ async def test_job_bigger_than_any_offer_waits_with_reason_then_runs_when_node_j
 async def test_workload_sees_exactly_the_claimed_gpus_and_cores(make_cluster) -> None:
     cluster = await make_cluster(agents=0)
     host_cores = sorted(os.sched_getaffinity(0))
-    cluster.start_agent(
+    await cluster.start_agent(
         "eu",
         "pinned",
         "--cpu",
@@ -169,7 +169,7 @@ async def test_workload_sees_exactly_the_claimed_gpus_and_cores(make_cluster) ->
         "GPU-11",
     )
     claims: list[Allocation] = []
-    nc = await nats.connect(cluster.url("eu"))
+    nc = await cluster.raw("eu")
 
     async def record(msg: nats.aio.msg.Msg) -> None:
         claims.extend(decode_ledger(msg.data).allocations)
@@ -219,7 +219,7 @@ async def test_bad_submissions_are_refused_and_change_nothing(make_cluster) -> N
             await fed.submit(["echo", "x" * 8000] * 10)
         with pytest.raises(InvalidRequest):
             await fed.submit(["true"], job_id="has.dots")
-        nc = await nats.connect(cluster.url("eu"))
+        nc = await cluster.raw("eu")
         js = nc.jetstream()
         try:
             # straight over NATS: garbage, a wrong type, an id that disagrees with the subject
@@ -264,7 +264,7 @@ async def test_bad_submissions_are_refused_and_change_nothing(make_cluster) -> N
 
 async def test_plain_nats_publish_of_documented_json_runs_a_job(make_cluster) -> None:
     cluster = await make_cluster(agents=1)
-    nc = await nats.connect(cluster.url("eu"))
+    nc = await cluster.raw("eu")
     try:
         payload = b'{"type":"submit","id":"raw-1","command":["echo","from a plain client"]}'
         await nc.jetstream().publish("fed.eu.wl.submit.raw-1", payload, headers={"Nats-Msg-Id": "raw-1"})

@@ -162,9 +162,11 @@ async def test_restart_with_the_same_state_dir_resumes_jobs(tmp_path: Path) -> N
             assert (await fed.job("waits")).state == "pending"
             from federation.launcher import Child, agent_command
 
+            await second.add_identity("agent", "later", "eu")
+            creds = second.creds_args("agent", "later", "eu")
             agent = Child(
                 "agent-later",
-                agent_command("eu", "later", connection.regions["eu"].url, tmp_path / "later"),
+                agent_command("eu", "later", connection.regions["eu"].url, tmp_path / "later", *creds),
                 tmp_path / "later.log",
                 restart=False,
             )
@@ -190,7 +192,7 @@ async def test_agent_sigkill_with_three_jobs_leaves_no_orphan_and_each_job_ends_
     make_cluster, tmp_path: Path
 ) -> None:
     cluster = await make_cluster(agents=0)
-    agent = cluster.start_agent("eu", "solo", "--cpu", "4")
+    agent = await cluster.start_agent("eu", "solo", "--cpu", "4")
     runs = tmp_path / "runs"
     runs.mkdir()
     body = f"echo $FED_ATTEMPT >> {runs}/$FED_JOB_ID; sleep 300 & sleep 300 & wait"  # a process tree
@@ -203,7 +205,7 @@ async def test_agent_sigkill_with_three_jobs_leaves_no_orphan_and_each_job_ends_
         agent.process.kill()  # SIGKILL: the workloads, in their own sessions, outlive it
         agent.process.wait(timeout=10)
         assert all(attempts_running(job) == {1} for job in policies)
-        cluster.start_agent("eu", "solo", "--cpu", "4")
+        await cluster.start_agent("eu", "solo", "--cpu", "4")
         # the new agent finds its previous life's process groups in its journal and kills them
         await eventually(lambda: not any(1 in attempts_running(job) for job in policies), timeout=30)
         drop = await fed.wait("drop", timeout=30)

@@ -30,7 +30,9 @@ async def test_a_link_blackholed_shorter_than_the_grace_moves_nothing(make_clust
         proxied(cluster.url("eu"), "flaky") as link,
         Client.connect(connection=cluster.connection) as fed,
     ):
-        cluster.start_agent("eu", "flaky", "--config", agent_config(tmp_path, heartbeat=2.0), url=link.url)
+        await cluster.start_agent(
+            "eu", "flaky", "--config", agent_config(tmp_path, heartbeat=2.0), url=link.url
+        )
         await eventually(lambda: _offering(fed, "flaky"), timeout=30)
         job = await fed.submit(["sleep", "600"], nodes=["flaky"], on_node_lost="replace", job_id="steady")
         await eventually(lambda: _state(fed, "steady", "running"), timeout=30)
@@ -53,7 +55,7 @@ async def test_a_lost_node_replaces_waits_and_fails_per_job_and_stops_stale_copi
         proxied(cluster.url("eu"), "flaky") as link,
         Client.connect(connection=cluster.connection) as fed,
     ):
-        cluster.start_agent("eu", "flaky", "--config", agent_config(tmp_path), url=link.url)
+        await cluster.start_agent("eu", "flaky", "--config", agent_config(tmp_path), url=link.url)
         await eventually(lambda: _offering(fed, "flaky"), timeout=30)
         policies = {"rep": "replace", "wai": "wait=10m", "fai": "fail"}
         for job, policy in policies.items():

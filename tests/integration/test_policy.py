@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(180)
 
 async def test_urgent_job_preempts_the_youngest_low_job_and_the_victim_runs_again_later(make_cluster) -> None:
     cluster = await make_cluster(agents=0)
-    cluster.start_agent("eu", "only", "--cpu", "2", "--memory", "2GiB")
+    await cluster.start_agent("eu", "only", "--cpu", "2", "--memory", "2GiB")
     async with Client.connect(connection=cluster.connection) as fed:
         old = await fed.submit(["sleep", "3"], priority="low", job_id="low-old")
         await eventually(lambda: _state(fed, "low-old", "running"))
@@ -72,8 +72,8 @@ async def test_policy_reload_takes_effect_and_a_bad_file_is_refused(make_cluster
 
 async def test_explain_names_the_blocking_reason_and_why_a_node_won(make_cluster) -> None:
     cluster = await make_cluster(agents=0)
-    cluster.start_agent("eu", "small", "--cpu", "1", "--label", "city=AMS")
-    cluster.start_agent("eu", "big", "--cpu", "2", "--label", "city=BER")
+    await cluster.start_agent("eu", "small", "--cpu", "1", "--label", "city=AMS")
+    await cluster.start_agent("eu", "big", "--cpu", "2", "--label", "city=BER")
     async with Client.connect(connection=cluster.connection) as fed:
         await eventually(lambda: _offers(fed, 2))
         stuck = await fed.submit(["true"], cpu=1, require={"city": "PAR"})
@@ -111,7 +111,7 @@ async def _explained(fed: Client, job: str):  # type: ignore[no-untyped-def]
 
 async def test_a_flooding_tenant_cannot_starve_another_with_an_equal_quota(make_cluster) -> None:
     cluster = await make_cluster(agents=0)
-    cluster.start_agent("eu", "shared", "--cpu", "4", "--memory", "4GiB")
+    await cluster.start_agent("eu", "shared", "--cpu", "4", "--memory", "4GiB")
     config = cluster.tmp / "config" / "scheduler-eu.toml"
     log = cluster.tmp / "logs" / "scheduler-eu.log"
     await eventually(lambda: "scheduler started" in log.read_text(), timeout=15)
@@ -150,7 +150,7 @@ async def _equals(value, expected: int) -> bool:  # type: ignore[no-untyped-def]
 async def test_gang_of_three_with_room_for_two_waits_then_starts_together(make_cluster, tmp_path) -> None:
     cluster = await make_cluster(agents=0)
     for name in ("g1", "g2"):
-        cluster.start_agent("eu", name, "--cpu", "1", "--memory", "1GiB")
+        await cluster.start_agent("eu", name, "--cpu", "1", "--memory", "1GiB")
     marks = tmp_path / "marks"
     script = f"echo $FED_GANG_MEMBER $(date +%s.%N) >> {marks}; sleep 1"
     async with Client.connect(connection=cluster.connection) as fed:
@@ -159,7 +159,7 @@ async def test_gang_of_three_with_room_for_two_waits_then_starts_together(make_c
         explained = await eventually(lambda: _explained(fed, job.id))
         assert "gang of 3 starts all together; room for 2 now" in explained.record.reason
         assert not marks.exists(), "a member started although the gang did not fit"
-        cluster.start_agent("eu", "g3", "--cpu", "1", "--memory", "1GiB")
+        await cluster.start_agent("eu", "g3", "--cpu", "1", "--memory", "1GiB")
         record = await job.wait(timeout=60)
     assert record.state == "succeeded"
     assert sorted(record.members) == ["g1", "g2", "g3"]
@@ -171,7 +171,7 @@ async def test_gang_of_three_with_room_for_two_waits_then_starts_together(make_c
 
 async def test_custom_resource_routes_the_job_to_the_node_that_offers_it(make_cluster) -> None:
     cluster = await make_cluster(agents=1)
-    cluster.start_agent("eu", "licensed", "--resource", "licence=1")
+    await cluster.start_agent("eu", "licensed", "--resource", "licence=1")
     async with Client.connect(connection=cluster.connection) as fed:
         await eventually(lambda: _offers(fed, 2))
         first = await fed.submit(["sleep", "2"], custom={"licence": 1})

@@ -55,14 +55,16 @@ async def test_hostile_workloads_are_stopped_or_denied_and_the_agent_carries_on(
         f"cpu = 4\nmemory = {8 * GiB}\n[limits]\n{limits}\n"
     )
     monkeypatch.setenv("FED_AGENT_SECRET", SECRET)  # in the agent's environment only
-    agent = cluster.start_agent("sb", "sandboxed", "--config", str(config), "--state-dir", str(state))
+    agent = await cluster.start_agent("sb", "sandboxed", "--config", str(config), "--state-dir", str(state))
     journal = state / "attempts.journal"
+    key = cluster.tmp / "creds" / "agent-sb-sandboxed.creds"  # the agent's nkey seed
     hostile = {
         "allocate-4g": ([PYTHON, "-c", "b = bytearray(4 * 1024**3)"], 0.0),
         "spin": (["sh", "-c", "while :; do :; done"], 0.0),
         "big-file": (["dd", "if=/dev/zero", "of=big", "bs=1M", "count=2048"], 0.0),
         "flood": (["head", "-c", "100000000", "/dev/zero"], 0.0),
         "steal": (["cat", str(journal)], 0.0),
+        "steal-key": (["cat", str(key)], 0.0),
         "escape": (["sh", "-c", f"echo pwned > {state}/planted"], 0.0),
         "dump-env": (["env"], 0.0),
     }
@@ -95,6 +97,10 @@ async def test_hostile_workloads_are_stopped_or_denied_and_the_agent_carries_on(
         assert records["steal"].state == "failed"
         assert b"Permission denied" in output["steal"]
         assert journal.exists()  # the file is there: only its mode keeps the job out
+        assert records["steal-key"].state == "failed"
+        assert b"Permission denied" in output["steal-key"]
+        assert key.exists()
+        assert b"SU" not in output["steal-key"]
         assert records["escape"].state == "failed"
         assert not (state / "planted").exists()
         assert records["dump-env"].state == "succeeded"

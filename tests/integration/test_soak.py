@@ -62,7 +62,7 @@ async def test_soak_with_rotating_faults_keeps_every_invariant(make_cluster, tmp
     async with proxied(cluster.url("eu"), "flaky") as link:
         config = tmp_path / "flaky.toml"
         config.write_text(f"heartbeat_interval = 1.0\ncpu = {CPU_PER_NODE}\nmemory = 8589934592\n")
-        flaky = cluster.start_agent("eu", "flaky", "--config", str(config), url=link.url)
+        flaky = await cluster.start_agent("eu", "flaky", "--config", str(config), url=link.url)
 
         async def load() -> None:
             """Short jobs, at most once (the default) and at least once (replace), steadily."""

@@ -34,7 +34,7 @@ async def record(fed: Client, job: str, region: str) -> JobRecord | None:
 
 async def test_a_gpu_job_from_a_region_without_gpus_runs_on_another_regions_gpu(make_cluster) -> None:
     cluster = await make_cluster(regions=("aa", "bb"), agents=1)
-    cluster.start_agent("bb", "bb-gpu", "--gpu-id", "GPU-7", "--label", "city=AMS")
+    await cluster.start_agent("bb", "bb-gpu", "--gpu-id", "GPU-7", "--label", "city=AMS")
     async with Client.connect(connection=cluster.connection) as fed:
         await eventually(lambda: fresh_view(fed, "aa", "bb", gpu_free=1), timeout=30)
         job = await fed.submit(

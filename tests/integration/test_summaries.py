@@ -24,7 +24,7 @@ async def test_the_leader_publishes_a_summary_aggregating_custom_attributes(
         config.write_text(
             f'cpu = 4\nmemory = 8589934592\nattributes = {{ {attributes} }}\n[labels]\ncity = "AMS"\n'
         )
-        cluster.start_agent("eu", node, "--config", str(config))
+        await cluster.start_agent("eu", node, "--config", str(config))
     async with Client.connect(connection=cluster.connection) as fed:
 
         async def both_nodes() -> object:

@@ -1,0 +1,277 @@
+"""Identities and their NATS permissions: who may publish and read what.
+
+Theory of operation
+-------------------
+Every process that talks to a federation's servers authenticates with an nkey (an Ed25519 key
+pair; the server keeps only the public key and checks a signature of its nonce). An
+:class:`Identity` is one such key with a role, and the role decides the server-side permissions
+(:func:`permissions`), so a process can do only what its role needs even if it misbehaves:
+
+- ``agent`` (one node of one region): publishes only its node's heartbeat, offer and status
+  subjects, reads only its own ledger key (the republish subject and a direct get of that key);
+- ``scheduler`` (one region): that region's subjects and its domain's JetStream API, hand-offs and
+  forwarded cancels to other regions, and answers to requests (``allow_responses``);
+- ``tenant``: submits and cancels only on subjects that end in its name (the scheduler checks the
+  submission's ``tenant`` against it) and asks its region's scheduler for its own jobs and logs
+  (``fed.<region>.tenant.<name>.>``); no stream, bucket or audit access;
+- ``auditor``: read-only access to the audit streams, the live buckets (invariant I8) and stream
+  and consumer info; nothing it can publish changes state;
+- ``leaf`` (one region's leafnode link to the hub): everything except the node-local traffic of
+  any region (heartbeats, offers, status, ledger republish, journal, quarantine, KV writes), in
+  either direction, so no region and no hub client can speak for another region's nodes;
+- ``admin`` (``fed up``, operators): everything.
+
+Every identity's replies come to a private inbox named by its public key
+(``_INBOX.<public key>.>``), which only it may subscribe to.
+
+:func:`authorization` renders the ``authorization`` block of a server's configuration;
+``federation.keyring`` keeps the keys on disk. Everything here is pure except the last section:
+who this process is (:func:`use_credentials`, :func:`use_tls`: a daemon's ``--creds`` and
+``--tls-*``), which every connection it opens without its own presents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nkeys
+
+from federation import subjects
+from federation.deploy import TlsFiles
+from federation.errors import ConfigError, FederationUnavailable
+
+KINDS = ("admin", "scheduler", "agent", "tenant", "auditor", "leaf")
+# node-local traffic: it never needs to cross a leafnode link, in either direction
+LOCAL_ONLY = ("hb.>", "offer.>", "status.>", "ledger.>", "inputs", "quarantine.>")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One key and its role. ``name`` is the node (agent), tenant, or region (scheduler, leaf)."""
+
+    kind: str
+    name: str
+    public_key: str
+    region: str = ""  # an agent's region
+
+    @property
+    def label(self) -> str:
+        """How people name it: ``agent eu-west/eu-west-n1``, ``tenant acme``."""
+        where = f"{self.region}/" if self.region else ""
+        return f"{self.kind} {where}{self.name}"
+
+    @property
+    def inbox(self) -> str:
+        """The prefix of this identity's private inbox subjects."""
+        return inbox(self.public_key)
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """Server-side permissions: what is not allowed is refused (deny lists narrow an allow-all)."""
+
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    publish_deny: tuple[str, ...] = ()
+    subscribe_deny: tuple[str, ...] = ()
+    allow_responses: bool = False
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a client presents: its identity's seed (secret), and who that is."""
+
+    seed: str
+    kind: str = "admin"
+    name: str = "admin"
+    region: str = ""
+    public_key: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.public_key:
+            object.__setattr__(self, "public_key", public_key(self.seed))
+
+    @property
+    def inbox(self) -> str:
+        return inbox(self.public_key)
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.kind, self.name, self.public_key, self.region)
+
+
+def new_seed() -> str:
+    """A fresh user nkey seed (``SU...``): the secret an identity signs with."""
+    return str(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode())
+
+
+def public_key(seed: str) -> str:
+    """The public key (``U...``) of a user seed; ConfigError for anything that is not one."""
+    try:
+        key = str(nkeys.from_seed(bytearray(seed.strip().encode())).public_key.decode())
+    except (nkeys.NkeysError, ValueError, TypeError) as exc:
+        raise ConfigError(f"not an nkey seed: {exc}") from None
+    if not key.startswith("U"):
+        raise ConfigError("not a user nkey seed (it must start with SU)")
+    return key
+
+
+def inbox(key: str) -> str:
+    return f"_INBOX.{key}"
+
+
+def check_identity(kind: str, name: str, region: str = "") -> None:
+    """ConfigError unless ``kind``/``name``/``region`` can name an identity."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown identity kind {kind!r} (one of {', '.join(KINDS)})")
+    if kind in ("scheduler", "leaf"):
+        subjects.check_region(name)
+    else:
+        subjects.check_token(name, kind)
+    if kind == "agent":
+        subjects.check_region(region)
+
+
+def permissions(identity: Identity, regions: Sequence[str]) -> Permissions | None:
+    """What ``identity`` may do on a federation of ``regions`` (None: everything)."""
+    kind, name, own = identity.kind, identity.name, identity.inbox + ".>"
+    if kind == "admin":
+        return None
+    if kind == "agent":
+        r = identity.region
+        ledger = subjects.ledger_bucket(r)
+        return Permissions(
+            publish=(
+                subjects.heartbeat(r, name),
+                subjects.offer(r, name),
+                f"fed.{r}.status.{name}.>",
+                f"$JS.API.DIRECT.GET.KV_{ledger}.$KV.{ledger}.{name}",
+            ),
+            subscribe=(subjects.ledger_changes(r, name), own),
+        )
+    if kind == "scheduler":
+        r = name
+        return Permissions(
+            publish=(
+                f"fed.{r}.>",
+                "fed.*.handoff.>",  # spillover requests to other regions
+                "fed.*.wl.cancel.>",  # a cancel passed on to the region a job was handed to
+                "$JS.API.>",  # the region's own domain (a region server never routes it to the hub)
+                "$JS.*.API.INFO",  # is another region's JetStream reachable?
+                f"$KV.{subjects.ledger_bucket(r)}.>",
+                f"$KV.{subjects.jobs_bucket(r)}.>",
+                f"$KV.{subjects.lease_bucket(r)}.>",
+                "$JS.ACK.>",
+                "$JS.FC.>",
+            ),
+            subscribe=(f"fed.{r}.>", "_fed.deliver.>", own),
+            allow_responses=True,
+        )
+    if kind == "tenant":
+        return Permissions(
+            publish=(
+                subjects.submit("*", "*") + f".{name}",
+                subjects.cancel("*", "*") + f".{name}",
+                f"fed.*.tenant.{name}.>",
+            ),
+            subscribe=(own,),
+        )
+    if kind == "auditor":
+        streams = [subjects.audit_stream(r) for r in regions] + [subjects.AUDIT_ALL]
+        streams += [
+            f"KV_{bucket(r)}" for r in regions for bucket in (subjects.ledger_bucket, subjects.jobs_bucket)
+        ]
+        readable = [
+            f"$JS.API.CONSUMER.{verb}.{stream}{tail}"
+            for stream in streams
+            for verb in ("CREATE", "MSG.NEXT", "DELETE")
+            for tail in ("", ".>")
+        ]
+        readable += [f"$JS.API.DIRECT.GET.{stream}.>" for stream in streams]
+        return Permissions(
+            publish=(
+                "$JS.API.INFO",
+                "$JS.API.STREAM.INFO.*",
+                "$JS.API.CONSUMER.INFO.*.*",
+                "$JS.FC.>",
+                *readable,
+            ),
+            subscribe=(own,),
+        )
+    if kind == "leaf":
+        local = (*(f"fed.*.{suffix}" for suffix in LOCAL_ONLY), "$KV.>")
+        return Permissions(publish_deny=local, subscribe_deny=local)
+    raise ConfigError(f"unknown identity kind {kind!r}")
+
+
+def authorization(identities: Iterable[Identity], regions: Sequence[str], *, hub: bool) -> str:
+    """The ``authorization`` block of a server's configuration: every identity may connect with
+    its permissions; leafnode identities only on the hub (the side that accepts leafnodes)."""
+    quote = json.dumps
+    users = []
+    for identity in sorted(identities, key=lambda i: (i.kind, i.region, i.name)):
+        if identity.kind == "leaf" and not hub:
+            continue
+        perms = permissions(identity, regions)
+        entry = f"    {{ nkey: {quote(identity.public_key)}"
+        if perms is not None:
+            entry += f", permissions: {_permissions(perms)}"
+        users.append(entry + " }")
+    return "authorization {\n  timeout: 2\n  users: [\n" + ",\n".join(users) + "\n  ]\n}"
+
+
+def _permissions(perms: Permissions) -> str:
+    def side(allow: tuple[str, ...], deny: tuple[str, ...]) -> str:
+        parts = []
+        if allow:
+            parts.append(f"allow: {json.dumps(list(allow))}")
+        if deny:
+            parts.append(f"deny: {json.dumps(list(deny))}")
+        return "{ " + ", ".join(parts) + " }"
+
+    text = "{ "
+    text += f"publish: {side(perms.publish, perms.publish_deny)}, "
+    text += f"subscribe: {side(perms.subscribe, perms.subscribe_deny)}"
+    if perms.allow_responses:
+        text += ", allow_responses: true"
+    return text + " }"
+
+
+# --- this process's identity ---------------------------------------------------------------------
+
+_process: dict[str, Any] = {"tls": None, "credentials": None}
+
+
+def use_tls(files: TlsFiles | None) -> None:
+    """Make ``files`` the TLS of every connection this process opens without its own."""
+    _process["tls"] = files
+
+
+def use_credentials(credentials: Credentials | None) -> None:
+    """Make ``credentials`` the identity of every connection this process opens without its own."""
+    _process["credentials"] = credentials
+
+
+def process_tls() -> TlsFiles | None:
+    tls: TlsFiles | None = _process["tls"]
+    return tls
+
+
+def process_credentials() -> Credentials | None:
+    credentials: Credentials | None = _process["credentials"]
+    return credentials
+
+
+def tls_context(files: TlsFiles) -> ssl.SSLContext:
+    """A client TLS context: the server must chain to ``files.ca``; we present ``files.cert``."""
+    try:
+        context = ssl.create_default_context(cafile=files.ca)
+        context.load_cert_chain(files.cert, files.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise FederationUnavailable("tls", f"cannot load the TLS files: {exc}") from None
+    return context

@@ -1,0 +1,122 @@
+"""The keyring: a federation's identities on disk (``<state-dir>/creds``).
+
+``identities.json`` lists every identity the servers accept (role, name and public key: nothing
+secret), and each identity's credentials file ``<kind>-[<region>-]<name>.creds`` holds its seed
+(mode 0600, in a 0700 directory). A credentials file is a plain nkey seed file with comment lines
+naming the identity, so the ``nats`` CLI accepts it too (``nats --nkey FILE``)::
+
+    # nats-federation credentials: keep secret
+    # identity: agent eu-west eu-west-n1
+    SUAB...
+
+Removing an identity from the list is a revocation: servers refuse its key after their
+configuration is rendered again and reloaded (``fed creds revoke``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from federation.auth import Credentials, Identity, check_identity, new_seed, public_key
+from federation.errors import ConfigError
+
+REGISTRY = "identities.json"
+
+
+def credentials_name(kind: str, name: str, region: str = "") -> str:
+    """The file name of an identity's credentials."""
+    return f"{kind}-{region}-{name}.creds" if region else f"{kind}-{name}.creds"
+
+
+def load_credentials(path: Path | str) -> Credentials:
+    """Read a credentials file (or a bare seed file, which is taken as an admin's)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read credentials: {exc.strerror}", source=str(path)) from None
+    kind, name, region, seed = "admin", "admin", "", ""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("# identity:"):
+            parts = line.split(":", 1)[1].split()
+            if len(parts) == 2:
+                kind, name = parts
+            elif len(parts) == 3:
+                kind, region, name = parts
+        elif line.startswith("SU"):
+            seed = line
+    if not seed:
+        raise ConfigError("no nkey seed (a line starting with SU) in the credentials file", source=str(path))
+    return Credentials(seed=seed, kind=kind, name=name, region=region)
+
+
+class Keyring:
+    """The identities of one federation, and the credentials this machine holds for them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def identities(self) -> list[Identity]:
+        """Every identity the servers accept."""
+        try:
+            rows = json.loads((self.directory / REGISTRY).read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"unreadable keyring: {exc}", source=str(self.directory / REGISTRY)) from None
+        return [Identity(r["kind"], r["name"], r["public_key"], r.get("region", "")) for r in rows]
+
+    def find(self, kind: str, name: str, region: str = "") -> Identity | None:
+        return next(
+            (i for i in self.identities() if (i.kind, i.name, i.region) == (kind, name, region)),
+            None,
+        )
+
+    def path(self, kind: str, name: str, region: str = "") -> Path:
+        return self.directory / credentials_name(kind, name, region)
+
+    def add(self, kind: str, name: str, region: str = "", *, exist_ok: bool = False) -> Path:
+        """Create an identity and its credentials file; return the file's path."""
+        check_identity(kind, name, region)
+        path = self.path(kind, name, region)
+        if self.find(kind, name, region) is not None:
+            if exist_ok and path.exists():
+                return path
+            if not exist_ok:
+                raise ConfigError(f"{kind} {name} exists already (revoke it first to replace its key)")
+        seed = new_seed()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        where = f"{region} " if region else ""
+        text = f"# nats-federation credentials: keep secret\n# identity: {kind} {where}{name}\n{seed}\n"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        tmp.replace(path)
+        others = [i for i in self.identities() if (i.kind, i.name, i.region) != (kind, name, region)]
+        self._save([*others, Identity(kind, name, public_key(seed), region)])
+        return path
+
+    def revoke(self, kind: str, name: str, region: str = "") -> Identity:
+        """Remove an identity (the servers refuse it once reloaded) and delete its credentials."""
+        found = self.find(kind, name, region)
+        if found is None:
+            raise ConfigError(f"no {kind} {name} in {self.directory / REGISTRY}")
+        self._save([i for i in self.identities() if i != found])
+        self.path(kind, name, region).unlink(missing_ok=True)
+        return found
+
+    def credentials(self, kind: str, name: str, region: str = "") -> Credentials:
+        return load_credentials(self.path(kind, name, region))
+
+    def _save(self, identities: list[Identity]) -> None:
+        rows = [
+            {"kind": i.kind, "name": i.name, "region": i.region, "public_key": i.public_key}
+            for i in sorted(identities, key=lambda i: (i.kind, i.region, i.name))
+        ]
+        tmp = self.directory / (REGISTRY + ".tmp")
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
+        tmp.replace(self.directory / REGISTRY)

@@ -1,0 +1,130 @@
+"""A tenant's window on a region: its own jobs and logs, answered by the region's leading scheduler.
+
+Tenants' credentials grant no stream, bucket or audit access (``federation.auth``): a job record or
+a log chunk read straight from JetStream could be anyone's. Instead a tenant asks on
+``fed.<region>.tenant.<tenant>.<verb>``, a subject its permissions pin to its own name, and the
+leader answers from the jobs bucket and the logs stream, keeping only what belongs to that tenant
+(``spec.tenant``). Another tenant's job is answered exactly like a job that does not exist.
+
+Verbs (request: :class:`TenantQuery`, reply: :class:`TenantReply`, JSON):
+
+- ``job``: the record of ``job``;
+- ``jobs``: the tenant's records (of ``state`` if given), oldest first, at most ``MAX_RECORDS``;
+- ``logs``: ``job``'s output chunks stored after stream sequence ``after``, up to ``LOG_BYTES``
+  per answer; ``next`` is where to ask from again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+
+from federation import subjects
+from federation.bus import Bus
+from federation.errors import FederationError, RemoteProtocolError
+from federation.schemas import JobRecord, decode_record
+
+QUEUE_GROUP = "schedulers"
+MAX_RECORDS = 1000
+LOG_BYTES = 512 * 1024
+QUERY_BYTES = 4096
+
+
+class TenantQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    job: str = ""
+    state: str = ""
+    after: int = 0  # logs: the stream sequence already read
+
+
+class TenantReply(msgspec.Struct, kw_only=True):
+    records: list[JobRecord] = []
+    chunks: list[bytes] = []  # logs (base64 in JSON)
+    next: int = 0  # logs: ask again after this sequence
+    truncated: bool = False  # jobs: more than MAX_RECORDS matched (the newest are left out)
+    error: str = ""
+
+
+class Tenants:
+    """Answers tenants' questions about ``region`` on ``bus`` (run by the leading scheduler)."""
+
+    def __init__(self, bus: Bus, region: str) -> None:
+        self.bus = bus
+        self.region = region
+
+    async def serve(self) -> None:
+        subscription = await self.bus.serve(
+            subjects.tenant_api(self.region, "*", "*"), self.answer, queue=QUEUE_GROUP, concurrent=True
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await subscription.unsubscribe()
+
+    async def answer(self, subject: str, data: bytes) -> bytes:
+        parts = subject.split(".")
+        tenant, verb = parts[3], parts[4]
+        try:
+            if len(data) > QUERY_BYTES:
+                raise RemoteProtocolError(f"a query is at most {QUERY_BYTES} bytes")
+            query = msgspec.json.decode(data or b"{}", type=TenantQuery)
+            if query.job:
+                subjects.check_token(query.job, "job id")
+            reply = await self._answer(tenant, verb, query)
+        except (msgspec.ValidationError, msgspec.DecodeError, FederationError) as exc:
+            reply = TenantReply(error=f"bad query: {exc}")
+        return msgspec.json.encode(reply)
+
+    async def _answer(self, tenant: str, verb: str, query: TenantQuery) -> TenantReply:
+        if verb == "jobs":
+            records = [r for r in await self._records() if r.spec.tenant == tenant]
+            records = [r for r in records if not query.state or r.state == query.state]
+            records.sort(key=lambda r: (r.submitted_at, r.id))
+            return TenantReply(records=records[:MAX_RECORDS], truncated=len(records) > MAX_RECORDS)
+        record = await self._record(query.job)
+        if record is None or record.spec.tenant != tenant:
+            return TenantReply(error=f"job {query.job!r} not found")
+        if verb == "job":
+            return TenantReply(records=[record])
+        if verb == "logs":
+            return await self._logs(query.job, query.after)
+        return TenantReply(error=f"unknown question {verb!r} (job, jobs or logs)")
+
+    async def _record(self, job: str) -> JobRecord | None:
+        value, _ = await self.bus.kv_get(subjects.jobs_bucket(self.region), job)
+        try:
+            return decode_record(value) if value is not None else None
+        except RemoteProtocolError:
+            return None
+
+    async def _records(self) -> list[JobRecord]:
+        out = []
+        for value, _ in (await self.bus.kv_load(subjects.jobs_bucket(self.region))).values():
+            try:
+                out.append(decode_record(value))
+            except RemoteProtocolError:
+                continue
+        return out
+
+    async def _logs(self, job: str, after: int) -> TenantReply:
+        chunks: list[bytes] = []
+        size, last = 0, after
+        stream, filter_subject = subjects.logs_stream(self.region), subjects.job_log_filter(self.region, job)
+        items = self.bus.follow(stream, filter_subject, start_sequence=after + 1, until_caught_up=True)
+        async with contextlib.aclosing(items):  # type: ignore[type-var]
+            async for item in items:
+                if size + len(item.data) > LOG_BYTES and chunks:
+                    break
+                chunks.append(item.data)
+                size += len(item.data)
+                last = item.sequence
+        return TenantReply(chunks=chunks, next=last)
+
+
+def decode_reply(data: bytes) -> TenantReply:
+    return msgspec.json.decode(data, type=TenantReply)
+
+
+__all__: list[Any] = ["TenantQuery", "TenantReply", "Tenants", "decode_reply"]
