@@ -41,13 +41,14 @@ from pathlib import Path
 import psutil
 import structlog
 
-from agents import runner
+from agents import landlock, runner
 from agents.probes import HostProbe, build_offer, declared_devices
 from federation import subjects, tracing
-from federation.bus import Bus, Delivery, idle
+from federation.bus import Bus, Delivery
 from federation.config import AgentConfig
 from federation.errors import ConfigError, FederationError, RemoteProtocolError
 from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, decode_ledger, encode
+from federation.tasks import idle
 
 log = structlog.get_logger()
 LEDGER_CHECK = 2.0  # seconds without a republished change before the agent reads its ledger again
@@ -378,8 +379,11 @@ class Agent:
     def _sandbox(self) -> runner.Sandbox:
         """Who workloads run as (``run_as``), checked at start: a wrong user stops the agent."""
         tools, taskset = runner.sandbox_tools(), shutil.which("taskset")
+        confine = self.config.confine_writes
+        if confine and landlock.abi() < 1:
+            raise ConfigError("confine_writes needs Landlock (Linux 5.13+, with landlock among the LSMs)")
         if not self.config.run_as:
-            return runner.Sandbox(tools=tools, taskset=taskset)
+            return runner.Sandbox(tools=tools, taskset=taskset, confine_writes=confine)
         try:
             user = pwd.getpwnam(self.config.run_as)
         except KeyError:
@@ -395,7 +399,9 @@ class Agent:
         self.work_root.mkdir(parents=True, exist_ok=True)
         self.work_root.chmod(0o711)
         self.log.info("workloads run as", user=self.config.run_as, uid=user.pw_uid)
-        return runner.Sandbox(uid=user.pw_uid, gid=user.pw_gid, tools=tools, taskset=taskset)
+        return runner.Sandbox(
+            uid=user.pw_uid, gid=user.pw_gid, tools=tools, taskset=taskset, confine_writes=confine
+        )
 
     def _confined(self, allocation: Allocation) -> runner.Sandbox:
         """The sandbox of one attempt: its address space is at least the memory it asked for."""

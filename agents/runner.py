@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents import landlock
+
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
 CHUNK = 16 * 1024
 PUMP_DRAIN = 2.0  # seconds to finish reading output once the process group is gone
@@ -69,6 +71,7 @@ class Sandbox:
     limits: Mapping[int, int] = field(default_factory=dict)
     tools: tuple[str, str] | None = None
     taskset: str | None = None  # util-linux's taskset: CPU affinity without a preexec_fn
+    confine_writes: bool = False  # Landlock: the workload changes files only in its working directory
 
     @property
     def by_tools(self) -> bool:
@@ -239,7 +242,11 @@ async def start(
         shutil.rmtree(workdir, ignore_errors=True)  # the tools would report it only as an exit
         raise LaunchError(f"cannot start {spec.command[0]!r}: not found or not executable")
 
+    confine = str(workdir) if sandbox.confine_writes else None
+
     def in_child() -> None:  # runs between fork and exec, after the switch to the sandbox's user
+        if confine is not None:  # first: nothing after it (setpriv, prlimit) needs to write
+            landlock.confine_writes(confine)
         for name, pair in limits:
             resource.setrlimit(name, pair)
         if cores is not None:
@@ -255,7 +262,7 @@ async def start(
             cwd=workdir,
             env=env,
             start_new_session=True,
-            preexec_fn=in_child if cores is not None or limits else None,
+            preexec_fn=in_child if cores is not None or limits or confine else None,
             user=sandbox.uid if switch else None,
             group=sandbox.gid if switch else None,
             extra_groups=[] if switch else None,

@@ -1,4 +1,4 @@
-"""What confining a workload costs the agent per start: agent CPU and starts/s, four ways.
+"""What confining a workload costs the agent per start: agent CPU and starts/s, five ways.
 
     python bench/spawn.py              # 300 sequential starts of `true` each way (root, for the user switch)
 
@@ -6,7 +6,9 @@
 2. preexec: the limits set in a ``preexec_fn`` (a full fork of the agent, Python run in the child);
 3. preexec + user: the same plus the switch to ``nobody``;
 4. tools: util-linux ``setpriv`` (user) and ``prlimit`` (limits) in front of the command, started
-   with a vfork (what ``agents/runner.py`` does when both tools are installed).
+   with a vfork (what ``agents/runner.py`` does when both tools are installed);
+5. tools + landlock: the same, plus ``confine_writes`` (Landlock applied in a ``preexec_fn``, so a
+   full fork again).
 
 The process first allocates an agent-sized heap (30 MiB), since a fork costs by the parent's size.
 """
@@ -20,6 +22,9 @@ import resource
 import shutil
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 
@@ -67,6 +72,12 @@ async def main() -> None:
         tools = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
         tools += [prlimit, f"--as={2 << 30}", "--nproc=512", "--"]
         await measure("tools", [*tools, "true"])
+        from agents import landlock
+
+        if landlock.abi() > 0:
+            workdir = os.getcwd()
+            confine = lambda: landlock.confine_writes(workdir)  # noqa: E731 - one line, one use
+            await measure("tools+landlock", [*tools, "true"], preexec_fn=confine)
     del heap
 
 

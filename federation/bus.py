@@ -39,6 +39,7 @@ from federation.auth import Credentials
 from federation.deploy import TlsFiles
 from federation.errors import ConflictError, FederationUnavailable, InvalidRequest, NoResponders, NotPermitted
 from federation.layout import StreamFacts, StreamSpec
+from federation.tasks import cancelled, idle
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 MSG_ID = "Nats-Msg-Id"
@@ -138,24 +139,6 @@ class Tail:
         """Delete the consumer."""
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
-
-
-async def idle(seconds: float) -> None:
-    """``asyncio.sleep`` for daemon loops, raising a cancellation that something swallowed.
-
-    nats-py waits with ``asyncio.wait_for``, which on Python 3.11 can swallow a cancellation that
-    meets its answer or its timeout (the task stays marked as cancelling); a loop that sleeps
-    through here stops at its next turn instead of running forever.
-    """
-    cancelled()
-    await asyncio.sleep(seconds)
-
-
-def cancelled() -> None:
-    """Raise ``CancelledError`` if the current task was asked to stop and something swallowed it."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _translate(subject: str, exc: Exception) -> BaseException:
@@ -463,12 +446,23 @@ class Bus:
             out[item.subject] = item
         return out
 
+    async def _stream_info(self, stream: str) -> api.StreamInfo:
+        """The stream's info; waits out a leader election (a clustered region losing a server)."""
+        deadline = asyncio.get_running_loop().time() + FAILOVER
+        while True:
+            try:
+                return await self.js.stream_info(stream)
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise FederationUnavailable(stream, "no stream leader answers") from None
+                await idle(0.2)
+
     async def kv_load(self, bucket: str) -> dict[str, tuple[bytes, int]]:
         """Every live key's latest value and revision (one ordered pass over the bucket)."""
         out: dict[str, tuple[bytes, int]] = {}
         stream = f"KV_{bucket}"
         try:
-            info = await self.js.stream_info(stream)
+            info = await self._stream_info(stream)
         except nats.js.errors.NotFoundError:
             raise FederationUnavailable(bucket, "bucket does not exist (run provisioning)") from None
         if info.state.messages == 0:
@@ -727,7 +721,7 @@ class Bus:
     async def last_sequence(self, stream: str) -> int | None:
         """The stream's last sequence (0 when empty), or None when it does not exist."""
         try:
-            return int((await self.js.stream_info(stream)).state.last_seq)
+            return int((await self._stream_info(stream)).state.last_seq)
         except nats.js.errors.NotFoundError:
             return None
 
@@ -736,7 +730,7 @@ class Bus:
     async def stream_facts(self, stream: str) -> StreamFacts | None:
         """The facts of ``stream``, or None when it does not exist."""
         try:
-            config = (await self.js.stream_info(stream)).config
+            config = (await self._stream_info(stream)).config
         except nats.js.errors.NotFoundError:
             return None
         except Exception as exc:

@@ -232,6 +232,8 @@ async def cmd_agent(args: argparse.Namespace) -> int:
         overrides["sharing"] = {"max_offers_per_node": args.max_allocations}
     if args.run_as:
         overrides["run_as"] = args.run_as
+    if args.confine_writes:
+        overrides["confine_writes"] = True
     overrides["state_dir"] = str(_state_dir(args))
     config = (
         load_toml(Path(args.config), AgentConfig, overrides)
@@ -612,6 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--run-as", help="run workloads as this unprivileged user (the agent must start as root to switch)"
+    )
+    p.add_argument(
+        "--confine-writes",
+        action="store_true",
+        help="workloads may change files only in their own working directory (Linux Landlock)",
     )
     p.add_argument("--cpu", type=int, help="cores to declare (default: the host's)")
     p.add_argument("--memory", help="memory to declare, e.g. 8GiB (default: the host's)")

@@ -68,7 +68,7 @@ async def cmd_add(args: argparse.Namespace) -> int:
     if kind == "agent":
         print(f"run it: fed agent --region {region} --node {args.name} --creds {path} --url ...")
     elif kind == "tenant":
-        print(f"use it: FED_CREDS={path} fed submit --tenant {args.name} -- COMMAND")
+        print(f"use it: FED_CREDS={path} fed submit -- COMMAND   (then fed jobs, fed logs ID: its own only)")
     else:
         print(f"use it: FED_CREDS={path} fed audit check")
     return 0

@@ -72,6 +72,8 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
 
     ``run_as`` is the unprivileged user workloads run as (the agent must start as root to switch);
     empty runs them as the agent's own user. ``limits`` bound every workload process.
+    ``confine_writes`` lets a workload create, change or remove files only beneath its own working
+    directory (Landlock; it costs a full fork per start, bench/spawn.py).
     """
 
     region: str
@@ -90,6 +92,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     max_output_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024 * 1024
     kill_grace: NonNegative = 5.0
     run_as: str = ""
+    confine_writes: bool = False  # Landlock: workloads change files only in their working directory
     limits: Limits = Limits()
     sharing: SharingPolicy = SharingPolicy()
 

@@ -644,7 +644,12 @@ async def up(options: Options, echo: Callable[[str], None] = print) -> None:
         f"  export FED_STATE_DIR={options.state_dir}\n"
         f"  fed submit --region {region} --wait -- echo hello from the federation\n"
         f"  fed status\n"
-        f"Ctrl-C stops every process started here; state is kept in {options.state_dir}."
+        + (
+            f"every process connects with its own key ({options.state_dir / 'creds'}; see fed creds list)\n"
+            if options.auth
+            else "authentication is off (--no-auth): any client that reaches a server is accepted\n"
+        )
+        + f"Ctrl-C stops every process started here; state is kept in {options.state_dir}."
     )
     try:
         await stop.wait()

@@ -34,10 +34,11 @@ from collections.abc import Callable
 import structlog
 
 from federation import subjects
-from federation.bus import Bus, idle
+from federation.bus import Bus
 from federation.errors import ConflictError, FederationUnavailable, LeaseLost, MalformedMessage
 from federation.schemas import Lease as LeaseValue
 from federation.schemas import decode_lease, encode
+from federation.tasks import idle
 
 log = structlog.get_logger()
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from federation import subjects
-from federation.bus import idle
 from federation.core.events import ViewsSeen
 from federation.core.summary import NodeState, summarize
 from federation.errors import FederationError
 from federation.schemas import Summary, decode_summaries, encode
+from federation.tasks import idle
 
 if TYPE_CHECKING:
     from federation.scheduler import Scheduler

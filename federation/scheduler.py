@@ -45,7 +45,7 @@ import msgspec
 import structlog
 
 from federation import failpoints, subjects, tracing
-from federation.bus import Bus, Delivery, idle
+from federation.bus import Bus, Delivery
 from federation.config import SchedulerConfig, load_toml
 from federation.core.events import (
     CancelRequested,
@@ -96,6 +96,7 @@ from federation.schemas import (
     decode_record,
     encode,
 )
+from federation.tasks import idle
 from federation.tenants import Tenants
 
 log = structlog.get_logger()

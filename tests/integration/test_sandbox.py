@@ -38,6 +38,14 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _open_dir(base: Path) -> Path:
+    """A world-writable directory with the sticky bit, like /tmp."""
+    path = base / "open"
+    path.mkdir(exist_ok=True)
+    path.chmod(0o1777)
+    return path
+
+
 def _nobody_processes() -> int:
     uid = pwd.getpwnam("nobody").pw_uid
     return sum(1 for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid)
@@ -51,7 +59,8 @@ async def test_hostile_workloads_are_stopped_or_denied_and_the_agent_carries_on(
     config = shared_dir / "agent.toml"
     limits = "\n".join(f"{key} = {value}" for key, value in LIMITS.items())
     config.write_text(
-        f'run_as = "nobody"\nmax_output_bytes = 65536\nwork_dir = "{shared_dir / "work"}"\n'
+        f'run_as = "nobody"\nconfine_writes = true\nmax_output_bytes = 65536\n'
+        f'work_dir = "{shared_dir / "work"}"\n'
         f"cpu = 4\nmemory = {8 * GiB}\n[limits]\n{limits}\n"
     )
     monkeypatch.setenv("FED_AGENT_SECRET", SECRET)  # in the agent's environment only
@@ -66,6 +75,7 @@ async def test_hostile_workloads_are_stopped_or_denied_and_the_agent_carries_on(
         "steal": (["cat", str(journal)], 0.0),
         "steal-key": (["cat", str(key)], 0.0),
         "escape": (["sh", "-c", f"echo pwned > {state}/planted"], 0.0),
+        "escape-tmp": (["sh", "-c", f"echo pwned > {_open_dir(shared_dir)}/planted"], 0.0),
         "dump-env": (["env"], 0.0),
     }
     async with Client.connect(connection=cluster.connection) as fed:
@@ -103,6 +113,9 @@ async def test_hostile_workloads_are_stopped_or_denied_and_the_agent_carries_on(
         assert b"SU" not in output["steal-key"]
         assert records["escape"].state == "failed"
         assert not (state / "planted").exists()
+        assert records["escape-tmp"].state == "failed"  # the directory is world-writable: Landlock
+        assert b"Permission denied" in output["escape-tmp"]
+        assert not (_open_dir(shared_dir) / "planted").exists()
         assert records["dump-env"].state == "succeeded"
         assert SECRET.encode() not in output["dump-env"]
         assert b"FED_JOB_ID=dump-env" in output["dump-env"]
@@ -138,7 +151,7 @@ async def test_both_ways_of_applying_the_sandbox_switch_user_and_set_limits(
     limits = runner.rlimits(256 * 1024**2, 7, 0, 4096, 64)
     taskset = shutil.which("taskset") if through_tools else None
     sandbox = runner.Sandbox(
-        uid=nobody.pw_uid, gid=nobody.pw_gid, limits=limits, tools=tools, taskset=taskset
+        uid=nobody.pw_uid, gid=nobody.pw_gid, limits=limits, tools=tools, taskset=taskset, confine_writes=True
     )
     assert bool(sandbox.prefix()) == through_tools
     assert resource.RLIMIT_AS in limits
@@ -148,11 +161,17 @@ async def test_both_ways_of_applying_the_sandbox_switch_user_and_set_limits(
         output.append(chunk)
 
     core = sorted(os.sched_getaffinity(0))[-1]
-    probe = "id -u; ulimit -v; ulimit -t; ulimit -n; grep Cpus_allowed_list /proc/self/status"
+    outside = _open_dir(shared_dir) / "outside"  # world-writable, like /tmp: only Landlock keeps it out
+    probe = (
+        "id -u; ulimit -v; ulimit -t; ulimit -n; grep Cpus_allowed_list /proc/self/status; "
+        f"echo in > inside && cat inside; (echo out > {outside}) 2>/dev/null || echo denied"
+    )
     spec = runner.RunSpec(job="probe", attempt=1, command=["sh", "-c", probe], cores=(core,), pinned=True)
     run = await runner.start(spec, shared_dir / "work", sink, 4096, sandbox)
     assert await run.wait() == 0
-    uid, space, cpu, files, _, allowed = b"".join(output).decode().split()
+    uid, space, cpu, files, _, allowed, inside, denied = b"".join(output).decode().split()
+    assert (inside, denied) == ("in", "denied")
+    assert not outside.exists()
     assert allowed == str(core)  # pinned by taskset, or by the child itself
     assert ("taskset" in " ".join(sandbox.prefix({core}))) == through_tools
     assert int(uid) == nobody.pw_uid
