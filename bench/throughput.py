@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from agents.sim import SimulatedNodes  # noqa: E402 - after the sys.path line above
 from federation import subjects  # noqa: E402 - after the sys.path line above
-from federation.auth import authorization, use_credentials, use_tls  # noqa: E402
+from federation.auth import accounts, use_credentials, use_tls  # noqa: E402
 from federation.bus import (  # noqa: E402 - after the sys.path line above
     Bus,
     Delivery,
@@ -88,9 +88,7 @@ class Region:
                     ports_dir=str(ports_dir),
                     sync_always=self.durable,
                     tls=self.server_tls,
-                    authorization=authorization(self.keyring.identities(), [REGION], hub=False)
-                    if self.keyring
-                    else "",
+                    accounts=accounts(self.keyring.identities(), [REGION], REGION) if self.keyring else "",
                 )
             )
         )

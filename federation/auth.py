@@ -24,7 +24,7 @@ pair; the server keeps only the public key and checks a signature of its nonce).
 Every identity's replies come to a private inbox named by its public key
 (``_INBOX.<public key>.>``), which only it may subscribe to.
 
-:func:`authorization` renders the ``authorization`` block of a server's configuration;
+:func:`accounts` renders the ``accounts`` block of a server's configuration;
 ``federation.keyring`` keeps the keys on disk. Everything here is pure except the last section:
 who this process is (:func:`use_credentials`, :func:`use_tls`: a daemon's ``--creds`` and
 ``--tls-*``), which every connection it opens without its own presents.
@@ -133,6 +133,8 @@ def check_identity(kind: str, name: str, region: str = "") -> None:
         subjects.check_region(name)
     else:
         subjects.check_token(name, kind)
+    if kind == "tenant" and name == "default":
+        raise ConfigError("'default' is the tenant of every job submitted without one: choose another name")
     if kind == "agent":
         subjects.check_region(region)
 
@@ -166,10 +168,10 @@ def permissions(identity: Identity, regions: Sequence[str]) -> Permissions | Non
                 f"$KV.{subjects.ledger_bucket(r)}.>",
                 f"$KV.{subjects.jobs_bucket(r)}.>",
                 f"$KV.{subjects.lease_bucket(r)}.>",
-                "$JS.ACK.>",
+                *(f"$JS.ACK.{prefix}{stream(r)}.>" for prefix in ("", "*.*.") for stream in ACKED),
                 "$JS.FC.>",
             ),
-            subscribe=(f"fed.{r}.>", "_fed.deliver.>", own),
+            subscribe=(f"fed.{r}.>", *(f"_fed.deliver.{stream(r)}.>" for stream in ACKED), own),
             allow_responses=True,
         )
     if kind == "tenant":
@@ -204,25 +206,80 @@ def permissions(identity: Identity, regions: Sequence[str]) -> Permissions | Non
             subscribe=(own,),
         )
     if kind == "leaf":
-        local = (*(f"fed.*.{suffix}" for suffix in LOCAL_ONLY), "$KV.>")
+        local = (*(f"fed.*.{suffix}" for suffix in LOCAL_ONLY), "$KV.>", "_fed.deliver.>", "$JS.ACK.>")
         return Permissions(publish_deny=local, subscribe_deny=local)
     raise ConfigError(f"unknown identity kind {kind!r}")
 
 
-def authorization(identities: Iterable[Identity], regions: Sequence[str], *, hub: bool) -> str:
-    """The ``authorization`` block of a server's configuration: every identity may connect with
-    its permissions; leafnode identities only on the hub (the side that accepts leafnodes)."""
+FED, AGENTS, TENANTS = "FED", "AGENTS", "TENANTS"  # the accounts
+HUB = "hub"
+ACKED = (subjects.workloads_stream, subjects.status_stream)  # the scheduler's durable consumers' streams
+
+
+def exports(region: str) -> tuple[list[str], list[str]]:
+    """What the FED account of ``region``'s server lends the AGENTS and TENANTS accounts:
+    (services, streams). A service import maps the requester's reply subject to a private one
+    (``_R_...``), so neither a JetStream acknowledgement nor any answer can be steered into a
+    subject of FED (a stream or bucket) by a forged reply subject."""
+    ledger = subjects.ledger_bucket(region)
+    services = [
+        subjects.heartbeat(region, "*"),
+        subjects.offer(region, "*"),
+        f"fed.{region}.status.>",
+        f"$JS.API.DIRECT.GET.KV_{ledger}.>",
+        subjects.tenant_submit(region, "*", "*"),
+        subjects.tenant_cancel(region, "*", "*"),
+        subjects.tenant_api(region, "*", "*"),
+    ]
+    return services, [subjects.ledger_changes(region, "*")]
+
+
+def accounts(identities: Iterable[Identity], regions: Sequence[str], domain: str) -> str:
+    """The ``accounts`` block of a server of ``domain`` (``hub`` or a region).
+
+    Everything JetStream keeps lives in the FED account, with the operator, the auditor, the
+    server's region's scheduler and (on the hub) the regions' leafnode links. Agents and tenants,
+    who run on machines the federation does not control, are accounts of their own (AGENTS,
+    TENANTS) that reach FED only through the imports of :func:`exports`, on their region's server.
+    A server knows only the identities that have business on it."""
     quote = json.dumps
-    users = []
+    members: dict[str, list[str]] = {FED: [], AGENTS: [], TENANTS: []}
     for identity in sorted(identities, key=lambda i: (i.kind, i.region, i.name)):
-        if identity.kind == "leaf" and not hub:
+        kind = identity.kind
+        if kind == "leaf" and domain != HUB:
             continue
+        if (kind == "scheduler" and identity.name != domain) or (
+            kind == "agent" and identity.region != domain
+        ):
+            continue
+        if kind == "tenant" and domain == HUB:
+            continue
+        account = AGENTS if kind == "agent" else TENANTS if kind == "tenant" else FED
+        entry = f"{{ nkey: {quote(identity.public_key)}"
         perms = permissions(identity, regions)
-        entry = f"    {{ nkey: {quote(identity.public_key)}"
         if perms is not None:
             entry += f", permissions: {_permissions(perms)}"
-        users.append(entry + " }")
-    return "authorization {\n  timeout: 2\n  users: [\n" + ",\n".join(users) + "\n  ]\n}"
+        entry += f', allowed_connection_types: ["{"LEAFNODE" if kind == "leaf" else "STANDARD"}"] }}'
+        members[account].append(f"      # {identity.label}\n      {entry}")
+    lines = ["accounts {", f"  {FED} {{", "    jetstream: enabled", "    users: ["]
+    lines.append(",\n".join(members[FED]))
+    lines.append("    ]")
+    if domain != HUB:
+        services, streams = exports(domain)
+        out = [f"{{ service: {quote(s)} }}" for s in services] + [
+            f"{{ stream: {quote(s)} }}" for s in streams
+        ]
+        lines.append(f"    exports: [ {', '.join(out)} ]")
+    lines.append("  }")
+    if domain != HUB:
+        services, streams = exports(domain)
+        imports = [f"{{ service: {{ account: {FED}, subject: {quote(s)} }} }}" for s in services]
+        imports += [f"{{ stream: {{ account: {FED}, subject: {quote(s)} }} }}" for s in streams]
+        for account in (AGENTS, TENANTS):
+            lines += [f"  {account} {{", "    users: [", ",\n".join(members[account]), "    ]"]
+            lines += [f"    imports: [ {', '.join(imports)} ]", "  }"]
+    lines.append("}")
+    return "\n".join(lines) + "\nauthorization { timeout: 2 }"
 
 
 def _permissions(perms: Permissions) -> str:

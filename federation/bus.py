@@ -337,7 +337,11 @@ class Bus:
         running: set[asyncio.Task[None]] = set()
 
         async def answer(msg: Msg) -> None:
-            if msg.reply and (data := await handler(msg.subject, msg.data)) is not None:
+            # answers go only to inboxes: a forged reply subject (a bucket's, a stream's, the JS API)
+            # would have us publish there with our own rights
+            if not msg.reply.startswith(("_INBOX.", "_R_.")):
+                return
+            if (data := await handler(msg.subject, msg.data)) is not None:
                 with contextlib.suppress(Exception):  # the connection went: the requester times out
                     await self.nc.publish(msg.reply, data)
 

@@ -4,7 +4,7 @@
 keyring (``<state-dir>/creds``); ``revoke`` removes one. With a federation running from the same
 state directory (``fed up``), the servers reload their configuration before the command returns: a
 new identity can connect at once, a revoked one is disconnected at once. For servers run
-elsewhere, ``render`` prints the ``authorization`` block to put in their configuration (then
+elsewhere, ``render`` prints the ``accounts`` block to put in their configuration (then
 ``nats-server --signal reload``).
 """
 
@@ -97,7 +97,7 @@ async def cmd_list(args: argparse.Namespace) -> int:
 
 async def cmd_render(args: argparse.Namespace) -> int:
     regions = [r.strip() for r in args.regions.split(",") if r.strip()]
-    print(auth.authorization(_keyring(args).identities(), regions, hub=args.hub))
+    print(auth.accounts(_keyring(args).identities(), regions, args.domain))
     return 0
 
 
@@ -130,8 +130,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     q = creds.add_parser("list", parents=[common], help="every identity the servers accept")
     q.set_defaults(func=cmd_list)
     q = creds.add_parser(
-        "render", parents=[common], help="print the servers' authorization block (servers run elsewhere)"
+        "render", parents=[common], help="print a server's accounts block (for servers run elsewhere)"
     )
     q.add_argument("--regions", required=True, help="the federation's regions, comma-separated")
-    q.add_argument("--hub", action="store_true", help="the hub's block (it also accepts the leafnode keys)")
+    q.add_argument("--domain", required=True, help="the server's domain: hub, or its region")
     q.set_defaults(func=cmd_render)

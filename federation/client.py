@@ -379,7 +379,8 @@ class Client:
         if self.tenant:  # no bucket access: ask until the record is terminal
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
-                with contextlib.suppress(NotFound):  # not recorded yet: the scheduler is on it
+                # not recorded yet, or the leader is changing: ask again
+                with contextlib.suppress(NotFound, FederationUnavailable):
                     record = await self.job(job_id, region=name)
                     if record.terminal:
                         return record

@@ -61,7 +61,7 @@ class Server:
     routes: tuple[str, ...] = ()  # every member's cluster URL (a member ignores its own)
     sync_always: bool = False  # fsync every write (durability over throughput)
     tls: TlsFiles | None = None  # TLS for clients (who must present a certificate of the CA) and leafnodes
-    authorization: str = ""  # the users block (federation.auth.authorization): "" accepts anyone
+    accounts: str = ""  # the accounts and their users (federation.auth.accounts): "" accepts anyone
     leaf_seed: str = ""  # the nkey seed this region's leafnode link signs with (the hub knows its key)
 
 
@@ -86,8 +86,8 @@ def server_config(server: Server) -> str:
     lines.append("}")
     if server.tls:
         lines.append(f"tls {{ {_tls(server.tls)}, verify: true, timeout: 2 }}")
-    if server.authorization:
-        lines.append(server.authorization)
+    if server.accounts:
+        lines.append(server.accounts)
     if server.cluster:
         lines += [
             "cluster {",
@@ -109,8 +109,8 @@ def server_config(server: Server) -> str:
     if server.leaf_remotes:
         urls = ", ".join(quote(url) for url in server.leaf_remotes)
         secure = f", tls {{ {_tls(server.tls)} }}" if server.tls else ""
-        if server.leaf_seed:
-            secure += f", nkey: {quote(server.leaf_seed)}"
+        if server.leaf_seed:  # the link signs as this region's leaf identity, in the FED account
+            secure += f", nkey: {quote(server.leaf_seed)}, account: FED"
         lines.append(f"leafnodes {{ remotes: [ {{ urls: [{urls}]{secure} }} ] }}")
     return "\n".join(lines) + "\n"
 

@@ -1,7 +1,7 @@
 """The keyring: a federation's identities on disk (``<state-dir>/creds``).
 
 ``identities.json`` lists every identity the servers accept (role, name and public key: nothing
-secret), and each identity's credentials file ``<kind>-[<region>-]<name>.creds`` holds its seed
+secret), and each identity's credentials file ``<kind>.[<region>.]<name>.creds`` holds its seed
 (mode 0600, in a 0700 directory). A credentials file is a plain nkey seed file with comment lines
 naming the identity, so the ``nats`` CLI accepts it too (``nats --nkey FILE``)::
 
@@ -23,11 +23,12 @@ from federation.auth import Credentials, Identity, check_identity, new_seed, pub
 from federation.errors import ConfigError
 
 REGISTRY = "identities.json"
+MANAGED = ("admin", "scheduler", "leaf")  # without them the federation does not run
 
 
 def credentials_name(kind: str, name: str, region: str = "") -> str:
     """The file name of an identity's credentials."""
-    return f"{kind}-{region}-{name}.creds" if region else f"{kind}-{name}.creds"
+    return f"{kind}.{region}.{name}.creds" if region else f"{kind}.{name}.creds"  # '.' is in no name
 
 
 def load_credentials(path: Path | str) -> Credentials:
@@ -87,21 +88,19 @@ class Keyring:
             if not exist_ok:
                 raise ConfigError(f"{kind} {name} exists already (revoke it first to replace its key)")
         seed = new_seed()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         where = f"{region} " if region else ""
         text = f"# nats-federation credentials: keep secret\n# identity: {kind} {where}{name}\n{seed}\n"
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        tmp.replace(path)
+        _write_private(path, text)
         others = [i for i in self.identities() if (i.kind, i.name, i.region) != (kind, name, region)]
         self._save([*others, Identity(kind, name, public_key(seed), region)])
         return path
 
     def revoke(self, kind: str, name: str, region: str = "") -> Identity:
         """Remove an identity (the servers refuse it once reloaded) and delete its credentials."""
+        if kind in MANAGED:
+            raise ConfigError(f"a {kind} identity is part of the federation itself; it cannot be revoked")
         found = self.find(kind, name, region)
         if found is None:
             raise ConfigError(f"no {kind} {name} in {self.directory / REGISTRY}")
@@ -117,6 +116,16 @@ class Keyring:
             {"kind": i.kind, "name": i.name, "region": i.region, "public_key": i.public_key}
             for i in sorted(identities, key=lambda i: (i.kind, i.region, i.name))
         ]
-        tmp = self.directory / (REGISTRY + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=1) + "\n")
-        tmp.replace(self.directory / REGISTRY)
+        _write_private(self.directory / REGISTRY, json.dumps(rows, indent=1) + "\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a crash leaves the old file), readable by us only."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # a stale one could carry a wider mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import msgspec
 
-from federation import subjects
-from federation.auth import Credentials, authorization
+from federation import auth, subjects
+from federation.auth import Credentials, accounts
 from federation.bus import Bus
 from federation.config import Connection, RegionEndpoint, write_connection
 from federation.deploy import Server, TlsFiles, server_config
@@ -263,6 +263,8 @@ class Federation:
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir(parents=True)
         self._config_ports[name] = self.server_ports.get(name, (-1, -1, -1))  # a reload keeps them
+        if self.keyring is not None:  # with accounts, JetStream keeps the FED account's state
+            _adopt_global_account(base / "store" / "jetstream")
         conf = self._write_config(name)
         child = Child(
             f"nats-{name}",
@@ -289,7 +291,7 @@ class Federation:
         client, http, leaf = self._config_ports[name]
         users, leaf_seed = "", ""
         if self.keyring is not None:
-            users = authorization(self.keyring.identities(), self.options.regions, hub=name == "hub")
+            users = accounts(self.keyring.identities(), self.options.regions, domain)
             if leaf_remote:
                 leaf_seed = self.keyring.credentials("leaf", domain).seed
         conf = base / "nats.conf"
@@ -305,13 +307,16 @@ class Federation:
                 leaf_remotes=(leaf_remote,) if leaf_remote else (),
                 sync_always=self.options.durable,
                 tls=self.tls_server,
-                authorization=users,
+                accounts=users,
                 leaf_seed=leaf_seed,
             )
         )
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the leaf's seed
+        tmp = conf.with_name(f".{conf.name}.tmp")  # a reloading server never reads half a file
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the leaf's seed
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        tmp.replace(conf)
         return conf
 
     def _identities(self) -> None:
@@ -574,6 +579,14 @@ class Federation:
         return [c.pid for c in [*self.servers.values(), *self.daemons] if c.pid]
 
 
+def _adopt_global_account(jetstream: Path) -> None:
+    """A state directory last run without authentication keeps its streams under the global
+    account (``$G``); the FED account takes them over (the server is not running yet)."""
+    old, new = jetstream / "$G", jetstream / auth.FED
+    if old.is_dir() and not new.exists():
+        old.rename(new)
+
+
 async def _region_ready(bus: Bus, region: str, nodes: Sequence[str]) -> bool:
     if not await bus.consumer_bound(subjects.workloads_stream(region), subjects.SCHEDULER_WORKLOADS_CONSUMER):
         return False
@@ -631,7 +644,14 @@ async def up(options: Options, echo: Callable[[str], None] = print) -> None:
     def reload() -> None:  # SIGHUP (fed creds): the servers take the keyring's identities again
         task = loop.create_task(federation.reload())
         reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        task.add_done_callback(reloaded)
+
+    def reloaded(task: asyncio.Task[None]) -> None:
+        reloads.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            echo(f"  reload failed: {task.exception()}")
+        else:
+            echo("  servers reloaded their identities")
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     echo(f"starting a federation of {len(options.regions)} regions in {options.state_dir}")
@@ -645,7 +665,8 @@ async def up(options: Options, echo: Callable[[str], None] = print) -> None:
         f"  fed submit --region {region} --wait -- echo hello from the federation\n"
         f"  fed status\n"
         + (
-            f"every process connects with its own key ({options.state_dir / 'creds'}; see fed creds list)\n"
+            f"every process connects with its own key ({options.state_dir / 'creds'}; see fed creds list);\n"
+            "workloads run as you: where others' jobs run, start agents as root with --run-as\n"
             if options.auth
             else "authentication is off (--no-auth): any client that reaches a server is accepted\n"
         )

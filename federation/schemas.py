@@ -557,6 +557,8 @@ def check_workload(message: Message, job: str, tenant: str) -> Submit | Cancel:
         raise RemoteProtocolError(f"job id in payload does not match subject token {job!r}")
     if tenant and isinstance(message, Submit) and message.tenant != tenant:
         raise RemoteProtocolError(f"tenant {message.tenant!r} submitted with {tenant!r}'s credentials")
+    if tenant and isinstance(message, Submit) and message.origin:
+        raise RemoteProtocolError("only a region's scheduler sets origin (a hand-off), not a tenant")
     return message
 
 

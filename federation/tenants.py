@@ -21,15 +21,17 @@ import contextlib
 from typing import Any
 
 import msgspec
+import structlog
 
 from federation import subjects
 from federation.bus import Bus
-from federation.errors import FederationError, RemoteProtocolError
-from federation.schemas import JobRecord, decode_record
+from federation.errors import FederationError, FederationUnavailable, RemoteProtocolError
+from federation.schemas import JobRecord, Transition, decode_record
 
 QUEUE_GROUP = "schedulers"
 MAX_RECORDS = 1000
 LOG_BYTES = 512 * 1024
+ANSWER_BYTES = 4 * 1024 * 1024  # of records per answer (the servers' max_payload is 8 MB)
 QUERY_BYTES = 4096
 
 
@@ -53,6 +55,7 @@ class Tenants:
     def __init__(self, bus: Bus, region: str) -> None:
         self.bus = bus
         self.region = region
+        self.log = structlog.get_logger().bind(region=region)
 
     async def serve(self) -> None:
         subscription = await self.bus.serve(
@@ -63,7 +66,7 @@ class Tenants:
         finally:
             await subscription.unsubscribe()
 
-    async def answer(self, subject: str, data: bytes) -> bytes:
+    async def answer(self, subject: str, data: bytes) -> bytes | None:
         parts = subject.split(".")
         tenant, verb = parts[3], parts[4]
         try:
@@ -73,6 +76,11 @@ class Tenants:
             if query.job:
                 subjects.check_token(query.job, "job id")
             reply = await self._answer(tenant, verb, query)
+        except FederationUnavailable:
+            return None  # the region cannot answer now (a stream leader election): the tenant asks again
+        except Exception:  # a question must never take the scheduler down
+            self.log.exception("tenant question failed", tenant=tenant, verb=verb)
+            reply = TenantReply(error="the scheduler could not answer (see its log)")
         except (msgspec.ValidationError, msgspec.DecodeError, FederationError) as exc:
             reply = TenantReply(error=f"bad query: {exc}")
         return msgspec.json.encode(reply)
@@ -80,16 +88,23 @@ class Tenants:
     async def _answer(self, tenant: str, verb: str, query: TenantQuery) -> TenantReply:
         if verb == "jobs":
             records = [r for r in await self._records() if r.spec.tenant == tenant]
-            records = [r for r in records if not query.state or r.state == query.state]
+            records = [_own(r) for r in records if not query.state or r.state == query.state]
             records.sort(key=lambda r: (r.submitted_at, r.id))
-            return TenantReply(records=records[:MAX_RECORDS], truncated=len(records) > MAX_RECORDS)
-        record = await self._record(query.job)
-        if record is None or record.spec.tenant != tenant:
+            kept: list[JobRecord] = []
+            size = 0
+            for record in records[:MAX_RECORDS]:  # the answer must fit in one message
+                size += len(msgspec.json.encode(record))
+                if size > ANSWER_BYTES:
+                    break
+                kept.append(record)
+            return TenantReply(records=kept, truncated=len(kept) < len(records))
+        found = await self._record(query.job)
+        if found is None or found.spec.tenant != tenant:
             return TenantReply(error=f"job {query.job!r} not found")
         if verb == "job":
-            return TenantReply(records=[record])
+            return TenantReply(records=[_own(found)])
         if verb == "logs":
-            return await self._logs(query.job, query.after)
+            return await self._logs(found, query.after)
         return TenantReply(error=f"unknown question {verb!r} (job, jobs or logs)")
 
     async def _record(self, job: str) -> JobRecord | None:
@@ -108,19 +123,44 @@ class Tenants:
                 continue
         return out
 
-    async def _logs(self, job: str, after: int) -> TenantReply:
+    async def _logs(self, record: JobRecord, after: int) -> TenantReply:
         chunks: list[bytes] = []
         size, last = 0, after
-        stream, filter_subject = subjects.logs_stream(self.region), subjects.job_log_filter(self.region, job)
+        stream, filter_subject = (
+            subjects.logs_stream(self.region),
+            subjects.job_log_filter(self.region, record.id),
+        )
+        # only what the nodes the job ran on wrote: any agent may publish a log under any job id
+        nodes = {record.node, *record.members}.union(*(_nodes(entry) for entry in record.history))
         items = self.bus.follow(stream, filter_subject, start_sequence=after + 1, until_caught_up=True)
         async with contextlib.aclosing(items):  # type: ignore[type-var]
             async for item in items:
+                parsed = subjects.parse_status(item.subject)
+                if parsed is None or parsed.node not in nodes:
+                    last = item.sequence
+                    continue
                 if size + len(item.data) > LOG_BYTES and chunks:
                     break
                 chunks.append(item.data)
                 size += len(item.data)
                 last = item.sequence
         return TenantReply(chunks=chunks, next=last)
+
+
+def _own(record: JobRecord) -> JobRecord:
+    """``record`` as its tenant sees it: without the other jobs a placement decision names."""
+    if record.decision is None:
+        return record
+    decision = msgspec.structs.replace(record.decision, victims=(), runners_up=())
+    return msgspec.structs.replace(record, decision=decision)
+
+
+def _nodes(step: Transition) -> set[str]:
+    """The nodes a step of a job's history names: "placed on a,b", "running on a"."""
+    for lead in ("placed on ", "running on "):
+        if lead in step.reason:
+            return {node.strip(" ,;.") for node in step.reason.split(lead, 1)[1].split()[0].split(",")}
+    return set()
 
 
 def decode_reply(data: bytes) -> TenantReply:

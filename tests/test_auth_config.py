@@ -39,7 +39,7 @@ def test_credentials_files_are_private_and_name_their_identity(tmp_path: Path) -
     assert (creds.kind, creds.name, creds.region) == ("agent", "eu-n1", "eu")
     assert keyring.find("agent", "eu-n1", "eu") == creds.identity
     assert creds.inbox == f"_INBOX.{creds.public_key}"
-    assert "SU" not in (keyring.directory / "identities.json").read_text()  # no secret in the list
+    assert creds.seed not in (keyring.directory / "identities.json").read_text()  # no secret in the list
 
 
 def test_adding_twice_revoking_and_bad_names_are_refused(tmp_path: Path) -> None:
@@ -55,6 +55,9 @@ def test_adding_twice_revoking_and_bad_names_are_refused(tmp_path: Path) -> None
     assert not keyring.path("tenant", "acme").exists()
     with pytest.raises(ConfigError, match="no tenant acme"):
         keyring.revoke("tenant", "acme")
+    for kind, name in (("admin", "admin"), ("scheduler", "eu"), ("leaf", "eu")):
+        with pytest.raises(ConfigError, match="cannot be revoked"):
+            keyring.revoke(kind, name)
     for kind, name, region in (
         ("root", "x", ""),
         ("tenant", "a.b", ""),
@@ -107,24 +110,47 @@ def test_permissions_confine_each_role() -> None:
     assert auth.permissions(auth.Identity("admin", "admin", "UKEY"), REGIONS) is None
 
 
+def test_each_server_knows_only_the_identities_with_business_on_it(tmp_path: Path) -> None:
+    keyring = _keyring(tmp_path)
+    identities = keyring.identities()
+    key = {(i.kind, i.region or i.name): i.public_key for i in identities}
+    hub, eu = (auth.accounts(identities, REGIONS, domain) for domain in ("hub", "eu"))
+    assert key[("leaf", "eu")] in hub
+    assert key[("leaf", "eu")] not in eu  # only the hub accepts leafnodes
+    assert key[("agent", "eu")] in eu
+    assert key[("agent", "us")] not in eu
+    assert key[("scheduler", "eu")] in eu
+    assert key[("scheduler", "us")] not in eu
+    assert key[("agent", "eu")] not in hub
+    assert key[("tenant", "acme")] not in hub
+    assert key[("admin", "admin")] in hub
+    assert key[("admin", "admin")] in eu
+    # agents and tenants sit in accounts of their own, reaching FED through service imports
+    agents = eu[eu.index("AGENTS {") :]
+    assert key[("agent", "eu")] in agents
+    assert '{ service: { account: FED, subject: "fed.eu.hb.*" } }' in agents
+    assert "jetstream: enabled" not in agents
+    with pytest.raises(ConfigError, match="default"):
+        keyring.add("tenant", "default")
+
+
 def test_rendered_configs_pass_nats_server_check(tmp_path: Path) -> None:
     keyring = _keyring(tmp_path)
     identities = keyring.identities()
-    hub_block = auth.authorization(identities, REGIONS, hub=True)
-    region_block = auth.authorization(identities, REGIONS, hub=False)
-    leaf_keys = [i.public_key for i in identities if i.kind == "leaf"]
-    assert all(key in hub_block for key in leaf_keys)
-    assert not any(key in region_block for key in leaf_keys)  # only the hub accepts leafnodes
     configs = {
         "hub": Server(
-            name="hub", domain="hub", store_dir=str(tmp_path / "hub"), leaf_listen=-1, authorization=hub_block
+            name="hub",
+            domain="hub",
+            store_dir=str(tmp_path / "hub"),
+            leaf_listen=-1,
+            accounts=auth.accounts(identities, REGIONS, "hub"),
         ),
         "eu": Server(
             name="eu",
             domain="eu",
             store_dir=str(tmp_path / "eu"),
             leaf_remotes=("nats-leaf://127.0.0.1:7422",),
-            authorization=region_block,
+            accounts=auth.accounts(identities, REGIONS, "eu"),
             leaf_seed=keyring.credentials("leaf", "eu").seed,
         ),
     }
@@ -137,9 +163,5 @@ def test_rendered_configs_pass_nats_server_check(tmp_path: Path) -> None:
         assert check.returncode == 0, f"{name}: {check.stderr}{check.stdout}"
     broken = tmp_path / "broken.conf"
     broken.write_text(server_config(configs["hub"]).replace("permissions: {", "permissions: {{", 1))
-    assert (
-        subprocess.run(
-            [nats_server_binary(), "-t", "-c", str(broken)], capture_output=True, timeout=30
-        ).returncode
-        != 0
-    )
+    check = subprocess.run([nats_server_binary(), "-t", "-c", str(broken)], capture_output=True, timeout=30)
+    assert check.returncode != 0

@@ -9,6 +9,7 @@ or the project's own client, holding real credentials from the keyring.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from federation.client import Client
 from federation.config import load_connection
 from federation.errors import FederationError, FederationUnavailable, InvalidRequest, NotFound
 from federation.keyring import Keyring, load_credentials
-from federation.launcher import Child, fed_command
+from federation.launcher import Child, Federation, Options, fed_command
 from federation.schemas import Cancel, Heartbeat, Submit, encode
 from tests.conftest import eventually, process_alive, run_fed
 
@@ -86,6 +87,14 @@ async def test_an_agent_speaks_only_for_its_own_node(make_cluster) -> None:
         # its own ledger key (written by those placements), by direct get: allowed (the control)
         reply = await eventually(lambda: _direct_get(nc, own + "eu-n1"), timeout=20)
         assert reply.headers.get("Nats-Subject") == f"$KV.{ledger}.eu-n1"
+        # a forged reply subject cannot steer the server's answer (its own ledger) or the
+        # acknowledgement of its heartbeat into another node's ledger key
+        before = await admin.kv_get(ledger, "eu-n2")
+        victim = f"$KV.{ledger}.eu-n2"
+        await nc.publish(own + "eu-n1", b"", reply=victim)
+        await nc.publish(subjects.heartbeat("eu", "eu-n1"), b"{}", reply=victim)
+        assert await _direct_get(nc, own + "eu-n1") is not None  # after both, in order
+        assert await admin.kv_get(ledger, "eu-n2") == before
         assert await admin.last(subjects.heartbeats_stream("eu"), subjects.heartbeat("eu", "ghost")) is None
         offer = await admin.last(subjects.offers_stream("eu"), subjects.offer("eu", "eu-n2"))
         assert offer is not None
@@ -168,6 +177,15 @@ async def test_tenants_see_and_touch_only_their_own_jobs(make_cluster) -> None:
         await nc.publish(subjects.tenant_submit("eu", "forged-1", "blue"), forged)
         await nc.publish(subjects.tenant_submit("eu", "forged-2", "acme"), forged)
         await nc.publish(subjects.tenant_cancel("eu", "acme-2", "blue"), encode(Cancel(id="acme-2")))
+        # forged reply subjects: neither the acknowledgement of blue's own submission nor the
+        # leader's answer may land in acme's job records
+        jobs = subjects.jobs_bucket("eu")
+        admin = await operator.bus("eu")
+        before = {job: await admin.kv_get(jobs, job) for job in ("acme-1", "acme-2")}
+        ok = encode(Submit(id="blue-2", command=["true"], tenant="blue"))
+        await nc.publish(subjects.tenant_submit("eu", "blue-2", "blue"), ok, reply=f"$KV.{jobs}.acme-1")
+        await nc.publish(subjects.tenant_api("eu", "blue", "jobs"), b"{}", reply=f"$KV.{jobs}.acme-2")
+        assert (await nc.request(subjects.tenant_api("eu", "blue", "jobs"), b"{}", timeout=10)).data
         await nc.flush()
         await eventually(lambda: _violations(errors, "fed.eu.wl.submit.forged-2.acme"), timeout=10)
         await nc.close()
@@ -176,6 +194,8 @@ async def test_tenants_see_and_touch_only_their_own_jobs(make_cluster) -> None:
         with pytest.raises(NotFound):
             await operator.job("forged-1")
         assert (await operator.job("acme-2")).state == "running"
+        assert {job: await admin.kv_get(jobs, job) for job in before} == before
+        assert (await operator.wait("blue-2", timeout=60)).state == "succeeded"
         await a.cancel("acme-2")
         assert (await a.wait("acme-2", timeout=30)).state == "cancelled"
     finally:
@@ -269,3 +289,29 @@ async def test_unknown_missing_and_revoked_keys_are_refused(tmp_path: Path) -> N
     for pid_file in (state / "servers").glob("*/ports/*.ports"):
         pid = int(pid_file.stem.rsplit("_", 1)[-1])
         assert not process_alive(pid), f"nats-server {pid} survived fed up"
+
+
+async def test_state_from_a_run_without_authentication_carries_over(tmp_path: Path) -> None:
+    """The streams of a state directory last run with --no-auth move into the FED account."""
+    state = tmp_path / "fed"
+    options = Options(state_dir=state, regions=("eu",), agents=1, auth=False)
+    first = Federation(options)
+    connection = await first.start()
+    try:
+        async with Client.connect(connection=connection) as fed:
+            job = await fed.submit(["true"], job_id="before-auth")
+            assert (await job.wait(timeout=60)).state == "succeeded"
+    finally:
+        await first.stop()
+    assert (state / "servers" / "eu" / "store" / "jetstream" / "$G").is_dir()
+    second = Federation(dataclasses.replace(options, auth=True))
+    connection = await second.start()
+    try:
+        assert connection.creds
+        async with Client.connect(connection=connection) as fed:
+            assert (await fed.job("before-auth")).state == "succeeded"
+            after = await fed.submit(["true"], job_id="after-auth")
+            assert (await after.wait(timeout=60)).state == "succeeded"
+    finally:
+        await second.stop()
+    assert not (state / "servers" / "eu" / "store" / "jetstream" / "$G").exists()
