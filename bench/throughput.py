@@ -51,6 +51,7 @@ from federation.schemas import JobEvent, Submit, decode_message, decode_record, 
 REGION = "bench"
 TLS = False  # --tls
 AUTH = False  # --auth
+CONFINE = False  # --confine-writes
 
 
 class Region:
@@ -257,6 +258,7 @@ async def end_to_end(n: int, agents: int, slots: int, durable: bool = False) -> 
                 str(base / f"agent-{i}"),
                 "--log-level",
                 "warning",
+                *(["--confine-writes"] if CONFINE else []),
                 identity=("agent", f"node-{i}", REGION),
             )
         bus = await Bus.connect(region.url, "bench")
@@ -326,9 +328,12 @@ async def main() -> None:
     parser.add_argument(
         "--auth", action="store_true", help="an nkey and role permissions per process (fed up's default)"
     )
+    parser.add_argument(
+        "--confine-writes", action="store_true", help="agents confine workloads' writes (Landlock)"
+    )
     args = parser.parse_args()
-    global TLS, AUTH
-    TLS, AUTH = args.tls, args.auth
+    global TLS, AUTH, CONFINE
+    TLS, AUTH, CONFINE = args.tls, args.auth, args.confine_writes
     print(f"machine: {machine()}")
     print(f"command: python bench/throughput.py {' '.join(sys.argv[1:])}".rstrip())
     if args.placements:

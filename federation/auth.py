@@ -14,15 +14,19 @@ pair; the server keeps only the public key and checks a signature of its nonce).
 - ``tenant``: submits and cancels only on subjects that end in its name (the scheduler checks the
   submission's ``tenant`` against it) and asks its region's scheduler for its own jobs and logs
   (``fed.<region>.tenant.<name>.>``); no stream, bucket or audit access;
-- ``auditor``: read-only access to the audit streams, the live buckets (invariant I8) and stream
-  and consumer info; nothing it can publish changes state;
+- ``auditor``: reads the audit streams, the live buckets (invariant I8) and stream and consumer
+  info; it may create consumers there, and nats-server does not check a consumer's deliver
+  subject against its creator's permissions, so its key deserves the operator's care;
 - ``leaf`` (one region's leafnode link to the hub): everything except the node-local traffic of
   any region (heartbeats, offers, status, ledger republish, journal, quarantine, KV writes), in
   either direction, so no region and no hub client can speak for another region's nodes;
 - ``admin`` (``fed up``, operators): everything.
 
 Every identity's replies come to a private inbox named by its public key
-(``_INBOX.<public key>.>``), which only it may subscribe to.
+(``_INBOX.<public key>.>``), which only it may subscribe to. Agents and tenants are accounts of
+their own that reach the streams' account only through service imports (:func:`accounts`): NATS
+does not check reply subjects against permissions, and a service import is what keeps a forged
+reply subject from steering the server's acknowledgement into a stream.
 
 :func:`accounts` renders the ``accounts`` block of a server's configuration;
 ``federation.keyring`` keeps the keys on disk. Everything here is pure except the last section:
