@@ -44,8 +44,9 @@ import structlog
 from agents import landlock, runner
 from agents.probes import HostProbe, build_offer, declared_devices
 from federation import subjects, tracing
-from federation.bus import Bus, Delivery
+from federation.bus import Bus
 from federation.config import AgentConfig
+from federation.delivery import Delivery
 from federation.errors import ConfigError, FederationError, RemoteProtocolError
 from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, decode_ledger, encode
 from federation.tasks import idle

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from federation import subjects
-from federation.bus import Bus, Delivery
+from federation.bus import Bus
+from federation.delivery import Delivery
 from federation.schemas import Heartbeat, JobEvent, JobEventKind, Offer, decode_ledger, encode
 
 

@@ -36,8 +36,9 @@ import throughput  # noqa: E402 - after the sys.path lines above
 
 from agents.sim import SimulatedNodes  # noqa: E402 - after the sys.path lines above
 from federation import subjects  # noqa: E402 - after the sys.path lines above
-from federation.bus import Bus, Delivery  # noqa: E402 - after the sys.path lines above
+from federation.bus import Bus  # noqa: E402 - after the sys.path lines above
 from federation.client import Client  # noqa: E402 - after the sys.path lines above
+from federation.delivery import Delivery  # noqa: E402
 from federation.launcher import Federation, Options  # noqa: E402 - after the sys.path lines above
 from federation.schemas import Submit, decode_record, encode  # noqa: E402 - after the sys.path lines above
 

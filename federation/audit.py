@@ -45,8 +45,9 @@ from typing import Literal
 import msgspec
 
 from federation import subjects
-from federation.bus import Bus, Delivery
+from federation.bus import Bus
 from federation.core.views import ALLOWED
+from federation.delivery import Delivery
 from federation.errors import RemoteProtocolError
 from federation.provision import BASELINE
 from federation.schemas import (

@@ -15,8 +15,8 @@ pair; the server keeps only the public key and checks a signature of its nonce).
   submission's ``tenant`` against it) and asks its region's scheduler for its own jobs and logs
   (``fed.<region>.tenant.<name>.>``); no stream, bucket or audit access;
 - ``auditor``: reads the audit streams, the live buckets (invariant I8) and stream and consumer
-  info; it may create consumers there, and nats-server does not check a consumer's deliver
-  subject against its creator's permissions, so its key deserves the operator's care;
+  info, by batched direct gets (:mod:`federation.scan`): it creates no consumer, since
+  nats-server does not check a consumer's deliver subject against its creator's permissions;
 - ``leaf`` (one region's leafnode link to the hub): everything except the node-local traffic of
   any region (heartbeats, offers, status, ledger republish, journal, quarantine, KV writes), in
   either direction, so no region and no hub client can speak for another region's nodes;
@@ -24,7 +24,7 @@ pair; the server keeps only the public key and checks a signature of its nonce).
 
 Every identity's replies come to a private inbox named by its public key
 (``_INBOX.<public key>.>``), which only it may subscribe to. Agents and tenants are accounts of
-their own that reach the streams' account only through service imports (:func:`accounts`): NATS
+their own, as are auditors, that reach the streams' account only through service imports (:func:`lent`): NATS
 does not check reply subjects against permissions, and a service import is what keeps a forged
 reply subject from steering the server's acknowledgement into a stream.
 
@@ -187,25 +187,13 @@ def permissions(identity: Identity, regions: Sequence[str]) -> Permissions | Non
             ),
             subscribe=(own,),
         )
-    if kind == "auditor":
-        streams = [subjects.audit_stream(r) for r in regions] + [subjects.AUDIT_ALL]
-        streams += [
-            f"KV_{bucket(r)}" for r in regions for bucket in (subjects.ledger_bucket, subjects.jobs_bucket)
-        ]
-        readable = [
-            f"$JS.API.CONSUMER.{verb}.{stream}{tail}"
-            for stream in streams
-            for verb in ("CREATE", "MSG.NEXT", "DELETE")
-            for tail in ("", ".>")
-        ]
-        readable += [f"$JS.API.DIRECT.GET.{stream}.>" for stream in streams]
+    if kind == "auditor":  # its account imports only these, read-only (federation.scan)
         return Permissions(
             publish=(
                 "$JS.API.INFO",
                 "$JS.API.STREAM.INFO.*",
                 "$JS.API.CONSUMER.INFO.*.*",
-                "$JS.FC.>",
-                *readable,
+                "$JS.API.DIRECT.GET.*",
             ),
             subscribe=(own,),
         )
@@ -215,39 +203,55 @@ def permissions(identity: Identity, regions: Sequence[str]) -> Permissions | Non
     raise ConfigError(f"unknown identity kind {kind!r}")
 
 
-FED, AGENTS, TENANTS = "FED", "AGENTS", "TENANTS"  # the accounts
+FED, AGENTS, TENANTS, AUDIT = "FED", "AGENTS", "TENANTS", "AUDIT"  # the accounts
 HUB = "hub"
 ACKED = (subjects.workloads_stream, subjects.status_stream)  # the scheduler's durable consumers' streams
 
 
-def exports(region: str) -> tuple[list[str], list[str]]:
-    """What the FED account of ``region``'s server lends the AGENTS and TENANTS accounts:
-    (services, streams). A service import maps the requester's reply subject to a private one
-    (``_R_...``), so neither a JetStream acknowledgement nor any answer can be steered into a
-    subject of FED (a stream or bucket) by a forged reply subject."""
-    ledger = subjects.ledger_bucket(region)
-    services = [
-        subjects.heartbeat(region, "*"),
-        subjects.offer(region, "*"),
-        f"fed.{region}.status.>",
-        f"$JS.API.DIRECT.GET.KV_{ledger}.>",
-        subjects.tenant_submit(region, "*", "*"),
-        subjects.tenant_cancel(region, "*", "*"),
-        subjects.tenant_api(region, "*", "*"),
+@dataclass(frozen=True)
+class Lent:
+    """One subject the FED account lends another account: a service (answered in FED; a
+    ``stream`` response may be several messages) or a stream of messages."""
+
+    subject: str
+    account: str
+    kind: str = "service"  # or "stream"
+    response: str = ""  # "stream": several messages answer one request
+
+
+def lent(domain: str) -> list[Lent]:
+    """What the FED account of a server of ``domain`` lends the other accounts. A service import
+    maps the requester's reply subject to a private one (``_R_...``), so neither a JetStream
+    acknowledgement nor any answer can be steered into a subject of FED (a stream or a bucket) by
+    a forged reply subject."""
+    info = [Lent(s, AUDIT) for s in ("$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.CONSUMER.INFO.*.*")]
+    if domain == HUB:
+        return [*info, Lent(f"$JS.API.DIRECT.GET.{subjects.AUDIT_ALL}", AUDIT, response="stream")]
+    r, ledger = domain, subjects.ledger_bucket(domain)
+    readable = [subjects.audit_stream(r), f"KV_{ledger}", f"KV_{subjects.jobs_bucket(r)}"]
+    return [
+        *(Lent(s, AGENTS) for s in (subjects.heartbeat(r, "*"), subjects.offer(r, "*"), f"fed.{r}.status.>")),
+        Lent(f"$JS.API.DIRECT.GET.KV_{ledger}.>", AGENTS),
+        Lent(subjects.ledger_changes(r, "*"), AGENTS, kind="stream"),
+        *(
+            Lent(s, TENANTS)
+            for s in (subjects.tenant_submit(r, "*", "*"), subjects.tenant_cancel(r, "*", "*"))
+        ),
+        Lent(subjects.tenant_api(r, "*", "*"), TENANTS),
+        *info,
+        *(Lent(f"$JS.API.DIRECT.GET.{stream}", AUDIT, response="stream") for stream in readable),
     ]
-    return services, [subjects.ledger_changes(region, "*")]
 
 
 def accounts(identities: Iterable[Identity], regions: Sequence[str], domain: str) -> str:
     """The ``accounts`` block of a server of ``domain`` (``hub`` or a region).
 
-    Everything JetStream keeps lives in the FED account, with the operator, the auditor, the
-    server's region's scheduler and (on the hub) the regions' leafnode links. Agents and tenants,
-    who run on machines the federation does not control, are accounts of their own (AGENTS,
-    TENANTS) that reach FED only through the imports of :func:`exports`, on their region's server.
-    A server knows only the identities that have business on it."""
+    Everything JetStream keeps lives in the FED account, with the operator, the server's region's
+    scheduler and (on the hub) the regions' leafnode links. Agents, tenants and auditors are
+    accounts of their own (AGENTS, TENANTS, AUDIT) that reach FED only through what :func:`lent`
+    lends them. A server knows only the identities that have business on it."""
     quote = json.dumps
-    members: dict[str, list[str]] = {FED: [], AGENTS: [], TENANTS: []}
+    members: dict[str, list[str]] = {FED: [], AGENTS: [], TENANTS: [], AUDIT: []}
     for identity in sorted(identities, key=lambda i: (i.kind, i.region, i.name)):
         kind = identity.kind
         if kind == "leaf" and domain != HUB:
@@ -258,30 +262,36 @@ def accounts(identities: Iterable[Identity], regions: Sequence[str], domain: str
             continue
         if kind == "tenant" and domain == HUB:
             continue
-        account = AGENTS if kind == "agent" else TENANTS if kind == "tenant" else FED
+        account = {"agent": AGENTS, "tenant": TENANTS, "auditor": AUDIT}.get(kind, FED)
         entry = f"{{ nkey: {quote(identity.public_key)}"
         perms = permissions(identity, regions)
         if perms is not None:
             entry += f", permissions: {_permissions(perms)}"
         entry += f', allowed_connection_types: ["{"LEAFNODE" if kind == "leaf" else "STANDARD"}"] }}'
         members[account].append(f"      # {identity.label}\n      {entry}")
-    lines = ["accounts {", f"  {FED} {{", "    jetstream: enabled", "    users: ["]
-    lines.append(",\n".join(members[FED]))
-    lines.append("    ]")
-    if domain != HUB:
-        services, streams = exports(domain)
-        out = [f"{{ service: {quote(s)} }}" for s in services] + [
-            f"{{ stream: {quote(s)} }}" for s in streams
-        ]
-        lines.append(f"    exports: [ {', '.join(out)} ]")
-    lines.append("  }")
-    if domain != HUB:
-        services, streams = exports(domain)
-        imports = [f"{{ service: {{ account: {FED}, subject: {quote(s)} }} }}" for s in services]
-        imports += [f"{{ stream: {{ account: {FED}, subject: {quote(s)} }} }}" for s in streams]
-        for account in (AGENTS, TENANTS):
-            lines += [f"  {account} {{", "    users: [", ",\n".join(members[account]), "    ]"]
-            lines += [f"    imports: [ {', '.join(imports)} ]", "  }"]
+    loans = lent(domain)
+    lines = ["accounts {"]
+    for account, users in members.items():
+        if account != FED and not any(loan.account == account for loan in loans):
+            continue  # (the hub lends agents and tenants nothing)
+        lines += [f"  {account} {{", *(["    jetstream: enabled"] if account == FED else []), "    users: ["]
+        lines += [",\n".join(users), "    ]"]
+        if account == FED:
+            out = [
+                f"{{ {loan.kind}: {quote(loan.subject)}, accounts: [{loan.account}]"
+                + (f", response: {loan.response}" if loan.response else "")
+                + " }"
+                for loan in loans
+            ]
+            lines.append("    exports: [\n      " + ",\n      ".join(out) + "\n    ]")
+        else:
+            mine = [
+                f"{{ {loan.kind}: {{ account: {FED}, subject: {quote(loan.subject)} }} }}"
+                for loan in loans
+                if loan.account == account
+            ]
+            lines.append("    imports: [\n      " + ",\n      ".join(mine) + "\n    ]")
+        lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\nauthorization { timeout: 2 }"
 

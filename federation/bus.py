@@ -24,7 +24,6 @@ import collections
 import contextlib
 import datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import nats
@@ -36,6 +35,7 @@ from nats.js import JetStreamContext, api
 
 from federation import auth, tracing
 from federation.auth import Credentials
+from federation.delivery import KV_OPERATION, Delivery
 from federation.deploy import TlsFiles
 from federation.errors import ConflictError, FederationUnavailable, InvalidRequest, NoResponders, NotPermitted
 from federation.layout import StreamFacts, StreamSpec
@@ -44,46 +44,10 @@ from federation.tasks import cancelled, idle
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 MSG_ID = "Nats-Msg-Id"
 MSG_TTL = "Nats-TTL"
-MARKER_REASON = "Nats-Marker-Reason"
-KV_OPERATION = "KV-Operation"
 WRONG_LAST_SEQUENCE = (10071, 10164)
 # seconds a clustered region may take to elect new leaders after losing a server (the meta layer,
 # then each stream: a Raft election timeout of 4-9 s each, measured up to ~20 s on 2 cores)
 FAILOVER = 30.0
-
-
-@dataclass(slots=True)
-class Delivery:
-    """One message from a stream or a subscription, without the nats-py type."""
-
-    subject: str
-    data: bytes
-    headers: dict[str, str]
-    sequence: int
-    delivered: int
-    pending: int = 0
-    _msg: Msg | None = None
-    timestamp: float = 0.0  # when the server stored it (0 when unknown)
-
-    @property
-    def removed(self) -> bool:
-        """True for a server-placed delete marker (TTL expiry) or a KV delete/purge."""
-        return MARKER_REASON in self.headers or self.headers.get(KV_OPERATION) in ("DEL", "PURGE")
-
-    async def ack(self) -> None:
-        """Acknowledge (no-op for messages from ordered followers)."""
-        if self._msg is not None and self._msg.reply:
-            await self._msg.ack()
-
-    async def nak(self, delay: float = 0.0) -> None:
-        """Hand the message back for redelivery, after ``delay`` seconds."""
-        if self._msg is not None and self._msg.reply:
-            await self._msg.nak(delay=delay or None)
-
-    async def term(self) -> None:
-        """Tell the server never to redeliver this message."""
-        if self._msg is not None and self._msg.reply:
-            await self._msg.term()
 
 
 def _delivery(msg: Msg) -> Delivery:
@@ -205,6 +169,7 @@ class Bus:
         self.name = name
         self.generation = 0  # bumped on every reconnect: followers recreate their consumers
         self.identity = "this client"  # who the server knows us as (for errors)
+        self.direct_reads = False  # read streams by batched direct gets (an auditor creates no consumer)
         self.refused: collections.deque[str] = collections.deque(maxlen=64)  # permission violations
 
     def _check_permitted(self, subject: str, *, prefix: bool = False) -> None:
@@ -280,6 +245,7 @@ class Bus:
         bus = cls(nc, name)
         if credentials is not None:
             bus.identity = credentials.identity.label
+            bus.direct_reads = credentials.kind == "auditor"
         links.append(bus)
         return bus
 
@@ -601,6 +567,14 @@ class Bus:
         last message seen (``last_per_subject`` followers get each subject's latest again, so their
         readers must treat a repeat as harmless).
         """
+        if until_caught_up and self.direct_reads:  # an auditor: batched direct gets, no consumer
+            from federation.scan import scan  # it reads through this bus
+
+            async for found in scan(
+                self, stream, filter_subject, last_per_subject, start_sequence, start_time
+            ):
+                yield found
+            return
         if until_caught_up:
             tail = await self.tail(
                 stream,
@@ -674,6 +648,34 @@ class Bus:
                 if not isinstance(error, Exception):
                     raise error from None  # being cancelled
                 return  # gone (a server restart, an expired ephemeral consumer): recreate it
+
+    async def gather(
+        self, subject: str, data: bytes, timeout: float = 10.0
+    ) -> tuple[list[Delivery], dict[str, str]]:
+        """A request answered by several messages and a closing status (a batched direct get):
+        the messages, and the status's headers."""
+        items: list[Delivery] = []
+        done: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+
+        async def on_msg(msg: Msg) -> None:
+            headers = {str(k): v for k, v in (msg.headers or {}).items()}
+            if "Status" in headers:
+                if not done.done():
+                    done.set_result(headers)
+                return
+            items.append(Delivery.direct(headers, msg.data))
+
+        sub = await self.nc.subscribe(self.nc.new_inbox(), cb=on_msg)
+        try:
+            await self.nc.publish(subject, data, reply=sub.subject)
+            async with asyncio.timeout(timeout):
+                return items, await done
+        except TimeoutError:
+            self._check_permitted(subject)
+            raise FederationUnavailable(subject, "no answer") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def subscribe(self, subject: str, handler: Callable[[Delivery], Awaitable[None]]) -> Any:
         """A plain core subscription (republished KV writes, inboxes)."""

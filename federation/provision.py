@@ -161,6 +161,7 @@ async def _provision_audit(bus: Bus, region: str, replicas: int | None) -> None:
         deny_purge=True,
         max_msg_size=AUDIT_BYTES,
         metadata=metadata,
+        allow_direct=True,  # auditors read by batched direct gets (federation.scan)
     )
     await bus.ensure_stream(spec)
 
@@ -173,6 +174,7 @@ async def provision_audit_all(bus: Bus, regions: Sequence[str]) -> None:
         deny_delete=True,
         deny_purge=True,
         max_msg_size=AUDIT_BYTES,
+        allow_direct=True,
     )
     await bus.ensure_stream(spec)
 

@@ -45,7 +45,7 @@ import msgspec
 import structlog
 
 from federation import failpoints, subjects, tracing
-from federation.bus import Bus, Delivery
+from federation.bus import Bus
 from federation.config import SchedulerConfig, load_toml
 from federation.core.events import (
     CancelRequested,
@@ -67,6 +67,7 @@ from federation.core.events import (
     WriteLedger,
 )
 from federation.core.state import ALLOWED, RegionCore
+from federation.delivery import Delivery
 from federation.errors import (
     ConfigError,
     ConflictError,

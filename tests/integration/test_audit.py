@@ -16,9 +16,10 @@ import pytest
 
 from federation import subjects
 from federation.audit import Checker, parse
-from federation.bus import Bus, Delivery
+from federation.bus import Bus
 from federation.client import Client
 from federation.core.events import Submitted, Tick
+from federation.delivery import Delivery
 from federation.errors import NotFound
 from federation.journal import Divergence, Inputs
 from federation.schemas import Allocation, Capacity, Ledger, Submit, encode

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import subprocess
 from pathlib import Path
 
@@ -212,6 +213,8 @@ async def _quarantined(fed: Client, job: str):  # type: ignore[no-untyped-def]
 
 
 async def test_an_auditor_reads_the_trail_and_changes_nothing(make_cluster) -> None:
+    """The auditor reads by batched direct gets through its own account: it creates no consumer
+    (whose deliver subject the server would not check) and can steer no answer into a bucket."""
     cluster = await make_cluster(regions=("eu",), agents=1)
     auditor = Keyring(cluster.tmp / "creds").credentials("auditor", "auditor")
     async with Client.connect(connection=cluster.connection) as fed:
@@ -219,19 +222,30 @@ async def test_an_auditor_reads_the_trail_and_changes_nothing(make_cluster) -> N
     async with Client.connect(connection=cluster.connection, credentials=auditor) as reader:
         events = [e async for e in reader.audit(region="eu")]
         assert any(e.kind == "submit" and e.job == "audited" for e in events)
-        report = await reader.audit_check(region="eu")
-        assert report.ok, report
+        assert (await reader.audit_check(region="eu")).ok
+        assert (await reader.audit_verify(region="eu")).ok
+        everywhere = await eventually(lambda: _drain(reader.audit(everywhere=True)), timeout=30)
+        assert {e.region for e in everywhere} == {"eu"}  # the hub's AUDIT_ALL, read the same way
         with pytest.raises(FederationError):
             await reader.submit(["true"])
     errors: list[str] = []
     nc = await _raw(cluster.url("eu"), auditor, errors)
+    admin = await Bus.connect(cluster.url("eu"), "test-admin", retry_forever=False)
+    ledger = subjects.ledger_bucket("eu")
     try:
-        for api in ("STREAM.DELETE", "STREAM.PURGE"):
+        before = await admin.kv_get(ledger, "eu-n1")
+        for api in ("STREAM.DELETE", "STREAM.PURGE", "CONSUMER.CREATE"):
             with pytest.raises(nats.errors.Error):
-                await nc.request(f"$JS.API.{api}.{subjects.audit_stream('eu')}", b"", timeout=1)
+                await nc.request(f"$JS.API.{api}.{subjects.audit_stream('eu')}", b"{}", timeout=1)
+        # an old ledger value, read with a forged reply subject: the answer cannot land in the bucket
+        first = json.dumps({"seq": 1, "next_by_subj": f"$KV.{ledger}.eu-n1"}).encode()
+        await nc.publish(f"$JS.API.DIRECT.GET.KV_{ledger}", first, reply=f"$KV.{ledger}.eu-n1")
+        assert (await nc.request(f"$JS.API.DIRECT.GET.KV_{ledger}", first, timeout=5)).data  # after it
+        assert await admin.kv_get(ledger, "eu-n1") == before
     finally:
         await nc.close()
-    assert len(_violations(errors, "publish")) >= 2
+        await admin.close()
+    assert len(_violations(errors, "publish")) >= 3
 
 
 async def test_unknown_missing_and_revoked_keys_are_refused(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from federation import subjects
-from federation.bus import Bus, Delivery
+from federation.bus import Bus
 from federation.client import Client
+from federation.delivery import Delivery
 from federation.schemas import decode_ledger
 from tests.conftest import GiB, eventually
 

@@ -1,0 +1,58 @@
+"""Reading a stream without a consumer: batched direct gets (what an auditor's credentials allow).
+
+A consumer's deliver subject is not checked against its creator's permissions, so an identity
+that may create consumers can have a stream replayed into any subject, a bucket's included. An
+auditor therefore creates none: it reads with direct gets of up to ``BATCH`` messages at a time
+(``{"seq": N, "batch": B, "next_by_subj": filter}``), each answer closed by a status message
+that says how many remain, through its account's imports (whose reply subjects cannot be
+steered). :func:`scan` yields what ``Bus.follow(..., until_caught_up=True)`` yields.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from federation.delivery import Delivery
+from federation.errors import FederationUnavailable
+
+if TYPE_CHECKING:
+    from federation.bus import Bus
+
+BATCH = 1000
+
+
+async def scan(
+    bus: Bus,
+    stream: str,
+    filter_subject: str,
+    last_per_subject: bool = False,
+    start_sequence: int = 0,
+    start_time: float = 0.0,
+) -> AsyncIterator[Delivery]:
+    """Every message of ``stream`` on ``filter_subject`` stored now, from ``start_sequence`` (or
+    the first stored at ``start_time``); with ``last_per_subject`` only each subject's latest."""
+    request: dict[str, object] = {"batch": BATCH, "next_by_subj": filter_subject}
+    if start_time and not start_sequence:
+        when = datetime.datetime.fromtimestamp(start_time, datetime.UTC)
+        request["start_time"] = when.isoformat().replace("+00:00", "Z")
+    else:
+        request["seq"] = max(1, start_sequence)
+    latest: dict[str, Delivery] = {}
+    while True:
+        items, status = await bus.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
+        for item in items:
+            if last_per_subject:
+                latest[item.subject] = item
+            else:
+                yield item
+        code = status.get("Status", "")
+        if code not in ("204", "404"):  # 404: nothing (more) to read
+            raise FederationUnavailable(stream, f"direct get refused: {code} {status.get('Description', '')}")
+        if not items or code == "404" or int(status.get("Nats-Num-Pending", 0)) == 0:
+            break
+        request = {"batch": BATCH, "next_by_subj": filter_subject, "seq": items[-1].sequence + 1}
+    for item in sorted(latest.values(), key=lambda d: d.sequence):
+        yield item
