@@ -5,9 +5,12 @@ everything it starts, for good. :func:`confine_writes` runs in the workload's ch
 between fork and exec: it handles every right that changes the filesystem (write, truncate,
 create, remove, rename or link into) and grants them back only beneath the working directory
 (and writing to ``/dev/null``). Reading and executing stay as the file modes allow; files opened
-before (the output pipe) are not affected. ``no_new_privs`` is set first, as Landlock requires of
-an unprivileged caller, so nothing the workload runs can gain privileges through a set-user-id
-program either.
+before (the output pipe) are not affected. Where the kernel knows scopes (ABI 6, Linux 6.12+), the
+workload also cannot signal a process outside its sandbox (the agent, run as the same user) nor
+connect to an abstract Unix socket outside it. ``/dev/shm`` is closed too, so POSIX semaphores
+(Python's ``multiprocessing`` locks) do not work under it. ``no_new_privs`` is set first, as
+Landlock requires of an unprivileged caller, so nothing the workload runs can gain privileges
+through a set-user-id program either.
 
 Called through ``ctypes`` (three system calls; their numbers are the same on every architecture).
 """
@@ -29,7 +32,15 @@ TRUNCATE = 1 << 14  # ABI 3
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = (("handled_access_fs", ctypes.c_uint64),)
+    _fields_ = (
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),  # ABI 4
+        ("scoped", ctypes.c_uint64),  # ABI 6
+    )
+
+
+_FS_ONLY = 8  # the size of the attribute before ABI 4 knew the other fields
+_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
 
 
 class _PathBeneath(ctypes.Structure):
@@ -63,8 +74,10 @@ def confine_writes(workdir: str) -> None:
     if version < 1:
         raise OSError("landlock is not available on this kernel")
     everything, file_rights = _rights(version)
-    attr = _RulesetAttr(handled_access_fs=everything)
-    ruleset = _libc.syscall(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), 0)
+    scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if version >= 6 else 0
+    attr = _RulesetAttr(handled_access_fs=everything, scoped=scoped)
+    size = ctypes.sizeof(attr) if scoped else _FS_ONLY
+    ruleset = _libc.syscall(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
     if ruleset < 0:
         raise _fail("create_ruleset")
     try:

@@ -213,6 +213,7 @@ class Bus:
         async def reconnected() -> None:
             for bus in links:
                 bus.generation += 1
+                bus.refused.clear()  # permissions may have changed (a reload)
 
         connecting = nats.connect(
             [part.strip() for part in url.split(",") if part.strip()],  # a cluster: every member

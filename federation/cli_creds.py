@@ -45,11 +45,10 @@ async def reload_servers(state_dir: Path) -> str:
         return "no federation runs from this state directory: servers started later accept the change"
     monitors = [connection.hub_monitor] + [r.monitor for r in connection.regions.values()]
     monitors = [m for m in monitors if m]
-    before = {m: (await monitoring(m)).get("config_load_time") for m in monitors}
-    try:
-        os.kill(connection.pid, signal.SIGHUP)
-    except ProcessLookupError:
+    if not _is_fed_up(connection.pid):  # a stale file's pid may be anyone's now: never signal it
         return f"fed up (pid {connection.pid}) is not running: servers started later accept the change"
+    before = {m: (await monitoring(m)).get("config_load_time") for m in monitors}
+    os.kill(connection.pid, signal.SIGHUP)
     end = time.monotonic() + RELOAD_DEADLINE
     for monitor, loaded in before.items():
         while (await monitoring(monitor)).get("config_load_time") == loaded:
@@ -57,6 +56,16 @@ async def reload_servers(state_dir: Path) -> str:
                 raise FederationUnavailable(monitor, "the server did not reload its configuration")
             await asyncio.sleep(0.05)
     return f"{len(monitors)} servers reloaded"
+
+
+def _is_fed_up(pid: int) -> bool:
+    import psutil
+
+    try:
+        argv = psutil.Process(pid).cmdline()
+    except (psutil.Error, ValueError):
+        return False
+    return "up" in argv and any("federation" in part or part.endswith("fed") for part in argv)
 
 
 async def cmd_add(args: argparse.Namespace) -> int:

@@ -186,3 +186,25 @@ async def test_both_ways_of_applying_the_sandbox_switch_user_and_set_limits(
             4096,
             sandbox,
         )
+
+
+async def test_a_confined_workload_running_as_the_agents_user_cannot_signal_it(shared_dir: Path) -> None:
+    """Without ``run_as`` a workload is the agent's user; Landlock's scopes still keep it from
+    signalling processes outside its sandbox (this test process stands in for the agent)."""
+    from agents import landlock, runner
+
+    if landlock.abi() < 6:
+        pytest.skip(f"Landlock ABI {landlock.abi()} has no signal scope (Linux 6.12+)")
+    output: list[bytes] = []
+
+    async def sink(chunk: bytes) -> None:
+        output.append(chunk)
+
+    outside = _open_dir(shared_dir) / "planted"
+    probe = f"kill -0 {os.getpid()} 2>/dev/null && echo reached || echo refused; "
+    probe += f"(echo x > {outside}) 2>/dev/null || echo kept"
+    spec = runner.RunSpec(job="scoped", attempt=1, command=["sh", "-c", probe])
+    run = await runner.start(spec, shared_dir / "work", sink, 4096, runner.Sandbox(confine_writes=True))
+    assert await run.wait() == 0
+    assert b"".join(output).split() == [b"refused", b"kept"]
+    assert not outside.exists()
