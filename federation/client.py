@@ -414,7 +414,8 @@ class Client:
             await tail.stop()
 
     async def jobs(self, *, region: str | None = None, state: str | None = None) -> list[JobRecord]:
-        """Job records of one region (or all), oldest first, optionally of one state."""
+        """Job records of one region (or all), oldest first, optionally of one state. Across all
+        regions a job handed to another region is listed once, by the region it lives in."""
         out: list[JobRecord] = []
         for name in [self._region(region)] if region else self.regions:
             if self.tenant:
@@ -424,6 +425,9 @@ class Client:
             for record in _readable(await bus.kv_load(subjects.jobs_bucket(name))):
                 if state is None or record.state == state:
                     out.append(record)
+        if not region:
+            elsewhere = {r.id for r in out if r.spec.origin}
+            out = [r for r in out if not (r.state == "forwarded" and r.id in elsewhere)]
         return sorted(out, key=lambda r: (r.submitted_at, r.id))
 
     async def logs(

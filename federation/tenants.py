@@ -33,6 +33,7 @@ MAX_RECORDS = 1000
 LOG_BYTES = 512 * 1024
 ANSWER_BYTES = 4 * 1024 * 1024  # of records per answer (the servers' max_payload is 8 MB)
 QUERY_BYTES = 4096
+CONCURRENT = 4  # questions answered at once (each may read the whole jobs bucket)
 
 
 class TenantQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -56,6 +57,7 @@ class Tenants:
         self.bus = bus
         self.region = region
         self.log = structlog.get_logger().bind(region=region)
+        self._slots = asyncio.Semaphore(CONCURRENT)  # a flood of questions queues; placement goes on
 
     async def serve(self) -> None:
         subscription = await self.bus.serve(
@@ -75,7 +77,8 @@ class Tenants:
             query = msgspec.json.decode(data or b"{}", type=TenantQuery)
             if query.job:
                 subjects.check_token(query.job, "job id")
-            reply = await self._answer(tenant, verb, query)
+            async with self._slots:
+                reply = await self._answer(tenant, verb, query)
         except FederationUnavailable:
             return None  # the region cannot answer now (a stream leader election): the tenant asks again
         except Exception:  # a question must never take the scheduler down
