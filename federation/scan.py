@@ -5,11 +5,13 @@ that may create consumers can have a stream replayed into any subject, a bucket'
 auditor therefore creates none: it reads with direct gets of up to ``BATCH`` messages at a time
 (``{"seq": N, "batch": B, "next_by_subj": filter}``), each answer closed by a status message
 that says how many remain, through its account's imports (whose reply subjects cannot be
-steered). :func:`scan` yields what ``Bus.follow(..., until_caught_up=True)`` yields.
+steered). The next batch is asked for while the current one is read. :func:`scan` yields what
+``Bus.follow(..., until_caught_up=True)`` yields.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 from collections.abc import AsyncIterator
@@ -41,18 +43,31 @@ async def scan(
     else:
         request["seq"] = max(1, start_sequence)
     latest: dict[str, Delivery] = {}
-    while True:
-        items, status = await bus.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
-        for item in items:
-            if last_per_subject:
-                latest[item.subject] = item
-            else:
-                yield item
-        code = status.get("Status", "")
-        if code not in ("204", "404"):  # 404: nothing (more) to read
-            raise FederationUnavailable(stream, f"direct get refused: {code} {status.get('Description', '')}")
-        if not items or code == "404" or int(status.get("Nats-Num-Pending", 0)) == 0:
-            break
-        request = {"batch": BATCH, "next_by_subj": filter_subject, "seq": items[-1].sequence + 1}
+    subject = f"$JS.API.DIRECT.GET.{stream}"
+    answer = await bus.gather(subject, json.dumps(request).encode())
+    ahead: asyncio.Task[tuple[list[Delivery], dict[str, str]]] | None = None
+    try:
+        while True:
+            items, status = answer
+            code = status.get("Status", "")
+            if code not in ("204", "404"):  # 404: nothing (more) to read
+                raise FederationUnavailable(
+                    stream, f"direct get refused: {code} {status.get('Description', '')}"
+                )
+            more = bool(items) and code == "204" and int(status.get("Nats-Num-Pending", 0)) > 0
+            if more:  # ask for the next batch while this one is read
+                request = {"batch": BATCH, "next_by_subj": filter_subject, "seq": items[-1].sequence + 1}
+                ahead = asyncio.create_task(bus.gather(subject, json.dumps(request).encode()))
+            for item in items:
+                if last_per_subject:
+                    latest[item.subject] = item
+                else:
+                    yield item
+            if ahead is None:
+                break
+            answer, ahead = await ahead, None
+    finally:
+        if ahead is not None:  # the reader stopped early
+            ahead.cancel()
     for item in sorted(latest.values(), key=lambda d: d.sequence):
         yield item
