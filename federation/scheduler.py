@@ -368,7 +368,9 @@ class Scheduler:
         loops = [self._watch_config(), self._watch_consumers(), self._settle_heap()]
         loops += [peering.publish_summaries(), peering.watch_audit()]
         loops += [self.handoffs.serve()] if self.handoffs is not None else []
-        loops.append(Tenants(self.bus, self.region).serve())  # tenants' own jobs and logs
+        loops.append(
+            Tenants(self.bus, self.region, lambda: [v.record for v in self.core.jobs.values()]).serve()
+        )
         if self.config.peers:
             await provision_views(self.bus, self.region, self.config.peers, self.config.replicas)
             loops += [peering.watch_views(), peering.feed_views()]
