@@ -41,7 +41,6 @@ import os
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import nkeys
 
@@ -315,27 +314,28 @@ def _permissions(perms: Permissions) -> str:
 
 # --- this process's identity ---------------------------------------------------------------------
 
-_process: dict[str, Any] = {"tls": None, "credentials": None}
+_tls: TlsFiles | None = None
+_credentials: Credentials | None = None
 
 
 def use_tls(files: TlsFiles | None) -> None:
     """Make ``files`` the TLS of every connection this process opens without its own."""
-    _process["tls"] = files
+    global _tls
+    _tls = files
 
 
 def use_credentials(credentials: Credentials | None) -> None:
     """Make ``credentials`` the identity of every connection this process opens without its own."""
-    _process["credentials"] = credentials
+    global _credentials
+    _credentials = credentials
 
 
 def process_tls() -> TlsFiles | None:
-    tls: TlsFiles | None = _process["tls"]
-    return tls
+    return _tls
 
 
 def process_credentials() -> Credentials | None:
-    credentials: Credentials | None = _process["credentials"]
-    return credentials
+    return _credentials
 
 
 def tls_context(files: TlsFiles) -> ssl.SSLContext:

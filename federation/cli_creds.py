@@ -11,29 +11,26 @@ elsewhere, ``render`` prints the ``accounts`` block to put in their configuratio
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 from federation import auth
-from federation.config import default_state_dir, load_connection
+from federation.config import load_connection
 from federation.errors import FederationUnavailable
 from federation.keyring import Keyring
-from federation.monitor import monitoring
-
-RELOAD_DEADLINE = 15.0
+from federation.monitor import config_load_time, reloaded
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    value = getattr(args, "state_dir", None)
-    return Path(value).expanduser() if value else default_state_dir()
+    from federation.cli import _state_dir  # the entry point is loaded by then
+
+    return _state_dir(args)
 
 
 def _keyring(args: argparse.Namespace) -> Keyring:
-    return Keyring(_state_dir(args) / "creds")
+    return Keyring.of(_state_dir(args))
 
 
 async def reload_servers(state_dir: Path) -> str:
@@ -47,14 +44,9 @@ async def reload_servers(state_dir: Path) -> str:
     monitors = [m for m in monitors if m]
     if not _is_fed_up(connection.pid):  # a stale file's pid may be anyone's now: never signal it
         return f"fed up (pid {connection.pid}) is not running: servers started later accept the change"
-    before = {m: (await monitoring(m)).get("config_load_time") for m in monitors}
+    before = {m: await config_load_time(m) for m in monitors}
     os.kill(connection.pid, signal.SIGHUP)
-    end = time.monotonic() + RELOAD_DEADLINE
-    for monitor, loaded in before.items():
-        while (await monitoring(monitor)).get("config_load_time") == loaded:
-            if time.monotonic() > end:
-                raise FederationUnavailable(monitor, "the server did not reload its configuration")
-            await asyncio.sleep(0.05)
+    await reloaded(before)
     return f"{len(monitors)} servers reloaded"
 
 

@@ -59,6 +59,11 @@ class Keyring:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
+    @classmethod
+    def of(cls, state_dir: Path) -> Keyring:
+        """The keyring of the federation run from ``state_dir``."""
+        return cls(state_dir / "creds")
+
     def identities(self) -> list[Identity]:
         """Every identity the servers accept."""
         try:
@@ -83,16 +88,16 @@ class Keyring:
         check_identity(kind, name, region)
         path = self.path(kind, name, region)
         if self.find(kind, name, region) is not None:
-            if exist_ok and path.exists():
-                return path
             if not exist_ok:
                 raise ConfigError(f"{kind} {name} exists already (revoke it first to replace its key)")
+            if path.exists():
+                return path  # (a listed identity whose file is gone gets a new key)
         seed = new_seed()
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         where = f"{region} " if region else ""
         text = f"# nats-federation credentials: keep secret\n# identity: {kind} {where}{name}\n{seed}\n"
-        _write_private(path, text)
+        write_private(path, text)
         others = [i for i in self.identities() if (i.kind, i.name, i.region) != (kind, name, region)]
         self._save([*others, Identity(kind, name, public_key(seed), region)])
         return path
@@ -116,10 +121,10 @@ class Keyring:
             {"kind": i.kind, "name": i.name, "region": i.region, "public_key": i.public_key}
             for i in sorted(identities, key=lambda i: (i.kind, i.region, i.name))
         ]
-        _write_private(self.directory / REGISTRY, json.dumps(rows, indent=1) + "\n")
+        write_private(self.directory / REGISTRY, json.dumps(rows, indent=1) + "\n")
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all (a crash leaves the old file), readable by us only."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)  # a stale one could carry a wider mode

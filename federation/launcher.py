@@ -39,8 +39,8 @@ from federation.bus import Bus
 from federation.config import Connection, RegionEndpoint, write_connection
 from federation.deploy import Server, TlsFiles, server_config
 from federation.errors import ConfigError, FederationError, FederationUnavailable
-from federation.keyring import Keyring
-from federation.monitor import monitoring
+from federation.keyring import Keyring, write_private
+from federation.monitor import config_load_time, monitoring, reloaded
 from federation.provision import provision, provision_audit_all, wait_for_jetstream
 from federation.proxy import LinkProxy
 from federation.resources import format_memory
@@ -177,7 +177,7 @@ class Federation:
         self._watch: asyncio.Task[None] | None = None
         self.tls_server: TlsFiles | None = None
         self.tls: TlsFiles | None = None  # the client certificate every daemon and client presents
-        self.keyring = Keyring(self.state_dir / "creds") if options.auth else None
+        self.keyring = Keyring.of(self.state_dir) if options.auth else None
         self.credentials: Credentials | None = None  # the operator's (admin): this process and the CLI
 
     # --- start -------------------------------------------------------------------------------------
@@ -208,21 +208,13 @@ class Federation:
                 )
             )
             for region in self.options.regions:
-                bus = await Bus.connect(
-                    self.urls[region],
-                    "fed-up",
-                    retry_forever=False,
-                    tls=self.tls,
-                    credentials=self.credentials,
-                )
+                bus = await self._connect(region, "fed-up")
                 try:
                     await provision(bus, region)
                 finally:
                     await bus.close()
             await self._wait_leafnodes(len(self.options.regions))
-            bus = await Bus.connect(
-                self.urls["hub"], "fed-up", retry_forever=False, tls=self.tls, credentials=self.credentials
-            )
+            bus = await self._connect("hub", "fed-up")
             try:  # the hub's copy of every region's audit trail
                 await provision_audit_all(bus, self.options.regions)
             finally:
@@ -284,6 +276,12 @@ class Federation:
         self.echo(f"  nats-server {name:<10} {self.urls[name]}  (domain {domain}, pid {child.pid})")
         return self.urls[name]
 
+    async def _connect(self, name: str, client: str, *, retry_forever: bool = False) -> Bus:
+        """A connection to server ``name`` as the operator (this process)."""
+        return await Bus.connect(
+            self.urls[name], client, retry_forever=retry_forever, tls=self.tls, credentials=self.credentials
+        )
+
     def _write_config(self, name: str) -> Path:
         """Render server ``name``'s configuration (with the keyring's identities) into its file."""
         domain, leaf_listen, leaf_remote = self.server_args[name]
@@ -311,12 +309,7 @@ class Federation:
                 leaf_seed=leaf_seed,
             )
         )
-        tmp = conf.with_name(f".{conf.name}.tmp")  # a reloading server never reads half a file
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the leaf's seed
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        tmp.replace(conf)
+        write_private(conf, text)  # whole (a reloading server never reads half a file); the leaf's seed
         return conf
 
     def _identities(self) -> None:
@@ -356,15 +349,10 @@ class Federation:
         before = {}
         for name, child in self.servers.items():
             if child.alive():
-                before[name] = (await monitoring(self.monitors[name])).get("config_load_time")
+                before[self.monitors[name]] = await config_load_time(self.monitors[name])
                 self._write_config(name)
                 os.kill(child.pid, signal.SIGHUP)
-        end = time.monotonic() + 10.0
-        for name, loaded in before.items():
-            while (await monitoring(self.monitors[name])).get("config_load_time") == loaded:
-                if time.monotonic() > end:
-                    raise FederationUnavailable(name, "the server did not reload its configuration")
-                await asyncio.sleep(0.05)
+        await reloaded(before)
 
     async def _wait_leafnodes(self, count: int, deadline: float = 15.0) -> None:
         end = time.monotonic() + deadline
@@ -379,13 +367,7 @@ class Federation:
         """Healthy means: each scheduler consumes its region's workloads, each agent has offered."""
         end = time.monotonic() + deadline
         for region in self.options.regions:
-            bus = await Bus.connect(
-                self.urls[region],
-                "fed-up-health",
-                retry_forever=False,
-                tls=self.tls,
-                credentials=self.credentials,
-            )
+            bus = await self._connect(region, "fed-up-health")
             try:
                 while not await _region_ready(bus, region, self.node_names(region)):
                     if time.monotonic() > end:
@@ -482,9 +464,7 @@ class Federation:
 
     async def _serve_chaos(self) -> None:
         """Answer ``fed chaos`` on the hub (which no proxy stands in front of)."""
-        self._chaos_bus = await Bus.connect(
-            self.urls["hub"], "fed-up-chaos", tls=self.tls, credentials=self.credentials
-        )
+        self._chaos_bus = await self._connect("hub", "fed-up-chaos", retry_forever=True)
         for command in ("partition", "heal", "status"):
 
             async def answer(_subject: str, data: bytes, command: str = command) -> bytes:
@@ -644,9 +624,9 @@ async def up(options: Options, echo: Callable[[str], None] = print) -> None:
     def reload() -> None:  # SIGHUP (fed creds): the servers take the keyring's identities again
         task = loop.create_task(federation.reload())
         reloads.add(task)
-        task.add_done_callback(reloaded)
+        task.add_done_callback(after_reload)
 
-    def reloaded(task: asyncio.Task[None]) -> None:
+    def after_reload(task: asyncio.Task[None]) -> None:
         reloads.discard(task)
         if not task.cancelled() and task.exception() is not None:
             echo(f"  reload failed: {task.exception()}")

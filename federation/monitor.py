@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from typing import Any
 
@@ -23,6 +24,22 @@ async def monitoring(monitor_url: str, endpoint: str = "varz") -> dict[str, Any]
         raise FederationUnavailable(monitor_url, f"monitoring endpoint /{endpoint}: {exc}") from None
 
 
+async def config_load_time(monitor_url: str) -> object:
+    """When the server last loaded its configuration (changes on every reload)."""
+    return (await monitoring(monitor_url)).get("config_load_time")
+
+
+async def reloaded(before: dict[str, object], deadline: float = 15.0) -> None:
+    """Wait until every server of ``before`` (monitoring URL -> its :func:`config_load_time` when
+    a reload was asked for) reports a newer configuration; FederationUnavailable after ``deadline``."""
+    end = time.monotonic() + deadline
+    for monitor_url, loaded in before.items():
+        while await config_load_time(monitor_url) == loaded:
+            if time.monotonic() > end:
+                raise FederationUnavailable(monitor_url, "the server did not reload its configuration")
+            await asyncio.sleep(0.05)
+
+
 async def check_durability(monitor_url: str, log: Any) -> None:
     """Warn (on ``log``) when JetStream acknowledges writes before they reach the disk (its default)."""
     if not monitor_url:
@@ -40,4 +57,4 @@ async def check_durability(monitor_url: str, log: Any) -> None:
         )
 
 
-__all__ = ["check_durability", "monitoring"]
+__all__ = ["check_durability", "config_load_time", "monitoring", "reloaded"]

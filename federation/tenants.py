@@ -55,7 +55,7 @@ class TenantReply(msgspec.Struct, kw_only=True):
 class Tenants:
     """Answers tenants' questions about ``region`` on ``bus`` (run by the leading scheduler)."""
 
-    def __init__(self, bus: Bus, region: str, known: Callable[[], list[JobRecord]] | None = None) -> None:
+    def __init__(self, bus: Bus, region: str, known: Callable[[], list[JobRecord]]) -> None:
         self.bus = bus
         self.region = region
         self.known = known  # the leader's own records (its core's): no bucket read per question
@@ -84,16 +84,16 @@ class Tenants:
                 reply = await self._answer(tenant, verb, query)
         except FederationUnavailable:
             return None  # the region cannot answer now (a stream leader election): the tenant asks again
+        except (msgspec.ValidationError, msgspec.DecodeError, FederationError) as exc:
+            reply = TenantReply(error=f"bad query: {exc}")
         except Exception:  # a question must never take the scheduler down
             self.log.exception("tenant question failed", tenant=tenant, verb=verb)
             reply = TenantReply(error="the scheduler could not answer (see its log)")
-        except (msgspec.ValidationError, msgspec.DecodeError, FederationError) as exc:
-            reply = TenantReply(error=f"bad query: {exc}")
         return msgspec.json.encode(reply)
 
     async def _answer(self, tenant: str, verb: str, query: TenantQuery) -> TenantReply:
         if verb == "jobs":
-            records = [r for r in await self._records() if r.spec.tenant == tenant]
+            records = [r for r in self.known() if r.spec.tenant == tenant]
             records = [_own(r) for r in records if not query.state or r.state == query.state]
             records.sort(key=lambda r: (r.submitted_at, r.id))
             kept: list[JobRecord] = []
@@ -119,17 +119,6 @@ class Tenants:
             return decode_record(value) if value is not None else None
         except RemoteProtocolError:
             return None
-
-    async def _records(self) -> list[JobRecord]:
-        if self.known is not None:
-            return self.known()
-        out = []
-        for value, _ in (await self.bus.kv_load(subjects.jobs_bucket(self.region))).values():
-            try:
-                out.append(decode_record(value))
-            except RemoteProtocolError:
-                continue
-        return out
 
     async def _logs(self, record: JobRecord, after: int) -> TenantReply:
         chunks: list[bytes] = []

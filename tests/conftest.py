@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from federation import subjects
-from federation.auth import use_credentials
+from federation.auth import Credentials, use_credentials
 from federation.bus import Bus
 from federation.config import Connection
 from federation.launcher import Child, Federation, Options, agent_command, fed_command
@@ -75,11 +76,7 @@ class Cluster:
 
     async def raw(self, region: str) -> Any:
         """A plain nats-py connection to ``region``'s server as the operator (to watch raw subjects)."""
-        import nats
-
-        creds = self.federation.credentials
-        extra = {"nkeys_seed_str": creds.seed, "inbox_prefix": creds.inbox} if creds else {}
-        return await nats.connect(self.url(region), **extra)
+        return await raw_connect(self.url(region), self.federation.credentials)
 
     def scheduler(self, region: str) -> Child:
         return next(c for c in self.federation.daemons if c.name == f"scheduler-{region}")
@@ -166,6 +163,26 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
         await cluster.federation.stop()
         for pid in cluster.federation.pids() + [c.pid for c in cluster.extra]:
             assert not process_alive(pid), f"process {pid} survived teardown"
+
+
+async def raw_connect(url: str, creds: Credentials | None, **options: Any) -> Any:
+    """A plain nats-py connection as ``creds`` (signing with its seed, replies to its inbox)."""
+    import nats
+
+    extra = {"nkeys_seed_str": creds.seed, "inbox_prefix": creds.inbox} if creds else {}
+    return await nats.connect(url, **extra, **options)
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports free now (for configs that must name a port before any server listens)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def process_alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ from federation.deploy import Server, server_config
 from federation.errors import ConfigError
 from federation.keyring import Keyring, load_credentials
 from federation.launcher import nats_server_binary
+from tests.conftest import free_ports
 
 REGIONS = ("eu", "us")
 
@@ -149,7 +150,7 @@ def test_rendered_configs_pass_nats_server_check(tmp_path: Path) -> None:
             name="eu",
             domain="eu",
             store_dir=str(tmp_path / "eu"),
-            leaf_remotes=("nats-leaf://127.0.0.1:7422",),
+            leaf_remotes=(f"nats-leaf://127.0.0.1:{free_ports(1)[0]}",),
             accounts=auth.accounts(identities, REGIONS, "eu"),
             leaf_seed=keyring.credentials("leaf", "eu").seed,
         ),

@@ -26,7 +26,7 @@ from federation.errors import FederationError, FederationUnavailable, InvalidReq
 from federation.keyring import Keyring, load_credentials
 from federation.launcher import Child, Federation, Options, fed_command
 from federation.schemas import Cancel, Heartbeat, Submit, encode
-from tests.conftest import eventually, process_alive, run_fed
+from tests.conftest import eventually, process_alive, raw_connect, run_fed
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -37,13 +37,7 @@ async def _raw(url: str, creds: Credentials, errors: list[str]) -> nats.aio.clie
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    return await nats.connect(
-        url,
-        nkeys_seed_str=creds.seed,
-        inbox_prefix=creds.inbox,
-        error_cb=on_error,
-        allow_reconnect=False,
-    )
+    return await raw_connect(url, creds, error_cb=on_error, allow_reconnect=False)
 
 
 def _violations(errors: list[str], what: str) -> list[str]:
@@ -52,7 +46,7 @@ def _violations(errors: list[str], what: str) -> list[str]:
 
 async def test_an_agent_speaks_only_for_its_own_node(make_cluster) -> None:
     cluster = await make_cluster(regions=("eu", "us"), agents=2)
-    keyring = Keyring(cluster.tmp / "creds")
+    keyring = Keyring.of(cluster.tmp)
     agent = keyring.credentials("agent", "eu-n1", "eu")
     errors: list[str] = []
     nc = await _raw(cluster.url("eu"), agent, errors)
@@ -134,7 +128,7 @@ async def _crossed(hub: Bus, region: Bus, subject: str, data: bytes) -> bool:
 
 async def test_tenants_see_and_touch_only_their_own_jobs(make_cluster) -> None:
     cluster = await make_cluster(regions=("eu",), agents=1)
-    keyring = Keyring(cluster.tmp / "creds")
+    keyring = Keyring.of(cluster.tmp)
     creds = {}
     for name in ("acme", "blue"):
         await cluster.federation.add_identity("tenant", name)
@@ -216,7 +210,7 @@ async def test_an_auditor_reads_the_trail_and_changes_nothing(make_cluster) -> N
     """The auditor reads by batched direct gets through its own account: it creates no consumer
     (whose deliver subject the server would not check) and can steer no answer into a bucket."""
     cluster = await make_cluster(regions=("eu",), agents=1)
-    auditor = Keyring(cluster.tmp / "creds").credentials("auditor", "auditor")
+    auditor = Keyring.of(cluster.tmp).credentials("auditor", "auditor")
     async with Client.connect(connection=cluster.connection) as fed:
         assert (await (await fed.submit(["true"], job_id="audited")).wait(timeout=60)).state == "succeeded"
     async with Client.connect(connection=cluster.connection, credentials=auditor) as reader:
@@ -274,7 +268,7 @@ async def test_unknown_missing_and_revoked_keys_are_refused(tmp_path: Path) -> N
         added = run_fed(state, "creds", "add-tenant", "acme")
         assert added.returncode == 0, added.stderr
         assert "servers reloaded" in added.stdout
-        path = Keyring(state / "creds").path("tenant", "acme")
+        path = Keyring.of(state).path("tenant", "acme")
         assert oct(path.stat().st_mode & 0o777) == "0o600"
         tenant = load_credentials(path)
         async with Client.connect(connection=connection, credentials=tenant) as acme:

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import json
 import re
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -24,7 +23,7 @@ from federation.config import Connection, RegionEndpoint
 from federation.deploy import Server, server_config
 from federation.launcher import Child, agent_command, fed_command, nats_server_binary, read_ports
 from federation.provision import wait_for_jetstream
-from tests.conftest import eventually
+from tests.conftest import eventually, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
@@ -59,7 +58,7 @@ def _configs(tmp_path: Path) -> list[Path]:
             domain="eu",
             store_dir=str(tmp_path / "eu"),
             ports_dir=str(tmp_path),
-            leaf_remotes=(f"nats-leaf://127.0.0.1:{_free_ports(1)[0]}",),
+            leaf_remotes=(f"nats-leaf://127.0.0.1:{free_ports(1)[0]}",),
             sync_always=True,
         ),
     ]
@@ -141,18 +140,6 @@ def test_the_image_is_multi_stage_and_runs_as_an_unprivileged_user() -> None:
 # --- a region as a 3-server cluster ----------------------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports free now (a cluster's members must name each other's route ports in advance)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _replica_last_seq(monitor: str, stream: str) -> int:
     """The last sequence of ``stream`` in this server's own replica (its monitoring endpoint)."""
     with urllib.request.urlopen(f"{monitor}/jsz?accounts=true&streams=true", timeout=5) as reply:
@@ -166,7 +153,7 @@ def _replica_last_seq(monitor: str, stream: str) -> int:
 
 async def test_a_three_server_region_keeps_scheduling_with_one_server_killed(tmp_path: Path) -> None:
     """The region's servers, joined to a hub as in compose/: each member has a leafnode to it."""
-    *routes, leaf = _free_ports(4)
+    *routes, leaf = free_ports(4)
     hub = Server(
         name="hub",
         domain="hub",

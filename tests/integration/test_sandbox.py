@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from federation.client import Client
+from federation.keyring import Keyring
 from tests.conftest import GiB, eventually
 
 pytestmark = [
@@ -66,7 +67,7 @@ async def test_hostile_workloads_are_stopped_or_denied_and_the_agent_carries_on(
     monkeypatch.setenv("FED_AGENT_SECRET", SECRET)  # in the agent's environment only
     agent = await cluster.start_agent("sb", "sandboxed", "--config", str(config), "--state-dir", str(state))
     journal = state / "attempts.journal"
-    key = cluster.tmp / "creds" / "agent.sb.sandboxed.creds"  # the agent's nkey seed
+    key = Keyring.of(cluster.tmp).path("agent", "sandboxed", "sb")  # the agent's nkey seed
     hostile = {
         "allocate-4g": ([PYTHON, "-c", "b = bytearray(4 * 1024**3)"], 0.0),
         "spin": (["sh", "-c", "while :; do :; done"], 0.0),
