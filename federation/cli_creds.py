@@ -3,7 +3,10 @@
 ``add-agent``, ``add-tenant`` and ``add-auditor`` create a key and its credentials file in the
 keyring (``<state-dir>/creds``); ``revoke`` removes one. With a federation running from the same
 state directory (``fed up``), the servers reload their configuration before the command returns: a
-new identity can connect at once, a revoked one is disconnected at once. For servers run
+new identity can connect at once, a revoked one is disconnected at once. ``fed up`` does the reload
+(it knows every server's current address, also after a restart) and reports each server's outcome;
+the command fails, naming the servers, unless every running server took the change (a server that
+is down starts with it). ``reload`` asks again. For servers run
 elsewhere, ``render`` prints the ``accounts`` block to put in their configuration (then
 ``nats-server --signal reload``).
 """
@@ -11,16 +14,18 @@ elsewhere, ``render`` prints the ``accounts`` block to put in their configuratio
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from federation import auth
-from federation.config import load_connection
+from federation.config import load_connection, load_reload_report
 from federation.errors import FederationUnavailable
 from federation.keyring import Keyring
-from federation.monitor import config_load_time, reloaded
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -33,21 +38,51 @@ def _keyring(args: argparse.Namespace) -> Keyring:
     return Keyring.of(_state_dir(args))
 
 
-async def reload_servers(state_dir: Path) -> str:
+async def reload_servers(state_dir: Path, deadline: float = 60.0) -> tuple[bool, str]:
     """Have the federation running from ``state_dir`` reload its servers' configuration (``fed up``
-    renders it from the keyring on SIGHUP); wait until every server did. Returns what happened."""
+    renders it from the keyring on SIGHUP, restarted servers included) and wait for its report.
+    Returns whether every server has the change (a server that is down starts with it), and what
+    happened, server by server where one does not have it."""
     try:
         connection = load_connection(state_dir)
     except FederationUnavailable:
-        return "no federation runs from this state directory: servers started later accept the change"
-    monitors = [connection.hub_monitor] + [r.monitor for r in connection.regions.values()]
-    monitors = [m for m in monitors if m]
+        return True, "no federation runs from this state directory: servers started later accept the change"
     if not _is_fed_up(connection.pid):  # a stale file's pid may be anyone's now: never signal it
-        return f"fed up (pid {connection.pid}) is not running: servers started later accept the change"
-    before = {m: await config_load_time(m) for m in monitors}
+        return True, f"fed up (pid {connection.pid}) is not running: servers started later accept the change"
+    asked = time.time()
     os.kill(connection.pid, signal.SIGHUP)
-    await reloaded(before)
-    return f"{len(monitors)} servers reloaded"
+    end = time.monotonic() + deadline
+    report = load_reload_report(state_dir)
+    while report is None or report.requested_at < asked:
+        if time.monotonic() > end or not _is_fed_up(connection.pid):
+            return False, (
+                f"fed up (pid {connection.pid}) did not confirm the reload within {deadline:.0f}s: "
+                "the servers may still run with the old identities; see its output"
+            )
+        await asyncio.sleep(0.05)
+        report = load_reload_report(state_dir)
+    lines = [
+        f"  nats-server {name}: {outcome}"
+        for name, outcome in report.servers.items()
+        if outcome != "reloaded"
+    ]
+    if report.failed:
+        head = (
+            f"NOT applied on {len(report.failed)} of {len(report.servers)} servers "
+            "(they still run with the old identities):"
+        )
+        return False, "\n".join([head, *lines])
+    return True, "\n".join([f"{len(report.servers)} servers have the change", *lines])
+
+
+def _region_url(args: argparse.Namespace, region: str) -> str:
+    """The region's client URL from the running federation's connection file (else a placeholder)."""
+    try:
+        connection = load_connection(_state_dir(args))
+    except FederationUnavailable:
+        return "URL"
+    endpoint = connection.regions.get(region)
+    return endpoint.url if endpoint else "URL"
 
 
 def _is_fed_up(pid: int) -> bool:
@@ -65,9 +100,17 @@ async def cmd_add(args: argparse.Namespace) -> int:
     region = getattr(args, "region", None) or ""
     path = _keyring(args).add(kind, args.name, region)
     print(f"{kind} {args.name}: credentials in {path} (mode 0600: hand it over securely)")
-    print(await reload_servers(_state_dir(args)))
+    applied, outcome = await reload_servers(_state_dir(args))
+    print(outcome, file=sys.stdout if applied else sys.stderr)
+    if not applied:
+        print(
+            f"error: {kind} {args.name} is in the keyring but not every server accepts it yet",
+            file=sys.stderr,
+        )
+        return 1
     if kind == "agent":
-        print(f"run it: fed agent --region {region} --node {args.name} --creds {path} --url ...")
+        url = _region_url(args, region)
+        print(f"run it: fed agent --region {region} --node {args.name} --creds {path} --url {url}")
     elif kind == "tenant":
         print(f"use it: FED_CREDS={path} fed submit -- COMMAND   (then fed jobs, fed logs ID: its own only)")
     else:
@@ -78,9 +121,24 @@ async def cmd_add(args: argparse.Namespace) -> int:
 async def cmd_revoke(args: argparse.Namespace) -> int:
     region = getattr(args, "region", None) or ""
     found = _keyring(args).revoke(args.kind, args.name, region)
+    applied, outcome = await reload_servers(_state_dir(args))
+    if not applied:
+        print(outcome, file=sys.stderr)
+        print(
+            f"error: {found.label} ({found.public_key}) is removed from the keyring, but the servers "
+            "named above still accept it; `fed creds reload` retries once they answer",
+            file=sys.stderr,
+        )
+        return 1
     print(f"revoked {found.label} ({found.public_key})")
-    print(await reload_servers(_state_dir(args)))
+    print(outcome)
     return 0
+
+
+async def cmd_reload(args: argparse.Namespace) -> int:
+    applied, outcome = await reload_servers(_state_dir(args))
+    print(outcome, file=sys.stdout if applied else sys.stderr)
+    return 0 if applied else 1
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
@@ -128,6 +186,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     q.add_argument("name")
     q.add_argument("--region", help="an agent's region")
     q.set_defaults(func=cmd_revoke)
+    q = creds.add_parser(
+        "reload", parents=[common], help="have a running fed up's servers take the keyring again"
+    )
+    q.set_defaults(func=cmd_reload)
     q = creds.add_parser("list", parents=[common], help="every identity the servers accept")
     q.set_defaults(func=cmd_list)
     q = creds.add_parser(

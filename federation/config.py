@@ -144,6 +144,24 @@ class Connection(msgspec.Struct, kw_only=True):
 
 
 CONNECTION_FILE = "federation.json"
+RELOAD_FILE = "reload.json"
+
+
+class ReloadReport(msgspec.Struct, kw_only=True):
+    """What ``fed up`` did when asked (SIGHUP, from ``fed creds``) to make its servers take the
+    keyring again (``<state-dir>/reload.json``). A server is ``reloaded`` once it reports the new
+    configuration loaded, ``down`` while it is not running (``fed up`` renders the keyring into its
+    configuration before restarting it, so it starts with the change) or ``failed`` with the error:
+    a failed server still runs with its old configuration."""
+
+    requested_at: float  # wall clock when fed up took the request: the CLI waits for one after its own
+    finished_at: float
+    servers: dict[str, str] = {}  # server name -> "reloaded" | "down: ..." | "failed: ..."
+
+    @property
+    def failed(self) -> list[str]:
+        """The servers that still run with their old configuration."""
+        return [name for name, outcome in self.servers.items() if outcome.startswith("failed")]
 
 
 def default_state_dir() -> Path:
@@ -175,6 +193,21 @@ def write_connection(state_dir: Path, connection: Connection) -> Path:
     tmp.write_bytes(msgspec.json.format(msgspec.json.encode(connection)))
     tmp.replace(path)
     return path
+
+
+def write_reload_report(state_dir: Path, report: ReloadReport) -> None:
+    """Atomically write ``fed up``'s latest reload report."""
+    tmp = state_dir / (RELOAD_FILE + ".tmp")
+    tmp.write_bytes(msgspec.json.encode(report))
+    tmp.replace(state_dir / RELOAD_FILE)
+
+
+def load_reload_report(state_dir: Path) -> ReloadReport | None:
+    """``fed up``'s latest reload report (None before its first reload, or if unreadable)."""
+    try:
+        return msgspec.json.decode((state_dir / RELOAD_FILE).read_bytes(), type=ReloadReport)
+    except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def load_toml(path: Path, kind: type[T], overrides: dict[str, Any] | None = None) -> T:

@@ -36,7 +36,13 @@ import msgspec
 from federation import auth, subjects
 from federation.auth import Credentials, accounts
 from federation.bus import Bus
-from federation.config import Connection, RegionEndpoint, write_connection
+from federation.config import (
+    Connection,
+    RegionEndpoint,
+    ReloadReport,
+    write_connection,
+    write_reload_report,
+)
 from federation.deploy import Server, TlsFiles, server_config
 from federation.errors import ConfigError, FederationError, FederationUnavailable
 from federation.keyring import Keyring, write_private
@@ -179,6 +185,9 @@ class Federation:
         self.tls: TlsFiles | None = None  # the client certificate every daemon and client presents
         self.keyring = Keyring.of(self.state_dir) if options.auth else None
         self.credentials: Credentials | None = None  # the operator's (admin): this process and the CLI
+        # A server's configuration is rendered from the keyring by a restart and by a reload: one at
+        # a time, so a restart never starts a server from a keyring a reload has not seen, or back.
+        self._servers_lock = asyncio.Lock()
 
     # --- start -------------------------------------------------------------------------------------
 
@@ -225,7 +234,15 @@ class Federation:
             await self.stop()
             raise
         assert hub
-        self.connection = Connection(
+        connection = self._write_connection(started_at=time.time())
+        self._watch = asyncio.create_task(self._supervise())
+        if self.options.chaos:
+            await self._serve_chaos()
+        return connection
+
+    def _write_connection(self, started_at: float) -> Connection:
+        """Write the connection file from the servers' current addresses (again after a restart)."""
+        connection = self.connection = Connection(
             hub_url=self.urls["hub"],
             hub_monitor=self.monitors["hub"],
             regions={
@@ -234,17 +251,14 @@ class Federation:
             },
             default_region=self.options.regions[0],
             pid=os.getpid(),
-            started_at=time.time(),
+            started_at=started_at,
             tls_ca=self.tls.ca if self.tls else "",
             tls_cert=self.tls.cert if self.tls else "",
             tls_key=self.tls.key if self.tls else "",
             creds=str(self.keyring.path("admin", "admin")) if self.keyring else "",
         )
-        write_connection(self.state_dir, self.connection)
-        self._watch = asyncio.create_task(self._supervise())
-        if self.options.chaos:
-            await self._serve_chaos()
-        return self.connection
+        write_connection(self.state_dir, connection)
+        return connection
 
     async def _start_server(
         self, name: str, domain: str, *, leaf_listen: bool = False, leaf_remote: str = ""
@@ -269,10 +283,11 @@ class Federation:
         ports = await read_ports(ports_dir, child)
         self.urls[name] = ports["nats"][0]
         self.monitors[name] = ports["monitoring"][0]
-        if name not in self.server_ports:
+        if name not in self.server_ports:  # the ports the server chose, kept for its restarts
             varz = await monitoring(self.monitors[name])
             leaf = int(varz.get("leaf", {}).get("port", -1)) if leaf_listen else -1
-            self.server_ports[name] = (int(varz["port"]), int(varz["http_port"]), leaf)
+            # the ports file, not /varz: /varz reports the configured http port (-1), not the bound one
+            self.server_ports[name] = (_port(self.urls[name]), _port(self.monitors[name]), leaf)
         self.echo(f"  nats-server {name:<10} {self.urls[name]}  (domain {domain}, pid {child.pid})")
         return self.urls[name]
 
@@ -339,20 +354,42 @@ class Federation:
         fresh = self.keyring.find(kind, name, region) is None
         path = self.keyring.add(kind, name, region, exist_ok=True)
         if fresh:
-            await self.reload()
+            report = await self.reload()
+            if report.failed:
+                raise FederationUnavailable(", ".join(report.failed), f"did not take {kind} {name}")
         return path
 
-    async def reload(self) -> None:
-        """Render every server's configuration from the keyring again and have each reload it
-        (SIGHUP): a removed identity's connections are closed, new ones are accepted. Returns once
-        every server reports the new configuration loaded."""
-        before = {}
-        for name, child in self.servers.items():
-            if child.alive():
-                before[self.monitors[name]] = await config_load_time(self.monitors[name])
+    async def reload(self, requested_at: float | None = None) -> ReloadReport:
+        """Render every server's configuration from the keyring again and have each running one
+        reload it (SIGHUP): a removed identity's connections are closed, new ones are accepted.
+        Returns (and writes to ``<state-dir>/reload.json``) what each server did: ``reloaded`` once
+        it reports the new configuration loaded; ``down`` when it is not running (its restart renders
+        the keyring first); ``failed`` when it runs and did not take the new configuration."""
+        requested = time.time() if requested_at is None else requested_at
+        outcome: dict[str, str] = {}
+        async with self._servers_lock:
+            asked: dict[str, object] = {}
+            for name, child in self.servers.items():
                 self._write_config(name)
-                os.kill(child.pid, signal.SIGHUP)
-        await reloaded(before)
+                if not child.alive():
+                    outcome[name] = "down: it starts with the change"
+                    continue
+                try:
+                    asked[name] = await config_load_time(self.monitors[name])
+                except FederationUnavailable as exc:
+                    outcome[name] = f"failed: {exc}"
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGHUP)  # even unanswered: a paused server reloads on resume
+            for name, loaded in asked.items():
+                try:
+                    await reloaded({self.monitors[name]: loaded})
+                    outcome[name] = "reloaded"
+                except FederationUnavailable as exc:
+                    alive = self.servers[name].alive()
+                    outcome[name] = "down: it starts with the change" if not alive else f"failed: {exc}"
+        report = ReloadReport(requested_at=requested, finished_at=time.time(), servers=outcome)
+        write_reload_report(self.state_dir, report)
+        return report
 
     async def _wait_leafnodes(self, count: int, deadline: float = 15.0) -> None:
         end = time.monotonic() + deadline
@@ -509,9 +546,15 @@ class Federation:
             self.echo(f"  chaos: {region} healed")
 
     async def restart_server(self, name: str) -> None:
-        """Start the server ``name`` again on the ports it had, with its JetStream store intact."""
+        """Start the server ``name`` again on the ports it had, with its JetStream store intact and
+        the keyring as it is now; the connection file follows if an address changed."""
         domain, leaf_listen, leaf_remote = self.server_args[name]
-        await self._start_server(name, domain, leaf_listen=leaf_listen, leaf_remote=leaf_remote)
+        before = (self.urls.get(name), self.monitors.get(name))
+        async with self._servers_lock:
+            await self._start_server(name, domain, leaf_listen=leaf_listen, leaf_remote=leaf_remote)
+        if self.connection is not None and (self.urls[name], self.monitors[name]) != before:
+            self.echo(f"  nats-server {name} came back on new ports: {self.urls[name]}")
+            self._write_connection(started_at=self.connection.started_at)
         await wait_for_jetstream(self.urls[name], tls=self.tls, credentials=self.credentials)
 
     async def _supervise(self) -> None:
@@ -567,6 +610,11 @@ def _adopt_global_account(jetstream: Path) -> None:
         old.rename(new)
 
 
+def _port(url: str) -> int:
+    """The port of ``nats://host:port`` or ``http://host:port``."""
+    return int(url.rsplit(":", 1)[1].rstrip("/"))
+
+
 async def _region_ready(bus: Bus, region: str, nodes: Sequence[str]) -> bool:
     if not await bus.consumer_bound(subjects.workloads_stream(region), subjects.SCHEDULER_WORKLOADS_CONSUMER):
         return False
@@ -619,19 +667,28 @@ async def up(options: Options, echo: Callable[[str], None] = print) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[None]] = set()
+    reloads: set[asyncio.Task[ReloadReport]] = set()
 
     def reload() -> None:  # SIGHUP (fed creds): the servers take the keyring's identities again
-        task = loop.create_task(federation.reload())
+        task = loop.create_task(federation.reload(requested_at=time.time()))
         reloads.add(task)
         task.add_done_callback(after_reload)
 
-    def after_reload(task: asyncio.Task[None]) -> None:
+    def after_reload(task: asyncio.Task[ReloadReport]) -> None:
         reloads.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
             echo(f"  reload failed: {task.exception()}")
-        else:
-            echo("  servers reloaded their identities")
+            return
+        report = task.result()
+        for name, outcome in report.servers.items():
+            if outcome != "reloaded":
+                echo(f"  nats-server {name}: {outcome}")
+        echo(
+            f"  servers reloaded their identities ({len(report.servers) - len(report.failed)} of "
+            f"{len(report.servers)} have the change)"
+        )
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     echo(f"starting a federation of {len(options.regions)} regions in {options.state_dir}")

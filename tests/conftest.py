@@ -9,6 +9,7 @@ fixed sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 from federation import subjects
 from federation.auth import Credentials, use_credentials
 from federation.bus import Bus
-from federation.config import Connection
+from federation.config import Connection, load_connection
 from federation.launcher import Child, Federation, Options, agent_command, fed_command
 from federation.schemas import Lease, decode_lease
 
@@ -198,3 +199,36 @@ def run_fed(state_dir: Path, *args: str, timeout: float = 60) -> subprocess.Comp
     """Run ``fed ARGS`` against the federation of ``state_dir``, capturing text output."""
     env = {**os.environ, "FED_STATE_DIR": str(state_dir)}
     return subprocess.run(fed_command(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def fed_up(state_dir: Path, *args: str) -> AsyncIterator[tuple[Child, Connection]]:
+    """``fed up --state-dir STATE ARGS`` as a real process (as a user runs it), ready when its
+    connection file appears; stopped with SIGTERM at the end, and every server it ran is checked gone."""
+    up = Child(
+        "fed-up",
+        fed_command("up", "--state-dir", str(state_dir), *args),
+        state_dir.parent / "up.log",
+        restart=False,
+    )
+    up.start()
+    try:
+        await eventually(lambda: (state_dir / "federation.json").exists(), timeout=90, interval=0.2)
+        yield up, load_connection(state_dir)
+    finally:
+        assert up.process is not None
+        up.process.terminate()
+        try:
+            up.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.process.kill()
+            up.process.wait(timeout=10)
+    assert not process_alive(up.pid)
+    for pid in server_pids(state_dir):
+        assert not process_alive(pid), f"nats-server {pid} survived fed up"
+
+
+def server_pids(state_dir: Path, name: str = "*") -> list[int]:
+    """The pids of the nats-servers ``fed up`` ran from ``state_dir`` (server ``name``), from their
+    ports files (``nats-server_<pid>.ports``)."""
+    return [int(p.stem.rsplit("_", 1)[-1]) for p in (state_dir / "servers").glob(f"{name}/ports/*.ports")]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import subprocess
+import os
+import signal
 from pathlib import Path
 
 import nats
@@ -21,12 +22,13 @@ from federation import subjects
 from federation.auth import Credentials, new_seed, use_credentials
 from federation.bus import Bus
 from federation.client import Client
-from federation.config import load_connection
+from federation.config import Connection, load_connection
 from federation.errors import FederationError, FederationUnavailable, InvalidRequest, NotFound
 from federation.keyring import Keyring, load_credentials
-from federation.launcher import Child, Federation, Options, fed_command
+from federation.launcher import Federation, Options
 from federation.schemas import Cancel, Heartbeat, Submit, encode
-from tests.conftest import eventually, process_alive, raw_connect, run_fed
+from tests.conftest import eventually, fed_up, raw_connect, run_fed, server_pids
+from tests.harness import pause, resume
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -245,16 +247,7 @@ async def test_an_auditor_reads_the_trail_and_changes_nothing(make_cluster) -> N
 async def test_unknown_missing_and_revoked_keys_are_refused(tmp_path: Path) -> None:
     """Against ``fed up`` itself: ``fed creds`` adds and revokes, the servers reload at once."""
     state = tmp_path / "fed"
-    up = Child(
-        "fed-up",
-        fed_command("up", "--regions", "eu", "--agents", "1", "--state-dir", str(state)),
-        tmp_path / "up.log",
-        restart=False,
-    )
-    up.start()
-    try:
-        await eventually(lambda: (state / "federation.json").exists(), timeout=60, interval=0.2)
-        connection = load_connection(state)
+    async with fed_up(state, "--regions", "eu", "--agents", "1") as (_, connection):
         url = connection.regions["eu"].url
         stranger = tmp_path / "stranger.creds"
         stranger.write_text(new_seed() + "\n")
@@ -267,7 +260,7 @@ async def test_unknown_missing_and_revoked_keys_are_refused(tmp_path: Path) -> N
 
         added = run_fed(state, "creds", "add-tenant", "acme")
         assert added.returncode == 0, added.stderr
-        assert "servers reloaded" in added.stdout
+        assert "servers have the change" in added.stdout
         path = Keyring.of(state).path("tenant", "acme")
         assert oct(path.stat().st_mode & 0o777) == "0o600"
         tenant = load_credentials(path)
@@ -285,18 +278,64 @@ async def test_unknown_missing_and_revoked_keys_are_refused(tmp_path: Path) -> N
         listed = run_fed(state, "creds", "list")
         assert "acme" not in listed.stdout
         assert "agent" in listed.stdout
-    finally:
-        assert up.process is not None
-        up.process.terminate()
+
+
+async def _accepted_by(connection: Connection, creds: Credentials) -> list[str]:
+    """The servers (the hub and every region) that accept ``creds``."""
+    accepted = []
+    for name, url in [("hub", connection.hub_url)] + [(r, e.url) for r, e in connection.regions.items()]:
         try:
-            up.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            up.process.kill()
-            up.process.wait(timeout=10)
-    assert not process_alive(up.pid)
-    for pid_file in (state / "servers").glob("*/ports/*.ports"):
-        pid = int(pid_file.stem.rsplit("_", 1)[-1])
-        assert not process_alive(pid), f"nats-server {pid} survived fed up"
+            bus = await Bus.connect(url, "test-probe", retry_forever=False, timeout=2.0, credentials=creds)
+        except FederationUnavailable:
+            continue
+        accepted.append(name)
+        await bus.close()
+    return accepted
+
+
+async def test_a_revoke_reaches_a_server_that_restarted(tmp_path: Path) -> None:
+    """Issue 16, defect 1: a region's server killed and restarted by fed up (it came back with a
+    monitoring port the connection file did not know) must still take a revoke, and so must every
+    other server; a revoke that cannot reach a running server is reported as not applied."""
+    state = tmp_path / "fed"
+    async with fed_up(state, "--regions", "eu,us", "--agents", "1") as (up, _):
+        added = run_fed(state, "creds", "add-tenant", "c")
+        assert added.returncode == 0, added.stderr
+        kept = load_credentials(Keyring.of(state).path("tenant", "c"))
+        (old,) = server_pids(state, "us")
+        os.kill(old, signal.SIGKILL)
+        await eventually(lambda: server_pids(state, "us") not in ([], [old]), timeout=60, interval=0.2)
+        await eventually(lambda: "restarting on its ports" in (tmp_path / "up.log").read_text(), timeout=10)
+        (new,) = server_pids(state, "us")
+        connection = load_connection(state)
+        async with Client.connect(connection=connection, credentials=kept) as tenant:
+            job = await tenant.submit(["true"], region="us", job_id="after-restart")
+            assert (await job.wait(timeout=60)).state == "succeeded"
+
+        later = run_fed(state, "creds", "add-tenant", "d")  # an add after the restart reaches it too
+        assert later.returncode == 0, later.stdout + later.stderr
+        d = load_credentials(Keyring.of(state).path("tenant", "d"))
+        assert await _accepted_by(load_connection(state), d) == ["eu", "us"]  # the hub knows no tenant
+
+        revoked = run_fed(state, "creds", "revoke", "tenant", "c")
+        assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+        assert "revoked tenant c" in revoked.stdout
+        still = await _accepted_by(load_connection(state), kept)
+        assert still == [], f"the revoked key still connects to {still}"
+
+        pause(new)  # a server that cannot answer: the change is reported as not applied, never as done
+        try:
+            failed = run_fed(state, "creds", "revoke", "tenant", "d")
+        finally:
+            resume(new)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "NOT applied" in failed.stderr, failed.stderr
+        assert "nats-server us: failed" in failed.stderr, failed.stderr
+        assert "revoked tenant d" not in failed.stdout
+        retried = run_fed(state, "creds", "reload")
+        assert retried.returncode == 0, retried.stdout + retried.stderr
+        assert await _accepted_by(load_connection(state), d) == []
+        assert up.alive()
 
 
 async def test_state_from_a_run_without_authentication_carries_over(tmp_path: Path) -> None:
