@@ -48,6 +48,8 @@ WRONG_LAST_SEQUENCE = (10071, 10164)
 # seconds a clustered region may take to elect new leaders after losing a server (the meta layer,
 # then each stream: a Raft election timeout of 4-9 s each, measured up to ~20 s on 2 cores)
 FAILOVER = 30.0
+# seconds one stream-info request may take before it is asked again (a refusal shows by then)
+STREAM_INFO_ATTEMPT = 3.0
 
 
 def _delivery(msg: Msg) -> Delivery:
@@ -421,9 +423,10 @@ class Bus:
         """The stream's info; waits out a leader election (a clustered region losing a server)."""
         deadline = asyncio.get_running_loop().time() + FAILOVER
         while True:
-            try:
-                return await self.js.stream_info(stream)
-            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+            try:  # attempts short enough to notice soon that the server refuses us the request
+                return await asyncio.wait_for(self.js.stream_info(stream), STREAM_INFO_ATTEMPT)
+            except (nats.errors.TimeoutError, TimeoutError, nats.js.errors.ServiceUnavailableError):
+                self._check_permitted(f"$JS.API.STREAM.INFO.{stream}")
                 if asyncio.get_running_loop().time() > deadline:
                     raise FederationUnavailable(stream, "no stream leader answers") from None
                 await idle(0.2)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,12 +280,27 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             print(job.id)
             return 0
         print(f"submitted {job.id} to {job.region}; waiting", file=sys.stderr)
-        record = await job.wait()
-        async for chunk in fed.logs(job.id, region=job.region):
-            sys.stdout.buffer.write(chunk)
+        with _following(job.id):
+            record = await job.wait()
+            async for chunk in fed.logs(job.id, region=job.region):
+                sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
         print(f"{job.id}: {record.state} ({record.reason})", file=sys.stderr)
         return exit_status(record)
+
+
+@contextlib.contextmanager
+def _following(job: str) -> Iterator[None]:
+    """Ctrl-C while following a job stops the following, not the job: say so on the way out."""
+    try:
+        yield
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print(
+            f"\nfed: stopped following {job}; the job goes on "
+            f"(fed logs -f {job} follows it again, fed cancel {job} stops it)",
+            file=sys.stderr,
+        )
+        raise
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -300,6 +316,11 @@ async def cmd_status(args: argparse.Namespace) -> int:
             print(f"region {region.region}: UNREACHABLE ({region.error})")
             continue
         counts = " ".join(f"{k}={v}" for k, v in sorted(region.jobs.items())) or "no jobs"
+        if region.tenant:  # nodes, leaders and views are the operators': a tenant sees its own jobs
+            print(f"region {region.region}  {region.url}  tenant {region.tenant}'s jobs: {counts}")
+            if region.queue:
+                print(f"  queue ({region.jobs.get('pending', 0)} pending): {' '.join(region.queue[:10])}")
+            continue
         leader = (
             f"leader {region.leader.holder} (epoch {region.leader.epoch})" if region.leader else "NO LEADER"
         )
@@ -315,12 +336,11 @@ async def cmd_status(args: argparse.Namespace) -> int:
         for node in region.nodes:
             offer = node.offer
             if offer is None:
-                print(f"  {node.node:<16} no offer  allocations={len(node.allocations)}")
+                print(f"  {node.node:<16} {node.state:<8} allocations={len(node.allocations)}")
                 continue
             age = now - offer.sent_at
-            state = "live" if node.live else ("LOST" if node.heartbeat == "lost" else "EXPIRED")
             print(
-                f"  {node.node:<16} {state:<7} free cpu {node.free_cpu}/{len(offer.cores)}  "
+                f"  {node.node:<16} {node.state:<8} free cpu {node.free_cpu}/{len(offer.cores)}  "
                 f"memory {format_memory(max(0, node.free_memory))}/{format_memory(offer.memory)}  "
                 f"gpu {node.free_gpu}/{len(offer.gpus)}  allocations={len(node.allocations)}  "
                 f"offer {age:.0f}s old{'  (' + offer.note + ')' if offer.note else ''}"
@@ -448,10 +468,17 @@ async def cmd_logs(args: argparse.Namespace) -> int:
     from federation.client import Client
 
     async with Client.connect(_state_dir(args)) as fed:
-        async for chunk in fed.logs(args.job, region=args.region, follow=args.follow):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-    return 0
+        if not args.follow:
+            async for chunk in fed.logs(args.job, region=args.region):
+                sys.stdout.buffer.write(chunk)
+            return 0
+        with _following(args.job):
+            async for chunk in fed.logs(args.job, region=args.region, follow=True):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            record = await fed.where(args.job, region=args.region)
+    print(f"{record.id}: {record.state} ({record.reason})", file=sys.stderr)
+    return exit_status(record)  # followed to the end: the job's own status, as fed submit --wait
 
 
 async def cmd_quarantine(args: argparse.Namespace) -> int:
@@ -720,7 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", parents=[common], help="a job's output")
     p.add_argument("job")
     p.add_argument("--region")
-    p.add_argument("-f", "--follow", action="store_true", help="keep reading until the job ends")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep reading until the job ends, then exit with its status (as fed submit --wait)",
+    )
     p.set_defaults(func=cmd_logs)
 
     cli_audit.add_parsers(sub, common)

@@ -54,6 +54,7 @@ from federation.errors import (
     InvalidRequest,
     MalformedMessage,
     NotFound,
+    NotPermitted,
     RemoteProtocolError,
 )
 from federation.journal import Verification, verify
@@ -104,7 +105,22 @@ class NodeStatus(msgspec.Struct, kw_only=True):
     free_cpu: int = 0
     free_memory: int = 0
     free_gpu: int = 0
-    heartbeat: str = "ok"  # "lost" once the heartbeat's TTL marker is the node's last word
+    # "ok" while it beats, "lost" once the heartbeat's TTL marker is the node's last word, "none" when
+    # the stream holds neither (never beat, or its marker aged out: a node removed for good)
+    heartbeat: str = "ok"
+
+    @property
+    def state(self) -> str:
+        """What ``fed status`` shows: ``live`` (beating, with a current offer), ``LOST`` (its
+        heartbeat expired), ``EXPIRED`` (beating, but its offer expired: it shares nothing now),
+        ``NO OFFER`` (beating, never offered), ``SILENT`` (no heartbeat at all: gone)."""
+        if self.heartbeat == "lost":
+            return "LOST"
+        if self.heartbeat == "none":
+            return "SILENT"
+        if self.live:
+            return "live"
+        return "EXPIRED" if self.offer is not None else "NO OFFER"
 
 
 class RegionStatus(msgspec.Struct, kw_only=True):
@@ -120,6 +136,7 @@ class RegionStatus(msgspec.Struct, kw_only=True):
     leader: Lease | None = None
     summary: Summary | None = None
     views: dict[str, Summary] = {}  # the other regions' summaries as this region sees them
+    tenant: str = ""  # a tenant's view: only its own jobs (no nodes, leader or views: not its business)
 
 
 class Explanation(msgspec.Struct, kw_only=True):
@@ -475,7 +492,14 @@ class Client:
 
     # --- audit ------------------------------------------------------------------------------------
 
+    def _not_for_tenants(self, what: str) -> None:
+        """Refuse at once what a tenant's credentials cannot read (the server would drop the
+        requests, and the caller would wait for a timeout that says nothing about permissions)."""
+        if self.tenant:
+            raise NotPermitted(what, f"tenant {self.tenant}", why="a tenant sees only its own jobs and logs")
+
     async def _audit_source(self, region: str | None, everywhere: bool) -> tuple[Bus, str]:
+        self._not_for_tenants("the audit trail")
         if everywhere:
             if HUB_KEY not in self._buses:
                 self._buses[HUB_KEY] = await Bus.connect(
@@ -543,6 +567,7 @@ class Client:
 
     async def quarantined(self, *, region: str | None = None) -> list[Quarantined]:
         """Refused messages with their reasons, oldest first (one region, or all)."""
+        self._not_for_tenants("the quarantine")
         out: list[Quarantined] = []
         for name in [self._region(region)] if region else self.regions:
             bus = await self.bus(name)
@@ -554,8 +579,23 @@ class Client:
         return sorted(out, key=lambda q: q.at)
 
     async def status(self) -> list[RegionStatus]:
-        """Every region: its nodes (offer, allocations, free capacity), job counts and queue head."""
+        """Every region: its nodes (offer, allocations, free capacity), job counts and queue head
+        (with a tenant's credentials: only the counts and queue of its own jobs)."""
+        if self.tenant:
+            return [await self._tenant_status(name) for name in self.regions]
         return [await self.region_status(name) for name in self.regions]
+
+    async def _tenant_status(self, name: str) -> RegionStatus:
+        endpoint = self.connection.regions[name]
+        try:
+            records = (await self._ask(name, "jobs", TenantQuery())).records
+        except (FederationUnavailable, TimeoutError) as exc:
+            return RegionStatus(
+                region=name, url=endpoint.url, reachable=False, error=str(exc), tenant=self.tenant
+            )
+        return _with_jobs(
+            RegionStatus(region=name, url=endpoint.url, reachable=True, tenant=self.tenant), records
+        )
 
     async def region_status(self, name: str) -> RegionStatus:
         """One region's status; an unreachable region is reported, not raised."""
@@ -579,14 +619,14 @@ class Client:
             }
             records = _readable(await bus.kv_load(subjects.jobs_bucket(name)))
             silent: set[str] = set()  # nodes whose last heartbeat message is the TTL marker
+            beating: set[str] = set()  # nodes whose last heartbeat has not expired
             async for item in bus.follow(
                 subjects.heartbeats_stream(name),
                 subjects.heartbeat(name, "*"),
                 last_per_subject=True,
                 until_caught_up=True,
             ):
-                if item.removed:
-                    silent.add(subjects.last_token(item.subject))
+                (silent if item.removed else beating).add(subjects.last_token(item.subject))
             lease_value, _ = await bus.kv_get(subjects.lease_bucket(name), subjects.LEADER_KEY)
             summary = await self.summary(name)
             views = await self.views(name)
@@ -594,15 +634,15 @@ class Client:
             return RegionStatus(region=name, url=endpoint.url, reachable=False, error=str(exc))
         now = time.time()
         nodes = []
-        for node in sorted(set(offers) | set(ledgers)):
+        for node in sorted(set(offers) | set(ledgers) | silent | beating):
             offer = offers.get(node)
             allocations = list(ledgers[node].allocations) if node in ledgers else []
             status = NodeStatus(
                 node=node,
-                live=bool(offer and offer.expires_at > now) and node not in silent,
+                live=bool(offer and offer.expires_at > now) and node in beating,
                 offer=offer,
                 allocations=allocations,
-                heartbeat="lost" if node in silent else "ok",
+                heartbeat="lost" if node in silent else "ok" if node in beating else "none",
             )
             if offer is not None:
                 free = Free.of(offer, allocations)  # the scheduler's own arithmetic
@@ -612,21 +652,16 @@ class Client:
                     len(free.gpus),
                 )
             nodes.append(status)
-        counts: dict[str, int] = {}
-        for record in records:
-            counts[record.state] = counts.get(record.state, 0) + 1
-        pending = sorted((r for r in records if r.state == "pending"), key=lambda r: r.submitted_at)
-        return RegionStatus(
+        region = RegionStatus(
             region=name,
             url=endpoint.url,
             reachable=True,
             nodes=nodes,
-            jobs=counts,
-            queue=[r.id for r in pending[:20]],
             leader=_leader(lease_value),
             summary=summary,
             views=views,
         )
+        return _with_jobs(region, records)
 
     async def views(self, region: str) -> dict[str, Summary]:
         """``region``'s view of the others: their summaries as sourced into it (each with its ``at``).
@@ -653,6 +688,15 @@ class Client:
         except RemoteProtocolError:
             return None
         return message if isinstance(message, Summary) else None
+
+
+def _with_jobs(status: RegionStatus, records: list[JobRecord]) -> RegionStatus:
+    """``status`` with its job counts by state and the head of its queue (oldest first)."""
+    for record in records:
+        status.jobs[record.state] = status.jobs.get(record.state, 0) + 1
+    pending = sorted((r for r in records if r.state == "pending"), key=lambda r: r.submitted_at)
+    status.queue = [r.id for r in pending[:20]]
+    return status
 
 
 def _readable(values: dict[str, tuple[bytes, int]]) -> list[JobRecord]:

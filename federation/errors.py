@@ -8,6 +8,7 @@ The hierarchy keeps "we did wrong" apart from "the peer did wrong" (the h11 spli
     │   ├── MessageTooLarge(size, limit)
     │   └── MalformedMessage(reason)
     ├── InvalidRequest(reason)   a request built locally that we refuse to send (the caller)
+    ├── NotPermitted(subject, identity)  this identity's role does not allow it (server or client says)
     ├── NotFound(kind, name)     a job, node or region that does not exist
     ├── ConflictError(key, expected, actual)  a compare-and-set lost the race
     ├── FederationUnavailable(target, reason) no server / no responders / no federation running
@@ -64,8 +65,8 @@ class InvalidRequest(FederationError):
 class NotPermitted(FederationError):
     """The server refused this identity the subject (its role's permissions do not include it)."""
 
-    def __init__(self, subject: str, identity: str) -> None:
-        super().__init__(f"{identity} may not use {subject} (refused by the server's permissions)")
+    def __init__(self, subject: str, identity: str, why: str = "refused by the server's permissions") -> None:
+        super().__init__(f"{identity} may not use {subject} ({why})")
         self.subject = subject
 
 

@@ -1,0 +1,133 @@
+"""What the CLI shows an operator and a tenant, against a real federation (issue 16, defects 5, 7, 8).
+
+Node states in ``fed status`` follow the heartbeat first (a paused agent is ``LOST``, whatever its
+offer did), a tenant gets its own view or a clear refusal at once (not a timeout dressed up as an
+unreachable region), and following a job ends with the job's own status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from federation import subjects
+from federation.client import Client
+from federation.launcher import fed_command
+from federation.schemas import Heartbeat, encode
+from tests.conftest import eventually, run_fed
+from tests.harness import pause, resume
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _node_line(out: str, node: str) -> str:
+    return next((line for line in out.splitlines() if line.split()[:1] == [node]), "")
+
+
+async def test_status_shows_a_paused_agent_lost_and_a_beating_node_without_an_offer(make_cluster) -> None:
+    cluster = await make_cluster(regions=("eu",), agents=2)
+    bus = await Client.connect(connection=cluster.connection).bus("eu")
+    try:  # a node that beats but has never offered (its agent shares nothing)
+        beat = Heartbeat(node="ghost", seq=1, sent_at=time.time(), interval=10.0)
+        await bus.store(subjects.heartbeat("eu", "ghost"), encode(beat), ttl=30)
+    finally:
+        await bus.close()
+    (agent,) = [c for c in cluster.federation.daemons if c.name == "agent-eu-n2"]
+    pause(agent.pid)
+    try:
+
+        async def shown() -> tuple[str, str]:
+            out = (await asyncio.to_thread(run_fed, cluster.tmp, "status")).stdout
+            return _node_line(out, "eu-n2"), _node_line(out, "ghost")
+
+        async def paused_is_lost() -> bool:
+            paused, _ = await shown()
+            return "LOST" in paused
+
+        await eventually(paused_is_lost, timeout=30, interval=0.5)
+        paused, ghost = await shown()
+        assert "no offer" not in paused.lower(), paused
+        assert "NO OFFER" in ghost, ghost
+        assert "live" in _node_line((await asyncio.to_thread(run_fed, cluster.tmp, "status")).stdout, "eu-n1")
+    finally:
+        resume(agent.pid)
+    await eventually(lambda: _status_has(cluster.tmp, "eu-n2", "live"), timeout=30)  # back once resumed
+
+
+async def _status_has(state: Path, node: str, word: str) -> bool:
+    out = (await asyncio.to_thread(run_fed, state, "status")).stdout
+    return word in _node_line(out, node).split()
+
+
+async def test_a_tenant_gets_its_own_status_and_a_clear_refusal_at_once(make_cluster) -> None:
+    cluster = await make_cluster(regions=("eu", "us"), agents=1)
+    creds = await cluster.federation.add_identity("tenant", "acme")
+    assert creds is not None
+    as_tenant = ("--creds", str(creds))
+    submitted = await asyncio.to_thread(run_fed, cluster.tmp, *as_tenant, "submit", "--wait", "--", "true")
+    assert submitted.returncode == 0, submitted.stderr
+
+    started = time.monotonic()
+    status = await asyncio.to_thread(run_fed, cluster.tmp, *as_tenant, "status")
+    assert status.returncode == 0, status.stderr
+    assert "tenant acme's jobs: succeeded=1" in status.stdout, status.stdout
+    assert "UNREACHABLE" not in status.stdout
+    for command in (("quarantine",), ("audit", "replay"), ("audit", "check")):
+        refused = await asyncio.to_thread(run_fed, cluster.tmp, *as_tenant, *command)
+        assert refused.returncode != 0, refused.stdout + refused.stderr
+        said = refused.stdout + refused.stderr
+        assert "tenant acme may not use" in said, said
+        assert "unavailable" not in said.lower(), said
+    # four commands, each a fresh interpreter; the old answer was a 20 s wait per region
+    assert time.monotonic() - started < 30
+
+
+async def test_following_a_failed_job_ends_with_its_status(make_cluster) -> None:
+    cluster = await make_cluster(regions=("eu",), agents=1)
+    async with Client.connect(connection=cluster.connection) as fed:
+        job = await fed.submit(["sh", "-c", "echo out; exit 7"])
+        followed = await asyncio.to_thread(run_fed, cluster.tmp, "logs", "-f", job.id)
+        assert followed.returncode == 7, followed.stderr
+        assert followed.stdout == "out\n"
+        assert f"{job.id}: failed" in followed.stderr
+        ok = await fed.submit(["true"])
+        assert (await asyncio.to_thread(run_fed, cluster.tmp, "logs", "-f", ok.id)).returncode == 0
+
+
+async def test_ctrl_c_on_submit_wait_says_the_job_goes_on(make_cluster, tmp_path: Path) -> None:
+    cluster = await make_cluster(regions=("eu",), agents=1)
+    errors = tmp_path / "submit.err"
+    with errors.open("w") as sink:
+        waiting = await asyncio.create_subprocess_exec(
+            *fed_command("submit", "--wait", "--id", "interrupted", "--", "sleep", "60"),
+            env={**os.environ, "FED_STATE_DIR": str(cluster.tmp)},
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    try:
+        async with Client.connect(connection=cluster.connection) as fed:
+
+            async def running() -> bool:
+                try:
+                    return (await fed.job("interrupted")).state == "running"
+                except Exception:
+                    return False
+
+            await eventually(running, timeout=60)
+            await eventually(lambda: "waiting" in errors.read_text(), timeout=10)
+            waiting.send_signal(signal.SIGINT)
+            async with asyncio.timeout(30):
+                assert await waiting.wait() == 130
+            assert "the job goes on" in errors.read_text(), errors.read_text()
+            assert (await fed.job("interrupted")).state == "running"
+            await fed.cancel("interrupted")
+    finally:
+        if waiting.returncode is None:
+            waiting.kill()
+            await waiting.wait()
