@@ -110,6 +110,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
         chaos=args.chaos,
         tls=args.tls,
         auth=args.auth,
+        tour=not args.plain,
     )
     await up(options)
     return 0
@@ -567,6 +568,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--chaos",
         action="store_true",
         help="put a controllable proxy in every region's link to the hub (see fed chaos)",
+    )
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="agents with --node-capacity only (default: each node also carries its region's city "
+        "label, e.g. city=AMS in eu-west, and the last node of the last region declares 2 GPUs, ids "
+        "only, so the README's tour can be followed on one machine)",
     )
     p.add_argument(
         "--schedulers",

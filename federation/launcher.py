@@ -53,6 +53,11 @@ from federation.resources import format_memory
 from federation.schemas import ChaosCommand, ChaosState
 
 DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
+# What the README's tour uses, on the nodes of ``fed up`` (not ``--plain``): a city label per
+# region, and GPUs declared (they are ids only: nothing on this machine is a GPU) on the last node of
+# the last region, so constraints, GPU placement and spillover can be tried on one machine.
+TOUR_CITIES = {"eu-west": "AMS", "us-east": "NYC", "ap-south": "SIN"}
+TOUR_GPUS = 2
 
 DEFAULT_SCHEDULER_CONFIG = """\
 # Scheduler of region {region}. Edit [policy] while it runs: the scheduler reloads it within a
@@ -154,6 +159,7 @@ class Options:
     chaos: bool = False
     tls: bool = False  # a local CA; TLS with client certificates on every client and leafnode link
     auth: bool = True  # every process connects with its own nkey and only the permissions of its role
+    tour: bool = False  # city labels and declared GPUs for the README's tour (fed up without --plain)
 
 
 class Federation:
@@ -461,6 +467,7 @@ class Federation:
                 self.echo(f"  scheduler  {region:<10} pid {child.pid}  ({name})")
             for node in self.node_names(region):
                 gpus = [arg for i in range(cap.get("gpu", 0)) for arg in ("--gpu-id", str(i))]
+                tour = self.tour_args(region, node)
                 child = Child(
                     f"agent-{node}",
                     agent_command(
@@ -475,6 +482,7 @@ class Federation:
                         *gpus,
                         "--label",
                         f"region={region}",
+                        *tour,
                         "--log-level",
                         self.options.log_level,
                         *self.tls_args(),
@@ -484,10 +492,27 @@ class Federation:
                 )
                 child.start()
                 self.daemons.append(child)
+                declared = tour.count("--gpu-id")
                 self.echo(
                     f"  agent      {node:<10} pid {child.pid}  cpu={cap.get('cpu', 0)} "
-                    f"memory={format_memory(cap.get('memory', 0))} gpu={cap.get('gpu', 0)}"
+                    f"memory={format_memory(cap.get('memory', 0))} gpu={cap.get('gpu', 0) + declared}"
+                    + (" (declared for the tour: no real GPU)" if declared else "")
+                    + "".join(f" {tour[i + 1]}" for i, arg in enumerate(tour) if arg == "--label")
                 )
+
+    def tour_args(self, region: str, node: str) -> list[str]:
+        """The agent flags the README's tour needs on ``node`` (none unless ``Options.tour``): its
+        region's city label, and declared GPUs on the last node of the last region when no node
+        has GPUs of its own."""
+        if not self.options.tour:
+            return []
+        city = TOUR_CITIES.get(region)
+        args = ["--label", f"city={city}"] if city else []
+        last = self.options.regions[-1]
+        if not self.options.capacity.get("gpu") and region == last and node == self.node_names(last)[-1]:
+            args += [arg for i in range(TOUR_GPUS) for arg in ("--gpu-id", str(i))]
+            args += ["--label", "gpu_model=declared"]
+        return args
 
     def scheduler_config(self, region: str) -> Path:
         """The region's scheduler config file, created with the default policy if absent."""
