@@ -31,14 +31,20 @@ anything would show as a record moving back or ending twice, I5/I4; ``duplicates
 I8 (replay equals live state) compares the rebuilt last values with the live buckets, read after
 the pass (:meth:`Checker.finish`).
 
-The JSON-lines form of :class:`AuditEvent` is stable (documented in ``subjects.md``).
+The JSON-lines form of :class:`AuditEvent` is stable (documented in ``subjects.md``). Whatever
+bytes were stored, an event encodes to one line of valid JSON: a value that is not UTF-8 JSON
+(a tenant may publish anything to its submit subject, and the trail keeps it forever) is carried
+in base64 with the reason (:func:`stored`), and :func:`line` keeps each event on one line.
+:func:`merged` reads several regions' trails as one timeline, by the time each stored its events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import heapq
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,7 +82,8 @@ class AuditEvent(msgspec.Struct, kw_only=True):
 
     ``seq`` is the audit stream's sequence, ``origin``/``origin_seq`` where the fact was first
     written; ``at`` is when the audit stream stored it. ``value`` is the message or stored value,
-    as written.
+    as written, when that is UTF-8 JSON; otherwise it is null, ``value_base64`` holds the bytes
+    and ``value_invalid`` says why they are not JSON (empty when ``value`` holds them).
     """
 
     seq: int
@@ -94,6 +101,47 @@ class AuditEvent(msgspec.Struct, kw_only=True):
     epoch: int = 0
     detail: str = ""
     value: msgspec.Raw = msgspec.Raw(b"null")
+    value_base64: str = ""
+    value_invalid: str = ""
+
+
+NULL = msgspec.Raw(b"null")
+# characters Python's str.splitlines() breaks at that JSON lets stand unescaped inside a string
+# (in valid UTF-8 these bytes are only ever these characters, so replacing them keeps the JSON)
+LINE_SEPARATORS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+
+
+def stored(data: bytes) -> tuple[msgspec.Raw, str, str]:
+    """A stored message as an event carries it: ``(value, value_base64, value_invalid)``.
+
+    UTF-8 JSON is embedded as written; anything else (bytes that are not UTF-8, text that is not
+    one JSON value, an empty message) goes as base64 with the reason, so a line stays JSON.
+    msgspec checks the UTF-8 only of the strings it decodes, so it is checked here first.
+    """
+    if not data:
+        return NULL, "", "empty"
+    try:
+        data.decode()
+    except UnicodeDecodeError as exc:
+        return NULL, base64.b64encode(data).decode(), f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    try:
+        msgspec.json.decode(data, type=msgspec.Raw)  # checks the syntax, decodes nothing
+    except msgspec.DecodeError as exc:
+        return NULL, base64.b64encode(data).decode(), f"not JSON ({exc})"
+    return msgspec.Raw(data), "", ""
+
+
+def line(event: AuditEvent) -> bytes:
+    """``event`` as one line of JSON (no newline at the end): a value written across lines is
+    joined (whitespace outside strings dropped) and line separators inside strings are escaped,
+    so a reader splitting on any line break gets one event per line."""
+    out = msgspec.json.encode(event)
+    if b"\n" in out or b"\r" in out:  # only whitespace between tokens: strings hold them escaped
+        out = msgspec.json.format(out, indent=-1)
+    for raw, escaped in LINE_SEPARATORS:
+        if raw in out:
+            out = out.replace(raw, escaped)
+    return out
 
 
 Parsed = Submit | Cancel | JobEvent | Ledger | JobRecord | Quarantined | None
@@ -101,6 +149,13 @@ Parsed = Submit | Cancel | JobEvent | Ledger | JobRecord | Quarantined | None
 
 def parse(delivery: Delivery) -> tuple[AuditEvent, Parsed]:
     """The event of one audit stream message and the decoded value (None when unreadable)."""
+    event, value = _parse(delivery)
+    if value is None or not delivery.data.isascii():  # else decoded whole, and ASCII is UTF-8
+        event.value, event.value_base64, event.value_invalid = stored(delivery.data)
+    return event, value
+
+
+def _parse(delivery: Delivery) -> tuple[AuditEvent, Parsed]:
     origin, _, rest = delivery.headers.get(SOURCE_HEADER, "").partition(" ")
     origin = origin.partition(":")[0]  # a source in another domain is named "<stream>:<hash>"
     origin_seq = int(rest.split(" ", 1)[0]) if rest[:1].isdigit() else 0
@@ -113,7 +168,7 @@ def parse(delivery: Delivery) -> tuple[AuditEvent, Parsed]:
         origin=origin,
         origin_seq=origin_seq,
         subject=subject,
-        value=msgspec.Raw(data or b"null"),
+        value=msgspec.Raw(data),
     )
     fill = msgspec.structs.replace
     try:
@@ -546,6 +601,30 @@ def matches(event: AuditEvent, *, job: str = "", node: str = "", tenant: str = "
     return (not node or event.node == node) and (not tenant or event.tenant == tenant)
 
 
+async def merged(timelines: Sequence[AsyncGenerator[AuditEvent, None]]) -> AsyncIterator[AuditEvent]:
+    """Several audit streams' events as one timeline, by the time each stream stored them (ties:
+    the earlier timeline first). Each stream's own order is kept even where its clock stepped
+    back; one event per stream is held at a time. The timelines are closed at the end."""
+    heads: list[tuple[float, int, AuditEvent]] = []
+    try:
+        for index, timeline in enumerate(timelines):
+            first = await anext(timeline, None)
+            if first is not None:
+                heads.append((first.at, index, first))
+        heapq.heapify(heads)
+        while heads:
+            _, index, event = heads[0]
+            yield event
+            following = await anext(timelines[index], None)
+            if following is None:
+                heapq.heappop(heads)
+            else:
+                heapq.heapreplace(heads, (following.at, index, following))
+    finally:
+        for timeline in timelines:
+            await timeline.aclose()
+
+
 async def origins_last(bus: Bus, names: Iterable[str]) -> dict[str, int]:
     """The last sequence of each origin stream now (for postfix gaps); unreachable ones are left out."""
     out: dict[str, int] = {}
@@ -603,8 +682,11 @@ __all__ = [
     "Violation",
     "baseline",
     "events",
+    "line",
     "matches",
+    "merged",
     "parse",
     "processed",
     "read",
+    "stored",
 ]

@@ -1,15 +1,26 @@
-"""``fed audit replay|check|verify`` (the rest of the CLI is :mod:`federation.cli`)."""
+"""``fed audit replay|check|verify`` (the rest of the CLI is :mod:`federation.cli`).
+
+Without ``--region`` or ``--all`` each action covers every region, each from its own audit stream
+(the hub is not needed, and its copy may lag): ``replay`` merges them into one timeline by the
+time each region stored its events, so a job handed off from one region to another shows both
+halves; ``check`` and ``verify`` judge each region's trail in turn. ``--region R`` is one region;
+``--all`` is the hub's ``AUDIT_ALL`` (the only place the cross-region I2 check sees every region).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-import msgspec
-
+from federation.audit import AuditEvent, line, merged
+from federation.errors import FederationError
 from federation.resources import parse_duration
+
+if TYPE_CHECKING:
+    from federation.client import Client
 
 
 async def cmd_audit(args: argparse.Namespace) -> int:
@@ -18,64 +29,151 @@ async def cmd_audit(args: argparse.Namespace) -> int:
 
     async with Client.connect(_state_dir(args)) as fed:
         if args.audit_command == "check":
-            report = await fed.audit_check(region=args.region, everywhere=args.all)
-            where = (
-                "every region (the hub's AUDIT_ALL)"
-                if args.all
-                else f"region {args.region or fed.regions[0]}"
-            )
-            print(
-                f"checked {report.events} events of {where}; {report.open_jobs} jobs not finished yet, "
-                f"{report.duplicates} duplicate submissions (harmless), {report.refused} refused messages "
-                f"(quarantined), {report.unprocessed} inputs not handled yet"
-            )
-            for gap in report.gaps:
-                after = f" after audit sequence {gap.after}" if gap.after else ""
-                lag = (
-                    " (the hub's copy may still be catching up: after a link returns, a source resumes "
-                    "within about two minutes; check again)"
-                    if args.all and gap.kind == "postfix"
-                    else ""
-                )
-                print(f"GAP  lost {gap.kind}: {gap.origin} sequences {gap.first}-{gap.last}{after}{lag}")
-            for violation in report.violations:
-                print(f"FAIL {violation.invariant}: {violation.message} (audit events {violation.events})")
-            if report.unreadable:
-                print(f"FAIL unreadable events at audit sequences {report.unreadable[:20]}")
-            print("ok: every invariant holds" if report.ok else "the audit trail shows problems (above)")
-            return 0 if report.ok else 1
+            return await _check(fed, args)
         if args.audit_command == "verify":
-            result = await fed.audit_verify(region=args.region, everywhere=args.all)
-            print(f"re-ran {result.steps} core steps in {result.lives} core lives")
-            for why in result.unverifiable:
-                print(f"GAP  {why}: that life cannot be verified past it")
-            for divergence in result.divergences:
-                print(f"FAIL {divergence.life} step {divergence.step}: the core now decides differently")
-                print(f"  event      {divergence.event}")
-                print(f"  recorded   {divergence.recorded or '(no commands)'}")
-                print(f"  re-derived {divergence.rederived or '(no commands)'}: {divergence.commands}")
-            print("ok: the core makes the same decisions" if result.ok else "verification failed (above)")
-            return 0 if result.ok else 1
-        since = time.time() - parse_duration(args.since) if args.since else 0.0
-        found = fed.audit(
-            region=args.region,
-            everywhere=args.all,
-            from_seq=args.from_seq,
-            since=since,
-            job=args.job or "",
-            node=args.node or "",
-            tenant=args.tenant or "",
+            return await _verify(fed, args)
+        return await _replay(fed, args)
+
+
+def _scopes(fed: Client, args: argparse.Namespace) -> list[tuple[str | None, bool]]:
+    """(region, everywhere) pairs to read: the one asked for, else every region in turn."""
+    if args.all:
+        return [(None, True)]
+    if args.region:
+        return [(args.region, False)]
+    return [(name, False) for name in fed.regions]
+
+
+def _where(region: str | None, everywhere: bool) -> str:
+    return "every region (the hub's AUDIT_ALL)" if everywhere else f"region {region}"
+
+
+async def _check(fed: Client, args: argparse.Namespace) -> int:
+    scopes = _scopes(fed, args)
+    ok = True
+    for region, everywhere in scopes:
+        try:
+            report = await fed.audit_check(region=region, everywhere=everywhere)
+        except FederationError as exc:
+            if len(scopes) == 1:
+                raise
+            print(f"FAIL {_where(region, everywhere)} could not be read: {exc}")
+            ok = False
+            continue
+        print(
+            f"checked {report.events} events of {_where(region, everywhere)}; {report.open_jobs} jobs "
+            f"not finished yet, {report.duplicates} duplicate submissions (harmless), {report.refused} "
+            f"refused messages (quarantined), {report.unprocessed} inputs not handled yet"
         )
+        for gap in report.gaps:
+            after = f" after audit sequence {gap.after}" if gap.after else ""
+            lag = (
+                " (the hub's copy may still be catching up: after a link returns, a source resumes "
+                "within about two minutes; check again)"
+                if everywhere and gap.kind == "postfix"
+                else ""
+            )
+            print(f"GAP  lost {gap.kind}: {gap.origin} sequences {gap.first}-{gap.last}{after}{lag}")
+        for violation in report.violations:
+            print(f"FAIL {violation.invariant}: {violation.message} (audit events {violation.events})")
+        if report.unreadable:
+            print(f"FAIL unreadable events at audit sequences {report.unreadable[:20]}")
+        ok = ok and report.ok
+    print("ok: every invariant holds" if ok else "the audit trail shows problems (above)")
+    return 0 if ok else 1
+
+
+async def _verify(fed: Client, args: argparse.Namespace) -> int:
+    scopes = _scopes(fed, args)
+    ok = True
+    for region, everywhere in scopes:
+        try:
+            result = await fed.audit_verify(region=region, everywhere=everywhere)
+        except FederationError as exc:
+            if len(scopes) == 1:
+                raise
+            print(f"FAIL {_where(region, everywhere)} could not be read: {exc}")
+            ok = False
+            continue
+        print(
+            f"re-ran {result.steps} core steps in {result.lives} core lives of {_where(region, everywhere)}"
+        )
+        for why in result.unverifiable:
+            print(f"GAP  {why}: that life cannot be verified past it")
+        for divergence in result.divergences:
+            print(f"FAIL {divergence.life} step {divergence.step}: the core now decides differently")
+            print(f"  event      {divergence.event}")
+            print(f"  recorded   {divergence.recorded or '(no commands)'}")
+            print(f"  re-derived {divergence.rederived or '(no commands)'}: {divergence.commands}")
+        ok = ok and result.ok
+    print("ok: the core makes the same decisions" if ok else "verification failed (above)")
+    return 0 if ok else 1
+
+
+async def _replay(fed: Client, args: argparse.Namespace) -> int:
+    scopes = _scopes(fed, args)
+    if args.from_seq and len(scopes) > 1:
+        print(
+            "fed: error: --from-seq needs --region or --all (each audit stream numbers its own events)",
+            file=sys.stderr,
+        )
+        return 2
+    since = time.time() - parse_duration(args.since) if args.since else 0.0
+    filters: dict[str, Any] = {
+        "from_seq": args.from_seq,
+        "since": since,
+        "job": args.job or "",
+        "node": args.node or "",
+        "tenant": args.tenant or "",
+    }
+    unread: list[str] = []
+    found: AsyncIterator[AuditEvent]
+    if len(scopes) == 1:
+        region, everywhere = scopes[0]
+        found = fed.audit(region=region, everywhere=everywhere, **filters)
+    else:
+        found = merged([_region_events(fed, region or "", unread, filters) for region, _ in scopes])
+    hidden = 0
+    if args.format == "jsonl":  # the export: every event, as bytes (each line is UTF-8 JSON)
+        async for event in found:
+            sys.stdout.buffer.write(line(event) + b"\n")
+        sys.stdout.buffer.flush()
+    else:
         out = sys.stdout
         async for event in found:
-            if args.format == "jsonl":
-                out.write(msgspec.json.encode(event).decode() + "\n")
+            if event.kind == "inputs" and not args.inputs:
+                hidden += 1
                 continue
-            when = time.strftime("%H:%M:%S", time.localtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}"
-            who, what = event.job or event.node, event.state or ""
-            line = f"{event.seq:>8} {when} {event.region:<10} {event.kind:<7} {who:<24} {what:<10}"
-            out.write(f"{line} {event.detail}\n")
-    return 0
+            out.write(_row(event) + "\n")
+        if hidden:
+            out.write(f"({hidden} core-input journal messages hidden; --inputs shows them)\n")
+        out.flush()
+    for why in unread:
+        print(f"fed: {why}: its events are missing above", file=sys.stderr)
+    return 1 if unread else 0
+
+
+async def _region_events(
+    fed: Client, region: str, unread: list[str], filters: dict[str, Any]
+) -> AsyncGenerator[AuditEvent, None]:
+    """One region's timeline; a region that cannot be read (or stops being readable) is noted in
+    ``unread`` and ends its timeline, so the other regions are still shown."""
+    try:
+        async for event in fed.audit(region=region, **filters):
+            yield event
+    except FederationError as exc:
+        unread.append(f"region {region} could not be read ({exc})")
+
+
+def _row(event: AuditEvent) -> str:
+    """One table line. Anything a message's author chose (a command, a reason) has its control
+    and line-breaking characters escaped: a tenant cannot forge lines or drive the terminal."""
+    when = time.strftime("%H:%M:%S", time.localtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}"
+    who, what = event.job or event.node, event.state or ""
+    row = f"{event.seq:>8} {when} {event.region:<10} {event.kind:<7} {who:<24} {what:<10} {event.detail}"
+    if row.isprintable():
+        return row
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in row)
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -85,32 +183,63 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="the audit trail: replay it, check the invariants",
         description="Every claim, release, job record (with its decision), submission, cancel and agent "
-        "report, from the region's audit stream (it refuses delete and purge) or, with --all, from the "
-        "hub's AUDIT_ALL. A region cut off from the hub reads its own.",
+        "report, from each region's audit stream (it refuses delete and purge), one region's with "
+        "--region, or the hub's AUDIT_ALL with --all. A region cut off from the hub reads its own.",
     )
     audit = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    for name, text in (
-        ("replay", "print the timeline, with sequence numbers"),
-        ("check", "rebuild the state from the log and check the invariants; exit 1 on any violation or gap"),
+    descriptions = {
+        "replay": "Print the timeline, each event with its audit sequence. By default every region's own "
+        "audit stream, merged by the time each region stored its events: a job handed off to another "
+        "region shows both halves. The table hides the scheduler's core-input journal (counted in a "
+        "last line; --inputs shows it). --format jsonl is the export: every event, every line valid "
+        "JSON whatever a message held (subjects.md).",
+    }
+    for name, text, default in (
+        (
+            "replay",
+            "print the timeline, with sequence numbers",
+            "every region, each from its own stream, merged by time",
+        ),
+        (
+            "check",
+            "rebuild the state from the log and check the invariants; exit 1 on any violation or gap",
+            "every region, each from its own stream, in turn",
+        ),
         (
             "verify",
             "re-run the placement core on its recorded inputs; exit 1 at the first different decision",
+            "every region, each from its own stream, in turn",
         ),
     ):
-        q = audit.add_parser(name, parents=[common], help=text)
+        description = descriptions.get(name, f"{text[0].upper()}{text[1:]}.")
+        q = audit.add_parser(name, parents=[common], help=text, description=description)
         scope = q.add_mutually_exclusive_group()
-        scope.add_argument("--region", help="one region's own audit stream (default: the first region)")
-        scope.add_argument("--all", action="store_true", help="every region, from the hub's AUDIT_ALL")
+        scope.add_argument("--region", help=f"one region's own audit stream (default: {default})")
+        scope.add_argument(
+            "--all", action="store_true", help="every region, from the hub's AUDIT_ALL (one stream)"
+        )
         if name == "replay":
             q.add_argument("--since", help="only events stored in the last DURATION (e.g. 2h, 30m)")
-            q.add_argument("--from-seq", type=int, default=0, help="start at this audit sequence")
+            q.add_argument(
+                "--from-seq",
+                type=int,
+                default=0,
+                help="start at this audit sequence (with --region or --all: each stream numbers its own)",
+            )
             q.add_argument("--job", help="only events about this job (ledgers holding it included)")
             q.add_argument("--node", help="only events about this node")
             q.add_argument("--tenant", help="only this tenant's submissions and records")
             q.add_argument(
+                "--inputs",
+                action="store_true",
+                help="table: also show the scheduler's core-input journal messages ('N bytes of core "
+                "inputs', what `fed audit verify` reads); hidden by default and counted in a last line. "
+                "jsonl always carries them",
+            )
+            q.add_argument(
                 "--format",
                 choices=["table", "jsonl"],
                 default="table",
-                help="jsonl: one event per line (subjects.md)",
+                help="jsonl: one event per line, every line valid JSON whatever was stored (subjects.md)",
             )
         q.set_defaults(func=cmd_audit)

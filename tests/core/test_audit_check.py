@@ -1,11 +1,16 @@
-"""The audit checker on hand-made event sequences: each invariant can fail, and gaps are classified."""
+"""The audit checker on hand-made event sequences: each invariant can fail, and gaps are classified;
+and whatever bytes a message holds, its audit event is one line of valid JSON."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import msgspec
 
-from federation.audit import AuditEvent, Checker, Parsed
-from federation.schemas import Allocation, Capacity, JobRecord, Ledger, Quarantined, Submit
+from federation.audit import AuditEvent, Checker, Parsed, line, parse
+from federation.delivery import Delivery
+from federation.schemas import Allocation, Capacity, JobRecord, Ledger, Quarantined, Submit, encode
 
 SPEC = Submit(id="j", command=["true"])
 
@@ -273,3 +278,49 @@ def test_ledgers_from_before_the_audit_and_before_offers_were_recorded_are_not_j
     )
     log._feed("ledger", "KV_fed-ledger-eu", legacy, node="n1")
     assert invariants(log) == []
+
+
+def stored_on_submit(data: bytes, seq: int = 1) -> AuditEvent:
+    """The audit event of ``data`` published on a submit subject (as sourced into the audit)."""
+    headers = {"Nats-Stream-Source": f"fed-eu-workloads {seq} fed.eu.wl.submit.> > >"}
+    event, _ = parse(Delivery("fed.eu.wl.submit.x", data, headers, seq, 1, timestamp=1.0))
+    return event
+
+
+def test_a_message_that_is_not_utf8_json_is_carried_in_base64_with_the_reason() -> None:
+    for data, why in (
+        (b"\x80\x81\xfe\xff", "not UTF-8"),
+        (b"{not json", "not JSON"),
+        (b'{"a": 1} trailing', "not JSON"),
+        (b'["\\ud800"]', "not JSON"),  # a lone surrogate: many JSON readers refuse it
+        (b"", "empty"),
+    ):
+        event = stored_on_submit(data)
+        decoded = json.loads(line(event))
+        assert event.kind == "unreadable"
+        assert decoded["value"] is None
+        assert base64.b64decode(decoded["value_base64"]) == data
+        assert decoded["value_invalid"].startswith(why), decoded
+
+
+def test_a_readable_submission_hiding_bad_utf8_in_an_unknown_field_is_carried_in_base64() -> None:
+    # msgspec skips unknown fields without checking their UTF-8: the submission is valid
+    data = encode(Submit(id="x", command=["true"]))[:-1] + b',"note":"\xff"}'
+    event = stored_on_submit(data)
+    assert (event.kind, event.job) == ("submit", "x")
+    decoded = json.loads(line(event))
+    assert decoded["value"] is None
+    assert base64.b64decode(decoded["value_base64"]) == data
+    assert decoded["value_invalid"].startswith("not UTF-8")
+
+
+def test_json_is_embedded_as_written_and_each_event_stays_on_one_line() -> None:
+    written = Submit(id="x", command=["echo", "a\u2028b\x85c\nd"])
+    pretty = b"{\r\n" + encode(written)[1:].replace(b",", b",\n  ") + b"\n"
+    for data in (encode(written), pretty):
+        text = line(stored_on_submit(data)).decode()
+        assert text.splitlines() == [text]  # no line break of any kind, strings included
+        decoded = json.loads(text)
+        assert decoded["value"] == json.loads(data)
+        assert decoded["value_base64"] == decoded["value_invalid"] == ""
+        assert decoded["detail"] == "echo a\u2028b\x85c\nd"

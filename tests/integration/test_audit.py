@@ -1,15 +1,21 @@
 """The audit trail against real servers: a mixed workload checks clean on every region and on the
 hub, a forged overcommit fails the check by name, a copy with a message missing shows the gap of
-the right kind, and a region cut off from the hub replays its own trail (issue #6)."""
+the right kind, and a region cut off from the hub replays its own trail (issue #6); the JSON
+lines stay JSON whatever bytes were stored, and the replay shows every region by default without
+the core-input journal (issue #16)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import json
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -281,3 +287,127 @@ async def test_a_region_cut_off_from_the_hub_replays_and_checks_its_own_trail(ma
         assert shown.returncode == 0
         lines = [msgspec.json.decode(line) for line in shown.stdout.splitlines()]
         assert any(line["job"] == "alone" and line["state"] == "succeeded" for line in lines)
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of ``text`` as JSON: no line may be anything else, and no line break of any kind
+    (``str.splitlines`` breaks at more than newlines) may fall inside one."""
+    assert text.endswith("\n"), text[-200:]
+    lines = text[:-1].split("\n")
+    assert text.splitlines() == lines
+    return [json.loads(line) for line in lines]
+
+
+async def test_replay_as_json_lines_stays_json_whatever_bytes_a_tenant_published(make_cluster) -> None:
+    cluster = await make_cluster(regions=("aa",), agents=1)
+    async with Client.connect(connection=cluster.connection) as fed:
+        await (await fed.submit(["true"], region="aa", job_id="before")).wait(timeout=30)
+        bus = await fed.bus("aa")
+        garbage = b"\x80\x81\xfe\xff"
+        await bus.publish(subjects.submit("aa", "garbage"), garbage)
+        await bus.publish(subjects.submit("aa", "garbled"), b"{not json")
+        # a valid submission (msgspec skips the unknown field unchecked) whose command would
+        # forge a line and clear the auditor's screen if printed as it is
+        sneaky = encode(Submit(id="sneaky", command=["echo", "a\nFORGED\x1b[2J"]))[:-1] + b',"x":"\xff"}'
+        await bus.publish(subjects.submit("aa", "sneaky"), sneaky)
+        await (await fed.submit(["true"], region="aa", job_id="after")).wait(timeout=30)
+
+        async def audited(everywhere: bool = False) -> bool:
+            found = fed.audit(region="aa", everywhere=everywhere, job="after")
+            return any([e.state == "succeeded" async for e in found])
+
+        await eventually(audited, timeout=30)
+        await eventually(lambda: audited(everywhere=True), timeout=60, interval=0.5)
+
+    for scope in (["--region", "aa"], [], ["--all"]):
+        shown = await asyncio.to_thread(run_fed, cluster.tmp, "audit", "replay", *scope, "--format", "jsonl")
+        assert shown.returncode == 0, (scope, shown.stderr)
+        events = {e["subject"]: e for e in _json_lines(shown.stdout)}
+        bad = events[subjects.submit("aa", "garbage")]
+        assert bad["kind"] == "unreadable"
+        assert bad["value"] is None
+        assert base64.b64decode(bad["value_base64"]) == garbage
+        assert bad["value_invalid"].startswith("not UTF-8"), bad
+        garbled = events[subjects.submit("aa", "garbled")]
+        assert base64.b64decode(garbled["value_base64"]) == b"{not json"
+        assert garbled["value_invalid"].startswith("not JSON"), garbled
+        hidden = events[subjects.submit("aa", "sneaky")]
+        assert (hidden["kind"], hidden["job"], hidden["value"]) == ("submit", "sneaky", None)
+        assert base64.b64decode(hidden["value_base64"]) == sneaky
+        readable = events[subjects.submit("aa", "after")]
+        assert isinstance(readable["value"], dict)
+        assert (readable["value"]["type"], readable["value"]["id"]) == ("submit", "after")
+        assert readable["value_invalid"] == readable["value_base64"] == ""
+        later = [e for e in events.values() if e["job"] == "after" and e["kind"] == "record"]
+        assert later, scope
+        assert all(e["seq"] > bad["seq"] for e in later)
+
+    table = await asyncio.to_thread(run_fed, cluster.tmp, "audit", "replay", "--region", "aa")
+    assert table.returncode == 0, table.stderr
+    assert "\x1b" not in table.stdout
+    forged = [row for row in table.stdout.splitlines() if "FORGED" in row]
+    assert forged
+    assert all("sneaky" in row and "echo a\\nFORGED\\x1b[2J" in row for row in forged), forged
+    assert any(" after " in row and " succeeded " in row for row in table.stdout.splitlines())
+
+
+async def test_replay_shows_every_region_merged_by_time_and_hides_the_core_input_journal(
+    make_cluster,
+) -> None:
+    cluster = await make_cluster(
+        regions=("aa", "bb"), agents=1, capacity={"cpu": 2, "memory": 8 * GiB, "gpu": 0}
+    )
+    await cluster.start_agent("bb", "bb-gpu", "--gpu-id", "GPU-1")
+    async with Client.connect(connection=cluster.connection) as fed:
+        await eventually(lambda: _gpu_visible(fed), timeout=30)
+        await fed.submit(["true"], region="aa", gpu=1, job_id="handed")  # no GPU in aa
+        await eventually(lambda: finished(fed, "handed", "aa"), timeout=60)
+        assert (await fed.where("handed", region="aa")).region == "bb"
+
+        async def audited() -> bool:
+            found = fed.audit(region="bb", job="handed")
+            return any([e.state == "succeeded" async for e in found])
+
+        await eventually(audited, timeout=30)
+
+    # both halves of the hand-off, in one timeline ordered by when each region stored them
+    shown = await asyncio.to_thread(
+        run_fed, cluster.tmp, "audit", "replay", "--job", "handed", "--format", "jsonl"
+    )
+    assert shown.returncode == 0, shown.stderr
+    events = _json_lines(shown.stdout)
+    states = {(e["region"], e["state"]) for e in events if e["kind"] == "record"}
+    assert ("aa", "forwarded") in states, states
+    assert ("bb", "succeeded") in states, states
+    stamps = [e["at"] for e in events]
+    assert stamps == sorted(stamps)
+    one = await asyncio.to_thread(
+        run_fed, cluster.tmp, "audit", "replay", "--region", "aa", "--job", "handed", "--format", "jsonl"
+    )
+    assert {e["region"] for e in _json_lines(one.stdout)} == {"aa"}
+
+    # the table: no "N bytes of core inputs" lines unless asked for, a count of them instead
+    table = await asyncio.to_thread(run_fed, cluster.tmp, "audit", "replay")
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.splitlines()
+    assert not [row for row in rows if "bytes of core inputs" in row]
+    counted = re.fullmatch(r"\((\d+) core-input journal messages hidden; --inputs shows them\)", rows[-1])
+    assert counted, rows[-1]
+    assert int(counted.group(1)) > 0
+    assert {row.split()[2] for row in rows[:-1]} == {"aa", "bb"}
+    full = await asyncio.to_thread(run_fed, cluster.tmp, "audit", "replay", "--inputs")
+    shown_inputs = [row for row in full.stdout.splitlines() if "bytes of core inputs" in row]
+    assert len(shown_inputs) >= int(counted.group(1))
+    refused = await asyncio.to_thread(run_fed, cluster.tmp, "audit", "replay", "--from-seq", "5")
+    assert refused.returncode == 2
+    assert "--from-seq needs --region or --all" in refused.stderr
+
+    # check and verify cover every region by default too
+    checked = await asyncio.to_thread(run_fed, cluster.tmp, "audit", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "events of region aa" in checked.stdout
+    assert "events of region bb" in checked.stdout
+    verified = await asyncio.to_thread(run_fed, cluster.tmp, "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "core lives of region aa" in verified.stdout
+    assert "core lives of region bb" in verified.stdout
