@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from federation.audit import AuditEvent, line, merged
-from federation.errors import FederationError
+from federation.errors import FederationError, NotPermitted
 from federation.resources import parse_duration
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ async def _check(fed: Client, args: argparse.Namespace) -> int:
         try:
             report = await fed.audit_check(region=region, everywhere=everywhere)
         except FederationError as exc:
-            if len(scopes) == 1:
+            if len(scopes) == 1 or isinstance(exc, NotPermitted):  # every region would refuse it too
                 raise
             print(f"FAIL {_where(region, everywhere)} could not be read: {exc}")
             ok = False
@@ -90,7 +90,7 @@ async def _verify(fed: Client, args: argparse.Namespace) -> int:
         try:
             result = await fed.audit_verify(region=region, everywhere=everywhere)
         except FederationError as exc:
-            if len(scopes) == 1:
+            if len(scopes) == 1 or isinstance(exc, NotPermitted):  # every region would refuse it too
                 raise
             print(f"FAIL {_where(region, everywhere)} could not be read: {exc}")
             ok = False
@@ -161,6 +161,8 @@ async def _region_events(
     try:
         async for event in fed.audit(region=region, **filters):
             yield event
+    except NotPermitted:
+        raise  # not this region's doing: every region refuses this identity
     except FederationError as exc:
         unread.append(f"region {region} could not be read ({exc})")
 
