@@ -13,8 +13,10 @@ a stored ledger or record carrying a newer epoch than ours makes us step down), 
   durable consumers, acknowledged only after everything they caused is durable;
 * offers and heartbeats through ordered "latest per subject" followers.
 
-Every message is decoded (size-bounded, schema-checked) in its subscription callback; a refused
-message is written to the quarantine stream with its reason and acknowledged, changing no state.
+Every message is decoded (size-bounded, schema-checked, and checked against its subject: a
+workload message must be the type its subject names and set no field only the system sets, see
+:func:`~federation.schemas.decode_workload`) in its subscription callback; a refused message is
+written to the quarantine stream with its reason and acknowledged, changing no state.
 Accepted messages become core events on one queue. The loop drains the queue in batches, feeds
 the events and a :class:`Tick` to the core, and executes the commands the core returns
 *concurrently* (claims and record writes are pipelined compare-and-set publishes), feeding each
@@ -90,11 +92,11 @@ from federation.schemas import (
     Offer,
     Quarantined,
     Submit,
-    check_workload,
     clamp_offer,
     decode_ledger,
     decode_message,
     decode_record,
+    decode_workload,
     encode,
 )
 from federation.tasks import idle
@@ -480,9 +482,11 @@ class Scheduler:
         self.log.warning("message quarantined", subject=delivery.subject, reason=reason)
 
     async def _on_workload(self, delivery: Delivery) -> None:
+        kind, job, tenant = subjects.parse_workload(delivery.subject) or ("", "", "")
         try:
-            job, tenant = (subjects.parse_workload(delivery.subject) or ("", "", ""))[1:]
-            message = check_workload(decode_message(delivery.data), job, tenant)
+            if not kind:
+                raise RemoteProtocolError("not a workload subject (fed.<region>.wl.<kind>.<job>[.<tenant>])")
+            message = decode_workload(delivery.data, kind=kind, job=job, tenant=tenant, region=self.region)
         except RemoteProtocolError as exc:
             await self._quarantine("workloads", delivery, str(exc))
             return

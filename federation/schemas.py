@@ -91,7 +91,8 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     ``semantics`` is the execution guarantee across regions: ``at_most_once`` (a hand-off whose
     answer was lost holds the job until the answer is known) or ``at_least_once`` (the job may be
     placed elsewhere after the hand-off's deadline; a duplicate run is recorded). ``origin`` is set
-    by a scheduler on a job it accepted from another region's hand-off (such a job never moves on).
+    by a scheduler on a job it accepted from another region's hand-off (such a job never moves on);
+    a submitter never sets it (:func:`decode_workload` refuses it).
     ``timeout`` is the wall-clock limit of each attempt in seconds (0: none): the agent stops the
     attempt's whole process group when it is reached and the attempt fails with that cause.
     """
@@ -547,18 +548,61 @@ def decode_summaries(values: Iterable[bytes]) -> dict[str, Summary]:
     return out
 
 
-def check_workload(message: Message, job: str, tenant: str) -> Submit | Cancel:
-    """``message`` consumed from the workloads stream under subject tokens ``job`` and ``tenant``
-    (the tenant whose credentials sent it, "" for a trusted submitter), if it may be accepted:
-    a submission or cancel of that job, a tenant's submission in its own name."""
-    if not isinstance(message, Submit | Cancel):
-        raise RemoteProtocolError(f"unexpected message type {type(message).__name__}")
+WORKLOAD_TYPES: Final[dict[str, type[Submit] | type[Cancel]]] = {"submit": Submit, "cancel": Cancel}
+"""The message type each workload subject carries (``fed.<region>.wl.<kind>.<job>[.<tenant>]``)."""
+
+SYSTEM_OWNED: Final[tuple[str, ...]] = tuple(
+    sorted(set(JobRecord.__struct_fields__) - set(Submit.__struct_fields__))
+)
+"""Fields of the job record that only the scheduler writes (``state``, ``attempt``, ``node``,
+``epoch``...): a submission naming one is refused rather than silently stripped, since its
+submitter expects an effect it cannot have. ``origin``, a submission field, is the system's too
+(see :func:`decode_workload`)."""
+
+_fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def message_type(message: Message) -> str:
+    """The wire tag of ``message`` (its ``type`` field): ``submit``, ``cancel``, ``offer``..."""
+    return str(type(message).__struct_config__.tag)
+
+
+def decode_workload(data: bytes, *, kind: str, job: str, tenant: str, region: str) -> Submit | Cancel:
+    """A message consumed from ``region``'s workloads stream on subject tokens ``kind`` (``submit``
+    or ``cancel``), ``job`` and ``tenant`` (the tenant whose credentials sent it, "" for a trusted
+    submitter), if it may be accepted; else :class:`RemoteProtocolError` saying why.
+
+    Accepted: the type the subject names, for the job the subject names; a tenant's submission in
+    its own name; a submission that sets no field only the system sets: none of the job record's
+    own fields (:data:`SYSTEM_OWNED`), and no ``origin`` unless it has the shape of the hand-off
+    this region's scheduler stores when it accepts another region's job (``origin`` names that
+    region and ``regions`` is this region alone; never on a tenant's subject).
+    """
+    message = decode_message(data)
+    expected = WORKLOAD_TYPES.get(kind)
+    if expected is None:
+        raise RemoteProtocolError(f"{kind!r} is not a workload subject (submit or cancel)")
+    if not isinstance(message, expected):
+        raise RemoteProtocolError(
+            f"message type {message_type(message)!r} does not belong on a {kind} subject"
+        )
     if message.id != job:
         raise RemoteProtocolError(f"job id in payload does not match subject token {job!r}")
-    if tenant and isinstance(message, Submit) and message.tenant != tenant:
+    if not isinstance(message, Submit):
+        return message
+    if tenant and message.tenant != tenant:
         raise RemoteProtocolError(f"tenant {message.tenant!r} submitted with {tenant!r}'s credentials")
-    if tenant and isinstance(message, Submit) and message.origin:
-        raise RemoteProtocolError("only a region's scheduler sets origin (a hand-off), not a tenant")
+    named = sorted(set(_fields_decoder.decode(data)) & set(SYSTEM_OWNED))
+    if named:
+        raise RemoteProtocolError(
+            f"a submission may not set {', '.join(named)}: only the scheduler writes "
+            f"{'that field' if len(named) == 1 else 'those fields'} of the job record"
+        )
+    if message.origin and (tenant or message.origin == region or message.regions != [region]):
+        raise RemoteProtocolError(
+            f"a submission may not set origin ({message.origin!r}): only a region's scheduler sets it, "
+            "when it accepts another region's hand-off"
+        )
     return message
 
 

@@ -20,10 +20,13 @@ pass and emits the writes the view needs:
   the members already stored and the gang waits again.
 * **Retries.** A preempted or refused attempt goes back to the queue after the policy's backoff
   (``not_before``) until ``max_attempts``; it is placed again only once its old allocation's
-  release is stored (so two attempts never sit in ledgers at once).
-* **Job records** move forward only (``pending -> placed -> running -> terminal``); each change
-  marks the record dirty, and a tick emits one :class:`WriteJob` per dirty record. A job being
-  claimed is not written until the claim settles, so a placed job costs one record write.
+  release is stored (so two attempts never sit in ledgers at once). The record that goes back to
+  ``pending`` already carries the new attempt's number (``running, 1 -> pending, 2 -> placed,
+  2``), so a retry is a new attempt starting over, never an attempt moving backwards.
+* **Job records** move forward only (``pending -> placed -> running -> terminal``, and within
+  one attempt never back); each change marks the record dirty, and a tick emits one
+  :class:`WriteJob` per dirty record. A job being claimed is not written until the claim
+  settles, so a placed job costs one record write.
 * **Node loss.** Liveness comes from heartbeats only: :class:`NodeDown` (the heartbeat's TTL
   marker) and :class:`NodeUp` (a heartbeat from a node counted down). A lost node's placed and
   running jobs follow ``on_node_lost`` (the job's, else the policy's): ``fail`` ends them ``lost``;
@@ -47,8 +50,9 @@ Invariants kept here: I1 (allocations never exceed the offer, by construction of
 from :class:`~federation.core.placement.Free`), I2 (a job attempt, or each member of a gang's
 attempt, is in at most one ledger: a job is re-placed only once no ledger holds it, and a
 submission for a job already allocated adopts that allocation), I4/I5 (records only move
-forward; a terminal record never changes), I6 (reports carrying another node, attempt or an older
-epoch are ignored), I7 (a duplicate submission or report changes nothing). The quota invariant
+forward; a record's attempt number never falls, and within one attempt the state only moves
+forward; a terminal record never changes), I6 (reports carrying another node, attempt or an
+older epoch are ignored), I7 (a duplicate submission or report changes nothing). The quota invariant
 (a tenant above its quota only by borrowing from its cohort) is kept by
 :mod:`federation.core.quota`, which counts usage conservatively.
 
@@ -86,7 +90,7 @@ from federation.core.index import FreeIndex
 from federation.core.planning import Pass
 from federation.core.policy import Policy
 from federation.core.spill import Spill
-from federation.core.views import ALLOWED, GangProgress, JobView, NodeView, holds, rebuilt
+from federation.core.views import ALLOWED, GangProgress, JobView, NodeView, holds, next_attempt, rebuilt
 from federation.schemas import (
     PRIORITY_RANK,
     TERMINAL_STATES,
@@ -306,7 +310,7 @@ class RegionCore:
             for name in sorted(self.holders.get(job, ()))
             for a in self._node(name).current().members(job)
         ]
-        expected = self.jobs[job].record.attempt + 1
+        expected = next_attempt(self.jobs[job].record)
         complete = bool(found) and not any(a.held for _, _, a in found) and len(found) == found[0][2].members
         if not complete or found[0][2].attempt != expected:
             self._release(job)  # an incomplete gang, or an attempt that already ended: start over
@@ -364,12 +368,12 @@ class RegionCore:
             return
         if report.kind == "lost":
             # the agent lost track of the attempt (it restarted): the job's node-loss policy decides
-            lost = f"attempt lost on {report.node}: {report.reason or 'the agent lost it'}"
+            lost = f"attempt {record.attempt} lost on {report.node} ({report.reason or 'the agent lost it'})"
             action, _ = self.policy.node_lost(record.spec)
             if action == "fail":
                 self.move(report.job, "lost", report.at, f"{lost}; on_node_lost=fail")
             else:
-                self._requeue(report.job, record.state, report.at, f"{lost}; replaced", "lost", backoff=False)
+                self._requeue(report.job, record.state, report.at, lost, "lost", backoff=False, replaced=True)
             self._release(report.job)
             return
         if report.kind == "refused":
@@ -483,7 +487,7 @@ class RegionCore:
                 continue
             view.claiming = ""
             stored = node.current().find(job)
-            if stored is not None and stored.attempt == view.record.attempt + 1:
+            if stored is not None and stored.attempt == next_attempt(view.record):
                 # the write landed although its answer was lost: it is our claim (I2)
                 self.move(
                     job,
@@ -524,7 +528,7 @@ class RegionCore:
         if gang.pending:
             return
         # phase 2: every member is stored; clear the holds so the agents start them together
-        attempt = view.record.attempt + 1
+        attempt = next_attempt(view.record)
         gang.activating = set(gang.nodes)
         for name in gang.activating:
             self.nodes[name].activations.add((view.record.id, attempt))
@@ -543,7 +547,7 @@ class RegionCore:
             at,
             f"placed as a gang of {len(nodes)} on {where}",
             node=nodes[0],
-            attempt=view.record.attempt + 1,
+            attempt=next_attempt(view.record),
             members=nodes,
             member_exits={},
             decision=view.decision,
@@ -590,13 +594,19 @@ class RegionCore:
         job: str,
         state: str,
         at: float,
-        reason: str,
+        cause: str,
         exhausted: JobState = "failed",
+        *,
         backoff: bool = True,
+        replaced: bool = False,
     ) -> None:
         """Back to the queue after a preemption, refusal or node loss, per the retry policy.
 
-        With no attempts left the job ends in ``exhausted``; without ``backoff`` it may run again at once.
+        The record that goes back to ``pending`` already carries the new attempt's number and
+        names no node (the new attempt has none yet): within one attempt the state only moves
+        forward (I5), and reports of the old attempt no longer match. With no attempts left the
+        job ends in ``exhausted``; without ``backoff`` it may run again at once. ``cause`` says
+        what ended the attempt; ``replaced`` words the outcome as a replacement (a lost attempt).
         """
         view = self.jobs[job]
         record = view.record
@@ -604,11 +614,23 @@ class RegionCore:
             return
         limit = record.spec.max_attempts or self.policy.max_attempts
         if record.attempt >= limit:
-            self.move(job, exhausted, at, f"{reason}; no attempts left ({record.attempt} of {limit})")
+            outcome = "not replaced: " if replaced else ""
+            why = f"{cause}; {outcome}no attempts left ({record.attempt} of {limit})"
+            self.move(job, exhausted, at, why)
             return
+        attempt = record.attempt + 1
         not_before = at + self.policy.retry_delay(record.attempt) if backoff else 0.0
+        outcome = "replaced: " if replaced else ""
         self.move(
-            job, "pending", at, f"{reason}; retry {record.attempt + 1} of {limit}", not_before=not_before
+            job,
+            "pending",
+            at,
+            f"{cause}; {outcome}retry {attempt} of {limit}",
+            attempt=attempt,
+            node="",
+            members=(),
+            member_exits={},
+            not_before=not_before,
         )
         bisect.insort(self.queue, (view.order, job))
 
@@ -658,7 +680,7 @@ class RegionCore:
                 if action == "fail":
                     self.move(record.id, "lost", now, f"{lost}; on_node_lost=fail")
                 else:
-                    self._requeue(record.id, record.state, now, f"{lost}; replaced", "lost", backoff=False)
+                    self._requeue(record.id, record.state, now, lost, "lost", backoff=False, replaced=True)
                 self._release(record.id)  # every member of a gang: it runs whole or not at all
 
     def _tick(self, now: float) -> list[Command]:
@@ -758,7 +780,7 @@ class RegionCore:
         cores, gpus = free.take(spec)
         return Allocation(
             job=spec.id,
-            attempt=view.record.attempt + 1,
+            attempt=next_attempt(view.record),
             epoch=self.epoch,
             cpu=spec.cpu,
             memory=spec.memory,

@@ -74,13 +74,26 @@ class GangProgress:
     failed: str = ""
 
 
+def next_attempt(record: JobRecord) -> int:
+    """The attempt number a placement of the pending ``record`` gives its allocation.
+
+    A retry's record goes back to ``pending`` already carrying its new attempt's number (so within
+    one attempt the state only moves forward) and names no node; a fresh submission has made no
+    attempt yet (0) and makes attempt 1. A pending record that still names a node was requeued by
+    an earlier version, which kept the old attempt's number and node: its next attempt is one more.
+    """
+    if record.node:
+        return record.attempt + 1
+    return max(record.attempt, 1)
+
+
 def holds(ledger: Ledger, key: tuple[str, int]) -> bool:
     """Whether ``ledger`` still holds attempt ``key`` = (job, attempt)."""
     found = ledger.find(key[0])
     return found is not None and found.attempt == key[1]
 
 
-__all__ = ["ALLOWED", "GangProgress", "JobView", "NodeView", "holds"]
+__all__ = ["ALLOWED", "GangProgress", "JobView", "NodeView", "holds", "next_attempt"]
 
 
 def rebuilt(allocation: Allocation, node: str, region: str) -> JobRecord:

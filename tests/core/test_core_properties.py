@@ -30,6 +30,26 @@ from federation.core.state import ALLOWED, RegionCore
 from federation.schemas import TERMINAL_STATES, Allocation, JobEvent, Ledger, Offer, Submit, Transition
 
 NODES = ("n1", "n2", "n3")
+
+
+def _forward() -> dict[str, frozenset[str]]:
+    """States reachable from each state within one attempt: the state machine without its edges
+    back to ``pending`` (those start a new attempt), closed over several steps (writes coalesce)."""
+    edges = {state: nexts - {"pending"} for state, nexts in ALLOWED.items()}
+    reach: dict[str, frozenset[str]] = {}
+    for state in edges:
+        seen: set[str] = set()
+        todo = list(edges[state])
+        while todo:
+            step = todo.pop()
+            if step not in seen:
+                seen.add(step)
+                todo.extend(edges.get(step, ()))
+        reach[state] = frozenset(seen)
+    return reach
+
+
+WITHIN_ATTEMPT = _forward()
 COHORT = ("a", "b")
 QUOTA = 2  # cores each for tenants a and b, who lend each other; "free" has no quota
 POLICY = Policy(
@@ -49,6 +69,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.in_flight: list[tuple[WriteLedger, Offer | None]] = []
         self.offers: dict[str, Offer] = {}
         self.states: dict[str, tuple[Transition, ...]] = {}
+        self.attempts: dict[str, tuple[int, str]] = {}  # job -> (attempt, state) last written
         self.jobs = 0
         self.events: list[Event] = []
         self.tampered: set[str] = set()  # jobs a foreign writer took an allocation of
@@ -85,6 +106,20 @@ class SchedulerMachine(RuleBasedStateMachine):
                     assert b in ALLOWED[a], f"I5: {record.id}: {a} -> {b}"
                 assert steps[-1] == record.state
                 self.states[record.id] = record.history
+                self.check_attempt(record.id, record.attempt, record.state)
+
+    def check_attempt(self, job: str, attempt: int, state: str) -> None:
+        """I5 per attempt: the attempt number never falls, and within one attempt the state only
+        moves forward (a retry goes back to ``pending`` as a higher attempt, never the same one)."""
+        before = self.attempts.get(job)
+        if before is not None:
+            was_attempt, was_state = before
+            assert attempt >= was_attempt, f"{job}: attempt {was_attempt}, then {attempt}"
+            if attempt == was_attempt and state != was_state:
+                assert state in WITHIN_ATTEMPT[was_state], (
+                    f"I5: {job} moved back within attempt {attempt}: {was_state} -> {state}"
+                )
+        self.attempts[job] = (attempt, state)
 
     def check_proposal(self, command: WriteLedger, offer: Offer | None) -> None:
         stored = self.store.get(command.node, (Ledger(node=command.node), 0))[0]

@@ -68,7 +68,7 @@ async def test_a_lost_node_replaces_waits_and_fails_per_job_and_stops_stale_copi
         await eventually(lambda: _on(fed, "rep", "running", "eu-n1"), timeout=30)
         rep = await fed.job("rep")
         assert rep.attempt == 2
-        assert "node flaky lost (no heartbeat); replaced" in [t.reason for t in rep.history][3]
+        assert [t.reason for t in rep.history][3] == "node flaky lost (no heartbeat); replaced: retry 2 of 3"
         # fail: the job ends lost, never to run again
         fai = await eventually(lambda: _state(fed, "fai", "lost"), timeout=10)
         assert "on_node_lost=fail" in fai.reason
@@ -96,6 +96,57 @@ async def test_a_lost_node_replaces_waits_and_fails_per_job_and_stops_stale_copi
         assert (wai.state, wai.node, wai.attempt) == ("running", "flaky", 1)
         for job in policies:
             await fed.cancel(job)
+
+
+async def test_an_attempt_lost_to_an_agent_restart_goes_back_to_pending_as_the_next_attempt(
+    make_cluster,
+) -> None:
+    """Issue 16, defect 3: the stored sequence is ``running, 1 -> pending, 2 -> placed, 2``, never
+    back to ``pending`` within attempt 1; the reason reads in order; the audit agrees."""
+    cluster = await make_cluster(agents=0)
+    agent = await cluster.start_agent("eu", "solo", "--cpu", "2")
+    job = "lost-then-next-attempt"  # unique on the machine: attempts_running looks at every process
+    async with Client.connect(connection=cluster.connection) as fed:
+        await fed.submit(["sleep", "600"], job_id=job, on_node_lost="replace")
+        await eventually(lambda: _attempt(fed, job, "running", 1), timeout=30)
+        assert agent.process is not None
+        agent.process.kill()  # SIGKILL: the new agent finds the attempt in its journal and reports it lost
+        agent.process.wait(timeout=10)
+        await cluster.start_agent("eu", "solo", "--cpu", "2")
+        record = await eventually(lambda: _attempt(fed, job, "running", 2), timeout=60)
+        assert attempts_running(job) == {2}
+        requeued = next(step for step in record.history if step.state == "pending" and step.reason)
+        # the restarted agent reports the attempt lost (or, on a slow start, its heartbeat expired)
+        assert requeued.reason in (
+            "attempt 1 lost on solo (the agent restarted while this attempt ran; not re-run); "
+            "replaced: retry 2 of 3",
+            "node solo lost (no heartbeat); replaced: retry 2 of 3",
+        )
+
+        async def stored() -> list[tuple[str, int]]:
+            """(state, attempt) of each write of the job's record that changed them (audit trail)."""
+            steps: list[tuple[str, int]] = []
+            async for event in fed.audit(region="eu", job=job):
+                if event.kind == "record" and (not steps or steps[-1] != (event.state, event.attempt)):
+                    steps.append((event.state, event.attempt))
+            return steps if ("running", 2) in steps else []
+
+        steps = await eventually(stored, timeout=30)
+        assert ("pending", 1) not in steps, steps  # the bug: back to pending within attempt 1
+        first = steps.index(("running", 1))
+        assert steps[:first] in ([("placed", 1)], [("pending", 0), ("placed", 1)]), steps
+        assert steps[first:] == [("running", 1), ("pending", 2), ("placed", 2), ("running", 2)], steps
+        report = await fed.audit_check(region="eu")
+        assert report.ok, report
+        verified = await fed.audit_verify(region="eu")
+        assert verified.ok, verified
+        await fed.cancel(job)
+        await eventually(lambda: not attempts_running(job), timeout=30)
+
+
+async def _attempt(fed: Client, job: str, state: str, attempt: int) -> JobRecord | None:
+    record = await _state(fed, job, state)
+    return record if record is not None and record.attempt == attempt else None
 
 
 async def _offering(fed: Client, node: str) -> bool:
