@@ -23,7 +23,13 @@ from federation.auth import Credentials, new_seed, use_credentials
 from federation.bus import Bus
 from federation.client import Client
 from federation.config import Connection, load_connection
-from federation.errors import FederationError, FederationUnavailable, InvalidRequest, NotFound
+from federation.errors import (
+    FederationError,
+    FederationUnavailable,
+    InvalidRequest,
+    NotFound,
+    NotPermitted,
+)
 from federation.keyring import Keyring, load_credentials
 from federation.launcher import Federation, Options
 from federation.schemas import Cancel, Heartbeat, Submit, encode
@@ -160,12 +166,14 @@ async def test_tenants_see_and_touch_only_their_own_jobs(make_cluster) -> None:
         for read in (
             bus.kv_get(subjects.jobs_bucket("eu"), "acme-1"),
             bus.last(subjects.logs_stream("eu"), subjects.job_log("eu", "eu-n1", "acme-1")),
-            _drain(b.audit(region="eu")),
+            bus.nc.request(f"$JS.API.CONSUMER.CREATE.{subjects.audit_stream('eu')}", b"{}", timeout=2),
         ):
             with pytest.raises((FederationError, TimeoutError)):  # refused: never answered
                 await asyncio.wait_for(read, 2)
         for api in ("direct.get.kv_fed-jobs-eu", "direct.get.fed-eu-logs", "consumer.create.fed-eu-audit"):
             assert any(f"$js.api.{api}" in refusal for refusal in bus.refused), list(bus.refused)
+        with pytest.raises(NotPermitted):  # and the client says so at once, without asking
+            await _drain(b.audit(region="eu"))
         # by hand: a submission in acme's name on blue's subject is quarantined; acme's subject is
         # refused by the server; a cancel of acme's job on blue's subject changes nothing
         errors: list[str] = []
