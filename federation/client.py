@@ -275,6 +275,12 @@ class Client:
         ``timeout`` is each attempt's wall-clock limit in seconds (0: none).
         """
         name = self._region(region)
+        unknown = [r for r in regions if r != "any" and r not in self.connection.regions]
+        if unknown:
+            known = ", ".join(self.connection.regions)
+            raise InvalidRequest(f"unknown region {unknown[0]!r} in regions: this federation has {known}")
+        if cpu < 1:
+            raise InvalidRequest(f"cpu must be at least 1 (a job always holds a core), got {cpu}")
         if self.tenant and tenant not in ("default", self.tenant):
             raise InvalidRequest(f"these credentials submit as tenant {self.tenant!r} only, not {tenant!r}")
         tenant = self.tenant or tenant

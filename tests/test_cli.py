@@ -43,6 +43,8 @@ def test_without_a_federation_commands_say_how_to_start_one(tmp_path: Path) -> N
     ("args", "needle"),
     [
         (["--cpu", "-1", "--", "true"], "cpu"),
+        (["--cpu", "0", "--", "true"], "cpu must be at least 1"),
+        (["--regions", "mars", "--", "true"], "unknown region 'mars' in regions: this federation has eu"),
         (["--memory", "lots", "--", "true"], "memory quantity"),
         (["--id", "bad.id", "--", "true"], "id"),
         (["--env", "NOEQUALS", "--", "true"], "KEY=VALUE"),

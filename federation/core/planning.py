@@ -37,6 +37,7 @@ from federation.core import placement
 from federation.core.placement import Free
 from federation.core.policy import lower
 from federation.core.quota import Accounts, Admission, Vector, held, request
+from federation.resources import format_memory
 from federation.schemas import PRIORITY_RANK, Allocation, Candidate, Decision, Offer, Submit
 
 if TYPE_CHECKING:
@@ -678,7 +679,7 @@ class Pass:
             reason = f"pending: waiting for capacity: {len(fitting)} node{plural} can run it once room frees"
             reason += f" ({sample})"
         else:
-            reason = placement.explain_misfit(spec, reasons, considered)
+            reason = placement.explain_misfit(spec, reasons, considered) + self._never(spec)
         decision = Decision(
             kind="pending",
             at=self.now,
@@ -688,6 +689,26 @@ class Pass:
         )
         self.misfits[key] = (reason, decision)
         return reason, decision
+
+    def _never(self, spec: Submit) -> str:
+        """ "; larger than any node here ..." when no node of the region could hold ``spec`` even
+        empty and at its registered maximum ("" when one could, or none has offered)."""
+        sizes = [
+            (
+                max(o.capacity_cpu, len(o.cores)),
+                max(o.capacity_memory, o.memory),
+                max(o.capacity_gpu, len(o.gpus)),
+            )
+            for o in (node.offer for node in self.core.nodes.values())
+            if o is not None
+        ]
+        if not sizes or any(spec.cpu <= c and spec.memory <= m and spec.gpu <= g for c, m, g in sizes):
+            return ""
+        cpu, memory, gpu = (max(size[i] for size in sizes) for i in range(3))
+        return (
+            f"; larger than any node here (the largest: cpu={cpu} memory={format_memory(memory)} "
+            f"gpu={gpu}): it runs here only if a larger node joins"
+        )
 
     def _reject(self, name: str, spec: Submit) -> str:
         """The first filter that rejects ``name`` for ``spec`` ("" when it fits)."""

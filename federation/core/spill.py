@@ -390,6 +390,8 @@ class Spill:
                     room[here] = _room_here(core, spec, now)
                 if room[here]:
                     continue  # it fits here: it waits for a claim in flight, not for room
+            if job in self.away and not record.handoffs:  # never offered anywhere yet: say why
+                self._explain_away(core, view, now)
             recent = {r for r, at in self.tried.get(job, {}).items() if now - at < policy.handoff_retry}
             shape = _shape(spec, recent)
             if shape in nowhere:
@@ -412,6 +414,21 @@ class Spill:
             core.dirty.add(job)
             self.handing[job] = Handing(region, "recording")
             in_flight += 1
+
+    def _explain_away(self, core: RegionCore, view: JobView, now: float) -> None:
+        """The reason of a job that may not run here and was never offered anywhere: the regions it
+        may run in, and whether any view here shows them (a region no view shows may not exist)."""
+        record = view.record
+        allowed = [r for r in record.spec.regions if r != core.region]
+        where = ", ".join(allowed)
+        if not any(r in self.views for r in allowed):
+            known = ", ".join(sorted(self.views)) or "none yet"
+            reason = f"pending: may run only in {where}, which no view here shows (regions seen: {known})"
+        else:
+            reason = f"pending: may run only in {where}; offered there once a view shows room for it"
+        if record.reason != reason:
+            view.record = msgspec.structs.replace(record, reason=reason, updated_at=now)
+            core.dirty.add(record.id)
 
 
 def _room_here(core: RegionCore, spec: Submit, now: float) -> bool:

@@ -256,3 +256,35 @@ def test_the_admission_check_of_a_hand_off_changes_nothing_in_the_core() -> None
     assert "n1" in core.index
     assert admit(core, spec(origin="us"), now=10.0) != ""  # no room: the only offer has expired
     assert "n1" in core.index
+
+
+# --- impossible requests (issue 16, defect 6) ------------------------------------------------------
+
+
+def _reason(core: RegionCore, job: str) -> str:
+    return core.jobs[job].record.reason
+
+
+def test_a_job_only_for_a_region_no_view_shows_says_so_instead_of_waiting_for_capacity() -> None:
+    core = core_with_views(view("us"))
+    core.handle(submit("m", regions=["mars"]))
+    core.handle(Tick(now=11.0))
+    core.handle(Tick(now=12.0))
+    reason = _reason(core, "m")
+    assert reason == "pending: may run only in mars, which no view here shows (regions seen: us)"
+    assert "can run it once room frees" not in reason
+    core.handle(submit("u", regions=["us"], gpu=1))  # a known region without room: waits for its view
+    core.handle(Tick(now=13.0))
+    core.handle(Tick(now=14.0))
+    assert _reason(core, "u") == "pending: may run only in us; offered there once a view shows room for it"
+
+
+def test_a_request_larger_than_any_node_says_no_node_here_could_ever_hold_it() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(OfferSeen(offer=offer("n2", cpu=2)))
+    core.handle(submit("big", cpu=1000))
+    core.handle(submit("fits-empty", cpu=4))
+    core.handle(Tick(now=11.0))
+    assert "larger than any node here (the largest: cpu=4 memory=8GiB gpu=0)" in _reason(core, "big")
+    assert "larger than any node" not in _reason(core, "fits-empty")

@@ -146,6 +146,7 @@ async def test_job_bigger_than_any_offer_waits_with_reason_then_runs_when_node_j
 
         reason = await eventually(explained)
         assert "too little gpu on 1 node" in reason
+        assert "larger than any node here (the largest: cpu=4 memory=8GiB gpu=0)" in reason
         out = await asyncio.to_thread(run_fed, cluster.tmp, "job", job.id)
         assert "pending" in out.stdout
         assert "too little gpu" in out.stdout
