@@ -37,7 +37,7 @@ class Peering:
     def summary(self) -> Summary:
         """The region's capacity summary from the core's view (see :mod:`federation.core.summary`)."""
         nodes = (
-            NodeState(view.offer, view.current().allocations, view.alive)
+            NodeState(view.offer, view.current().allocations, view.alive, view.down_at)
             for view in self.scheduler.core.nodes.values()
         )
         return summarize(self.region, nodes, self.clock(), pending=len(self.scheduler.core.queue))

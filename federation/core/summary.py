@@ -13,8 +13,10 @@ Other regions cannot see this region's nodes; they see its :class:`~federation.s
 * **non-canonical resources**, by value type (:func:`fold`): numbers are summed (a counted custom
   resource contributes what is free of it), strings collected in a list, lists flattened.
 
-A node whose offer expired, or whose heartbeat stopped, counts in ``nodes`` but adds no capacity.
-Same inputs, same summary: no clock (``now`` is an argument), no I/O.
+A node whose offer expired, or whose heartbeat stopped, counts in ``nodes`` but adds no capacity,
+until it has been down for :data:`GONE_AFTER` with nothing allocated on it: then it is taken for
+removed (an agent stopped for good) and no longer counted. Same inputs, same summary: no clock
+(``now`` is an argument), no I/O.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from federation.core.placement import Free
 from federation.schemas import Allocation, Attribute, Offer, Summary
 
 Folded = float | list[str]
+GONE_AFTER = 600.0  # seconds down, with nothing allocated, after which a node counts as removed
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,7 @@ class NodeState:
     offer: Offer | None
     allocations: tuple[Allocation, ...] = ()
     alive: bool = True
+    down_at: float = 0.0  # when its heartbeat stopped (while not alive)
 
 
 def fold(values: Iterable[Attribute]) -> Folded:
@@ -69,6 +73,8 @@ def summarize(region: str, nodes: Iterable[NodeState], now: float, pending: int 
     labels: dict[str, set[str]] = {}
     attributes: dict[str, list[Attribute]] = {}
     for node in nodes:
+        if not node.alive and not node.allocations and now - node.down_at >= GONE_AFTER:
+            continue  # removed: its agent has been gone for long, and nothing of it is left
         total += 1
         offer = node.offer
         if offer is None or not node.alive or offer.expires_at <= now:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from federation.core.summary import NodeState, fold, summarize
+from federation.core.summary import GONE_AFTER, NodeState, fold, summarize
 from federation.schemas import Allocation, Offer, Summary, decode_message, encode
 
 GiB = 1024**3
@@ -114,3 +114,17 @@ def test_a_summary_is_the_sum_of_its_nodes_and_survives_the_wire(rows: list[tupl
         assert summary.custom["x"] == sorted(flat)
     assert decode_message(encode(summary)) == summary
     assert isinstance(decode_message(encode(summary)), Summary)
+
+
+def test_a_node_down_for_long_with_nothing_allocated_is_no_longer_counted() -> None:
+    """Issue 16, defect 7: removed agents must not stay in "2/5 nodes live" forever."""
+    offer = Offer(node="n", region="eu", cores=[0], memory=1, expires_at=1e9)
+    held = (Allocation(job="j", attempt=1, cpu=1, cores=(0,)),)
+    nodes = [
+        NodeState(offer),
+        NodeState(offer, alive=False, down_at=100.0),  # down a minute: still a node of the region
+        NodeState(offer, alive=False, down_at=0.0),  # down for long: removed
+        NodeState(offer, held, alive=False, down_at=0.0),  # down for long but holding a job: kept
+    ]
+    summary = summarize("eu", nodes, now=GONE_AFTER + 10.0)
+    assert (summary.nodes, summary.live) == (3, 1)
