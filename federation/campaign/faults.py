@@ -1,0 +1,496 @@
+"""Faults the campaign injects into a running local federation, one at a time, each measured.
+
+Every fault is a coroutine ``fault(stage, region) -> Outcome`` in :data:`FAULTS`: it breaks
+something real (a signal to a process, a cut or blackholed leafnode link, a flood of bad or
+duplicate messages, a probe with real credentials, a poison workload), undoes it, and measures the
+recovery the way an operator would see it (a new leader's epoch, a fresh offer, JetStream
+answering, every region's view of the others fresh again). It writes into the campaign's history
+what it submits, so the checker judges those jobs with the rest. A fault never decides whether the
+run passed: it reports ``problems`` (an expectation about the fault itself that failed, such as a
+probe that was let through), and the checker judges the invariants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from federation import subjects
+from federation.auth import Credentials
+from federation.bus import Bus
+from federation.campaign.history import History, Operation
+from federation.client import Client
+from federation.errors import FederationError, NotFound, NotPermitted
+from federation.keyring import load_credentials
+from federation.launcher import Child, Federation
+from federation.provision import wait_for_jetstream
+from federation.schemas import Lease, Offer, decode_lease, decode_message
+
+LEASE_PAST = 8.0  # seconds a paused leader stays paused: past the 5 s lease
+NODE_PAST = 6.0  # seconds a paused agent stays paused: past the 3 s heartbeat TTL
+FRESH_VIEW = 5.0  # seconds: a region's view of another younger than this is fresh
+
+
+@dataclass
+class Outcome:
+    """What one fault did and how the federation came back."""
+
+    fault: str
+    target: str
+    started: float = 0.0  # seconds since the campaign began
+    lasted: float = 0.0  # how long the fault was in force
+    recovery: float | None = None  # seconds until the federation was whole again (None: not measured)
+    measure: str = ""  # what recovery means for this fault
+    figures: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Stage:
+    """What a fault acts on: the federation, the history, the campaign's identities and clock."""
+
+    federation: Federation
+    history: History
+    rng: random.Random
+    tenant: Credentials  # the campaign's own tenant (its load submits as it too)
+    intruder: Credentials  # another tenant, for cross-tenant probes
+    begun: float  # time.monotonic() when the campaign began
+    scratch: Path
+    poison_processes: int = 2000
+    poison_output: int = 200 * 1024 * 1024
+    hub_pause: float = 45.0
+    partition: float = 15.0
+
+    @property
+    def regions(self) -> list[str]:
+        return list(self.federation.options.regions)
+
+    def client(self, credentials: Credentials | None = None) -> Client:
+        assert self.federation.connection is not None
+        return Client(self.federation.connection, credentials or self.federation.credentials)
+
+    async def bus(self, name: str) -> Bus:
+        return await Bus.connect(
+            self.federation.urls[name],
+            "campaign",
+            retry_forever=False,
+            credentials=self.federation.credentials,
+        )
+
+    def daemon(self, name: str) -> Child:
+        return next(c for c in self.federation.daemons if c.name == name)
+
+
+Fault = Callable[[Stage, str], Awaitable[Outcome]]
+
+
+async def _until(
+    predicate: Callable[[], Awaitable[bool]], deadline: float, every: float = 0.1
+) -> float | None:
+    """Seconds until ``predicate`` holds (None if it did not within ``deadline``)."""
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        with contextlib.suppress(FederationError, OSError, TimeoutError):
+            if await predicate():
+                return time.monotonic() - start
+        await asyncio.sleep(every)  # sleep-ok: the poll interval of a condition wait
+    return None
+
+
+async def _lease(stage: Stage, region: str) -> Lease | None:
+    bus = await stage.bus(region)
+    try:
+        value, _ = await bus.kv_get(subjects.lease_bucket(region), subjects.LEADER_KEY)
+    finally:
+        await bus.close()
+    return decode_lease(value) if value else None
+
+
+async def _leader(stage: Stage, region: str) -> tuple[Child, int]:
+    lease = None
+    for _ in range(100):
+        with contextlib.suppress(FederationError, OSError):
+            lease = await _lease(stage, region)
+        if lease is not None:
+            break
+        await asyncio.sleep(0.1)  # sleep-ok: waiting for a leader to be elected
+    if lease is None:
+        raise FederationError(f"no leader in {region}")
+    pid = int(lease.holder.rpartition(":")[2])
+    return next(c for c in stage.federation.daemons if c.pid == pid), lease.epoch
+
+
+async def _new_leader(stage: Stage, region: str, epoch: int) -> bool:
+    lease = await _lease(stage, region)
+    return lease is not None and lease.epoch > epoch
+
+
+async def _offered_since(stage: Stage, region: str, node: str, since: float) -> bool:
+    bus = await stage.bus(region)
+    try:
+        item = await bus.last(subjects.offers_stream(region), subjects.offer(region, node))
+    finally:
+        await bus.close()
+    if item is None:
+        return False
+    message = decode_message(item.data)
+    return isinstance(message, Offer) and message.sent_at > since
+
+
+async def _views_fresh(stage: Stage) -> bool:
+    """Every region sees every other region with a view younger than FRESH_VIEW."""
+    async with stage.client() as fed:
+        now = time.time()
+        for region in stage.regions:
+            views = await fed.views(region)
+            for peer in stage.regions:
+                if peer != region and (peer not in views or now - views[peer].at > FRESH_VIEW):
+                    return False
+    return True
+
+
+def _started_between(stage: Stage, start: float, end: float, region: str = "") -> int:
+    """Jobs whose run marker was first written in [start, end] (wall clock), on ``region``'s nodes."""
+    count = 0
+    for path in stage.history.runs.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            if start <= stat.st_mtime <= end and (not region or f"/agents/{region}-" in path.read_text()):
+                count += 1
+    return count
+
+
+# --- processes ---------------------------------------------------------------------------------------
+
+
+async def kill_leader(stage: Stage, region: str) -> Outcome:
+    leader, epoch = await _leader(stage, region)
+    out = Outcome("leader SIGKILL", f"{region} {leader.name}", measure="failover")
+    os.kill(leader.pid, signal.SIGKILL)
+    out.recovery = await _until(lambda: _new_leader(stage, region, epoch), 30)
+    if out.recovery is None:
+        out.problems.append(f"no new leader in {region} within 30 s")
+    return out
+
+
+async def pause_leader(stage: Stage, region: str) -> Outcome:
+    leader, epoch = await _leader(stage, region)
+    out = Outcome("leader SIGSTOP past the lease", f"{region} {leader.name}", measure="failover")
+    os.kill(leader.pid, signal.SIGSTOP)
+    try:
+        out.recovery = await _until(lambda: _new_leader(stage, region, epoch), 30)
+        await asyncio.sleep(max(0.0, LEASE_PAST - (out.recovery or 0)))  # sleep-ok: the pause is the fault
+    finally:
+        os.kill(leader.pid, signal.SIGCONT)
+    out.lasted = max(LEASE_PAST, out.recovery or 0)
+    if out.recovery is None:
+        out.problems.append(f"no new leader in {region} within 30 s")
+    return out
+
+
+async def kill_agent(stage: Stage, region: str) -> Outcome:
+    node = f"{region}-n{stage.rng.randint(1, stage.federation.options.agents)}"
+    out = Outcome("agent SIGKILL", node, measure="restarted and offering")
+    old = stage.daemon(f"agent-{node}").pid
+    start = time.monotonic()
+    os.kill(old, signal.SIGKILL)
+
+    async def restarted() -> bool:
+        agent = stage.daemon(f"agent-{node}")
+        return agent.pid != old and agent.alive()
+
+    await _until(restarted, 60)
+    since = time.time()  # an offer from the new process, not one the old sent before it died
+    await _until(lambda: _offered_since(stage, region, node, since), 60)
+    out.recovery = time.monotonic() - start
+    if not await _offered_since(stage, region, node, since):
+        out.problems.append(f"{node} did not offer again within 120 s")
+    return out
+
+
+async def pause_agent(stage: Stage, region: str) -> Outcome:
+    node = f"{region}-n{stage.rng.randint(1, stage.federation.options.agents)}"
+    out = Outcome("agent SIGSTOP past the heartbeat TTL", node, measure="live again", lasted=NODE_PAST)
+    agent = stage.daemon(f"agent-{node}")
+    start = time.monotonic()
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        lost = await _until(lambda: _node_is(stage, region, node, live=False), NODE_PAST, every=0.25)
+        await asyncio.sleep(max(0.0, NODE_PAST - (time.monotonic() - start)))  # sleep-ok: the pause
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+    if lost is None:
+        out.problems.append(f"{node} was not seen lost within {NODE_PAST:g} s of its pause")
+    else:
+        out.figures["seen lost after (s)"] = round(lost, 1)
+    out.recovery = await _until(lambda: _node_is(stage, region, node, live=True), 60, every=0.25)
+    if out.recovery is None:
+        out.problems.append(f"{node} was not live again within 60 s of its resume")
+    return out
+
+
+async def _node_is(stage: Stage, region: str, node: str, *, live: bool) -> bool:
+    """Whether ``fed status`` shows ``node`` live (or, with ``live=False``, LOST)."""
+    async with stage.client() as fed:
+        status = await fed.region_status(region)
+    shown = next((n for n in status.nodes if n.node == node), None)
+    if shown is None:
+        return False
+    return shown.live if live else shown.heartbeat == "lost"
+
+
+async def kill_server(stage: Stage, region: str) -> Outcome:
+    out = Outcome("region nats-server SIGKILL", f"{region} server", measure="restarted, JetStream answers")
+    start = time.monotonic()
+    old = stage.federation.servers[region].pid
+    os.kill(old, signal.SIGKILL)
+    out.recovery = await _until(lambda: _restarted(stage, region, old), 60, every=0.2)
+    if out.recovery is None:
+        out.problems.append(f"{region}'s server did not answer within 60 s")
+    out.lasted = time.monotonic() - start
+    return out
+
+
+async def _restarted(stage: Stage, name: str, old: int) -> bool:
+    """Server ``name`` runs again under a new pid (fed up restarted it) and its JetStream answers."""
+    server = stage.federation.servers[name]
+    if server.pid == old or not server.alive():
+        return False
+    credentials = stage.federation.credentials
+    await wait_for_jetstream(stage.federation.urls[name], deadline=2.0, credentials=credentials)
+    return True
+
+
+async def pause_hub(stage: Stage, region: str) -> Outcome:
+    out = Outcome("hub SIGSTOP", "hub", lasted=stage.hub_pause, measure="views fresh again")
+    hub = stage.federation.servers["hub"]
+    start = time.time()
+    os.kill(hub.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(stage.hub_pause)  # sleep-ok: the pause is the fault; local work goes on
+    finally:
+        os.kill(hub.pid, signal.SIGCONT)
+    for name in stage.regions:
+        out.figures[f"jobs started in {name} while paused"] = _started_between(
+            stage, start, time.time(), name
+        )
+        if not out.figures[f"jobs started in {name} while paused"]:
+            out.problems.append(f"{name} started no job while the hub was paused")
+    out.recovery = await _until(lambda: _views_fresh(stage), 180, every=0.5)
+    if out.recovery is None:
+        out.problems.append("views not fresh within 180 s of the hub's resume")
+    return out
+
+
+async def _partition(stage: Stage, region: str, mode: str) -> Outcome:
+    out = Outcome(f"link {mode}", f"{region} <-> hub", lasted=stage.partition, measure="views fresh again")
+    start = time.time()
+    stage.federation.chaos("partition", f'{{"region": "{region}", "mode": "{mode}"}}'.encode())
+    try:
+        await asyncio.sleep(stage.partition)  # sleep-ok: the partition is the fault
+    finally:
+        stage.federation.chaos("heal", f'{{"region": "{region}"}}'.encode())
+    out.figures["jobs started in the cut-off region"] = _started_between(stage, start, time.time(), region)
+    if not out.figures["jobs started in the cut-off region"]:
+        out.problems.append(f"{region} started no job while cut off")
+    out.recovery = await _until(lambda: _views_fresh(stage), 180, every=0.5)
+    if out.recovery is None:
+        out.problems.append("views not fresh within 180 s of the heal")
+    return out
+
+
+async def cut_link(stage: Stage, region: str) -> Outcome:
+    return await _partition(stage, region, "cut")
+
+
+async def blackhole_link(stage: Stage, region: str) -> Outcome:
+    return await _partition(stage, region, "blackhole")
+
+
+# --- messages ---------------------------------------------------------------------------------------
+
+
+async def duplicate_flood(stage: Stage, region: str, copies: int = 20) -> Outcome:
+    """One job id submitted ``copies`` times at once: one job, run once."""
+    job = f"dup-{stage.rng.getrandbits(40):010x}"
+    out = Outcome("duplicate flood", f"{region} x{copies}", measure="all acknowledged")
+    start = time.monotonic()
+    async with stage.client() as fed:
+
+        async def one() -> None:
+            operation = stage.history.add(Operation("submit", job, region, time.time()))
+            try:
+                await fed.submit(stage.history.command(), region=region, job_id=job)
+                operation.ack, operation.acked_at = "ok", time.time()
+            except FederationError as exc:
+                operation.error = str(exc)
+
+        await asyncio.gather(*(one() for _ in range(copies)))
+    out.recovery = time.monotonic() - start
+    out.figures["acknowledged"] = sum(1 for o in stage.history.operations if o.job == job and o.ack == "ok")
+    return out
+
+
+async def malformed_flood(stage: Stage, region: str, count: int = 100) -> Outcome:
+    """Garbage, wrong types and system-owned fields on submit subjects: each quarantined, nothing
+    else changes."""
+    out = Outcome("malformed flood", f"{region} x{count}", measure="all quarantined")
+    payloads = [
+        b"\x80\x81\xfe\xff",
+        b"{not json",
+        b'{"type": "cancel", "id": "x", "reason": "on a submit subject"}',
+        b'{"type": "submit", "id": "ID", "command": ["true"], "origin": "elsewhere"}',
+        b'{"type": "submit", "id": "ID", "command": []}',
+    ]
+    async with stage.client() as fed:
+        before = len(await fed.quarantined(region=region))
+        bus = await fed.bus(region)
+        for i in range(count):
+            job = f"bad-{stage.rng.getrandbits(40):010x}"
+            data = payloads[i % len(payloads)].replace(b"ID", job.encode())
+            await bus.store(subjects.submit(region, job), data, msg_id=job)
+
+        async def all_quarantined() -> bool:
+            return len(await fed.quarantined(region=region)) - before >= count
+
+        out.recovery = await _until(all_quarantined, 60, every=0.5)
+        out.figures["quarantined"] = len(await fed.quarantined(region=region)) - before
+    if out.recovery is None:
+        out.problems.append(
+            f"only {out.figures['quarantined']:.0f} of {count} bad messages quarantined in 60 s"
+        )
+    return out
+
+
+async def probes(stage: Stage, region: str) -> Outcome:
+    """Real credentials reaching for what is not theirs: another tenant's job, another node's subjects."""
+    out = Outcome("cross-tenant and cross-node probes", region, measure="all answered")
+    start = time.monotonic()
+    job = f"own-{stage.rng.getrandbits(40):010x}"
+    operation = stage.history.add(Operation("submit", job, region, time.time(), tenant=stage.tenant.name))
+    async with stage.client(stage.tenant) as owner:
+        await owner.submit(stage.history.command(2.0), region=region, job_id=job)
+        operation.ack, operation.acked_at = "ok", time.time()
+    let_through = []
+    async with stage.client(stage.intruder) as intruder:
+        for name, probe in (
+            ("read", lambda: intruder.job(job, region=region)),
+            ("cancel", lambda: intruder.cancel(job, region=region)),
+        ):
+            try:
+                await probe()
+                let_through.append(f"tenant {stage.intruder.name} could {name} {job}")
+            except (NotFound, NotPermitted, FederationError):
+                pass
+    keyring = stage.federation.keyring
+    assert keyring is not None
+    agent = load_credentials(keyring.path("agent", f"{region}-n1", region))
+    bus = await Bus.connect(stage.federation.urls[region], "probe", retry_forever=False, credentials=agent)
+    try:
+        with contextlib.suppress(FederationError, TimeoutError):
+            await bus.store(subjects.offer(region, f"{region}-n2"), b"{}", timeout=2.0)
+            let_through.append(f"agent {region}-n1 stored an offer for {region}-n2")
+    finally:
+        await bus.close()
+    out.recovery = time.monotonic() - start
+    out.figures["probes"] = 3
+    out.figures["let through"] = len(let_through)
+    out.problems += let_through
+    return out
+
+
+async def revoke_after_restart(stage: Stage, region: str) -> Outcome:
+    """A tenant added, the region's server killed and restarted, the tenant revoked: its copied
+    credentials must be refused by every region."""
+    keyring = stage.federation.keyring
+    assert keyring is not None
+    name = f"leaver{stage.rng.getrandbits(20):05x}"
+    await stage.federation.add_identity("tenant", name)
+    kept = load_credentials(keyring.path("tenant", name))
+    out = Outcome(
+        "revoke after a server restart", f"{region} server, tenant {name}", measure="refused everywhere"
+    )
+    old = stage.federation.servers[region].pid
+    os.kill(old, signal.SIGKILL)
+
+    await _until(lambda: _restarted(stage, region, old), 60, every=0.2)
+    start = time.monotonic()
+    keyring.revoke("tenant", name)
+    report = await stage.federation.reload()
+    if report.failed:
+        out.problems.append(f"reload failed on {report.failed}")
+    accepted = []
+    for peer in stage.regions:
+        with contextlib.suppress(FederationError):
+            bus = await Bus.connect(
+                stage.federation.urls[peer], "probe", retry_forever=False, credentials=kept
+            )
+            accepted.append(peer)
+            await bus.close()
+    out.recovery = time.monotonic() - start
+    out.problems += [f"revoked tenant {name} still connects to {peer}" for peer in accepted]
+    return out
+
+
+async def poison(stage: Stage, region: str) -> Outcome:
+    """A missing command, a flood of output and thousands of processes: each ends with a reason,
+    the agents live on, nothing is left running."""
+    out = Outcome("poison workloads", region, measure="all ended")
+    runs = stage.history.command(0)
+    commands = {
+        "missing": ["/nonexistent/campaign-command"],
+        "output": [*runs[:2], f"{runs[2]}; head -c {stage.poison_output} /dev/zero"],
+        "processes": [
+            *runs[:2],
+            f"{runs[2]}; for i in $(seq {stage.poison_processes}); do sleep 3 & done; wait",
+        ],
+    }
+    agents = {c.name: c.pid for c in stage.federation.daemons if c.name.startswith(f"agent-{region}-")}
+    start = time.monotonic()
+    async with stage.client() as fed:
+        jobs = {}
+        for kind, command in commands.items():
+            job = f"poison-{kind}-{stage.rng.getrandbits(30):08x}"
+            operation = stage.history.add(Operation("submit", job, region, time.time(), regions=[region]))
+            await fed.submit(command, region=region, job_id=job, regions=[region])
+            operation.ack, operation.acked_at = "ok", time.time()
+            jobs[kind] = job
+
+        async def ended() -> bool:
+            records = [await fed.job(job, region=region) for job in jobs.values()]
+            return all(record.terminal for record in records)
+
+        out.recovery = await _until(ended, 180, every=0.5)
+        for kind, job in jobs.items():
+            record = await fed.job(job, region=region)
+            out.figures[f"{kind}: {record.state}"] = 1
+    restarted = [name for name, pid in agents.items() if stage.daemon(name).pid != pid]
+    if out.recovery is None:
+        out.problems.append("a poison job did not end within 180 s")
+    out.problems += [f"{name} was restarted during the poison jobs" for name in restarted]
+    out.lasted = time.monotonic() - start
+    return out
+
+
+FAULTS: dict[str, Fault] = {
+    "kill-leader": kill_leader,
+    "pause-leader": pause_leader,
+    "kill-agent": kill_agent,
+    "pause-agent": pause_agent,
+    "kill-server": kill_server,
+    "pause-hub": pause_hub,
+    "cut-link": cut_link,
+    "blackhole-link": blackhole_link,
+    "duplicate-flood": duplicate_flood,
+    "malformed-flood": malformed_flood,
+    "probes": probes,
+    "revoke-after-restart": revoke_after_restart,
+    "poison": poison,
+}
