@@ -92,6 +92,7 @@ from federation.schemas import (
     Offer,
     Quarantined,
     Submit,
+    as_stored,
     clamp_offer,
     decode_ledger,
     decode_message,
@@ -492,7 +493,9 @@ class Scheduler:
             return
         if isinstance(message, Submit):
             event: Event = Submitted(
-                spec=message, at=self.clock(), traceparent=tracing.traceparent(delivery.headers)
+                spec=as_stored(message, delivery.timestamp),
+                at=self.clock(),
+                traceparent=tracing.traceparent(delivery.headers),
             )
         else:
             event = CancelRequested(job=job, reason=message.reason, at=self.clock(), tenant=tenant)

@@ -606,6 +606,22 @@ def decode_workload(data: bytes, *, kind: str, job: str, tenant: str, region: st
     return message
 
 
+SUBMIT_SKEW = 60.0  # seconds a submission's own time may be from when its stream stored it
+
+
+def as_stored(spec: Submit, stored_at: float) -> Submit:
+    """``spec`` with its ``submitted_at`` (the queue's age order) no more than :data:`SUBMIT_SKEW`
+    from ``stored_at``, when the workloads stream stored it: a submitter cannot backdate its job
+    to jump the queue, nor date it ahead; a submission without a time gets the stored one. A
+    hand-off's copy (``origin`` set) keeps its home region's time. Unchanged when ``stored_at`` is
+    unknown (0)."""
+    if spec.origin or not stored_at:
+        return spec
+    when = spec.submitted_at or stored_at
+    when = min(max(when, stored_at - SUBMIT_SKEW), stored_at + SUBMIT_SKEW)
+    return spec if when == spec.submitted_at else msgspec.structs.replace(spec, submitted_at=when)
+
+
 def clamp_offer(offer: Offer) -> tuple[Offer, str]:
     """``offer`` within the node's registered maximum (its ``capacity_*``), and what was cut ("" if
     nothing): an agent offering more than its node declares is held to the declaration."""

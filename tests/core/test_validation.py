@@ -98,3 +98,23 @@ def test_a_hand_off_stored_by_this_regions_scheduler_keeps_its_origin() -> None:
 def test_a_submission_setting_a_field_only_the_scheduler_writes_is_refused(field: str) -> None:
     with pytest.raises(RemoteProtocolError, match=f"may not set {field}: only the scheduler writes"):
         workload({"type": "submit", "id": "j1", "command": ["true"], field: 1})
+
+
+def test_a_submission_cannot_backdate_itself_to_jump_the_queue() -> None:
+    from federation.schemas import SUBMIT_SKEW, Submit, as_stored
+
+    stored = 1_000_000.0
+    honest = Submit(id="a", command=["true"], submitted_at=stored - 0.2)
+    assert as_stored(honest, stored) is honest
+    assert (
+        as_stored(Submit(id="b", command=["true"], submitted_at=1.0), stored).submitted_at
+        == stored - SUBMIT_SKEW
+    )
+    assert (
+        as_stored(Submit(id="c", command=["true"], submitted_at=9e9), stored).submitted_at
+        == stored + SUBMIT_SKEW
+    )
+    assert as_stored(Submit(id="d", command=["true"]), stored).submitted_at == stored  # no time given
+    handed = Submit(id="e", command=["true"], submitted_at=1.0, origin="us", regions=["eu"])
+    assert as_stored(handed, stored) is handed  # a hand-off keeps its home region's time
+    assert as_stored(Submit(id="f", command=["true"], submitted_at=1.0), 0.0).submitted_at == 1.0
