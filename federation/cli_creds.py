@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from federation import auth
-from federation.config import load_connection, load_reload_report
+from federation.config import Connection, load_connection, load_reload_report
 from federation.errors import FederationUnavailable
 from federation.keyring import Keyring
+from federation.launcher import server_pids
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -44,11 +47,18 @@ async def reload_servers(state_dir: Path, deadline: float = 60.0) -> tuple[bool,
     Returns whether every server has the change (a server that is down starts with it), and what
     happened, server by server where one does not have it."""
     try:
-        connection = load_connection(state_dir)
+        connection: Connection | None = load_connection(state_dir)
     except FederationUnavailable:
+        connection = None
+    if connection is None or not _is_fed_up(connection.pid):  # a stale file's pid may be anyone's now
+        running = [pid for pid in server_pids(state_dir) if _is_nats_server(pid)]
+        if running:  # a fed up still starting (no connection file yet), or one that was killed
+            return False, (
+                f"nats-servers of this state directory run (pids {', '.join(map(str, running))}) but no "
+                "fed up answers for them: the change is NOT applied there; run fed creds reload once "
+                "fed up is up, or stop them"
+            )
         return True, "no federation runs from this state directory: servers started later accept the change"
-    if not _is_fed_up(connection.pid):  # a stale file's pid may be anyone's now: never signal it
-        return True, f"fed up (pid {connection.pid}) is not running: servers started later accept the change"
     asked = time.time()
     os.kill(connection.pid, signal.SIGHUP)
     end = time.monotonic() + deadline
@@ -85,9 +95,14 @@ def _region_url(args: argparse.Namespace, region: str) -> str:
     return endpoint.url if endpoint else "URL"
 
 
-def _is_fed_up(pid: int) -> bool:
-    import psutil
+def _is_nats_server(pid: int) -> bool:
+    try:
+        return "nats-server" in psutil.Process(pid).name() and psutil.Process(pid).status() != "zombie"
+    except psutil.Error:
+        return False
 
+
+def _is_fed_up(pid: int) -> bool:
     try:
         argv = psutil.Process(pid).cmdline()
     except (psutil.Error, ValueError):

@@ -58,6 +58,7 @@ DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
 # the last region, so constraints, GPU placement and spillover can be tried on one machine.
 TOUR_CITIES = {"eu-west": "AMS", "us-east": "NYC", "ap-south": "SIN"}
 TOUR_GPUS = 2
+DOWN_WITH_CHANGE = "down: it starts with the change"  # a reload's outcome for a server not running
 
 DEFAULT_SCHEDULER_CONFIG = """\
 # Scheduler of region {region}. Edit [policy] while it runs: the scheduler reloads it within a
@@ -373,26 +374,29 @@ class Federation:
         the keyring first); ``failed`` when it runs and did not take the new configuration."""
         requested = time.time() if requested_at is None else requested_at
         outcome: dict[str, str] = {}
-        async with self._servers_lock:
-            asked: dict[str, object] = {}
+        asked: dict[str, tuple[Child, object]] = {}  # server -> (its process, its config time before)
+        async with self._servers_lock:  # render and signal; the waiting happens outside the lock
             for name, child in self.servers.items():
                 self._write_config(name)
                 if not child.alive():
-                    outcome[name] = "down: it starts with the change"
+                    outcome[name] = DOWN_WITH_CHANGE
                     continue
                 try:
-                    asked[name] = await config_load_time(self.monitors[name])
+                    asked[name] = (child, await config_load_time(self.monitors[name]))
                 except FederationUnavailable as exc:
                     outcome[name] = f"failed: {exc}"
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGHUP)  # even unanswered: a paused server reloads on resume
-            for name, loaded in asked.items():
-                try:
-                    await reloaded({self.monitors[name]: loaded})
-                    outcome[name] = "reloaded"
-                except FederationUnavailable as exc:
-                    alive = self.servers[name].alive()
-                    outcome[name] = "down: it starts with the change" if not alive else f"failed: {exc}"
+
+        async def took(name: str, child: Child, loaded: object) -> str:
+            try:
+                await reloaded({self.monitors[name]: loaded})
+            except FederationUnavailable as exc:  # dead meanwhile: its restart rendered the keyring
+                return DOWN_WITH_CHANGE if not child.alive() else f"failed: {exc}"
+            return "reloaded"
+
+        answers = await asyncio.gather(*(took(name, *pair) for name, pair in asked.items()))
+        outcome.update(zip(asked, answers, strict=True))
         report = ReloadReport(requested_at=requested, finished_at=time.time(), servers=outcome)
         write_reload_report(self.state_dir, report)
         return report
@@ -633,6 +637,12 @@ def _adopt_global_account(jetstream: Path) -> None:
     old, new = jetstream / "$G", jetstream / auth.FED
     if old.is_dir() and not new.exists():
         old.rename(new)
+
+
+def server_pids(state_dir: Path, name: str = "*") -> list[int]:
+    """The pids of the nats-servers ``fed up`` started from ``state_dir`` (server ``name``), from
+    their ports files (``servers/<name>/ports/nats-server_<pid>.ports``; a restart replaces it)."""
+    return [int(p.stem.rsplit("_", 1)[-1]) for p in (state_dir / "servers").glob(f"{name}/ports/*.ports")]
 
 
 def _port(url: str) -> int:

@@ -24,7 +24,7 @@ from federation import subjects
 from federation.auth import Credentials, use_credentials
 from federation.bus import Bus
 from federation.config import Connection, load_connection
-from federation.launcher import Child, Federation, Options, agent_command, fed_command
+from federation.launcher import Child, Federation, Options, agent_command, fed_command, server_pids
 from federation.schemas import Lease, decode_lease
 
 GiB = 1024**3
@@ -228,7 +228,3 @@ async def fed_up(state_dir: Path, *args: str) -> AsyncIterator[tuple[Child, Conn
         assert not process_alive(pid), f"nats-server {pid} survived fed up"
 
 
-def server_pids(state_dir: Path, name: str = "*") -> list[int]:
-    """The pids of the nats-servers ``fed up`` ran from ``state_dir`` (server ``name``), from their
-    ports files (``nats-server_<pid>.ports``)."""
-    return [int(p.stem.rsplit("_", 1)[-1]) for p in (state_dir / "servers").glob(f"{name}/ports/*.ports")]

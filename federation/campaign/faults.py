@@ -27,7 +27,7 @@ from federation.auth import Credentials
 from federation.bus import Bus
 from federation.campaign.history import History, Operation
 from federation.client import Client
-from federation.errors import FederationError, NotFound, NotPermitted
+from federation.errors import FederationError, FederationUnavailable, NotFound, NotPermitted
 from federation.keyring import load_credentials
 from federation.launcher import Child, Federation
 from federation.provision import wait_for_jetstream
@@ -165,6 +165,23 @@ def _started_between(stage: Stage, start: float, end: float, region: str = "") -
             if start <= stat.st_mtime <= end and (not region or f"/agents/{region}-" in path.read_text()):
                 count += 1
     return count
+
+
+async def admission(servers: dict[str, str], credentials: Credentials) -> dict[str, str]:
+    """What each server (name -> URL) does with a connection presenting ``credentials``:
+    ``accepted``, ``refused`` (the server's authorization violation, nothing else), or
+    ``error: ...`` (anything else, e.g. a timeout on a busy machine: neither, so a probe that
+    wants a refusal does not pass on it)."""
+    out = {}
+    for name, url in servers.items():
+        try:
+            bus = await Bus.connect(url, "probe", retry_forever=False, timeout=5.0, credentials=credentials)
+        except FederationUnavailable as exc:
+            out[name] = "refused" if "authorization violation" in str(exc).lower() else f"error: {exc}"
+            continue
+        out[name] = "accepted"
+        await bus.close()
+    return out
 
 
 # --- processes ---------------------------------------------------------------------------------------
