@@ -95,6 +95,14 @@ def fed_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "federation.cli", *args]
 
 
+def run_fed(state_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``fed ARGS`` against the federation of ``state_dir`` as its operator (the connection
+    file's credentials, whatever ``$FED_CREDS`` says), capturing text output."""
+    env = {k: v for k, v in os.environ.items() if k != "FED_CREDS"}
+    env["FED_STATE_DIR"] = str(state_dir)
+    return subprocess.run(fed_command(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def agent_command(region: str, node: str, url: str, state_dir: Path, *extra: str) -> list[str]:
     """The argv of ``fed agent`` for ``node`` of ``region``, keeping its state in ``state_dir``."""
     return fed_command(

@@ -24,6 +24,7 @@ from federation import subjects
 from federation.auth import Credentials, use_credentials
 from federation.bus import Bus
 from federation.config import Connection, load_connection
+from federation import launcher
 from federation.launcher import Child, Federation, Options, agent_command, fed_command, server_pids
 from federation.schemas import Lease, decode_lease
 
@@ -197,8 +198,7 @@ def process_alive(pid: int) -> bool:
 
 def run_fed(state_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``fed ARGS`` against the federation of ``state_dir``, capturing text output."""
-    env = {**os.environ, "FED_STATE_DIR": str(state_dir)}
-    return subprocess.run(fed_command(*args), env=env, capture_output=True, text=True, timeout=timeout)
+    return launcher.run_fed(state_dir, *args, timeout=timeout)
 
 
 @contextlib.asynccontextmanager

@@ -21,17 +21,30 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+import msgspec
+import psutil
 
 from federation import subjects
 from federation.auth import Credentials
 from federation.bus import Bus
 from federation.campaign.history import History, Operation
 from federation.client import Client
-from federation.errors import FederationError, FederationUnavailable, NotFound, NotPermitted
-from federation.keyring import load_credentials
+from federation.errors import ConfigError, FederationError, FederationUnavailable, NotFound
+from federation.keyring import Keyring, load_credentials
 from federation.launcher import Child, Federation
 from federation.provision import wait_for_jetstream
-from federation.schemas import Lease, Offer, decode_lease, decode_message
+from federation.schemas import (
+    Cancel,
+    ChaosCommand,
+    Lease,
+    Offer,
+    decode_lease,
+    decode_ledger,
+    decode_message,
+    encode,
+)
 
 LEASE_PAST = 8.0  # seconds a paused leader stays paused: past the 5 s lease
 NODE_PAST = 6.0  # seconds a paused agent stays paused: past the 3 s heartbeat TTL
@@ -70,13 +83,23 @@ class Stage:
 
     @property
     def regions(self) -> list[str]:
+        """The federation's regions."""
         return list(self.federation.options.regions)
 
     def client(self, credentials: Credentials | None = None) -> Client:
-        assert self.federation.connection is not None
+        """A client of the federation as ``credentials`` (default: its operator)."""
+        if self.federation.connection is None:
+            raise FederationUnavailable("campaign", "the federation has not started")
         return Client(self.federation.connection, credentials or self.federation.credentials)
 
+    def keyring(self) -> Keyring:
+        """The federation's keyring (the campaign runs with authentication on)."""
+        if self.federation.keyring is None:
+            raise ConfigError("the campaign needs authentication on")
+        return self.federation.keyring
+
     async def bus(self, name: str) -> Bus:
+        """A connection to server ``name`` as the operator."""
         return await Bus.connect(
             self.federation.urls[name],
             "campaign",
@@ -85,7 +108,11 @@ class Stage:
         )
 
     def daemon(self, name: str) -> Child:
-        return next(c for c in self.federation.daemons if c.name == name)
+        """The daemon ``fed up`` runs under ``name`` (e.g. ``agent-eu-n1``)."""
+        for child in self.federation.daemons:
+            if child.name == name:
+                return child
+        raise FederationUnavailable(name, "no such daemon in this federation")
 
 
 Fault = Callable[[Stage, str], Awaitable[Outcome]]
@@ -122,9 +149,14 @@ async def _leader(stage: Stage, region: str) -> tuple[Child, int]:
             break
         await asyncio.sleep(0.1)  # sleep-ok: waiting for a leader to be elected
     if lease is None:
-        raise FederationError(f"no leader in {region}")
+        raise FederationUnavailable(region, "no scheduler holds the lease")
     pid = int(lease.holder.rpartition(":")[2])
-    return next(c for c in stage.federation.daemons if c.pid == pid), lease.epoch
+    for child in stage.federation.daemons:
+        if child.pid == pid:
+            return child, lease.epoch
+    raise FederationUnavailable(
+        region, f"the lease holder {lease.holder} is none of this federation's daemons"
+    )
 
 
 async def _new_leader(stage: Stage, region: str, epoch: int) -> bool:
@@ -157,7 +189,8 @@ async def _views_fresh(stage: Stage) -> bool:
 
 
 def _started_between(stage: Stage, start: float, end: float, region: str = "") -> int:
-    """Jobs whose run marker was first written in [start, end] (wall clock), on ``region``'s nodes."""
+    """Jobs whose run marker was last written (their last start) in [start, end] (wall clock), on
+    ``region``'s nodes."""
     count = 0
     for path in stage.history.runs.iterdir():
         with contextlib.suppress(FileNotFoundError):
@@ -188,6 +221,7 @@ async def admission(servers: dict[str, str], credentials: Credentials) -> dict[s
 
 
 async def kill_leader(stage: Stage, region: str) -> Outcome:
+    """SIGKILL the region's leading scheduler; recovery: a standby holds the lease."""
     leader, epoch = await _leader(stage, region)
     out = Outcome("leader SIGKILL", f"{region} {leader.name}", measure="failover")
     os.kill(leader.pid, signal.SIGKILL)
@@ -198,6 +232,7 @@ async def kill_leader(stage: Stage, region: str) -> Outcome:
 
 
 async def pause_leader(stage: Stage, region: str) -> Outcome:
+    """SIGSTOP the leader past its lease, then SIGCONT; recovery: a standby leads meanwhile."""
     leader, epoch = await _leader(stage, region)
     out = Outcome("leader SIGSTOP past the lease", f"{region} {leader.name}", measure="failover")
     os.kill(leader.pid, signal.SIGSTOP)
@@ -213,8 +248,11 @@ async def pause_leader(stage: Stage, region: str) -> Outcome:
 
 
 async def kill_agent(stage: Stage, region: str) -> Outcome:
+    """SIGKILL an agent while the load's jobs run on it (``fed up`` restarts it; the restarted
+    agent reports the attempts it lost); recovery: restarted and offering again."""
     node = f"{region}-n{stage.rng.randint(1, stage.federation.options.agents)}"
     out = Outcome("agent SIGKILL", node, measure="restarted and offering")
+    out.figures["allocations on it"] = await _allocations(stage, region, node)
     old = stage.daemon(f"agent-{node}").pid
     start = time.monotonic()
     os.kill(old, signal.SIGKILL)
@@ -223,16 +261,30 @@ async def kill_agent(stage: Stage, region: str) -> Outcome:
         agent = stage.daemon(f"agent-{node}")
         return agent.pid != old and agent.alive()
 
-    await _until(restarted, 60)
+    if await _until(restarted, 60) is None:
+        out.problems.append(f"{node} was not restarted within 60 s")
+        return out
     since = time.time()  # an offer from the new process, not one the old sent before it died
-    await _until(lambda: _offered_since(stage, region, node, since), 60)
+    if await _until(lambda: _offered_since(stage, region, node, since), 60) is None:
+        out.problems.append(f"{node} did not offer again within 60 s of its restart")
+        return out
     out.recovery = time.monotonic() - start
-    if not await _offered_since(stage, region, node, since):
-        out.problems.append(f"{node} did not offer again within 120 s")
     return out
 
 
+async def _allocations(stage: Stage, region: str, node: str) -> int:
+    """How many allocations ``node``'s stored ledger holds now."""
+    bus = await stage.bus(region)
+    try:
+        value, _ = await bus.kv_get(subjects.ledger_bucket(region), node)
+    finally:
+        await bus.close()
+    return len(decode_ledger(value).allocations) if value else 0
+
+
 async def pause_agent(stage: Stage, region: str) -> Outcome:
+    """SIGSTOP an agent past its heartbeat TTL, then SIGCONT: ``fed status`` must show it LOST
+    while paused (figure: after how long); recovery: live again."""
     node = f"{region}-n{stage.rng.randint(1, stage.federation.options.agents)}"
     out = Outcome("agent SIGSTOP past the heartbeat TTL", node, measure="live again", lasted=NODE_PAST)
     agent = stage.daemon(f"agent-{node}")
@@ -264,6 +316,7 @@ async def _node_is(stage: Stage, region: str, node: str, *, live: bool) -> bool:
 
 
 async def kill_server(stage: Stage, region: str) -> Outcome:
+    """SIGKILL the region's nats-server under submissions; recovery: restarted, JetStream answers."""
     out = Outcome("region nats-server SIGKILL", f"{region} server", measure="restarted, JetStream answers")
     start = time.monotonic()
     old = stage.federation.servers[region].pid
@@ -286,6 +339,7 @@ async def _restarted(stage: Stage, name: str, old: int) -> bool:
 
 
 async def pause_hub(stage: Stage, region: str) -> Outcome:
+    """SIGSTOP the hub while every region submits; local work must go on; recovery: views fresh."""
     out = Outcome("hub SIGSTOP", "hub", lasted=stage.hub_pause, measure="views fresh again")
     hub = stage.federation.servers["hub"]
     start = time.time()
@@ -306,14 +360,25 @@ async def pause_hub(stage: Stage, region: str) -> Outcome:
     return out
 
 
-async def _partition(stage: Stage, region: str, mode: str) -> Outcome:
+async def _partition(stage: Stage, region: str, mode: Literal["cut", "blackhole"]) -> Outcome:
     out = Outcome(f"link {mode}", f"{region} <-> hub", lasted=stage.partition, measure="views fresh again")
     start = time.time()
-    stage.federation.chaos("partition", f'{{"region": "{region}", "mode": "{mode}"}}'.encode())
+    done = stage.federation.chaos("partition", msgspec.json.encode(ChaosCommand(region=region, mode=mode)))
+    if done.error:
+        out.problems.append(f"the partition was refused: {done.error}")
+        return out
     try:
         await asyncio.sleep(stage.partition)  # sleep-ok: the partition is the fault
+        others = [r for r in stage.regions if r != region]
+        if others:  # the others' view of the cut-off region must have stopped moving
+            async with stage.client() as fed:
+                seen = (await fed.views(others[0])).get(region)
+            age = time.time() - seen.at if seen is not None else float("inf")
+            out.figures[f"{others[0]}'s view of it at the heal (s old)"] = round(age, 1)
+            if age < stage.partition / 2:
+                out.problems.append(f"{others[0]} still saw {region} fresh ({age:.1f} s old): no partition?")
     finally:
-        stage.federation.chaos("heal", f'{{"region": "{region}"}}'.encode())
+        stage.federation.chaos("heal", msgspec.json.encode(ChaosCommand(region=region)))
     out.figures["jobs started in the cut-off region"] = _started_between(stage, start, time.time(), region)
     if not out.figures["jobs started in the cut-off region"]:
         out.problems.append(f"{region} started no job while cut off")
@@ -324,10 +389,12 @@ async def _partition(stage: Stage, region: str, mode: str) -> Outcome:
 
 
 async def cut_link(stage: Stage, region: str) -> Outcome:
+    """Close the region's leafnode link for a while; recovery: views fresh again."""
     return await _partition(stage, region, "cut")
 
 
 async def blackhole_link(stage: Stage, region: str) -> Outcome:
+    """Drop the region's leafnode link's bytes for a while; recovery: views fresh again."""
     return await _partition(stage, region, "blackhole")
 
 
@@ -351,7 +418,10 @@ async def duplicate_flood(stage: Stage, region: str, copies: int = 20) -> Outcom
 
         await asyncio.gather(*(one() for _ in range(copies)))
     out.recovery = time.monotonic() - start
-    out.figures["acknowledged"] = sum(1 for o in stage.history.operations if o.job == job and o.ack == "ok")
+    acknowledged = sum(1 for o in stage.history.operations if o.job == job and o.ack == "ok")
+    out.figures["acknowledged"] = acknowledged
+    if acknowledged < copies:
+        out.problems.append(f"only {acknowledged} of {copies} copies were acknowledged")
     return out
 
 
@@ -367,18 +437,22 @@ async def malformed_flood(stage: Stage, region: str, count: int = 100) -> Outcom
         b'{"type": "submit", "id": "ID", "command": []}',
     ]
     async with stage.client() as fed:
-        before = len(await fed.quarantined(region=region))
         bus = await fed.bus(region)
+        sent = set()
         for i in range(count):
             job = f"bad-{stage.rng.getrandbits(40):010x}"
             data = payloads[i % len(payloads)].replace(b"ID", job.encode())
             await bus.store(subjects.submit(region, job), data, msg_id=job)
+            sent.add(subjects.submit(region, job))
+
+        async def ours() -> int:
+            return sum(1 for q in await fed.quarantined(region=region) if q.subject in sent)
 
         async def all_quarantined() -> bool:
-            return len(await fed.quarantined(region=region)) - before >= count
+            return await ours() >= count
 
         out.recovery = await _until(all_quarantined, 60, every=0.5)
-        out.figures["quarantined"] = len(await fed.quarantined(region=region)) - before
+        out.figures["quarantined"] = await ours()
     if out.recovery is None:
         out.problems.append(
             f"only {out.figures['quarantined']:.0f} of {count} bad messages quarantined in 60 s"
@@ -387,7 +461,10 @@ async def malformed_flood(stage: Stage, region: str, count: int = 100) -> Outcom
 
 
 async def probes(stage: Stage, region: str) -> Outcome:
-    """Real credentials reaching for what is not theirs: another tenant's job, another node's subjects."""
+    """Real credentials reaching for what is not theirs: a second tenant asks for the first
+    tenant's job and publishes a cancel of it on its own cancel subject; an agent stores an offer
+    for another node. Each must change nothing: the job is not shown, runs to its end, and the
+    other node's offer is not the agent's."""
     out = Outcome("cross-tenant and cross-node probes", region, measure="all answered")
     start = time.monotonic()
     job = f"own-{stage.rng.getrandbits(40):010x}"
@@ -395,64 +472,71 @@ async def probes(stage: Stage, region: str) -> Outcome:
     async with stage.client(stage.tenant) as owner:
         await owner.submit(stage.history.command(2.0), region=region, job_id=job)
         operation.ack, operation.acked_at = "ok", time.time()
-    let_through = []
-    async with stage.client(stage.intruder) as intruder:
-        for name, probe in (
-            ("read", lambda: intruder.job(job, region=region)),
-            ("cancel", lambda: intruder.cancel(job, region=region)),
-        ):
+        async with stage.client(stage.intruder) as intruder:
             try:
-                await probe()
-                let_through.append(f"tenant {stage.intruder.name} could {name} {job}")
-            except (NotFound, NotPermitted, FederationError):
-                pass
-    keyring = stage.federation.keyring
-    assert keyring is not None
-    agent = load_credentials(keyring.path("agent", f"{region}-n1", region))
+                await intruder.job(job, region=region)
+                out.problems.append(f"tenant {stage.intruder.name} could read {job}")
+            except NotFound:
+                pass  # as if it did not exist: the right answer
+            bus = await intruder.bus(region)
+            cancel = Cancel(id=job, reason="probe", requested_at=time.time())
+            with contextlib.suppress(FederationError, TimeoutError):  # quarantined, or refused outright
+                await bus.store(subjects.tenant_cancel(region, job, stage.intruder.name), encode(cancel))
+        record = await owner.wait(job, region=region, timeout=120)
+        if record.state != "succeeded":
+            out.problems.append(f"{job} ended {record.state} after another tenant's cancel: {record.reason}")
+    node, other = f"{region}-n1", f"{region}-n2"
+    agent = load_credentials(stage.keyring().path("agent", node, region))
+    forged = b'{"type": "offer", "node": "' + other.encode() + b'", "region": "' + region.encode() + b'"}'
     bus = await Bus.connect(stage.federation.urls[region], "probe", retry_forever=False, credentials=agent)
     try:
-        with contextlib.suppress(FederationError, TimeoutError):
-            await bus.store(subjects.offer(region, f"{region}-n2"), b"{}", timeout=2.0)
-            let_through.append(f"agent {region}-n1 stored an offer for {region}-n2")
+        with contextlib.suppress(FederationError, TimeoutError):  # refused by the server: a timeout
+            await bus.store(subjects.offer(region, other), forged, timeout=2.0)
     finally:
         await bus.close()
+    admin = await stage.bus(region)
+    try:
+        last = await admin.last(subjects.offers_stream(region), subjects.offer(region, other))
+    finally:
+        await admin.close()
+    if last is not None and last.data == forged:
+        out.problems.append(f"agent {node} stored an offer for {other}")
     out.recovery = time.monotonic() - start
     out.figures["probes"] = 3
-    out.figures["let through"] = len(let_through)
-    out.problems += let_through
+    out.figures["let through"] = len(out.problems)
     return out
 
 
 async def revoke_after_restart(stage: Stage, region: str) -> Outcome:
     """A tenant added, the region's server killed and restarted, the tenant revoked: its copied
     credentials must be refused by every region."""
-    keyring = stage.federation.keyring
-    assert keyring is not None
+    keyring = stage.keyring()
     name = f"leaver{stage.rng.getrandbits(20):05x}"
     await stage.federation.add_identity("tenant", name)
     kept = load_credentials(keyring.path("tenant", name))
     out = Outcome(
         "revoke after a server restart", f"{region} server, tenant {name}", measure="refused everywhere"
     )
+    servers = {peer: stage.federation.urls[peer] for peer in stage.regions}
+    before = await admission(servers, kept)
+    if set(before.values()) != {"accepted"}:
+        out.problems.append(f"the new tenant was not accepted everywhere before the revoke: {before}")
     old = stage.federation.servers[region].pid
     os.kill(old, signal.SIGKILL)
-
-    await _until(lambda: _restarted(stage, region, old), 60, every=0.2)
+    if await _until(lambda: _restarted(stage, region, old), 60, every=0.2) is None:
+        out.problems.append(f"{region}'s server did not come back within 60 s")
+        return out
     start = time.monotonic()
     keyring.revoke("tenant", name)
-    report = await stage.federation.reload()
+    report = await stage.federation.reload()  # what fed up does on fed creds' SIGHUP
     if report.failed:
         out.problems.append(f"reload failed on {report.failed}")
-    accepted = []
-    for peer in stage.regions:
-        with contextlib.suppress(FederationError):
-            bus = await Bus.connect(
-                stage.federation.urls[peer], "probe", retry_forever=False, credentials=kept
-            )
-            accepted.append(peer)
-            await bus.close()
+    servers = {peer: stage.federation.urls[peer] for peer in stage.regions}  # a restart may move one
+    after = await admission(servers, kept)
     out.recovery = time.monotonic() - start
-    out.problems += [f"revoked tenant {name} still connects to {peer}" for peer in accepted]
+    out.problems += [
+        f"revoked tenant {name}: {peer} {said}" for peer, said in after.items() if said != "refused"
+    ]
     return out
 
 
@@ -491,9 +575,25 @@ async def poison(stage: Stage, region: str) -> Outcome:
     restarted = [name for name, pid in agents.items() if stage.daemon(name).pid != pid]
     if out.recovery is None:
         out.problems.append("a poison job did not end within 180 s")
+    left = await _until(lambda: _none_left(set(jobs.values())), 30, every=0.5)
+    if left is None:
+        out.problems.append("processes of the poison jobs still run 30 s after they ended")
     out.problems += [f"{name} was restarted during the poison jobs" for name in restarted]
     out.lasted = time.monotonic() - start
     return out
+
+
+async def _none_left(jobs: set[str]) -> bool:
+    """No process on this machine carries one of ``jobs`` in its ``FED_JOB_ID``."""
+
+    def scan() -> bool:
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("FED_JOB_ID") in jobs and process.status() != psutil.STATUS_ZOMBIE:
+                    return False
+        return True
+
+    return await asyncio.to_thread(scan)
 
 
 FAULTS: dict[str, Fault] = {

@@ -18,20 +18,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from federation.campaign.checker import TERMINAL, Declared, Verdict, check, parse_trail
+from federation.campaign.checker import TERMINAL, Declared, Verdict, check, parse_trail, settled
 from federation.campaign.faults import FAULTS, Outcome, Stage
 from federation.campaign.history import History, Operation
-from federation.errors import FederationError, InvalidRequest
+from federation.errors import ConfigError, FederationError, InvalidRequest, NotFound
 from federation.keyring import load_credentials
-from federation.launcher import Federation, Options, fed_command
+from federation.launcher import Federation, Options, run_fed
+from federation.schemas import Semantics
 
 GiB = 1024**3
 SHORT = ("kill-leader", "kill-agent", "duplicate-flood", "malformed-flood", "probes", "cut-link", "poison")
@@ -137,7 +138,7 @@ async def run(options: CampaignOptions, echo: Callable[[str], None] = print) -> 
         tenant_path = await federation.add_identity("tenant", "campaign")
         intruder_path = await federation.add_identity("tenant", "intruder")
         if tenant_path is None or intruder_path is None:
-            raise FederationError("the campaign needs authentication on")
+            raise ConfigError("the campaign needs authentication on")
         rng = random.Random(options.seed)
         stage = Stage(
             federation=federation,
@@ -155,17 +156,21 @@ async def run(options: CampaignOptions, echo: Callable[[str], None] = print) -> 
         outcomes = await _faults_under_load(stage, options, echo)
         echo("campaign: load stopped; waiting for every acknowledged job to end")
         await _settle(stage, options.settle)
-        own_ok, own = await asyncio.to_thread(_fed, options.state_dir, "audit", "check")
-        exported = await asyncio.to_thread(_fed, options.state_dir, "audit", "replay", "--format", "jsonl")
-        trail = parse_trail(exported[1].splitlines())
+        state = options.state_dir / "fed"
+        checked = await asyncio.to_thread(run_fed, state, "audit", "check", timeout=600)
+        exported, trail = await _export(stage, state)
         declared = {
             node: Declared(options.cpu, options.memory, 0)
             for region in options.regions
             for node in federation.node_names(region)
         }
         verdict = check(stage.history.operations, stage.history.markers(), trail, declared)
-        report = Report(options, outcomes, verdict, own, own_ok, time.monotonic() - began)
-        report.files = _keep(options.state_dir, stage.history, exported[1], report)
+        if exported.returncode:
+            why = f"exited {exported.returncode}: {exported.stderr}"
+            verdict.violations.append(f"export: fed audit replay {why}")
+        own = checked.stdout + checked.stderr
+        report = Report(options, outcomes, verdict, own, checked.returncode == 0, time.monotonic() - began)
+        report.files = _keep(options.state_dir, stage.history, exported.stdout, report)
         return report
     finally:
         await federation.stop()
@@ -199,21 +204,25 @@ async def _faults_under_load(
             await asyncio.sleep(stage.rng.uniform(*options.gap))  # sleep-ok: the gap between faults
     finally:
         stop.set()
-        await asyncio.gather(*loads)
         stage.federation.chaos("heal")
+        ended = await asyncio.gather(*loads, return_exceptions=True)
+    failed = [f"{region}: {exc!r}" for region, exc in zip(options.regions, ended, strict=True) if exc]
+    if failed:
+        outcomes.append(Outcome("load", "every region", problems=[f"a load loop died: {f}" for f in failed]))
     return outcomes
 
 
 async def _load(stage: Stage, region: str, pace: float, stop: asyncio.Event) -> None:
-    """Submissions to ``region`` every ``pace`` seconds until ``stop``, in a fixed mix."""
+    """Submissions to ``region`` every ``pace`` seconds until ``stop``, in a fixed mix; every
+    fifteenth job runs 5 s and is cancelled three submissions later, while it runs."""
     others = [r for r in stage.regions if r != region] or [region]
-    operator, tenant = stage.client(), stage.client(stage.tenant)
+    clients = Clients(stage)
     i = 0
     try:
         while not stop.is_set():
             i += 1
-            job = f"{region}-{i}"
-            policy, semantics, regions, client = "", "at_most_once", [], operator
+            semantics: Semantics = "at_most_once"
+            policy, regions = "", list[str]()
             match i % 8:
                 case 1:
                     policy = "replace"
@@ -223,12 +232,11 @@ async def _load(stage: Stage, region: str, pace: float, stop: asyncio.Event) -> 
                     regions = [others[i % len(others)]]
                 case 4:
                     regions, semantics = [others[i % len(others)]], "at_least_once"
-                case 5:
-                    client = tenant
+            client = clients.tenant if i % 8 == 5 else clients.operator
             operation = stage.history.add(
                 Operation(
                     "submit",
-                    job,
+                    f"{region}-{i}",
                     region,
                     time.time(),
                     at_most_once=not policy and semantics == "at_most_once",
@@ -237,33 +245,56 @@ async def _load(stage: Stage, region: str, pace: float, stop: asyncio.Event) -> 
                     regions=regions,
                 )
             )
-            try:
-                async with asyncio.timeout(40):
-                    await client.submit(
-                        stage.history.command(),
-                        region=region,
-                        job_id=job,
-                        on_node_lost=policy,
-                        regions=regions,
-                        semantics=semantics,  # type: ignore[arg-type]
-                    )
-                operation.ack, operation.acked_at = "ok", time.time()
-                if i % 15 == 0:
-                    cancel = stage.history.add(Operation("cancel", job, region, time.time()))
-                    await client.cancel(job, region=region)
-                    cancel.ack, cancel.acked_at = "ok", time.time()
-            except InvalidRequest as exc:
-                operation.ack, operation.error = "refused", str(exc)
-            except (FederationError, OSError, TimeoutError) as exc:
-                operation.error = str(exc) or type(exc).__name__  # may or may not be stored: "unknown"
-                for old in (operator, tenant):  # its connection may be gone for good: start afresh
-                    with contextlib.suppress(Exception):
-                        await old.close()
-                operator, tenant = stage.client(), stage.client(stage.tenant)
+            command = stage.history.command(5.0 if i % 15 == 0 else 0.3)
+            await clients.call(
+                operation,
+                client.submit(
+                    command,
+                    region=region,
+                    job_id=operation.job,
+                    on_node_lost=policy,
+                    regions=regions,
+                    semantics=semantics,
+                ),
+            )
+            if i % 15 == 3 and i > 15:  # the long job of three submissions ago, running by now
+                job = f"{region}-{i - 3}"
+                cancel = stage.history.add(Operation("cancel", job, region, time.time()))
+                await clients.call(cancel, clients.operator.cancel(job, region=region))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pace)
     finally:
-        for client in (operator, tenant):
+        await clients.close()
+
+
+class Clients:
+    """A load loop's two clients (the operator's and the tenant's), started afresh after an error
+    that may have left a connection gone for good (a region's server killed)."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self.operator, self.tenant = stage.client(), stage.client(stage.tenant)
+
+    async def call(self, operation: Operation, call: Coroutine[Any, Any, object]) -> bool:
+        """Run one operation's call and record its acknowledgement: ``ok``; ``refused`` when the
+        error says nothing was stored; else ``unknown`` (it may have been)."""
+        try:
+            async with asyncio.timeout(40):
+                await call
+        except (InvalidRequest, NotFound) as exc:
+            operation.ack, operation.error = "refused", str(exc)
+            return False
+        except (FederationError, OSError, TimeoutError) as exc:
+            operation.error = str(exc) or type(exc).__name__
+            await self.close()
+            self.operator, self.tenant = self.stage.client(), self.stage.client(self.stage.tenant)
+            return False
+        operation.ack, operation.acked_at = "ok", time.time()
+        return True
+
+    async def close(self) -> None:
+        """Close both clients."""
+        for client in (self.operator, self.tenant):
             with contextlib.suppress(Exception):
                 await client.close()
 
@@ -284,12 +315,19 @@ async def _settle(stage: Stage, deadline: float) -> None:
         operation.outcome = states.get(operation.job, "") if states.get(operation.job) in TERMINAL else ""
 
 
-def _fed(state_dir: Path, *args: str) -> tuple[bool, str]:
-    """Run ``fed ARGS`` against the campaign's federation (as its operator); (exit 0, stdout)."""
-    env = {k: v for k, v in os.environ.items() if k != "FED_CREDS"}
-    env["FED_STATE_DIR"] = str(state_dir / "fed")
-    done = subprocess.run(fed_command(*args), env=env, capture_output=True, text=True, timeout=600)
-    return done.returncode == 0, done.stdout + (done.stderr if done.returncode else "")
+async def _export(
+    stage: Stage, state: Path, deadline: float = 60.0
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """The audit trail as ``fed audit replay --format jsonl`` exports it, once it shows every
+    outcome the clients read (the audit stream copies asynchronously), or after ``deadline``."""
+    end = time.monotonic() + deadline
+    while True:
+        args = ("audit", "replay", "--format", "jsonl")
+        exported = await asyncio.to_thread(run_fed, state, *args, timeout=600)
+        trail = parse_trail(exported.stdout.splitlines())
+        if exported.returncode or not settled(stage.history.operations, trail) or time.monotonic() > end:
+            return exported, trail
+        await asyncio.sleep(2.0)  # sleep-ok: the poll interval of a condition wait
 
 
 def _keep(directory: Path, history: History, trail: str, report: Report) -> dict[str, str]:

@@ -8,27 +8,20 @@ from typing import Any
 
 import pytest
 
-from federation.campaign.checker import Declared, check, parse_trail
+from federation.campaign.checker import Declared, check, parse_trail, settled
 from federation.campaign.history import History, Operation, Run
 
 DECLARED = {"eu-n1": Declared(cpu=4, memory=8, gpu=1)}
 
 
 def _record(seq: int, job: str, state: str, attempt: int, region: str = "eu") -> dict[str, Any]:
-    return {"region": region, "seq": seq, "kind": "record", "job": job, "state": state, "attempt": attempt}
+    value = {"id": job, "state": state, "attempt": attempt}
+    return {"region": region, "seq": seq, "subject": f"$KV.fed-jobs-{region}.{job}", "value": value}
 
 
-def _ledger(seq: int, *allocations: dict[str, Any]) -> dict[str, Any]:
-    value = {"node": "eu-n1", "allocations": list(allocations)}
-    return {
-        "region": "eu",
-        "seq": seq,
-        "kind": "ledger",
-        "job": "",
-        "state": "",
-        "attempt": 0,
-        "value": value,
-    }
+def _ledger(seq: int, *allocations: dict[str, Any], node: str = "eu-n1") -> dict[str, Any]:
+    value = {"node": node, "allocations": list(allocations)}
+    return {"region": "eu", "seq": seq, "subject": f"$KV.fed-ledger-eu.{node}", "value": value}
 
 
 def _submitted(job: str, *, outcome: str = "succeeded", at_most_once: bool = True) -> Operation:
@@ -80,9 +73,10 @@ def test_a_success_without_a_run_marker_is_reported() -> None:
 
 
 def test_a_ledger_over_the_declared_capacity_or_with_a_core_twice_is_reported() -> None:
+    assert "which no one declared" in check([], {}, [_ledger(1, node="stranger")], DECLARED).violations[0]
     fits = _ledger(1, {"cpu": 2, "memory": 4, "cores": [0, 1]}, {"cpu": 2, "memory": 4, "cores": [2, 3]})
-    over = _ledger(2, {"cpu": 3, "memory": 4, "cores": [0, 1, 2]}, {"cpu": 2, "memory": 4, "cores": [3, 4]})
-    twice = _ledger(3, {"cpu": 1, "cores": [0], "gpus": ["0"]}, {"cpu": 1, "cores": [0], "gpus": ["0"]})
+    over = _ledger(1, {"cpu": 3, "memory": 4, "cores": [0, 1, 2]}, {"cpu": 2, "memory": 4, "cores": [3, 4]})
+    twice = _ledger(2, {"cpu": 1, "cores": [0], "gpus": ["0"]}, {"cpu": 1, "cores": [0], "gpus": ["0"]})
     assert not check([], {}, [fits], DECLARED).violations
     found = check([], {}, [over, twice], DECLARED).violations
     assert any("holds cpu 5 of a declared 4" in v for v in found), found
@@ -108,7 +102,10 @@ def test_a_terminal_state_that_changes_is_reported() -> None:
 
 
 def test_an_at_most_once_job_ending_in_two_regions_is_reported() -> None:
-    trail = [*_life("a"), *(dict(e, region="us") for e in _life("a"))]
+    trail = [
+        *_life("a"),
+        *(_record(e["seq"], "a", e["value"]["state"], e["value"]["attempt"], "us") for e in _life("a")),
+    ]
     found = check([_submitted("a")], {"a": [Run("a", 1, "eu-n1")]}, trail, DECLARED).violations
     assert any("ended in 2 regions" in v for v in found), found
 
@@ -129,3 +126,51 @@ def test_run_markers_name_the_node_from_the_work_directory(tmp_path: Path) -> No
     (tmp_path / "runs" / "a").write_text("a 1 /s/agents/eu-n2/work/a.1.xyz\na 2 /s/agents/eu-n1/work/a.2.q\n")
     assert history.markers() == {"a": [Run("a", 1, "eu-n2"), Run("a", 2, "eu-n1")]}
     assert history.command()[:2] == ["sh", "-c"]
+
+
+def test_a_double_run_counts_even_when_the_submission_was_never_acknowledged() -> None:
+    unknown = Operation("submit", "a", "eu", 1.0, ack="unknown")
+    verdict = check([unknown], {"a": [Run("a", 1, "n1"), Run("a", 1, "n2")]}, [], DECLARED)
+    assert verdict.ran_twice == 1
+
+
+def test_the_checker_reads_stored_values_not_the_exports_interpretation() -> None:
+    # the export's own fields say nothing wrong; the stored record says the job went backwards
+    lying = [dict(e, kind="record", state="running", attempt=1) for e in _life("a", end="running")[:3]]
+    back = dict(_record(4, "a", "pending", 1), kind="record", state="running", attempt=1)
+    found = check([_submitted("a", outcome="")], {}, [*lying, back], DECLARED).violations
+    assert any(v.startswith("backwards: a") for v in found), found
+
+
+def test_unreadable_records_and_gaps_in_an_audit_stream_are_findings() -> None:
+    garbled = {
+        "region": "eu",
+        "seq": 1,
+        "subject": "$KV.fed-jobs-eu.a",
+        "value": None,
+        "value_invalid": "not JSON",
+    }
+    deleted = {
+        "region": "eu",
+        "seq": 2,
+        "subject": "$KV.fed-jobs-eu.b",
+        "value": None,
+        "value_invalid": "empty",
+    }
+    found = check([], {}, [garbled, deleted, _record(5, "c", "pending", 0)], DECLARED).violations
+    assert found == [
+        "gap: eu's audit stream has no sequences 3-4",
+        "unreadable: $KV.fed-jobs-eu.a at eu audit seq 1: not JSON",
+    ]
+
+
+def test_an_unknown_state_is_a_finding() -> None:
+    found = check(
+        [], {}, [_record(1, "a", "pending", 0), _record(2, "a", "exploded", 1)], DECLARED
+    ).violations
+    assert any("unknown state 'exploded'" in v for v in found), found
+
+
+def test_settled_names_jobs_whose_outcome_the_trail_does_not_show_yet() -> None:
+    assert settled([_submitted("a")], _life("a")) == []
+    assert settled([_submitted("a")], _life("a", end="running")[:3]) == ["a"]
