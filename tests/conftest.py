@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import subprocess
 import time
@@ -20,11 +19,10 @@ from typing import Any
 
 import pytest
 
-from federation import subjects
+from federation import launcher, subjects
 from federation.auth import Credentials, use_credentials
 from federation.bus import Bus
 from federation.config import Connection, load_connection
-from federation import launcher
 from federation.launcher import Child, Federation, Options, agent_command, fed_command, server_pids
 from federation.schemas import Lease, decode_lease
 

@@ -32,12 +32,9 @@ def _node_line(out: str, node: str) -> str:
 
 async def test_status_shows_a_paused_agent_lost_and_a_beating_node_without_an_offer(make_cluster) -> None:
     cluster = await make_cluster(regions=("eu",), agents=2)
-    bus = await Client.connect(connection=cluster.connection).bus("eu")
-    try:  # a node that beats but has never offered (its agent shares nothing)
+    async with Client.connect(connection=cluster.connection) as fed:  # a node that beats, never offers
         beat = Heartbeat(node="ghost", seq=1, sent_at=time.time(), interval=10.0)
-        await bus.store(subjects.heartbeat("eu", "ghost"), encode(beat), ttl=30)
-    finally:
-        await bus.close()
+        await (await fed.bus("eu")).store(subjects.heartbeat("eu", "ghost"), encode(beat), ttl=30)
     (agent,) = [c for c in cluster.federation.daemons if c.name == "agent-eu-n2"]
     pause(agent.pid)
     try:
@@ -83,8 +80,9 @@ async def test_a_tenant_gets_its_own_status_and_a_clear_refusal_at_once(make_clu
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert "tenant acme may not use" in refused.stderr, refused.stderr
         assert "unavailable" not in refused.stderr.lower(), refused.stderr
-    # four commands, each a fresh interpreter; the old answer was a 20 s wait per region
-    assert time.monotonic() - started < 30
+    # four commands, each a fresh interpreter; the old answer was a 20 s wait per region and
+    # command (over 100 s in all): the bound leaves room for a loaded machine
+    assert time.monotonic() - started < 75
 
 
 async def test_following_a_failed_job_ends_with_its_status(make_cluster) -> None:
