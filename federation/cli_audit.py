@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from federation.audit import AuditEvent, line, merged
@@ -48,18 +48,30 @@ def _where(region: str | None, everywhere: bool) -> str:
     return "every region (the hub's AUDIT_ALL)" if everywhere else f"region {region}"
 
 
-async def _check(fed: Client, args: argparse.Namespace) -> int:
+async def _each_scope(
+    fed: Client,
+    args: argparse.Namespace,
+    judge: Callable[[str | None, bool], Awaitable[bool]],
+) -> bool:
+    """Run ``judge(region, everywhere)`` (which prints its findings and says whether all is well)
+    for each scope of :func:`_scopes`; a scope that cannot be read fails, and the others go on
+    (unless it is the only one, or the identity is refused: every region would refuse it too)."""
     scopes = _scopes(fed, args)
     ok = True
     for region, everywhere in scopes:
         try:
-            report = await fed.audit_check(region=region, everywhere=everywhere)
+            ok = await judge(region, everywhere) and ok
         except FederationError as exc:
-            if len(scopes) == 1 or isinstance(exc, NotPermitted):  # every region would refuse it too
+            if len(scopes) == 1 or isinstance(exc, NotPermitted):
                 raise
             print(f"FAIL {_where(region, everywhere)} could not be read: {exc}")
             ok = False
-            continue
+    return ok
+
+
+async def _check(fed: Client, args: argparse.Namespace) -> int:
+    async def judge(region: str | None, everywhere: bool) -> bool:
+        report = await fed.audit_check(region=region, everywhere=everywhere)
         print(
             f"checked {report.events} events of {_where(region, everywhere)}; {report.open_jobs} jobs "
             f"not finished yet, {report.duplicates} duplicate submissions (harmless), {report.refused} "
@@ -78,23 +90,16 @@ async def _check(fed: Client, args: argparse.Namespace) -> int:
             print(f"FAIL {violation.invariant}: {violation.message} (audit events {violation.events})")
         if report.unreadable:
             print(f"FAIL unreadable events at audit sequences {report.unreadable[:20]}")
-        ok = ok and report.ok
+        return report.ok
+
+    ok = await _each_scope(fed, args, judge)
     print("ok: every invariant holds" if ok else "the audit trail shows problems (above)")
     return 0 if ok else 1
 
 
 async def _verify(fed: Client, args: argparse.Namespace) -> int:
-    scopes = _scopes(fed, args)
-    ok = True
-    for region, everywhere in scopes:
-        try:
-            result = await fed.audit_verify(region=region, everywhere=everywhere)
-        except FederationError as exc:
-            if len(scopes) == 1 or isinstance(exc, NotPermitted):  # every region would refuse it too
-                raise
-            print(f"FAIL {_where(region, everywhere)} could not be read: {exc}")
-            ok = False
-            continue
+    async def judge(region: str | None, everywhere: bool) -> bool:
+        result = await fed.audit_verify(region=region, everywhere=everywhere)
         print(
             f"re-ran {result.steps} core steps in {result.lives} core lives of {_where(region, everywhere)}"
         )
@@ -105,7 +110,9 @@ async def _verify(fed: Client, args: argparse.Namespace) -> int:
             print(f"  event      {divergence.event}")
             print(f"  recorded   {divergence.recorded or '(no commands)'}")
             print(f"  re-derived {divergence.rederived or '(no commands)'}: {divergence.commands}")
-        ok = ok and result.ok
+        return result.ok
+
+    ok = await _each_scope(fed, args, judge)
     print("ok: the core makes the same decisions" if ok else "verification failed (above)")
     return 0 if ok else 1
 
