@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import pwd
@@ -38,16 +39,18 @@ import signal
 import time
 from pathlib import Path
 
+import msgspec
 import psutil
 import structlog
 
-from agents import landlock, runner
+from agents import cgroups, landlock, runner
 from agents.probes import HostProbe, build_offer, declared_devices
 from federation import subjects, tracing
 from federation.bus import Bus
 from federation.config import AgentConfig
 from federation.delivery import Delivery
 from federation.errors import ConfigError, FederationError, RemoteProtocolError
+from federation.resources import format_memory
 from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, decode_ledger, encode
 from federation.tasks import idle
 
@@ -89,6 +92,7 @@ class Agent:
         os.umask(0o077)  # the agent's files (journal, logs, credentials) are its own; so are the jobs'
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.sandbox = self._sandbox()
+        await self._isolate()
         cores, gpus, _ = declared_devices(self.config, self.probe.sample(set()))
         self.devices = (set(cores), set(gpus))
         self.previous_life = self._read_journal()
@@ -111,6 +115,8 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self._shutdown_runs()
+            if self.sandbox.cgroups is not None:
+                self.sandbox.cgroups.close()
             await self.bus.close()
             self.log.info("agent stopped")
         if self.failure is not None:
@@ -351,6 +357,8 @@ class Agent:
                 reason = "stopped: allocation released" if run.stopping and not timed_out else ""
                 if timed_out:
                     reason = f"stopped: its wall-clock limit of {allocation.timeout:g} s was reached"
+                elif run.usage is not None and run.usage.oom_killed:
+                    reason = f"out of memory: limit {format_memory(allocation.memory)}"
                 elif code < 0 and -code in runner.LIMIT_SIGNALS:
                     reason = (
                         f"killed by {signal.Signals(-code).name}: {runner.LIMIT_SIGNALS[-code]} was reached"
@@ -404,8 +412,36 @@ class Agent:
             uid=user.pw_uid, gid=user.pw_gid, tools=tools, taskset=taskset, confine_writes=confine
         )
 
+    async def _isolate(self) -> None:
+        """Find the cgroup hierarchy attempts run in (``isolation``), kill and remove what a previous
+        life of the agent left there, and label the node's offers with the isolation in force."""
+        mode = "none"
+        if self.config.isolation != "none":
+            name = f"{self.node}-{hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:8]}"
+            hierarchy = cgroups.detect(name)
+            if hierarchy is None and self.config.isolation == "cgroups":
+                raise ConfigError(
+                    "isolation = cgroups, but no cgroup hierarchy here is writable by the agent"
+                )
+            if hierarchy is None:
+                self.log.warning(
+                    "no writable cgroup hierarchy: attempts are contained by their process group only "
+                    "(a process that calls setsid can outlive its attempt; memory is not limited per job)"
+                )
+            else:
+                for left in hierarchy.leftovers():
+                    group = hierarchy.existing(left)
+                    if group is not None:
+                        await group.remove()
+                        self.log.warning("removed an attempt cgroup left by a previous agent", cgroup=left)
+                self.sandbox = dataclasses.replace(self.sandbox, cgroups=hierarchy)
+                mode = hierarchy.describe
+                self.log.info("attempts run in cgroups", isolation=mode, where=str(hierarchy))
+        self.config = msgspec.structs.replace(self.config, labels={**self.config.labels, "isolation": mode})
+
     def _confined(self, allocation: Allocation) -> runner.Sandbox:
-        """The sandbox of one attempt: its address space is at least the memory it asked for."""
+        """The sandbox of one attempt: its address space is at least the memory it asked for, and
+        its cgroup (where there is one) holds it to that memory and to the process limit."""
         limits = self.config.limits
         space = max(limits.address_space, allocation.memory) if limits.address_space else 0
         return dataclasses.replace(
@@ -413,6 +449,8 @@ class Agent:
             limits=runner.rlimits(
                 space, limits.cpu_time, limits.processes, limits.file_size, limits.open_files
             ),
+            memory=allocation.memory,
+            processes=limits.processes,
         )
 
     async def _report(

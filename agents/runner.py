@@ -29,7 +29,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents import landlock
+from agents import cgroups, landlock
+from agents.cgroups import Group, Hierarchy, Limits, Usage
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
 CHUNK = 16 * 1024
@@ -72,6 +73,9 @@ class Sandbox:
     tools: tuple[str, str] | None = None
     taskset: str | None = None  # util-linux's taskset: CPU affinity without a preexec_fn
     confine_writes: bool = False  # Landlock: the workload changes files only in its working directory
+    cgroups: Hierarchy | None = None  # one cgroup per attempt (agents.cgroups), where the host allows
+    memory: int = 0  # this attempt's cgroup memory limit in bytes (0: none)
+    processes: int = 0  # this attempt's cgroup process limit (0: none)
 
     @property
     def by_tools(self) -> bool:
@@ -178,24 +182,53 @@ class Run:
     """A started attempt: its process group, output pump and exit status."""
 
     def __init__(
-        self, spec: RunSpec, process: asyncio.subprocess.Process, workdir: Path, pump: asyncio.Task[int]
+        self,
+        spec: RunSpec,
+        process: asyncio.subprocess.Process,
+        workdir: Path,
+        pump: asyncio.Task[int],
+        group: Group | None = None,
+        exits: _Exits | None = None,
+        transport: asyncio.SubprocessTransport | None = None,
     ):
         self.spec = spec
         self.process = process
+        self._exits, self._transport = exits, transport
         self.workdir = workdir
         self._pump = pump
+        self.group = group  # its cgroup: every process it forks, setsid or not
         self.stopping = False
+
+    @property
+    def usage(self) -> Usage | None:
+        """What the attempt used, from its cgroup (None without one); final once it was waited for."""
+        return self.group.usage() if self.group is not None else None
+
+    async def _kill_all(self) -> None:
+        """SIGKILL every process of the attempt: its cgroup, else its process group."""
+        if self.group is not None:
+            await self.group.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     @property
     def pid(self) -> int:
         """The pid of the workload's process group leader."""
         return self.process.pid
 
+    async def _exited(self) -> int:
+        """The main process's exit code, as soon as it exits (``Process.wait`` would also wait for
+        every holder of its output pipe to close it: a setsid child could hold it for ever)."""
+        if self._exits is None:
+            return await self.process.wait()
+        await self._exits.exited.wait()
+        code = self.process.returncode
+        return code if code is not None else await self.process.wait()
+
     async def wait(self) -> int:
         """Wait for the process and its output; returns the exit code (negative: killed by signal)."""
-        code = await self.process.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # leave no process of the group behind
+        code = await self._exited()
+        await self._kill_all()  # leave nothing of the attempt behind, what left the process group too
         try:
             # a process that left the group (setsid) may still hold the output pipe: do not let it
             # keep the attempt open; its output after this point is dropped
@@ -204,19 +237,26 @@ class Run:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._transport is not None:
+            self._transport.close()  # the pipe ends a killed escapee held, if any still are open
+        if self.group is not None:
+            await self.group.remove()
+        await asyncio.to_thread(shutil.rmtree, self.workdir, ignore_errors=True)
         return code
 
     async def stop(self, grace: float) -> None:
-        """SIGTERM the whole process group, SIGKILL it after ``grace`` seconds."""
+        """SIGTERM every process of the attempt (its cgroup, else its process group), SIGKILL
+        whatever is left after ``grace`` seconds."""
         self.stopping = True
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(self.process.wait()), grace)
-        except TimeoutError:
+        for pid in self.group.pids() if self.group is not None else ():
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._exited()), grace)
+        except TimeoutError:
+            await self._kill_all()
 
 
 async def start(
@@ -232,7 +272,20 @@ async def start(
     env = build_env(spec, os.environ, str(workdir))
     env["TMPDIR"] = str(workdir)
     cores = set(spec.cores) if spec.pinned and spec.cores else None
-    prefix = sandbox.prefix(cores)
+    group = None
+    if sandbox.cgroups is not None:  # the cpuset pins it; the limits are the cgroup's
+        name = f"{spec.job}.{spec.attempt}" + (
+            f".{spec.env['FED_GANG_MEMBER']}" if "FED_GANG_MEMBER" in spec.env else ""
+        )
+        bounds = Limits(sandbox.memory, sandbox.processes, tuple(sorted(cores)) if cores else ())
+        try:
+            group = sandbox.cgroups.attempt(name, bounds)
+        except OSError as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise LaunchError(f"cannot make the attempt's cgroup: {exc}") from None
+        cores = None
+    gate = os.pipe() if group is not None else None  # the workload execs once it is in its cgroup
+    prefix = (cgroups.prefix(group) if group is not None else []) + sandbox.prefix(cores)
     # without the tools, the child applies the sandbox and the affinity itself, between fork and exec
     limits = _pairs(sandbox.limits) if not sandbox.by_tools else []
     switch = sandbox.uid is not None and not sandbox.by_tools
@@ -240,6 +293,9 @@ async def start(
         cores = None  # taskset pins it
     if prefix and not shutil.which(spec.command[0], path=env.get("PATH")):
         shutil.rmtree(workdir, ignore_errors=True)  # the tools would report it only as an exit
+        _close(gate)
+        if group is not None:
+            await group.remove()
         raise LaunchError(f"cannot start {spec.command[0]!r}: not found or not executable")
 
     confine = str(workdir) if sandbox.confine_writes else None
@@ -252,11 +308,13 @@ async def start(
         if cores is not None:
             os.sched_setaffinity(0, cores)
 
+    loop = asyncio.get_running_loop()
     try:
-        process = await asyncio.create_subprocess_exec(
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _Exits(limit=CHUNK * 4, loop=loop),
             *prefix,
             *spec.command,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=gate[0] if gate else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             cwd=workdir,
@@ -267,11 +325,48 @@ async def start(
             group=sandbox.gid if switch else None,
             extra_groups=[] if switch else None,
         )
+        process = asyncio.subprocess.Process(transport, protocol, loop)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         shutil.rmtree(workdir, ignore_errors=True)
+        _close(gate)
+        if group is not None:
+            await group.remove()
         raise LaunchError(f"cannot start {spec.command[0]!r}: {exc}") from None
+    if group is not None and gate is not None:  # the workload waits for the gate before it execs
+        os.close(gate[0])
+        try:
+            group.add(process.pid)
+            os.write(gate[1], b"\n")
+        except OSError as exc:
+            process.kill()
+            await protocol.exited.wait()
+            transport.close()
+            await group.remove()
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise LaunchError(f"cannot put the attempt into its cgroup: {exc}") from None
+        finally:
+            os.close(gate[1])
     pump = asyncio.create_task(_pump(process, sink, max_output))
-    return Run(spec, process, workdir, pump)
+    return Run(spec, process, workdir, pump, group, protocol, transport)
+
+
+def _close(gate: tuple[int, int] | None) -> None:
+    for fd in gate or ():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class _Exits(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's subprocess protocol, plus an event set when the process exits (whoever still
+    holds its pipes)."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
 
 
 async def _pump(process: asyncio.subprocess.Process, sink: OutputSink, max_output: int) -> int:

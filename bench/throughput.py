@@ -52,6 +52,7 @@ REGION = "bench"
 TLS = False  # --tls
 AUTH = False  # --auth
 CONFINE = False  # --confine-writes
+ISOLATION = "auto"  # --isolation: a cgroup per attempt where the agents may write one
 
 
 class Region:
@@ -259,6 +260,8 @@ async def end_to_end(n: int, agents: int, slots: int, durable: bool = False) -> 
                 "--log-level",
                 "warning",
                 *(["--confine-writes"] if CONFINE else []),
+                "--isolation",
+                ISOLATION,
                 identity=("agent", f"node-{i}", REGION),
             )
         bus = await Bus.connect(region.url, "bench")
@@ -331,9 +334,12 @@ async def main() -> None:
     parser.add_argument(
         "--confine-writes", action="store_true", help="agents confine workloads' writes (Landlock)"
     )
+    parser.add_argument(
+        "--isolation", choices=["auto", "cgroups", "none"], default="auto", help="agents' --isolation"
+    )
     args = parser.parse_args()
-    global TLS, AUTH, CONFINE
-    TLS, AUTH, CONFINE = args.tls, args.auth, args.confine_writes
+    global TLS, AUTH, CONFINE, ISOLATION
+    TLS, AUTH, CONFINE, ISOLATION = args.tls, args.auth, args.confine_writes, args.isolation
     print(f"machine: {machine()}")
     print(f"command: python bench/throughput.py {' '.join(sys.argv[1:])}".rstrip())
     if args.placements:

@@ -236,6 +236,8 @@ async def cmd_agent(args: argparse.Namespace) -> int:
         overrides["run_as"] = args.run_as
     if args.confine_writes:
         overrides["confine_writes"] = True
+    if args.isolation:
+        overrides["isolation"] = args.isolation
     overrides["state_dir"] = str(_state_dir(args))
     config = (
         load_toml(Path(args.config), AgentConfig, overrides)
@@ -344,7 +346,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
                 f"  {node.node:<16} {node.state:<8} free cpu {node.free_cpu}/{len(offer.cores)}  "
                 f"memory {format_memory(max(0, node.free_memory))}/{format_memory(offer.memory)}  "
                 f"gpu {node.free_gpu}/{len(offer.gpus)}  allocations={len(node.allocations)}  "
-                f"offer {age:.0f}s old{'  (' + offer.note + ')' if offer.note else ''}"
+                f"offer {age:.0f}s old  isolation {offer.labels.get('isolation', '?')}"
+                f"{'  (' + offer.note + ')' if offer.note else ''}"
             )
         if region.queue:
             print(f"  queue ({region.jobs.get('pending', 0)} pending): {' '.join(region.queue[:10])}")
@@ -654,6 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--confine-writes",
         action="store_true",
         help="workloads may change files only in their own working directory (Linux Landlock)",
+    )
+    p.add_argument(
+        "--isolation",
+        choices=["auto", "cgroups", "none"],
+        help="a cgroup per attempt: where writable (auto, the default), required (cgroups), or off (none)",
     )
     p.add_argument("--cpu", type=int, help="cores to declare (default: the host's)")
     p.add_argument("--memory", help="memory to declare, e.g. 8GiB (default: the host's)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -73,7 +73,10 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     ``run_as`` is the unprivileged user workloads run as (the agent must start as root to switch);
     empty runs them as the agent's own user. ``limits`` bound every workload process.
     ``confine_writes`` lets a workload create, change or remove files only beneath its own working
-    directory (Landlock; it costs a full fork per start, bench/spawn.py).
+    directory (Landlock; it costs a full fork per start, bench/spawn.py). ``isolation`` is how an
+    attempt's processes are contained: ``auto`` (a cgroup per attempt where the agent may write a
+    cgroup hierarchy, else its process group), ``cgroups`` (required: the agent refuses to start
+    without), ``none`` (process groups only).
     """
 
     region: str
@@ -94,6 +97,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     run_as: str = ""
     confine_writes: bool = False  # Landlock: workloads change files only in their working directory
     limits: Limits = Limits()
+    isolation: Literal["auto", "cgroups", "none"] = "auto"
     sharing: SharingPolicy = SharingPolicy()
 
 

@@ -1,0 +1,360 @@
+"""One cgroup per attempt: every process of a job contained, limited and measured (Linux).
+
+Theory of operation
+-------------------
+At start the agent looks for a cgroup hierarchy it may write (:func:`detect`): the unified (v2)
+hierarchy when its controllers are available to the agent's own cgroup, else the separate v1
+hierarchies (``freezer``, ``memory``, ``pids``, ``cpuset``, ``cpuacct``; all of them, or v1 is not
+used). Under the agent's own cgroup it makes ``fed-<node>``, and under that one cgroup per attempt,
+named ``<job>.<attempt>`` (a gang member's job slot included), before the attempt starts:
+
+* **limits**: memory to what the job asked for (``memory.limit_in_bytes``/``memory.max``; an
+  out-of-memory kill is read back as the cause), a process count (``pids.max``), and the claimed
+  cores where they are real (``cpuset.cpus``);
+* **containment**: the workload enters its cgroup before it execs (a two-line ``sh`` prefix writes
+  its pid into each ``cgroup.procs``, so the agent still starts it with a vfork), and every process
+  it forks stays there, ``setsid`` and double forks included. Stopping the attempt, and the end of
+  its main process, kill everything left in the cgroup: v2 writes ``cgroup.kill``; v1 freezes the
+  group first (nothing can fork while the signals go out), kills every member, then thaws it;
+* **measurement**: CPU seconds (``cpuacct.usage``/``cpu.stat``), peak memory
+  (``memory.max_usage_in_bytes``/``memory.peak``) and whether the kernel killed for memory
+  (``memory.oom_control``/``memory.events``), read before the group is removed.
+
+A previous life of the agent may have left attempt groups: :meth:`Hierarchy.leftovers` names them
+so the agent kills and removes them at start. With no writable hierarchy, :func:`detect` returns
+None and the agent keeps its process-group mechanisms (and says so once).
+
+Every file operation here is a short write or read of a kernel file (microseconds); the waits
+(a freeze to settle, a group to empty) are bounded and asynchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+V1_CONTROLLERS = ("freezer", "memory", "pids", "cpuset", "cpuacct")
+V2_CONTROLLERS = ("memory", "pids", "cpuset", "cpu")
+Mode = Literal["cgroup-v1", "cgroup-v2"]
+SETTLE = 5.0  # seconds a freeze or an emptying group may take before giving up
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one attempt may use: bytes of memory, processes, cores (0 / empty: not limited)."""
+
+    memory: int = 0
+    processes: int = 0
+    cores: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one attempt used, read from its cgroup."""
+
+    cpu_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    oom_killed: bool = False
+
+
+def _write(path: Path, value: str) -> None:
+    path.write_text(value)
+
+
+def _read(path: Path, default: str = "") -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return default
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """``key value`` lines (``memory.oom_control``, ``cpu.stat``, ``memory.events``)."""
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        out[key] = value.strip()
+    return out
+
+
+@dataclass
+class Group:
+    """One attempt's cgroup: a directory per v1 controller, or one v2 directory (key ``""``)."""
+
+    mode: Mode
+    dirs: dict[str, Path]
+    memory_limit: int = 0
+    _usage: Usage | None = field(default=None, repr=False)
+
+    @property
+    def procs_files(self) -> list[Path]:
+        """Where a process's pid is written to move it into the group (one per hierarchy)."""
+        return [d / "cgroup.procs" for d in self.dirs.values()]
+
+    @property
+    def pattern(self) -> str:
+        """The ``sh`` pattern of the ``/proc/<pid>/cgroup`` line of a member, for the hierarchy
+        :meth:`add` writes last (so a process that matches is in every one)."""
+        controller, directory = list(self.dirs.items())[-1]
+        suffix = f"/{directory.parent.name}/{directory.name}"
+        if self.mode == "cgroup-v2":
+            return f"0::*{suffix}"
+        return f"*[:,]{controller}[:,]*{suffix}"  # a v1 line may name co-mounted controllers
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` into the group (every hierarchy; OSError if the kernel refuses)."""
+        for path in self.procs_files:
+            _write(path, str(pid))
+
+    def pids(self) -> set[int]:
+        """Every process in the group now."""
+        out: set[int] = set()
+        for path in self.procs_files:
+            out.update(int(p) for p in _read(path).split() if p.isdigit())
+        return out
+
+    def usage(self) -> Usage:
+        """CPU seconds, peak memory and whether memory ran out (kept once read at :meth:`remove`)."""
+        if self._usage is not None:
+            return self._usage
+        if self.mode == "cgroup-v1":
+            cpu = int(_read(self.dirs["cpuacct"] / "cpuacct.usage", "0") or 0) / 1e9
+            peak = int(_read(self.dirs["memory"] / "memory.max_usage_in_bytes", "0") or 0)
+            oom = int(_pairs(_read(self.dirs["memory"] / "memory.oom_control")).get("oom_kill", "0") or 0)
+        else:
+            d = self.dirs[""]
+            cpu = int(_pairs(_read(d / "cpu.stat")).get("usage_usec", "0") or 0) / 1e6
+            peak = int(_read(d / "memory.peak", "0").strip() or 0)
+            oom = int(_pairs(_read(d / "memory.events")).get("oom_kill", "0") or 0)
+        return Usage(cpu_seconds=cpu, peak_memory_bytes=peak, oom_killed=oom > 0)
+
+    async def kill(self) -> None:
+        """SIGKILL every process in the group, forks made meanwhile included; returns once it is
+        empty (or after :data:`SETTLE` seconds)."""
+        if not self.pids():
+            return
+        if self.mode == "cgroup-v2":
+            kill = self.dirs[""] / "cgroup.kill"
+            if kill.exists():
+                with contextlib.suppress(OSError):
+                    _write(kill, "1")
+            else:
+                await self._freeze_and_kill(self.dirs[""] / "cgroup.freeze", "1", "0")
+        else:
+            await self._freeze_and_kill(self.dirs["freezer"] / "freezer.state", "FROZEN", "THAWED")
+        await _until(lambda: not self.pids(), SETTLE)
+
+    async def _freeze_and_kill(self, state: Path, frozen: str, thawed: str) -> None:
+        with contextlib.suppress(OSError):
+            _write(state, frozen)
+        if self.mode == "cgroup-v1":  # FREEZING until every member stopped
+            await _until(lambda: _read(state).strip() == frozen, SETTLE)
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            _write(state, thawed)  # the kills are delivered once the members run again
+
+    async def remove(self) -> None:
+        """Kill what is left, keep the usage, remove the directories."""
+        if self.pids():
+            await self.kill()
+        self._usage = self.usage()
+        for directory in self.dirs.values():
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+class Hierarchy:
+    """Where the agent makes its attempts' cgroups: ``bases`` maps each v1 controller (or ``""``
+    for v2) to the agent's ``fed-<node>`` directory in it."""
+
+    def __init__(self, mode: Mode, bases: dict[str, Path]) -> None:
+        self.mode = mode
+        self.bases = bases
+
+    def __repr__(self) -> str:
+        return f"Hierarchy({self.mode}, {self.bases})"
+
+    @property
+    def describe(self) -> str:
+        """What ``fed status`` and the logs say of the node's isolation."""
+        return self.mode
+
+    def attempt(self, name: str, limits: Limits) -> Group:
+        """Make the attempt's cgroup ``name`` with ``limits`` (OSError if the kernel refuses)."""
+        dirs = {controller: base / name for controller, base in self.bases.items()}
+        for directory in dirs.values():
+            directory.mkdir(exist_ok=True)
+        group = Group(self.mode, dirs, limits.memory)
+        try:
+            self._limit(group, limits)
+        except OSError:
+            for directory in dirs.values():
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            raise
+        return group
+
+    def _limit(self, group: Group, limits: Limits) -> None:
+        d = group.dirs
+        if self.mode == "cgroup-v1":
+            base = self.bases["cpuset"]
+            _write(d["cpuset"] / "cpuset.mems", _read(base / "cpuset.mems").strip())
+            cpus = ",".join(map(str, limits.cores)) if limits.cores else _read(base / "cpuset.cpus").strip()
+            _write(d["cpuset"] / "cpuset.cpus", cpus)
+            if limits.memory:
+                _write(d["memory"] / "memory.limit_in_bytes", str(limits.memory))
+                memsw = d["memory"] / "memory.memsw.limit_in_bytes"
+                if memsw.exists():  # no escape into swap either
+                    with contextlib.suppress(OSError):
+                        _write(memsw, str(limits.memory))
+            if limits.processes:
+                _write(d["pids"] / "pids.max", str(limits.processes))
+            return
+        v2 = d[""]
+        if limits.cores and (v2 / "cpuset.cpus").exists():
+            _write(v2 / "cpuset.cpus", ",".join(map(str, limits.cores)))
+        if limits.memory and (v2 / "memory.max").exists():
+            _write(v2 / "memory.max", str(limits.memory))
+            if (v2 / "memory.swap.max").exists():
+                with contextlib.suppress(OSError):
+                    _write(v2 / "memory.swap.max", "0")
+        if limits.processes and (v2 / "pids.max").exists():
+            _write(v2 / "pids.max", str(limits.processes))
+
+    def existing(self, name: str) -> Group | None:
+        """The attempt cgroup ``name`` if a previous life of the agent left it."""
+        dirs = {controller: base / name for controller, base in self.bases.items()}
+        if not any(directory.is_dir() for directory in dirs.values()):
+            return None
+        return Group(self.mode, {c: d for c, d in dirs.items() if d.is_dir()})
+
+    def close(self) -> None:
+        """Remove the agent's own ``fed-<node>`` directories (once no attempt group is left)."""
+        for base in self.bases.values():
+            with contextlib.suppress(OSError):
+                base.rmdir()
+
+    def leftovers(self) -> list[str]:
+        """Names of attempt cgroups that exist now (at start: a previous life's)."""
+        names: set[str] = set()
+        for base in self.bases.values():
+            names.update(p.name for p in base.iterdir() if p.is_dir())
+        return sorted(names)
+
+
+def detect(node: str, root: Path = Path("/proc/self")) -> Hierarchy | None:
+    """The hierarchy this process may make attempt cgroups in (None: none is writable).
+
+    ``root`` is where ``mountinfo`` and ``cgroup`` are read (``/proc/self``; a test passes a
+    directory laid out like it).
+    """
+    mounts = _mounts(_read(root / "mountinfo"))
+    own = _own(_read(root / "cgroup"))
+    name = f"fed-{node}"
+    if "" in mounts and "" in own:
+        unified = mounts[""] / own[""].lstrip("/")
+        available = set(_read(unified / "cgroup.controllers").split())
+        if set(V2_CONTROLLERS) - {"cpuset"} <= available:
+            with contextlib.suppress(OSError):
+                return _v2(unified, name, available)
+    if all(c in mounts and c in own for c in V1_CONTROLLERS):
+        bases = {c: mounts[c] / own[c].lstrip("/") / name for c in V1_CONTROLLERS}
+        try:
+            for controller, base in bases.items():
+                base.mkdir(exist_ok=True)
+                if controller == "cpuset":  # a v1 cpuset takes no task until it has cpus and mems
+                    for key in ("cpuset.cpus", "cpuset.mems"):
+                        if not _read(base / key).strip():
+                            _write(base / key, _read(base.parent / key).strip())
+        except OSError:
+            return None
+        return Hierarchy("cgroup-v1", bases)
+    return None
+
+
+def _v2(unified: Path, name: str, available: set[str]) -> Hierarchy:
+    # v2 lets a cgroup hand controllers to its children only while it holds no process itself:
+    # the agent (and whatever shares its cgroup, e.g. its systemd unit with Delegate=yes) moves
+    # into a leaf of its own first
+    members = _read(unified / "cgroup.procs").split()
+    if members:
+        leaf = unified / "fed-agent"
+        leaf.mkdir(exist_ok=True)
+        for pid in members:
+            with contextlib.suppress(OSError):  # gone meanwhile
+                _write(leaf / "cgroup.procs", pid)
+    base = unified / name
+    base.mkdir(exist_ok=True)
+    wanted = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in available)
+    _write(unified / "cgroup.subtree_control", wanted)
+    _write(base / "cgroup.subtree_control", wanted)
+    return Hierarchy("cgroup-v2", {"": base})
+
+
+def _mounts(mountinfo: str) -> dict[str, Path]:
+    """Mount point of each v1 controller (and ``""``: the v2 hierarchy), when mounted at its root."""
+    out: dict[str, Path] = {}
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3 or fields[3] != "/":
+            continue
+        if tail[0] == "cgroup2":
+            out[""] = Path(fields[4])
+        elif tail[0] == "cgroup":
+            for option in tail[2].split(","):
+                if option in V1_CONTROLLERS:
+                    out[option] = Path(fields[4])
+    return out
+
+
+def _own(cgroup: str) -> dict[str, str]:
+    """This process's cgroup path per v1 controller (and ``""`` for v2), from ``/proc/self/cgroup``."""
+    out: dict[str, str] = {}
+    for line in cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            out[controller] = path
+    return out
+
+
+# Blocks on its stdin (the gate) until the agent has moved it into its cgroup and written a line,
+# takes /dev/null as stdin instead, checks (one read of /proc/self/cgroup, no fork) that it is in
+# the group, then execs the workload; exits 126 if it is not (the agent died first). $0 is the
+# pattern of the line.
+GATE_SCRIPT = (
+    "read -r _; exec 0</dev/null; "
+    'while read -r line; do case "$line" in $0) exec "$@";; esac; done < /proc/self/cgroup; '
+    "echo 'fed: the attempt never joined its cgroup' >&2; exit 126"
+)
+
+
+def prefix(group: Group) -> list[str]:
+    """The command prefix that holds the workload until the agent has put it into ``group``
+    (:meth:`Group.add`, right after the start) and written a line to its stdin (a pipe: the gate),
+    then execs it with /dev/null as stdin: nothing it runs or forks is ever outside. The agent
+    still starts it with a vfork; the child blocks without spinning and needs no right of its
+    own (no write: it also works as another user and under Landlock)."""
+    return ["/bin/sh", "-c", GATE_SCRIPT, group.pattern]
+
+
+async def _until(predicate: Callable[[], bool], deadline: float) -> bool:
+    """Poll ``predicate`` every 10 ms until it holds or ``deadline`` seconds pass."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not predicate():
+        if loop.time() > end:
+            return False
+        await asyncio.sleep(0.01)  # sleep-ok: the kernel settles a freeze or an exit asynchronously
+    return True
+
+
+__all__ = ["Group", "Hierarchy", "Limits", "Usage", "detect", "prefix"]

@@ -1,0 +1,128 @@
+"""The cgroup file operations of agents/cgroups.py, against directories laid out like cgroupfs.
+
+The v1 path also runs for real in tests/integration/test_isolation.py (this machine's hierarchy is
+v1); the v2 path cannot be mounted here with controllers, so its reads and writes are checked
+against a temporary directory shaped like a delegated v2 subtree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+from agents import cgroups
+from agents.cgroups import Limits
+
+
+def _proc(tmp: Path, mountinfo: list[str], cgroup: list[str]) -> Path:
+    proc = tmp / "proc"
+    proc.mkdir()
+    (proc / "mountinfo").write_text("\n".join(mountinfo) + "\n")
+    (proc / "cgroup").write_text("\n".join(cgroup) + "\n")
+    return proc
+
+
+def _v1(tmp: Path) -> Path:
+    """A v1 layout: one mount per controller, the agent in /agent.slice of the memory one."""
+    mountinfo, cgroup = [], []
+    for i, controller in enumerate(cgroups.V1_CONTROLLERS):
+        mount = tmp / "cg" / controller
+        own = mount / "agent.slice" if controller == "memory" else mount
+        own.mkdir(parents=True)
+        mountinfo.append(f"{30 + i} 23 0:{28 + i} / {mount} rw,relatime - cgroup cgroup rw,{controller}")
+        cgroup.append(f"{i + 1}:{controller}:{'/agent.slice' if controller == 'memory' else '/'}")
+    (tmp / "cg" / "cpuset" / "cpuset.cpus").write_text("0-3\n")
+    (tmp / "cg" / "cpuset" / "cpuset.mems").write_text("0\n")
+    return _proc(tmp, mountinfo, cgroup)
+
+
+def test_v1_is_found_with_every_controller_and_the_agents_own_path(tmp_path: Path) -> None:
+    hierarchy = cgroups.detect("n1-abc", root=_v1(tmp_path))
+    assert hierarchy is not None
+    assert hierarchy.mode == "cgroup-v1"
+    assert hierarchy.bases["memory"] == tmp_path / "cg" / "memory" / "agent.slice" / "fed-n1-abc"
+    assert hierarchy.bases["pids"] == tmp_path / "cg" / "pids" / "fed-n1-abc"
+    # a v1 cpuset takes no task before it has cpus and mems: the agent's copies its parent's
+    assert (hierarchy.bases["cpuset"] / "cpuset.cpus").read_text() == "0-3"
+
+
+def test_without_every_v1_controller_or_a_v2_with_controllers_there_is_no_hierarchy(tmp_path: Path) -> None:
+    mount = tmp_path / "unified"
+    mount.mkdir()
+    (mount / "cgroup.controllers").write_text("\n")  # like this machine's cgroup2 mount: no controllers
+    proc = _proc(tmp_path, [f"41 31 0:38 / {mount} rw,relatime - cgroup2 cgroup2 rw"], ["0::/"])
+    assert cgroups.detect("n1", root=proc) is None
+
+
+def test_a_v1_attempt_gets_its_limits_and_reports_its_usage(tmp_path: Path) -> None:
+    hierarchy = cgroups.detect("n1", root=_v1(tmp_path))
+    assert hierarchy is not None
+    group = hierarchy.attempt("job-1.2", Limits(memory=512 * 1024**2, processes=64, cores=(2, 3)))
+    assert (group.dirs["memory"] / "memory.limit_in_bytes").read_text() == str(512 * 1024**2)
+    assert (group.dirs["pids"] / "pids.max").read_text() == "64"
+    assert (group.dirs["cpuset"] / "cpuset.cpus").read_text() == "2,3"
+    assert (group.dirs["cpuset"] / "cpuset.mems").read_text() == "0"
+    (group.dirs["cpuacct"] / "cpuacct.usage").write_text("1500000000\n")
+    (group.dirs["memory"] / "memory.max_usage_in_bytes").write_text("4096\n")
+    (group.dirs["memory"] / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    usage = group.usage()
+    assert (usage.cpu_seconds, usage.peak_memory_bytes, usage.oom_killed) == (1.5, 4096, True)
+    assert group.pattern == "*[:,]cpuacct[:,]*/fed-n1/job-1.2"
+    assert hierarchy.leftovers() == ["job-1.2"]
+    assert hierarchy.existing("job-1.2") is not None
+    assert hierarchy.existing("job-9.9") is None
+
+
+def test_a_v2_attempt_writes_its_limits_and_reads_its_usage(tmp_path: Path) -> None:
+    mount = tmp_path / "unified"
+    own = mount / "agent.service"
+    own.mkdir(parents=True)
+    (own / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (own / "cgroup.procs").write_text("4242\n")  # the agent itself: it must move into a leaf first
+    proc = _proc(tmp_path, [f"41 31 0:38 / {mount} rw,relatime - cgroup2 cgroup2 rw"], ["0::/agent.service"])
+    hierarchy = cgroups.detect("n1", root=proc)
+    assert hierarchy is not None
+    assert hierarchy.mode == "cgroup-v2"
+    assert (own / "cgroup.subtree_control").read_text() == "+memory +pids +cpuset +cpu"
+    assert (own / "fed-agent" / "cgroup.procs").read_text() == "4242"
+    attempt = own / "fed-n1" / "job-1.1"
+    attempt.mkdir()
+    for name in ("memory.max", "memory.swap.max", "pids.max", "cpuset.cpus"):
+        (attempt / name).write_text("max\n")
+    group = hierarchy.attempt("job-1.1", Limits(memory=1024**3, processes=10, cores=(1,)))
+    assert (attempt / "memory.max").read_text() == str(1024**3)
+    assert (attempt / "memory.swap.max").read_text() == "0"
+    assert (attempt / "pids.max").read_text() == "10"
+    assert (attempt / "cpuset.cpus").read_text() == "1"
+    (attempt / "cpu.stat").write_text("usage_usec 250000\nuser_usec 200000\n")
+    (attempt / "memory.peak").write_text("8192\n")
+    (attempt / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n")
+    usage = group.usage()
+    assert (usage.cpu_seconds, usage.peak_memory_bytes, usage.oom_killed) == (0.25, 8192, False)
+    assert group.pattern == "0::*/fed-n1/job-1.1"
+
+
+def test_killing_a_v1_group_freezes_kills_every_member_and_thaws(tmp_path: Path) -> None:
+    hierarchy = cgroups.detect("n1", root=_v1(tmp_path))
+    assert hierarchy is not None
+    group = hierarchy.attempt("job-1.1", Limits())
+    member = subprocess.Popen(["sleep", "60"])
+    try:
+        for path in group.procs_files:
+            path.write_text(f"{member.pid}\n")
+        asyncio.run(_kill_with_short_settle(group))
+        assert member.wait(timeout=10) == -9
+        assert (group.dirs["freezer"] / "freezer.state").read_text() == "THAWED"
+    finally:
+        if member.poll() is None:
+            member.kill()
+            member.wait()
+
+
+async def _kill_with_short_settle(group: cgroups.Group) -> None:
+    saved, cgroups.SETTLE = cgroups.SETTLE, 0.2  # a plain directory never empties by itself
+    try:
+        await group.kill()
+    finally:
+        cgroups.SETTLE = saved
