@@ -51,7 +51,7 @@ from federation.config import AgentConfig
 from federation.delivery import Delivery
 from federation.errors import ConfigError, FederationError, RemoteProtocolError
 from federation.resources import format_memory
-from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, decode_ledger, encode
+from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, Usage, decode_ledger, encode
 from federation.tasks import idle
 
 log = structlog.get_logger()
@@ -353,7 +353,9 @@ class Agent:
                 if not self._still_wanted(allocation):  # released while it was being started
                     await run.stop(self.config.kill_grace)
                 await self._report(allocation, "started")
+                began = time.monotonic()
                 code, timed_out = await self._wait(run, allocation.timeout)
+                wall = time.monotonic() - began
                 reason = "stopped: allocation released" if run.stopping and not timed_out else ""
                 if timed_out:
                     reason = f"stopped: its wall-clock limit of {allocation.timeout:g} s was reached"
@@ -363,7 +365,9 @@ class Agent:
                     reason = (
                         f"killed by {signal.Signals(-code).name}: {runner.LIMIT_SIGNALS[-code]} was reached"
                     )
-                await self._report(allocation, "exited", exit_code=code, reason=reason)
+                await self._report(
+                    allocation, "exited", exit_code=code, reason=reason, usage=_usage(run, wall)
+                )
                 bound.info("attempt exited", exit_code=code, stopped=run.stopping)
         except Exception as exc:  # a bug or a broken disk: say so rather than leave the job placed
             bound.error("attempt failed inside the agent", error=repr(exc))
@@ -454,7 +458,13 @@ class Agent:
         )
 
     async def _report(
-        self, allocation: Allocation, kind: JobEventKind, *, exit_code: int | None = None, reason: str = ""
+        self,
+        allocation: Allocation,
+        kind: JobEventKind,
+        *,
+        exit_code: int | None = None,
+        reason: str = "",
+        usage: Usage | None = None,
     ) -> None:
         event = JobEvent(
             node=self.node,
@@ -466,6 +476,7 @@ class Agent:
             reason=reason[:4000],
             at=time.time(),
             member=allocation.member,
+            usage=usage,
         )
         await self._store_retrying(subjects.job_event(self.region, self.node, allocation.job), encode(event))
 
@@ -522,6 +533,21 @@ class Agent:
             self.log.warning(
                 "killed a process group left by a previous agent", job=wanted[pgid][0], pgid=pgid
             )
+
+
+def _usage(run: runner.Run, wall: float) -> Usage:
+    """What the attempt used: from its cgroup where it had one, else its wall time only."""
+    gpu_seconds = len(run.spec.gpus) * wall
+    measured = run.usage
+    if measured is None:
+        return Usage(wall_seconds=round(wall, 3), gpu_seconds=round(gpu_seconds, 3))
+    return Usage(
+        cpu_seconds=round(measured.cpu_seconds, 3),
+        peak_memory_bytes=measured.peak_memory_bytes,
+        wall_seconds=round(wall, 3),
+        gpu_seconds=round(gpu_seconds, 3),
+        measured_by="cgroup",
+    )
 
 
 def slot(allocation: Allocation) -> str:

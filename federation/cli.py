@@ -412,6 +412,12 @@ async def cmd_job(args: argparse.Namespace) -> int:
     print(f"node      {record.node or '-'} (attempt {record.attempt})")
     print(f"command   {' '.join(spec.command)}")
     print(f"request   {_request(spec)} priority={spec.priority} tenant={spec.tenant}")
+    if record.usage is not None:
+        u = record.usage
+        print(
+            f"usage     cpu {u.cpu_seconds:g} s  peak memory {format_memory(u.peak_memory_bytes)}  "
+            f"wall {u.wall_seconds:g} s  gpu {u.gpu_seconds:g} s  (measured by {u.measured_by})"
+        )
     if record.traceparent:
         print(f"trace     {tracing.trace_id(record.traceparent)}")
     print("history")

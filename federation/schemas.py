@@ -172,6 +172,33 @@ class Offer(msgspec.Struct, tag="offer", tag_field="type", kw_only=True, omit_de
 JobEventKind = Literal["started", "exited", "failed", "refused", "lost"]
 
 
+class Usage(msgspec.Struct, kw_only=True, frozen=True):
+    """What an attempt used, as its agent measured it (carried by the ``exited`` report and kept on
+    the job record). ``cpu_seconds`` (user + system) and ``peak_memory_bytes`` come from the
+    attempt's cgroup (0 where the node has none: ``measured_by`` says which); ``wall_seconds`` is
+    from start to exit; ``gpu_seconds`` the claimed GPUs times the wall time. A gang's record sums
+    its members'."""
+
+    cpu_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    peak_memory_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    wall_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    gpu_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    measured_by: Literal["cgroup", "wall clock"] = "wall clock"
+
+    def plus(self, other: Usage | None) -> Usage:
+        """The sum of two attempts' (or gang members') usage; peak memory adds up too (they ran
+        side by side)."""
+        if other is None:
+            return self
+        return Usage(
+            cpu_seconds=self.cpu_seconds + other.cpu_seconds,
+            peak_memory_bytes=self.peak_memory_bytes + other.peak_memory_bytes,
+            wall_seconds=max(self.wall_seconds, other.wall_seconds),
+            gpu_seconds=self.gpu_seconds + other.gpu_seconds,
+            measured_by=self.measured_by if self.measured_by == other.measured_by else "wall clock",
+        )
+
+
 class JobEvent(msgspec.Struct, tag="job_event", tag_field="type", kw_only=True, omit_defaults=True):
     """An agent's report on one attempt, on ``fed.<region>.status.<node>.<job>.event``.
 
@@ -191,6 +218,7 @@ class JobEvent(msgspec.Struct, tag="job_event", tag_field="type", kw_only=True, 
     reason: Reason = ""
     at: Timestamp = 0.0
     member: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
+    usage: Usage | None = None  # with ``exited``: what the attempt used
 
 
 class Summary(msgspec.Struct, tag="summary", tag_field="type", kw_only=True, omit_defaults=True):
@@ -417,6 +445,7 @@ class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     handoffs: dict[str, str] = {}
     duplicates: tuple[str, ...] = ()
     cancel_requested: str = ""
+    usage: Usage | None = None  # what the attempt that ended it used (a gang: its members summed)
 
     @property
     def terminal(self) -> bool:

@@ -224,5 +224,3 @@ async def fed_up(state_dir: Path, *args: str) -> AsyncIterator[tuple[Child, Conn
     assert not process_alive(up.pid)
     for pid in server_pids(state_dir):
         assert not process_alive(pid), f"nats-server {pid} survived fed up"
-
-

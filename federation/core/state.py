@@ -385,9 +385,12 @@ class RegionCore:
         if report.kind == "exited" and record.members:
             code = report.exit_code if report.exit_code is not None else -1
             exits = {**record.member_exits, str(report.member): code}
+            used = report.usage.plus(record.usage) if report.usage is not None else record.usage
             if code != 0:  # one member failed: the gang failed; the others are stopped
                 why = report.reason or f"member {report.member} exited with code {code}"
-                self.move(report.job, "failed", report.at, why, exit_code=code, member_exits=exits)
+                self.move(
+                    report.job, "failed", report.at, why, exit_code=code, member_exits=exits, usage=used
+                )
             elif len(exits) == len(record.members):
                 self.move(
                     report.job,
@@ -396,16 +399,19 @@ class RegionCore:
                     "every member exited 0",
                     exit_code=0,
                     member_exits=exits,
+                    usage=used,
                 )
             else:
-                view.record = msgspec.structs.replace(record, member_exits=exits, updated_at=report.at)
+                view.record = msgspec.structs.replace(
+                    record, member_exits=exits, usage=used, updated_at=report.at
+                )
                 self.dirty.add(report.job)
                 return
         elif report.kind == "exited":
             code = report.exit_code if report.exit_code is not None else -1
             state: JobState = "succeeded" if code == 0 else "failed"
             reason = "exited 0" if code == 0 else (report.reason or f"exited with code {code}")
-            self.move(report.job, state, report.at, reason, exit_code=code)
+            self.move(report.job, state, report.at, reason, exit_code=code, usage=report.usage)
         else:
             self.move(report.job, "failed", report.at, report.reason or "failed", exit_code=report.exit_code)
         self._release(report.job)

@@ -18,7 +18,7 @@ from federation.core.events import (
 )
 from federation.core.policy import Policy
 from federation.core.state import RegionCore
-from federation.schemas import JobEvent, Ledger, Offer, Submit
+from federation.schemas import JobEvent, Ledger, Offer, Submit, Usage
 
 GiB = 1024**3
 
@@ -152,6 +152,21 @@ def test_exit_report_finishes_job_and_releases_allocation() -> None:
     record = next(c for c in commands if isinstance(c, WriteJob)).record
     assert (record.state, record.exit_code) == ("failed", 3)
     assert [t.state for t in record.history] == ["pending", "placed", "running", "failed"]
+
+
+def test_the_usage_an_exit_report_carries_is_kept_on_the_record() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(submit("j1"))
+    settle(core)
+    used = Usage(cpu_seconds=1.25, peak_memory_bytes=4096, wall_seconds=2.0, measured_by="cgroup")
+    exited = JobEvent(node="n1", job="j1", attempt=1, kind="exited", exit_code=0, at=13.0, usage=used)
+    core.handle(JobReported(event=exited))
+    record = core.jobs["j1"].record
+    assert (record.state, record.usage) == ("succeeded", used)
+    assert Usage(cpu_seconds=1.0, wall_seconds=3.0).plus(used) == Usage(
+        cpu_seconds=2.25, peak_memory_bytes=4096, wall_seconds=3.0, measured_by="wall clock"
+    )
 
 
 def test_stale_report_from_another_node_or_attempt_changes_nothing() -> None:

@@ -8,6 +8,8 @@ this machine: cgroup v1); where there is none they are skipped, saying so.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from agents import cgroups
 from federation import subjects
 from federation.client import Client
 from federation.schemas import Offer, decode_message
-from tests.conftest import GiB, eventually, process_alive
+from tests.conftest import GiB, eventually, process_alive, run_fed
 
 
 def _writable() -> bool:
@@ -83,3 +85,22 @@ async def test_the_nodes_offer_names_its_isolation(make_cluster) -> None:
         assert await eventually(labelled) in ("cgroup-v1", "cgroup-v2")
         job = await fed.submit(["true"], require={"isolation": "cgroup-v1,cgroup-v2"})
         assert (await job.wait(timeout=60)).state == "succeeded"
+
+
+async def test_a_one_second_cpu_spin_reports_its_cpu_seconds(make_cluster) -> None:
+    cluster = await make_cluster(agents=1)
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
+    async with Client.connect(connection=cluster.connection) as fed:
+        job = await fed.submit(["python3", "-c", spin], memory=256 * MiB)
+        record = await job.wait(timeout=60)
+    assert record.state == "succeeded", record
+    assert record.usage is not None
+    assert record.usage.measured_by == "cgroup"
+    assert 0.8 <= record.usage.cpu_seconds < 5, record.usage
+    assert record.usage.wall_seconds >= record.usage.cpu_seconds * 0.9
+    assert 0 < record.usage.peak_memory_bytes <= 256 * MiB
+    shown = await asyncio.to_thread(run_fed, cluster.tmp, "job", job.id)
+    assert "usage     cpu " in shown.stdout
+    assert "(measured by cgroup)" in shown.stdout
+    as_json = json.loads((await asyncio.to_thread(run_fed, cluster.tmp, "job", job.id, "--json")).stdout)
+    assert set(as_json["usage"]) >= {"cpu_seconds", "peak_memory_bytes", "wall_seconds", "gpu_seconds"}
