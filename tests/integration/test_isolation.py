@@ -28,10 +28,8 @@ def _writable() -> bool:
     return hierarchy is not None
 
 
-pytestmark = [
-    pytest.mark.timeout(180),
-    pytest.mark.skipif(not _writable(), reason="no writable cgroup hierarchy here"),
-]
+pytestmark = pytest.mark.timeout(180)
+needs_cgroups = pytest.mark.skipif(not _writable(), reason="no writable cgroup hierarchy here")
 MiB = 1024**2
 
 
@@ -40,6 +38,7 @@ def _escapee(pids: Path, after: str = "wait") -> list[str]:
     return ["sh", "-c", f"setsid sh -c 'echo $$ >> {pids}; exec sleep 301' & sleep 0.3; {after}"]
 
 
+@needs_cgroups
 async def test_a_setsid_child_is_gone_after_cancel_and_after_its_job_ends(
     make_cluster, tmp_path: Path
 ) -> None:
@@ -60,6 +59,7 @@ async def test_a_setsid_child_is_gone_after_cancel_and_after_its_job_ends(
         await eventually(lambda: not process_alive(left), timeout=15)
 
 
+@needs_cgroups
 async def test_a_job_past_its_memory_ends_out_of_memory_while_its_neighbour_runs_on(make_cluster) -> None:
     cluster = await make_cluster(agents=1, capacity={"cpu": 4, "memory": 8 * GiB, "gpu": 0})
     hog = ["python3", "-c", "x = bytearray(400 * 1024 * 1024); import time; time.sleep(5)"]
@@ -72,6 +72,7 @@ async def test_a_job_past_its_memory_ends_out_of_memory_while_its_neighbour_runs
         assert (await neighbour.wait(timeout=60)).state == "succeeded"
 
 
+@needs_cgroups
 async def test_the_nodes_offer_names_its_isolation(make_cluster) -> None:
     cluster = await make_cluster(agents=1)
     async with Client.connect(connection=cluster.connection) as fed:
@@ -87,6 +88,7 @@ async def test_the_nodes_offer_names_its_isolation(make_cluster) -> None:
         assert (await job.wait(timeout=60)).state == "succeeded"
 
 
+@needs_cgroups
 async def test_a_one_second_cpu_spin_reports_its_cpu_seconds(make_cluster) -> None:
     cluster = await make_cluster(agents=1)
     spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
@@ -104,3 +106,25 @@ async def test_a_one_second_cpu_spin_reports_its_cpu_seconds(make_cluster) -> No
     assert "(measured by cgroup)" in shown.stdout
     as_json = json.loads((await asyncio.to_thread(run_fed, cluster.tmp, "job", job.id, "--json")).stdout)
     assert set(as_json["usage"]) >= {"cpu_seconds", "peak_memory_bytes", "wall_seconds", "gpu_seconds"}
+
+
+async def test_without_cgroups_a_job_runs_in_its_process_group_and_reports_its_wall_time(
+    make_cluster,
+) -> None:
+    cluster = await make_cluster(agents=0)
+    await cluster.start_agent("eu", "plain", "--isolation", "none", "--cpu", "2", "--memory", "4GiB")
+    async with Client.connect(connection=cluster.connection) as fed:
+        bus = await fed.bus("eu")
+
+        async def labelled() -> str:
+            item = await bus.last(subjects.offers_stream("eu"), subjects.offer("eu", "plain"))
+            message = decode_message(item.data) if item else None
+            return message.labels.get("isolation", "") if isinstance(message, Offer) else ""
+
+        assert await eventually(labelled) == "none"
+        job = await fed.submit(["sh", "-c", "sleep 0.2; echo ran"], memory=64 * MiB)
+        record = await job.wait(timeout=60)
+    assert record.state == "succeeded", record
+    assert record.usage is not None
+    assert (record.usage.measured_by, record.usage.cpu_seconds) == ("wall clock", 0.0)
+    assert record.usage.wall_seconds >= 0.2

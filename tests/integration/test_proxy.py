@@ -76,9 +76,9 @@ async def test_stall_holds_bytes_and_heal_delivers_them(link) -> None:
     proxy.stall()
     pending = asyncio.create_task(_round_trip(bus, timeout=10.0))
     await asyncio.sleep(0.5)  # sleep-ok: the stall must hold the ping for a while
-    assert not pending.done()
+    assert not pending.done()  # held: not answered while stalled (timing it instead flaked under load)
     proxy.heal()
-    assert await pending >= 0.5  # the held ping arrived after the heal, on the same connection
+    await pending  # the held ping arrives after the heal, on the same connection (below)
     assert bus.generation == 0
 
 
