@@ -439,7 +439,7 @@ class Agent:
                         await group.remove()
                         self.log.warning("removed an attempt cgroup left by a previous agent", cgroup=left)
                 self.sandbox = dataclasses.replace(self.sandbox, cgroups=hierarchy)
-                mode = hierarchy.describe
+                mode = hierarchy.mode
                 self.log.info("attempts run in cgroups", isolation=mode, where=str(hierarchy))
         self.config = msgspec.structs.replace(self.config, labels={**self.config.labels, "isolation": mode})
 

@@ -89,7 +89,6 @@ class Group:
 
     mode: Mode
     dirs: dict[str, Path]
-    memory_limit: int = 0
     _usage: Usage | None = field(default=None, repr=False)
 
     @property
@@ -182,17 +181,12 @@ class Hierarchy:
     def __repr__(self) -> str:
         return f"Hierarchy({self.mode}, {self.bases})"
 
-    @property
-    def describe(self) -> str:
-        """What ``fed status`` and the logs say of the node's isolation."""
-        return self.mode
-
     def attempt(self, name: str, limits: Limits) -> Group:
         """Make the attempt's cgroup ``name`` with ``limits`` (OSError if the kernel refuses)."""
         dirs = {controller: base / name for controller, base in self.bases.items()}
         for directory in dirs.values():
             directory.mkdir(exist_ok=True)
-        group = Group(self.mode, dirs, limits.memory)
+        group = Group(self.mode, dirs)
         try:
             self._limit(group, limits)
         except OSError:

@@ -204,10 +204,7 @@ class Run:
         """What the attempt used, from its cgroup (None without one); final once it was waited for."""
         return self.group.usage() if self.group is not None else None
 
-    async def _kill_all(self) -> None:
-        """SIGKILL every process of the attempt: its cgroup, else its process group."""
-        if self.group is not None:
-            await self.group.kill()
+    def _kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
 
@@ -228,7 +225,12 @@ class Run:
     async def wait(self) -> int:
         """Wait for the process and its output; returns the exit code (negative: killed by signal)."""
         code = await self._exited()
-        await self._kill_all()  # leave nothing of the attempt behind, what left the process group too
+        # leave nothing of the attempt behind, what left the process group too: its cgroup is
+        # emptied, measured and removed here (before the output drains: an escapee may hold the pipe)
+        if self.group is not None:
+            await self.group.remove()
+        else:
+            self._kill_group()
         try:
             # a process that left the group (setsid) may still hold the output pipe: do not let it
             # keep the attempt open; its output after this point is dropped
@@ -239,8 +241,6 @@ class Run:
                 await self._pump
         if self._transport is not None:
             self._transport.close()  # the pipe ends a killed escapee held, if any still are open
-        if self.group is not None:
-            await self.group.remove()
         await asyncio.to_thread(shutil.rmtree, self.workdir, ignore_errors=True)
         return code
 
@@ -255,8 +255,10 @@ class Run:
                 os.kill(pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(self._exited()), grace)
-        except TimeoutError:
-            await self._kill_all()
+        except TimeoutError:  # SIGKILL every process of the attempt: its cgroup, else its group
+            if self.group is not None:
+                await self.group.kill()
+            self._kill_group()
 
 
 async def start(

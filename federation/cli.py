@@ -288,8 +288,13 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             async for chunk in fed.logs(job.id, region=job.region):
                 sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
-        print(f"{job.id}: {record.state} ({record.reason})", file=sys.stderr)
-        return exit_status(record)
+        return _ended(record)
+
+
+def _ended(record: JobRecord) -> int:
+    """Say how a followed job ended (on stderr); the status to exit with."""
+    print(f"{record.id}: {record.state} ({record.reason})", file=sys.stderr)
+    return exit_status(record)
 
 
 @contextlib.contextmanager
@@ -487,8 +492,7 @@ async def cmd_logs(args: argparse.Namespace) -> int:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
             record = await fed.where(args.job, region=args.region)
-    print(f"{record.id}: {record.state} ({record.reason})", file=sys.stderr)
-    return exit_status(record)  # followed to the end: the job's own status, as fed submit --wait
+    return _ended(record)  # followed to the end: the job's own status, as fed submit --wait
 
 
 async def cmd_quarantine(args: argparse.Namespace) -> int:

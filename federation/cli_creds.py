@@ -97,7 +97,8 @@ def _region_url(args: argparse.Namespace, region: str) -> str:
 
 def _is_nats_server(pid: int) -> bool:
     try:
-        return "nats-server" in psutil.Process(pid).name() and psutil.Process(pid).status() != "zombie"
+        process = psutil.Process(pid)
+        return "nats-server" in process.name() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 

@@ -193,17 +193,20 @@ def load_connection(state_dir: Path) -> Connection:
 def write_connection(state_dir: Path, connection: Connection) -> Path:
     """Atomically write the connection file (readers never see half of it)."""
     path = state_dir / CONNECTION_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(connection)))
-    tmp.replace(path)
+    _replace(path, msgspec.json.format(msgspec.json.encode(connection)))
     return path
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``path`` whole, through a temporary file renamed over it."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def write_reload_report(state_dir: Path, report: ReloadReport) -> None:
     """Atomically write ``fed up``'s latest reload report."""
-    tmp = state_dir / (RELOAD_FILE + ".tmp")
-    tmp.write_bytes(msgspec.json.encode(report))
-    tmp.replace(state_dir / RELOAD_FILE)
+    _replace(state_dir / RELOAD_FILE, msgspec.json.encode(report))
 
 
 def load_reload_report(state_dir: Path) -> ReloadReport | None:

@@ -20,7 +20,6 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -75,7 +74,6 @@ class Stage:
     tenant: Credentials  # the campaign's own tenant (its load submits as it too)
     intruder: Credentials  # another tenant, for cross-tenant probes
     begun: float  # time.monotonic() when the campaign began
-    scratch: Path
     poison_processes: int = 2000
     poison_output: int = 200 * 1024 * 1024
     hub_pause: float = 45.0
@@ -412,7 +410,7 @@ async def duplicate_flood(stage: Stage, region: str, copies: int = 20) -> Outcom
             operation = stage.history.add(Operation("submit", job, region, time.time()))
             try:
                 await fed.submit(stage.history.command(), region=region, job_id=job)
-                operation.ack, operation.acked_at = "ok", time.time()
+                operation.acknowledged()
             except FederationError as exc:
                 operation.error = str(exc)
 
@@ -471,7 +469,7 @@ async def probes(stage: Stage, region: str) -> Outcome:
     operation = stage.history.add(Operation("submit", job, region, time.time(), tenant=stage.tenant.name))
     async with stage.client(stage.tenant) as owner:
         await owner.submit(stage.history.command(2.0), region=region, job_id=job)
-        operation.ack, operation.acked_at = "ok", time.time()
+        operation.acknowledged()
         async with stage.client(stage.intruder) as intruder:
             try:
                 await intruder.job(job, region=region)
@@ -561,7 +559,7 @@ async def poison(stage: Stage, region: str) -> Outcome:
             job = f"poison-{kind}-{stage.rng.getrandbits(30):08x}"
             operation = stage.history.add(Operation("submit", job, region, time.time(), regions=[region]))
             await fed.submit(command, region=region, job_id=job, regions=[region])
-            operation.ack, operation.acked_at = "ok", time.time()
+            operation.acknowledged()
             jobs[kind] = job
 
         async def ended() -> bool:

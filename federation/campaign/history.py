@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,10 @@ class Operation:
     tenant: str = "default"
     regions: list[str] = field(default_factory=list)
     outcome: str = ""  # the final state the client read after the run ("" if it never ended)
+
+    def acknowledged(self) -> None:
+        """The call returned: the stream stored it."""
+        self.ack, self.acked_at = "ok", time.time()
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,6 @@ async def run(options: CampaignOptions, echo: Callable[[str], None] = print) -> 
             tenant=load_credentials(tenant_path),
             intruder=load_credentials(intruder_path),
             begun=began,
-            scratch=options.state_dir,
             poison_processes=options.poison_processes,
             poison_output=options.poison_output,
             hub_pause=options.hub_pause,
@@ -275,7 +274,7 @@ class Clients:
         self.stage = stage
         self.operator, self.tenant = stage.client(), stage.client(stage.tenant)
 
-    async def call(self, operation: Operation, call: Coroutine[Any, Any, object]) -> bool:
+    async def call(self, operation: Operation, call: Coroutine[Any, Any, object]) -> None:
         """Run one operation's call and record its acknowledgement: ``ok``; ``refused`` when the
         error says nothing was stored; else ``unknown`` (it may have been)."""
         try:
@@ -283,14 +282,13 @@ class Clients:
                 await call
         except (InvalidRequest, NotFound) as exc:
             operation.ack, operation.error = "refused", str(exc)
-            return False
+            return
         except (FederationError, OSError, TimeoutError) as exc:
             operation.error = str(exc) or type(exc).__name__
             await self.close()
             self.operator, self.tenant = self.stage.client(), self.stage.client(self.stage.tenant)
-            return False
-        operation.ack, operation.acked_at = "ok", time.time()
-        return True
+            return
+        operation.acknowledged()
 
     async def close(self) -> None:
         """Close both clients."""

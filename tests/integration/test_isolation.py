@@ -62,7 +62,7 @@ async def test_a_setsid_child_is_gone_after_cancel_and_after_its_job_ends(
 @needs_cgroups
 async def test_a_job_past_its_memory_ends_out_of_memory_while_its_neighbour_runs_on(make_cluster) -> None:
     cluster = await make_cluster(agents=1, capacity={"cpu": 4, "memory": 8 * GiB, "gpu": 0})
-    hog = ["python3", "-c", "x = bytearray(400 * 1024 * 1024); import time; time.sleep(5)"]
+    hog = ["python3", "-c", "x = bytearray(400 << 20); import time; time.sleep(5)"]  # sleep-ok: the job's
     async with Client.connect(connection=cluster.connection) as fed:
         neighbour = await fed.submit(["sleep", "3"], memory=64 * MiB)
         greedy = await fed.submit(hog, memory=100 * MiB)
