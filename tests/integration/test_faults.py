@@ -215,8 +215,13 @@ async def test_agent_sigkill_with_three_jobs_leaves_no_orphan_and_each_job_ends_
             assert "not re-run" in record.reason
         # replace: a second attempt, exactly one
         await eventually(lambda: attempts_running("keep") == {2}, timeout=30)
-        keep = await fed.job("keep")
-        assert (keep.state, keep.attempt) == ("running", 2)
+
+        async def keep_running() -> bool:  # the process exists before its start is reported
+            keep = await fed.job("keep")
+            return (keep.state, keep.attempt) == ("running", 2)
+
+        await eventually(keep_running, timeout=30)
+        assert attempts_running("keep") == {2}
         await fed.cancel("keep")
     ran = {path.name: path.read_text().split() for path in runs.iterdir()}
     assert ran == {"keep": ["1", "2"], "drop": ["1"], "plain": ["1"]}
