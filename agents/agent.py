@@ -11,8 +11,10 @@ Theory of operation
   each allocation that is not running and not yet finished, and stops (SIGTERM, then SIGKILL) each
   running attempt that is no longer allocated (cancel). Before starting, local admission checks
   that the claimed devices are ones this node offers.
-* **At most once across agent restarts.** Before an attempt starts it is appended (and fsynced)
-  to a journal in the agent's state directory, and again with its process-group id once it runs.
+* **At most once across agent restarts.** Before an attempt starts it is appended (and synced,
+  group-committed off the event loop: :mod:`agents.journal`) to a journal in the agent's state
+  directory, and again with its process-group id once it runs; its directory and cgroup are made
+  in a worker thread meanwhile (:func:`agents.runner.prepare`).
   An allocation found in the journal after a restart was started by a previous life of the agent:
   its process group, if it still exists and carries that job's ``FED_JOB_ID`` (so a reused pid is
   never hit), is killed (its output pipe died with the old agent), and the attempt is reported
@@ -44,8 +46,9 @@ import psutil
 import structlog
 
 from agents import cgroups, landlock, runner
+from agents.journal import AttemptJournal
 from agents.probes import HostProbe, build_offer, declared_devices
-from federation import subjects, tracing
+from federation import failpoints, subjects, tracing
 from federation.bus import Bus
 from federation.config import AgentConfig
 from federation.delivery import Delivery
@@ -68,13 +71,11 @@ class Agent:
         self.probe = probe or HostProbe()
         self.state_dir = Path(config.state_dir or f".fed-agent-{config.node}")
         self.work_root = Path(config.work_dir) if config.work_dir else self.state_dir / "work"
-        self.journal = self.state_dir / "attempts.journal"
+        self.journal = AttemptJournal(self.state_dir / "attempts.journal")
         self.running: dict[str, runner.Run] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.finished: set[tuple[str, int]] = set()
         self.previous_life: dict[tuple[str, int], int] = {}
-        self.journaled: dict[tuple[str, int], int] = {}
-        self._journal_lines = 0
         self.devices: tuple[set[int], set[str]] = (set(), set())
         self.desired: dict[str, int] = {}
         self._run_ended = asyncio.Event()
@@ -95,9 +96,7 @@ class Agent:
         await self._isolate()
         cores, gpus, _ = declared_devices(self.config, self.probe.sample(set()))
         self.devices = (set(cores), set(gpus))
-        self.previous_life = self._read_journal()
-        self.journaled = dict(self.previous_life)
-        self._journal_lines = len(self.journaled)
+        self.previous_life = self.journal.read()
         self._reap_previous_life()
         self.bus = await Bus.connect(self.config.nats_url, f"fed-agent-{self.node}")
         loops = [
@@ -115,6 +114,7 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self._shutdown_runs()
+            await self.journal.close()
             if self.sandbox.cgroups is not None:
                 self.sandbox.cgroups.close()
             await self.bus.close()
@@ -249,8 +249,7 @@ class Agent:
                 self._stopping.add(stopping)
                 stopping.add_done_callback(self._stopping.discard)
         self.finished = {(job, attempt) for job, attempt in self.finished if job in desired}
-        if self._journal_lines > 10_000:
-            self._compact_journal(set(desired))
+        self.journal.compact(desired)
         for job, allocation in desired.items():
             key = (job, allocation.attempt)
             if job in self.tasks or key in self.finished:
@@ -310,7 +309,13 @@ class Agent:
         key = (job, attempt)
         bound = self.log.bind(job=allocation.job, attempt=attempt, member=allocation.member)
         try:
-            with tracing.span("fed.run", parent=allocation.traceparent, job=allocation.job, node=self.node):
+            # the run's own span only where spans go somewhere (the allocation carries the trace on)
+            run_span = (
+                tracing.span("fed.run", parent=allocation.traceparent, job=allocation.job, node=self.node)
+                if tracing.recording()
+                else contextlib.nullcontext()
+            )
+            with run_span:
                 refusal = self._admit(allocation)
                 if not refusal and not await self._wait_for_devices(allocation):
                     refusal = "claimed devices are still held by an attempt that will not stop"
@@ -320,15 +325,11 @@ class Agent:
                     return
                 if not self._still_wanted(allocation):
                     return  # released (cancelled) before it started: nothing ran, nothing to report
-                self._journal(job, attempt, 0)
-                env = dict(allocation.env)
-                if allocation.members > 1:
-                    env.update(FED_GANG_MEMBER=str(allocation.member), FED_GANG_SIZE=str(allocation.members))
                 spec = runner.RunSpec(
                     job=allocation.job,
                     attempt=attempt,
                     command=allocation.command,
-                    env=env,
+                    env=_gang_env(allocation),
                     cores=allocation.cores,
                     gpus=allocation.gpus,
                     pinned=allocation.pinned,
@@ -339,17 +340,14 @@ class Agent:
                 async def sink(chunk: bytes) -> None:
                     await self._store_retrying(log_subject, chunk)
 
-                try:
-                    run = await runner.start(
-                        spec, self.work_root, sink, self.config.max_output_bytes, self._confined(allocation)
-                    )
-                except runner.LaunchError as exc:
-                    await sink(f"[fed: {exc}]\n".encode())
-                    await self._report(allocation, "failed", reason=str(exc), exit_code=127)
-                    bound.info("attempt could not start", reason=str(exc))
+                run = await self._launch(job, spec, sink, self._confined(allocation))
+                if isinstance(run, runner.LaunchError):
+                    await sink(f"[fed: {run}]\n".encode())
+                    await self._report(allocation, "failed", reason=str(run), exit_code=127)
+                    bound.info("attempt could not start", reason=str(run))
                     return
                 self.running[job] = run
-                self._journal(job, attempt, run.pid)
+                self.journal.running(job, attempt, run.pid)
                 if not self._still_wanted(allocation):  # released while it was being started
                     await run.stop(self.config.kill_grace)
                 await self._report(allocation, "started")
@@ -378,6 +376,24 @@ class Agent:
             self.finished.add(key)
             self.tasks.pop(job, None)
             self._run_ended.set()
+
+    async def _launch(
+        self, job: str, spec: runner.RunSpec, sink: runner.OutputSink, sandbox: runner.Sandbox
+    ) -> runner.Run | runner.LaunchError:
+        """Journal the attempt (durably) while its directory and cgroup are made in a worker
+        thread, then start its process: never before the journal line is on disk."""
+        prepared = asyncio.ensure_future(asyncio.to_thread(runner.prepare, spec, self.work_root, sandbox))
+        try:
+            await self.journal.starting(job, spec.attempt)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await asyncio.to_thread((await prepared).discard)
+            raise
+        failpoints.crash("agent-after-journal")
+        try:
+            return await runner.launch(spec, await prepared, sink, self.config.max_output_bytes, sandbox)
+        except runner.LaunchError as exc:
+            return exc
 
     async def _wait(self, run: runner.Run, timeout: float) -> tuple[int, bool]:
         """The attempt's exit code, and whether its wall-clock limit stopped it."""
@@ -495,33 +511,6 @@ class Agent:
 
     # --- journal -----------------------------------------------------------------------------------
 
-    def _journal(self, job: str, attempt: int, pid: int) -> None:
-        """Record that an attempt is starting (pid 0) or runs as process group ``pid``."""
-        self.journaled[(job, attempt)] = pid
-        self._journal_lines += 1
-        with self.journal.open("a") as handle:
-            handle.write(f"{job} {attempt} {pid}\n")
-            handle.flush()
-            os.fsync(handle.fileno())  # ~0.1 ms here: at most once must survive a power loss too
-
-    def _read_journal(self) -> dict[tuple[str, int], int]:
-        entries: dict[tuple[str, int], int] = {}
-        with contextlib.suppress(FileNotFoundError):
-            for line in self.journal.read_text().splitlines():
-                parts = line.split()
-                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                    key = (parts[0], int(parts[1]))
-                    entries[key] = max(entries.get(key, 0), int(parts[2]))
-        return entries
-
-    def _compact_journal(self, jobs: set[str]) -> None:
-        """Rewrite the journal keeping only attempts whose job is still in the ledger."""
-        self.journaled = {key: pid for key, pid in self.journaled.items() if key[0] in jobs}
-        tmp = self.journal.with_suffix(".tmp")
-        tmp.write_text("".join(f"{job} {attempt} {pid}\n" for (job, attempt), pid in self.journaled.items()))
-        tmp.replace(self.journal)
-        self._journal_lines = len(self.journaled)
-
     def _reap_previous_life(self) -> None:
         """Kill process groups left by a previous life of this agent (verified by their FED_JOB_ID)."""
         wanted = {pid: key for key, pid in self.previous_life.items() if pid}
@@ -548,6 +537,14 @@ def _usage(run: runner.Run, wall: float) -> Usage:
         gpu_seconds=round(gpu_seconds, 3),
         measured_by="cgroup",
     )
+
+
+def _gang_env(allocation: Allocation) -> dict[str, str]:
+    """The job's environment, and a gang member's place in its gang."""
+    env = dict(allocation.env)
+    if allocation.members > 1:
+        env.update(FED_GANG_MEMBER=str(allocation.member), FED_GANG_SIZE=str(allocation.members))
+    return env
 
 
 def slot(allocation: Allocation) -> str:

@@ -227,8 +227,11 @@ class Run:
         code = await self._exited()
         # leave nothing of the attempt behind, what left the process group too: its cgroup is
         # emptied, measured and removed here (before the output drains: an escapee may hold the pipe)
+        cleaned = False
         if self.group is not None:
-            await self.group.remove()
+            cleaned = await asyncio.to_thread(self._clean_if_empty)  # the usual case: one hop
+            if not cleaned:
+                await self.group.remove()
         else:
             self._kill_group()
         try:
@@ -241,8 +244,18 @@ class Run:
                 await self._pump
         if self._transport is not None:
             self._transport.close()  # the pipe ends a killed escapee held, if any still are open
-        await asyncio.to_thread(shutil.rmtree, self.workdir, ignore_errors=True)
+        if not cleaned:
+            await asyncio.to_thread(shutil.rmtree, self.workdir, ignore_errors=True)
         return code
+
+    def _clean_if_empty(self) -> bool:
+        """Remove the cgroup and the working directory if nothing of the attempt is left (blocking:
+        a worker thread)."""
+        assert self.group is not None
+        if not self.group.remove_if_empty():
+            return False
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return True
 
     async def stop(self, grace: float) -> None:
         """SIGTERM every process of the attempt (its cgroup, else its process group), SIGKILL
@@ -261,14 +274,32 @@ class Run:
             self._kill_group()
 
 
-async def start(
-    spec: RunSpec, work_root: Path, sink: OutputSink, max_output: int, sandbox: Sandbox = Sandbox()
-) -> Run:
-    """Start the attempt; raises :class:`LaunchError` when it cannot start."""
-    # local-disk metadata calls of microseconds; a thread hop would cost more than it saves
-    work_root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - see above
+@dataclass(frozen=True)
+class Prepared:
+    """What an attempt needs on disk before its process starts: its working directory, its
+    environment, its cgroup (None without one), and the cores to pin it to by affinity (None when
+    a cpuset pins it or nothing does)."""
+
+    workdir: Path
+    env: dict[str, str]
+    group: Group | None
+    cores: set[int] | None
+
+    def discard(self) -> None:
+        """Undo :func:`prepare` for an attempt that will not start (blocking: a worker thread)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.group is not None:
+            self.group.discard()
+
+
+def prepare(spec: RunSpec, work_root: Path, sandbox: Sandbox = Sandbox()) -> Prepared:
+    """Make the attempt's directory and cgroup; raises :class:`LaunchError` if it cannot start.
+
+    Blocking file-system and cgroupfs calls: the agent runs it in a worker thread, while the
+    journal commits the attempt (its process starts only once both are done)."""
+    work_root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{spec.job}.{spec.attempt}.", dir=work_root))
-    workdir.chmod(0o700)  # noqa: ASYNC240 - see above
+    workdir.chmod(0o700)
     if sandbox.uid is not None:  # the workload's own directory, and nothing else of the agent's
         os.chown(workdir, sandbox.uid, sandbox.gid if sandbox.gid is not None else -1)
     env = build_env(spec, os.environ, str(workdir))
@@ -286,6 +317,28 @@ async def start(
             shutil.rmtree(workdir, ignore_errors=True)
             raise LaunchError(f"cannot make the attempt's cgroup: {exc}") from None
         cores = None
+    prepared = Prepared(workdir, env, group, cores)
+    wrapped = group is not None or bool(sandbox.prefix(cores))
+    if wrapped and not shutil.which(spec.command[0], path=env.get("PATH")):
+        prepared.discard()  # the wrapper would report it only as an exit code
+        raise LaunchError(f"cannot start {spec.command[0]!r}: not found or not executable")
+    return prepared
+
+
+async def start(
+    spec: RunSpec, work_root: Path, sink: OutputSink, max_output: int, sandbox: Sandbox = Sandbox()
+) -> Run:
+    """Prepare and launch the attempt; raises :class:`LaunchError` when it cannot start."""
+    prepared = await asyncio.to_thread(prepare, spec, work_root, sandbox)
+    return await launch(spec, prepared, sink, max_output, sandbox)
+
+
+async def launch(
+    spec: RunSpec, prepared: Prepared, sink: OutputSink, max_output: int, sandbox: Sandbox = Sandbox()
+) -> Run:
+    """Start the prepared attempt's process; raises :class:`LaunchError` when it cannot start
+    (having undone ``prepared``)."""
+    workdir, env, group, cores = prepared.workdir, prepared.env, prepared.group, prepared.cores
     gate = os.pipe() if group is not None else None  # the workload execs once it is in its cgroup
     prefix = (cgroups.prefix(group) if group is not None else []) + sandbox.prefix(cores)
     # without the tools, the child applies the sandbox and the affinity itself, between fork and exec
@@ -293,13 +346,6 @@ async def start(
     switch = sandbox.uid is not None and not sandbox.by_tools
     if sandbox.taskset and cores:
         cores = None  # taskset pins it
-    if prefix and not shutil.which(spec.command[0], path=env.get("PATH")):
-        shutil.rmtree(workdir, ignore_errors=True)  # the tools would report it only as an exit
-        _close(gate)
-        if group is not None:
-            await group.remove()
-        raise LaunchError(f"cannot start {spec.command[0]!r}: not found or not executable")
-
     confine = str(workdir) if sandbox.confine_writes else None
 
     def in_child() -> None:  # runs between fork and exec, after the switch to the sandbox's user
@@ -329,27 +375,30 @@ async def start(
         )
         process = asyncio.subprocess.Process(transport, protocol, loop)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        shutil.rmtree(workdir, ignore_errors=True)
         _close(gate)
-        if group is not None:
-            await group.remove()
+        await asyncio.to_thread(prepared.discard)
         raise LaunchError(f"cannot start {spec.command[0]!r}: {exc}") from None
     if group is not None and gate is not None:  # the workload waits for the gate before it execs
         os.close(gate[0])
         try:
-            group.add(process.pid)
-            os.write(gate[1], b"\n")
+            await asyncio.to_thread(_admit, group, process.pid, gate[1])
         except OSError as exc:
             process.kill()
             await protocol.exited.wait()
             transport.close()
             await group.remove()
-            shutil.rmtree(workdir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
             raise LaunchError(f"cannot put the attempt into its cgroup: {exc}") from None
         finally:
             os.close(gate[1])
     pump = asyncio.create_task(_pump(process, sink, max_output))
     return Run(spec, process, workdir, pump, group, protocol, transport)
+
+
+def _admit(group: Group, pid: int, gate: int) -> None:
+    """Move the waiting workload into its cgroup, then open its gate (blocking: a worker thread)."""
+    group.add(pid)
+    os.write(gate, b"\n")
 
 
 def _close(gate: tuple[int, int] | None) -> None:

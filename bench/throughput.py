@@ -118,13 +118,14 @@ class Region:
         self.children.append(child)
         return child
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU time (user+system) used so far by each child process."""
+    def cpu_seconds(self) -> dict[str, tuple[float, float]]:
+        """CPU time (user+system) used so far by each child process: its own, and its reaped
+        children's (an agent's workloads)."""
         out = {}
         for child in self.children:
             try:
                 times = psutil.Process(child.pid).cpu_times()
-                out[child.name] = times.user + times.system + times.children_user + times.children_system
+                out[child.name] = (times.user + times.system, times.children_user + times.children_system)
             except psutil.Error:
                 pass
         return out
@@ -137,6 +138,19 @@ class Region:
                     child.process.wait(timeout=15)
                 except Exception:
                     child.process.kill()
+
+
+def cpu_report(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], n: int) -> str:
+    """Milliseconds of CPU per job over the measured run, by process (the federation's own) and,
+    apart, its workloads' (the agents' reaped children)."""
+    own = {k: (after[k][0] - before.get(k, (0.0, 0.0))[0]) * 1000 / n for k in after}
+    kids = sum(after[k][1] - before.get(k, (0.0, 0.0))[1] for k in after) * 1000 / n
+    agents = sum(v for k, v in own.items() if k.startswith("agent"))
+    parts = [f"{k}={v:.2f}" for k, v in own.items() if not k.startswith("agent")]
+    return (
+        f"  cpu ms per job: federation {sum(own.values()):.2f} ({', '.join(parts)}, agents={agents:.2f}); "
+        f"workloads {kids:.2f}"
+    )
 
 
 class Observer:
@@ -198,18 +212,14 @@ async def placements(n: int, nodes: int, durable: bool = False, idle: int = 200)
         observer = Observer()
         await bus.subscribe(f"$KV.{subjects.jobs_bucket(REGION)}.>", observer.on_record)
         await asyncio.sleep(1.0)  # let the scheduler see the offers before the clock starts
+        before = region.cpu_seconds()
         t0 = time.time()
         sent = await submit_all(bus, n, ["true"], "p")
         t_submitted = time.time()
         await observer.wait(observer.placed, n, timeout=600)
         t1 = max(observer.placed.values())
         latencies = [observer.placed[j] - sent[j] for j in sent]
-        cpu = region.cpu_seconds()
-        print(
-            "  cpu seconds by process:",
-            ", ".join(f"{k}={v:.1f}" for k, v in cpu.items()),
-            f"bench={sum(psutil.Process().cpu_times()[:2]):.1f}",
-        )
+        print(cpu_report(before, region.cpu_seconds(), n))
         # unloaded: one job at a time, each waited for
         single: list[float] = []
         for i in range(idle):
@@ -234,7 +244,9 @@ async def placements(n: int, nodes: int, durable: bool = False, idle: int = 200)
         shutil.rmtree(base, ignore_errors=True)
 
 
-async def end_to_end(n: int, agents: int, slots: int, durable: bool = False) -> dict[str, float]:
+async def end_to_end(
+    n: int, agents: int, slots: int, durable: bool = False, idle: int = 100
+) -> dict[str, float]:
     base = Path(tempfile.mkdtemp(prefix="fed-bench-"))
     region = Region(base, durable)
     try:
@@ -277,10 +289,17 @@ async def end_to_end(n: int, agents: int, slots: int, durable: bool = False) -> 
             if all(offers):
                 break
             await asyncio.sleep(0.2)
+        before = region.cpu_seconds()
         t0 = time.time()
         sent = await submit_all(bus, n, ["true"], "e")
         await observer.wait(observer.done, n, timeout=900)
         t1 = max(observer.done.values())
+        report = cpu_report(before, region.cpu_seconds(), n)
+        # unloaded: one job at a time, each waited for
+        single: dict[str, float] = {}
+        for i in range(idle):
+            single.update(await submit_all(bus, 1, ["true"], f"i{i}"))
+            await observer.wait(observer.done, n + i + 1, timeout=60)
         started: dict[str, float] = {}
         async for item in bus.follow(
             subjects.status_stream(REGION), subjects.job_event(REGION, "*", "*"), until_caught_up=True
@@ -289,13 +308,9 @@ async def end_to_end(n: int, agents: int, slots: int, durable: bool = False) -> 
             if isinstance(event, JobEvent) and event.kind == "started":
                 started.setdefault(event.job, event.at)
         latencies = [started[j] - sent[j] for j in sent if j in started]
+        one_at_a_time = [started[j] - single[j] for j in single if j in started]
         await bus.close()
-        cpu = region.cpu_seconds()
-        print(
-            "  cpu seconds by process:",
-            ", ".join(f"{k}={v:.1f}" for k, v in cpu.items()),
-            f"bench={sum(psutil.Process().cpu_times()[:2]):.1f}",
-        )
+        print(report)
         return {
             "jobs": n,
             "agents": agents,
@@ -304,6 +319,8 @@ async def end_to_end(n: int, agents: int, slots: int, durable: bool = False) -> 
             "p50_ms": pct(latencies, 0.5),
             "p99_ms": pct(latencies, 0.99),
             "started": len(started),
+            "idle_p50_ms": pct(one_at_a_time, 0.5) if one_at_a_time else 0.0,
+            "idle_p99_ms": pct(one_at_a_time, 0.99) if one_at_a_time else 0.0,
         }
     finally:
         region.stop()
@@ -355,7 +372,8 @@ async def main() -> None:
         print(
             f"end-to-end: {r['jobs']} jobs of `true` on {r['agents']} agents x {r['slots']} slots: "
             f"{r['jobs_per_s']:.0f} jobs/s; "
-            f"submit-to-start p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms"
+            f"submit-to-start p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms (burst); "
+            f"one at a time p50 {r['idle_p50_ms']:.1f} ms, p99 {r['idle_p99_ms']:.1f} ms"
         )
 
 

@@ -47,6 +47,15 @@ def test_v1_is_found_with_every_controller_and_the_agents_own_path(tmp_path: Pat
     assert (hierarchy.bases["cpuset"] / "cpuset.cpus").read_text() == "0-3"
 
 
+def test_a_v1_attempt_without_claimed_cores_stays_in_the_agents_cpuset(tmp_path: Path) -> None:
+    hierarchy = cgroups.detect("n1", root=_v1(tmp_path))
+    assert hierarchy is not None
+    group = hierarchy.attempt("job-1.1", Limits(memory=512 * 1024**2, processes=64))
+    assert set(group.dirs) == {"freezer", "memory", "pids", "cpuacct"}
+    assert not (hierarchy.bases["cpuset"] / "job-1.1").exists()
+    assert group.procs_files == [str(group.dirs[c] / "cgroup.procs") for c in group.dirs]
+
+
 def test_without_every_v1_controller_or_a_v2_with_controllers_there_is_no_hierarchy(tmp_path: Path) -> None:
     mount = tmp_path / "unified"
     mount.mkdir()
@@ -110,7 +119,7 @@ def test_killing_a_v1_group_freezes_kills_every_member_and_thaws(tmp_path: Path)
     member = subprocess.Popen(["sleep", "60"])
     try:
         for path in group.procs_files:
-            path.write_text(f"{member.pid}\n")
+            Path(path).write_text(f"{member.pid}\n")
         asyncio.run(_kill_with_short_settle(group))
         assert member.wait(timeout=10) == -9
         assert (group.dirs["freezer"] / "freezer.state").read_text() == "THAWED"

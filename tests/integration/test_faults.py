@@ -227,6 +227,36 @@ async def test_agent_sigkill_with_three_jobs_leaves_no_orphan_and_each_job_ends_
     assert ran == {"keep": ["1", "2"], "drop": ["1"], "plain": ["1"]}
 
 
+async def test_an_agent_killed_between_journal_and_start_never_starts_that_attempt(
+    make_cluster, tmp_path: Path, monkeypatch
+) -> None:
+    cluster = await make_cluster(agents=0)
+    fired = tmp_path / "failpoint-fired"
+    monkeypatch.setenv("FED_FAILPOINT", f"agent-after-journal:{fired}")  # the agents' environment
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    body = f"echo $FED_ATTEMPT >> {runs}/$FED_JOB_ID"
+    first = await cluster.start_agent("eu", "solo", "--cpu", "2")
+    async with Client.connect(connection=cluster.connection) as fed:
+        await fed.submit(["sh", "-c", body], job_id="once", on_node_lost="replace")
+        await fed.submit(["sh", "-c", body], job_id="never", on_node_lost="fail")
+        # the first attempt to reach the point is journalled, then its agent dies before starting it
+        assert first.process is not None
+        await eventually(lambda: fired.exists() and first.process.poll() is not None, timeout=30)
+        await cluster.start_agent("eu", "solo", "--cpu", "2")  # same state directory, same journal
+        records = {job: await fed.wait(job, timeout=60) for job in ("once", "never")}
+    ran = {path.name: path.read_text().split() for path in runs.iterdir()}
+    for job, record in records.items():
+        if record.state == "succeeded":  # ran exactly once, as the attempt that succeeded
+            assert ran[job] == [str(record.attempt)]
+        else:  # journalled by the dead agent: reported lost by the new one and never run
+            assert (job, record.state) == ("never", "lost")
+            assert "not re-run" in record.reason
+            assert job not in ran
+    # the point fired after a journal line, so at least one attempt was journalled and not run
+    assert records["never"].state == "lost" or records["once"].attempt == 2
+
+
 async def test_a_message_that_always_fails_is_quarantined_after_max_deliver_and_others_flow(
     make_cluster, monkeypatch
 ) -> None:
