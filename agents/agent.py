@@ -13,8 +13,8 @@ Theory of operation
   that the claimed devices are ones this node offers.
 * **At most once across agent restarts.** Before an attempt starts it is appended (and synced,
   group-committed off the event loop: :mod:`agents.journal`) to a journal in the agent's state
-  directory, and again with its process-group id once it runs; its directory and cgroup are made
-  in a worker thread meanwhile (:func:`agents.runner.prepare`).
+  directory, and again with its process-group id once it runs; its directory is made in the same
+  batch of the worker thread (:mod:`agents.offloop`), its cgroup on the loop (kernfs calls).
   An allocation found in the journal after a restart was started by a previous life of the agent:
   its process group, if it still exists and carries that job's ``FED_JOB_ID`` (so a reused pid is
   never hit), is killed (its output pipe died with the old agent), and the attempt is reported
@@ -39,6 +39,8 @@ import pwd
 import shutil
 import signal
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -47,6 +49,7 @@ import structlog
 
 from agents import cgroups, landlock, runner
 from agents.journal import AttemptJournal
+from agents.offloop import OffLoop
 from agents.probes import HostProbe, build_offer, declared_devices
 from federation import failpoints, subjects, tracing
 from federation.bus import Bus
@@ -71,7 +74,8 @@ class Agent:
         self.probe = probe or HostProbe()
         self.state_dir = Path(config.state_dir or f".fed-agent-{config.node}")
         self.work_root = Path(config.work_dir) if config.work_dir else self.state_dir / "work"
-        self.journal = AttemptJournal(self.state_dir / "attempts.journal")
+        self.disk = OffLoop()  # file work off the event loop, batched (the journal's included)
+        self.journal = AttemptJournal(self.state_dir / "attempts.journal", self.disk)
         self.running: dict[str, runner.Run] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.finished: set[tuple[str, int]] = set()
@@ -380,18 +384,22 @@ class Agent:
     async def _launch(
         self, job: str, spec: runner.RunSpec, sink: runner.OutputSink, sandbox: runner.Sandbox
     ) -> runner.Run | runner.LaunchError:
-        """Journal the attempt (durably) while its directory and cgroup are made in a worker
-        thread, then start its process: never before the journal line is on disk."""
-        prepared = asyncio.ensure_future(asyncio.to_thread(runner.prepare, spec, self.work_root, sandbox))
+        """Make the attempt's directory and journal it (durably), both in the next batch of the
+        worker thread, then its cgroup, then start its process: never before its line is on disk."""
+        made = self.disk.call(partial(runner.make_workdir, spec, self.work_root, sandbox))
         try:
             await self.journal.starting(job, spec.attempt)
         except BaseException:
-            with contextlib.suppress(BaseException):
-                await asyncio.to_thread((await prepared).discard)
+            made.add_done_callback(_remove_made(self.disk))
             raise
         failpoints.crash("agent-after-journal")
         try:
-            return await runner.launch(spec, await prepared, sink, self.config.max_output_bytes, sandbox)
+            workdir = await made
+        except OSError as exc:
+            return runner.LaunchError(f"cannot make the attempt's directory: {exc}")
+        try:
+            prepared = runner.prepare(spec, workdir, sandbox, self.disk)
+            return await runner.launch(spec, prepared, sink, self.config.max_output_bytes, sandbox, self.disk)
         except runner.LaunchError as exc:
             return exc
 
@@ -537,6 +545,16 @@ def _usage(run: runner.Run, wall: float) -> Usage:
         gpu_seconds=round(gpu_seconds, 3),
         measured_by="cgroup",
     )
+
+
+def _remove_made(disk: OffLoop) -> Callable[[asyncio.Future[Path]], None]:
+    """A callback removing a made directory whose attempt will not start."""
+
+    def remove(made: asyncio.Future[Path]) -> None:
+        if not made.cancelled() and made.exception() is None:
+            disk.later(partial(shutil.rmtree, made.result(), ignore_errors=True))
+
+    return remove
 
 
 def _gang_env(allocation: Allocation) -> dict[str, str]:

@@ -163,18 +163,10 @@ class Group:
 
     async def remove(self) -> None:
         """Kill what is left, keep the usage, remove the directories."""
-        if not await asyncio.to_thread(self.remove_if_empty):
+        if self.pids():
             await self.kill()
-            await asyncio.to_thread(self.remove_if_empty, force=True)
-
-    def remove_if_empty(self, force: bool = False) -> bool:
-        """If no process is left (or ``force``), keep the usage and remove the directories; whether
-        it did (blocking: a worker thread)."""
-        if not force and self.pids():
-            return False
         self._usage = self.usage()
         self.discard()
-        return True
 
     def discard(self) -> None:
         """Remove the directories (of an empty group)."""

@@ -27,10 +27,12 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from agents import cgroups, landlock
 from agents.cgroups import Group, Hierarchy, Limits, Usage
+from agents.offloop import OffLoop
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
 CHUNK = 16 * 1024
@@ -187,6 +189,7 @@ class Run:
         process: asyncio.subprocess.Process,
         workdir: Path,
         pump: asyncio.Task[int],
+        disk: OffLoop,
         group: Group | None = None,
         exits: _Exits | None = None,
         transport: asyncio.SubprocessTransport | None = None,
@@ -196,6 +199,7 @@ class Run:
         self._exits, self._transport = exits, transport
         self.workdir = workdir
         self._pump = pump
+        self._disk = disk
         self.group = group  # its cgroup: every process it forks, setsid or not
         self.stopping = False
 
@@ -227,11 +231,8 @@ class Run:
         code = await self._exited()
         # leave nothing of the attempt behind, what left the process group too: its cgroup is
         # emptied, measured and removed here (before the output drains: an escapee may hold the pipe)
-        cleaned = False
         if self.group is not None:
-            cleaned = await asyncio.to_thread(self._clean_if_empty)  # the usual case: one hop
-            if not cleaned:
-                await self.group.remove()
+            await self.group.remove()
         else:
             self._kill_group()
         try:
@@ -244,18 +245,8 @@ class Run:
                 await self._pump
         if self._transport is not None:
             self._transport.close()  # the pipe ends a killed escapee held, if any still are open
-        if not cleaned:
-            await asyncio.to_thread(shutil.rmtree, self.workdir, ignore_errors=True)
+        self._disk.later(partial(shutil.rmtree, self.workdir, ignore_errors=True))
         return code
-
-    def _clean_if_empty(self) -> bool:
-        """Remove the cgroup and the working directory if nothing of the attempt is left (blocking:
-        a worker thread)."""
-        assert self.group is not None
-        if not self.group.remove_if_empty():
-            return False
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        return True
 
     async def stop(self, grace: float) -> None:
         """SIGTERM every process of the attempt (its cgroup, else its process group), SIGKILL
@@ -276,32 +267,36 @@ class Run:
 
 @dataclass(frozen=True)
 class Prepared:
-    """What an attempt needs on disk before its process starts: its working directory, its
-    environment, its cgroup (None without one), and the cores to pin it to by affinity (None when
-    a cpuset pins it or nothing does)."""
+    """What an attempt needs before its process starts: its working directory, its environment,
+    its cgroup (None without one), and the cores to pin it to by affinity (None when a cpuset pins
+    it or nothing does)."""
 
     workdir: Path
     env: dict[str, str]
     group: Group | None
     cores: set[int] | None
 
-    def discard(self) -> None:
-        """Undo :func:`prepare` for an attempt that will not start (blocking: a worker thread)."""
-        shutil.rmtree(self.workdir, ignore_errors=True)
+    def discard(self, disk: OffLoop) -> None:
+        """Undo :func:`make_workdir` and :func:`prepare` for an attempt that will not start."""
+        disk.later(partial(shutil.rmtree, self.workdir, ignore_errors=True))
         if self.group is not None:
             self.group.discard()
 
 
-def prepare(spec: RunSpec, work_root: Path, sandbox: Sandbox = Sandbox()) -> Prepared:
-    """Make the attempt's directory and cgroup; raises :class:`LaunchError` if it cannot start.
-
-    Blocking file-system and cgroupfs calls: the agent runs it in a worker thread, while the
-    journal commits the attempt (its process starts only once both are done)."""
+def make_workdir(spec: RunSpec, work_root: Path, sandbox: Sandbox = Sandbox()) -> Path:
+    """The attempt's private working directory (blocking: the agent's worker thread makes it,
+    in the same batch as the journal line of the attempt)."""
     work_root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{spec.job}.{spec.attempt}.", dir=work_root))
     workdir.chmod(0o700)
     if sandbox.uid is not None:  # the workload's own directory, and nothing else of the agent's
         os.chown(workdir, sandbox.uid, sandbox.gid if sandbox.gid is not None else -1)
+    return workdir
+
+
+def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, disk: OffLoop) -> Prepared:
+    """The attempt's environment and cgroup; raises :class:`LaunchError` if it cannot start
+    (having removed ``workdir``). The cgroup's are short in-memory kernel calls: on the loop."""
     env = build_env(spec, os.environ, str(workdir))
     env["TMPDIR"] = str(workdir)
     cores = set(spec.cores) if spec.pinned and spec.cores else None
@@ -314,27 +309,39 @@ def prepare(spec: RunSpec, work_root: Path, sandbox: Sandbox = Sandbox()) -> Pre
         try:
             group = sandbox.cgroups.attempt(name, bounds)
         except OSError as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
+            disk.later(partial(shutil.rmtree, workdir, ignore_errors=True))
             raise LaunchError(f"cannot make the attempt's cgroup: {exc}") from None
         cores = None
     prepared = Prepared(workdir, env, group, cores)
     wrapped = group is not None or bool(sandbox.prefix(cores))
     if wrapped and not shutil.which(spec.command[0], path=env.get("PATH")):
-        prepared.discard()  # the wrapper would report it only as an exit code
+        prepared.discard(disk)  # the wrapper would report it only as an exit code
         raise LaunchError(f"cannot start {spec.command[0]!r}: not found or not executable")
     return prepared
 
 
 async def start(
-    spec: RunSpec, work_root: Path, sink: OutputSink, max_output: int, sandbox: Sandbox = Sandbox()
+    spec: RunSpec,
+    work_root: Path,
+    sink: OutputSink,
+    max_output: int,
+    sandbox: Sandbox = Sandbox(),
+    disk: OffLoop | None = None,
 ) -> Run:
-    """Prepare and launch the attempt; raises :class:`LaunchError` when it cannot start."""
-    prepared = await asyncio.to_thread(prepare, spec, work_root, sandbox)
-    return await launch(spec, prepared, sink, max_output, sandbox)
+    """Make the directory, prepare and launch the attempt; raises :class:`LaunchError` when it
+    cannot start."""
+    disk = disk or OffLoop()
+    workdir = await disk.call(partial(make_workdir, spec, work_root, sandbox))
+    return await launch(spec, prepare(spec, workdir, sandbox, disk), sink, max_output, sandbox, disk)
 
 
 async def launch(
-    spec: RunSpec, prepared: Prepared, sink: OutputSink, max_output: int, sandbox: Sandbox = Sandbox()
+    spec: RunSpec,
+    prepared: Prepared,
+    sink: OutputSink,
+    max_output: int,
+    sandbox: Sandbox,
+    disk: OffLoop,
 ) -> Run:
     """Start the prepared attempt's process; raises :class:`LaunchError` when it cannot start
     (having undone ``prepared``)."""
@@ -376,29 +383,24 @@ async def launch(
         process = asyncio.subprocess.Process(transport, protocol, loop)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         _close(gate)
-        await asyncio.to_thread(prepared.discard)
+        prepared.discard(disk)
         raise LaunchError(f"cannot start {spec.command[0]!r}: {exc}") from None
     if group is not None and gate is not None:  # the workload waits for the gate before it execs
         os.close(gate[0])
         try:
-            await asyncio.to_thread(_admit, group, process.pid, gate[1])
+            group.add(process.pid)
+            os.write(gate[1], b"\n")
         except OSError as exc:
             process.kill()
             await protocol.exited.wait()
             transport.close()
             await group.remove()
-            await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
+            disk.later(partial(shutil.rmtree, workdir, ignore_errors=True))
             raise LaunchError(f"cannot put the attempt into its cgroup: {exc}") from None
         finally:
             os.close(gate[1])
     pump = asyncio.create_task(_pump(process, sink, max_output))
-    return Run(spec, process, workdir, pump, group, protocol, transport)
-
-
-def _admit(group: Group, pid: int, gate: int) -> None:
-    """Move the waiting workload into its cgroup, then open its gate (blocking: a worker thread)."""
-    group.add(pid)
-    os.write(gate, b"\n")
+    return Run(spec, process, workdir, pump, disk, group, protocol, transport)
 
 
 def _close(gate: tuple[int, int] | None) -> None:
