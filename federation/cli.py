@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from federation import cli_audit, cli_creds, cli_ops, logs, subjects, tracing
+from federation import cli_audit, cli_creds, cli_ops, cli_usage, logs, subjects, tracing
 from federation.config import (
     AgentConfig,
     SchedulerConfig,
@@ -782,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_logs)
 
     cli_audit.add_parsers(sub, common)
+    cli_usage.add_parsers(sub, common)
 
     p = sub.add_parser("quarantine", parents=[common], help="refused messages and why they were refused")
     p.add_argument("--region")

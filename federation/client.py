@@ -50,6 +50,7 @@ from federation.config import (
 )
 from federation.core.placement import Free
 from federation.errors import (
+    FederationError,
     FederationUnavailable,
     InvalidRequest,
     MalformedMessage,
@@ -82,6 +83,7 @@ from federation.schemas import (
 )
 from federation.tenants import TenantQuery, TenantReply
 from federation.tenants import decode_reply as decode_tenant_reply
+from federation.usage import DEFAULT_BY, Accountant, Dimension, UsageReport, dimensions
 
 HUB_KEY = ":hub"  # the hub's connection among the region connections (no region has a colon)
 TENANT_POLL = 0.25  # seconds between a tenant's questions while it waits for a job
@@ -570,6 +572,53 @@ class Client:
         (see :mod:`federation.journal`)."""
         bus, stream = await self._audit_source(region, everywhere)
         return await verify(bus, stream, self.regions if everywhere else [self._region(region)])
+
+    # --- usage ------------------------------------------------------------------------------------
+
+    async def usage(
+        self,
+        *,
+        since: float = 0.0,
+        by: Dimension | Sequence[Dimension] = DEFAULT_BY,
+        region: str | None = None,
+        everywhere: bool = False,
+    ) -> UsageReport:
+        """The compute used since ``since`` (Unix seconds; 0: the whole trail), from the audit trail
+        (what ``fed usage`` prints; see :mod:`federation.usage` for what is counted and the units).
+
+        Every region's own trail by default (read in turn, the hub not needed): a region that
+        cannot be read is listed in ``unread`` and the others are counted. ``region`` reads one
+        region's trail, which holds only what ran there (what it lent, not what it borrowed);
+        ``everywhere`` the hub's ``AUDIT_ALL``. ``by`` names the breakdowns (``tenant``,
+        ``region``, ``origin``, ``node``). A tenant's credentials are refused at once: the audit
+        trail holds every tenant's jobs.
+        """
+        if self.tenant:
+            raise NotPermitted(
+                "usage accounting (it reads the audit trail)",
+                f"tenant {self.tenant}",
+                why="not permitted for a tenant, which sees only its own jobs and logs",
+            )
+        accountant = Accountant(since=since, by=dimensions(by))
+        until = time.time()
+        scopes: list[tuple[str | None, bool]] = [(name, False) for name in self.regions]
+        if everywhere or region:
+            scopes = [(None, True)] if everywhere else [(self._region(region), False)]
+        read: list[str] = []
+        unread: list[str] = []
+        for name, hub in scopes:
+            stream = subjects.AUDIT_ALL if hub else subjects.audit_stream(name or "")
+            try:
+                bus, _ = await self._audit_source(name, hub)
+                async for event, value in events(bus, stream, since=since):
+                    accountant.feed(event.region, event.at, value)
+            except FederationError as exc:
+                if len(scopes) == 1 or isinstance(exc, NotPermitted):
+                    raise
+                unread.append(f"{stream}: {exc}")
+                continue
+            read.append(stream)
+        return accountant.report(until=until, read=read, unread=unread)
 
     async def quarantined(self, *, region: str | None = None) -> list[Quarantined]:
         """Refused messages with their reasons, oldest first (one region, or all)."""
