@@ -479,6 +479,7 @@ class Agent:
             ),
             memory=allocation.memory,
             processes=limits.processes,
+            cpus=allocation.cpu,
         )
 
     async def _report(

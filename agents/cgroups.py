@@ -9,8 +9,10 @@ used). Under the agent's own cgroup it makes ``fed-<node>``, and under that one 
 named ``<job>.<attempt>`` (a gang member's job slot included), before the attempt starts:
 
 * **limits**: memory to what the job asked for (``memory.limit_in_bytes``/``memory.max``; an
-  out-of-memory kill is read back as the cause), a process count (``pids.max``), and the claimed
-  cores where they are real (``cpuset.cpus``);
+  out-of-memory kill is read back as the cause), a process count (``pids.max``), and CPU: the
+  claimed cores where they are real (``cpuset.cpus``), else a weight by the cores asked
+  (``cpu.shares`` 1024 per core on v1, where a ``cpu`` hierarchy is mounted; ``cpu.weight`` 100
+  per core on v2), so busy attempts share the node's CPU in proportion to what they asked for;
 * **containment**: the workload enters its cgroup before it execs (a two-line ``sh`` prefix writes
   its pid into each ``cgroup.procs``, so the agent still starts it with a vfork), and every process
   it forks stays there, ``setsid`` and double forks included. Stopping the attempt, and the end of
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Literal
 
 V1_CONTROLLERS = ("freezer", "memory", "pids", "cpuset", "cpuacct")
+V1_OPTIONAL = ("cpu",)  # CPU weight of unpinned attempts, where the host mounts it
 V2_CONTROLLERS = ("memory", "pids", "cpuset", "cpu")
 Mode = Literal["cgroup-v1", "cgroup-v2"]
 SETTLE = 5.0  # seconds a freeze or an emptying group may take before giving up
@@ -52,6 +55,7 @@ class Limits:
     memory: int = 0
     processes: int = 0
     cores: tuple[int, ...] = ()
+    cpus: int = 0  # cores asked: the CPU weight of an attempt without claimed cores
 
 
 @dataclass(frozen=True)
@@ -179,9 +183,12 @@ class Hierarchy:
     """Where the agent makes its attempts' cgroups: ``bases`` maps each v1 controller (or ``""``
     for v2) to the agent's ``fed-<node>`` directory in it."""
 
-    def __init__(self, mode: Mode, bases: dict[str, Path]) -> None:
+    def __init__(self, mode: Mode, bases: dict[str, Path], weight: str | None = None) -> None:
         self.mode = mode
         self.bases = bases
+        # where a v1 attempt's cpu.shares is written: "cpu" (its own hierarchy), "cpuacct"
+        # (co-mounted with it), None (not mounted: no weight); v2 writes cpu.weight
+        self.weight = weight
 
     def __repr__(self) -> str:
         return f"Hierarchy({self.mode}, {self.bases})"
@@ -189,12 +196,13 @@ class Hierarchy:
     def attempt(self, name: str, limits: Limits) -> Group:
         """Make the attempt's cgroup ``name`` with ``limits`` (OSError if the kernel refuses).
 
-        On v1 an attempt without claimed cores gets no cpuset group of its own (it stays in the
-        agent's cpuset): one directory and three writes fewer per start."""
+        On v1 an attempt gets a cpuset group only with claimed cores (else it stays in the
+        agent's cpuset), and a cpu group (its weight) only without them: each attempt one of the
+        two, never both."""
         dirs = {
             controller: base / name
             for controller, base in self.bases.items()
-            if controller != "cpuset" or limits.cores or self.mode == "cgroup-v2"
+            if (controller != "cpuset" or limits.cores) and (controller != "cpu" or not limits.cores)
         }
         for directory in dirs.values():
             directory.mkdir(exist_ok=True)
@@ -222,6 +230,8 @@ class Hierarchy:
                         _write(memsw, str(limits.memory))
             if limits.processes:
                 _write(d["pids"] / "pids.max", str(limits.processes))
+            if limits.cpus and not limits.cores and self.weight in d:
+                _write(d[self.weight] / "cpu.shares", str(1024 * limits.cpus))  # 1024: one core
             return
         v2 = d[""]
         if limits.cores and (v2 / "cpuset.cpus").exists():
@@ -233,6 +243,8 @@ class Hierarchy:
                     _write(v2 / "memory.swap.max", "0")
         if limits.processes and (v2 / "pids.max").exists():
             _write(v2 / "pids.max", str(limits.processes))
+        if limits.cpus and not limits.cores and (v2 / "cpu.weight").exists():
+            _write(v2 / "cpu.weight", str(min(10_000, 100 * limits.cpus)))  # 100: one core
 
     def existing(self, name: str) -> Group | None:
         """The attempt cgroup ``name`` if a previous life of the agent left it."""
@@ -281,8 +293,24 @@ def detect(node: str, root: Path = Path("/proc/self")) -> Hierarchy | None:
                             _write(base / key, _read(base.parent / key).strip())
         except OSError:
             return None
-        return Hierarchy("cgroup-v1", bases)
+        return Hierarchy("cgroup-v1", bases, _v1_weight(mounts, own, name, bases))
     return None
+
+
+def _v1_weight(mounts: dict[str, Path], own: dict[str, str], name: str, bases: dict[str, Path]) -> str | None:
+    """Where v1 CPU weights go (see :class:`Hierarchy`); adds the ``cpu`` base when it has its own
+    mount. Optional: without it, unpinned attempts share the CPU unweighted."""
+    if "cpu" not in mounts or "cpu" not in own:
+        return None
+    if mounts["cpu"] == mounts.get("cpuacct"):
+        return "cpuacct"
+    base = mounts["cpu"] / own["cpu"].lstrip("/") / name
+    try:
+        base.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    bases["cpu"] = base
+    return "cpu"
 
 
 def _v2(unified: Path, name: str, available: set[str]) -> Hierarchy:
@@ -316,7 +344,7 @@ def _mounts(mountinfo: str) -> dict[str, Path]:
             out[""] = Path(fields[4])
         elif tail[0] == "cgroup":
             for option in tail[2].split(","):
-                if option in V1_CONTROLLERS:
+                if option in V1_CONTROLLERS or option in V1_OPTIONAL:
                     out[option] = Path(fields[4])
     return out
 

@@ -78,6 +78,7 @@ class Sandbox:
     cgroups: Hierarchy | None = None  # one cgroup per attempt (agents.cgroups), where the host allows
     memory: int = 0  # this attempt's cgroup memory limit in bytes (0: none)
     processes: int = 0  # this attempt's cgroup process limit (0: none)
+    cpus: int = 0  # the cores this attempt asked for: its cgroup's CPU weight when unpinned
 
     @property
     def by_tools(self) -> bool:
@@ -305,7 +306,9 @@ def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, disk: OffLoop) -> Pr
         name = f"{spec.job}.{spec.attempt}" + (
             f".{spec.env['FED_GANG_MEMBER']}" if "FED_GANG_MEMBER" in spec.env else ""
         )
-        bounds = Limits(sandbox.memory, sandbox.processes, tuple(sorted(cores)) if cores else ())
+        bounds = Limits(
+            sandbox.memory, sandbox.processes, tuple(sorted(cores)) if cores else (), sandbox.cpus
+        )
         try:
             group = sandbox.cgroups.attempt(name, bounds)
         except OSError as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -20,8 +19,6 @@ from federation.errors import ConfigError
 from federation.resources import parse_duration
 from federation.usage import DIMENSIONS, Balance, Totals, UsageReport, dimensions
 
-DAY = 86400.0
-_DAYS = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*d\s*$")
 COLUMNS = ("JOBS", "RUNS", "CPU-H", "MEM-GiB-H", "GPU-H", "WALL-H")
 
 HELP = """\
@@ -60,9 +57,6 @@ def window(text: str) -> float:
     """``--since``: a duration (``30d``, ``12h``, ``90m``, ``45s``) in seconds, or ``all`` (inf)."""
     if text.strip() == "all":
         return math.inf
-    days = _DAYS.match(text)
-    if days is not None:
-        return float(days.group(1)) * DAY
     try:
         return parse_duration(text)
     except ConfigError:

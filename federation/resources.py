@@ -55,19 +55,19 @@ def format_memory(size: int) -> str:
     return f"{size}B"
 
 
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|)\s*$")
-_SECONDS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|)\s*$")
+_SECONDS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str | float) -> float:
-    """Parse a duration (``"30s"``, ``"5m"``, ``"250ms"``, ``"1.5h"``, ``12``) into seconds."""
+    """Parse a duration (``"30s"``, ``"5m"``, ``"250ms"``, ``"1.5h"``, ``"30d"``, ``12``) into seconds."""
     if isinstance(text, int | float):
         if text < 0:
             raise ConfigError(f"a duration must not be negative: {text}")
         return float(text)
     match = _DURATION.match(text)
     if match is None:
-        raise ConfigError(f"not a duration: {text!r} (examples: 250ms, 30s, 5m, 1h)")
+        raise ConfigError(f"not a duration: {text!r} (examples: 250ms, 30s, 5m, 1h, 30d)")
     return float(match.group(1)) * _SECONDS[match.group(2)]
 
 

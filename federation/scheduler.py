@@ -689,6 +689,7 @@ class Scheduler:
         background while the state is rebuilt could land after the rebuild read the store.
         """
         while commands:
+            commands = _latest_records(commands)
             outcomes = await asyncio.gather(*(self._run(c) for c in commands), return_exceptions=True)
             commands = []
             failure: BaseException | None = None
@@ -785,6 +786,14 @@ class Scheduler:
             )
             return
         raise ConflictError(record.id, self.revisions.get(record.id, 0))
+
+
+def _latest_records(commands: list[Command]) -> list[Command]:
+    """The commands with only the last write of each job record: a record carries its whole
+    history, so an earlier state of the same round needs no write of its own (two writes of one
+    record at once would also race each other's compare-and-set)."""
+    last = {c.record.id: i for i, c in enumerate(commands) if isinstance(c, WriteJob)}
+    return [c for i, c in enumerate(commands) if not isinstance(c, WriteJob) or last[c.record.id] == i]
 
 
 async def serve(

@@ -23,10 +23,10 @@ def _proc(tmp: Path, mountinfo: list[str], cgroup: list[str]) -> Path:
     return proc
 
 
-def _v1(tmp: Path) -> Path:
+def _v1(tmp: Path, optional: tuple[str, ...] = ()) -> Path:
     """A v1 layout: one mount per controller, the agent in /agent.slice of the memory one."""
     mountinfo, cgroup = [], []
-    for i, controller in enumerate(cgroups.V1_CONTROLLERS):
+    for i, controller in enumerate(cgroups.V1_CONTROLLERS + optional):
         mount = tmp / "cg" / controller
         own = mount / "agent.slice" if controller == "memory" else mount
         own.mkdir(parents=True)
@@ -54,6 +54,20 @@ def test_a_v1_attempt_without_claimed_cores_stays_in_the_agents_cpuset(tmp_path:
     assert set(group.dirs) == {"freezer", "memory", "pids", "cpuacct"}
     assert not (hierarchy.bases["cpuset"] / "job-1.1").exists()
     assert group.procs_files == [str(group.dirs[c] / "cgroup.procs") for c in group.dirs]
+
+
+def test_a_v1_attempt_is_weighted_by_the_cores_it_asked_for_unless_its_cores_are_pinned(
+    tmp_path: Path,
+) -> None:
+    hierarchy = cgroups.detect("n1", root=_v1(tmp_path, optional=("cpu",)))
+    assert hierarchy is not None
+    assert hierarchy.weight == "cpu"
+    shared = hierarchy.attempt("job-1.1", Limits(cpus=3))
+    assert (shared.dirs["cpu"] / "cpu.shares").read_text() == "3072"
+    assert "cpuset" not in shared.dirs
+    pinned = hierarchy.attempt("job-2.1", Limits(cores=(0, 1), cpus=2))
+    assert "cpu" not in pinned.dirs  # its own cores: no weight needed
+    assert (pinned.dirs["cpuset"] / "cpuset.cpus").read_text() == "0,1"
 
 
 def test_without_every_v1_controller_or_a_v2_with_controllers_there_is_no_hierarchy(tmp_path: Path) -> None:
@@ -100,6 +114,10 @@ def test_a_v2_attempt_writes_its_limits_and_reads_its_usage(tmp_path: Path) -> N
     for name in ("memory.max", "memory.swap.max", "pids.max", "cpuset.cpus"):
         (attempt / name).write_text("max\n")
     group = hierarchy.attempt("job-1.1", Limits(memory=1024**3, processes=10, cores=(1,)))
+    (own / "fed-n1" / "job-2.1").mkdir()
+    (own / "fed-n1" / "job-2.1" / "cpu.weight").write_text("100\n")
+    hierarchy.attempt("job-2.1", Limits(cpus=4))
+    assert (own / "fed-n1" / "job-2.1" / "cpu.weight").read_text() == "400"
     assert (attempt / "memory.max").read_text() == str(1024**3)
     assert (attempt / "memory.swap.max").read_text() == "0"
     assert (attempt / "pids.max").read_text() == "10"
