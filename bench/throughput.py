@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -76,6 +78,7 @@ class Region:
             use_credentials(self.keyring.credentials("admin", "admin"))
         self.children: list[Child] = []
         self.url = ""
+        self.monitoring = ""
 
     async def start(self) -> None:
         ports_dir = self.base / "ports"
@@ -97,7 +100,8 @@ class Region:
         server = Child("nats", [nats_server_binary(), "-c", str(conf)], self.base / "nats.log", restart=False)
         server.start()
         self.children.append(server)
-        self.url = (await read_ports(ports_dir, server))["nats"][0]
+        ports = await read_ports(ports_dir, server)
+        self.url, self.monitoring = ports["nats"][0], ports["monitoring"][0]
         await wait_for_jetstream(self.url, tls=self.tls)
         bus = await Bus.connect(self.url, "bench-provision")
         await provision(bus, REGION)
@@ -130,6 +134,17 @@ class Region:
                 pass
         return out
 
+    def traffic(self) -> dict[str, int]:
+        """The server's message counters (in from clients, out to them) and each stream's last
+        sequence (every durable write, a KV overwrite included)."""
+        varz = json.loads(urllib.request.urlopen(f"{self.monitoring}/varz", timeout=5).read())
+        jsz = json.loads(urllib.request.urlopen(f"{self.monitoring}/jsz?streams=true", timeout=5).read())
+        out = {"in": int(varz["in_msgs"]), "out": int(varz["out_msgs"])}
+        for account in jsz.get("account_details", []):
+            for stream in account.get("stream_detail", []):
+                out[f"stream {stream['name']}"] = int(stream["state"]["last_seq"])
+        return out
+
     def stop(self) -> None:
         for child in reversed(self.children):
             if child.alive() and child.process is not None:
@@ -150,6 +165,16 @@ def cpu_report(before: dict[str, tuple[float, float]], after: dict[str, tuple[fl
     return (
         f"  cpu ms per job: federation {sum(own.values()):.2f} ({', '.join(parts)}, agents={agents:.2f}); "
         f"workloads {kids:.2f}"
+    )
+
+
+def traffic_report(before: dict[str, int], after: dict[str, int], n: int) -> str:
+    """Messages through the server and durable writes per job over the measured run."""
+    per = {k: (after[k] - before.get(k, 0)) / n for k in after}
+    writes = {k.removeprefix("stream "): v for k, v in per.items() if k.startswith("stream ") and v >= 0.01}
+    return (
+        f"  per job: {per['in']:.1f} messages in, {per['out']:.1f} out; durable writes "
+        f"{sum(writes.values()):.1f} ({', '.join(f'{k}={v:.2f}' for k, v in sorted(writes.items()))})"
     )
 
 
@@ -289,12 +314,14 @@ async def end_to_end(
             if all(offers):
                 break
             await asyncio.sleep(0.2)
-        before = region.cpu_seconds()
+        before, counted = region.cpu_seconds(), region.traffic()
         t0 = time.time()
         sent = await submit_all(bus, n, ["true"], "e")
         await observer.wait(observer.done, n, timeout=900)
         t1 = max(observer.done.values())
-        report = cpu_report(before, region.cpu_seconds(), n)
+        report = (
+            cpu_report(before, region.cpu_seconds(), n) + "\n" + traffic_report(counted, region.traffic(), n)
+        )
         # unloaded: one job at a time, each waited for
         single: dict[str, float] = {}
         for i in range(idle):
