@@ -534,17 +534,17 @@ class Agent:
 
 
 def _usage(run: runner.Run, wall: float) -> Usage:
-    """What the attempt used: from its cgroup where it had one, else its wall time only."""
+    """What the attempt used: from its cgroup, else its process tree's rusage, else its wall time."""
     gpu_seconds = len(run.spec.gpus) * wall
-    measured = run.usage
-    if measured is None:
+    measured, source = run.usage, run.measured_by
+    if measured is None or source not in ("cgroup", "rusage"):
         return Usage(wall_seconds=round(wall, 3), gpu_seconds=round(gpu_seconds, 3))
     return Usage(
         cpu_seconds=round(measured.cpu_seconds, 3),
         peak_memory_bytes=measured.peak_memory_bytes,
         wall_seconds=round(wall, 3),
         gpu_seconds=round(gpu_seconds, 3),
-        measured_by="cgroup",
+        measured_by="cgroup" if source == "cgroup" else "rusage",
     )
 
 

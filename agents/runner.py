@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from agents import cgroups, landlock
 from agents.cgroups import Group, Hierarchy, Limits, Usage
@@ -41,18 +42,44 @@ PUMP_DRAIN = 2.0  # seconds to finish reading output once the process group is g
 OutputSink = Callable[[bytes], Awaitable[None]]
 
 
+# pid -> what that child's process tree used (``wait4``: the child and every descendant it waited
+# for), kept by the agent's child watcher until its attempt reads it
+TREE_USAGE: dict[int, resource.struct_rusage] = {}
+
+
 def use_pidfd_child_watcher() -> None:
-    """On Python 3.11, wait for children through pidfds instead of one thread per child.
+    """On Python 3.11, wait for children through pidfds instead of one thread per child, and keep
+    what each child's process tree used (:data:`TREE_USAGE`, for attempts without a cgroup).
 
     3.11's default (ThreadedChildWatcher) starts a thread for every process; at hundreds of short
-    jobs per second that thread churn dominates the agent's CPU. 3.12+ uses pidfds by default.
+    jobs per second that thread churn dominates the agent's CPU. 3.12+ uses pidfds by default (and
+    attempts without a cgroup then report their wall time only).
     """
     if sys.version_info >= (3, 12) or not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(Exception):
-        watcher = asyncio.PidfdChildWatcher()
+        watcher = _TreeUsageWatcher()
         asyncio.set_child_watcher(watcher)
         watcher.attach_loop(asyncio.get_running_loop())
+
+
+class _TreeUsageWatcher(asyncio.PidfdChildWatcher):
+    """3.11's pidfd child watcher, reaping with ``wait4`` instead of ``waitpid`` to keep the
+    child's resource usage (its own and its waited-for descendants')."""
+
+    def _do_wait(self, pid: int) -> None:
+        callbacks: dict[int, Any] = getattr(self, "_callbacks")  # noqa: B009 - the base's own state
+        pidfd, callback, args = callbacks.pop(pid)
+        getattr(self, "_loop")._remove_reader(pidfd)  # noqa: B009 - as the base does
+        try:
+            _, status, usage = os.wait4(pid, 0)
+        except ChildProcessError:  # reaped elsewhere: as the base class reports it
+            returncode = 255
+        else:
+            returncode = os.waitstatus_to_exitcode(status)
+            TREE_USAGE[pid] = usage
+        os.close(pidfd)
+        callback(pid, returncode, *args)
 
 
 class LaunchError(Exception):
@@ -201,13 +228,25 @@ class Run:
         self.workdir = workdir
         self._pump = pump
         self._disk = disk
+        self._tree: resource.struct_rusage | None = None  # without a cgroup: wait4's usage
         self.group = group  # its cgroup: every process it forks, setsid or not
         self.stopping = False
 
     @property
     def usage(self) -> Usage | None:
-        """What the attempt used, from its cgroup (None without one); final once it was waited for."""
-        return self.group.usage() if self.group is not None else None
+        """What the attempt used, from its cgroup, else from its process tree's ``wait4`` (None when
+        neither is known); final once it was waited for."""
+        if self.group is not None:
+            return self.group.usage()
+        if self._tree is None:
+            return None
+        cpu = self._tree.ru_utime + self._tree.ru_stime
+        return Usage(cpu_seconds=cpu, peak_memory_bytes=self._tree.ru_maxrss * 1024)  # maxrss: KiB
+
+    @property
+    def measured_by(self) -> str:
+        """Where :attr:`usage` comes from: ``cgroup``, ``rusage`` (the process tree), or ``""``."""
+        return "cgroup" if self.group is not None else "rusage" if self._tree is not None else ""
 
     def _kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -230,6 +269,7 @@ class Run:
     async def wait(self) -> int:
         """Wait for the process and its output; returns the exit code (negative: killed by signal)."""
         code = await self._exited()
+        self._tree = TREE_USAGE.pop(self.pid, None)
         # leave nothing of the attempt behind, what left the process group too: its cgroup is
         # emptied, measured and removed here (before the output drains: an escapee may hold the pipe)
         if self.group is not None:
@@ -396,6 +436,7 @@ async def launch(
         except OSError as exc:
             process.kill()
             await protocol.exited.wait()
+            TREE_USAGE.pop(process.pid, None)
             transport.close()
             await group.remove()
             disk.later(partial(shutil.rmtree, workdir, ignore_errors=True))

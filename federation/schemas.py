@@ -175,7 +175,9 @@ JobEventKind = Literal["started", "exited", "failed", "refused", "lost"]
 class Usage(msgspec.Struct, kw_only=True, frozen=True):
     """What an attempt used, as its agent measured it (carried by the ``exited`` report and kept on
     the job record). ``cpu_seconds`` (user + system) and ``peak_memory_bytes`` come from the
-    attempt's cgroup (0 where the node has none: ``measured_by`` says which); ``wall_seconds`` is
+    attempt's cgroup, else from its process tree's ``wait4`` rusage (``rusage``: the main process
+    and the descendants it waited for; a process that left the tree is not counted), else they
+    are 0 (``wall clock``): ``measured_by`` says which; ``wall_seconds`` is
     from start to exit; ``gpu_seconds`` the claimed GPUs times the wall time. A gang's record sums
     its members'."""
 
@@ -183,7 +185,7 @@ class Usage(msgspec.Struct, kw_only=True, frozen=True):
     peak_memory_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
     wall_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     gpu_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    measured_by: Literal["cgroup", "wall clock"] = "wall clock"
+    measured_by: Literal["cgroup", "rusage", "wall clock"] = "wall clock"
 
     def plus(self, other: Usage | None) -> Usage:
         """The sum of two attempts' (or gang members') usage; peak memory adds up too (they ran
