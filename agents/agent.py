@@ -13,11 +13,12 @@ Theory of operation
   that the claimed devices are ones this node offers.
 * **At most once across agent restarts.** Before an attempt starts it is appended (and synced,
   group-committed off the event loop: :mod:`agents.journal`) to a journal in the agent's state
-  directory, and again with its process-group id once it runs; its directory is made in the same
-  batch of the worker thread (:mod:`agents.offloop`), its cgroup on the loop (kernfs calls).
-  An allocation found in the journal after a restart was started by a previous life of the agent:
-  its process group, if it still exists and carries that job's ``FED_JOB_ID`` (so a reused pid is
-  never hit), is killed (its output pipe died with the old agent), and the attempt is reported
+  directory, and (without a cgroup to find it by) again with its process-group id once it runs;
+  its directory is made in the same batch of the worker thread (:mod:`agents.offloop`), its
+  cgroup on the loop (kernfs calls). An allocation found in the journal after a restart was
+  started by a previous life of the agent: what is left of it is killed (its cgroup's processes;
+  without one, its process group, if it still exists and carries that job's ``FED_JOB_ID``, so a
+  reused pid is never hit; its output pipe died with the old agent), and the attempt is reported
   ``lost``, never re-run here; the job's ``on_node_lost`` decides whether a new attempt runs. The
   journal is compacted to the jobs still in the ledger.
 * **Reports** (``started``, ``exited`` with the code, ``failed`` with the reason, ``lost``) are
@@ -351,7 +352,8 @@ class Agent:
                     bound.info("attempt could not start", reason=str(run))
                     return
                 self.running[job] = run
-                self.journal.running(job, attempt, run.pid)
+                if run.group is None:  # with a cgroup, a restarted agent finds its processes there
+                    self.journal.running(job, attempt, run.pid)
                 if not self._still_wanted(allocation):  # released while it was being started
                     await run.stop(self.config.kill_grace)
                 await self._report(allocation, "started")

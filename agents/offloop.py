@@ -15,7 +15,8 @@ operations (cgroupfs reads and writes, signals) stay on the loop.
 
 Calls run in the order they were asked for. :meth:`OffLoop.call` returns the result (or raises the
 error) to its caller; :meth:`OffLoop.later` is for work nobody waits for (removing a finished
-job's directory), whose errors are logged.
+job's directory), whose errors are logged: it joins the next batch, or makes one of its own after
+:data:`LATER` seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import structlog
 
 log = structlog.get_logger()
 T = TypeVar("T")
+LATER = 0.05  # seconds work nobody waits for may wait for a batch to join
 
 _Item = tuple[Callable[[], Any], "asyncio.Future[Any] | None"]
 
@@ -39,6 +41,7 @@ class OffLoop:
     def __init__(self) -> None:
         self._queue: collections.deque[_Item] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """Run ``fn`` in the worker thread with the rest of its batch; a future of its result or
@@ -49,16 +52,23 @@ class OffLoop:
         return done
 
     def later(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` in the worker thread with the next batch; nobody waits for it."""
+        """Run ``fn`` in the worker thread with the next batch, at most :data:`LATER` seconds from
+        now; nobody waits for it (so it waits for company rather than make a hop of its own)."""
         self._queue.append((fn, None))
-        self._kick()
+        if self._timer is None and (self._worker is None or self._worker.done()):
+            self._timer = asyncio.get_running_loop().call_later(LATER, self._kick)
 
     async def drain(self) -> None:
         """Wait until everything asked for so far has run."""
+        if self._queue:
+            self._kick()
         while self._worker is not None and not self._worker.done():
             await asyncio.shield(self._worker)
 
     def _kick(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._worker is None or self._worker.done():
             # a task: it first runs after every call asked for in this turn is queued
             self._worker = asyncio.get_running_loop().create_task(self._run())
