@@ -27,7 +27,9 @@ places plus the misfits it explains, not the queue length or the node count.
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -138,22 +140,34 @@ class Pass:
         start = 0
         while start < len(queue):
             rank = queue[start][0][0]
-            end = start
-            while end < len(queue) and queue[end][0][0] == rank:
-                end += 1
-            if (
-                not core.index
-                and rank > self.last_preemptor
-                and not (self.quotas and self.accounts.borrowing())
-            ):
+            end = bisect.bisect_left(queue, ((rank + 1, -math.inf, -1), ""), start)  # the level's end
+            if self._full(rank):
                 break  # no room anywhere and nobody left who may preempt or reclaim
             for view in self._fair(queue[start:end]):
+                if self._full(rank):
+                    break  # the same, reached within this level: the rest is explained by shape
                 position += 1
                 if self._consider(view, plan, position):
                     placed.add(view.record.id)
             start = end
-        plan.queue = [entry for entry in queue if entry[1] not in placed] if placed else list(queue)
+        plan.queue = list(queue)
+        for job in placed:  # a few per pass: found by bisection, not by a walk of the queue
+            entry = (core.jobs[job].order, job)
+            index = bisect.bisect_left(plan.queue, entry)
+            if index < len(plan.queue) and plan.queue[index] == entry:
+                del plan.queue[index]
+            else:  # queued under another order than its view's: by its id
+                plan.queue = [e for e in plan.queue if e[1] != job]
         return plan
+
+    def _full(self, rank: int) -> bool:
+        """Whether no job of ``rank`` or below can be placed in this pass: no usable node has a
+        proposal left to make (each makes one per pass), and none of them may preempt or reclaim."""
+        return (
+            not self.core.index
+            and rank > self.last_preemptor
+            and not (self.quotas and self.accounts.borrowing())
+        )
 
     def _fair(self, entries: list[tuple[tuple[int, float, int], str]]) -> Iterator[JobView]:
         """One priority level's jobs: each tenant in submission order, the lowest dominant share next."""
