@@ -22,7 +22,9 @@ Theory of operation
   ``lost``, never re-run here; the job's ``on_node_lost`` decides whether a new attempt runs. The
   journal is compacted to the jobs still in the ledger.
 * **Reports** (``started``, ``exited`` with the code, ``failed`` with the reason, ``lost``) are
-  stored on the status stream, retried until acknowledged, after the attempt's output.
+  stored on the status stream, retried until acknowledged, after the attempt's output. An attempt
+  that ends within ``START_REPORT_WAIT`` of its start sends one report, ``exited`` with
+  ``started_at``, instead of two (the scheduler records it running, then ended).
 * **Heartbeats keep their cadence** on a bad link (each waits at most most of an interval), and
   every follower is recreated after a reconnect (:meth:`federation.bus.Bus.follow`), so a node
   whose link heals reads its ledger again and stops the attempts that were replaced meanwhile.
@@ -63,6 +65,7 @@ from federation.tasks import idle
 
 log = structlog.get_logger()
 LEDGER_CHECK = 2.0  # seconds without a republished change before the agent reads its ledger again
+START_REPORT_WAIT = 0.02  # seconds a start report waits for the exit, to be carried by its report
 
 
 class Agent:
@@ -354,10 +357,14 @@ class Agent:
                 self.running[job] = run
                 if run.group is None:  # with a cgroup, a restarted agent finds its processes there
                     self.journal.running(job, attempt, run.pid)
+                began, started_at = time.monotonic(), time.time()
                 if not self._still_wanted(allocation):  # released while it was being started
                     await run.stop(self.config.kill_grace)
-                await self._report(allocation, "started")
-                began = time.monotonic()
+                # a job over within START_REPORT_WAIT needs no report of its start: its exit report
+                # carries it (one durable report instead of two; a gang member reports both)
+                short = allocation.members == 1 and await run.exited_within(START_REPORT_WAIT)
+                if not short:
+                    await self._report(allocation, "started", at=started_at)
                 code, timed_out = await self._wait(run, allocation.timeout)
                 wall = time.monotonic() - began
                 reason = "stopped: allocation released" if run.stopping and not timed_out else ""
@@ -370,7 +377,12 @@ class Agent:
                         f"killed by {signal.Signals(-code).name}: {runner.LIMIT_SIGNALS[-code]} was reached"
                     )
                 await self._report(
-                    allocation, "exited", exit_code=code, reason=reason, usage=_usage(run, wall)
+                    allocation,
+                    "exited",
+                    exit_code=code,
+                    reason=reason,
+                    usage=_usage(run, wall),
+                    started_at=started_at if short else 0.0,
                 )
                 bound.info("attempt exited", exit_code=code, stopped=run.stopping)
         except Exception as exc:  # a bug or a broken disk: say so rather than leave the job placed
@@ -492,6 +504,8 @@ class Agent:
         exit_code: int | None = None,
         reason: str = "",
         usage: Usage | None = None,
+        at: float = 0.0,
+        started_at: float = 0.0,
     ) -> None:
         event = JobEvent(
             node=self.node,
@@ -501,9 +515,10 @@ class Agent:
             kind=kind,
             exit_code=exit_code,
             reason=reason[:4000],
-            at=time.time(),
+            at=at or time.time(),
             member=allocation.member,
             usage=usage,
+            started_at=started_at,
         )
         await self._store_retrying(subjects.job_event(self.region, self.node, allocation.job), encode(event))
 

@@ -266,6 +266,19 @@ class Run:
         code = self.process.returncode
         return code if code is not None else await self.process.wait()
 
+    async def exited_within(self, seconds: float) -> bool:
+        """Whether the main process exits within ``seconds`` (it is not waited for beyond)."""
+        if self.process.returncode is not None:
+            return True
+        if self._exits is None:
+            return False
+        try:
+            async with asyncio.timeout(seconds):
+                await self._exits.exited.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def wait(self) -> int:
         """Wait for the process and its output; returns the exit code (negative: killed by signal)."""
         code = await self._exited()

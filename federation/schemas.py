@@ -209,6 +209,9 @@ class JobEvent(msgspec.Struct, tag="job_event", tag_field="type", kw_only=True, 
     admission turned the allocation down before anything ran (the job goes back to the queue);
     ``lost`` means the agent lost track of a running attempt (it restarted while the attempt ran
     and killed what was left of it): the job's ``on_node_lost`` decides, as for a lost node.
+    ``started_at`` on an ``exited`` report says the attempt started then and ended before its
+    ``started`` report was due: the one report stands for both (a short job costs one durable
+    report, not two), and the job's history still shows it running from that time.
     """
 
     node: Name
@@ -221,6 +224,7 @@ class JobEvent(msgspec.Struct, tag="job_event", tag_field="type", kw_only=True, 
     at: Timestamp = 0.0
     member: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
     usage: Usage | None = None  # with ``exited``: what the attempt used
+    started_at: Timestamp = 0.0  # with ``exited``: when it started, if it sent no ``started`` report
 
 
 class Summary(msgspec.Struct, tag="summary", tag_field="type", kw_only=True, omit_defaults=True):

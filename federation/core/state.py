@@ -361,11 +361,12 @@ class RegionCore:
             return
         if record.state not in ("placed", "running"):
             return  # e.g. the report of a preempted attempt: its job is already back in the queue
-        if report.kind == "started":
-            if record.state == "placed":
+        if report.kind == "started" or (report.kind == "exited" and report.started_at):
+            if record.state == "placed":  # an exit report with its start: running, then ended
                 where = ",".join(sorted(set(record.members))) if record.members else report.node
-                self.move(report.job, "running", report.at, f"running on {where}")
-            return
+                self.move(report.job, "running", report.started_at or report.at, f"running on {where}")
+            if report.kind == "started":
+                return
         if report.kind == "lost":
             # the agent lost track of the attempt (it restarted): the job's node-loss policy decides
             lost = f"attempt {record.attempt} lost on {report.node} ({report.reason or 'the agent lost it'})"

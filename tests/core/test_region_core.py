@@ -154,6 +154,21 @@ def test_exit_report_finishes_job_and_releases_allocation() -> None:
     assert [t.state for t in record.history] == ["pending", "placed", "running", "failed"]
 
 
+def test_a_short_jobs_one_exit_report_with_its_start_records_it_running_then_ended() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1")))
+    core.handle(submit("j1"))
+    settle(core)
+    exited = JobEvent(node="n1", job="j1", attempt=1, kind="exited", exit_code=0, at=12.5, started_at=12.0)
+    core.handle(JobReported(event=exited))
+    commands = core.handle(Tick(now=13.0))
+    records = [c.record for c in commands if isinstance(c, WriteJob)]
+    assert len(records) == 1  # one write: the record carries the whole history
+    assert [(t.state, t.at) for t in records[0].history][-2:] == [("running", 12.0), ("succeeded", 12.5)]
+    assert records[0].history[-2].reason == "running on n1"
+    assert any(isinstance(c, WriteLedger) and c.ledger.allocations == () for c in commands)
+
+
 def test_the_usage_an_exit_report_carries_is_kept_on_the_record() -> None:
     core = RegionCore("eu")
     core.handle(OfferSeen(offer=offer("n1")))
