@@ -229,7 +229,8 @@ class Agent:
                     seen = revision
                     await self._apply_ledger(value)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), LEDGER_CHECK)
+                    async with asyncio.timeout(LEDGER_CHECK):
+                        await changed.wait()
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
@@ -421,11 +422,13 @@ class Agent:
         """The attempt's exit code, and whether its wall-clock limit stopped it."""
         if not timeout:
             return await run.wait(), False
+        waiting = asyncio.ensure_future(run.wait())  # one wait, whether the limit is reached or not
         try:
-            return await asyncio.wait_for(asyncio.shield(run.wait()), timeout), False
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(waiting), False
         except TimeoutError:
             await run.stop(self.config.kill_grace)
-            return await run.wait(), True
+            return await waiting, True
 
     def _sandbox(self) -> runner.Sandbox:
         """Who workloads run as (``run_as``), checked at start: a wrong user stops the agent."""

@@ -117,11 +117,10 @@ class Group:
             _write(path, str(pid))
 
     def pids(self) -> set[int]:
-        """Every process in the group now."""
-        out: set[int] = set()
-        for path in self.procs_files:
-            out.update(int(p) for p in _read(path).split() if p.isdigit())
-        return out
+        """Every process in the group now. One file is enough: :meth:`add` writes the first
+        hierarchy first and stops at a refusal, and a fork inherits every hierarchy, so whatever
+        is in any of them is in the first."""
+        return {int(p) for p in _read(self.procs_files[0]).split() if p.isdigit()}
 
     def usage(self) -> Usage:
         """CPU seconds, peak memory and whether memory ran out (kept once read at :meth:`remove`)."""
@@ -189,6 +188,7 @@ class Hierarchy:
         # where a v1 attempt's cpu.shares is written: "cpu" (its own hierarchy), "cpuacct"
         # (co-mounted with it), None (not mounted: no weight); v2 writes cpu.weight
         self.weight = weight
+        self._memsw: bool | None = None
 
     def __repr__(self) -> str:
         return f"Hierarchy({self.mode}, {self.bases})"
@@ -225,7 +225,9 @@ class Hierarchy:
             if limits.memory:
                 _write(d["memory"] / "memory.limit_in_bytes", str(limits.memory))
                 memsw = d["memory"] / "memory.memsw.limit_in_bytes"
-                if memsw.exists():  # no escape into swap either
+                if self._memsw is None:  # swap accounting is a boot option: looked up once
+                    self._memsw = memsw.exists()
+                if self._memsw:  # no escape into swap either
                     with contextlib.suppress(OSError):
                         _write(memsw, str(limits.memory))
             if limits.processes:

@@ -292,11 +292,15 @@ class Run:
         try:
             # a process that left the group (setsid) may still hold the output pipe: do not let it
             # keep the attempt open; its output after this point is dropped
-            await asyncio.wait_for(asyncio.shield(self._pump), PUMP_DRAIN)
+            if not self._pump.done():
+                async with asyncio.timeout(PUMP_DRAIN):
+                    await asyncio.shield(self._pump)
         except TimeoutError:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+        if not self._pump.cancelled():
+            self._pump.result()  # a failure to forward output is the attempt's failure
         if self._transport is not None:
             self._transport.close()  # the pipe ends a killed escapee held, if any still are open
         self._disk.later(partial(shutil.rmtree, self.workdir, ignore_errors=True))
@@ -312,7 +316,8 @@ class Run:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(self._exited()), grace)
+            async with asyncio.timeout(grace):
+                await asyncio.shield(self._exited())
         except TimeoutError:  # SIGKILL every process of the attempt: its cgroup, else its group
             if self.group is not None:
                 await self.group.kill()
