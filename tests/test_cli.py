@@ -119,12 +119,12 @@ def test_job_record_json_is_stable() -> None:
 def test_a_closed_pipe_is_not_a_traceback() -> None:
     # a command printing more than a pipe holds, its reader gone (`fed jobs | head -1`)
     script = (
-        "import sys, federation.cli as cli\n"
+        "import sys, federation.cli as cli, federation.cli.status as status\n"
         "async def loud(args):\n"
         "    for _ in range(20000):\n"
         "        print('x' * 100)\n"
         "    return 0\n"
-        "cli.cmd_status = loud\n"
+        "status.cmd_status = loud\n"
         "sys.exit(cli.main(['status']))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -10,7 +10,7 @@ import json
 import msgspec
 import pytest
 
-from federation.cli_usage import render, window
+from federation.cli.usage import render, window
 from federation.errors import InvalidRequest
 from federation.schemas import JobEvent, JobRecord, Submit, Usage
 from federation.usage import UNKNOWN, Accountant, Totals, UsageReport, dimensions

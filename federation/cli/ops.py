@@ -1,5 +1,5 @@
 """Operator commands of ``fed`` for deployments beyond one machine: ``fed config render`` and
-``fed provision`` (the rest of the CLI is :mod:`federation.cli`)."""
+``fed provision``."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from federation.cli.common import print_json, state_dir
 from federation.errors import ConfigError
 from federation.resources import parse_duration
 from federation.usage import DIMENSIONS, Balance, Totals, UsageReport, dimensions
@@ -67,15 +68,14 @@ def window(text: str) -> float:
 
 
 async def cmd_usage(args: argparse.Namespace) -> int:
-    from federation.cli import _print_json, _state_dir  # the entry point is loaded by then
     from federation.client import Client
 
     since = 0.0 if math.isinf(args.since) else time.time() - args.since
     by = dimensions(args.by or ())
-    async with Client.connect(_state_dir(args)) as fed:
+    async with Client.connect(state_dir(args)) as fed:
         report = await fed.usage(since=since, by=by, region=args.region, everywhere=args.all)
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
         sys.stdout.write(render(report))
         sys.stdout.flush()

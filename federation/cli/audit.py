@@ -1,4 +1,4 @@
-"""``fed audit replay|check|verify`` (the rest of the CLI is :mod:`federation.cli`).
+"""``fed audit replay|check|verify``.
 
 Without ``--region`` or ``--all`` each action covers every region, each from its own audit stream
 (the hub is not needed, and its copy may lag): ``replay`` merges them into one timeline by the
@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from federation.audit import AuditEvent, line, merged
+from federation.cli.common import state_dir
 from federation.errors import FederationError, NotPermitted
 from federation.resources import parse_duration
 
@@ -24,10 +25,9 @@ if TYPE_CHECKING:
 
 
 async def cmd_audit(args: argparse.Namespace) -> int:
-    from federation.cli import _state_dir  # the entry point is loaded by then
     from federation.client import Client
 
-    async with Client.connect(_state_dir(args)) as fed:
+    async with Client.connect(state_dir(args)) as fed:
         if args.audit_command == "check":
             return await _check(fed, args)
         if args.audit_command == "verify":

@@ -25,20 +25,15 @@ from typing import Any
 import psutil
 
 from federation import auth
+from federation.cli.common import state_dir
 from federation.config import Connection, load_connection, load_reload_report
 from federation.errors import FederationUnavailable
 from federation.keyring import Keyring
 from federation.launcher import server_pids
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
-    from federation.cli import _state_dir  # the entry point is loaded by then
-
-    return _state_dir(args)
-
-
 def _keyring(args: argparse.Namespace) -> Keyring:
-    return Keyring.of(_state_dir(args))
+    return Keyring.of(state_dir(args))
 
 
 async def reload_servers(state_dir: Path, deadline: float = 60.0) -> tuple[bool, str]:
@@ -88,7 +83,7 @@ async def reload_servers(state_dir: Path, deadline: float = 60.0) -> tuple[bool,
 def _region_url(args: argparse.Namespace, region: str) -> str:
     """The region's client URL from the running federation's connection file (else a placeholder)."""
     try:
-        connection = load_connection(_state_dir(args))
+        connection = load_connection(state_dir(args))
     except FederationUnavailable:
         return "URL"
     endpoint = connection.regions.get(region)
@@ -116,7 +111,7 @@ async def cmd_add(args: argparse.Namespace) -> int:
     region = getattr(args, "region", None) or ""
     path = _keyring(args).add(kind, args.name, region)
     print(f"{kind} {args.name}: credentials in {path} (mode 0600: hand it over securely)")
-    applied, outcome = await reload_servers(_state_dir(args))
+    applied, outcome = await reload_servers(state_dir(args))
     print(outcome, file=sys.stdout if applied else sys.stderr)
     if not applied:
         print(
@@ -137,7 +132,7 @@ async def cmd_add(args: argparse.Namespace) -> int:
 async def cmd_revoke(args: argparse.Namespace) -> int:
     region = getattr(args, "region", None) or ""
     found = _keyring(args).revoke(args.kind, args.name, region)
-    applied, outcome = await reload_servers(_state_dir(args))
+    applied, outcome = await reload_servers(state_dir(args))
     if not applied:
         print(outcome, file=sys.stderr)
         print(
@@ -152,7 +147,7 @@ async def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 async def cmd_reload(args: argparse.Namespace) -> int:
-    applied, outcome = await reload_servers(_state_dir(args))
+    applied, outcome = await reload_servers(state_dir(args))
     print(outcome, file=sys.stdout if applied else sys.stderr)
     return 0 if applied else 1
 

@@ -1,0 +1,76 @@
+"""``fed``: the command line. Thin: parse flags -> config/options -> one coroutine.
+
+Every command takes ``--state-dir`` (else ``$FED_STATE_DIR``, else a per-user data directory);
+``fed up`` writes the connection file there and the other commands read it. Errors print one line
+on stderr and exit with status 2; ``fed submit --wait`` exits with the job's own exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from federation import logs
+from federation.cli import audit, creds, daemons, jobs, ops, quarantine, status, up, usage
+from federation.cli.common import common_options
+from federation.errors import FederationError
+
+EXIT_ERROR = 2
+
+
+def _use_credentials(path: str | None) -> None:
+    """``--creds`` (else ``$FED_CREDS``): the identity every connection of this process presents."""
+    from federation.auth import use_credentials
+    from federation.keyring import load_credentials
+
+    if path:
+        os.environ["FED_CREDS"] = path  # the client path reads it (config.connection_credentials)
+    path = path or os.environ.get("FED_CREDS")
+    if path:
+        use_credentials(load_credentials(path))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fed`` argument parser (every subcommand, with its help text)."""
+    common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="fed", description="Share CPU cores, memory and GPUs across regions over NATS.", parents=[common]
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    # the order `fed --help` lists the commands in: a tour's order, not the modules'
+    up.add_parsers(sub, common)  # up, chaos
+    daemons.add_parsers(sub, common)  # scheduler, agent
+    jobs.add_submit_parser(sub, common)
+    status.add_parsers(sub, common)
+    jobs.add_query_parsers(sub, common)  # jobs, job, explain, logs
+    audit.add_parsers(sub, common)
+    usage.add_parsers(sub, common)
+    quarantine.add_parsers(sub, common)
+    jobs.add_cancel_parser(sub, common)
+    ops.add_parsers(sub, common)  # config, provision
+    creds.add_parsers(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fed`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.log_level = getattr(args, "log_level", "info")
+    logs.configure(args.log_level)
+    try:
+        _use_credentials(getattr(args, "creds", None))
+        code: int = asyncio.run(args.func(args))
+    except FederationError as exc:
+        print(f"fed: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `fed jobs | head`: the reader left; not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return code

@@ -1,0 +1,337 @@
+"""A job's commands: ``fed submit``, ``fed jobs``, ``fed job``, ``fed explain``, ``fed logs`` and
+``fed cancel``; and the shell status a followed job exits with (``submit --wait``, ``logs -f``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from federation import tracing
+from federation.cli.common import amounts, pairs, print_json, state_dir
+from federation.errors import InvalidRequest
+from federation.resources import format_memory, parse_duration, parse_memory
+from federation.schemas import JobRecord, Submit
+
+
+def _request(spec: Submit) -> str:
+    """``cpu=1 memory=0B gpu=0`` plus whatever else the job asked for."""
+    text = f"cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu}"
+    text += f" gang={spec.gang}" if spec.gang > 1 else ""
+    text += f" require={spec.require}" if spec.require else ""
+    text += f" prefer={','.join(spec.nodes)}" if spec.nodes else ""
+    text += "".join(f" {name}={amount:g}" for name, amount in sorted(spec.custom.items()))
+    text += f" on_node_lost={spec.on_node_lost}" if spec.on_node_lost else ""
+    text += f" regions={','.join(spec.regions)}" if spec.regions else ""
+    text += " retry-anywhere" if spec.semantics == "at_least_once" else ""
+    return text
+
+
+def exit_status(record: JobRecord) -> int:
+    """The shell status ``fed submit --wait`` exits with for a terminal job."""
+    if record.state == "succeeded":
+        return 0
+    if record.exit_code is not None and record.exit_code != 0:
+        return 128 - record.exit_code if record.exit_code < 0 else min(record.exit_code, 255)
+    return 130 if record.state == "cancelled" else 1
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise InvalidRequest("nothing to run: give the command after --, e.g. fed submit -- echo hi")
+    async with Client.connect(state_dir(args)) as fed:
+        job = await fed.submit(
+            command,
+            region=args.region,
+            cpu=args.cpu,
+            memory=parse_memory(args.memory),
+            gpu=args.gpu,
+            priority=args.priority,
+            nodes=args.node or (),
+            tenant=args.tenant,
+            env=pairs(args.env or [], "--env"),
+            job_id=args.id,
+            require=pairs(args.require or [], "--require"),
+            scoring=args.scoring or "",
+            max_attempts=args.max_attempts,
+            gang=args.gang,
+            custom=amounts(args.resource or [], "--resource"),
+            on_node_lost=args.on_node_lost or "",
+            regions=[r.strip() for r in (args.regions or "").split(",") if r.strip()],
+            semantics="at_least_once" if args.retry_anywhere else "at_most_once",
+            timeout=parse_duration(args.timeout) if args.timeout else 0.0,
+        )
+        if not args.wait:
+            print(job.id)
+            return 0
+        print(f"submitted {job.id} to {job.region}; waiting", file=sys.stderr)
+        with _following(job.id):
+            record = await job.wait()
+            async for chunk in fed.logs(job.id, region=job.region):
+                sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+        return _ended(record)
+
+
+def _ended(record: JobRecord) -> int:
+    """Say how a followed job ended (on stderr); the status to exit with."""
+    print(f"{record.id}: {record.state} ({record.reason})", file=sys.stderr)
+    return exit_status(record)
+
+
+@contextlib.contextmanager
+def _following(job: str) -> Iterator[None]:
+    """Ctrl-C while following a job stops the following, not the job: say so on the way out."""
+    try:
+        yield
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print(
+            f"\nfed: stopped following {job}; the job goes on "
+            f"(fed logs -f {job} follows it again, fed cancel {job} stops it)",
+            file=sys.stderr,
+        )
+        raise
+
+
+def _job_line(record: JobRecord) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(record.submitted_at))
+    code = "" if record.exit_code is None else str(record.exit_code)
+    return (
+        f"{record.id:<26} {record.region:<10} {record.state:<10} {code:>4} {record.node or '-':<16} {when}  "
+        f"{' '.join(record.spec.command)[:50]}"
+    )
+
+
+async def cmd_jobs(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(state_dir(args)) as fed:
+        records = await fed.jobs(region=args.region, state=args.state)
+    records = records[-args.limit :] if args.limit else records
+    if args.json:
+        return print_json(records)
+    print(f"{'JOB':<26} {'REGION':<10} {'STATE':<10} {'EXIT':>4} {'NODE':<16} SUBMITTED COMMAND")
+    for record in records:
+        print(_job_line(record))
+    return 0
+
+
+async def cmd_job(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(state_dir(args)) as fed:
+        home = await fed.job(args.job, region=args.region)
+        record = home if args.json else await fed.where(args.job, region=home.region)
+    if args.json:
+        return print_json(record)
+    spec = record.spec
+    print(f"job       {record.id}")
+    print(f"region    {record.region}" + (f" (handed over by {spec.origin})" if spec.origin else ""))
+    if record is not home:
+        print(f"home      {home.region}: {home.reason}")
+    print(
+        f"state     {record.state}"
+        + (f" (exit code {record.exit_code})" if record.exit_code is not None else "")
+    )
+    print(f"why       {record.reason or '-'}")
+    print(f"node      {record.node or '-'} (attempt {record.attempt})")
+    print(f"command   {' '.join(spec.command)}")
+    print(f"request   {_request(spec)} priority={spec.priority} tenant={spec.tenant}")
+    if record.usage is not None:
+        u = record.usage
+        print(
+            f"usage     cpu {u.cpu_seconds:g} s  peak memory {format_memory(u.peak_memory_bytes)}  "
+            f"wall {u.wall_seconds:g} s  gpu {u.gpu_seconds:g} s  (measured by {u.measured_by})"
+        )
+    if record.traceparent:
+        print(f"trace     {tracing.trace_id(record.traceparent)}")
+    print("history")
+    for step in record.history:
+        when = time.strftime("%H:%M:%S", time.localtime(step.at)) + f".{int(step.at * 1000) % 1000:03d}"
+        print(f"  {when}  {step.state:<10} {step.reason}")
+    return 0
+
+
+def _score(score: tuple[int, ...]) -> str:
+    gpus, cores, memory = (*score, 0, 0, 0)[:3]
+    return f"leaves gpu={gpus} cpu={cores} memory={format_memory(max(0, memory))}"
+
+
+async def cmd_explain(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(state_dir(args)) as fed:
+        explanation = await fed.explain(args.job, region=args.region)
+    if args.json:
+        return print_json(explanation)
+    record, decision = explanation.record, explanation.decision
+    spec = record.spec
+    print(f"job       {record.id} ({record.state}, priority {spec.priority}, tenant {spec.tenant})")
+    print(f"request   {_request(spec)}")
+    if spec.origin:
+        print(f"region    {record.region}, handed over by {spec.origin}")
+    via = explanation.via
+    if via is not None:
+        print(f"home      {via.region}: {via.reason}")
+        print(f"region    {record.region} (forwarded; its record follows)")
+    if (via or record).handoffs:
+        tried = ", ".join(f"{r}={state}" for r, state in sorted((via or record).handoffs.items()))
+        print(f"hand-offs {tried}")
+    if record.duplicates:
+        print(f"duplicate also ran in {', '.join(record.duplicates)} (at-least-once)")
+    print(f"why       {record.reason or '-'}")
+    if explanation.queue_position:
+        print(f"queue     position {explanation.queue_position} among pending jobs of {record.region}")
+    if decision is None:
+        return 0
+    when = time.strftime("%H:%M:%S", time.localtime(decision.at))
+    then = f", queue position then {decision.queue_position}" if decision.queue_position else ""
+    print(f"decision  {decision.kind} at {when}, {decision.considered} nodes considered{then}")
+    for reason, count in sorted(decision.filtered.items(), key=lambda kv: -kv[1]):
+        print(f"  filtered  {count:>4} node{'s' if count != 1 else ' '}: {reason}")
+    if decision.chosen is not None:
+        note = f"  ({decision.note})" if decision.note else ""
+        print(f"  chosen    {decision.chosen.node:<16} {_score(decision.chosen.score)}{note}")
+    for runner in decision.runners_up:
+        print(f"  runner-up {runner.node:<16} {_score(runner.score)}")
+    if decision.victims:
+        print(f"  preempted {', '.join(decision.victims)}")
+    return 0
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(state_dir(args)) as fed:
+        if not args.follow:
+            async for chunk in fed.logs(args.job, region=args.region):
+                sys.stdout.buffer.write(chunk)
+            return 0
+        with _following(args.job):
+            async for chunk in fed.logs(args.job, region=args.region, follow=True):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            record = await fed.where(args.job, region=args.region)
+    return _ended(record)  # followed to the end: the job's own status, as fed submit --wait
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    async with Client.connect(state_dir(args)) as fed:
+        await fed.cancel(args.job, region=args.region, reason=args.reason)
+    print(f"cancel requested for {args.job}")
+    return 0
+
+
+def add_submit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``submit`` to the ``fed`` subcommands."""
+    p = sub.add_parser(
+        "submit", parents=[common], help="submit a workload: fed submit [options] -- CMD ARGS..."
+    )
+    p.add_argument("--region", help="home region (default: the federation's first)")
+    p.add_argument("--cpu", type=int, default=1, help="whole cores (default 1)")
+    p.add_argument("--memory", default="0", help="memory, e.g. 512MiB (default 0)")
+    p.add_argument("--gpu", type=int, default=0, help="whole GPUs (default 0)")
+    p.add_argument("--priority", default="medium", choices=["urgent", "high", "medium", "low"])
+    p.add_argument("--node", action="append", help="preferred node: used first when it fits (repeat)")
+    p.add_argument(
+        "--require",
+        action="append",
+        help="required node label KEY=VALUE (repeat; VALUE may list alternatives a,b; node=NAME pins a node)",
+    )
+    p.add_argument("--scoring", choices=["binpack", "spread"], help="override the region's scoring")
+    p.add_argument(
+        "--gang", type=int, default=1, help="N allocations of the request, started all together or none"
+    )
+    p.add_argument("--resource", action="append", help="custom resource NAME=AMOUNT the job needs (repeat)")
+    p.add_argument(
+        "--max-attempts", type=int, default=0, help="attempts before failing (default: region policy)"
+    )
+    p.add_argument(
+        "--timeout", help="wall-clock limit of each attempt, e.g. 30s or 2h: its processes are then stopped"
+    )
+    p.add_argument(
+        "--on-node-lost",
+        metavar="POLICY",
+        help="when the job's node stops heartbeating: replace (run again elsewhere, at least once), "
+        "wait=DURATION (keep it that long, e.g. wait=5m, then replace) or fail (end it lost); "
+        "default: the region's policy (fail)",
+    )
+    p.add_argument(
+        "--regions",
+        metavar="any|R1,R2",
+        help="where the job may run: 'any' (the default: home region first, then any other) or a "
+        "list of regions (home first if listed); a job that fits nowhere at home is offered to the "
+        "best allowed region by its capacity summary",
+    )
+    semantics = p.add_mutually_exclusive_group()
+    semantics.add_argument(
+        "--once",
+        action="store_true",
+        help="at most once (the default): a hand-off to another region whose answer is lost holds "
+        "the job until that region answers; it never runs twice",
+    )
+    semantics.add_argument(
+        "--retry-anywhere",
+        action="store_true",
+        help="at least once: after an unanswered hand-off the job may run elsewhere; a duplicate "
+        "run is recorded on the job",
+    )
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--env", action="append", help="environment variable KEY=VALUE for the job (repeat)")
+    p.add_argument("--id", help="job id (default: generated); resubmitting an id is a no-op")
+    p.add_argument("--wait", action="store_true", help="wait, print the output, exit with the job's status")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- the command and its arguments")
+    p.set_defaults(func=cmd_submit)
+
+
+def add_query_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``jobs``, ``job``, ``explain`` and ``logs`` to the ``fed`` subcommands."""
+    p = sub.add_parser("jobs", parents=[common], help="list jobs")
+    p.add_argument("--region")
+    p.add_argument("--state", help="only jobs in this state (pending, placed, running, succeeded, ...)")
+    p.add_argument("--limit", type=int, default=0, help="only the newest N")
+    p.add_argument("--json", action="store_true", help="JSON array of job records")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("job", parents=[common], help="one job: state, why, history")
+    p.add_argument("job")
+    p.add_argument("--region")
+    p.add_argument("--json", action="store_true", help="the job record as JSON")
+    p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("explain", parents=[common], help="why a job is pending, or why it went where it did")
+    p.add_argument("job")
+    p.add_argument("--region")
+    p.add_argument("--json", action="store_true", help="record, decision and queue position as JSON")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("logs", parents=[common], help="a job's output")
+    p.add_argument("job")
+    p.add_argument("--region")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep reading until the job ends, then exit with its status (as fed submit --wait)",
+    )
+    p.set_defaults(func=cmd_logs)
+
+
+def add_cancel_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``cancel`` to the ``fed`` subcommands."""
+    p = sub.add_parser("cancel", parents=[common], help="cancel a job (kills its whole process tree)")
+    p.add_argument("job")
+    p.add_argument("--region")
+    p.add_argument("--reason", default="cancelled by user")
+    p.set_defaults(func=cmd_cancel)
