@@ -86,6 +86,8 @@ class Agent:
         self.previous_life: dict[tuple[str, int], int] = {}
         self.devices: tuple[set[int], set[str]] = (set(), set())
         self.desired: dict[str, int] = {}
+        self._allocations: tuple[Allocation, ...] = ()  # the latest ledger's
+        self._background: set[asyncio.Task[None]] = set()
         self._run_ended = asyncio.Event()
         self.bus: Bus | None = None
         self.log = log.bind(region=config.region, node=config.node)
@@ -250,6 +252,7 @@ class Agent:
         # a held gang member waits until its whole gang is claimed: it is neither started nor stopped
         desired = {slot(a): a for a in allocations if not a.held}
         self.desired = {key: a.attempt for key, a in desired.items()}
+        self._allocations = allocations
         for job, run in list(self.running.items()):
             allocation = desired.get(job)
             if (allocation is None or allocation.attempt != run.spec.attempt) and not run.stopping:
@@ -312,6 +315,18 @@ class Agent:
             await self._report(allocation, "lost", reason=reason)
         finally:
             self.tasks.pop(slot(allocation), None)
+            self._catch_up(slot(allocation))
+
+    def _catch_up(self, job: str) -> None:
+        """The task of one of ``job``'s attempts ended: start the attempt its ledger asked for
+        meanwhile, if any (a newer attempt of a job waits for the older one's task, and the ledger
+        may not change again to bring it back)."""
+        wanted = self.desired.get(job)
+        if wanted is None or (job, wanted) in self.finished or job in self.tasks:
+            return
+        task = asyncio.create_task(self.reconcile(self._allocations))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _attempt(self, allocation: Allocation) -> None:
         job, attempt = slot(allocation), allocation.attempt
@@ -395,6 +410,7 @@ class Agent:
             self.finished.add(key)
             self.tasks.pop(job, None)
             self._run_ended.set()
+            self._catch_up(job)
 
     async def _launch(
         self, job: str, spec: runner.RunSpec, sink: runner.OutputSink, sandbox: runner.Sandbox
