@@ -200,7 +200,12 @@ async def test_agent_sigkill_with_three_jobs_leaves_no_orphan_and_each_job_ends_
     async with Client.connect(connection=cluster.connection) as fed:
         for job, policy in policies.items():
             await fed.submit(["sh", "-c", body], job_id=job, on_node_lost=policy)
-        await eventually(lambda: all(attempts_running(job) == {1} for job in policies), timeout=30)
+
+        async def all_started() -> bool:  # reported started: past the cgroup gate, not only spawned
+            states = {(await fed.job(job)).state for job in policies}
+            return states == {"running"} and all(attempts_running(job) == {1} for job in policies)
+
+        await eventually(all_started, timeout=30)
         assert agent.process is not None
         agent.process.kill()  # SIGKILL: the workloads, in their own sessions, outlive it
         agent.process.wait(timeout=10)
