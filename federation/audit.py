@@ -19,8 +19,8 @@ before the audit stream existed (its ``baseline`` metadata, on a region upgraded
 one. :func:`read` reads each origin's last sequence *before* the pass and then reads until the
 audit has copied up to it, so a busy region does not show a postfix that is only copying lag.
 
-:class:`Checker` rebuilds the state from the events, one pass, and checks the invariants of
-DESIGN.md: I1 (a ledger write that adds an allocation gives only devices the node offered, no
+:class:`Checker` rebuilds the state from the events, one pass, and checks the invariants (README,
+"Concepts"): I1 (a ledger write that adds an allocation gives only devices the node offered, no
 core or GPU twice, and stays within the node's capacity and the memory offered), I2 (a running
 attempt is in at most one node's ledger of its region, and an at-most-once job never runs in two
 regions at once, by the writers' clocks), I3 (every submission the scheduler has acknowledged has

