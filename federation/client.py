@@ -187,6 +187,7 @@ class Client:
         # a tenant's credentials: its own jobs only, through the region's scheduler (federation.tenants)
         self.tenant = self.credentials.name if self.credentials and self.credentials.kind == "tenant" else ""
         self._buses: dict[str, Bus] = {}
+        self._connecting: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def connect(
@@ -232,17 +233,25 @@ class Client:
     async def bus(self, region: str | None = None) -> Bus:
         """The (cached) connection to a region's server."""
         name = self._region(region)
-        if name not in self._buses:
-            endpoint = self.connection.regions[name]
-            self._buses[name] = await Bus.connect(
-                endpoint.url,
-                "fed-client",
-                retry_forever=False,
-                timeout=3.0,
-                tls=connection_tls(self.connection),
-                credentials=self.credentials,
-            )
-        return self._buses[name]
+        return await self._connected(name, self.connection.regions[name].url, timeout=3.0)
+
+    async def _connected(self, key: str, url: str, timeout: float = 5.0) -> Bus:
+        """The cached connection ``key``, made once: callers that ask at the same time (200
+        submissions gathered at once) share one attempt instead of each opening a connection and
+        leaving all but the last open."""
+        if key in self._buses:
+            return self._buses[key]
+        async with self._connecting.setdefault(key, asyncio.Lock()):
+            if key not in self._buses:
+                self._buses[key] = await Bus.connect(
+                    url,
+                    "fed-client",
+                    retry_forever=False,
+                    timeout=timeout,
+                    tls=connection_tls(self.connection),
+                    credentials=self.credentials,
+                )
+        return self._buses[key]
 
     # --- submit / cancel -----------------------------------------------------------------------------
 
@@ -509,15 +518,7 @@ class Client:
     async def _audit_source(self, region: str | None, everywhere: bool) -> tuple[Bus, str]:
         self._not_for_tenants("the audit trail")
         if everywhere:
-            if HUB_KEY not in self._buses:
-                self._buses[HUB_KEY] = await Bus.connect(
-                    self.connection.hub_url,
-                    "fed-client",
-                    retry_forever=False,
-                    tls=connection_tls(self.connection),
-                    credentials=self.credentials,
-                )
-            return self._buses[HUB_KEY], subjects.AUDIT_ALL
+            return await self._connected(HUB_KEY, self.connection.hub_url), subjects.AUDIT_ALL
         name = self._region(region)
         return await self.bus(name), subjects.audit_stream(name)
 
