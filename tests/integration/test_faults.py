@@ -17,7 +17,7 @@ import pytest
 from federation import subjects
 from federation.bus import Bus
 from federation.client import Client
-from federation.errors import FederationError
+from federation.errors import FederationError, NotFound
 from federation.launcher import fed_command
 from federation.schemas import Quarantined
 from federation.tracing import trace_id
@@ -202,7 +202,10 @@ async def test_agent_sigkill_with_three_jobs_leaves_no_orphan_and_each_job_ends_
             await fed.submit(["sh", "-c", body], job_id=job, on_node_lost=policy)
 
         async def all_started() -> bool:  # reported started: past the cgroup gate, not only spawned
-            states = {(await fed.job(job)).state for job in policies}
+            try:
+                states = {(await fed.job(job)).state for job in policies}
+            except NotFound:  # submitted, not yet recorded
+                return False
             return states == {"running"} and all(attempts_running(job) == {1} for job in policies)
 
         await eventually(all_started, timeout=30)
