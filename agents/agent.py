@@ -589,7 +589,7 @@ def _remove_made(disk: OffLoop) -> Callable[[asyncio.Future[Path]], None]:
 
     def remove(made: asyncio.Future[Path]) -> None:
         if not made.cancelled() and made.exception() is None:
-            disk.later(partial(shutil.rmtree, made.result(), ignore_errors=True))
+            runner.remove_later(disk, made.result())
 
     return remove
 

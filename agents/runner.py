@@ -303,7 +303,7 @@ class Run:
             self._pump.result()  # a failure to forward output is the attempt's failure
         if self._transport is not None:
             self._transport.close()  # the pipe ends a killed escapee held, if any still are open
-        self._disk.later(partial(shutil.rmtree, self.workdir, ignore_errors=True))
+        remove_later(self._disk, self.workdir)
         return code
 
     async def stop(self, grace: float) -> None:
@@ -337,9 +337,14 @@ class Prepared:
 
     def discard(self, disk: OffLoop) -> None:
         """Undo :func:`make_workdir` and :func:`prepare` for an attempt that will not start."""
-        disk.later(partial(shutil.rmtree, self.workdir, ignore_errors=True))
+        remove_later(disk, self.workdir)
         if self.group is not None:
             self.group.discard()
+
+
+def remove_later(disk: OffLoop, workdir: Path) -> None:
+    """Remove an attempt's working directory with the worker thread's next batch."""
+    disk.later(partial(shutil.rmtree, workdir, ignore_errors=True))
 
 
 def make_workdir(spec: RunSpec, work_root: Path, sandbox: Sandbox = Sandbox()) -> Path:
@@ -370,7 +375,7 @@ def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, disk: OffLoop) -> Pr
         try:
             group = sandbox.cgroups.attempt(name, bounds)
         except OSError as exc:
-            disk.later(partial(shutil.rmtree, workdir, ignore_errors=True))
+            remove_later(disk, workdir)
             raise LaunchError(f"cannot make the attempt's cgroup: {exc}") from None
         cores = None
     prepared = Prepared(workdir, env, group, cores)
@@ -457,7 +462,7 @@ async def launch(
             TREE_USAGE.pop(process.pid, None)
             transport.close()
             await group.remove()
-            disk.later(partial(shutil.rmtree, workdir, ignore_errors=True))
+            remove_later(disk, workdir)
             raise LaunchError(f"cannot put the attempt into its cgroup: {exc}") from None
         finally:
             os.close(gate[1])

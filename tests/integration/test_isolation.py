@@ -72,18 +72,22 @@ async def test_a_job_past_its_memory_ends_out_of_memory_while_its_neighbour_runs
         assert (await neighbour.wait(timeout=60)).state == "succeeded"
 
 
+SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"  # ~1 s of CPU
+
+
+async def _isolation(fed: Client, node: str) -> str:
+    """The isolation label of ``node``'s latest offer in eu (empty until it offered)."""
+    bus = await fed.bus("eu")
+    item = await bus.last(subjects.offers_stream("eu"), subjects.offer("eu", node))
+    message = decode_message(item.data) if item else None
+    return message.labels.get("isolation", "") if isinstance(message, Offer) else ""
+
+
 @needs_cgroups
 async def test_the_nodes_offer_names_its_isolation(make_cluster) -> None:
     cluster = await make_cluster(agents=1)
     async with Client.connect(connection=cluster.connection) as fed:
-        bus = await fed.bus("eu")
-
-        async def labelled() -> str:
-            item = await bus.last(subjects.offers_stream("eu"), subjects.offer("eu", "eu-n1"))
-            message = decode_message(item.data) if item else None
-            return message.labels.get("isolation", "") if isinstance(message, Offer) else ""
-
-        assert await eventually(labelled) in ("cgroup-v1", "cgroup-v2")
+        assert await eventually(lambda: _isolation(fed, "eu-n1")) in ("cgroup-v1", "cgroup-v2")
         job = await fed.submit(["true"], require={"isolation": "cgroup-v1,cgroup-v2"})
         assert (await job.wait(timeout=60)).state == "succeeded"
 
@@ -91,9 +95,8 @@ async def test_the_nodes_offer_names_its_isolation(make_cluster) -> None:
 @needs_cgroups
 async def test_a_one_second_cpu_spin_reports_its_cpu_seconds(make_cluster) -> None:
     cluster = await make_cluster(agents=1)
-    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
     async with Client.connect(connection=cluster.connection) as fed:
-        job = await fed.submit(["python3", "-c", spin], memory=256 * MiB)
+        job = await fed.submit(["python3", "-c", SPIN], memory=256 * MiB)
         record = await job.wait(timeout=60)
     assert record.state == "succeeded", record
     assert record.usage is not None
@@ -114,17 +117,9 @@ async def test_without_cgroups_a_job_runs_in_its_process_group_and_reports_its_p
     cluster = await make_cluster(agents=0)
     await cluster.start_agent("eu", "plain", "--isolation", "none", "--cpu", "2", "--memory", "4GiB")
     async with Client.connect(connection=cluster.connection) as fed:
-        bus = await fed.bus("eu")
-
-        async def labelled() -> str:
-            item = await bus.last(subjects.offers_stream("eu"), subjects.offer("eu", "plain"))
-            message = decode_message(item.data) if item else None
-            return message.labels.get("isolation", "") if isinstance(message, Offer) else ""
-
-        assert await eventually(labelled) == "none"
+        assert await eventually(lambda: _isolation(fed, "plain")) == "none"
         # the CPU is spent by a child the shell waits for: the tree's rusage counts it
-        spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
-        job = await fed.submit(["sh", "-c", 'python3 -c "$0"; echo ran', spin], memory=256 * MiB)
+        job = await fed.submit(["sh", "-c", 'python3 -c "$0"; echo ran', SPIN], memory=256 * MiB)
         record = await job.wait(timeout=60)
     assert record.state == "succeeded", record
     assert record.usage is not None
