@@ -31,6 +31,7 @@ from federation.bus import Bus
 from federation.core.events import Command, Event
 from federation.core.policy import Policy
 from federation.core.state import RegionCore
+from federation.delivery import Delivery
 
 MAX_INPUTS = 4 * 1024**2  # bytes per message (the audit stream takes 5 MiB; the server's max_payload caps it)
 HEADROOM = 4096  # bytes left under max_payload for the protocol and headers
@@ -160,47 +161,52 @@ class Verification:
         return not self.divergences and not self.unverifiable
 
 
+class Verifier:
+    """Re-runs journalled core lives, one audit message of ``fed.<region>.inputs`` at a time."""
+
+    def __init__(self) -> None:
+        self.result = Verification()
+        self.cores: dict[str, tuple[RegionCore, int]] = {}  # life -> (core, next step)
+        self.broken: set[str] = set()
+
+    def feed(self, region: str, delivery: Delivery) -> None:
+        """Re-run one inputs message of ``region`` and compare its recorded decisions."""
+        result = self.result
+        try:
+            inputs = _decoder.decode(delivery.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            result.unverifiable.append(f"{region}: audit sequence {delivery.sequence} is unreadable: {exc}")
+            return  # the life it belonged to shows a gap at its next message
+        life = f"{inputs.region}/{inputs.life}"
+        if inputs.fresh:  # a life starts here (even under a name seen before)
+            self.broken.discard(life)
+            self.cores[life] = (RegionCore(inputs.region, epoch=inputs.epoch, policy=inputs.policy), 0)
+            result.lives += 1
+        if life in self.broken:
+            return
+        if life not in self.cores or self.cores[life][1] != inputs.step or inputs.skipped:
+            why = "a snapshot too large to journal" if inputs.skipped else f"a gap before step {inputs.step}"
+            result.unverifiable.append(f"{life}: {why}")
+            self.broken.add(life)
+            self.cores.pop(life, None)
+            return
+        core, step = self.cores[life]
+        if len(inputs.events) != len(inputs.digests):
+            result.unverifiable.append(f"{life}: step {step} has events and digests of unequal number")
+            self.broken.add(life)
+            return
+        if _replay(result, life, core, step, inputs):
+            self.broken.add(life)
+        self.cores[life] = (core, step + len(inputs.events))
+
+
 async def verify(bus: Bus, stream: str, regions: list[str]) -> Verification:
     """Re-run every journalled core life of ``regions`` found in ``stream``."""
-    result = Verification()
-    cores: dict[str, tuple[RegionCore, int]] = {}  # life -> (core, next step)
-    broken: set[str] = set()
+    verifier = Verifier()
     for region in regions:
         async for delivery in bus.follow(stream, subjects.inputs(region), until_caught_up=True):
-            try:
-                inputs = _decoder.decode(delivery.data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                result.unverifiable.append(
-                    f"{region}: audit sequence {delivery.sequence} is unreadable: {exc}"
-                )
-                continue  # the life it belonged to shows a gap at its next message
-            life = f"{inputs.region}/{inputs.life}"
-            if inputs.fresh:  # a life starts here (even under a name seen before)
-                broken.discard(life)
-                cores[life] = (RegionCore(inputs.region, epoch=inputs.epoch, policy=inputs.policy), 0)
-                result.lives += 1
-            if life in broken:
-                continue
-            if life not in cores or cores[life][1] != inputs.step or inputs.skipped:
-                why = (
-                    "a snapshot too large to journal"
-                    if inputs.skipped
-                    else f"a gap before step {inputs.step}"
-                )
-                result.unverifiable.append(f"{life}: {why}")
-                broken.add(life)
-                cores.pop(life, None)
-                continue
-            core, step = cores[life]
-            if len(inputs.events) != len(inputs.digests):
-                result.unverifiable.append(f"{life}: step {step} has events and digests of unequal number")
-                broken.add(life)
-                continue
-            diverged = _replay(result, life, core, step, inputs)
-            if diverged:
-                broken.add(life)
-            cores[life] = (core, step + len(inputs.events))
-    return result
+            verifier.feed(region, delivery)
+    return verifier.result
 
 
 def _replay(result: Verification, life: str, core: RegionCore, step: int, inputs: Inputs) -> bool:
@@ -227,4 +233,4 @@ def _replay(result: Verification, life: str, core: RegionCore, step: int, inputs
     return False
 
 
-__all__ = ["Inputs", "Journal", "Verification", "digest", "verify"]
+__all__ = ["Inputs", "Journal", "Verification", "Verifier", "digest", "verify"]
