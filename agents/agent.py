@@ -56,8 +56,8 @@ from agents.offloop import OffLoop
 from agents.probes import HostProbe, build_offer, declared_devices
 from federation import failpoints, subjects, tracing
 from federation.bus import Bus
+from federation.bus.delivery import Delivery
 from federation.config import AgentConfig
-from federation.delivery import Delivery
 from federation.errors import ConfigError, FederationError, RemoteProtocolError
 from federation.resources import format_memory
 from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, Usage, decode_ledger, encode

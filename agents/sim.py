@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from federation import subjects
 from federation.bus import Bus
-from federation.delivery import Delivery
+from federation.bus.delivery import Delivery
 from federation.schemas import Heartbeat, JobEvent, JobEventKind, Offer, decode_ledger, encode
 
 

@@ -33,11 +33,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import throughput  # noqa: E402 - after the sys.path lines above
 
-from federation import audit, subjects  # noqa: E402 - after the sys.path lines above
+from federation import subjects  # noqa: E402 - after the sys.path lines above
+from federation.audit import trail as audit  # noqa: E402
 from federation.bus import Bus  # noqa: E402 - after the sys.path lines above
-from federation.deploy import Server, server_config  # noqa: E402
-from federation.launcher import Child, nats_server_binary, read_ports  # noqa: E402
-from federation.provision import provision, wait_for_jetstream  # noqa: E402
+from federation.ops.deploy import Server, server_config  # noqa: E402
+from federation.ops.launcher import Child, nats_server_binary, read_ports  # noqa: E402
+from federation.ops.provision import provision, wait_for_jetstream  # noqa: E402
 from federation.schemas import (  # noqa: E402 - after the sys.path lines above
     Allocation,
     Capacity,

@@ -38,7 +38,7 @@ import throughput  # noqa: E402 - after the sys.path lines above
 from federation import subjects  # noqa: E402 - after the sys.path lines above
 from federation.bus import Bus  # noqa: E402 - after the sys.path lines above
 from federation.client import Client  # noqa: E402 - after the sys.path lines above
-from federation.launcher import Federation, Options  # noqa: E402 - after the sys.path lines above
+from federation.ops.launcher import Federation, Options  # noqa: E402 - after the sys.path lines above
 from federation.schemas import decode_lease  # noqa: E402 - after the sys.path lines above
 
 REGION = "bench"

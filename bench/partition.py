@@ -37,9 +37,9 @@ import throughput  # noqa: E402 - after the sys.path lines above
 from agents.sim import SimulatedNodes  # noqa: E402 - after the sys.path lines above
 from federation import subjects  # noqa: E402 - after the sys.path lines above
 from federation.bus import Bus  # noqa: E402 - after the sys.path lines above
+from federation.bus.delivery import Delivery  # noqa: E402
 from federation.client import Client  # noqa: E402 - after the sys.path lines above
-from federation.delivery import Delivery  # noqa: E402
-from federation.launcher import Federation, Options  # noqa: E402 - after the sys.path lines above
+from federation.ops.launcher import Federation, Options  # noqa: E402 - after the sys.path lines above
 from federation.schemas import Submit, decode_record, encode  # noqa: E402 - after the sys.path lines above
 
 REGIONS = ("pa", "pb", "pc")

@@ -38,16 +38,17 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from agents.sim import SimulatedNodes  # noqa: E402 - after the sys.path line above
 from federation import subjects  # noqa: E402 - after the sys.path line above
-from federation.auth import accounts, use_credentials, use_tls  # noqa: E402
 from federation.bus import (  # noqa: E402 - after the sys.path line above
     Bus,
     Delivery,
 )
-from federation.deploy import Server, TlsFiles, server_config  # noqa: E402
-from federation.keyring import Keyring  # noqa: E402
-from federation.launcher import Child, fed_command, nats_server_binary, read_ports  # noqa: E402
-from federation.pki import local_authority  # noqa: E402
-from federation.provision import provision, wait_for_jetstream  # noqa: E402
+from federation.identity import TlsFiles, use_credentials, use_tls  # noqa: E402
+from federation.ops.auth import accounts  # noqa: E402
+from federation.ops.deploy import Server, server_config  # noqa: E402
+from federation.ops.keyring import Keyring  # noqa: E402
+from federation.ops.launcher import Child, fed_command, nats_server_binary, read_ports  # noqa: E402
+from federation.ops.pki import local_authority  # noqa: E402
+from federation.ops.provision import provision, wait_for_jetstream  # noqa: E402
 from federation.schemas import JobEvent, Submit, decode_message, decode_record, encode  # noqa: E402 - after the sys.path line above
 
 REGION = "bench"

@@ -28,7 +28,7 @@ import msgspec
 import structlog
 
 from federation import subjects, tracing
-from federation.audit import (
+from federation.audit.trail import (
     AuditEvent,
     Checker,
     Report,
@@ -39,7 +39,7 @@ from federation.audit import (
     processed,
     read,
 )
-from federation.auth import Credentials
+from federation.audit.usage import DEFAULT_BY, Accountant, Dimension, UsageReport, dimensions
 from federation.bus import FAILOVER, Bus
 from federation.config import (
     Connection,
@@ -58,7 +58,10 @@ from federation.errors import (
     NotPermitted,
     RemoteProtocolError,
 )
-from federation.journal import Verification, verify
+from federation.identity import Credentials
+from federation.scheduler.journal import Verification, verify
+from federation.scheduler.tenants import TenantQuery, TenantReply
+from federation.scheduler.tenants import decode_reply as decode_tenant_reply
 from federation.schemas import (
     MAX_MESSAGE_BYTES,
     PRIORITY_RANK,
@@ -81,9 +84,6 @@ from federation.schemas import (
     encode,
     validate,
 )
-from federation.tenants import TenantQuery, TenantReply
-from federation.tenants import decode_reply as decode_tenant_reply
-from federation.usage import DEFAULT_BY, Accountant, Dimension, UsageReport, dimensions
 
 HUB_KEY = ":hub"  # the hub's connection among the region connections (no region has a colon)
 TENANT_POLL = 0.25  # seconds between a tenant's questions while it waits for a job
@@ -184,7 +184,8 @@ class Client:
     def __init__(self, connection: Connection, credentials: Credentials | None = None) -> None:
         self.connection = connection
         self.credentials = credentials or connection_credentials(connection)
-        # a tenant's credentials: its own jobs only, through the region's scheduler (federation.tenants)
+        # a tenant's credentials: its own jobs only, through the region's scheduler
+        # (federation.scheduler.tenants)
         self.tenant = self.credentials.name if self.credentials and self.credentials.kind == "tenant" else ""
         self._buses: dict[str, Bus] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
@@ -543,7 +544,8 @@ class Client:
     async def audit_check(
         self, *, region: str | None = None, everywhere: bool = False, wait: float = 10.0
     ) -> Report:
-        """Rebuild the state from the audit trail and check the invariants (see :mod:`federation.audit`).
+        """Rebuild the state from the audit trail and check the invariants (see
+        :mod:`federation.audit.trail`).
 
         What the region has handled (its consumers' floors) and each origin's last sequence are
         read first; the pass then reads until the audit has copied that far (up to ``wait``
@@ -570,7 +572,7 @@ class Client:
 
     async def audit_verify(self, *, region: str | None = None, everywhere: bool = False) -> Verification:
         """Re-run the placement core on the inputs it was fed and compare its decisions step by step
-        (see :mod:`federation.journal`)."""
+        (see :mod:`federation.scheduler.journal`)."""
         bus, stream = await self._audit_source(region, everywhere)
         return await verify(bus, stream, self.regions if everywhere else [self._region(region)])
 
@@ -585,7 +587,7 @@ class Client:
         everywhere: bool = False,
     ) -> UsageReport:
         """The compute used since ``since`` (Unix seconds; 0: the whole trail), from the audit trail
-        (what ``fed usage`` prints; see :mod:`federation.usage` for what is counted and the units).
+        (what ``fed usage`` prints; see :mod:`federation.audit.usage` for what is counted and the units).
 
         Every region's own trail by default (read in turn, the hub not needed): a region that
         cannot be read is listed in ``unread`` and the others are counted. ``region`` reads one

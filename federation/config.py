@@ -17,10 +17,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from federation.auth import Credentials
 from federation.core.policy import Policy
-from federation.deploy import TlsFiles
 from federation.errors import ConfigError, FederationUnavailable
+from federation.identity import Credentials, TlsFiles
 
 T = TypeVar("T")
 
@@ -250,7 +249,7 @@ def connection_tls(connection: Connection) -> TlsFiles | None:
 def connection_credentials(connection: Connection) -> Credentials | None:
     """Who a client of ``connection`` is: ``$FED_CREDS`` (``fed --creds``), else the connection
     file's credentials (the operator's, written by ``fed up``), else nobody."""
-    from federation.keyring import load_credentials
+    from federation.identity import load_credentials
 
     path = os.environ.get("FED_CREDS") or connection.creds
     return load_credentials(path) if path else None

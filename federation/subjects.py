@@ -205,6 +205,10 @@ def audit_stream(region: str) -> str:
     return f"fed-{region}-audit"
 
 
+# the audit stream's metadata key: each origin's last sequence when the stream was created
+BASELINE: Final = "fed_baseline"
+
+
 def audit_sources(region: str) -> list[str]:
     """The streams the region's audit stream sources (what the region writes anyway)."""
     return [

@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 
-from federation import launcher, subjects
-from federation.auth import Credentials, use_credentials
+from federation import subjects
 from federation.bus import Bus
 from federation.config import Connection, load_connection
-from federation.launcher import Child, Federation, Options, agent_command, fed_command, server_pids
+from federation.identity import Credentials, use_credentials
+from federation.ops import launcher
+from federation.ops.launcher import Child, Federation, Options, agent_command, fed_command, server_pids
 from federation.schemas import Lease, decode_lease
 
 GiB = 1024**3
@@ -190,7 +191,7 @@ def process_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().split()[2] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, it was read
         return False
 
 

@@ -1,6 +1,6 @@
 """Fault injection for tests against real processes: a controllable link, signals, process checks.
 
-The link is :class:`federation.proxy.LinkProxy` (the same proxy ``fed up --chaos`` uses): a daemon
+The link is :class:`federation.ops.proxy.LinkProxy` (the same proxy ``fed up --chaos`` uses): a daemon
 connects through it instead of straight to its server, and the test cuts, blackholes, stalls,
 delays or flaps it. Processes are paused and killed with real signals, by pid.
 """
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from federation.proxy import LinkProxy
+from federation.ops.proxy import LinkProxy
 
 
 @contextlib.asynccontextmanager

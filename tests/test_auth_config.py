@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from federation import auth
-from federation.deploy import Server, server_config
 from federation.errors import ConfigError
-from federation.keyring import Keyring, load_credentials
-from federation.launcher import nats_server_binary
+from federation.identity import load_credentials
+from federation.ops import auth
+from federation.ops.deploy import Server, server_config
+from federation.ops.keyring import Keyring
+from federation.ops.launcher import nats_server_binary
 from tests.conftest import free_ports
 
 REGIONS = ("eu", "us")

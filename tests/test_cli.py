@@ -11,7 +11,7 @@ import pytest
 
 from federation.cli import build_parser, exit_status
 from federation.config import Connection, RegionEndpoint, write_connection
-from federation.launcher import fed_command
+from federation.ops.launcher import fed_command
 from federation.schemas import JobRecord, Submit
 
 

@@ -1,4 +1,4 @@
-"""Judge a campaign from the documented formats alone, independently of ``federation.audit``.
+"""Judge a campaign from the documented formats alone, independently of ``federation.audit.trail``.
 
 The inputs are what anyone outside the federation can have: the client history
 (:mod:`federation.campaign.history`), the run markers the jobs wrote, each node's declared

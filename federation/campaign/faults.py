@@ -26,14 +26,14 @@ import msgspec
 import psutil
 
 from federation import subjects
-from federation.auth import Credentials
 from federation.bus import Bus
 from federation.campaign.history import History, Operation
 from federation.client import Client
 from federation.errors import ConfigError, FederationError, FederationUnavailable, NotFound
-from federation.keyring import Keyring, load_credentials
-from federation.launcher import Child, Federation
-from federation.provision import wait_for_jetstream
+from federation.identity import Credentials, load_credentials
+from federation.ops.keyring import Keyring
+from federation.ops.launcher import Child, Federation
+from federation.ops.provision import wait_for_jetstream
 from federation.schemas import (
     Cancel,
     ChaosCommand,

@@ -30,8 +30,8 @@ from federation.campaign.checker import TERMINAL, Declared, Verdict, check, pars
 from federation.campaign.faults import FAULTS, Outcome, Stage
 from federation.campaign.history import History, Operation
 from federation.errors import ConfigError, FederationError, InvalidRequest, NotFound
-from federation.keyring import load_credentials
-from federation.launcher import Federation, Options, run_fed
+from federation.identity import load_credentials
+from federation.ops.launcher import Federation, Options, run_fed
 from federation.schemas import Semantics
 
 GiB = 1024**3

@@ -1,4 +1,4 @@
-"""``python -m federation.cli``: how :func:`federation.launcher.fed_command` starts every daemon."""
+"""``python -m federation.cli``: how :func:`federation.ops.launcher.fed_command` starts every daemon."""
 
 import sys
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from federation.audit import AuditEvent, line, merged
+from federation.audit.trail import AuditEvent, line, merged
 from federation.cli.common import state_dir
 from federation.errors import FederationError, NotPermitted
 from federation.resources import parse_duration

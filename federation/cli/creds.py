@@ -1,4 +1,4 @@
-"""``fed creds``: the identities a federation's servers accept (see :mod:`federation.auth`).
+"""``fed creds``: the identities a federation's servers accept (see :mod:`federation.ops.auth`).
 
 ``add-agent``, ``add-tenant`` and ``add-auditor`` create a key and its credentials file in the
 keyring (``<state-dir>/creds``); ``revoke`` removes one. With a federation running from the same
@@ -24,12 +24,12 @@ from typing import Any
 
 import psutil
 
-from federation import auth
 from federation.cli.common import state_dir
 from federation.config import Connection, load_connection, load_reload_report
 from federation.errors import FederationUnavailable
-from federation.keyring import Keyring
-from federation.launcher import server_pids
+from federation.ops import auth
+from federation.ops.keyring import Keyring
+from federation.ops.launcher import server_pids
 
 
 def _keyring(args: argparse.Namespace) -> Keyring:

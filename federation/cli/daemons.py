@@ -16,8 +16,7 @@ from federation.resources import parse_memory
 
 def _use_tls(args: argparse.Namespace) -> None:
     """A daemon's ``--tls-ca/--tls-cert/--tls-key``: every connection it opens uses them."""
-    from federation.auth import use_tls
-    from federation.deploy import TlsFiles
+    from federation.identity import TlsFiles, use_tls
 
     given = [args.tls_ca, args.tls_cert, args.tls_key]
     if any(given) and not all(given):
@@ -27,7 +26,7 @@ def _use_tls(args: argparse.Namespace) -> None:
 
 
 async def cmd_scheduler(args: argparse.Namespace) -> int:
-    from federation.scheduler import serve
+    from federation.scheduler.daemon import serve
 
     _use_tls(args)
 

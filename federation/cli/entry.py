@@ -23,8 +23,7 @@ EXIT_ERROR = 2
 
 def _use_credentials(path: str | None) -> None:
     """``--creds`` (else ``$FED_CREDS``): the identity every connection of this process presents."""
-    from federation.auth import use_credentials
-    from federation.keyring import load_credentials
+    from federation.identity import load_credentials, use_credentials
 
     if path:
         os.environ["FED_CREDS"] = path  # the client path reads it (config.connection_credentials)

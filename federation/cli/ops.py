@@ -8,8 +8,9 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from federation import deploy, subjects
+from federation import subjects
 from federation.errors import ConfigError
+from federation.ops import deploy
 
 EXIT_STALE = 1
 
@@ -46,7 +47,7 @@ async def cmd_render(args: argparse.Namespace) -> int:
 
 async def cmd_provision(args: argparse.Namespace) -> int:
     from federation.bus import Bus
-    from federation.provision import provision, provision_audit_all
+    from federation.ops.provision import provision, provision_audit_all
 
     if not args.region:
         raise ConfigError("name a region (--region R; with --hub, every region: repeat it)")

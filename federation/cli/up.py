@@ -16,7 +16,7 @@ from federation.schemas import ChaosCommand, ChaosState
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
-    from federation.launcher import Options, up
+    from federation.ops.launcher import Options, up
 
     capacity = {"cpu": 4, "memory": 8 * 1024**3, "gpu": 0}
     capacity.update(parse_capacity(args.node_capacity))

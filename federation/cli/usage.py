@@ -2,8 +2,8 @@
 
 Reads the audit trail through :meth:`federation.client.Client.usage` (every region's own trail by
 default, one region's with ``--region``, the hub's ``AUDIT_ALL`` with ``--all``, as ``fed audit``
-does) and prints aligned tables, or the :class:`~federation.usage.UsageReport` as JSON. What is
-counted, and the units, are in :mod:`federation.usage`.
+does) and prints aligned tables, or the :class:`~federation.audit.usage.UsageReport` as JSON. What is
+counted, and the units, are in :mod:`federation.audit.usage`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from federation.audit.usage import DIMENSIONS, Balance, Totals, UsageReport, dimensions
 from federation.cli.common import print_json, state_dir
 from federation.errors import ConfigError
 from federation.resources import parse_duration
-from federation.usage import DIMENSIONS, Balance, Totals, UsageReport, dimensions
 
 COLUMNS = ("JOBS", "RUNS", "CPU-H", "MEM-GiB-H", "GPU-H", "WALL-H")
 

@@ -8,8 +8,8 @@ import json
 
 import msgspec
 
-from federation.audit import AuditEvent, Checker, Parsed, line, parse
-from federation.delivery import Delivery
+from federation.audit.trail import AuditEvent, Checker, Parsed, line, parse
+from federation.bus.delivery import Delivery
 from federation.schemas import Allocation, Capacity, JobRecord, Ledger, Quarantined, Submit, encode
 
 SPEC = Submit(id="j", command=["true"])

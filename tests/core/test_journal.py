@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from federation.core.events import Tick
 from federation.core.state import RegionCore
-from federation.journal import Journal, _decoder, _encoder
+from federation.scheduler.journal import Journal, _decoder, _encoder
 
 
 def test_two_schedulers_with_the_same_host_and_pid_get_different_life_names() -> None:

@@ -10,10 +10,10 @@ import json
 import msgspec
 import pytest
 
+from federation.audit.usage import UNKNOWN, Accountant, Totals, UsageReport, dimensions
 from federation.cli.usage import render, window
 from federation.errors import InvalidRequest
 from federation.schemas import JobEvent, JobRecord, Submit, Usage
-from federation.usage import UNKNOWN, Accountant, Totals, UsageReport, dimensions
 
 GiB = 1024**3
 

@@ -87,7 +87,7 @@ def test_a_submission_with_a_hand_set_origin_is_refused_naming_the_field() -> No
 
 
 def test_a_hand_off_stored_by_this_regions_scheduler_keeps_its_origin() -> None:
-    # what federation.handoff stores when eu accepts us-east's job
+    # what federation.scheduler.handoff stores when eu accepts us-east's job
     spec = Submit(id="j1", command=["true"], regions=["any"], submitted_at=5.0)
     stored = msgspec.structs.replace(spec, origin="us-east", regions=["eu"])
     accepted = decode_workload(encode(stored), kind="submit", job="j1", tenant="", region="eu")

@@ -19,7 +19,6 @@ import nats
 import pytest
 
 from federation import subjects
-from federation.auth import Credentials, new_seed, use_credentials
 from federation.bus import Bus
 from federation.campaign.faults import admission
 from federation.client import Client
@@ -31,8 +30,9 @@ from federation.errors import (
     NotFound,
     NotPermitted,
 )
-from federation.keyring import Keyring, load_credentials
-from federation.launcher import Federation, Options, server_pids
+from federation.identity import Credentials, load_credentials, new_seed, use_credentials
+from federation.ops.keyring import Keyring
+from federation.ops.launcher import Federation, Options, server_pids
 from federation.schemas import Cancel, Heartbeat, Submit, encode
 from tests.conftest import eventually, fed_up, raw_connect, run_fed
 from tests.harness import pause, resume

@@ -18,7 +18,7 @@ import pytest
 
 from federation import subjects
 from federation.client import Client
-from federation.launcher import fed_command
+from federation.ops.launcher import fed_command
 from federation.schemas import Heartbeat, encode
 from tests.conftest import eventually, run_fed
 from tests.harness import pause, resume

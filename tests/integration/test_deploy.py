@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from federation import deploy, subjects
+from federation import subjects
 from federation.cli import build_parser, main
 from federation.client import Client
 from federation.config import Connection, RegionEndpoint
-from federation.deploy import Server, server_config
-from federation.launcher import Child, agent_command, fed_command, nats_server_binary, read_ports
-from federation.provision import wait_for_jetstream
+from federation.ops import deploy
+from federation.ops.deploy import Server, server_config
+from federation.ops.launcher import Child, agent_command, fed_command, nats_server_binary, read_ports
+from federation.ops.provision import wait_for_jetstream
 from tests.conftest import eventually, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from federation import subjects
 from federation.bus import Bus
 from federation.client import Client
 from federation.errors import FederationError, NotFound
-from federation.launcher import fed_command
+from federation.ops.launcher import fed_command
 from federation.schemas import Quarantined
 from federation.tracing import trace_id
 from tests.conftest import eventually, run_fed
@@ -139,7 +139,7 @@ async def test_fed_up_starts_runs_a_job_and_stops_leaving_no_process(tmp_path: P
 
 
 async def test_restart_with_the_same_state_dir_resumes_jobs(tmp_path: Path) -> None:
-    from federation.launcher import Federation, Options
+    from federation.ops.launcher import Federation, Options
 
     options = Options(state_dir=tmp_path / "state", regions=("eu",), agents=1)
     first = Federation(options)
@@ -160,7 +160,7 @@ async def test_restart_with_the_same_state_dir_resumes_jobs(tmp_path: Path) -> N
         async with Client.connect(connection=connection) as fed:
             assert (await fed.job("before-restart")).state == "succeeded"
             assert (await fed.job("waits")).state == "pending"
-            from federation.launcher import Child, agent_command
+            from federation.ops.launcher import Child, agent_command
 
             await second.add_identity("agent", "later", "eu")
             creds = second.creds_args("agent", "later", "eu")

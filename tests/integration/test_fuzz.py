@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from federation import subjects
 from federation.client import Client
 from federation.errors import FederationError
-from federation.launcher import Federation, Options
+from federation.ops.launcher import Federation, Options
 from federation.schemas import MAX_MESSAGE_BYTES, Offer, Submit, decode_message, decode_workload
 from tests.conftest import eventually
 

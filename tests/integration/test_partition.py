@@ -18,8 +18,8 @@ import pytest
 
 from federation import subjects
 from federation.bus import Bus
+from federation.bus.delivery import Delivery
 from federation.client import Client
-from federation.delivery import Delivery
 from federation.schemas import decode_ledger
 from tests.conftest import GiB, eventually
 

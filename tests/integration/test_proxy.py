@@ -11,7 +11,7 @@ import pytest
 
 from federation.bus import Bus
 from federation.errors import FederationUnavailable
-from federation.proxy import LinkProxy
+from federation.ops.proxy import LinkProxy
 from tests.conftest import Cluster, eventually
 from tests.harness import proxied
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from federation.client import Client
-from federation.keyring import Keyring
+from federation.ops.keyring import Keyring
 from tests.conftest import GiB, eventually
 
 pytestmark = [

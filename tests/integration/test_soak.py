@@ -35,7 +35,7 @@ from federation.bus import Bus
 from federation.client import Client
 from federation.core.state import ALLOWED
 from federation.errors import FederationError
-from federation.monitor import monitoring
+from federation.ops.monitor import monitoring
 from federation.schemas import decode_ledger
 from tests.conftest import Cluster, eventually
 from tests.harness import pause, proxied, resume

@@ -13,10 +13,10 @@ import pytest
 
 from federation.bus import Bus
 from federation.client import Client
-from federation.deploy import TlsFiles
 from federation.errors import FederationUnavailable
-from federation.monitor import monitoring
-from federation.pki import local_authority
+from federation.identity import TlsFiles
+from federation.ops.monitor import monitoring
+from federation.ops.pki import local_authority
 from tests.conftest import run_fed
 
 pytestmark = pytest.mark.timeout(180)

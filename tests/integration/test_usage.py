@@ -11,11 +11,11 @@ import time
 
 import pytest
 
+from federation.audit.usage import Cell, Totals, UsageReport
 from federation.client import Client
 from federation.errors import NotPermitted
-from federation.keyring import load_credentials
+from federation.identity import load_credentials
 from federation.schemas import JobRecord
-from federation.usage import Cell, Totals, UsageReport
 from tests.conftest import eventually, run_fed
 
 pytestmark = pytest.mark.timeout(240)

@@ -15,7 +15,7 @@ pair; the server keeps only the public key and checks a signature of its nonce).
   submission's ``tenant`` against it) and asks its region's scheduler for its own jobs and logs
   (``fed.<region>.tenant.<name>.>``); no stream, bucket or audit access;
 - ``auditor``: reads the audit streams, the live buckets (invariant I8) and stream and consumer
-  info, by batched direct gets (:mod:`federation.scan`): it creates no consumer, since
+  info, by batched direct gets (:mod:`federation.bus.scan`): it creates no consumer, since
   nats-server does not check a consumer's deliver subject against its creator's permissions;
 - ``leaf`` (one region's leafnode link to the hub): everything except the node-local traffic of
   any region (heartbeats, offers, status, ledger republish, journal, quarantine, KV writes), in
@@ -29,7 +29,7 @@ does not check reply subjects against permissions, and a service import is what 
 reply subject from steering the server's acknowledgement into a stream.
 
 :func:`accounts` renders the ``accounts`` block of a server's configuration;
-``federation.keyring`` keeps the keys on disk. Everything here is pure except the last section:
+``federation.ops.keyring`` keeps the keys on disk. Everything here is pure except the last section:
 who this process is (:func:`use_credentials`, :func:`use_tls`: a daemon's ``--creds`` and
 ``--tls-*``), which every connection it opens without its own presents.
 """
@@ -37,41 +37,16 @@ who this process is (:func:`use_credentials`, :func:`use_tls`: a daemon's ``--cr
 from __future__ import annotations
 
 import json
-import os
-import ssl
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-
-import nkeys
+from dataclasses import dataclass
 
 from federation import subjects
-from federation.deploy import TlsFiles
-from federation.errors import ConfigError, FederationUnavailable
+from federation.errors import ConfigError
+from federation.identity import Identity
 
 KINDS = ("admin", "scheduler", "agent", "tenant", "auditor", "leaf")
 # node-local traffic: it never needs to cross a leafnode link, in either direction
 LOCAL_ONLY = ("hb.>", "offer.>", "status.>", "ledger.>", "inputs", "quarantine.>")
-
-
-@dataclass(frozen=True)
-class Identity:
-    """One key and its role. ``name`` is the node (agent), tenant, or region (scheduler, leaf)."""
-
-    kind: str
-    name: str
-    public_key: str
-    region: str = ""  # an agent's region
-
-    @property
-    def label(self) -> str:
-        """How people name it: ``agent eu-west/eu-west-n1``, ``tenant acme``."""
-        where = f"{self.region}/" if self.region else ""
-        return f"{self.kind} {where}{self.name}"
-
-    @property
-    def inbox(self) -> str:
-        """The prefix of this identity's private inbox subjects."""
-        return inbox(self.public_key)
 
 
 @dataclass(frozen=True)
@@ -83,49 +58,6 @@ class Permissions:
     publish_deny: tuple[str, ...] = ()
     subscribe_deny: tuple[str, ...] = ()
     allow_responses: bool = False
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """What a client presents: its identity's seed (secret), and who that is."""
-
-    seed: str
-    kind: str = "admin"
-    name: str = "admin"
-    region: str = ""
-    public_key: str = field(default="", compare=False)
-
-    def __post_init__(self) -> None:
-        if not self.public_key:
-            object.__setattr__(self, "public_key", public_key(self.seed))
-
-    @property
-    def inbox(self) -> str:
-        return inbox(self.public_key)
-
-    @property
-    def identity(self) -> Identity:
-        return Identity(self.kind, self.name, self.public_key, self.region)
-
-
-def new_seed() -> str:
-    """A fresh user nkey seed (``SU...``): the secret an identity signs with."""
-    return str(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode())
-
-
-def public_key(seed: str) -> str:
-    """The public key (``U...``) of a user seed; ConfigError for anything that is not one."""
-    try:
-        key = str(nkeys.from_seed(bytearray(seed.strip().encode())).public_key.decode())
-    except (nkeys.NkeysError, ValueError, TypeError) as exc:
-        raise ConfigError(f"not an nkey seed: {exc}") from None
-    if not key.startswith("U"):
-        raise ConfigError("not a user nkey seed (it must start with SU)")
-    return key
-
-
-def inbox(key: str) -> str:
-    return f"_INBOX.{key}"
 
 
 def check_identity(kind: str, name: str, region: str = "") -> None:
@@ -186,7 +118,7 @@ def permissions(identity: Identity, regions: Sequence[str]) -> Permissions | Non
             ),
             subscribe=(own,),
         )
-    if kind == "auditor":  # its account imports only these, read-only (federation.scan)
+    if kind == "auditor":  # its account imports only these, read-only (federation.bus.scan)
         return Permissions(
             publish=(
                 "$JS.API.INFO",
@@ -310,39 +242,3 @@ def _permissions(perms: Permissions) -> str:
     if perms.allow_responses:
         text += ", allow_responses: true"
     return text + " }"
-
-
-# --- this process's identity ---------------------------------------------------------------------
-
-_tls: TlsFiles | None = None
-_credentials: Credentials | None = None
-
-
-def use_tls(files: TlsFiles | None) -> None:
-    """Make ``files`` the TLS of every connection this process opens without its own."""
-    global _tls
-    _tls = files
-
-
-def use_credentials(credentials: Credentials | None) -> None:
-    """Make ``credentials`` the identity of every connection this process opens without its own."""
-    global _credentials
-    _credentials = credentials
-
-
-def process_tls() -> TlsFiles | None:
-    return _tls
-
-
-def process_credentials() -> Credentials | None:
-    return _credentials
-
-
-def tls_context(files: TlsFiles) -> ssl.SSLContext:
-    """A client TLS context: the server must chain to ``files.ca``; we present ``files.cert``."""
-    try:
-        context = ssl.create_default_context(cafile=files.ca)
-        context.load_cert_chain(files.cert, files.key)
-    except (OSError, ssl.SSLError) as exc:
-        raise FederationUnavailable("tls", f"cannot load the TLS files: {exc}") from None
-    return context

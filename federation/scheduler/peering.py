@@ -2,7 +2,7 @@
 
 The leader publishes :func:`~federation.core.summary.summarize` of its view every
 ``summary_interval``. Each region's ``fed-<region>-views`` stream sources its peers' summaries
-through the hub (:func:`federation.provision.provision_views`). A view that stops moving is stale, and a
+through the hub (:func:`federation.ops.provision.provision_views`). A view that stops moving is stale, and a
 link watchdog re-adds its source once the peer answers again, so views catch up within seconds of
 a heal instead of after the server's retry backoff. The region's audit stream gets the same
 watchdog for its sources: after a source stream's leader moves, its copy resumes within seconds.
@@ -20,13 +20,13 @@ from federation.schemas import Summary, decode_summaries, encode
 from federation.tasks import idle
 
 if TYPE_CHECKING:
-    from federation.scheduler import Scheduler
+    from federation.scheduler.daemon import Scheduler
 
 AUDIT_STALL = 10.0  # seconds a source of the audit stream may go unheard before it is re-added
 
 
 class Peering:
-    """The leader's side of cross-region views (started by :class:`~federation.scheduler.Scheduler`)."""
+    """The leader's side of cross-region views (started by the scheduler daemon)."""
 
     def __init__(self, scheduler: Scheduler) -> None:
         assert scheduler.bus is not None

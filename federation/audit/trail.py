@@ -52,10 +52,9 @@ import msgspec
 
 from federation import subjects
 from federation.bus import Bus
+from federation.bus.delivery import Delivery
 from federation.core.views import ALLOWED
-from federation.delivery import Delivery
 from federation.errors import RemoteProtocolError
-from federation.provision import BASELINE
 from federation.schemas import (
     TERMINAL_STATES,
     Allocation,
@@ -69,6 +68,7 @@ from federation.schemas import (
     decode_message,
     decode_record,
 )
+from federation.subjects import BASELINE
 
 Kind = Literal["submit", "cancel", "report", "ledger", "record", "inputs", "quarantine", "unreadable"]
 SOURCE_HEADER = "Nats-Stream-Source"

@@ -17,7 +17,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from federation.delivery import Delivery
+from federation.bus.delivery import Delivery
 from federation.errors import FederationUnavailable
 
 if TYPE_CHECKING:

@@ -15,15 +15,13 @@ import json
 from collections.abc import Sequence
 
 from federation import subjects
-from federation.auth import Credentials
 from federation.bus import Bus
-from federation.deploy import TlsFiles
+from federation.bus.layout import StreamSpec
 from federation.errors import FederationUnavailable
-from federation.layout import StreamSpec
+from federation.identity import Credentials, TlsFiles
 
 DAY = 24 * 3600.0
 AUDIT_HISTORY = 64  # versions kept per ledger and job record: the audit stream's sources read them
-BASELINE = "fed_baseline"  # the audit stream's metadata key (read by federation.audit)
 RECORD_BYTES = 4 * 1024**2  # the largest ledger or job record
 AUDIT_BYTES = 5 * 1024**2  # the largest audited message (a journal batch, a ledger)
 
@@ -146,12 +144,12 @@ async def _provision_audit(bus: Bus, region: str, replicas: int | None) -> None:
     name, sources = subjects.audit_stream(region), subjects.audit_sources(region)
     facts = await bus.stream_facts(name)
     metadata, known = (dict(facts.metadata), set(facts.sources)) if facts else ({}, set())
-    baseline: dict[str, int] = json.loads(metadata.get(BASELINE, "{}"))
+    baseline: dict[str, int] = json.loads(metadata.get(subjects.BASELINE, "{}"))
     for source in sources:
         if source not in known and (last := await bus.last_sequence(source) or 0):
             baseline[source] = last
     if baseline:
-        metadata[BASELINE] = json.dumps(baseline, sort_keys=True)
+        metadata[subjects.BASELINE] = json.dumps(baseline, sort_keys=True)
     spec = StreamSpec(
         name=name,
         subjects=(subjects.inputs(region),),
@@ -161,7 +159,7 @@ async def _provision_audit(bus: Bus, region: str, replicas: int | None) -> None:
         deny_purge=True,
         max_msg_size=AUDIT_BYTES,
         metadata=metadata,
-        allow_direct=True,  # auditors read by batched direct gets (federation.scan)
+        allow_direct=True,  # auditors read by batched direct gets (federation.bus.scan)
     )
     await bus.ensure_stream(spec)
 
@@ -184,7 +182,7 @@ async def provision_views(bus: Bus, region: str, peers: Sequence[str], replicas:
 
     Sources cross JetStream domains through the hub (``$JS.<peer>.API``): while a link is cut the
     view of that peer simply ages, and it catches up when the link returns (the link watchdog in
-    :mod:`federation.peering` re-adds a stale peer's source with :meth:`Bus.readd_source`).
+    :mod:`federation.scheduler.peering` re-adds a stale peer's source with :meth:`Bus.readd_source`).
     """
     name = subjects.views_stream(region)
     spec = StreamSpec(

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 At start the daemon provisions the region's streams and buckets (idempotent), then waits as a
-standby until it wins the region's lease (:mod:`federation.lease`), whose epoch fences its writes.
+standby until it wins the region's lease (:mod:`federation.scheduler.lease`), whose epoch fences its writes.
 As the new leader it loads every ledger and job record into
 :class:`~federation.core.state.RegionCore` (recovery), rewriting every ledger with its epoch first
 (the **fencing sweep**: a paused predecessor's compare-and-set then finds the revision moved, and
@@ -48,6 +48,7 @@ import structlog
 
 from federation import failpoints, subjects, tracing
 from federation.bus import Bus
+from federation.bus.delivery import Delivery
 from federation.config import SchedulerConfig, load_toml
 from federation.core.events import (
     CancelRequested,
@@ -69,7 +70,6 @@ from federation.core.events import (
     WriteLedger,
 )
 from federation.core.state import ALLOWED, RegionCore
-from federation.delivery import Delivery
 from federation.errors import (
     ConfigError,
     ConflictError,
@@ -78,12 +78,13 @@ from federation.errors import (
     LeaseLost,
     RemoteProtocolError,
 )
-from federation.handoff import HandOffs
-from federation.journal import Journal
-from federation.lease import Lease
-from federation.monitor import check_durability
-from federation.peering import Peering
-from federation.provision import provision, provision_views
+from federation.ops.monitor import check_durability
+from federation.ops.provision import provision, provision_views
+from federation.scheduler.handoff import HandOffs
+from federation.scheduler.journal import Journal
+from federation.scheduler.lease import Lease
+from federation.scheduler.peering import Peering
+from federation.scheduler.tenants import Tenants
 from federation.schemas import (
     Heartbeat,
     JobEvent,
@@ -101,7 +102,6 @@ from federation.schemas import (
     encode,
 )
 from federation.tasks import idle
-from federation.tenants import Tenants
 
 log = structlog.get_logger()
 

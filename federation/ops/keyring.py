@@ -19,8 +19,9 @@ import json
 import os
 from pathlib import Path
 
-from federation.auth import Credentials, Identity, check_identity, new_seed, public_key
 from federation.errors import ConfigError
+from federation.identity import Credentials, Identity, load_credentials, new_seed, public_key
+from federation.ops.auth import check_identity
 
 REGISTRY = "identities.json"
 MANAGED = ("admin", "scheduler", "leaf")  # without them the federation does not run
@@ -29,28 +30,6 @@ MANAGED = ("admin", "scheduler", "leaf")  # without them the federation does not
 def credentials_name(kind: str, name: str, region: str = "") -> str:
     """The file name of an identity's credentials."""
     return f"{kind}.{region}.{name}.creds" if region else f"{kind}.{name}.creds"  # '.' is in no name
-
-
-def load_credentials(path: Path | str) -> Credentials:
-    """Read a credentials file (or a bare seed file, which is taken as an admin's)."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read credentials: {exc.strerror}", source=str(path)) from None
-    kind, name, region, seed = "admin", "admin", "", ""
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("# identity:"):
-            parts = line.split(":", 1)[1].split()
-            if len(parts) == 2:
-                kind, name = parts
-            elif len(parts) == 3:
-                kind, region, name = parts
-        elif line.startswith("SU"):
-            seed = line
-    if not seed:
-        raise ConfigError("no nkey seed (a line starting with SU) in the credentials file", source=str(path))
-    return Credentials(seed=seed, kind=kind, name=name, region=region)
 
 
 class Keyring:

@@ -1,4 +1,4 @@
-"""The description of the streams a region keeps, as :mod:`federation.provision` lays them out and
+"""The description of the streams a region keeps, as :mod:`federation.ops.provision` lays them out and
 :class:`federation.bus.Bus` creates them (pure: no NATS types).
 """
 
@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """A file stream as :mod:`federation.provision` lays it out (0/False: the server's default).
+    """A file stream as :mod:`federation.ops.provision` lays it out (0/False: the server's default).
 
     ``sources`` are (stream, domain) pairs, domain "" for this one; ``discard_new`` refuses new
     messages at a limit instead of dropping old ones. A KV bucket is such a stream too, named
-    ``KV_<bucket>`` on ``$KV.<bucket>.>`` (see :func:`federation.provision.bucket`).
+    ``KV_<bucket>`` on ``$KV.<bucket>.>`` (see :func:`federation.ops.provision.bucket`).
     """
 
     name: str

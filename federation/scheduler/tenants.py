@@ -1,6 +1,6 @@
 """A tenant's window on a region: its own jobs and logs, answered by the region's leading scheduler.
 
-Tenants' credentials grant no stream, bucket or audit access (``federation.auth``): a job record or
+Tenants' credentials grant no stream, bucket or audit access (``federation.ops.auth``): a job record or
 a log chunk read straight from JetStream could be anyone's. Instead a tenant asks on
 ``fed.<region>.tenant.<tenant>.<verb>``, a subject its permissions pin to its own name, and the
 leader answers from the jobs bucket and the logs stream, keeping only what belongs to that tenant

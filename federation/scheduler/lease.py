@@ -22,7 +22,7 @@ per-message TTL of ``ttl`` seconds. When it expires the server leaves a delete m
 
 The residual risk is a pause between :meth:`valid` and the write it guards. That write is still
 fenced, because the new leader rewrites every ledger with its epoch when it takes over, so a stale
-compare-and-set finds the revision moved. See :mod:`federation.scheduler`.
+compare-and-set finds the revision moved. See :mod:`federation.scheduler.daemon`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The only module that talks NATS (:mod:`federation.provision` lays the streams out through it).
+"""The only module that talks NATS (:mod:`federation.ops.provision` lays the streams out through it).
 
 Everything else sees :class:`Delivery` (subject, bytes, headers, ack) and the typed messages of
 :mod:`federation.schemas`, never a ``nats.aio.msg.Msg``. This module owns:
@@ -34,12 +34,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from federation import auth, tracing
-from federation.auth import Credentials
-from federation.delivery import KV_OPERATION, Delivery
-from federation.deploy import TlsFiles
+from federation import tracing
+from federation.bus.delivery import KV_OPERATION, Delivery
+from federation.bus.layout import StreamFacts, StreamSpec
 from federation.errors import ConflictError, FederationUnavailable, InvalidRequest, NoResponders, NotPermitted
-from federation.layout import StreamFacts, StreamSpec
+from federation.identity import Credentials, TlsFiles, process_credentials, process_tls, tls_context
 from federation.tasks import cancelled, idle
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -195,9 +194,9 @@ class Bus:
     ) -> Bus:
         """Connect to ``url`` (a cluster: its members' URLs, comma-separated); daemons reconnect
         forever, CLI commands fail fast. ``tls`` and ``credentials`` default to the process's own
-        (:mod:`federation.auth`); replies come to the identity's private inbox."""
-        tls = tls or auth.process_tls()
-        credentials = credentials or auth.process_credentials()
+        (:mod:`federation.ops.auth`); replies come to the identity's private inbox."""
+        tls = tls or process_tls()
+        credentials = credentials or process_credentials()
         identity: dict[str, Any] = {}
         if credentials is not None:
             identity = {"nkeys_seed_str": credentials.seed, "inbox_prefix": credentials.inbox}
@@ -229,7 +228,7 @@ class Bus:
             max_outstanding_pings=3,
             ping_interval=5,
             reconnected_cb=reconnected,
-            tls=auth.tls_context(tls) if tls else None,
+            tls=tls_context(tls) if tls else None,
             **identity,
         )
         try:
@@ -573,7 +572,7 @@ class Bus:
         readers must treat a repeat as harmless).
         """
         if until_caught_up and self.direct_reads:  # an auditor: batched direct gets, no consumer
-            from federation.scan import scan  # it reads through this bus
+            from federation.bus.scan import scan  # it reads through this bus
 
             async for found in scan(
                 self, stream, filter_subject, last_per_subject, start_sequence, start_time
@@ -736,7 +735,7 @@ class Bus:
         except nats.js.errors.NotFoundError:
             return None
 
-    # --- stream layout (what federation.provision creates) -----------------------------------------
+    # --- stream layout (what federation.ops.provision creates) -----------------------------------------
 
     async def stream_facts(self, stream: str) -> StreamFacts | None:
         """The facts of ``stream``, or None when it does not exist."""
