@@ -48,7 +48,7 @@ from federation.config import (
     default_state_dir,
     load_connection,
 )
-from federation.core.placement import Free
+from federation.core.capacity import Free
 from federation.errors import (
     FederationError,
     FederationUnavailable,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from federation.core.placement import Free
+from federation.core.capacity import Free
 
 Key = tuple[int, int, int, str]
 

@@ -13,7 +13,7 @@ has expired, asks three questions:
    re-keyed in the index, so later jobs of the same pass see what is left.
 2. **If not, may it preempt?** When the policy lets its priority preempt, every usable node is
    examined for the fewest strictly-lower-priority allocations whose removal makes room
-   (:func:`~federation.core.placement.preemption_victims`); the node needing the fewest, lowest-
+   (:func:`~federation.core.ranking.preemption_victims`); the node needing the fewest, lowest-
    priority victims wins. The victims and the new allocation go into the node's one proposed
    ledger: a single compare-and-set removes them and adds it.
 3. **Otherwise, why not?** Every node is classified by the first filter that rejects it (no offer,
@@ -35,8 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from federation.core import placement
-from federation.core.placement import Free
+from federation.core import feasibility, ranking
+from federation.core.capacity import Free
 from federation.core.policy import lower
 from federation.core.quota import Accounts, Admission, Vector, held, request
 from federation.resources import format_memory
@@ -44,10 +44,12 @@ from federation.schemas import PRIORITY_RANK, Allocation, Candidate, Decision, O
 
 if TYPE_CHECKING:
     from federation.core.state import RegionCore
-    from federation.core.views import JobView, NodeView
+    from federation.core.views import JobView
 
 
 UNLIMITED = Admission("unlimited")
+# what preemption asks of a node: room is what its victims make
+OPEN = (feasibility.LIVE, feasibility.MATCH, feasibility.CLAIM)
 
 
 @dataclass
@@ -292,25 +294,13 @@ class Pass:
         node = self.core.nodes.get(name)
         return node.free if node is not None else None
 
-    def _usable(self, node: NodeView) -> bool:
-        return bool(
-            node.offer is not None
-            and node.alive
-            and node.offer.expires_at > self.now
-            and node.proposal is None
-            and node.free is not None
-        )
-
     def _fits(self, name: str, spec: Submit) -> Free | None:
+        """The free capacity of ``name`` as this pass counts it, when the job may go there now."""
         node = self.core.nodes.get(name)
-        if node is None or not self._usable(node) or name in self.sealed:
+        if node is None or name in self.sealed:
             return None
         free = self._free(name)
-        if free is None or free.misfit(spec) is not None:
-            return None
-        if spec.require and not placement.labels_match(name, self.core.region, free.labels, spec.require):
-            return None
-        return free
+        return free if feasibility.rejection(node, free, spec, self.core.region, self.now) is None else None
 
     def _candidates(self, spec: Submit, spread: bool, prune: bool = True) -> list[Candidate]:
         """Up to three fitting nodes in score order: preferred ones first, then the index (whose
@@ -320,9 +310,9 @@ class Pass:
         for name in spec.nodes:
             free = self._fits(name, spec)
             if free is not None and all(c.node != name for c in found):
-                found.append(Candidate(node=name, score=free.score(spec)))
+                found.append(Candidate(node=name, score=ranking.score(free, spec)))
         if found:
-            found.sort(key=lambda c: _order(c, spread))
+            found.sort(key=lambda c: ranking.order(c, spread))
             return found[:3]
         index = self.core.index
         names = index.descending(spec.gpu) if spread else index.ascending(spec.gpu, spec.cpu, spec.memory)
@@ -334,7 +324,7 @@ class Pass:
                 continue
             free = self._fits(name, spec)
             if free is not None:
-                found.append(Candidate(node=name, score=free.score(spec)))
+                found.append(Candidate(node=name, score=ranking.score(free, spec)))
                 if len(found) == 3:
                     break
         for name in expired if prune else ():
@@ -438,7 +428,7 @@ class Pass:
         chosen: list[Allocation] = []
         for victim in sorted(
             (a for a in allocations if a.tenant in borrowers and self._movable(a)),
-            key=placement.victim_order,
+            key=ranking.victim_order,
             reverse=True,
         ):
             quota = self.accounts.quota(victim.tenant)
@@ -450,7 +440,7 @@ class Pass:
             chosen.append(victim)
             remaining.remove(victim)
             after[victim.tenant] = left
-            if Free.of(offer, remaining).misfit(spec) is None:
+            if feasibility.room(Free.of(offer, remaining), spec) is None:
                 return chosen
         return None
 
@@ -476,16 +466,15 @@ class Pass:
         best: tuple[tuple[int, int, str], str, list[Allocation]] | None = None
         for name in sorted(self.core.nodes):
             node = self.core.nodes[name]
-            if name in self.touched or not self._usable(node) or node.offer is None:
+            if name in self.touched or node.offer is None:
                 continue
-            labels = node.offer.labels
-            if spec.require and not placement.labels_match(name, self.core.region, labels, spec.require):
+            if feasibility.rejection(node, node.free, spec, self.core.region, self.now, OPEN) is not None:
                 continue
             allocations = tuple(a for a in node.current().allocations if not node.released(a))
             if reclaim:
                 victims = self._reclaim_victims(spec, node.offer, allocations, borrowers)
             else:
-                victims = placement.preemption_victims(
+                victims = ranking.preemption_victims(
                     spec, node.offer, allocations, lambda a: eligible(a) and self._movable(a)
                 )
             if not victims:
@@ -504,7 +493,7 @@ class Pass:
         self.work[name] = free
         self.touched.add(name)
         self.sealed.add(name)
-        score = free.score(spec)  # before the job takes its devices
+        score = ranking.score(free, spec)  # before the job takes its devices
         plan.placed.setdefault(name, []).append(self.core.allocation(view, free, self.now))
         plan.victims[name] = victims
         for victim in victims:  # still counted until the removal is written (no same-pass reuse)
@@ -592,7 +581,7 @@ class Pass:
                     and not node.released(allocation)
                     and self._movable(allocation)
                 ):
-                    candidates.append((placement.victim_order(allocation), name, allocation))
+                    candidates.append((ranking.victim_order(allocation), name, allocation))
         candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
         return candidates
 
@@ -671,7 +660,7 @@ class Pass:
 
     def why(self, spec: Submit, position: int) -> tuple[str, Decision]:
         """Why ``spec`` waits: each node classified by the first filter that rejects it."""
-        key = placement.shape(spec)
+        key = feasibility.shape(spec)
         cached = self.misfits.get(key)
         if cached is not None:
             reason, decision = cached
@@ -685,7 +674,7 @@ class Pass:
         reasons: dict[str, list[str]] = {}
         for name in sorted(self.core.nodes):
             reasons.setdefault(self._reject(name, spec), []).append(name)
-        fitting = reasons.pop("", []) + reasons.get(placement.FULL, [])
+        fitting = reasons.pop("", []) + reasons.get(feasibility.FULL, [])
         considered = len(self.core.nodes)
         if fitting:
             plural = "s" if len(fitting) != 1 else ""
@@ -693,7 +682,7 @@ class Pass:
             reason = f"pending: waiting for capacity: {len(fitting)} node{plural} can run it once room frees"
             reason += f" ({sample})"
         else:
-            reason = placement.explain_misfit(spec, reasons, considered) + self._never(spec)
+            reason = feasibility.explain_misfit(spec, reasons, considered) + self._never(spec)
         decision = Decision(
             kind="pending",
             at=self.now,
@@ -725,28 +714,8 @@ class Pass:
         )
 
     def _reject(self, name: str, spec: Submit) -> str:
-        """The first filter that rejects ``name`` for ``spec`` ("" when it fits)."""
-        node = self.core.nodes[name]
-        if node.offer is None:
-            return placement.NO_OFFER
-        if not node.alive:
-            return placement.DOWN
-        if node.offer.expires_at <= self.now:
-            return placement.EXPIRED
-        if spec.require and not placement.labels_match(
-            name, self.core.region, node.offer.labels, spec.require
-        ):
-            return placement.LABELS
-        if node.proposal is not None:
-            return placement.BUSY
-        free = self._free(name)
-        if free is None:
-            return placement.NO_OFFER
-        misfit = free.misfit(spec)
-        if misfit is None:
-            return ""
-        # the reason that holds even when the node is empty is the one that matters
-        return Free.of(node.offer, ()).misfit(spec) or placement.FULL
+        """The first check that rejects ``name`` for ``spec`` ("" when it fits)."""
+        return feasibility.explain(self.core.nodes[name], self._free(name), spec, self.core.region, self.now)
 
 
 def _times(amounts: dict[str, float], factor: int) -> dict[str, float]:
@@ -757,7 +726,3 @@ def _charge(usage: dict[str, Vector], allocation: Allocation) -> None:
     amount = held(allocation)
     use = usage.get(allocation.tenant, (0, 0, 0))
     usage[allocation.tenant] = (use[0] + amount[0], use[1] + amount[1], use[2] + amount[2])
-
-
-def _order(candidate: Candidate, spread: bool) -> tuple[object, ...]:
-    return (tuple(-s for s in candidate.score) if spread else candidate.score, candidate.node)

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from federation.core import feasibility
 from federation.core.events import CancelPassed, Command, HandOffAnswered, SendCancel, SendHandOff
-from federation.core.placement import labels_match
 from federation.schemas import JobRecord, Submit, Summary, Transition
 
 if TYPE_CHECKING:
@@ -86,31 +86,10 @@ def may_go(spec: Submit, home: str, region: str) -> bool:
 
 
 def fits(view: Summary, spec: Submit, reserved: tuple[int, int, int] = (0, 0, 0)) -> str:
-    """Why a region's summary cannot hold ``spec`` ("" when it can, as far as the summary tells).
-
-    ``reserved`` is what hand-offs in flight to that region already count on.
-    """
-    cpu, memory, gpu = reserved
-    if view.live == 0:
-        return "no live node"
-    if view.cpu_free - cpu < spec.cpu:
-        return f"{max(0, view.cpu_free - cpu)} cores free"
-    if view.memory_free - memory < spec.memory:
-        return "not enough memory free"
-    if view.gpu_free - gpu < spec.gpu:
-        return f"{max(0, view.gpu_free - gpu)} GPUs free"
-    for name, amount in spec.custom.items():
-        have = view.custom.get(name)
-        if not isinstance(have, float | int) or have < amount:
-            return f"not enough {name}"
-    for key, wanted in spec.require.items():
-        if key == "node":
-            continue  # node names are not in summaries; the remote region checks
-        options = {v.strip() for v in wanted.split(",")}
-        values = {view.region} if key == "region" else set(view.labels.get(key, ()))
-        if not options & values:
-            return f"no node labelled {key}={wanted}"
-    return ""
+    """Why a region's summary cannot hold ``spec`` ("" when it can, as far as the summary tells;
+    see :func:`~federation.core.feasibility.region_rejection`). ``reserved`` is what hand-offs in
+    flight to that region already count on."""
+    return feasibility.region_rejection(view, spec, reserved)
 
 
 def rank(
@@ -433,15 +412,11 @@ class Spill:
 
 def _room_here(core: RegionCore, spec: Submit, now: float) -> bool:
     """Whether a live node here has room for ``spec`` by its stored ledger (claims in flight aside)."""
-    for node in core.nodes.values():
-        offer, free = node.offer, node.free
-        if not node.alive or offer is None or free is None or offer.expires_at <= now:
-            continue
-        if free.misfit(spec) is None and (
-            not spec.require or labels_match(node.name, core.region, free.labels, spec.require)
-        ):
-            return True
-    return False
+    stages = (feasibility.LIVE, feasibility.MATCH, feasibility.ROOM)
+    return any(
+        feasibility.rejection(node, node.free, spec, core.region, now, stages) is None
+        for node in core.nodes.values()
+    )
 
 
 def _shape(spec: Submit, skip: set[str]) -> tuple[object, ...]:

@@ -47,7 +47,7 @@ pass and emits the writes the view needs:
   report, which is acknowledged only after the record is stored.
 
 Invariants kept here: I1 (allocations never exceed the offer, by construction of each proposal
-from :class:`~federation.core.placement.Free`), I2 (a job attempt, or each member of a gang's
+from :class:`~federation.core.capacity.Free`), I2 (a job attempt, or each member of a gang's
 attempt, is in at most one ledger: a job is re-placed only once no ledger holds it, and a
 submission for a job already allocated adopts that allocation), I4/I5 (records only move
 forward; a record's attempt number never falls, and within one attempt the state only moves
@@ -65,7 +65,7 @@ import bisect
 
 import msgspec
 
-from federation.core import placement
+from federation.core import capacity
 from federation.core.events import (
     CancelPassed,
     CancelRequested,
@@ -172,8 +172,10 @@ class RegionCore:
         return [job for _, job in self.queue]
 
     def _sync(self, node: NodeView) -> None:
-        """Recompute a node's free capacity and its place in the index after any change."""
-        node.free = placement.Free.of(node.offer, node.current().allocations) if node.offer else None
+        """Recompute a node's free capacity and its place in the index after any change: the index
+        holds the nodes a pass may place on (alive, no claim in flight, a free slot); whether
+        their offers are still valid depends on the time, and is judged when a pass looks."""
+        node.free = capacity.Free.of(node.offer, node.current().allocations) if node.offer else None
         if node.free is not None and node.alive and node.proposal is None and node.free.slots > 0:
             self.index.put(node.name, node.free)
         else:
@@ -780,7 +782,7 @@ class RegionCore:
         return commands
 
     def allocation(
-        self, view: JobView, free: placement.Free, now: float, member: int = 0, members: int = 1
+        self, view: JobView, free: capacity.Free, now: float, member: int = 0, members: int = 1
     ) -> Allocation:
         """Take the devices ``view``'s job needs from ``free`` and describe the allocation."""
         spec = view.record.spec

@@ -7,7 +7,7 @@ Other regions cannot see this region's nodes; they see its :class:`~federation.s
 
 * **canonical resources** (cores, memory, GPUs) are summed over nodes with a live offer: what is
   offered, and what the node's ledger leaves free (the same arithmetic as placement,
-  :class:`~federation.core.placement.Free`);
+  :class:`~federation.core.capacity.Free`);
 * **utilisation percentages** are averaged over those nodes;
 * **GPU models, runtimes and label values** are listed (sorted, each value once);
 * **non-canonical resources**, by value type (:func:`fold`): numbers are summed (a counted custom
@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from federation.core.placement import Free
+from federation.core import feasibility
+from federation.core.capacity import Free
 from federation.schemas import Allocation, Attribute, Offer, Summary
 
 Folded = float | list[str]
@@ -39,6 +40,14 @@ class NodeState:
     allocations: tuple[Allocation, ...] = ()
     alive: bool = True
     down_at: float = 0.0  # when its heartbeat stopped (while not alive)
+
+    @property
+    def name(self) -> str:
+        return ""  # a summary counts nodes; it names none
+
+    @property
+    def proposal(self) -> None:
+        return None  # a summary knows no claims in flight
 
 
 def fold(values: Iterable[Attribute]) -> Folded:
@@ -77,7 +86,7 @@ def summarize(region: str, nodes: Iterable[NodeState], now: float, pending: int 
             continue  # removed: its agent has been gone for long, and nothing of it is left
         total += 1
         offer = node.offer
-        if offer is None or not node.alive or offer.expires_at <= now:
+        if offer is None or not feasibility.live(node, now):
             continue
         live += 1
         free = Free.of(offer, node.allocations)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from federation.core import placement
+from federation.core import capacity
 from federation.schemas import Allocation, Decision, JobRecord, Ledger, Offer, Submit, Transition
 
 # The forward-only state machine (I5). "preempted" and "forwarded" arrive with later policies.
@@ -41,7 +41,7 @@ class NodeView:
     releases: set[tuple[str, int]] = field(default_factory=set)
     down_at: float = 0.0
     lost_from: float = 0.0  # node-loss deadlines count from here (down_at, or later after a grace)
-    free: placement.Free | None = None
+    free: capacity.Free | None = None
 
     def current(self) -> Ledger:
         """The last ledger known to be stored (an empty one when the key does not exist yet)."""

@@ -9,6 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from federation.core import feasibility
 from federation.core.events import (
     CancelRequested,
     ClaimConflict,
@@ -318,7 +319,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                     continue  # held back by its tenant's quota, or waiting for a reclaim
                 if any(n.proposal_victims for n in self.core.nodes.values()) or self.core.reclaims:
                     continue  # a reclaim under way holds back borrowing: judged once it resolves
-                assert node.free.misfit(view.record.spec) is not None, (
+                assert feasibility.room(node.free, view.record.spec) is not None, (
                     f"{job} fits {name} but was left pending"
                 )
 
