@@ -38,6 +38,13 @@ class FreeIndex:
     def __contains__(self, name: object) -> bool:
         return name in self.key
 
+    def copy(self) -> FreeIndex:
+        """An independent copy (a pass re-keys nodes in its own copy as it gives capacity away)."""
+        twin = FreeIndex()
+        twin.keys = list(self.keys)
+        twin.key = dict(self.key)
+        return twin
+
     def put(self, name: str, free: Free) -> None:
         """Insert or move ``name`` to the key of ``free``."""
         self.discard(name)

@@ -43,8 +43,8 @@ from federation.resources import format_memory
 from federation.schemas import PRIORITY_RANK, Allocation, Candidate, Decision, Offer, Submit
 
 if TYPE_CHECKING:
-    from federation.core.state import RegionCore
-    from federation.core.views import JobView
+    from federation.core.index import FreeIndex
+    from federation.core.views import JobView, Region
 
 
 UNLIMITED = Admission("unlimited")
@@ -54,7 +54,7 @@ OPEN = (feasibility.LIVE, feasibility.MATCH, feasibility.CLAIM)
 
 @dataclass
 class Plan:
-    """What a pass decided; :class:`RegionCore` turns it into proposals and record changes."""
+    """What a pass decided; the region state turns it into proposals and record changes."""
 
     placed: dict[str, list[Allocation]] = field(default_factory=dict)
     victims: dict[str, list[Allocation]] = field(default_factory=dict)
@@ -63,12 +63,14 @@ class Plan:
     decisions: dict[str, Decision] = field(default_factory=dict)
     waiting: dict[str, tuple[str, Decision]] = field(default_factory=dict)
     queue: list[tuple[tuple[int, float, int], str]] = field(default_factory=list)
+    expired: set[str] = field(default_factory=set)  # nodes whose offers expired: out of the index
 
 
 class Pass:
-    """One scheduling pass over a :class:`RegionCore` at time ``now`` (reads the core, returns a plan)."""
+    """One scheduling pass over a :class:`Region` at time ``now``: reads the core and returns a
+    plan; what it gives away as it goes is kept in its own working copies (free capacity, index)."""
 
-    def __init__(self, core: RegionCore, now: float) -> None:
+    def __init__(self, core: Region, now: float) -> None:
         self.core = core
         self.now = now
         self.work: dict[str, Free] = {}
@@ -83,6 +85,9 @@ class Pass:
         self.custom_used: dict[str, dict[str, float]] = {}
         self.seen: set[str] = set()
         self.quotas = bool(core.policy.tenants)
+        self.index = core.index  # the region's, until this pass changes a node's key: then a copy
+        self._own_index = False
+        self.expired: set[str] = set()  # nodes found with an expired offer (the core drops them)
 
     @property
     def accounts(self) -> Accounts:
@@ -153,6 +158,7 @@ class Pass:
                     placed.add(view.record.id)
             start = end
         plan.queue = list(queue)
+        plan.expired = self.expired
         for job in placed:  # a few per pass: found by bisection, not by a walk of the queue
             entry = (core.jobs[job].order, job)
             index = bisect.bisect_left(plan.queue, entry)
@@ -166,9 +172,7 @@ class Pass:
         """Whether no job of ``rank`` or below can be placed in this pass: no usable node has a
         proposal left to make (each makes one per pass), and none of them may preempt or reclaim."""
         return (
-            not self.core.index
-            and rank > self.last_preemptor
-            and not (self.quotas and self.accounts.borrowing())
+            not self.index and rank > self.last_preemptor and not (self.quotas and self.accounts.borrowing())
         )
 
     def _fair(self, entries: list[tuple[tuple[int, float, int], str]]) -> Iterator[JobView]:
@@ -314,7 +318,7 @@ class Pass:
         if found:
             found.sort(key=lambda c: ranking.order(c, spread))
             return found[:3]
-        index = self.core.index
+        index = self.index
         names = index.descending(spec.gpu) if spread else index.ascending(spec.gpu, spec.cpu, spec.memory)
         expired = []
         for name in names:
@@ -328,7 +332,8 @@ class Pass:
                 if len(found) == 3:
                     break
         for name in expired if prune else ():
-            index.discard(name)
+            self._drop(name)
+            self.expired.add(name)
         return found
 
     def _place(self, view: JobView, plan: Plan, position: int) -> bool:
@@ -343,16 +348,16 @@ class Pass:
         plan.decisions[spec.id] = Decision(
             kind="placed",
             at=self.now,
-            considered=len(self.core.index),
+            considered=len(self.index),
             chosen=chosen,
             runners_up=tuple(candidates[1:]),
             queue_position=position,
             note="preferred node" if chosen.node in spec.nodes else "",
         )
         if free.slots > 0:
-            self.core.index.put(chosen.node, free)
+            self._put(chosen.node, free)
         else:
-            self.core.index.discard(chosen.node)
+            self._drop(chosen.node)
         return True
 
     def _place_gang(self, view: JobView, plan: Plan, position: int) -> int:
@@ -373,9 +378,9 @@ class Pass:
             allocation = self.core.allocation(view, free, self.now, member=member, members=spec.gang)
             members.append((chosen.node, allocation, chosen))
             if free.slots > 0:
-                self.core.index.put(chosen.node, free)
+                self._put(chosen.node, free)
             else:
-                self.core.index.discard(chosen.node)
+                self._drop(chosen.node)
         if len(members) < spec.gang:  # all or nothing: give back what this attempt took
             for name, copy in saved.items():
                 if copy is None:
@@ -384,9 +389,9 @@ class Pass:
                     self.work[name] = copy
                 restored = self._free(name)
                 if restored is not None and restored.slots > 0:
-                    self.core.index.put(name, restored)
+                    self._put(name, restored)
                 else:
-                    self.core.index.discard(name)
+                    self._drop(name)
             self.touched = touched
             return len(members)
         for name, allocation, _ in members:
@@ -395,7 +400,7 @@ class Pass:
         plan.decisions[spec.id] = Decision(
             kind="placed",
             at=self.now,
-            considered=len(self.core.index),
+            considered=len(self.index),
             chosen=members[0][2],
             runners_up=tuple(c for _, _, c in members[1:3]),
             queue_position=position,
@@ -410,6 +415,20 @@ class Pass:
             self.work[name] = free.copy()
         self.touched.add(name)
         return self.work[name]
+
+    def _put(self, name: str, free: Free) -> None:
+        """Re-key ``name`` in this pass's index (later jobs of the pass see what is left)."""
+        self._writable().put(name, free)
+
+    def _drop(self, name: str) -> None:
+        """Take ``name`` out of this pass's index (no room left, or its one proposal is made)."""
+        if name in self.index:
+            self._writable().discard(name)
+
+    def _writable(self) -> FreeIndex:
+        if not self._own_index:
+            self.index, self._own_index = self.index.copy(), True
+        return self.index
 
     # --- preempt ---------------------------------------------------------------------------------
 
@@ -511,7 +530,7 @@ class Pass:
                 else f"preempts {len(victims)} lower-priority allocation{'s' if len(victims) != 1 else ''}"
             ),
         )
-        self.core.index.discard(name)  # its one proposal for this pass is made
+        self._drop(name)  # its one proposal for this pass is made
         return True
 
     def _shrink(self, plan: Plan) -> None:
@@ -593,7 +612,7 @@ class Pass:
             plan.reasons[name] = why
             self.touched.add(name)
             self.sealed.add(name)
-            self.core.index.discard(name)
+            self._drop(name)
 
     def _reclaiming(self, tenant: str, plan: Plan) -> str:
         """A job of another cohort member that waits on a reclaim ("" when none): this pass's

@@ -35,15 +35,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import msgspec
-
 from federation.core import feasibility
 from federation.core.events import CancelPassed, Command, HandOffAnswered, SendCancel, SendHandOff
+from federation.core.planning import Pass
 from federation.schemas import JobRecord, Submit, Summary, Transition
 
 if TYPE_CHECKING:
-    from federation.core.state import RegionCore
-    from federation.core.views import JobView
+    from federation.core.views import JobView, Region
 
 MAX_IN_FLIGHT = 64
 """Hand-offs outstanding at once (requests are cheap, but a flood would swamp a small region)."""
@@ -55,14 +53,12 @@ OFFER_EVERY = 0.25
 """Seconds between looks for jobs to offer, unless something changed (views, a job came back)."""
 
 
-def admit(core: RegionCore, spec: Submit, now: float) -> str:
+def admit(core: Region, spec: Submit, now: float) -> str:
     """The receiving side: why this region refuses a job offered by another ("" to accept).
 
     Accepted only if a node has room for it now (it is then placed on this region's own nodes,
     through this region's own ledgers) and it does not collide with a job of this region.
     """
-    from federation.core.planning import Pass
-
     if spec.gang > 1:
         return "gangs are not handed between regions"
     if (view := core.jobs.get(spec.id)) is not None and view.record.spec.origin != spec.origin:
@@ -155,7 +151,7 @@ class Spill:
 
     # --- jobs arriving ---------------------------------------------------------------------------
 
-    def admitted(self, core: RegionCore, view: JobView, at: float) -> None:
+    def admitted(self, core: Region, view: JobView, at: float) -> None:
         """A job entered the core (a submission, or recovery at ``at``)."""
         record = view.record
         asked = [region for region, state in sorted(record.handoffs.items()) if state == "asked"]
@@ -178,7 +174,7 @@ class Spill:
             self.away.add(record.id)
             self.stirred = True
 
-    def cancel(self, core: RegionCore, view: JobView, reason: str, at: float) -> bool:
+    def cancel(self, core: Region, view: JobView, reason: str, at: float) -> bool:
         """A cancel for a job this module holds; True when the core must not cancel it itself."""
         record = view.record
         job = record.id
@@ -188,8 +184,7 @@ class Spill:
             else:
                 self.cancelling[job] = (record.forwarded_to, reason, 0.0)
             if record.cancel_requested != reason:  # kept in the record: a restart must not forget it
-                view.record = msgspec.structs.replace(record, cancel_requested=reason, updated_at=at)
-                core.dirty.add(job)
+                core.amend(job, cancel_requested=reason, updated_at=at)
             return True
         self.away.discard(job)
         return False
@@ -206,7 +201,7 @@ class Spill:
 
     # --- answers ---------------------------------------------------------------------------------
 
-    def answered(self, core: RegionCore, event: HandOffAnswered) -> None:
+    def answered(self, core: Region, event: HandOffAnswered) -> None:
         """Apply a hand-off's answer (see the module docstring)."""
         view = core.jobs.get(event.job)
         if view is None:
@@ -256,17 +251,13 @@ class Spill:
             f"until {region} answers (asked again every {policy.handoff_retry:g} s)"
         )
         if record.reason != reason:
-            view.record = msgspec.structs.replace(record, reason=reason, updated_at=event.at)
-            core.dirty.add(event.job)
+            core.amend(event.job, reason=reason, updated_at=event.at)
 
-    def _back(self, core: RegionCore, view: JobView, at: float, why: str, handoffs: dict[str, str]) -> None:
+    def _back(self, core: Region, view: JobView, at: float, why: str, handoffs: dict[str, str]) -> None:
         """A hand-off that did not take: the job waits here again (or is cancelled, if asked to)."""
         record = view.record
         job = record.id
-        view.record = msgspec.structs.replace(
-            record, handoffs={**record.handoffs, **handoffs}, reason=f"pending: {why}", updated_at=at
-        )
-        core.dirty.add(job)
+        core.amend(job, handoffs={**record.handoffs, **handoffs}, reason=f"pending: {why}", updated_at=at)
         self.stirred = True
         if view.cancel_pending:
             reason, view.cancel_pending = view.cancel_pending, ""
@@ -276,7 +267,7 @@ class Spill:
         else:
             self.away.add(job)
 
-    def _resolved(self, core: RegionCore, view: JobView, event: HandOffAnswered) -> None:
+    def _resolved(self, core: Region, view: JobView, event: HandOffAnswered) -> None:
         """A query's answer about an at-least-once job's unknown hand-off."""
         record, region = view.record, event.region
         if record.handoffs.get(region) != "unknown" or event.outcome not in ("found", "absent"):
@@ -288,19 +279,18 @@ class Spill:
             note = f"duplicate: {region} accepted it too ({event.reason or 'found'}); at-least-once"
             changes["duplicates"] = (*record.duplicates, region)
             changes["history"] = (*record.history, Transition(state=record.state, at=event.at, reason=note))
-        view.record = msgspec.structs.replace(record, **changes)
-        core.dirty.add(record.id)
+        core.amend(record.id, **changes)
         if "unknown" not in view.record.handoffs.values():
             self.unresolved.pop(record.id, None)
 
     # --- the tick --------------------------------------------------------------------------------
 
-    def tick(self, core: RegionCore, now: float) -> list[Command]:
+    def tick(self, core: Region, now: float) -> list[Command]:
         """Send recorded hand-offs, re-ask held ones, queries and cancels; pick new jobs to offer."""
         commands: list[Command] = []
         policy = core.policy
         for job, handing in sorted(self.handing.items()):
-            due = handing.phase == "recording" and job not in core.dirty
+            due = handing.phase == "recording" and not core.unwritten(job)
             if due or (handing.phase == "held" and now >= handing.retry_at):
                 handing.phase, handing.expires_at = "sent", now + policy.handoff_timeout
                 spec = core.jobs[job].record.spec
@@ -337,7 +327,7 @@ class Spill:
     def _in_flight(self) -> int:
         return sum(1 for handing in self.handing.values() if handing.phase != "held")
 
-    def _offer(self, core: RegionCore, now: float) -> None:
+    def _offer(self, core: Region, now: float) -> None:
         """Offer jobs that fit nowhere here to the best region their policy allows."""
         policy = core.policy
         if len(self.tried) > 4 * SCAN:  # forget the refusals of jobs that are no longer waiting
@@ -384,17 +374,16 @@ class Spill:
             reserved[region] = (cpu + spec.cpu, memory + spec.memory, gpu + spec.gpu)
             core.unqueue(job)
             self.away.discard(job)
-            view.record = msgspec.structs.replace(
-                record,
+            core.amend(
+                job,
                 handoffs={**record.handoffs, region: "asked"},
                 reason=f"pending: fits nowhere here; offering it to {region}",
                 updated_at=now,
             )
-            core.dirty.add(job)
             self.handing[job] = Handing(region, "recording")
             in_flight += 1
 
-    def _explain_away(self, core: RegionCore, view: JobView, now: float) -> None:
+    def _explain_away(self, core: Region, view: JobView, now: float) -> None:
         """The reason of a job that may not run here and was never offered anywhere: the regions it
         may run in, and whether any view here shows them (a region no view shows may not exist)."""
         record = view.record
@@ -406,11 +395,10 @@ class Spill:
         else:
             reason = f"pending: may run only in {where}; offered there once a view shows room for it"
         if record.reason != reason:
-            view.record = msgspec.structs.replace(record, reason=reason, updated_at=now)
-            core.dirty.add(record.id)
+            core.amend(record.id, reason=reason, updated_at=now)
 
 
-def _room_here(core: RegionCore, spec: Submit, now: float) -> bool:
+def _room_here(core: Region, spec: Submit, now: float) -> bool:
     """Whether a live node here has room for ``spec`` by its stored ledger (claims in flight aside)."""
     stages = (feasibility.LIVE, feasibility.MATCH, feasibility.ROOM)
     return any(

@@ -91,6 +91,7 @@ from federation.core.planning import Pass
 from federation.core.policy import Policy
 from federation.core.spill import Spill
 from federation.core.views import ALLOWED, GangProgress, JobView, NodeView, holds, next_attempt, rebuilt
+from federation.errors import LocalProtocolError
 from federation.schemas import (
     PRIORITY_RANK,
     TERMINAL_STATES,
@@ -467,6 +468,9 @@ class RegionCore:
         if not node.activations:
             self.activating.discard(node.name)
         for victim in node.proposal_victims:
+            if self.jobs[victim].record.state not in ("placed", "running"):
+                self._release(victim)  # it ended, or was cancelled, while its removal was written
+                continue
             why = node.proposal_reason or f"preempted on {node.name} by {', '.join(node.proposal_jobs)}"
             self.move(victim, "preempted", placed_at, why)
             self._requeue(victim, "preempted", placed_at, why)
@@ -584,10 +588,14 @@ class RegionCore:
     # --- record changes ---------------------------------------------------------------------------
 
     def move(self, job: str, state: JobState, at: float, reason: str, **changes: object) -> None:
+        """Move a job along the state machine, recording why (a move to its own state records a
+        new transition). A move the machine does not allow is a bug of the core's own making:
+        :class:`~federation.errors.LocalProtocolError`, never silently dropped (I5)."""
         view = self.jobs[job]
         record = view.record
         if state != record.state and state not in ALLOWED.get(record.state, frozenset()):
-            return  # I5: never backwards, never out of a terminal state
+            # I5: never backwards, never out of a terminal state; asking is our own bug
+            raise LocalProtocolError(f"job {job}: no move from {record.state} to {state} ({reason})")
         view.record = msgspec.structs.replace(
             record,
             state=state,
@@ -643,6 +651,16 @@ class RegionCore:
         )
         bisect.insort(self.queue, (view.order, job))
 
+    def amend(self, job: str, **changes: object) -> None:
+        """Change fields of a job's record other than its state; the record is written next tick."""
+        view = self.jobs[job]
+        view.record = msgspec.structs.replace(view.record, **changes)
+        self.dirty.add(job)
+
+    def unwritten(self, job: str) -> bool:
+        """Whether the job's record has changes not yet handed out to be written."""
+        return job in self.dirty
+
     def requeue_now(self, job: str) -> None:
         """Put a pending job back in the queue, in its place by priority and age."""
         bisect.insort(self.queue, (self.jobs[job].order, job))
@@ -683,8 +701,7 @@ class RegionCore:
                 if now < deadline:
                     reason = f"{lost}; keeping the allocation until {deadline:.0f} in case it returns"
                     if wait and record.reason != reason:
-                        view.record = msgspec.structs.replace(record, reason=reason, updated_at=now)
-                        self.dirty.add(record.id)
+                        self.amend(record.id, reason=reason, updated_at=now)
                     continue
                 if action == "fail":
                     self.move(record.id, "lost", now, f"{lost}; on_node_lost=fail")
@@ -697,6 +714,8 @@ class RegionCore:
             self._node_losses(now)
         plan = Pass(self, now).run()
         self.queue = plan.queue
+        for name in plan.expired:
+            self.index.discard(name)
         self.reclaims |= plan.reclaims
         self.reclaims = {
             j for j in self.reclaims if self.jobs[j].record.state == "pending" and j not in plan.decisions

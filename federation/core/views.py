@@ -1,15 +1,22 @@
 """The core's view of its region: nodes, jobs, gangs in flight, and the state machine's edges.
 
-Plain data, mutated only by :class:`~federation.core.state.RegionCore` (and read by the planning
-pass). ``ALLOWED`` is the forward-only job state machine (I5).
+Plain data, mutated only by :class:`~federation.core.state.RegionCore`. ``ALLOWED`` is the
+forward-only job state machine (I5). :class:`Region` is what the core's parts (the planning pass,
+the spillover) see of the region state: they read it and change it only through its methods, and
+import this protocol instead of the state's module, so the core has no import cycle.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from federation.core import capacity
-from federation.schemas import Allocation, Decision, JobRecord, Ledger, Offer, Submit, Transition
+from federation.schemas import Allocation, Decision, JobRecord, JobState, Ledger, Offer, Submit, Transition
+
+if TYPE_CHECKING:
+    from federation.core.index import FreeIndex
+    from federation.core.policy import Policy
 
 # The forward-only state machine (I5). "preempted" and "forwarded" arrive with later policies.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -128,3 +135,46 @@ def rebuilt(allocation: Allocation, node: str, region: str) -> JobRecord:
         traceparent=allocation.traceparent,
         history=(Transition(state="pending", at=at), Transition(state="placed", at=at, reason=reason)),
     )
+
+
+class Region(Protocol):
+    """A region's state as its parts see it (:class:`~federation.core.state.RegionCore`)."""
+
+    region: str
+    policy: Policy
+    index: FreeIndex  # usable nodes by free capacity (a pass reads it; only the state changes it)
+    nodes: dict[str, NodeView]
+    jobs: dict[str, JobView]
+    queue: list[tuple[tuple[int, float, int], str]]  # pending jobs by (priority, age), placeable now
+    reclaims: set[str]  # jobs within quota waiting for borrowers to give it back
+
+    @property
+    def allocated(self) -> dict[str, set[str]]:
+        """Jobs held by some ledger (an attempt not yet released), with the nodes holding them."""
+        ...
+
+    def allocation(
+        self, view: JobView, free: capacity.Free, now: float, member: int = 0, members: int = 1
+    ) -> Allocation:
+        """Take the devices ``view``'s job needs from ``free`` and describe the allocation."""
+        ...
+
+    def move(self, job: str, state: JobState, at: float, reason: str, **changes: object) -> None:
+        """Move a job along the state machine (raises on an illegal move), recording why."""
+        ...
+
+    def amend(self, job: str, **changes: object) -> None:
+        """Change fields of a job's record other than its state; the record is written next tick."""
+        ...
+
+    def unwritten(self, job: str) -> bool:
+        """Whether the job's record has changes not yet handed out to be written."""
+        ...
+
+    def unqueue(self, job: str) -> None:
+        """Take a pending job out of the queue (it is being handed to another region)."""
+        ...
+
+    def requeue_now(self, job: str) -> None:
+        """Put a pending job back in the queue, in its place by priority and age."""
+        ...

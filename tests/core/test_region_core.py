@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from federation.core.events import (
     CancelRequested,
     ClaimConflict,
@@ -593,3 +595,28 @@ def test_a_lender_reclaims_its_custom_resource_quota_from_a_borrower() -> None:
     core.handle(ClaimWritten(node="lic", revision=50))
     claims = [c for c in core.handle(Tick(now=16.0)) if isinstance(c, WriteLedger)]
     assert sorted(a.job for a in claims[0].ledger.allocations) == ["a1", "b1"]
+
+
+def test_a_victim_cancelled_while_its_preemption_is_written_stays_cancelled() -> None:
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1", cpu=1)))
+    core.handle(submit("low", cpu=1, priority="low"))
+    settle(core, now=11.0)
+    core.handle(Submitted(spec=Submit(id="urgent", command=["x"], cpu=1, priority="urgent"), at=20.0))
+    claim = next(c for c in core.handle(Tick(now=21.0)) if isinstance(c, WriteLedger))
+    assert core.jobs["urgent"].decision is not None
+    assert core.jobs["urgent"].decision.victims == ("low",)
+    core.handle(CancelRequested(job="low", reason="cancelled by user", at=21.5))
+    core.handle(ClaimWritten(node=claim.node, revision=200))
+    assert core.jobs["low"].record.state == "cancelled"  # not preempted, not queued again
+    assert core.jobs["urgent"].record.state == "placed"
+
+
+def test_an_illegal_move_is_our_bug_and_raises() -> None:
+    from federation.errors import LocalProtocolError
+
+    core = RegionCore("eu")
+    core.handle(submit("j"))
+    core.handle(CancelRequested(job="j", reason="cancelled by user", at=11.0))
+    with pytest.raises(LocalProtocolError, match="no move from cancelled to running"):
+        core.move("j", "running", 12.0, "running on n1")
