@@ -313,7 +313,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                     continue  # a gang needs room for every member at once, not just this node's
                 if view.record.not_before > self.now or view.claiming or job in self.core.allocated:
                     continue  # backing off, being claimed, or its last attempt not yet released
-                accounts = Pass(self.core, self.now).accounts
+                accounts = Pass(self.core, self.now).quotas.accounts
                 spec = view.record.spec
                 if accounts.admit(spec).kind == "over" or any(x > 0 for x in accounts.cohort_excess(spec)):
                     continue  # held back by its tenant's quota, or waiting for a reclaim
