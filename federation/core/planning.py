@@ -38,7 +38,7 @@ import bisect
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -48,7 +48,7 @@ from federation.core.capacity import Free
 from federation.core.policy import lower
 from federation.core.workspace import Workspace
 from federation.resources import format_memory
-from federation.schemas import PRIORITY_RANK, Allocation, Candidate, Decision, Submit
+from federation.schemas import PRIORITY_RANK, Allocation, Candidate, Decision, Offer, Submit
 
 if TYPE_CHECKING:
     from federation.core.views import JobView, Region
@@ -281,23 +281,31 @@ class Pass:
 
     # --- preempt ---------------------------------------------------------------------------------
 
-    def _preempt(self, view: JobView, plan: Plan, position: int, *, reclaim: bool = False) -> bool:
-        """Make room by preemption: of strictly lower priorities, or (``reclaim``) of cohort borrowers."""
-        spec = view.record.spec
+    def _victim_chooser(
+        self, spec: Submit, reclaim: bool
+    ) -> Callable[[Offer, tuple[Allocation, ...]], list[Allocation] | None] | None:
+        """How victims are chosen on one node for ``spec``: borrowed allocations of its cohort
+        (``reclaim``), or allocations of strictly lower priority when the policy lets its priority
+        preempt; None when neither applies."""
         if reclaim:
             borrowers = self.quotas.borrowers(spec.tenant)
             if not borrowers:
-                return False
+                return None
+            return lambda offer, allocations: self.quotas.reclaim_victims(spec, offer, allocations, borrowers)
+        if not self.core.policy.may_preempt(spec.priority):
+            return None
 
-            def eligible(victim: Allocation) -> bool:
-                return victim.tenant in borrowers
+        def eligible(victim: Allocation) -> bool:
+            return lower(victim.priority, spec.priority) and movable(self.core, victim)
 
-        elif self.core.policy.may_preempt(spec.priority):
+        return lambda offer, allocations: ranking.preemption_victims(spec, offer, allocations, eligible)
 
-            def eligible(victim: Allocation) -> bool:
-                return lower(victim.priority, spec.priority)
-
-        else:
+    def _preempt(self, view: JobView, plan: Plan, position: int, *, reclaim: bool = False) -> bool:
+        """Make room by preemption: of strictly lower priorities, or (``reclaim``) of cohort
+        borrowers. The node needing the fewest, lowest-priority victims is chosen."""
+        spec = view.record.spec
+        choose = self._victim_chooser(spec, reclaim)
+        if choose is None:
             return False
         best: tuple[tuple[int, int, str], str, list[Allocation]] | None = None
         for name in sorted(self.core.nodes):
@@ -306,13 +314,7 @@ class Pass:
                 continue
             if feasibility.rejection(node, node.free, spec, self.core.region, self.now, OPEN) is not None:
                 continue
-            allocations = tuple(a for a in node.current().allocations if not node.released(a))
-            if reclaim:
-                victims = self.quotas.reclaim_victims(spec, node.offer, allocations, borrowers)
-            else:
-                victims = ranking.preemption_victims(
-                    spec, node.offer, allocations, lambda a: eligible(a) and movable(self.core, a)
-                )
+            victims = choose(node.offer, tuple(a for a in node.current().allocations if not node.released(a)))
             if not victims:
                 continue
             key = (len(victims), sum(-PRIORITY_RANK[v.priority] for v in victims), name)

@@ -87,7 +87,7 @@ from federation.core.events import (
     WriteLedger,
 )
 from federation.core.index import FreeIndex
-from federation.core.planning import Pass
+from federation.core.planning import Pass, Plan
 from federation.core.policy import Policy
 from federation.core.spill import Spill
 from federation.core.views import ALLOWED, GangProgress, JobView, NodeView, holds, next_attempt, rebuilt
@@ -348,17 +348,13 @@ class RegionCore:
         self._release(event.job)
 
     def _reported(self, report: JobEvent) -> None:
+        """An agent's report on an attempt: only the current attempt on its node counts (I6).
+        A start moves the job to running; an end (exit, failure, loss, refusal) decides its fate
+        and releases its allocation."""
         view = self.jobs.get(report.job)
-        if view is None:
-            return
-        record = view.record
-        if record.members:  # a gang: the report must come from that member's node
-            where = record.members[report.member] if report.member < len(record.members) else ""
-        else:
-            where = record.node if report.member == 0 else ""
-        current_attempt = where == report.node and record.attempt == report.attempt
-        if not current_attempt or report.epoch > self.epoch:
+        if view is None or not self._current(view.record, report):
             return  # I6: a stale node, attempt or a report from the future changes nothing
+        record = view.record
         if record.terminal:
             self._release(report.job)
             return
@@ -370,57 +366,75 @@ class RegionCore:
                 self.move(report.job, "running", report.started_at or report.at, f"running on {where}")
             if report.kind == "started":
                 return
-        if report.kind == "lost":
-            # the agent lost track of the attempt (it restarted): the job's node-loss policy decides
-            lost = f"attempt {record.attempt} lost on {report.node} ({report.reason or 'the agent lost it'})"
-            action, _ = self.policy.node_lost(record.spec)
-            if action == "fail":
-                self.move(report.job, "lost", report.at, f"{lost}; on_node_lost=fail")
-            else:
-                self._requeue(report.job, record.state, report.at, lost, "lost", backoff=False, replaced=True)
-            self._release(report.job)
-            return
-        if report.kind == "refused":
-            # local admission said no before anything ran: back to the queue, devices released
-            if record.state == "placed":
-                self._requeue(report.job, "placed", report.at, f"refused by {report.node}: {report.reason}")
+        match report.kind:
+            case "lost":
+                self._lost_by_agent(view.record, report)
+            case "refused":
+                # local admission said no before anything ran: back to the queue, devices released
+                if record.state == "placed":
+                    why = f"refused by {report.node}: {report.reason}"
+                    self._requeue(report.job, "placed", report.at, why)
+                    self._release(report.job)
+            case "exited" if record.members:
+                if self._member_exited(view.record, report):
+                    self._release(report.job)
+            case "exited":
+                code = report.exit_code if report.exit_code is not None else -1
+                state: JobState = "succeeded" if code == 0 else "failed"
+                reason = "exited 0" if code == 0 else (report.reason or f"exited with code {code}")
+                self.move(report.job, state, report.at, reason, exit_code=code, usage=report.usage)
                 self._release(report.job)
-            return
-        if report.kind == "exited" and record.members:
-            code = report.exit_code if report.exit_code is not None else -1
-            exits = {**record.member_exits, str(report.member): code}
-            used = report.usage.plus(record.usage) if report.usage is not None else record.usage
-            if code != 0:  # one member failed: the gang failed; the others are stopped
-                why = report.reason or f"member {report.member} exited with code {code}"
-                self.move(
-                    report.job, "failed", report.at, why, exit_code=code, member_exits=exits, usage=used
-                )
-            elif len(exits) == len(record.members):
-                self.move(
-                    report.job,
-                    "succeeded",
-                    report.at,
-                    "every member exited 0",
-                    exit_code=0,
-                    member_exits=exits,
-                    usage=used,
-                )
-            else:
-                view.record = msgspec.structs.replace(
-                    record, member_exits=exits, usage=used, updated_at=report.at
-                )
-                self.dirty.add(report.job)
-                return
-        elif report.kind == "exited":
-            code = report.exit_code if report.exit_code is not None else -1
-            state: JobState = "succeeded" if code == 0 else "failed"
-            reason = "exited 0" if code == 0 else (report.reason or f"exited with code {code}")
-            self.move(report.job, state, report.at, reason, exit_code=code, usage=report.usage)
+            case _:
+                why = report.reason or "failed"
+                self.move(report.job, "failed", report.at, why, exit_code=report.exit_code)
+                self._release(report.job)
+
+    def _current(self, record: JobRecord, report: JobEvent) -> bool:
+        """Whether ``report`` is about the record's current attempt, from the node running it (a
+        gang: the node of that member), and not from a later epoch than ours."""
+        if record.members:  # a gang: the report must come from that member's node
+            where = record.members[report.member] if report.member < len(record.members) else ""
         else:
-            self.move(report.job, "failed", report.at, report.reason or "failed", exit_code=report.exit_code)
+            where = record.node if report.member == 0 else ""
+        return where == report.node and record.attempt == report.attempt and report.epoch <= self.epoch
+
+    def _lost_by_agent(self, record: JobRecord, report: JobEvent) -> None:
+        """The agent lost track of the attempt (it restarted): the job's node-loss policy decides."""
+        lost = f"attempt {record.attempt} lost on {report.node} ({report.reason or 'the agent lost it'})"
+        action, _ = self.policy.node_lost(record.spec)
+        if action == "fail":
+            self.move(report.job, "lost", report.at, f"{lost}; on_node_lost=fail")
+        else:
+            self._requeue(report.job, record.state, report.at, lost, "lost", backoff=False, replaced=True)
         self._release(report.job)
 
+    def _member_exited(self, record: JobRecord, report: JobEvent) -> bool:
+        """A gang member's exit: the gang fails with the first member that fails, and succeeds
+        when every member exited 0; until then the exits are kept. True when the gang ended."""
+        code = report.exit_code if report.exit_code is not None else -1
+        exits = {**record.member_exits, str(report.member): code}
+        used = report.usage.plus(record.usage) if report.usage is not None else record.usage
+        if code != 0:  # one member failed: the gang failed; the others are stopped
+            why = report.reason or f"member {report.member} exited with code {code}"
+            self.move(report.job, "failed", report.at, why, exit_code=code, member_exits=exits, usage=used)
+            return True
+        if len(exits) == len(record.members):
+            self.move(
+                report.job,
+                "succeeded",
+                report.at,
+                "every member exited 0",
+                exit_code=0,
+                member_exits=exits,
+                usage=used,
+            )
+            return True
+        self.amend(report.job, member_exits=exits, usage=used, updated_at=report.at)
+        return False
+
     def _claim_written(self, event: ClaimWritten) -> None:
+        """The node's proposed ledger is stored: its new jobs are placed (or their gang moves on),
+        its activated gang members may start, and its victims go back to the queue."""
         node = self.nodes[event.node]
         assert node.proposal is not None, "claim result without a proposal"
         before = node.current()
@@ -434,30 +448,7 @@ class RegionCore:
                 self._unhold(old.job, node.name)
         placed_at = node.ledger.updated_at
         for job in dict.fromkeys(node.proposal_jobs):  # a gang may have several members here
-            view = self.jobs[job]
-            self._hold(job, node.name)
-            if view.gang is not None:
-                self._gang_claimed(view, node.name, placed_at)
-                continue
-            view.claiming = ""
-            allocation = node.ledger.find(job)
-            assert allocation is not None
-            why = f"placed on {node.name}"
-            if view.decision is not None and view.decision.victims:
-                why += f", preempting {', '.join(view.decision.victims)}"
-            self.move(
-                job,
-                "placed",
-                placed_at,
-                why,
-                node=node.name,
-                attempt=allocation.attempt,
-                decision=view.decision,
-            )
-            view.decision = None
-            if view.cancel_pending:
-                self.move(job, "cancelled", placed_at, view.cancel_pending)
-                self._release(job)
+            self._claimed(self.jobs[job], node, placed_at)
         for job, _ in node.proposal_activations:
             view = self.jobs[job]
             if view.gang is not None:
@@ -468,14 +459,47 @@ class RegionCore:
         if not node.activations:
             self.activating.discard(node.name)
         for victim in node.proposal_victims:
-            if self.jobs[victim].record.state not in ("placed", "running"):
-                self._release(victim)  # it ended, or was cancelled, while its removal was written
-                continue
-            why = node.proposal_reason or f"preempted on {node.name} by {', '.join(node.proposal_jobs)}"
-            self.move(victim, "preempted", placed_at, why)
-            self._requeue(victim, "preempted", placed_at, why)
-            self._release(victim)  # a gang's other members go too: a gang runs whole or not at all
+            self._preempted(victim, node, placed_at)
         self._settled(node)
+
+    def _claimed(self, view: JobView, node: NodeView, placed_at: float) -> None:
+        """A job's allocation on ``node`` is stored: it is placed (a gang member waits for the
+        others), then cancelled at once if a cancel arrived while it was being claimed."""
+        job = view.record.id
+        self._hold(job, node.name)
+        if view.gang is not None:
+            self._gang_claimed(view, node.name, placed_at)
+            return
+        view.claiming = ""
+        assert node.ledger is not None
+        allocation = node.ledger.find(job)
+        assert allocation is not None
+        why = f"placed on {node.name}"
+        if view.decision is not None and view.decision.victims:
+            why += f", preempting {', '.join(view.decision.victims)}"
+        self.move(
+            job,
+            "placed",
+            placed_at,
+            why,
+            node=node.name,
+            attempt=allocation.attempt,
+            decision=view.decision,
+        )
+        view.decision = None
+        if view.cancel_pending:
+            self.move(job, "cancelled", placed_at, view.cancel_pending)
+            self._release(job)
+
+    def _preempted(self, victim: str, node: NodeView, at: float) -> None:
+        """A victim's removal from ``node`` is stored: back to the queue per its retry policy."""
+        if self.jobs[victim].record.state not in ("placed", "running"):
+            self._release(victim)  # it ended, or was cancelled, while its removal was written
+            return
+        why = node.proposal_reason or f"preempted on {node.name} by {', '.join(node.proposal_jobs)}"
+        self.move(victim, "preempted", at, why)
+        self._requeue(victim, "preempted", at, why)
+        self._release(victim)  # a gang's other members go too: a gang runs whole or not at all
 
     def _claim_conflict(self, event: ClaimConflict) -> None:
         node = self.nodes[event.node]
@@ -710,9 +734,26 @@ class RegionCore:
                 self._release(record.id)  # every member of a gang: it runs whole or not at all
 
     def _tick(self, now: float) -> list[Command]:
+        """The scheduling step: apply node losses, run a pass, take its plan (claims to write,
+        reasons to record), then the hand-offs' turn, then every changed record to write."""
         if self.down:
             self._node_losses(now)
         plan = Pass(self, now).run()
+        self._take_plan(plan)
+        self._explain_waiting(plan, now)
+        commands: list[Command] = []
+        for name in sorted(set(plan.placed) | set(plan.victims) | self.releasing | self.activating):
+            claim = self._propose(self.nodes[name], plan, now)
+            if claim is not None:
+                commands.append(claim)
+        for name in plan.placed:  # nodes whose working copy changed but made no proposal: re-key
+            self._sync(self.nodes[name])
+        commands.extend(self.spill.tick(self, now))
+        commands.extend(self._record_writes())
+        return commands
+
+    def _take_plan(self, plan: Plan) -> None:
+        """The queue, index and reclaims as the pass left them; placed jobs are being claimed."""
         self.queue = plan.queue
         for name in plan.expired:
             self.index.discard(name)
@@ -731,6 +772,10 @@ class RegionCore:
         for job, members in gangs.items():
             nodes = [name for _, name in sorted(members)]
             self.jobs[job].gang = GangProgress(nodes=nodes, pending=set(nodes))
+
+    def _explain_waiting(self, plan: Plan, now: float) -> None:
+        """Record why each job the pass did not place waits, and explain those that asked for it
+        (``unexplained``: jobs whose reason went stale without being considered)."""
         busy = bool(self.in_flight)
         for job, (reason, decision) in plan.waiting.items():
             self._explain(self.jobs[job], reason, decision, busy, now)
@@ -742,55 +787,66 @@ class RegionCore:
                     reason, decision = explainer.why(view.record.spec, 0)
                     self._explain(view, reason, decision, False, now)
             self.unexplained.clear()
-        commands: list[Command] = []
-        for name in sorted(set(plan.placed) | set(plan.victims) | self.releasing | self.activating):
-            node = self.nodes[name]
-            if node.proposal is not None:
-                continue
-            current = node.current()
-            victims = {v.job for v in plan.victims.get(name, [])}
-            keep = tuple(a for a in current.allocations if not node.released(a) and a.job not in victims)
-            activated = [k for k in sorted(node.activations) if any(a.held for a in current.members(k[0]))]
-            for key in sorted(node.activations - set(activated)):  # a held member vanished
-                node.activations.discard(key)
-                view = self.jobs[key[0]]
-                if view.gang is not None:
-                    for other in view.gang.activating:
-                        self.nodes[other].activations.discard(key)
-                    view.gang.activating.clear()
-                    view.gang.pending.clear()
-                    self._gang_failed(view, name, now, f"a held member vanished from {name}")
-            if activated:
-                keys = set(activated)
-                keep = tuple(
-                    msgspec.structs.replace(a, held=False) if (a.job, a.attempt) in keys else a for a in keep
-                )
-            if not node.activations:
-                self.activating.discard(name)
-            additions = plan.placed.get(name, [])
-            if len(keep) == len(current.allocations) and not additions and not activated:
-                node.releases.clear()
-                self.releasing.discard(name)
-                continue
-            offer = node.offer
-            capacity = Capacity.of(offer) if offer else None
-            node.proposal = Ledger(
-                node=name,
-                allocations=keep + tuple(additions),
-                epoch=self.epoch,
-                updated_at=now,
-                capacity=capacity,
+
+    def _propose(self, node: NodeView, plan: Plan, now: float) -> WriteLedger | None:
+        """The node's one proposed ledger of this tick: what it keeps (releases and victims out,
+        gang members activated), plus what the plan adds. None when nothing changes, or a claim
+        of the node is still in flight."""
+        if node.proposal is not None:
+            return None
+        name, current = node.name, node.current()
+        victims = {v.job for v in plan.victims.get(name, [])}
+        keep = tuple(a for a in current.allocations if not node.released(a) and a.job not in victims)
+        activated = self._activations(node, now)
+        if activated:
+            keys = set(activated)
+            keep = tuple(
+                msgspec.structs.replace(a, held=False) if (a.job, a.attempt) in keys else a for a in keep
             )
-            node.proposal_jobs = [a.job for a in additions]
-            node.proposal_activations = activated
-            node.proposal_victims = sorted(victims)
-            node.proposal_reason = plan.reasons.get(name, "")
-            self.index.discard(name)
-            self.in_flight.add(name)
-            commands.append(WriteLedger(node=name, ledger=node.proposal, expected_revision=node.revision))
-        for name in plan.placed:  # nodes whose working copy changed but made no proposal: re-key
-            self._sync(self.nodes[name])
-        commands.extend(self.spill.tick(self, now))
+        additions = plan.placed.get(name, [])
+        if len(keep) == len(current.allocations) and not additions and not activated:
+            node.releases.clear()
+            self.releasing.discard(name)
+            return None
+        offer = node.offer
+        capacity = Capacity.of(offer) if offer else None
+        node.proposal = Ledger(
+            node=name,
+            allocations=keep + tuple(additions),
+            epoch=self.epoch,
+            updated_at=now,
+            capacity=capacity,
+        )
+        node.proposal_jobs = [a.job for a in additions]
+        node.proposal_activations = activated
+        node.proposal_victims = sorted(victims)
+        node.proposal_reason = plan.reasons.get(name, "")
+        self.index.discard(name)
+        self.in_flight.add(name)
+        return WriteLedger(node=name, ledger=node.proposal, expected_revision=node.revision)
+
+    def _activations(self, node: NodeView, now: float) -> list[tuple[str, int]]:
+        """The gang members held on ``node`` that its next ledger activates. A member that vanished
+        from the ledger while held fails its gang."""
+        current = node.current()
+        activated = [k for k in sorted(node.activations) if any(a.held for a in current.members(k[0]))]
+        for key in sorted(node.activations - set(activated)):  # a held member vanished
+            node.activations.discard(key)
+            view = self.jobs[key[0]]
+            if view.gang is not None:
+                for other in view.gang.activating:
+                    self.nodes[other].activations.discard(key)
+                view.gang.activating.clear()
+                view.gang.pending.clear()
+                self._gang_failed(view, node.name, now, f"a held member vanished from {node.name}")
+        if not node.activations:
+            self.activating.discard(node.name)
+        return activated
+
+    def _record_writes(self) -> list[Command]:
+        """Every changed record, stamped with this leader's epoch (I6); a record being claimed is
+        written with its claim's outcome."""
+        commands: list[Command] = []
         for job in sorted(self.dirty):
             view = self.jobs[job]
             if not view.claiming:
