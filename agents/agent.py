@@ -60,7 +60,16 @@ from federation.bus.delivery import Delivery
 from federation.config import AgentConfig
 from federation.errors import ConfigError, FederationError, RemoteProtocolError
 from federation.resources import format_memory
-from federation.schemas import Allocation, Heartbeat, JobEvent, JobEventKind, Usage, decode_ledger, encode
+from federation.schemas import (
+    Allocation,
+    Heartbeat,
+    JobEvent,
+    JobEventKind,
+    Ledger,
+    Usage,
+    decode,
+    encode,
+)
 from federation.tasks import idle
 
 log = structlog.get_logger()
@@ -241,7 +250,7 @@ class Agent:
         allocations: tuple[Allocation, ...] = ()
         if value is not None:
             try:
-                allocations = decode_ledger(value).allocations
+                allocations = decode(Ledger, value).allocations
             except RemoteProtocolError as exc:
                 self.log.error("unreadable ledger; keeping current runs", error=str(exc))
                 return

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from federation import subjects
 from federation.bus import Bus
 from federation.bus.delivery import Delivery
-from federation.schemas import Heartbeat, JobEvent, JobEventKind, Offer, decode_ledger, encode
+from federation.schemas import Heartbeat, JobEvent, JobEventKind, Ledger, Offer, decode, encode
 
 
 @dataclass
@@ -85,7 +85,7 @@ class SimulatedNodes:
             await self.offer_all()
 
     async def _on_ledger(self, delivery: Delivery) -> None:
-        ledger = decode_ledger(delivery.data)
+        ledger = decode(Ledger, delivery.data)
         writes = []
         now = time.time()
         for allocation in ledger.allocations:

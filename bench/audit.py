@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import throughput  # noqa: E402 - after the sys.path lines above
 
 from federation import subjects  # noqa: E402 - after the sys.path lines above
-from federation.audit import trail as audit  # noqa: E402
+from federation.audit import trail  # noqa: E402 - after the sys.path lines above
+from federation.audit.check import Checker  # noqa: E402 - after the sys.path lines above
 from federation.bus import Bus  # noqa: E402 - after the sys.path lines above
 from federation.ops.deploy import Server, server_config  # noqa: E402
 from federation.ops.launcher import Child, nats_server_binary, read_ports  # noqa: E402
@@ -156,22 +157,22 @@ async def main() -> None:
                 await asyncio.sleep(0.5)
             start = time.perf_counter()
             count = 0
-            async for _ in audit.events(bus, stream):
+            async for _ in trail.events(bus, stream):
                 count += 1
             replay = count / (time.perf_counter() - start)
             bus.direct_reads = True  # an auditor's way: batched direct gets, no consumer
             start = time.perf_counter()
             direct = 0
-            async for _ in audit.events(bus, stream):
+            async for _ in trail.events(bus, stream):
                 direct += 1
             direct_rate = direct / (time.perf_counter() - start)
             bus.direct_reads = False
             start = time.perf_counter()
-            checker = audit.Checker()
-            async for event, value in audit.events(bus, stream):
+            checker = Checker()
+            async for event, value in trail.events(bus, stream):
                 checker.feed(event, value)
             report = checker.finish(
-                origins_last=await audit.origins_last(bus, subjects.audit_sources(REGION))
+                origins_last=await trail.origins_last(bus, subjects.audit_sources(REGION))
             )
             check = report.events / (time.perf_counter() - start)
             await bus.close()

@@ -39,7 +39,7 @@ from federation import subjects  # noqa: E402 - after the sys.path lines above
 from federation.bus import Bus  # noqa: E402 - after the sys.path lines above
 from federation.client import Client  # noqa: E402 - after the sys.path lines above
 from federation.ops.launcher import Federation, Options  # noqa: E402 - after the sys.path lines above
-from federation.schemas import decode_lease  # noqa: E402 - after the sys.path lines above
+from federation.schemas import Lease, decode  # noqa: E402 - after the sys.path lines above
 
 REGION = "bench"
 
@@ -126,10 +126,10 @@ async def failover(rounds: int) -> tuple[list[float], list[float]]:
             async with Client.connect(connection=connection) as fed:
                 for r in range(rounds):
                     value, _ = await bus.kv_get(subjects.lease_bucket(REGION), subjects.LEADER_KEY)
-                    while value is None or decode_lease(value).epoch == 0:
+                    while value is None or decode(Lease, value).epoch == 0:
                         await asyncio.sleep(0.05)
                         value, _ = await bus.kv_get(subjects.lease_bucket(REGION), subjects.LEADER_KEY)
-                    lease = decode_lease(value)
+                    lease = decode(Lease, value)
                     pid = int(lease.holder.rpartition(":")[2])
                     t0 = time.monotonic()
                     os.kill(pid, signal.SIGKILL)
@@ -137,7 +137,7 @@ async def failover(rounds: int) -> tuple[list[float], list[float]]:
 
                     async def new_leader(epoch: int = lease.epoch) -> bool:
                         value, _ = await bus.kv_get(subjects.lease_bucket(REGION), subjects.LEADER_KEY)
-                        return value is not None and decode_lease(value).epoch > epoch
+                        return value is not None and decode(Lease, value).epoch > epoch
 
                     async def placed(job_id: str = job.id) -> bool:
                         with contextlib.suppress(Exception):

@@ -40,7 +40,7 @@ from federation.bus import Bus  # noqa: E402 - after the sys.path lines above
 from federation.bus.delivery import Delivery  # noqa: E402
 from federation.client import Client  # noqa: E402 - after the sys.path lines above
 from federation.ops.launcher import Federation, Options  # noqa: E402 - after the sys.path lines above
-from federation.schemas import Submit, decode_record, encode  # noqa: E402 - after the sys.path lines above
+from federation.schemas import JobRecord, Submit, decode, encode  # noqa: E402 - after the sys.path lines above
 
 REGIONS = ("pa", "pb", "pc")
 
@@ -56,7 +56,7 @@ class Placed:
         self.at: dict[str, float] = {}
 
     async def on_record(self, delivery: Delivery) -> None:
-        record = decode_record(delivery.data)
+        record = decode(JobRecord, delivery.data)
         if record.state not in ("pending", "forwarded"):
             self.at.setdefault(record.id, time.time())
 

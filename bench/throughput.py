@@ -49,7 +49,7 @@ from federation.ops.keyring import Keyring  # noqa: E402
 from federation.ops.launcher import Child, fed_command, nats_server_binary, read_ports  # noqa: E402
 from federation.ops.pki import local_authority  # noqa: E402
 from federation.ops.provision import provision, wait_for_jetstream  # noqa: E402
-from federation.schemas import JobEvent, Submit, decode_message, decode_record, encode  # noqa: E402 - after the sys.path line above
+from federation.schemas import JobEvent, JobRecord, Submit, decode, decode_message, encode  # noqa: E402 - after the sys.path line above
 
 REGION = "bench"
 TLS = False  # --tls
@@ -189,7 +189,7 @@ class Observer:
 
     async def on_record(self, delivery: Delivery) -> None:
         now = time.time()
-        record = decode_record(delivery.data)
+        record = decode(JobRecord, delivery.data)
         if record.state in ("placed", "running") or record.terminal:
             self.placed.setdefault(record.id, now)
         if record.terminal:

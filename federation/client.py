@@ -28,18 +28,10 @@ import msgspec
 import structlog
 
 from federation import subjects, tracing
-from federation.audit.trail import (
-    AuditEvent,
-    Checker,
-    Report,
-    baseline,
-    events,
-    matches,
-    origins_last,
-    processed,
-    read,
-)
+from federation.audit.check import Checker, Report, read
+from federation.audit.trail import AuditEvent, baseline, events, matches, origins_last, processed
 from federation.audit.usage import DEFAULT_BY, Accountant, Dimension, UsageReport, dimensions
+from federation.audit.verify import Verification, verify
 from federation.bus import FAILOVER, Bus
 from federation.config import (
     Connection,
@@ -59,9 +51,6 @@ from federation.errors import (
     RemoteProtocolError,
 )
 from federation.identity import Credentials
-from federation.scheduler.journal import Verification, verify
-from federation.scheduler.tenants import TenantQuery, TenantReply
-from federation.scheduler.tenants import decode_reply as decode_tenant_reply
 from federation.schemas import (
     MAX_MESSAGE_BYTES,
     PRIORITY_RANK,
@@ -70,17 +59,19 @@ from federation.schemas import (
     Decision,
     JobRecord,
     Lease,
+    Ledger,
     Offer,
     Priority,
     Quarantined,
     Semantics,
     Submit,
     Summary,
-    decode_lease,
-    decode_ledger,
+    TenantQuery,
+    TenantReply,
+    decode,
     decode_message,
-    decode_record,
     decode_summaries,
+    decode_tenant_reply,
     encode,
     validate,
 )
@@ -365,7 +356,7 @@ class Client:
                     raise
                 continue
             if value is not None:
-                return decode_record(value)
+                return decode(JobRecord, value)
         raise NotFound("job", job_id)
 
     async def _ask(self, region: str, verb: str, query: TenantQuery) -> TenantReply:
@@ -437,7 +428,7 @@ class Client:
                 if item.removed:
                     continue
                 try:
-                    record = decode_record(item.data)
+                    record = decode(JobRecord, item.data)
                 except RemoteProtocolError:
                     continue  # an unreadable value: the scheduler quarantines and replaces it
                 if record.terminal:
@@ -545,7 +536,7 @@ class Client:
         self, *, region: str | None = None, everywhere: bool = False, wait: float = 10.0
     ) -> Report:
         """Rebuild the state from the audit trail and check the invariants (see
-        :mod:`federation.audit.trail`).
+        :mod:`federation.audit.check`).
 
         What the region has handled (its consumers' floors) and each origin's last sequence are
         read first; the pass then reads until the audit has copied that far (up to ``wait``
@@ -572,7 +563,7 @@ class Client:
 
     async def audit_verify(self, *, region: str | None = None, everywhere: bool = False) -> Verification:
         """Re-run the placement core on the inputs it was fed and compare its decisions step by step
-        (see :mod:`federation.scheduler.journal`)."""
+        (see :mod:`federation.audit.verify`)."""
         bus, stream = await self._audit_source(region, everywhere)
         return await verify(bus, stream, self.regions if everywhere else [self._region(region)])
 
@@ -673,7 +664,8 @@ class Client:
                         if isinstance(message, Offer):
                             offers[message.node] = message
             ledgers = {
-                k: decode_ledger(v) for k, (v, _) in (await bus.kv_load(subjects.ledger_bucket(name))).items()
+                k: decode(Ledger, v)
+                for k, (v, _) in (await bus.kv_load(subjects.ledger_bucket(name))).items()
             }
             records = _readable(await bus.kv_load(subjects.jobs_bucket(name)))
             silent: set[str] = set()  # nodes whose last heartbeat message is the TTL marker
@@ -762,7 +754,7 @@ def _readable(values: dict[str, tuple[bytes, int]]) -> list[JobRecord]:
     out = []
     for key, (value, _) in values.items():
         try:
-            out.append(decode_record(value))
+            out.append(decode(JobRecord, value))
         except RemoteProtocolError as exc:
             log.warning("unreadable job record skipped", job=key, error=str(exc))
     return out
@@ -773,6 +765,6 @@ def _leader(value: bytes | None) -> Lease | None:
     if not value:
         return None
     try:
-        return decode_lease(value)
+        return decode(Lease, value)
     except RemoteProtocolError:
         return None

@@ -2,8 +2,13 @@
 
 Messages travel as JSON (any NATS client can publish them by hand; see ``subjects.md``). The
 published messages form one tagged union, :data:`Message`, decoded by one typed decoder built
-once; the ``type`` field is the tag. Stored values (the node ledger, the job record) have their own
-decoders. Decoding is size-bounded: the payload length is checked before a byte is parsed.
+once; the ``type`` field is the tag. Values read on their own (the node ledger, the job record, the
+lease, a hand-off reply) are decoded by their type through one table, :data:`DECODERS`
+(:func:`decode`). Decoding is size-bounded: the payload length is checked before a byte is parsed.
+
+One wire message lives elsewhere: the core's input journal (:mod:`federation.inputs`), whose
+events and policy are the core's own types; the core is built on this module, so this module
+cannot import the core back.
 
 Evolution rules (msgspec ``docs/schema-evolution.rst``): wire messages never forbid unknown
 fields (a newer client may add one); a new field always has a default; a field never changes type.
@@ -12,7 +17,7 @@ fields (a newer client may add one); a new field always has a default; a field n
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
 
 import msgspec
 
@@ -290,6 +295,26 @@ class HandOffReply(msgspec.Struct, kw_only=True, omit_defaults=True):
     state: str = ""
 
 
+class TenantQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """A tenant's question on ``fed.<region>.tenant.<tenant>.<verb>`` (``job``, ``jobs`` or ``logs``),
+    answered by the region's leading scheduler (:mod:`federation.scheduler.tenants`)."""
+
+    job: str = ""
+    state: str = ""
+    after: int = 0  # logs: the stream sequence already read
+
+
+class TenantReply(msgspec.Struct, kw_only=True):
+    """The leading scheduler's answer to a :class:`TenantQuery`: that tenant's own records or log
+    chunks, or ``error``."""
+
+    records: list[JobRecord] = []
+    chunks: list[bytes] = []  # logs (base64 in JSON)
+    next: int = 0  # logs: ask again after this sequence
+    truncated: bool = False  # jobs: more than tenants.MAX_RECORDS matched (the newest are left out)
+    error: str = ""
+
+
 Message = Submit | Cancel | Heartbeat | Offer | JobEvent | Summary | HandOff
 """Everything published on a ``fed.>`` subject, except log chunks (raw bytes)."""
 
@@ -508,10 +533,6 @@ class Quarantined(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 _encoder = msgspec.json.Encoder()
 _message_decoder = msgspec.json.Decoder(Message)
-_ledger_decoder = msgspec.json.Decoder(Ledger)
-_record_decoder = msgspec.json.Decoder(JobRecord)
-_lease_decoder = msgspec.json.Decoder(Lease)
-_reply_decoder = msgspec.json.Decoder(HandOffReply)
 
 
 def encode(value: msgspec.Struct) -> bytes:
@@ -525,7 +546,11 @@ def _bounded(data: bytes, limit: int) -> None:
 
 
 def decode_message(data: bytes, limit: int = MAX_MESSAGE_BYTES) -> Message:
-    """Decode one published message, refusing it before parsing when it is larger than ``limit``."""
+    """Decode one published message, refusing it before parsing when it is larger than ``limit``.
+
+    Not in :data:`DECODERS`: the messages are one tagged union (the ``type`` field says which), a
+    caller may give its own bound (a hand-off request holds a whole submission), and the error
+    names no kind."""
     _bounded(data, limit)
     try:
         message: Message = _message_decoder.decode(data)
@@ -534,40 +559,47 @@ def decode_message(data: bytes, limit: int = MAX_MESSAGE_BYTES) -> Message:
     return message
 
 
-def decode_ledger(data: bytes) -> Ledger:
-    """Decode a node ledger value."""
-    _bounded(data, MAX_RECORD_BYTES)
+class Decoding(NamedTuple):
+    """How one kind of value is decoded on its own: ``what`` names it in the error, ``limit``
+    bounds its size (checked before a byte is parsed), ``decoder`` is built once."""
+
+    what: str
+    limit: int
+    decoder: msgspec.json.Decoder[Any]
+
+
+DECODERS: Final[dict[type[msgspec.Struct], Decoding]] = {
+    Ledger: Decoding("ledger", MAX_RECORD_BYTES, msgspec.json.Decoder(Ledger)),
+    JobRecord: Decoding("job record", MAX_RECORD_BYTES, msgspec.json.Decoder(JobRecord)),
+    Lease: Decoding("lease", MAX_MESSAGE_BYTES, msgspec.json.Decoder(Lease)),
+    HandOffReply: Decoding("hand-off reply", MAX_MESSAGE_BYTES, msgspec.json.Decoder(HandOffReply)),
+}
+"""Every value decoded by its type through :func:`decode`: the stored values (a node ledger, a job
+record, the scheduler lease) and a remote region's answer to a hand-off. The published messages
+are one union instead (:func:`decode_message`)."""
+
+_StructT = TypeVar("_StructT", bound=msgspec.Struct)
+
+
+def decode(kind: type[_StructT], data: bytes) -> _StructT:
+    """Decode a value of type ``kind`` (a key of :data:`DECODERS`): :class:`MessageTooLarge` when
+    it is larger than the bound of its kind, before parsing; :class:`MalformedMessage` naming the
+    kind when it does not decode or does not satisfy the schema."""
+    decoding = DECODERS[kind]
+    _bounded(data, decoding.limit)
     try:
-        return _ledger_decoder.decode(data)
+        value: _StructT = decoding.decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedMessage(f"ledger: {exc}") from None
+        raise MalformedMessage(f"{decoding.what}: {exc}") from None
+    return value
 
 
-def decode_record(data: bytes) -> JobRecord:
-    """Decode a job record value."""
-    _bounded(data, MAX_RECORD_BYTES)
-    try:
-        return _record_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedMessage(f"job record: {exc}") from None
+def decode_tenant_reply(data: bytes) -> TenantReply:
+    """Decode a leading scheduler's answer to a tenant's question.
 
-
-def decode_lease(data: bytes) -> Lease:
-    """Decode the scheduler lease value."""
-    _bounded(data, MAX_MESSAGE_BYTES)
-    try:
-        return _lease_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedMessage(f"lease: {exc}") from None
-
-
-def decode_reply(data: bytes) -> HandOffReply:
-    """Decode a remote region's answer to a hand-off."""
-    _bounded(data, MAX_MESSAGE_BYTES)
-    try:
-        return _reply_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedMessage(f"hand-off reply: {exc}") from None
+    Not in :data:`DECODERS`: it has no size bound, and its errors are msgspec's own
+    (``DecodeError``, ``ValidationError``), not :class:`MalformedMessage`."""
+    return msgspec.json.decode(data, type=TenantReply)
 
 
 def decode_summaries(values: Iterable[bytes]) -> dict[str, Summary]:

@@ -25,7 +25,7 @@ from federation.config import Connection, load_connection
 from federation.identity import Credentials, use_credentials
 from federation.ops import launcher
 from federation.ops.launcher import Child, Federation, Options, agent_command, fed_command, server_pids
-from federation.schemas import Lease, decode_lease
+from federation.schemas import Lease, decode
 
 GiB = 1024**3
 
@@ -97,7 +97,7 @@ class Cluster:
 
             async def holder() -> Lease | None:
                 value, _ = await bus.kv_get(subjects.lease_bucket(region), subjects.LEADER_KEY)
-                lease = decode_lease(value) if value else None
+                lease = decode(Lease, value) if value else None
                 if lease is None or lease.epoch <= after:
                     return None
                 return lease

@@ -38,9 +38,9 @@ from federation.schemas import (
     Cancel,
     ChaosCommand,
     Lease,
+    Ledger,
     Offer,
-    decode_lease,
-    decode_ledger,
+    decode,
     decode_message,
     encode,
 )
@@ -135,7 +135,7 @@ async def _lease(stage: Stage, region: str) -> Lease | None:
         value, _ = await bus.kv_get(subjects.lease_bucket(region), subjects.LEADER_KEY)
     finally:
         await bus.close()
-    return decode_lease(value) if value else None
+    return decode(Lease, value) if value else None
 
 
 async def _leader(stage: Stage, region: str) -> tuple[Child, int]:
@@ -277,7 +277,7 @@ async def _allocations(stage: Stage, region: str, node: str) -> int:
         value, _ = await bus.kv_get(subjects.ledger_bucket(region), node)
     finally:
         await bus.close()
-    return len(decode_ledger(value).allocations) if value else 0
+    return len(decode(Ledger, value).allocations) if value else 0
 
 
 async def pause_agent(stage: Stage, region: str) -> Outcome:

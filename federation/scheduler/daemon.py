@@ -95,9 +95,8 @@ from federation.schemas import (
     Submit,
     as_stored,
     clamp_offer,
-    decode_ledger,
+    decode,
     decode_message,
-    decode_record,
     decode_workload,
     encode,
 )
@@ -264,14 +263,14 @@ class Scheduler:
         """
         assert self.bus is not None
         ledgers = {
-            key: (decode_ledger(value), rev)
+            key: (decode(Ledger, value), rev)
             for key, (value, rev) in (await self.bus.kv_load(subjects.ledger_bucket(self.region))).items()
         }
         records: dict[str, JobRecord] = {}
         for key, (value, rev) in (await self.bus.kv_load(subjects.jobs_bucket(self.region))).items():
             self.revisions[key] = rev
             try:
-                records[key] = decode_record(value)
+                records[key] = decode(JobRecord, value)
             except RemoteProtocolError as exc:
                 await self._unreadable_record(key, value, rev, exc)
         if fence:
@@ -725,7 +724,7 @@ class Scheduler:
                         self.log.warning("ledger write unanswered; retrying", node=node, error=str(exc))
                         await idle(0.2 * 2**attempt)
                 value, revision = await self.bus.kv_get(bucket, node)
-                stored = decode_ledger(value) if value else None
+                stored = decode(Ledger, value) if value else None
                 self._check_epoch([stored.epoch if stored else 0], f"the ledger of {node}")
                 return ClaimConflict(node=node, ledger=stored, revision=revision)
             case WriteJob(record=record):
@@ -747,7 +746,7 @@ class Scheduler:
             except ConflictError:
                 value, revision = await self.bus.kv_get(bucket, record.id)
                 try:
-                    stored = decode_record(value) if value else None
+                    stored = decode(JobRecord, value) if value else None
                 except RemoteProtocolError as exc:
                     await self._unreadable_record(record.id, value or b"", revision, exc)
                     stored = None

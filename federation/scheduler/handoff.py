@@ -39,8 +39,8 @@ from federation.schemas import (
     HandOff,
     HandOffReply,
     Submit,
+    decode,
     decode_message,
-    decode_reply,
     encode,
 )
 
@@ -81,7 +81,7 @@ class HandOffs:
             # a deposed leader sends nothing: the new one counts on the requests it knows of
             await self.scheduler.check_lease()
             timeout = max(0.1, command.expires_at - self.clock())
-            reply = decode_reply(await self.bus.request(subject, encode(request), timeout=timeout))
+            reply = decode(HandOffReply, await self.bus.request(subject, encode(request), timeout=timeout))
             outcome, reason = reply.outcome, reply.reason or reply.state
         except LeaseLost:
             return

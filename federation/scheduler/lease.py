@@ -37,7 +37,7 @@ from federation import subjects
 from federation.bus import Bus
 from federation.errors import ConflictError, FederationUnavailable, LeaseLost, MalformedMessage
 from federation.schemas import Lease as LeaseValue
-from federation.schemas import decode_lease, encode
+from federation.schemas import decode, encode
 from federation.tasks import idle
 
 log = structlog.get_logger()
@@ -97,7 +97,7 @@ class Lease:
             try:
                 value, revision = await self.bus.kv_get(self.bucket, subjects.LEADER_KEY)
                 try:
-                    current = decode_lease(value) if value is not None else None
+                    current = decode(LeaseValue, value) if value is not None else None
                 except MalformedMessage:
                     self.log.warning("unreadable lease value; taking it over")
                     current = None  # garbage (without a TTL it would never expire): treat as free

@@ -6,7 +6,8 @@ a log chunk read straight from JetStream could be anyone's. Instead a tenant ask
 leader answers from the jobs bucket and the logs stream, keeping only what belongs to that tenant
 (``spec.tenant``). Another tenant's job is answered exactly like a job that does not exist.
 
-Verbs (request: :class:`TenantQuery`, reply: :class:`TenantReply`, JSON):
+Verbs (request: :class:`~federation.schemas.TenantQuery`, reply:
+:class:`~federation.schemas.TenantReply`, JSON):
 
 - ``job``: the record of ``job``;
 - ``jobs``: the tenant's records (of ``state`` if given), oldest first, at most ``MAX_RECORDS``
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 import structlog
@@ -28,7 +28,7 @@ import structlog
 from federation import subjects
 from federation.bus import Bus
 from federation.errors import FederationError, FederationUnavailable, RemoteProtocolError
-from federation.schemas import JobRecord, Transition, decode_record
+from federation.schemas import JobRecord, TenantQuery, TenantReply, Transition, decode
 
 QUEUE_GROUP = "schedulers"
 MAX_RECORDS = 1000
@@ -36,20 +36,6 @@ LOG_BYTES = 512 * 1024
 ANSWER_BYTES = 4 * 1024 * 1024  # of records per answer (the servers' max_payload is 8 MB)
 QUERY_BYTES = 4096
 CONCURRENT = 4  # questions answered at once (each may read the whole jobs bucket)
-
-
-class TenantQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
-    job: str = ""
-    state: str = ""
-    after: int = 0  # logs: the stream sequence already read
-
-
-class TenantReply(msgspec.Struct, kw_only=True):
-    records: list[JobRecord] = []
-    chunks: list[bytes] = []  # logs (base64 in JSON)
-    next: int = 0  # logs: ask again after this sequence
-    truncated: bool = False  # jobs: more than MAX_RECORDS matched (the newest are left out)
-    error: str = ""
 
 
 class Tenants:
@@ -116,7 +102,7 @@ class Tenants:
     async def _record(self, job: str) -> JobRecord | None:
         value, _ = await self.bus.kv_get(subjects.jobs_bucket(self.region), job)
         try:
-            return decode_record(value) if value is not None else None
+            return decode(JobRecord, value) if value is not None else None
         except RemoteProtocolError:
             return None
 
@@ -160,8 +146,4 @@ def _nodes(step: Transition) -> set[str]:
     return set()
 
 
-def decode_reply(data: bytes) -> TenantReply:
-    return msgspec.json.decode(data, type=TenantReply)
-
-
-__all__: list[Any] = ["TenantQuery", "TenantReply", "Tenants", "decode_reply"]
+__all__ = ["Tenants"]

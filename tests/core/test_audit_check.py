@@ -8,7 +8,8 @@ import json
 
 import msgspec
 
-from federation.audit.trail import AuditEvent, Checker, Parsed, line, parse
+from federation.audit.check import Checker
+from federation.audit.trail import AuditEvent, Parsed, line, parse
 from federation.bus.delivery import Delivery
 from federation.schemas import Allocation, Capacity, JobRecord, Ledger, Quarantined, Submit, encode
 

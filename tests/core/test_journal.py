@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from federation.core.events import Tick
 from federation.core.state import RegionCore
-from federation.scheduler.journal import Journal, _decoder, _encoder
+from federation.inputs import decode_inputs
+from federation.scheduler.journal import Journal, _encoder
 
 
 def test_two_schedulers_with_the_same_host_and_pid_get_different_life_names() -> None:
@@ -30,4 +31,4 @@ def test_a_batch_is_split_into_messages_under_the_limit_and_keeps_its_steps() ->
     assert steps == [sum(counts[:i]) for i in range(len(counts))]
     assert sum(counts) == 200
     assert [m.fresh for m in messages] == [True] + [False] * (len(messages) - 1)
-    assert _decoder.decode(_encoder.encode(messages[-1])).events == messages[-1].events
+    assert decode_inputs(_encoder.encode(messages[-1])).events == messages[-1].events

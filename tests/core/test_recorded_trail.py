@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from federation import subjects
-from federation.audit.trail import Checker, parse
+from federation.audit.check import Checker
+from federation.audit.trail import parse
+from federation.audit.verify import Verifier
 from federation.bus.delivery import Delivery
-from federation.scheduler.journal import Verifier
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "trail-85cf0c3.json"
 TRAIL: dict[str, Any] = json.loads(FIXTURE.read_text())

@@ -21,13 +21,15 @@ import msgspec
 import pytest
 
 from federation import subjects
-from federation.audit.trail import Checker, parse
+from federation.audit.check import Checker
+from federation.audit.trail import parse
+from federation.audit.verify import Divergence
 from federation.bus import Bus
 from federation.bus.delivery import Delivery
 from federation.client import Client
 from federation.core.events import Submitted, Tick
 from federation.errors import NotFound
-from federation.scheduler.journal import Divergence, Inputs
+from federation.inputs import Inputs
 from federation.schemas import Allocation, Capacity, Ledger, Submit, encode
 from tests.conftest import GiB, eventually, run_fed
 

@@ -13,7 +13,7 @@ import pytest
 from federation import subjects
 from federation.client import Client
 from federation.errors import InvalidRequest
-from federation.schemas import Allocation, Ledger, Quarantined, decode_ledger
+from federation.schemas import Allocation, Ledger, Quarantined, decode
 from tests.conftest import GiB, eventually, process_alive, run_fed
 
 pytestmark = pytest.mark.timeout(300)
@@ -92,7 +92,7 @@ async def test_four_racing_submitters_never_overallocate_a_small_node(make_clust
     nc = await cluster.raw("eu")
 
     async def record(msg: nats.aio.msg.Msg) -> None:
-        history.append(decode_ledger(msg.data))
+        history.append(decode(Ledger, msg.data))
 
     await nc.subscribe(subjects.ledger_changes("eu", "*"), cb=record)
     clients = [Client.connect(connection=cluster.connection) for _ in range(4)]
@@ -174,7 +174,7 @@ async def test_workload_sees_exactly_the_claimed_gpus_and_cores(make_cluster) ->
     nc = await cluster.raw("eu")
 
     async def record(msg: nats.aio.msg.Msg) -> None:
-        claims.extend(decode_ledger(msg.data).allocations)
+        claims.extend(decode(Ledger, msg.data).allocations)
 
     await nc.subscribe(subjects.ledger_changes("eu", "pinned"), cb=record)
     script = "import os; print(os.environ['CUDA_VISIBLE_DEVICES']); print(sorted(os.sched_getaffinity(0)))"

@@ -14,7 +14,7 @@ import pytest
 from federation import subjects
 from federation.bus import Bus
 from federation.client import Client
-from federation.schemas import decode_ledger
+from federation.schemas import Ledger, decode
 from tests.conftest import eventually, process_alive, run_fed
 from tests.harness import pause, resume
 
@@ -69,7 +69,7 @@ async def test_a_paused_old_leader_writes_nothing_after_the_standby_takes_over(
     writes: list[int] = []
 
     async def on_ledger(delivery) -> None:  # every stored ledger write, republished by the server
-        writes.append(decode_ledger(delivery.data).epoch)
+        writes.append(decode(Ledger, delivery.data).epoch)
 
     await bus.subscribe(subjects.ledger_changes("eu", "*"), on_ledger)
     async with Client.connect(connection=cluster.connection) as fed:

@@ -20,7 +20,7 @@ from federation import subjects
 from federation.bus import Bus
 from federation.bus.delivery import Delivery
 from federation.client import Client
-from federation.schemas import decode_ledger
+from federation.schemas import Ledger, decode
 from tests.conftest import GiB, eventually
 
 PARTITION = float(os.environ.get("FED_PARTITION_SECONDS", "60"))
@@ -40,7 +40,7 @@ class LedgerWatch:
 
     def handler(self, region: str):  # type: ignore[no-untyped-def]
         async def on_ledger(delivery: Delivery) -> None:
-            ledger = decode_ledger(delivery.data)
+            ledger = decode(Ledger, delivery.data)
             self.writes += 1
             cores = [core for a in ledger.allocations for core in a.cores]
             if sum(a.cpu for a in ledger.allocations) > CORES or len(cores) != len(set(cores)):

@@ -36,7 +36,7 @@ from federation.client import Client
 from federation.core.state import ALLOWED
 from federation.errors import FederationError
 from federation.ops.monitor import monitoring
-from federation.schemas import decode_ledger
+from federation.schemas import Ledger, decode
 from tests.conftest import Cluster, eventually
 from tests.harness import pause, proxied, resume
 
@@ -87,7 +87,7 @@ async def test_soak_with_rotating_faults_keeps_every_invariant(make_cluster, tmp
                     bus = await Bus.connect(cluster.url("eu"), "soak-ledgers", retry_forever=False)
                     try:
                         for node, (value, _) in (await bus.kv_load(subjects.ledger_bucket("eu"))).items():
-                            used = sum(a.cpu for a in decode_ledger(value).allocations)
+                            used = sum(a.cpu for a in decode(Ledger, value).allocations)
                             if used > CPU_PER_NODE:
                                 overcommits.append(f"{node}: {used} cores")
                     finally:

@@ -1,0 +1,57 @@
+"""The core's input journal as it travels on ``fed.<region>.inputs``: the :class:`Inputs` message,
+its decoder, and the digest of the commands one step returned.
+
+The scheduler writes it (:mod:`federation.scheduler.journal`) and ``fed audit verify`` re-runs it
+(:mod:`federation.audit.verify`); both import it from here, so neither package imports the other.
+It sits beside :mod:`federation.schemas` rather than in it: its events and policy are the core's
+own types (:data:`~federation.core.events.Event`, :class:`~federation.core.policy.Policy`), and
+the core is built on the schemas, so the schemas cannot import the core back.
+
+Digests are over the commands' encodings, sorted: the order in which a round's writes are
+issued does not matter (they run concurrently), what is written does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from federation.core.events import Command, Event
+from federation.core.policy import Policy
+
+
+class Inputs(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What one batch fed to the core (on ``fed.<region>.inputs``)."""
+
+    region: str
+    life: str
+    step: int  # the number, within its life, of this message's first event
+    epoch: int
+    events: list[Event] = []
+    digests: list[str] = []
+    fresh: bool = False
+    policy: Policy | None = None
+    skipped: int = 0  # events too large to journal: verification of this life stops there
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Inputs)
+
+
+def decode_inputs(data: bytes) -> Inputs:
+    """Decode one journal message. Not bounded here (the server's ``max_payload`` bounds it), and
+    its errors are msgspec's own (``DecodeError``, ``ValidationError``): ``fed audit verify``
+    reports such a message as unreadable in msgspec's words."""
+    return _decoder.decode(data)
+
+
+def digest(commands: list[Command]) -> str:
+    """A short digest of a set of commands ("" for none)."""
+    if not commands:
+        return ""
+    parts = sorted(_encoder.encode(command) for command in commands)
+    return hashlib.blake2b(b"\0".join(parts), digest_size=8).hexdigest()
+
+
+__all__ = ["Inputs", "decode_inputs", "digest"]
