@@ -1,4 +1,4 @@
-"""Judge a campaign from the documented formats alone, independently of ``federation.audit.trail``.
+"""Judge a campaign from the documented formats alone, independently of ``federation.audit``.
 
 The inputs are what anyone outside the federation can have: the client history
 (:mod:`federation.campaign.history`), the run markers the jobs wrote, each node's declared

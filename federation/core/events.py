@@ -3,7 +3,8 @@
 Events are what the daemon observed (a submission, an offer, the result of a compare-and-set);
 commands are what the core wants written. Both are plain frozen Structs, tagged by class name:
 serialisable, comparable, and free of I/O, so a recorded event sequence can be fed back to the
-core and its commands compared (:mod:`federation.scheduler.journal`, ``fed audit verify``).
+core and its commands compared (:mod:`federation.scheduler.journal` writes them,
+:mod:`federation.audit.verify` re-runs them: ``fed audit verify``).
 Time only enters through fields (``at``, ``now``).
 """
 
