@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
 
 MARKER_REASON = "Nats-Marker-Reason"
 KV_OPERATION = "KV-Operation"
@@ -20,7 +23,7 @@ class Delivery:
     sequence: int
     delivered: int
     pending: int = 0
-    _msg: Any = None  # the nats-py message, for acknowledgements (None: nothing to acknowledge)
+    _msg: Msg | None = None  # the nats-py message, for acknowledgements (None: nothing to acknowledge)
     timestamp: float = 0.0  # when the server stored it (0 when unknown)
 
     @classmethod

@@ -15,19 +15,16 @@ import asyncio
 import datetime
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from federation.bus.delivery import Delivery
+from federation.bus.messaging import Messaging
 from federation.errors import FederationUnavailable
-
-if TYPE_CHECKING:
-    from federation.bus import Bus
 
 BATCH = 1000
 
 
 async def scan(
-    bus: Bus,
+    messaging: Messaging,
     stream: str,
     filter_subject: str,
     last_per_subject: bool = False,
@@ -35,7 +32,8 @@ async def scan(
     start_time: float = 0.0,
 ) -> AsyncIterator[Delivery]:
     """Every message of ``stream`` on ``filter_subject`` stored now, from ``start_sequence`` (or
-    the first stored at ``start_time``); with ``last_per_subject`` only each subject's latest."""
+    the first stored at ``start_time``); with ``last_per_subject`` only each subject's latest.
+    Each batch is one :meth:`~federation.bus.messaging.Messaging.gather` of ``messaging``."""
     request: dict[str, object] = {"batch": BATCH, "next_by_subj": filter_subject}
     if start_time and not start_sequence:
         when = datetime.datetime.fromtimestamp(start_time, datetime.UTC)
@@ -44,7 +42,7 @@ async def scan(
         request["seq"] = max(1, start_sequence)
     latest: dict[str, Delivery] = {}
     subject = f"$JS.API.DIRECT.GET.{stream}"
-    answer = await bus.gather(subject, json.dumps(request).encode())
+    answer = await messaging.gather(subject, json.dumps(request).encode())
     ahead: asyncio.Task[tuple[list[Delivery], dict[str, str]]] | None = None
     try:
         while True:
@@ -57,7 +55,7 @@ async def scan(
             more = bool(items) and code == "204" and int(status.get("Nats-Num-Pending", 0)) > 0
             if more:  # ask for the next batch while this one is read
                 request = {"batch": BATCH, "next_by_subj": filter_subject, "seq": items[-1].sequence + 1}
-                ahead = asyncio.create_task(bus.gather(subject, json.dumps(request).encode()))
+                ahead = asyncio.create_task(messaging.gather(subject, json.dumps(request).encode()))
             for item in items:
                 if last_per_subject:
                     latest[item.subject] = item

@@ -1,0 +1,291 @@
+"""Streams and KV buckets: durable publishing, compare-and-set, reads, and the streams' layout.
+
+This module owns:
+
+* durable publishing, with W3C trace context injected into the headers (:mod:`federation.tracing`);
+* compare-and-set writes to KV keys as raw JetStream publishes carrying
+  ``Nats-Expected-Last-Subject-Sequence`` (pipelinable, domain-independent), and reads that treat a
+  TTL marker as absent;
+* what a stream and its durable consumers say of themselves (last sequence, acknowledgement
+  floor, sources), and creating or updating a stream as :mod:`federation.ops.provision` lays it out.
+
+Throughput notes (2-core machine, measured): an awaited JetStream publish costs a round trip
+(~3.5k/s); issuing many with :func:`asyncio.gather` pipelines them (~25k/s). The scheduler relies
+on that: it never awaits writes one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from federation import tracing
+from federation.bus.delivery import KV_OPERATION, Delivery
+from federation.bus.layout import StreamFacts, StreamSpec
+from federation.bus.link import FAILOVER, _translate
+from federation.bus.messaging import Messaging
+from federation.errors import ConflictError, FederationUnavailable
+from federation.tasks import idle
+
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+MSG_ID = "Nats-Msg-Id"
+MSG_TTL = "Nats-TTL"
+WRONG_LAST_SEQUENCE = (10071, 10164)
+# seconds one stream-info request may take before it is asked again (a refusal shows by then)
+STREAM_INFO_ATTEMPT = 3.0
+
+
+def _stream_config(spec: StreamSpec) -> api.StreamConfig:
+    """The nats-py form of ``spec``."""
+    sources = [
+        api.StreamSource(
+            name=stream,
+            external=api.ExternalStream(api=f"$JS.{domain}.API", deliver="") if domain else None,
+        )
+        for stream, domain in spec.sources
+    ]
+    return api.StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects) or None,
+        storage=api.StorageType.FILE,
+        num_replicas=spec.replicas,
+        max_age=spec.max_age or None,
+        duplicate_window=spec.duplicate_window,
+        max_msg_size=spec.max_msg_size or -1,
+        max_msgs_per_subject=spec.max_msgs_per_subject or -1,
+        max_bytes=spec.max_bytes or None,
+        allow_msg_ttl=spec.allow_msg_ttl or None,
+        subject_delete_marker_ttl=spec.subject_delete_marker_ttl or None,
+        allow_direct=spec.allow_direct or None,
+        deny_delete=spec.deny_delete,
+        deny_purge=spec.deny_purge,
+        discard=api.DiscardPolicy.NEW if spec.discard_new else api.DiscardPolicy.OLD,
+        sources=sources or None,
+        metadata=dict(spec.metadata) or None,
+        allow_rollup_hdrs=spec.allow_rollup,
+        republish=api.RePublish(src=spec.subjects[0], dest=spec.republish) if spec.republish else None,
+    )
+
+
+class Streams(Messaging):
+    """The link's JetStream: what is stored in streams and buckets, and the streams themselves."""
+
+    # --- publishing --------------------------------------------------------------------------------
+
+    async def store(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        msg_id: str | None = None,
+        ttl: int | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> int:
+        """Publish to a stream and wait for the server's acknowledgement; returns the sequence.
+
+        Rides through a stream leader election (a clustered region losing a server): while no
+        leader answers, nothing was stored, so the publish is retried within ``timeout``. An
+        unacknowledged publish is retried only with a ``msg_id`` (the stream drops the duplicate).
+        """
+        hdrs = tracing.inject(headers)
+        if msg_id:
+            hdrs[MSG_ID] = msg_id
+        if ttl:
+            hdrs[MSG_TTL] = f"{int(ttl)}s"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        error: Exception
+        while True:
+            left = deadline - loop.time()
+            try:
+                ack = await self.js.publish(
+                    subject, data, headers=hdrs, timeout=max(0.1, min(left, 2.0) if msg_id else left)
+                )
+                return int(ack.seq)
+            except (nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError) as exc:
+                retry, error = True, exc  # no leader now: nothing stored
+            except (nats.errors.TimeoutError, TimeoutError) as exc:
+                self._check_permitted(subject)
+                retry, error = bool(msg_id), exc
+            except Exception as exc:
+                raise _translate(subject, exc) from None
+            if not retry or loop.time() + 0.2 >= deadline:
+                raise _translate(subject, error) from None
+            await asyncio.sleep(0.2)
+
+    # --- KV: compare-and-set ------------------------------------------------------------------------
+
+    async def cas(
+        self,
+        bucket: str,
+        key: str,
+        value: bytes,
+        expected: int,
+        *,
+        msg_id: str = "",
+        ttl: int = 0,
+        delete: bool = False,
+    ) -> int:
+        """Write ``value`` iff the key's last revision is ``expected`` (0: key absent); new revision.
+
+        Raises :class:`ConflictError` when the key moved. With ``msg_id``, re-sending the same write
+        after a lost answer is idempotent: the server recognises the duplicate and returns the
+        revision of the first copy instead of storing it twice or reporting a conflict. ``ttl``
+        (whole seconds, buckets that allow it) makes the value expire, leaving a delete marker;
+        ``delete`` writes a delete marker instead of a value.
+        """
+        subject = f"$KV.{bucket}.{key}"
+        headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
+        if msg_id:
+            headers[MSG_ID] = msg_id
+        if ttl:
+            headers[MSG_TTL] = f"{int(ttl)}s"
+        if delete:  # a KV delete marker, written by compare-and-set like any value
+            headers[KV_OPERATION] = "DEL"
+        try:
+            ack = await self.js.publish(subject, value, headers=headers, timeout=10.0)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                raise ConflictError(key, expected) from None
+            raise _translate(subject, exc) from None
+        except Exception as exc:
+            raise _translate(subject, exc) from None
+        return int(ack.seq)
+
+    async def kv_get(self, bucket: str, key: str) -> tuple[bytes | None, int]:
+        """The key's value and revision; ``(None, rev)`` when deleted or TTL-expired, ``(None, 0)`` absent."""
+        item = await self.last(f"KV_{bucket}", f"$KV.{bucket}.{key}")
+        if item is None:
+            return None, 0
+        return (None if item.removed else item.data), item.sequence
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    async def last(self, stream: str, subject: str, *, direct: bool = True) -> Delivery | None:
+        """The latest message on ``subject`` (a direct get, or through the stream's leader for a
+        stream without ``allow_direct``), or None."""
+        try:
+            msg = await self.js.get_msg(stream, subject=subject, direct=direct)
+        except nats.js.errors.NotFoundError:
+            return None
+        except Exception as exc:
+            self._check_permitted(
+                f"$JS.API.{'DIRECT.GET' if direct else 'STREAM.MSG.GET'}.{stream}", prefix=True
+            )
+            raise _translate(subject, exc) from None
+        return Delivery(
+            msg.subject or subject, msg.data or b"", dict(msg.headers or {}), int(msg.seq or 0), 1
+        )
+
+    async def _stream_info(self, stream: str) -> api.StreamInfo:
+        """The stream's info; waits out a leader election (a clustered region losing a server)."""
+        deadline = asyncio.get_running_loop().time() + FAILOVER
+        while True:
+            try:  # attempts short enough to notice soon that the server refuses us the request
+                return await asyncio.wait_for(self.js.stream_info(stream), STREAM_INFO_ATTEMPT)
+            except (nats.errors.TimeoutError, TimeoutError, nats.js.errors.ServiceUnavailableError):
+                self._check_permitted(f"$JS.API.STREAM.INFO.{stream}")
+                if asyncio.get_running_loop().time() > deadline:
+                    raise FederationUnavailable(stream, "no stream leader answers") from None
+                await idle(0.2)
+
+    async def last_sequence(self, stream: str) -> int | None:
+        """The stream's last sequence (0 when empty), or None when it does not exist."""
+        try:
+            return int((await self._stream_info(stream)).state.last_seq)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    async def consumer_bound(self, stream: str, consumer: str) -> bool:
+        """Whether a durable push consumer exists and a subscriber is bound to it (a daemon is up)."""
+        try:
+            info = await self.js.consumer_info(stream, consumer)
+        except nats.js.errors.NotFoundError:
+            return False
+        return bool(info.push_bound)
+
+    async def consumer_exists(self, stream: str, consumer: str) -> bool:
+        """Whether the durable consumer exists (False when it or its stream is gone)."""
+        return await self.ack_floor(stream, consumer) is not None
+
+    async def ack_floor(self, stream: str, consumer: str) -> int | None:
+        """The stream sequence up to which the durable consumer has acknowledged everything, or
+        None when it (or its stream) does not exist."""
+        try:
+            info = await self.js.consumer_info(stream, consumer)
+        except nats.js.errors.NotFoundError:
+            return None
+        except Exception as exc:
+            raise _translate(stream, exc) from None
+        return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+
+    # --- stream layout (what federation.ops.provision creates) -----------------------------------------
+
+    async def stream_facts(self, stream: str) -> StreamFacts | None:
+        """The facts of ``stream``, or None when it does not exist."""
+        try:
+            config = (await self._stream_info(stream)).config
+        except nats.js.errors.NotFoundError:
+            return None
+        except Exception as exc:
+            raise _translate(stream, exc) from None
+        return StreamFacts(
+            replicas=int(config.num_replicas or 1),
+            file=config.storage in (None, api.StorageType.FILE),
+            sources=tuple(source.name for source in config.sources or [] if source.name),
+            metadata=dict(config.metadata or {}),
+        )
+
+    async def ensure_stream(self, spec: StreamSpec, *, recreate_if_not_file: bool = False) -> None:
+        """Create the stream, or update it to ``spec``. With ``recreate_if_not_file`` a stream the
+        server cannot update because it is kept in memory (an older layout) is deleted and made
+        again: only for streams whose content is transient."""
+        config = _stream_config(spec)
+        try:
+            await self.js.add_stream(config)
+            return
+        except nats.js.errors.BadRequestError:
+            pass  # exists
+        try:
+            await self.js.update_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            facts = await self.stream_facts(spec.name)
+            if not recreate_if_not_file or facts is None or facts.file:
+                raise _translate(spec.name, exc) from None
+            await self.js.delete_stream(spec.name)
+            await self.js.add_stream(config)
+
+    async def readd_source(self, stream: str, source: str) -> None:
+        """Drop ``source`` from ``stream``'s sources and add it again, as it was.
+
+        The server retries a source that lost its origin (a cut link, a moved stream leader) with
+        a backoff of up to minutes; a source added afresh connects at once and resumes after the
+        last message it copied (the server finds it in the stream), so nothing is copied twice.
+        """
+        config = (await self.js.stream_info(stream)).config
+        sources = list(config.sources or [])
+        config.sources = [s for s in sources if s.name != source]
+        await self.js.update_stream(config)
+        config.sources = sources
+        await self.js.update_stream(config)
+
+    async def stalled_sources(self, stream: str, after: float) -> list[str]:
+        """The sources of ``stream`` not heard from for ``after`` seconds."""
+        info = await self.js.stream_info(stream)
+        stalled = []
+        for source in info.sources or []:
+            idle_ns = source.active if source.active is not None else -1
+            if source.name and (idle_ns < 0 or idle_ns > after * 1e9):
+                stalled.append(source.name)
+        return stalled
+
+    async def jetstream_ready(self) -> None:
+        """Raise unless the server answers JetStream requests."""
+        try:
+            await self.js.account_info()
+        except Exception as exc:
+            raise _translate("JetStream", exc) from None
