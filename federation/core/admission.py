@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 from federation.core import feasibility, ranking
 from federation.core.capacity import Free
+from federation.core.plan import Plan
 from federation.core.quota import Accounts, Admission, Vector, held, request
 from federation.schemas import Allocation, Offer, Submit
 
 if TYPE_CHECKING:
-    from federation.core.planning import Plan
     from federation.core.views import Region
     from federation.core.workspace import Workspace
 

@@ -123,6 +123,18 @@ class CancelPassed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     at: float
 
 
+class HandOffOffered(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Another region (``origin``) offers this region a job, valid until ``expires_at``: may it run
+    here? The core answers with a :class:`HandOffVerdict` and changes nothing; asking the core
+    (rather than the daemon deciding by itself) journals the decision, so ``fed audit verify``
+    re-derives it."""
+
+    spec: Submit
+    origin: str
+    expires_at: float
+    at: float
+
+
 class Tick(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Time passed: run a scheduling pass and emit the writes the state needs."""
 
@@ -143,6 +155,7 @@ Event = (
     | ViewsSeen
     | HandOffAnswered
     | CancelPassed
+    | HandOffOffered
     | Tick
 )
 
@@ -186,4 +199,12 @@ class SendCancel(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     reason: str
 
 
-Command = WriteLedger | WriteJob | SendHandOff | SendCancel
+class HandOffVerdict(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The answer to :class:`HandOffOffered`: why this region refuses the job ("" accepts it).
+    The daemon stores an accepted job as a submission before it answers the asking region."""
+
+    job: str
+    refusal: str = ""
+
+
+Command = WriteLedger | WriteJob | SendHandOff | SendCancel | HandOffVerdict

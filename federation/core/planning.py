@@ -39,12 +39,12 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from federation.core import feasibility, ranking
 from federation.core.admission import Quotas, movable
 from federation.core.capacity import Free
+from federation.core.plan import Plan
 from federation.core.policy import lower
 from federation.core.workspace import Workspace
 from federation.resources import format_memory
@@ -56,20 +56,6 @@ if TYPE_CHECKING:
 
 # what preemption asks of a node: room is what its victims make
 OPEN = (feasibility.LIVE, feasibility.MATCH, feasibility.CLAIM)
-
-
-@dataclass
-class Plan:
-    """What a pass decided; the region state turns it into proposals and record changes."""
-
-    placed: dict[str, list[Allocation]] = field(default_factory=dict)
-    victims: dict[str, list[Allocation]] = field(default_factory=dict)
-    reasons: dict[str, str] = field(default_factory=dict)
-    reclaims: set[str] = field(default_factory=set)
-    decisions: dict[str, Decision] = field(default_factory=dict)
-    waiting: dict[str, tuple[str, Decision]] = field(default_factory=dict)
-    queue: list[tuple[tuple[int, float, int], str]] = field(default_factory=list)
-    expired: set[str] = field(default_factory=set)  # nodes whose offers expired: out of the index
 
 
 class Pass:

@@ -36,7 +36,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from federation.core import feasibility
-from federation.core.events import CancelPassed, Command, HandOffAnswered, SendCancel, SendHandOff
+from federation.core.events import (
+    CancelPassed,
+    Command,
+    HandOffAnswered,
+    HandOffOffered,
+    HandOffVerdict,
+    SendCancel,
+    SendHandOff,
+)
 from federation.core.planning import Pass
 from federation.schemas import JobRecord, Submit, Summary, Transition
 
@@ -67,6 +75,16 @@ def admit(core: Region, spec: Submit, now: float) -> str:
     if check.room_for(spec):
         return ""
     return check.why(spec, 0)[0].removeprefix("pending: ")
+
+
+def judge(core: Region, event: HandOffOffered) -> HandOffVerdict:
+    """The receiving side's verdict on a job another region offers (:func:`admit`, and the
+    request's deadline: one that passed before it arrived is refused)."""
+    if event.at > event.expires_at:
+        why = "the request expired before it arrived"
+    else:
+        why = admit(core, event.spec, event.at)
+    return HandOffVerdict(job=event.spec.id, refusal=why)
 
 
 def home_allowed(spec: Submit, home: str) -> bool:

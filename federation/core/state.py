@@ -74,6 +74,7 @@ from federation.core.events import (
     Command,
     Event,
     HandOffAnswered,
+    HandOffOffered,
     JobReported,
     NodeDown,
     NodeUp,
@@ -87,9 +88,10 @@ from federation.core.events import (
     WriteLedger,
 )
 from federation.core.index import FreeIndex
-from federation.core.planning import Pass, Plan
+from federation.core.plan import Plan
+from federation.core.planning import Pass
 from federation.core.policy import Policy
-from federation.core.spill import Spill
+from federation.core.spill import Spill, judge
 from federation.core.views import ALLOWED, GangProgress, JobView, NodeView, holds, next_attempt, rebuilt
 from federation.errors import LocalProtocolError
 from federation.schemas import (
@@ -156,6 +158,8 @@ class RegionCore:
                 self.spill.answered(self, event)
             case CancelPassed():
                 self.spill.cancel_passed(event)
+            case HandOffOffered():
+                return [judge(self, event)]
             case JobReported(event=report):
                 self._reported(report)
             case ClaimWritten():

@@ -1,112 +1,48 @@
-"""The regional scheduler daemon: bus -> core -> bus.
+"""The regional scheduler daemon: one process that stands by, leads, and steps down.
 
 Theory of operation
 -------------------
-At start the daemon provisions the region's streams and buckets (idempotent), then waits as a
-standby until it wins the region's lease (:mod:`federation.scheduler.lease`), whose epoch fences its writes.
-As the new leader it loads every ledger and job record into
-:class:`~federation.core.state.RegionCore` (recovery), rewriting every ledger with its epoch first
-(the **fencing sweep**: a paused predecessor's compare-and-set then finds the revision moved, and
-a stored ledger or record carrying a newer epoch than ours makes us step down), then consumes:
+At start the daemon connects, provisions the region's streams and buckets (idempotent), checks the
+servers' durability setting, then waits as a standby until it wins the region's lease
+(:mod:`federation.scheduler.lease`), whose epoch fences its writes. As the leader it builds a
+:class:`~federation.scheduler.leader.Leader` (recovery, the consumers, the scheduling loop) and
+runs it until it is asked to stop, loses the lease, or a loop of the leader dies; a lost lease or
+a failure ends the process (its supervisor restarts it as a standby). A clean stop releases the
+lease, so a standby takes over at once instead of after its TTL.
 
-* the workloads stream (submissions, cancels) and the status stream (agents' reports) through
-  durable consumers, acknowledged only after everything they caused is durable;
-* offers and heartbeats through ordered "latest per subject" followers.
-
-Every message is decoded (size-bounded, schema-checked, and checked against its subject: a
-workload message must be the type its subject names and set no field only the system sets, see
-:func:`~federation.schemas.decode_workload`) in its subscription callback; a refused message is
-written to the quarantine stream with its reason and acknowledged, changing no state.
-Accepted messages become core events on one queue. The loop drains the queue in batches, feeds
-the events and a :class:`Tick` to the core, and executes the commands the core returns
-*concurrently* (claims and record writes are pipelined compare-and-set publishes), feeding each
-result back, until the core has nothing left to write. Before every round of writes the lease is
-checked on the local monotonic clock: a scheduler paused past its lease writes nothing more and
-exits (its supervisor restarts it as a standby). Only then are the batch's messages
-acknowledged: a crash at any point leaves them unacknowledged, and the redelivery meets a state
-in which the core either already holds the job (duplicate, nothing changes) or finds the claim it
-had written and adopts it.
+The daemon also owns what belongs to the process rather than to a term as leader: the policy in
+its config file (reloaded when the file changes or on SIGHUP: a valid new ``[policy]`` becomes a
+:class:`~federation.core.events.PolicyChanged` event), and the garbage collector's pacing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import gc
-import hashlib
 import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
 
-from federation import failpoints, subjects, tracing
+from federation import tracing
 from federation.bus import Bus
-from federation.bus.delivery import Delivery
 from federation.config import SchedulerConfig, load_toml
-from federation.core.events import (
-    CancelRequested,
-    ClaimConflict,
-    ClaimWritten,
-    Command,
-    Event,
-    JobReported,
-    NodeDown,
-    NodeUp,
-    OfferSeen,
-    PolicyChanged,
-    Recovered,
-    SendCancel,
-    SendHandOff,
-    Submitted,
-    Tick,
-    WriteJob,
-    WriteLedger,
-)
-from federation.core.state import ALLOWED, RegionCore
-from federation.errors import (
-    ConfigError,
-    ConflictError,
-    FederationError,
-    FederationUnavailable,
-    LeaseLost,
-    RemoteProtocolError,
-)
+from federation.core.events import PolicyChanged
+from federation.errors import ConfigError, FederationError, LeaseLost
 from federation.ops.monitor import check_durability
-from federation.ops.provision import provision, provision_views
-from federation.scheduler.handoff import HandOffs
-from federation.scheduler.journal import Journal
+from federation.ops.provision import provision
+from federation.scheduler.leader import Item, Leader
 from federation.scheduler.lease import Lease
-from federation.scheduler.peering import Peering
-from federation.scheduler.tenants import Tenants
-from federation.schemas import (
-    Heartbeat,
-    JobEvent,
-    JobRecord,
-    Ledger,
-    Offer,
-    Quarantined,
-    Submit,
-    as_stored,
-    clamp_offer,
-    decode,
-    decode_message,
-    decode_workload,
-    encode,
-)
 from federation.tasks import idle
 
 log = structlog.get_logger()
 
-
-Item = tuple[Event, Delivery | None]
-QUARANTINE_PAYLOAD = 64 * 1024  # bytes of a refused message kept as evidence (base64 in the record)
 FREEZE_EVERY = float(os.environ.get("FED_GC_FREEZE_EVERY", "30"))  # seconds: see Scheduler._settle_heap
 
 
@@ -124,69 +60,61 @@ class Scheduler:
         self.config = config
         self.region = config.region
         self.clock = clock
-        self.core = RegionCore(config.region, epoch=0, policy=config.policy)  # epoch: won with the lease
         # unique per process: a restarted scheduler is a new contender, not the old leader
         self.name = f"{config.name or socket.gethostname()}:{os.getpid()}"
-        self.lease: Lease | None = None
-        self.journal = Journal(config.region, self.name)  # what the core is fed: fed audit verify
-        self.handoffs: HandOffs | None = None
+        self.policy = config.policy  # as last loaded: a reload that changes it becomes an event
         self.config_path = config_path
         self.overrides = dict(overrides or {})
         self._config_stamp = self._stamp()
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
-        self.revisions: dict[str, int] = {}
-        self.bus: Bus | None = None
         self.log = log.bind(region=config.region)
-        self.stats = {"placed": 0, "conflicts": 0, "quarantined": 0, "batches": 0}
+        self.leader: Leader | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._followers: list[asyncio.Task[None]] = []
-        self.suspects: dict[tuple[str, int], int] = {}
-        self._unbind: list[Callable[[], Awaitable[None]]] = []  # (stream, sequence) -> failed batches
         self._stop = asyncio.Event()
         self.failure: BaseException | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, provision, recover and schedule until :meth:`stop` or a signal."""
-        self.bus = await Bus.connect(self.config.nats_url, f"fed-scheduler-{self.region}")
-        self.lease = Lease(self.bus, self.region, self.name, ttl=self.config.lease_ttl)
+        """Connect, provision, stand by, then lead until :meth:`stop`, a signal or a lost lease."""
+        bus = await Bus.connect(self.config.nats_url, f"fed-scheduler-{self.region}")
+        lease = Lease(bus, self.region, self.name, ttl=self.config.lease_ttl)
         try:
-            await provision(self.bus, self.region, self.config.replicas)
+            await provision(bus, self.region, self.config.replicas)
             await check_durability(self.config.monitor_url, self.log)
-            if not await self._lead():
+            if not await self._lead(lease):
                 return  # stopped while standing by
-            self.handoffs = HandOffs(self)
-            self.journal.begin(self.core)
-            await self.recover()
-            await self._start_consumers()
-            self.log.info(
-                "scheduler started",
-                nodes=len(self.core.nodes),
-                jobs=len(self.core.jobs),
-                epoch=self.core.epoch,
+            self.leader = Leader(
+                self.config,
+                bus,
+                lease,
+                name=self.name,
+                clock=self.clock,
+                queue=self.queue,
+                stop=self._stop,
+                log=self.log,
             )
-            await self._loop()
+            self._start(self._watch_config(), self._settle_heap())
+            await self.leader.lead()
             if self.failure is not None:
                 raise self.failure
         finally:
-            if self.handoffs is not None:
-                await self.handoffs.stop()
+            if self.leader is not None:
+                await self.leader.stop()
             for task in self._tasks:
                 task.cancel()
-            if self._tasks:  # bounded: a task that swallowed its cancellation must not hang the exit
-                _, stuck = await asyncio.wait(self._tasks, timeout=10.0)
-                for task in stuck:
-                    self.log.error("task did not stop", task=task.get_name(), stack=tracing.task_stack(task))
-            if not isinstance(self.failure, LeaseLost):
-                await self.lease.release()  # a clean stop hands over at once, not after the TTL
-            await self.bus.close()
-            self.log.info("scheduler stopped", **self.stats)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            lost = isinstance(self.failure, LeaseLost) or (
+                self.leader is not None and isinstance(self.leader.failure, LeaseLost)
+            )
+            if not lost:
+                await lease.release()  # a clean stop hands over at once, not after the TTL
+            await bus.close()
+            self.log.info("scheduler stopped", **(self.leader.stats if self.leader is not None else {}))
 
-    async def _lead(self) -> bool:
+    async def _lead(self, lease: Lease) -> bool:
         """Stand by until this process wins the lease (True) or is asked to stop (False)."""
-        assert self.lease is not None
-        winning = asyncio.create_task(self.lease.acquire())
+        winning = asyncio.create_task(lease.acquire())
         stopping = asyncio.create_task(self._stop.wait())
         await asyncio.wait({winning, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
@@ -194,16 +122,24 @@ class Scheduler:
             winning.cancel()
             await asyncio.gather(winning, return_exceptions=True)
             return False
-        self.core.epoch = winning.result()
-        holding = asyncio.create_task(self.lease.hold())
-        holding.add_done_callback(self._task_ended)
-        self._tasks.append(holding)
+        winning.result()
+        self._start(lease.hold())
         return True
 
-    async def check_lease(self) -> None:
-        """Refuse to write once the lease may have passed to another scheduler."""
-        if self.lease is not None:
-            await self.lease.ensure()
+    def _start(self, *loops: Any) -> None:
+        """Run the process's own loops (holding the lease, the config watch, the heap's pacing)."""
+        for loop in loops:
+            task = asyncio.create_task(loop)
+            task.add_done_callback(self._task_ended)
+            self._tasks.append(task)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A loop of the process must never end while it runs: crash loudly (the supervisor restarts)."""
+        if task.cancelled() or self._stop.is_set():
+            return
+        self.failure = task.exception() or FederationError("a loop of the scheduler ended")
+        self.log.error("background loop died; stopping", error=repr(self.failure))
+        self._stop.set()
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and exit."""
@@ -230,9 +166,19 @@ class Scheduler:
         except ConfigError as exc:
             self.log.error("config refused; keeping the current policy", error=str(exc))
             return
-        if config.policy != self.core.policy:
+        if config.policy != self.policy:
+            self.policy = config.policy
             self.queue.put_nowait((PolicyChanged(policy=config.policy), None))
             self.log.info("policy reloaded", policy=msgspec.to_builtins(config.policy))
+
+    async def _watch_config(self) -> None:
+        """Reload when the config file changes (editing it is enough; SIGHUP also works)."""
+        while True:
+            await idle(1.0)
+            if self._stamp() != self._config_stamp:
+                self.reload()
+
+    # --- the process -------------------------------------------------------------------------------
 
     async def _settle_heap(self) -> None:
         """Keep the garbage collector's work proportional to what is new, not to the history.
@@ -247,552 +193,6 @@ class Scheduler:
             await idle(FREEZE_EVERY)
             gc.collect()
             gc.freeze()
-
-    async def _watch_config(self) -> None:
-        """Reload when the config file changes (editing it is enough; SIGHUP also works)."""
-        while True:
-            await idle(1.0)
-            if self._stamp() != self._config_stamp:
-                self.reload()
-
-    async def recover(self, *, fence: bool = True) -> None:
-        """Rebuild the core's view from the ledger and jobs buckets (fencing them first, as a new leader).
-
-        An unreadable job record is quarantined as evidence and replaced by the next write of its
-        job (:meth:`_unreadable_record`): one corrupt key must not keep the region from scheduling.
-        """
-        assert self.bus is not None
-        ledgers = {
-            key: (decode(Ledger, value), rev)
-            for key, (value, rev) in (await self.bus.kv_load(subjects.ledger_bucket(self.region))).items()
-        }
-        records: dict[str, JobRecord] = {}
-        for key, (value, rev) in (await self.bus.kv_load(subjects.jobs_bucket(self.region))).items():
-            self.revisions[key] = rev
-            try:
-                records[key] = decode(JobRecord, value)
-            except RemoteProtocolError as exc:
-                await self._unreadable_record(key, value, rev, exc)
-        if fence:
-            ledgers, records = await self._fence(ledgers, records)
-        else:
-            self._check_epoch([ledger.epoch for ledger, _ in ledgers.values()], "a ledger")
-            self._check_epoch([r.epoch for r in records.values()], "a job record")
-        self._feed(Recovered(ledgers=ledgers, records=tuple(records.values()), at=self.clock()))
-        await self._execute(self._feed(Tick(now=self.clock())))
-        await self.journal.flush(self.bus, self.core.epoch)
-        self.log.info("recovered", ledgers=len(ledgers), jobs=len(records), pending=len(self.core.queue))
-
-    async def _unreadable_record(self, key: str, value: bytes, revision: int, exc: Exception) -> None:
-        """A stored record that does not decode: keep it in quarantine, then let our write replace it.
-
-        One corrupt key must neither stop the region nor block its job; the quarantine record keeps
-        the bytes as evidence, and the next write of that job overwrites them by compare-and-set.
-        """
-        subject = f"$KV.{subjects.jobs_bucket(self.region)}.{key}"
-        await self._quarantine(
-            "jobs", Delivery(subject, value, {}, revision, 1), f"unreadable job record: {exc}"
-        )
-        self.revisions[key] = revision
-
-    async def _fence(
-        self, ledgers: dict[str, tuple[Ledger, int]], records: dict[str, JobRecord]
-    ) -> tuple[dict[str, tuple[Ledger, int]], dict[str, JobRecord]]:
-        """The fencing sweep of a new leader, pipelined: stamp this leader's epoch on everything.
-
-        Every ledger is rewritten with the epoch, and so is every unfinished job record. Every node
-        known from its heartbeat or offer gets an (empty) ledger if it has none. Afterwards no
-        compare-and-set an earlier leader prepared can land anywhere it matters, and an earlier
-        leader that meets one of these writes finds a newer epoch and steps down. The epoch rises
-        above every epoch stored (a lease bucket recreated from scratch restarts its revisions).
-        """
-        assert self.bus is not None
-        newest = max(
-            [ledger.epoch for ledger, _ in ledgers.values()] + [r.epoch for r in records.values()], default=0
-        )
-        if newest >= self.core.epoch:
-            self.log.warning("stored epochs are ahead of the lease; raising ours", stored=newest)
-            self.core.epoch = newest + 1
-        if self.lease is not None:
-            self.lease.epoch = self.core.epoch
-        epoch = self.core.epoch
-        ledger_bucket, jobs_bucket = subjects.ledger_bucket(self.region), subjects.jobs_bucket(self.region)
-        for node in await self._known_nodes():
-            ledgers.setdefault(node, (Ledger(node=node), 0))
-
-        async def stamp(node: str, ledger: Ledger, revision: int) -> tuple[str, tuple[Ledger, int]]:
-            assert self.bus is not None
-            fenced = msgspec.structs.replace(ledger, epoch=epoch)
-            return node, (fenced, await self.bus.cas(ledger_bucket, node, encode(fenced), revision))
-
-        async def restamp(record: JobRecord) -> JobRecord:
-            assert self.bus is not None
-            fenced = msgspec.structs.replace(record, epoch=epoch)
-            revision = await self.bus.cas(jobs_bucket, record.id, encode(fenced), self.revisions[record.id])
-            self.revisions[record.id] = revision
-            return fenced
-
-        await self.check_lease()
-        stamped = dict(await asyncio.gather(*(stamp(n, ledger, rev) for n, (ledger, rev) in ledgers.items())))
-        open_records = [r for r in records.values() if not r.terminal]
-        for record in await asyncio.gather(*(restamp(r) for r in open_records)):
-            records[record.id] = record
-        self.log.info(
-            "fenced with the new epoch", epoch=epoch, ledgers=len(stamped), records=len(open_records)
-        )
-        return stamped, records
-
-    async def _known_nodes(self) -> set[str]:
-        """Nodes with a heartbeat or an offer stored now."""
-        assert self.bus is not None
-        names: set[str] = set()
-        for stream, subject in (
-            (subjects.heartbeats_stream(self.region), subjects.heartbeat(self.region, "*")),
-            (subjects.offers_stream(self.region), subjects.offer(self.region, "*")),
-        ):
-            async for item in self.bus.follow(stream, subject, last_per_subject=True, until_caught_up=True):
-                names.add(subjects.last_token(item.subject))
-        return names
-
-    def _check_epoch(self, epochs: list[int], what: str) -> None:
-        """Step down when the store holds a write from a newer leader than this one."""
-        newest = max(epochs, default=0)
-        if newest > self.core.epoch:
-            raise LeaseLost(
-                self.region, f"{what} carries epoch {newest}, newer than ours ({self.core.epoch})"
-            )
-
-    async def _start_consumers(self) -> None:
-        assert self.bus is not None
-        await self._bind_consumers()
-        self._start_followers()
-        peering = Peering(self)
-        loops = [self._watch_config(), self._watch_consumers(), self._settle_heap()]
-        loops += [peering.publish_summaries(), peering.watch_audit()]
-        loops += [self.handoffs.serve()] if self.handoffs is not None else []
-        loops.append(
-            Tenants(self.bus, self.region, lambda: [v.record for v in self.core.jobs.values()]).serve()
-        )
-        if self.config.peers:
-            await provision_views(self.bus, self.region, self.config.peers, self.config.replicas)
-            loops += [peering.watch_views(), peering.feed_views()]
-        for loop in loops:
-            task = asyncio.create_task(loop)
-            task.add_done_callback(self._task_ended)
-            self._tasks.append(task)
-
-    async def _bind_consumers(self) -> None:
-        """Bind (or create) the workloads and status consumers for this leader's epoch."""
-        assert self.bus is not None
-        r = self.region
-        for stop in self._unbind:
-            with contextlib.suppress(Exception):
-                await stop()
-        self._unbind = [
-            await self.bus.durable(
-                stream,
-                consumer,
-                filter_subject,
-                handler,
-                epoch=self.core.epoch,
-                # backstops only: _failed naks and quarantines at max_deliver, and a new leader
-                # recreates the consumer, so ack_wait never paces a failover and a long queue is
-                # not redelivered
-                ack_wait=300.0,
-                max_deliver=self.config.max_deliver + 2,
-            )
-            for stream, consumer, filter_subject, handler in (
-                (
-                    subjects.workloads_stream(r),
-                    subjects.SCHEDULER_WORKLOADS_CONSUMER,
-                    subjects.workloads_filter(r),
-                    self._on_workload,
-                ),
-                (
-                    subjects.status_stream(r),
-                    subjects.SCHEDULER_STATUS_CONSUMER,
-                    subjects.job_event(r, "*", "*"),
-                    self._on_status,
-                ),
-            )
-        ]
-
-    async def _watch_consumers(self) -> None:
-        """The durable consumers' watchdog: recreate them if the server lost them (every 5 s)."""
-        assert self.bus is not None
-        r = self.region
-        while True:
-            await idle(5.0)
-            try:
-                present = [
-                    await self.bus.consumer_exists(
-                        subjects.workloads_stream(r), subjects.SCHEDULER_WORKLOADS_CONSUMER
-                    ),
-                    await self.bus.consumer_exists(
-                        subjects.status_stream(r), subjects.SCHEDULER_STATUS_CONSUMER
-                    ),
-                ]
-            except FederationUnavailable:
-                continue  # the server is away; the client reconnects by itself
-            if not all(present):
-                self.log.warning("a durable consumer vanished; recreating it")
-                await self._bind_consumers()
-
-    def _start_followers(self) -> None:
-        """Follow offers and heartbeats (from each node's latest: a restart replays the current view)."""
-        self._followers = [
-            asyncio.create_task(self._follow_offers()),
-            asyncio.create_task(self._follow_heartbeats()),
-        ]
-        for task in self._followers:
-            task.add_done_callback(self._task_ended)
-        self._tasks.extend(self._followers)
-
-    def _task_ended(self, task: asyncio.Task[None]) -> None:
-        """A follower must never end while the scheduler runs: crash loudly (the supervisor restarts)."""
-        if task.cancelled() or self._stop.is_set():
-            return
-        self.failure = task.exception() or FederationError("a follower loop ended")
-        self.log.error("background loop died; stopping", error=repr(self.failure))
-        self._stop.set()
-
-    # --- inputs ------------------------------------------------------------------------------------
-
-    async def _quarantine(self, source: str, delivery: Delivery, reason: str) -> None:
-        """Record a refused message with its reason; never raises (a handler loop must go on)."""
-        try:
-            await self._store_quarantine(source, delivery, reason)
-        except Exception as exc:
-            self.log.error("could not quarantine a refused message", subject=delivery.subject, error=str(exc))
-
-    async def _store_quarantine(self, source: str, delivery: Delivery, reason: str) -> None:
-        assert self.bus is not None
-        self.stats["quarantined"] += 1
-        record = Quarantined(
-            subject=delivery.subject,
-            reason=reason,
-            payload=base64.b64encode(delivery.data[:QUARANTINE_PAYLOAD]).decode(),
-            size=len(delivery.data),
-            at=self.clock(),
-            sequence=delivery.sequence,
-            deliveries=delivery.delivered,
-        )
-        await self.bus.store(subjects.quarantine(self.region, source), encode(record))
-        await delivery.term()
-        self.log.warning("message quarantined", subject=delivery.subject, reason=reason)
-
-    async def _on_workload(self, delivery: Delivery) -> None:
-        kind, job, tenant = subjects.parse_workload(delivery.subject) or ("", "", "")
-        try:
-            if not kind:
-                raise RemoteProtocolError("not a workload subject (fed.<region>.wl.<kind>.<job>[.<tenant>])")
-            message = decode_workload(delivery.data, kind=kind, job=job, tenant=tenant, region=self.region)
-        except RemoteProtocolError as exc:
-            await self._quarantine("workloads", delivery, str(exc))
-            return
-        if isinstance(message, Submit):
-            event: Event = Submitted(
-                spec=as_stored(message, delivery.timestamp),
-                at=self.clock(),
-                traceparent=tracing.traceparent(delivery.headers),
-            )
-        else:
-            event = CancelRequested(job=job, reason=message.reason, at=self.clock(), tenant=tenant)
-        self.queue.put_nowait((event, delivery))
-
-    async def _on_status(self, delivery: Delivery) -> None:
-        parsed = subjects.parse_status(delivery.subject)
-        try:
-            message = decode_message(delivery.data)
-            if not isinstance(message, JobEvent):
-                raise RemoteProtocolError(f"expected a job event, got {type(message).__name__}")
-            if parsed is None or (parsed.node, parsed.job) != (message.node, message.job):
-                raise RemoteProtocolError("node or job in payload does not match the subject")
-        except RemoteProtocolError as exc:
-            await self._quarantine("status", delivery, str(exc))
-            return
-        self.queue.put_nowait((JobReported(event=message), delivery))
-
-    async def _follow_offers(self) -> None:
-        assert self.bus is not None
-        r = self.region
-        async for delivery in self.bus.follow(
-            subjects.offers_stream(r), subjects.offer(r, "*"), last_per_subject=True
-        ):
-            if delivery.removed:
-                continue  # an expired offer: its expires_at already stops placements
-            try:
-                message = decode_message(delivery.data)
-                if not isinstance(message, Offer) or message.node != subjects.last_token(delivery.subject):
-                    raise RemoteProtocolError("not an offer for the node named in the subject")
-                cores, gpus = message.cores, message.gpus
-                if len(set(cores)) != len(cores) or len(set(gpus)) != len(gpus):
-                    raise RemoteProtocolError("the offer lists a device twice")
-            except RemoteProtocolError as exc:
-                await self._quarantine("offers", delivery, str(exc))
-                continue
-            message, cut = clamp_offer(message)  # more than registered: flagged, and clamped
-            if cut:
-                await self._quarantine("offers", delivery, cut)
-            self.queue.put_nowait((OfferSeen(offer=message), None))
-
-    async def _follow_heartbeats(self) -> None:
-        assert self.bus is not None
-        r = self.region
-        async for delivery in self.bus.follow(
-            subjects.heartbeats_stream(r), subjects.heartbeat(r, "*"), last_per_subject=True
-        ):
-            node = subjects.last_token(delivery.subject)
-            if delivery.removed:
-                self.log.warning("node heartbeat expired", node=node)
-                # the marker's own time: a replay after a restart does not restart the node's clock
-                at = min(delivery.timestamp or self.clock(), self.clock())
-                self.queue.put_nowait((NodeDown(node=node, at=at), None))
-                continue
-            try:
-                message = decode_message(delivery.data)
-                if not isinstance(message, Heartbeat) or message.node != node:
-                    raise RemoteProtocolError("not a heartbeat for the node named in the subject")
-            except RemoteProtocolError as exc:
-                await self._quarantine("heartbeats", delivery, str(exc))
-                continue
-            view = self.core.nodes.get(node)
-            if view is None or not view.alive:  # only a change of liveness is an event
-                if view is not None:
-                    self.log.info("node heartbeat resumed", node=node)
-                self.queue.put_nowait((NodeUp(node=node, at=self.clock()), None))
-
-    # --- the loop ----------------------------------------------------------------------------------
-
-    async def _loop(self) -> None:
-        while not self._stop.is_set():
-            items: list[Item] = []
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.tick_interval):  # not wait_for: see Tail.next
-                    items.append(await self.queue.get())
-            while len(items) < self.config.batch_size and not self.queue.empty():
-                items.append(self.queue.get_nowait())
-            # a message that failed a batch before goes alone, in its place in the order, so a
-            # poison message fails only itself and is found out
-            batch: list[Item] = []
-            for item in items:
-                if item[1] is not None and self._key(item[1]) in self.suspects:
-                    if batch:
-                        await self._guarded(batch)
-                        batch = []
-                    await self._guarded([item])
-                else:
-                    batch.append(item)
-            if batch or not items:
-                await self._guarded(batch)
-
-    @staticmethod
-    def _key(delivery: Delivery) -> tuple[str, int]:
-        stream = "status" if subjects.parse_status(delivery.subject) is not None else "workloads"
-        return (stream, delivery.sequence)
-
-    async def _guarded(self, items: list[Item]) -> None:
-        """Handle a batch; on an unexpected failure, hand its messages back and start over clean."""
-        try:
-            await self.handle_batch(items)
-        except LeaseLost:
-            raise
-        except Exception as exc:
-            await self._failed(items, exc)
-        else:
-            for _, delivery in items:
-                if delivery is not None:
-                    self.suspects.pop(self._key(delivery), None)
-
-    async def _failed(self, items: list[Item], exc: Exception) -> None:
-        """A batch failed half-way: the core may be ahead of the store, so it is rebuilt from it.
-
-        Its messages are handed back (negative acknowledgement, delayed more at each failure) and
-        become suspects, handled alone from then on. Only a message that fails alone, with an error
-        of its own (not the store being unavailable, not a lost race), counts toward poison: on its
-        ``max_deliver``-th delivery it is quarantined with the error and terminated, and the
-        messages behind it flow on. Events that are not messages (a policy reload) are queued again.
-        """
-        deliveries = [d for _, d in items if d is not None]
-        infrastructure = isinstance(exc, FederationUnavailable | ConflictError | TimeoutError)
-        self.log.error(
-            "batch failed; rebuilding state from JetStream",
-            error=repr(exc),
-            messages=len(deliveries),
-            subjects=[d.subject for d in deliveries[:5]],
-        )
-        for delivery in deliveries:
-            key = self._key(delivery)
-            failures = self.suspects[key] = self.suspects.get(key, 0) + 1
-            if len(deliveries) == 1 and not infrastructure and delivery.delivered >= self.config.max_deliver:
-                why = f"failed on each of {delivery.delivered} deliveries; last error: {exc!r}"
-                await self._quarantine(self._source(delivery), delivery, why)
-                self.suspects.pop(key, None)
-                continue
-            with contextlib.suppress(Exception):  # unacknowledged, it comes back after ack_wait anyway
-                await delivery.nak(delay=min(30.0, 0.25 * 2**failures))
-        for event, source in items:
-            if source is None and isinstance(event, PolicyChanged):
-                self.queue.put_nowait((event, None))
-        await self._reset()
-
-    def _source(self, delivery: Delivery) -> str:
-        return self._key(delivery)[0]
-
-    async def _reset(self) -> None:
-        """Forget the in-memory view and rebuild it: recovery, then the followers replay the rest."""
-        for task in self._followers:
-            task.cancel()
-        await asyncio.gather(*self._followers, return_exceptions=True)
-        self._tasks = [t for t in self._tasks if t not in self._followers]
-        epoch = self.core.epoch
-        self.core = RegionCore(self.region, epoch=epoch, policy=self.core.policy)
-        self.journal.begin(self.core)
-        self.revisions.clear()
-        delay = 0.2
-        while not self._stop.is_set():
-            try:
-                await self.recover(fence=False)
-                break
-            except (FederationUnavailable, TimeoutError) as exc:
-                self.log.warning("recovery failed; retrying", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stop.wait()
-                delay = min(2 * delay, 5.0)
-        self._start_followers()
-
-    def _feed(self, event: Event) -> list[Command]:
-        return self.journal.handle(self.core, event)  # journalled: fed audit verify re-runs it
-
-    async def handle_batch(self, items: list[Item]) -> None:
-        """Feed a batch to the core, write everything it asks for, then acknowledge the batch."""
-        commands: list[Command] = []
-        for event, _ in items:
-            if isinstance(event, Submitted):
-                failpoints.fail("handle-submit", event.spec.id)
-            commands.extend(self._feed(event))
-        commands.extend(self._feed(Tick(now=self.clock())))
-        await self._execute(commands)
-        await self.journal.flush(self.bus, self.core.epoch)
-        await self.check_lease()  # a stale leader acknowledges nothing either
-        acks = [delivery.ack() for _, delivery in items if delivery is not None]
-        if acks:
-            await asyncio.gather(*acks)
-        self.stats["batches"] += 1
-
-    async def _execute(self, commands: list[Command]) -> None:
-        """Run the commands concurrently, feed every result back, repeat until nothing is left.
-
-        Every write of a round finishes before a failure is raised: a write still retrying in the
-        background while the state is rebuilt could land after the rebuild read the store.
-        """
-        while commands:
-            commands = _latest_records(commands)
-            outcomes = await asyncio.gather(*(self._run(c) for c in commands), return_exceptions=True)
-            commands = []
-            failure: BaseException | None = None
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    failure = failure or outcome
-                elif outcome is not None:
-                    commands.extend(self._feed(outcome))
-            if failure is not None:
-                raise failure
-            commands.extend(self._feed(Tick(now=self.clock())))
-
-    async def _run(self, command: Command) -> Event | None:
-        assert self.bus is not None
-        match command:
-            case WriteLedger(node=node, ledger=ledger, expected_revision=expected):
-                bucket = subjects.ledger_bucket(self.region)
-                data = encode(ledger)
-                # the same write, re-sent after a lost answer, is recognised by its id: the server
-                # answers with the first copy's revision instead of a false conflict
-                msg_id = f"{node}:{expected}:{hashlib.blake2b(data, digest_size=12).hexdigest()}"
-                failpoints.crash("before-claim")
-                for attempt in range(4):
-                    try:
-                        await self.check_lease()
-                        revision = await self.bus.cas(bucket, node, data, expected, msg_id=msg_id)
-                        failpoints.crash("after-claim")
-                        return ClaimWritten(node=node, revision=revision)
-                    except ConflictError:
-                        self.stats["conflicts"] += 1
-                        break
-                    except FederationUnavailable as exc:  # outcome unknown: send the same write again
-                        self.log.warning("ledger write unanswered; retrying", node=node, error=str(exc))
-                        await idle(0.2 * 2**attempt)
-                value, revision = await self.bus.kv_get(bucket, node)
-                stored = decode(Ledger, value) if value else None
-                self._check_epoch([stored.epoch if stored else 0], f"the ledger of {node}")
-                return ClaimConflict(node=node, ledger=stored, revision=revision)
-            case WriteJob(record=record):
-                await self._write_record(record)
-            case SendHandOff() | SendCancel():
-                assert self.handoffs is not None
-                self.handoffs.send(command)  # the outcome comes back as an event
-        return None
-
-    async def _write_record(self, record: JobRecord) -> None:
-        assert self.bus is not None
-        bucket = subjects.jobs_bucket(self.region)
-        data = encode(record)
-        for _ in range(5):
-            expected = self.revisions.get(record.id, 0)
-            try:
-                await self.check_lease()
-                self.revisions[record.id] = await self.bus.cas(bucket, record.id, data, expected)
-            except ConflictError:
-                value, revision = await self.bus.kv_get(bucket, record.id)
-                try:
-                    stored = decode(JobRecord, value) if value else None
-                except RemoteProtocolError as exc:
-                    await self._unreadable_record(record.id, value or b"", revision, exc)
-                    stored = None
-                self._check_epoch([stored.epoch if stored else 0], f"the record of {record.id}")
-                if (
-                    stored is not None
-                    and stored.state != record.state
-                    and (record.state not in ALLOWED.get(stored.state, frozenset()))
-                ):
-                    self.log.error(
-                        "refused backwards job move", job=record.id, stored=stored.state, ours=record.state
-                    )
-                    return
-                self.revisions[record.id] = revision
-                continue
-            if record.state == "placed":
-                failpoints.crash("after-record")
-                self.stats["placed"] += 1
-                if tracing.recording() and record.traceparent:
-                    with tracing.span(
-                        "fed.place",
-                        parent=record.traceparent,
-                        job=record.id,
-                        node=record.node,
-                        attempt=record.attempt,
-                        region=self.region,
-                    ):
-                        pass
-            self.log.info(
-                "job",
-                job=record.id,
-                state=record.state,
-                node=record.node,
-                attempt=record.attempt,
-                reason=record.reason,
-            )
-            return
-        raise ConflictError(record.id, self.revisions.get(record.id, 0))
-
-
-def _latest_records(commands: list[Command]) -> list[Command]:
-    """The commands with only the last write of each job record: a record carries its whole
-    history, so an earlier state of the same round needs no write of its own (two writes of one
-    record at once would also race each other's compare-and-set)."""
-    last = {c.record.id: i for i, c in enumerate(commands) if isinstance(c, WriteJob)}
-    return [c for i, c in enumerate(commands) if not isinstance(c, WriteJob) or last[c.record.id] == i]
 
 
 async def serve(

@@ -11,7 +11,8 @@ request may have arrived; the core then holds an at-most-once job).
 
 **Answering.** The leader answers requests for its region (a queue group, so each request gets
 one answer). A request is refused when it is malformed, past its deadline, or no node has room
-for the job now (:func:`~federation.core.spill.admit`); otherwise the submission is stored in
+for the job now: the core decides (a :class:`~federation.core.events.HandOffOffered` event, so the
+journal keeps the verdict and ``fed audit verify`` re-derives it); otherwise the submission is stored in
 this region's own workloads stream with ``origin`` set and ``Nats-Msg-Id`` = job id, and only
 then ``accepted`` is answered. The job is then placed like any submission, on this region's
 nodes through this region's ledgers. A request repeated after a lost answer is answered from the
@@ -25,27 +26,33 @@ Requests are answered concurrently: one slow store does not delay the others.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 import msgspec
+import structlog
 
 from federation import subjects
-from federation.core.events import CancelPassed, HandOffAnswered, SendCancel, SendHandOff
-from federation.core.spill import admit
+from federation.bus import Bus
+from federation.core.events import (
+    CancelPassed,
+    Event,
+    HandOffAnswered,
+    HandOffOffered,
+    SendCancel,
+    SendHandOff,
+)
 from federation.errors import FederationError, InvalidRequest, LeaseLost, NoResponders, RemoteProtocolError
 from federation.schemas import (
     MAX_MESSAGE_BYTES,
     Cancel,
     HandOff,
     HandOffReply,
+    JobRecord,
     Submit,
     decode,
     decode_message,
     encode,
 )
-
-if TYPE_CHECKING:
-    from federation.scheduler.daemon import Scheduler
 
 QUEUE_GROUP = "schedulers"
 HANDOFF_BYTES = 2 * MAX_MESSAGE_BYTES  # a submission of the maximal size plus the envelope
@@ -54,11 +61,23 @@ HANDOFF_BYTES = 2 * MAX_MESSAGE_BYTES  # a submission of the maximal size plus t
 class HandOffs:
     """Sends this region's hand-offs and answers other regions' (started with the leader's loops)."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        assert scheduler.bus is not None
-        self.scheduler = scheduler  # its core is read afresh each time: a reset replaces it
-        self.bus, self.region = scheduler.bus, scheduler.region
-        self.log, self.clock = scheduler.log, scheduler.clock
+    def __init__(
+        self,
+        bus: Bus,
+        region: str,
+        *,
+        clock: Callable[[], float],
+        log: structlog.typing.FilteringBoundLogger,
+        check_lease: Callable[[], Awaitable[None]],
+        deliver: Callable[[Event], None],
+        held: Callable[[str], JobRecord | None],
+        judge: Callable[[HandOffOffered], str],
+    ) -> None:
+        """``check_lease`` raises once this leader may be deposed; ``deliver`` hands an outcome to
+        the scheduling loop; ``held`` reads a job's record here (None: not here); ``judge`` asks
+        the core whether an offered job may run here (its refusal, "" to accept)."""
+        self.bus, self.region, self.clock, self.log = bus, region, clock, log
+        self.check_lease, self.deliver, self.held, self.judge = check_lease, deliver, held, judge
         self._sending: set[asyncio.Task[None]] = set()
         self.uncertain: set[str] = set()  # jobs whose store timed out: stored or not, unknown
 
@@ -79,7 +98,7 @@ class HandOffs:
         outcome, reason = "unknown", ""
         try:
             # a deposed leader sends nothing: the new one counts on the requests it knows of
-            await self.scheduler.check_lease()
+            await self.check_lease()
             timeout = max(0.1, command.expires_at - self.clock())
             reply = decode(HandOffReply, await self.bus.request(subject, encode(request), timeout=timeout))
             outcome, reason = reply.outcome, reply.reason or reply.state
@@ -98,7 +117,7 @@ class HandOffs:
             reason=reason,
             query=command.query,
         )
-        self.scheduler.queue.put_nowait((answer, None))
+        self.deliver(answer)
 
     async def _cancel(self, command: SendCancel) -> None:
         cancel = Cancel(id=command.job, reason=command.reason, requested_at=self.clock())
@@ -108,7 +127,7 @@ class HandOffs:
             ok = True
         except FederationError as exc:
             self.log.warning("cancel not passed on yet", job=command.job, to=command.region, error=str(exc))
-        self.scheduler.queue.put_nowait((CancelPassed(job=command.job, ok=ok, at=self.clock()), None))
+        self.deliver(CancelPassed(job=command.job, ok=ok, at=self.clock()))
 
     async def stop(self) -> None:
         """Cancel the requests in flight (their jobs are held or retried by the next leader)."""
@@ -154,38 +173,35 @@ class HandOffs:
 
     async def _decide(self, message: HandOff) -> HandOffReply:
         """Accept (store first), or refuse having stored nothing; raise when the outcome is unknown."""
-        spec, core, now = message.spec, self.scheduler.core, self.clock()
-        held = core.jobs.get(spec.id)
-        mine = held is not None and held.record.spec.origin == message.origin
-        if mine and held is not None:  # a repeated request, or a query: the first one was stored
-            state = held.record.state
+        spec, now = message.spec, self.clock()
+        held = self.held(spec.id)
+        if held is not None and held.spec.origin == message.origin:
+            # a repeated request, or a query: the first one was stored
+            state = held.state
             if message.query:
                 return HandOffReply(outcome="found", state=state)
             return HandOffReply(outcome="accepted", reason=f"already here ({state})")
         if await self._stored(spec.id, message.origin):  # stored, not consumed yet
             return HandOffReply(outcome="found" if message.query else "accepted", reason="stored here")
         if message.query:
-            await self.scheduler.check_lease()
+            await self.check_lease()
             return HandOffReply(outcome="absent")
         stored = msgspec.structs.replace(spec, origin=message.origin, regions=[self.region])
         data = encode(stored)
         if spec.id not in self.uncertain:  # a store that may have landed is never refused, only retried
-            why = (
-                "the request expired before it arrived"
-                if now > message.expires_at
-                else admit(core, spec, now)
-            )
+            offered = HandOffOffered(spec=spec, origin=message.origin, expires_at=message.expires_at, at=now)
+            why = self.judge(offered)  # the core decides, and the journal keeps it
             if not why and len(data) > MAX_MESSAGE_BYTES:
                 why = f"the submission is {len(data)} bytes here; the limit is {MAX_MESSAGE_BYTES}"
             if why:
-                await self.scheduler.check_lease()
+                await self.check_lease()
                 return HandOffReply(outcome="refused", reason=why)
         self.uncertain.add(spec.id)
         try:
             await self.bus.store(subjects.submit(self.region, spec.id), data, msg_id=spec.id, timeout=5.0)
         except InvalidRequest as exc:  # the stream refused it: nothing was stored
             self.uncertain.discard(spec.id)
-            await self.scheduler.check_lease()
+            await self.check_lease()
             return HandOffReply(outcome="refused", reason=str(exc))
         self.uncertain.discard(spec.id)
         return HandOffReply(outcome="accepted", reason=f"{self.region} has room")

@@ -10,17 +10,17 @@ watchdog for its sources: after a source stream's leader moves, its copy resumes
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+
+import structlog
 
 from federation import subjects
-from federation.core.events import ViewsSeen
-from federation.core.summary import NodeState, summarize
+from federation.bus import Bus
+from federation.config import SchedulerConfig
+from federation.core.events import Event, ViewsSeen
 from federation.errors import FederationError
 from federation.schemas import Summary, decode_summaries, encode
 from federation.tasks import idle
-
-if TYPE_CHECKING:
-    from federation.scheduler.daemon import Scheduler
 
 AUDIT_STALL = 10.0  # seconds a source of the audit stream may go unheard before it is re-added
 
@@ -28,19 +28,21 @@ AUDIT_STALL = 10.0  # seconds a source of the audit stream may go unheard before
 class Peering:
     """The leader's side of cross-region views (started by the scheduler daemon)."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        assert scheduler.bus is not None
-        self.scheduler = scheduler  # its core is read afresh each time: a reset replaces it
-        self.bus, self.region, self.config = scheduler.bus, scheduler.region, scheduler.config
-        self.log, self.clock = scheduler.log, scheduler.clock
-
-    def summary(self) -> Summary:
-        """The region's capacity summary from the core's view (see :mod:`federation.core.summary`)."""
-        nodes = (
-            NodeState(view.offer, view.current().allocations, view.alive, view.down_at)
-            for view in self.scheduler.core.nodes.values()
-        )
-        return summarize(self.region, nodes, self.clock(), pending=len(self.scheduler.core.queue))
+    def __init__(
+        self,
+        bus: Bus,
+        region: str,
+        config: SchedulerConfig,
+        *,
+        clock: Callable[[], float],
+        log: structlog.typing.FilteringBoundLogger,
+        deliver: Callable[[Event], None],
+        summary: Callable[[], Summary],
+    ) -> None:
+        """``deliver`` hands the views to the scheduling loop; ``summary`` is this region's
+        capacity summary now (:func:`~federation.core.summary.summarize` of the core's view)."""
+        self.bus, self.region, self.config = bus, region, config
+        self.clock, self.log, self.deliver, self.summary = clock, log, deliver, summary
 
     async def publish_summaries(self) -> None:
         """Publish the summary every ``summary_interval`` (latest per region, read by other regions)."""
@@ -60,7 +62,7 @@ class Peering:
         """Hand the views to the core every ``summary_interval`` (spillover chooses regions by them)."""
         while True:
             try:
-                self.scheduler.queue.put_nowait((ViewsSeen(views=await self.views()), None))
+                self.deliver(ViewsSeen(views=await self.views()))
             except FederationError as exc:
                 self.log.warning("views not read", error=str(exc))
             await idle(self.config.summary_interval)

@@ -9,6 +9,8 @@ from federation.core.events import (
     ClaimWritten,
     Command,
     HandOffAnswered,
+    HandOffOffered,
+    HandOffVerdict,
     OfferSeen,
     Recovered,
     SendCancel,
@@ -256,6 +258,23 @@ def test_the_admission_check_of_a_hand_off_changes_nothing_in_the_core() -> None
     assert "n1" in core.index
     assert admit(core, spec(origin="us"), now=10.0) != ""  # no room: the only offer has expired
     assert "n1" in core.index
+
+
+def test_a_hand_off_is_judged_by_the_core_as_an_event_and_changes_nothing() -> None:
+    # the verdict comes back as a command, so the journal records it and verify re-derives it
+    core = RegionCore("eu")
+    core.handle(OfferSeen(offer=offer("n1", cpu=2)))
+    wanted = spec(origin="us", cpu=2)
+    before = (list(core.queue), dict(core.jobs), list(core.index.keys))
+    assert core.handle(HandOffOffered(spec=wanted, origin="us", expires_at=20.0, at=11.0)) == [
+        HandOffVerdict(job=wanted.id, refusal="")
+    ]
+    late = core.handle(HandOffOffered(spec=wanted, origin="us", expires_at=20.0, at=21.0))
+    assert late == [HandOffVerdict(job=wanted.id, refusal="the request expired before it arrived")]
+    big = core.handle(HandOffOffered(spec=spec(origin="us", cpu=3), origin="us", expires_at=20.0, at=11.0))
+    assert isinstance(big[0], HandOffVerdict)
+    assert "too little cpu" in big[0].refusal
+    assert (list(core.queue), dict(core.jobs), list(core.index.keys)) == before
 
 
 # --- impossible requests (issue 16, defect 6) ------------------------------------------------------
