@@ -203,7 +203,8 @@ class Observer:
                 raise TimeoutError(f"only {len(table)} of {n} after {timeout}s")
             self.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self.changed.wait()
 
 
 async def submit_all(bus: Bus, n: int, command: list[str], prefix: str) -> dict[str, float]:

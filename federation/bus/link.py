@@ -140,7 +140,8 @@ class Link:
         try:
             # a client that fails fast is bounded as a whole: nats-py can retry a failing TLS
             # handshake (a plaintext client of a TLS server) for much longer than its timeout
-            nc = await (connecting if retry_forever else asyncio.wait_for(connecting, 4 * timeout))
+            async with asyncio.timeout(None if retry_forever else 4 * timeout):
+                nc = await connecting
         except (OSError, nats.errors.Error, TimeoutError) as exc:
             refused = next((f for f in reversed(failures) if "authorization" in f.lower()), "")
             if refused:  # an unknown or revoked key, or none given
@@ -161,7 +162,8 @@ class Link:
     async def close(self) -> None:
         """Flush and close the connection."""
         with contextlib.suppress(Exception):  # bounded: draining a dead link would wait for it forever
-            await asyncio.wait_for(self.nc.drain(), 5.0)
+            async with asyncio.timeout(5.0):
+                await self.nc.drain()
         if not self.nc.is_closed:
             await self.nc.close()
 

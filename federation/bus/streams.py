@@ -186,7 +186,8 @@ class Streams(Messaging):
         deadline = asyncio.get_running_loop().time() + FAILOVER
         while True:
             try:  # attempts short enough to notice soon that the server refuses us the request
-                return await asyncio.wait_for(self.js.stream_info(stream), STREAM_INFO_ATTEMPT)
+                async with asyncio.timeout(STREAM_INFO_ATTEMPT):
+                    return await self.js.stream_info(stream)
             except (nats.errors.TimeoutError, TimeoutError, nats.js.errors.ServiceUnavailableError):
                 self._check_permitted(f"$JS.API.STREAM.INFO.{stream}")
                 if asyncio.get_running_loop().time() > deadline:

@@ -261,7 +261,8 @@ async def _load(stage: Stage, region: str, pace: float, stop: asyncio.Event) -> 
                 cancel = stage.history.add(Operation("cancel", job, region, time.time()))
                 await clients.call(cancel, clients.operator.cancel(job, region=region))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pace)
+                async with asyncio.timeout(pace):
+                    await stop.wait()
     finally:
         await clients.close()
 
