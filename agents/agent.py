@@ -78,10 +78,24 @@ START_REPORT_WAIT = 0.02  # seconds a start report waits for the exit, to be car
 
 
 class Agent:
-    """One node's agent (see the module docstring)."""
+    """One node's agent (see the module docstring).
 
-    def __init__(self, config: AgentConfig, probe: HostProbe | None = None) -> None:
+    ``clock`` is the wall time the agent stamps what it stores and sends (heartbeats, offers,
+    reports); ``monotonic`` is what it measures durations on (the heartbeat cadence, bounded waits,
+    an attempt's wall time). Both are injectable, as the scheduler's clock is.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        probe: HostProbe | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        self.clock = clock
+        self.monotonic = monotonic
         self.region = config.region
         self.node = config.node
         self.probe = probe or HostProbe()
@@ -98,7 +112,7 @@ class Agent:
         self._allocations: tuple[Allocation, ...] = ()  # the latest ledger's
         self._background: set[asyncio.Task[None]] = set()
         self._run_ended = asyncio.Event()
-        self.bus: Bus | None = None
+        self._bus: Bus | None = None
         self.log = log.bind(region=config.region, node=config.node)
         self._stop = asyncio.Event()
         self._stopping: set[asyncio.Task[None]] = set()
@@ -117,7 +131,7 @@ class Agent:
         self.devices = (set(cores), set(gpus))
         self.previous_life = self.journal.read()
         self._reap_previous_life()
-        self.bus = await Bus.connect(self.config.nats_url, f"fed-agent-{self.node}")
+        self._bus = await Bus.connect(self.config.nats_url, f"fed-agent-{self.node}")
         loops = [
             asyncio.create_task(self._heartbeats()),
             asyncio.create_task(self._offers()),
@@ -145,6 +159,13 @@ class Agent:
         """Ask the agent to stop."""
         self._stop.set()
 
+    @property
+    def bus(self) -> Bus:
+        """The agent's connection: made by :meth:`run`, which alone runs what uses it."""
+        if self._bus is None:
+            raise RuntimeError("the agent has no connection yet: it is made by Agent.run")
+        return self._bus
+
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """A main loop must never end while the agent runs: stop loudly, with a non-zero exit."""
         if task.cancelled() or self._stop.is_set():
@@ -162,18 +183,17 @@ class Agent:
     # --- heartbeats and offers ------------------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
-        assert self.bus is not None
+        bus = self.bus
         interval = self.config.heartbeat_interval
         ttl = max(1, math.ceil(3 * interval))
-        loop = asyncio.get_running_loop()
-        seq, due = 0, loop.time()
+        seq, due = 0, self.monotonic()
         while True:
             # a fixed cadence: a beat lost on a bad link waits at most most of one interval, so the
             # next beat still goes out on time (a link healing within the TTL must not look like death)
             seq += 1
-            beat = Heartbeat(node=self.node, seq=seq, sent_at=time.time(), interval=interval)
+            beat = Heartbeat(node=self.node, seq=seq, sent_at=self.clock(), interval=interval)
             try:
-                await self.bus.store(
+                await bus.store(
                     subjects.heartbeat(self.region, self.node),
                     encode(beat),
                     ttl=ttl,
@@ -181,17 +201,17 @@ class Agent:
                 )
             except Exception as exc:  # the loop must outlive any single failure
                 self.log.warning("heartbeat not stored", error=str(exc))
-            due = max(due + interval, loop.time())
-            await idle(due - loop.time())
+            due = max(due + interval, self.monotonic())
+            await idle(due - self.monotonic())
 
     async def _offers(self) -> None:
-        assert self.bus is not None
+        bus = self.bus
         policy = self.config.sharing
         while True:
             pids = {run.pid for run in self.running.values()}
             try:
-                offer = build_offer(self.config, self.probe.sample(pids), time.time())
-                await self.bus.store(
+                offer = build_offer(self.config, self.probe.sample(pids), self.clock())
+                await bus.store(
                     subjects.offer(self.region, self.node),
                     encode(offer),
                     ttl=max(1, math.ceil(policy.offer_expiry)),
@@ -209,7 +229,7 @@ class Agent:
         (core NATS), and a direct get of the key at start, after a reconnect, and after
         ``LEDGER_CHECK`` seconds without a change (a republished write can be missed). Each value is
         the node's whole ledger, so the latest one is all that matters; older ones are skipped."""
-        assert self.bus is not None
+        bus = self.bus
         bucket = subjects.ledger_bucket(self.region)
         arrived: list[Delivery] = []
         changed = asyncio.Event()
@@ -218,20 +238,20 @@ class Agent:
             arrived.append(delivery)
             changed.set()
 
-        subscription = await self.bus.subscribe(subjects.ledger_changes(self.region, self.node), on_change)
+        subscription = await bus.subscribe(subjects.ledger_changes(self.region, self.node), on_change)
         seen, generation = -1, -1
         try:
             while True:
                 changed.clear()
                 news, arrived[:] = list(arrived), []
-                if news and generation == self.bus.generation:
+                if news and generation == bus.generation:
                     latest = max(news, key=lambda d: int(d.headers.get("Nats-Sequence", 0)))
                     revision = int(latest.headers.get("Nats-Sequence", 0))
                     value = None if latest.removed else latest.data
                 else:
-                    generation = self.bus.generation
+                    generation = bus.generation
                     try:
-                        value, revision = await self.bus.kv_get(bucket, self.node)
+                        value, revision = await bus.kv_get(bucket, self.node)
                     except FederationError as exc:
                         self.log.warning("ledger not read; retrying", error=str(exc))
                         await idle(1.0)
@@ -305,9 +325,9 @@ class Agent:
 
     async def _wait_for_devices(self, allocation: Allocation) -> bool:
         """Wait (bounded) until no running attempt holds the claimed devices."""
-        deadline = time.monotonic() + self.config.kill_grace + 5.0
+        deadline = self.monotonic() + self.config.kill_grace + 5.0
         while self._busy_devices(allocation):
-            left = deadline - time.monotonic()
+            left = deadline - self.monotonic()
             if left <= 0:
                 return False
             self._run_ended.clear()
@@ -338,69 +358,31 @@ class Agent:
         task.add_done_callback(self._background.discard)
 
     async def _attempt(self, allocation: Allocation) -> None:
+        """One attempt of ``allocation``, from its local admission to its exit report. Whatever
+        happens, the agent's bookkeeping of it is closed at the end, and an attempt its ledger asked
+        for meanwhile is started."""
         job, attempt = slot(allocation), allocation.attempt
         key = (job, attempt)
         bound = self.log.bind(job=allocation.job, attempt=attempt, member=allocation.member)
         try:
-            # the run's own span only where spans go somewhere (the allocation carries the trace on)
-            run_span = (
-                tracing.span("fed.run", parent=allocation.traceparent, job=allocation.job, node=self.node)
-                if tracing.recording()
-                else contextlib.nullcontext()
-            )
-            with run_span:
-                refusal = self._admit(allocation)
-                if not refusal and not await self._wait_for_devices(allocation):
-                    refusal = "claimed devices are still held by an attempt that will not stop"
-                if refusal:
-                    await self._report(allocation, "refused", reason=f"local admission: {refusal}")
-                    bound.warning("allocation refused", reason=refusal)
+            with self._run_span(allocation):
+                if not await self._admitted(allocation, bound):
                     return
                 if not self._still_wanted(allocation):
                     return  # released (cancelled) before it started: nothing ran, nothing to report
-                spec = runner.RunSpec(
-                    job=allocation.job,
-                    attempt=attempt,
-                    command=allocation.command,
-                    env=_gang_env(allocation),
-                    cores=allocation.cores,
-                    gpus=allocation.gpus,
-                    pinned=allocation.pinned,
-                    traceparent=tracing.current_traceparent() or allocation.traceparent,
-                )
-                log_subject = subjects.job_log(self.region, self.node, allocation.job)
 
-                async def sink(chunk: bytes) -> None:
-                    await self._store_retrying(log_subject, chunk)
-
-                run = await self._launch(job, spec, sink, self._confined(allocation))
-                if isinstance(run, runner.LaunchError):
-                    await sink(f"[fed: {run}]\n".encode())
-                    await self._report(allocation, "failed", reason=str(run), exit_code=127)
-                    bound.info("attempt could not start", reason=str(run))
+                spec = self._run_spec(allocation)
+                run = await self._start_attempt(job, allocation, spec, bound)
+                if run is None:
                     return
-                self.running[job] = run
-                if run.group is None:  # with a cgroup, a restarted agent finds its processes there
-                    self.journal.running(job, attempt, run.pid)
-                began, started_at = time.monotonic(), time.time()
+                began, started_at = self.monotonic(), self.clock()
                 if not self._still_wanted(allocation):  # released while it was being started
                     await run.stop(self.config.kill_grace)
-                # a job over within START_REPORT_WAIT needs no report of its start: its exit report
-                # carries it (one durable report instead of two; a gang member reports both)
-                short = allocation.members == 1 and await run.exited_within(START_REPORT_WAIT)
-                if not short:
-                    await self._report(allocation, "started", at=started_at)
+                short = await self._report_start(allocation, run, started_at)
+
                 code, timed_out = await self._wait(run, allocation.timeout)
-                wall = time.monotonic() - began
-                reason = "stopped: allocation released" if run.stopping and not timed_out else ""
-                if timed_out:
-                    reason = f"stopped: its wall-clock limit of {allocation.timeout:g} s was reached"
-                elif run.usage is not None and run.usage.oom_killed:
-                    reason = f"out of memory: limit {format_memory(allocation.memory)}"
-                elif code < 0 and -code in runner.LIMIT_SIGNALS:
-                    reason = (
-                        f"killed by {signal.Signals(-code).name}: {runner.LIMIT_SIGNALS[-code]} was reached"
-                    )
+                wall = self.monotonic() - began
+                reason = _exit_reason(allocation, run, code, timed_out)
                 await self._report(
                     allocation,
                     "exited",
@@ -420,6 +402,74 @@ class Agent:
             self.tasks.pop(job, None)
             self._run_ended.set()
             self._catch_up(job)
+
+    def _run_span(self, allocation: Allocation) -> contextlib.AbstractContextManager[object]:
+        """The attempt's own tracing span, only where spans go somewhere (the allocation carries
+        the trace on, and the run's command gets it through its spec)."""
+        if not tracing.recording():
+            return contextlib.nullcontext()
+        return tracing.span("fed.run", parent=allocation.traceparent, job=allocation.job, node=self.node)
+
+    async def _admitted(self, allocation: Allocation, bound: structlog.typing.FilteringBoundLogger) -> bool:
+        """Local admission (:meth:`_admit`), then a bounded wait until no attempt being stopped
+        holds a claimed device. A refused allocation is reported ``refused``, saying why."""
+        refusal = self._admit(allocation)
+        if not refusal and not await self._wait_for_devices(allocation):
+            refusal = "claimed devices are still held by an attempt that will not stop"
+        if refusal:
+            await self._report(allocation, "refused", reason=f"local admission: {refusal}")
+            bound.warning("allocation refused", reason=refusal)
+            return False
+        return True
+
+    def _run_spec(self, allocation: Allocation) -> runner.RunSpec:
+        """What the runner starts for ``allocation``; made inside the attempt's span, whose
+        ``traceparent`` the run's environment carries on."""
+        return runner.RunSpec(
+            job=allocation.job,
+            attempt=allocation.attempt,
+            command=allocation.command,
+            env=_gang_env(allocation),
+            cores=allocation.cores,
+            gpus=allocation.gpus,
+            pinned=allocation.pinned,
+            traceparent=tracing.current_traceparent() or allocation.traceparent,
+        )
+
+    async def _start_attempt(
+        self,
+        job: str,
+        allocation: Allocation,
+        spec: runner.RunSpec,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> runner.Run | None:
+        """Launch the attempt (:meth:`_launch`), its output stored on the job's log subject, and
+        count it running (journalled with its process group where no cgroup will find it). One that
+        cannot start is reported ``failed`` with exit code 127, why also in its output: None then."""
+        log_subject = subjects.job_log(self.region, self.node, allocation.job)
+
+        async def sink(chunk: bytes) -> None:
+            await self._store_retrying(log_subject, chunk)
+
+        run = await self._launch(job, spec, sink, self._confined(allocation))
+        if isinstance(run, runner.LaunchError):
+            await sink(f"[fed: {run}]\n".encode())
+            await self._report(allocation, "failed", reason=str(run), exit_code=127)
+            bound.info("attempt could not start", reason=str(run))
+            return None
+        self.running[job] = run
+        if run.group is None:  # with a cgroup, a restarted agent finds its processes there
+            self.journal.running(job, spec.attempt, run.pid)
+        return run
+
+    async def _report_start(self, allocation: Allocation, run: runner.Run, started_at: float) -> bool:
+        """Report that the attempt started, unless it is over within ``START_REPORT_WAIT``: its
+        exit report then carries its start (one durable report instead of two; a gang member
+        reports both). Returns whether it was that short."""
+        short = allocation.members == 1 and await run.exited_within(START_REPORT_WAIT)
+        if not short:
+            await self._report(allocation, "started", at=started_at)
+        return short
 
     async def _launch(
         self, job: str, spec: runner.RunSpec, sink: runner.OutputSink, sandbox: runner.Sandbox
@@ -543,7 +593,7 @@ class Agent:
             kind=kind,
             exit_code=exit_code,
             reason=reason[:4000],
-            at=at or time.time(),
+            at=at or self.clock(),
             member=allocation.member,
             usage=usage,
             started_at=started_at,
@@ -552,11 +602,11 @@ class Agent:
 
     async def _store_retrying(self, subject: str, data: bytes) -> None:
         """Store on a stream, retrying until acknowledged: a report must not be lost."""
-        assert self.bus is not None
+        bus = self.bus
         delay = 0.2
         while True:
             try:
-                await self.bus.store(subject, data, timeout=5.0)
+                await bus.store(subject, data, timeout=5.0)
                 return
             except Exception as exc:  # retried until stored: a report must not be lost
                 self.log.warning("store failed; retrying", subject=subject, error=str(exc))
@@ -576,6 +626,18 @@ class Agent:
             self.log.warning(
                 "killed a process group left by a previous agent", job=wanted[pgid][0], pgid=pgid
             )
+
+
+def _exit_reason(allocation: Allocation, run: runner.Run, code: int, timed_out: bool) -> str:
+    """Why the attempt ended, where the agent knows more than its exit code: its wall-clock limit,
+    its memory limit, a resource limit's signal, or its allocation released (empty otherwise)."""
+    if timed_out:
+        return f"stopped: its wall-clock limit of {allocation.timeout:g} s was reached"
+    if run.usage is not None and run.usage.oom_killed:
+        return f"out of memory: limit {format_memory(allocation.memory)}"
+    if code < 0 and -code in runner.LIMIT_SIGNALS:
+        return f"killed by {signal.Signals(-code).name}: {runner.LIMIT_SIGNALS[-code]} was reached"
+    return "stopped: allocation released" if run.stopping else ""
 
 
 def _usage(run: runner.Run, wall: float) -> Usage:

@@ -43,8 +43,18 @@ from federation.tasks import idle
 log = structlog.get_logger()
 
 
+def boot_time() -> float:
+    """The boot-time clock: monotonic, and counting time suspended (a paused host's lease lapses)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class Lease:
-    """The scheduler lease of one region, as seen by one scheduler process (``holder``)."""
+    """The scheduler lease of one region, as seen by one scheduler process (``holder``).
+
+    ``clock`` is the wall time stamped into the lease value (``renewed_at``); ``monotonic`` is what
+    the lease's validity is measured on (:func:`boot_time`). Both are injectable, as the
+    scheduler's clock is.
+    """
 
     def __init__(
         self,
@@ -54,7 +64,8 @@ class Lease:
         *,
         ttl: float = 5.0,
         poll: float = 0.25,
-        clock: Callable[[], float] = lambda: time.clock_gettime(time.CLOCK_BOOTTIME),
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = boot_time,
     ) -> None:
         self.bus = bus
         self.region = region
@@ -62,6 +73,7 @@ class Lease:
         self.ttl = max(1, math.ceil(ttl))  # per-message TTLs are whole seconds
         self.poll = poll
         self.clock = clock
+        self.monotonic = monotonic
         self.bucket = subjects.lease_bucket(region)
         self.epoch = 0
         self.revision = 0
@@ -69,8 +81,8 @@ class Lease:
         self.log = log.bind(region=region, holder=holder)
 
     def valid(self) -> bool:
-        """Whether this process may still write as the leader (by its own clock, which counts suspend)."""
-        return self.epoch > 0 and self.clock() < self.valid_until
+        """Whether this process may still write as the leader (by its monotonic clock, counting suspend)."""
+        return self.epoch > 0 and self.monotonic() < self.valid_until
 
     async def ensure(self) -> None:
         """Return only while this process holds the lease; raise :class:`LeaseLost` otherwise.
@@ -88,7 +100,7 @@ class Lease:
             raise LeaseLost(self.region, f"lease lapsed and could not be renewed: {exc}") from None
 
     def _value(self) -> bytes:
-        return encode(LeaseValue(holder=self.holder, epoch=self.epoch, renewed_at=time.time(), ttl=self.ttl))
+        return encode(LeaseValue(holder=self.holder, epoch=self.epoch, renewed_at=self.clock(), ttl=self.ttl))
 
     async def acquire(self) -> int:
         """Wait as a standby until this process wins the lease; returns the epoch."""
@@ -102,7 +114,7 @@ class Lease:
                     self.log.warning("unreadable lease value; taking it over")
                     current = None  # garbage (without a TTL it would never expire): treat as free
                 if current is None:
-                    started = self.clock()
+                    started = self.monotonic()
                     won = await self.bus.cas(
                         self.bucket, subjects.LEADER_KEY, self._value(), revision, ttl=self.ttl
                     )
@@ -125,7 +137,7 @@ class Lease:
 
     async def renew(self) -> None:
         """Extend the lease once; raises :class:`LeaseLost` when someone else holds it."""
-        started = self.clock()
+        started = self.monotonic()
         try:
             # the id makes a renewal whose answer was lost, sent again, count once (not a conflict)
             self.revision = await self.bus.cas(
@@ -164,4 +176,4 @@ class Lease:
         self.valid_until = 0.0
 
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "boot_time"]
