@@ -37,7 +37,8 @@ from federation.core.events import PolicyChanged
 from federation.errors import ConfigError, FederationError, LeaseLost
 from federation.ops.monitor import check_durability
 from federation.ops.provision import provision
-from federation.scheduler.leader import Item, Leader
+from federation.scheduler.intake import Item
+from federation.scheduler.leader import Leader
 from federation.scheduler.lease import Lease
 from federation.tasks import idle
 
@@ -78,7 +79,7 @@ class Scheduler:
     async def run(self) -> None:
         """Connect, provision, stand by, then lead until :meth:`stop`, a signal or a lost lease."""
         bus = await Bus.connect(self.config.nats_url, f"fed-scheduler-{self.region}")
-        lease = Lease(bus, self.region, self.name, ttl=self.config.lease_ttl)
+        lease = Lease(bus, self.region, self.name, ttl=self.config.lease_ttl, clock=self.clock)
         try:
             await provision(bus, self.region, self.config.replicas)
             await check_durability(self.config.monitor_url, self.log)

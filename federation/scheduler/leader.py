@@ -13,12 +13,10 @@ down), then consumes:
   durable consumers, acknowledged only after everything they caused is durable;
 * offers and heartbeats through ordered "latest per subject" followers.
 
-Every message is decoded (size-bounded, schema-checked, and checked against its subject: a
-workload message must be the type its subject names and set no field only the system sets, see
-:func:`~federation.schemas.decode_workload`) in its subscription callback; a refused message is
-written to the quarantine stream with its reason and acknowledged, changing no state.
-Accepted messages become core events on one queue. The loop drains the queue in batches, feeds
-the events and a :class:`Tick` to the core, and executes the commands the core returns
+Every message is decoded and checked by :class:`~federation.scheduler.intake.Intake`; a refused
+message is quarantined with its reason, changing no state. Accepted messages become core events
+on one queue. The loop drains the queue in batches, feeds the events and a :class:`Tick` to the
+core, and executes the commands the core returns
 *concurrently* (claims and record writes are pipelined compare-and-set publishes), feeding each
 result back, until the core has nothing left to write. Before every round of writes the lease is
 checked on the local monotonic clock: a scheduler paused past its lease writes nothing more and
@@ -38,12 +36,10 @@ to the loop and narrow reads of the state, never the leader itself.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 
-import msgspec
 import structlog
 
 from federation import failpoints, subjects, tracing
@@ -51,17 +47,12 @@ from federation.bus import Bus
 from federation.bus.delivery import Delivery
 from federation.config import SchedulerConfig
 from federation.core.events import (
-    CancelRequested,
     ClaimConflict,
     ClaimWritten,
     Command,
     Event,
     HandOffOffered,
     HandOffVerdict,
-    JobReported,
-    NodeDown,
-    NodeUp,
-    OfferSeen,
     PolicyChanged,
     Recovered,
     SendCancel,
@@ -82,31 +73,21 @@ from federation.errors import (
     RemoteProtocolError,
 )
 from federation.ops.provision import provision_views
+from federation.scheduler import recovery
 from federation.scheduler.handoff import HandOffs
+from federation.scheduler.intake import Intake, Item
 from federation.scheduler.journal import Journal
 from federation.scheduler.lease import Lease
 from federation.scheduler.peering import Peering
 from federation.scheduler.tenants import Tenants
 from federation.schemas import (
-    Heartbeat,
-    JobEvent,
     JobRecord,
     Ledger,
-    Offer,
-    Quarantined,
-    Submit,
     Summary,
-    as_stored,
-    clamp_offer,
     decode,
-    decode_message,
-    decode_workload,
     encode,
 )
 from federation.tasks import idle
-
-Item = tuple[Event, Delivery | None]
-QUARANTINE_PAYLOAD = 64 * 1024  # bytes of a refused message kept as evidence (base64 in the record)
 
 
 class Leader:
@@ -130,7 +111,7 @@ class Leader:
         self.core = RegionCore(config.region, epoch=lease.epoch, policy=config.policy)
         self.journal = Journal(config.region, name)  # what the core is fed: fed audit verify
         self.revisions: dict[str, int] = {}
-        self.stats = {"placed": 0, "conflicts": 0, "quarantined": 0, "batches": 0}
+        self.counts = {"placed": 0, "conflicts": 0, "batches": 0}
         self.suspects: dict[tuple[str, int], int] = {}  # (stream, sequence) -> failed batches
         self.failure: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,7 +130,20 @@ class Leader:
         self.peering = Peering(
             bus, self.region, config, clock=clock, log=log, deliver=self.deliver, summary=self.summary
         )
+        self.intake = Intake(
+            bus,
+            self.region,
+            clock=clock,
+            log=log,
+            accept=self.queue.put_nowait,
+            alive=lambda node: view.alive if (view := self.core.nodes.get(node)) is not None else None,
+        )
         self.tenants = Tenants(bus, self.region, lambda: [v.record for v in self.core.jobs.values()])
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """What this term as leader did (logged when the scheduler stops)."""
+        return {**self.counts, "quarantined": self.intake.quarantined}
 
     async def lead(self) -> None:
         """Recover, start consuming, and schedule until asked to stop or the lease is lost."""
@@ -200,24 +194,16 @@ class Leader:
     # --- recovery ----------------------------------------------------------------------------------
 
     async def recover(self, *, fence: bool = True) -> None:
-        """Rebuild the core's view from the ledger and jobs buckets (fencing them first, as a new leader).
-
-        An unreadable job record is quarantined as evidence and replaced by the next write of its
-        job (:meth:`_unreadable_record`): one corrupt key must not keep the region from scheduling.
-        """
-        ledgers = {
-            key: (decode(Ledger, value), rev)
-            for key, (value, rev) in (await self.bus.kv_load(subjects.ledger_bucket(self.region))).items()
-        }
-        records: dict[str, JobRecord] = {}
-        for key, (value, rev) in (await self.bus.kv_load(subjects.jobs_bucket(self.region))).items():
-            self.revisions[key] = rev
-            try:
-                records[key] = decode(JobRecord, value)
-            except RemoteProtocolError as exc:
-                await self._unreadable_record(key, value, rev, exc)
+        """Rebuild the core's view from the ledger and jobs buckets (fencing them first, as a new
+        leader; see :mod:`federation.scheduler.recovery`)."""
+        ledgers, records = await recovery.load(self.bus, self.region, self.revisions, self._unreadable_record)
         if fence:
-            ledgers, records = await self._fence(ledgers, records)
+            epoch = recovery.raised_epoch(self.core.epoch, ledgers, records, self.log)
+            self.core.epoch = self.lease.epoch = epoch
+            await self.check_lease()
+            ledgers, records = await recovery.fence(
+                self.bus, self.region, epoch, ledgers, records, self.revisions, self.log
+            )
         else:
             self._check_epoch([ledger.epoch for ledger, _ in ledgers.values()], "a ledger")
             self._check_epoch([r.epoch for r in records.values()], "a job record")
@@ -233,72 +219,14 @@ class Leader:
         the bytes as evidence, and the next write of that job overwrites them by compare-and-set.
         """
         subject = f"$KV.{subjects.jobs_bucket(self.region)}.{key}"
-        await self._quarantine(
+        await self.intake.quarantine(
             "jobs", Delivery(subject, value, {}, revision, 1), f"unreadable job record: {exc}"
         )
         self.revisions[key] = revision
 
-    async def _fence(
-        self, ledgers: dict[str, tuple[Ledger, int]], records: dict[str, JobRecord]
-    ) -> tuple[dict[str, tuple[Ledger, int]], dict[str, JobRecord]]:
-        """The fencing sweep of a new leader, pipelined: stamp this leader's epoch on everything.
-
-        Every ledger is rewritten with the epoch, and so is every unfinished job record. Every node
-        known from its heartbeat or offer gets an (empty) ledger if it has none. Afterwards no
-        compare-and-set an earlier leader prepared can land anywhere it matters, and an earlier
-        leader that meets one of these writes finds a newer epoch and steps down. The epoch rises
-        above every epoch stored (a lease bucket recreated from scratch restarts its revisions).
-        """
-        newest = max(
-            [ledger.epoch for ledger, _ in ledgers.values()] + [r.epoch for r in records.values()], default=0
-        )
-        if newest >= self.core.epoch:
-            self.log.warning("stored epochs are ahead of the lease; raising ours", stored=newest)
-            self.core.epoch = newest + 1
-        self.lease.epoch = self.core.epoch
-        epoch = self.core.epoch
-        ledger_bucket, jobs_bucket = subjects.ledger_bucket(self.region), subjects.jobs_bucket(self.region)
-        for node in await self._known_nodes():
-            ledgers.setdefault(node, (Ledger(node=node), 0))
-
-        async def stamp(node: str, ledger: Ledger, revision: int) -> tuple[str, tuple[Ledger, int]]:
-            fenced = msgspec.structs.replace(ledger, epoch=epoch)
-            return node, (fenced, await self.bus.cas(ledger_bucket, node, encode(fenced), revision))
-
-        async def restamp(record: JobRecord) -> JobRecord:
-            fenced = msgspec.structs.replace(record, epoch=epoch)
-            revision = await self.bus.cas(jobs_bucket, record.id, encode(fenced), self.revisions[record.id])
-            self.revisions[record.id] = revision
-            return fenced
-
-        await self.check_lease()
-        stamped = dict(await asyncio.gather(*(stamp(n, ledger, rev) for n, (ledger, rev) in ledgers.items())))
-        open_records = [r for r in records.values() if not r.terminal]
-        for record in await asyncio.gather(*(restamp(r) for r in open_records)):
-            records[record.id] = record
-        self.log.info(
-            "fenced with the new epoch", epoch=epoch, ledgers=len(stamped), records=len(open_records)
-        )
-        return stamped, records
-
-    async def _known_nodes(self) -> set[str]:
-        """Nodes with a heartbeat or an offer stored now."""
-        names: set[str] = set()
-        for stream, subject in (
-            (subjects.heartbeats_stream(self.region), subjects.heartbeat(self.region, "*")),
-            (subjects.offers_stream(self.region), subjects.offer(self.region, "*")),
-        ):
-            async for item in self.bus.follow(stream, subject, last_per_subject=True, until_caught_up=True):
-                names.add(subjects.last_token(item.subject))
-        return names
-
     def _check_epoch(self, epochs: list[int], what: str) -> None:
         """Step down when the store holds a write from a newer leader than this one."""
-        newest = max(epochs, default=0)
-        if newest > self.core.epoch:
-            raise LeaseLost(
-                self.region, f"{what} carries epoch {newest}, newer than ours ({self.core.epoch})"
-            )
+        recovery.check_epoch(self.region, self.core.epoch, epochs, what)
 
     # --- consumers and followers --------------------------------------------------------------
 
@@ -341,13 +269,13 @@ class Leader:
                     subjects.workloads_stream(r),
                     subjects.SCHEDULER_WORKLOADS_CONSUMER,
                     subjects.workloads_filter(r),
-                    self._on_workload,
+                    self.intake.on_workload,
                 ),
                 (
                     subjects.status_stream(r),
                     subjects.SCHEDULER_STATUS_CONSUMER,
                     subjects.job_event(r, "*", "*"),
-                    self._on_status,
+                    self.intake.on_status,
                 ),
             )
         ]
@@ -375,8 +303,8 @@ class Leader:
     def _start_followers(self) -> None:
         """Follow offers and heartbeats (from each node's latest: a restart replays the current view)."""
         self._followers = [
-            asyncio.create_task(self._follow_offers()),
-            asyncio.create_task(self._follow_heartbeats()),
+            asyncio.create_task(self.intake.follow_offers()),
+            asyncio.create_task(self.intake.follow_heartbeats()),
         ]
         for task in self._followers:
             task.add_done_callback(self._task_ended)
@@ -389,109 +317,6 @@ class Leader:
         self.failure = task.exception() or FederationError("a follower loop ended")
         self.log.error("background loop died; stopping", error=repr(self.failure))
         self._stop.set()
-
-    # --- inputs ------------------------------------------------------------------------------------
-
-    async def _quarantine(self, source: str, delivery: Delivery, reason: str) -> None:
-        """Record a refused message with its reason; never raises (a handler loop must go on)."""
-        try:
-            await self._store_quarantine(source, delivery, reason)
-        except Exception as exc:
-            self.log.error("could not quarantine a refused message", subject=delivery.subject, error=str(exc))
-
-    async def _store_quarantine(self, source: str, delivery: Delivery, reason: str) -> None:
-        self.stats["quarantined"] += 1
-        record = Quarantined(
-            subject=delivery.subject,
-            reason=reason,
-            payload=base64.b64encode(delivery.data[:QUARANTINE_PAYLOAD]).decode(),
-            size=len(delivery.data),
-            at=self.clock(),
-            sequence=delivery.sequence,
-            deliveries=delivery.delivered,
-        )
-        await self.bus.store(subjects.quarantine(self.region, source), encode(record))
-        await delivery.term()
-        self.log.warning("message quarantined", subject=delivery.subject, reason=reason)
-
-    async def _on_workload(self, delivery: Delivery) -> None:
-        kind, job, tenant = subjects.parse_workload(delivery.subject) or ("", "", "")
-        try:
-            if not kind:
-                raise RemoteProtocolError("not a workload subject (fed.<region>.wl.<kind>.<job>[.<tenant>])")
-            message = decode_workload(delivery.data, kind=kind, job=job, tenant=tenant, region=self.region)
-        except RemoteProtocolError as exc:
-            await self._quarantine("workloads", delivery, str(exc))
-            return
-        if isinstance(message, Submit):
-            event: Event = Submitted(
-                spec=as_stored(message, delivery.timestamp),
-                at=self.clock(),
-                traceparent=tracing.traceparent(delivery.headers),
-            )
-        else:
-            event = CancelRequested(job=job, reason=message.reason, at=self.clock(), tenant=tenant)
-        self.queue.put_nowait((event, delivery))
-
-    async def _on_status(self, delivery: Delivery) -> None:
-        parsed = subjects.parse_status(delivery.subject)
-        try:
-            message = decode_message(delivery.data)
-            if not isinstance(message, JobEvent):
-                raise RemoteProtocolError(f"expected a job event, got {type(message).__name__}")
-            if parsed is None or (parsed.node, parsed.job) != (message.node, message.job):
-                raise RemoteProtocolError("node or job in payload does not match the subject")
-        except RemoteProtocolError as exc:
-            await self._quarantine("status", delivery, str(exc))
-            return
-        self.queue.put_nowait((JobReported(event=message), delivery))
-
-    async def _follow_offers(self) -> None:
-        r = self.region
-        async for delivery in self.bus.follow(
-            subjects.offers_stream(r), subjects.offer(r, "*"), last_per_subject=True
-        ):
-            if delivery.removed:
-                continue  # an expired offer: its expires_at already stops placements
-            try:
-                message = decode_message(delivery.data)
-                if not isinstance(message, Offer) or message.node != subjects.last_token(delivery.subject):
-                    raise RemoteProtocolError("not an offer for the node named in the subject")
-                cores, gpus = message.cores, message.gpus
-                if len(set(cores)) != len(cores) or len(set(gpus)) != len(gpus):
-                    raise RemoteProtocolError("the offer lists a device twice")
-            except RemoteProtocolError as exc:
-                await self._quarantine("offers", delivery, str(exc))
-                continue
-            message, cut = clamp_offer(message)  # more than registered: flagged, and clamped
-            if cut:
-                await self._quarantine("offers", delivery, cut)
-            self.queue.put_nowait((OfferSeen(offer=message), None))
-
-    async def _follow_heartbeats(self) -> None:
-        r = self.region
-        async for delivery in self.bus.follow(
-            subjects.heartbeats_stream(r), subjects.heartbeat(r, "*"), last_per_subject=True
-        ):
-            node = subjects.last_token(delivery.subject)
-            if delivery.removed:
-                self.log.warning("node heartbeat expired", node=node)
-                # the marker's own time: a replay after a restart does not restart the node's clock
-                at = min(delivery.timestamp or self.clock(), self.clock())
-                self.queue.put_nowait((NodeDown(node=node, at=at), None))
-                continue
-            try:
-                message = decode_message(delivery.data)
-                if not isinstance(message, Heartbeat) or message.node != node:
-                    raise RemoteProtocolError("not a heartbeat for the node named in the subject")
-            except RemoteProtocolError as exc:
-                await self._quarantine("heartbeats", delivery, str(exc))
-                continue
-            view = self.core.nodes.get(node)
-            if view is None or not view.alive:  # only a change of liveness is an event
-                if view is not None:
-                    self.log.info("node heartbeat resumed", node=node)
-                self.queue.put_nowait((NodeUp(node=node, at=self.clock()), None))
 
     # --- the loop ----------------------------------------------------------------------------------
 
@@ -557,7 +382,7 @@ class Leader:
             failures = self.suspects[key] = self.suspects.get(key, 0) + 1
             if len(deliveries) == 1 and not infrastructure and delivery.delivered >= self.config.max_deliver:
                 why = f"failed on each of {delivery.delivered} deliveries; last error: {exc!r}"
-                await self._quarantine(self._source(delivery), delivery, why)
+                await self.intake.quarantine(self._source(delivery), delivery, why)
                 self.suspects.pop(key, None)
                 continue
             with contextlib.suppress(Exception):  # unacknowledged, it comes back after ack_wait anyway
@@ -610,7 +435,7 @@ class Leader:
         acks = [delivery.ack() for _, delivery in items if delivery is not None]
         if acks:
             await asyncio.gather(*acks)
-        self.stats["batches"] += 1
+        self.counts["batches"] += 1
 
     async def _execute(self, commands: list[Command]) -> None:
         """Run the commands concurrently, feed every result back, repeat until nothing is left.
@@ -648,7 +473,7 @@ class Leader:
                         failpoints.crash("after-claim")
                         return ClaimWritten(node=node, revision=revision)
                     except ConflictError:
-                        self.stats["conflicts"] += 1
+                        self.counts["conflicts"] += 1
                         break
                     except FederationUnavailable as exc:  # outcome unknown: send the same write again
                         self.log.warning("ledger write unanswered; retrying", node=node, error=str(exc))
@@ -692,7 +517,7 @@ class Leader:
                 continue
             if record.state == "placed":
                 failpoints.crash("after-record")
-                self.stats["placed"] += 1
+                self.counts["placed"] += 1
                 if tracing.recording() and record.traceparent:
                     with tracing.span(
                         "fed.place",
