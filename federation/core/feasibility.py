@@ -208,6 +208,7 @@ CHECKS: tuple[Check, ...] = (
 """Every feasibility check, in the order they are asked (and ``fed explain`` lists them)."""
 
 _ROOM = tuple(check for check in CHECKS if check.stage == ROOM)
+_BY_STAGES: dict[tuple[Stage, ...], tuple[Check, ...]] = {}
 
 
 # --- asking ----------------------------------------------------------------------------------------
@@ -224,14 +225,22 @@ def rejection(
     """The reason of the first check of ``stages`` that rejects ``node`` for ``spec`` (None: it
     passes them all). ``free`` is the node's free capacity as the caller counts it (a pass counts
     what it already gave away); a node without one has no offer."""
-    for check in CHECKS:
-        if check.stage in stages:
-            if check.stage == ROOM and free is None:
-                return NO_OFFER
-            reason = check.node(node, free, spec, region, now)
-            if reason is not None:
-                return reason
+    for check in _asked(stages):
+        if free is None and check.stage == ROOM:
+            return NO_OFFER
+        reason = check.node(node, free, spec, region, now)
+        if reason is not None:
+            return reason
     return None
+
+
+def _asked(stages: Collection[Stage]) -> tuple[Check, ...]:
+    """The checks of ``stages``, in table order (kept per choice of stages: a pass asks often)."""
+    key = tuple(stages)
+    checks = _BY_STAGES.get(key)
+    if checks is None:
+        checks = _BY_STAGES[key] = tuple(check for check in CHECKS if check.stage in stages)
+    return checks
 
 
 def room(free: Free, spec: Submit) -> str | None:

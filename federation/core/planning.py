@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from federation.core import feasibility, ranking
-from federation.core.admission import Quotas, movable
+from federation.core.admission import UNLIMITED, Quotas, movable
 from federation.core.capacity import Free
 from federation.core.plan import Plan
 from federation.core.policy import lower
@@ -136,7 +136,7 @@ class Pass:
             return False  # backing off (its reason says until when)
         if spec.id in self.core.allocated:  # its previous attempt is still in a ledger (I2)
             return self._wait(plan, spec.id, position, "pending: its previous attempt is being released")
-        admission, wait = self.quotas.admit(spec, plan, self.seen)
+        admission, wait = self.quotas.admit(spec, plan, self.seen) if self.quotas.enabled else (UNLIMITED, "")
         if wait:
             return self._wait(plan, spec.id, position, wait)
         if spec.gang > 1:
@@ -147,7 +147,7 @@ class Pass:
         elif not (
             self._place(view, plan, position)
             or (admission.kind == "within" and self._preempt(view, plan, position, reclaim=True))
-            or self._preempt(view, plan, position)
+            or (self.core.policy.may_preempt(spec.priority) and self._preempt(view, plan, position))
         ):
             plan.waiting[spec.id] = self.why(spec, position)
             return False
