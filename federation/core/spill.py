@@ -186,7 +186,7 @@ class Spill:
             # was sent before this recovery (a leader checks its lease before sending)
             until = max(record.updated_at, at) + core.policy.handoff_timeout + core.policy.clock_skew
             self.handing[record.id] = Handing(asked[0], "held", unanswered_until=until)
-            view.cancel_pending = record.cancel_requested
+            core.defer_cancel(record.id, record.cancel_requested)
         elif not home_allowed(record.spec, core.region):
             core.unqueue(record.id)
             self.away.add(record.id)
@@ -198,7 +198,7 @@ class Spill:
         job = record.id
         if job in self.handing or record.state == "forwarded":
             if job in self.handing:
-                view.cancel_pending = reason  # the answer decides: pass the cancel on, or cancel here
+                core.defer_cancel(job, reason)  # the answer decides: pass the cancel on, or cancel here
             else:
                 self.cancelling[job] = (record.forwarded_to, reason, 0.0)
             if record.cancel_requested != reason:  # kept in the record: a restart must not forget it
@@ -242,9 +242,9 @@ class Spill:
                 forwarded_to=region,
                 handoffs={**record.handoffs, region: "accepted"},
             )
-            if view.cancel_pending:
-                self.cancelling[event.job] = (region, view.cancel_pending, 0.0)
-                view.cancel_pending = ""
+            deferred = core.take_deferred_cancel(event.job)
+            if deferred:
+                self.cancelling[event.job] = (region, deferred, 0.0)
             return
         definite = event.outcome in ("refused", "absent", "unreachable")
         if definite and event.at >= handing.unanswered_until:
@@ -277,9 +277,9 @@ class Spill:
         job = record.id
         core.amend(job, handoffs={**record.handoffs, **handoffs}, reason=f"pending: {why}", updated_at=at)
         self.stirred = True
-        if view.cancel_pending:
-            reason, view.cancel_pending = view.cancel_pending, ""
-            core.move(job, "cancelled", at, reason)
+        deferred = core.take_deferred_cancel(job)
+        if deferred:
+            core.move(job, "cancelled", at, deferred)
         elif home_allowed(record.spec, core.region):
             core.requeue_now(job)
         else:

@@ -685,6 +685,16 @@ class RegionCore:
         view.record = msgspec.structs.replace(view.record, **changes)
         self.dirty.add(job)
 
+    def defer_cancel(self, job: str, reason: str) -> None:
+        """Keep a cancel until what is in flight for the job (a claim, a hand-off) is decided."""
+        self.jobs[job].cancel_pending = reason
+
+    def take_deferred_cancel(self, job: str) -> str:
+        """The cancel kept for the job ("" when none), no longer kept."""
+        view = self.jobs[job]
+        reason, view.cancel_pending = view.cancel_pending, ""
+        return reason
+
     def unwritten(self, job: str) -> bool:
         """Whether the job's record has changes not yet handed out to be written."""
         return job in self.dirty

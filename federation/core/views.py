@@ -171,6 +171,14 @@ class Region(Protocol):
         """Whether the job's record has changes not yet handed out to be written."""
         ...
 
+    def defer_cancel(self, job: str, reason: str) -> None:
+        """Keep a cancel until what is in flight for the job (a claim, a hand-off) is decided."""
+        ...
+
+    def take_deferred_cancel(self, job: str) -> str:
+        """The cancel kept for the job ("" when none), no longer kept."""
+        ...
+
     def unqueue(self, job: str) -> None:
         """Take a pending job out of the queue (it is being handed to another region)."""
         ...
