@@ -96,26 +96,75 @@ def inbox(key: str) -> str:
     return f"_INBOX.{key}"
 
 
+SEED_FILE = ".nk"  # an identity's key file: its seed alone, as NATS tools read it
+LEGACY_FILE = ".creds"  # the earlier format: comment lines naming the identity, then the seed
+ROLES = ("admin", "scheduler", "agent", "tenant", "auditor", "leaf")
+
+
+def key_file_name(kind: str, name: str, region: str = "") -> str:
+    """The file name of an identity's key: ``<kind>.[<region>.]<name>.nk`` ('.' is in no name)."""
+    return f"{kind}.{region}.{name}{SEED_FILE}" if region else f"{kind}.{name}{SEED_FILE}"
+
+
 def load_credentials(path: Path | str) -> Credentials:
-    """Read a credentials file (or a bare seed file, which is taken as an admin's)."""
+    """Read an identity's key file.
+
+    A key file holds the nkey seed alone (what ``nats --nkey FILE`` and nats-py's ``nkeys_seed=``
+    read); who it is comes from its name, ``<kind>.[<region>.]<name>.nk``, or, for a file under
+    another name, from the keyring's ``identities.json`` beside it (by its public key); failing
+    both it is taken as an admin's. Files of the earlier format (``.creds``: comment lines naming
+    the identity, then the seed) are still read, and a ``.creds`` path whose file has been
+    rewritten as ``.nk`` (:meth:`~federation.ops.keyring.Keyring.upgrade`) finds it there.
+    """
+    path = Path(path)
     try:
-        text = Path(path).read_text()
+        text = path.read_text()
+    except FileNotFoundError:
+        renamed = path.with_suffix(SEED_FILE)
+        if path.suffix != LEGACY_FILE or not renamed.exists():
+            missing = "cannot read credentials: No such file or directory"
+            raise ConfigError(missing, source=str(path)) from None
+        path, text = renamed, renamed.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read credentials: {exc.strerror}", source=str(path)) from None
-    kind, name, region, seed = "admin", "admin", "", ""
+    named: tuple[str, str, str] | None = None
+    seed = ""
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("# identity:"):
             parts = line.split(":", 1)[1].split()
             if len(parts) == 2:
-                kind, name = parts
+                named = (parts[0], "", parts[1])
             elif len(parts) == 3:
-                kind, region, name = parts
+                named = (parts[0], parts[1], parts[2])
         elif line.startswith("SU"):
             seed = line
     if not seed:
         raise ConfigError("no nkey seed (a line starting with SU) in the credentials file", source=str(path))
+    named = named or _named_by_file(path) or _named_by_registry(path, seed)
+    kind, region, name = named or ("admin", "", "admin")
     return Credentials(seed=seed, kind=kind, name=name, region=region)
+
+
+def _named_by_file(path: Path) -> tuple[str, str, str] | None:
+    """(kind, region, name) from a key file's name, ``<kind>.[<region>.]<name>.nk``."""
+    parts = path.name.split(".")
+    if path.suffix != SEED_FILE or parts[0] not in ROLES or len(parts) not in (3, 4):
+        return None
+    return (parts[0], parts[1], parts[2]) if len(parts) == 4 else (parts[0], "", parts[1])
+
+
+def _named_by_registry(path: Path, seed: str) -> tuple[str, str, str] | None:
+    """(kind, region, name) of the seed's public key in the ``identities.json`` beside ``path``."""
+    import json
+
+    try:
+        rows = json.loads((path.parent / "identities.json").read_text())
+        key = public_key(seed)
+        row = next(r for r in rows if r.get("public_key") == key)
+    except (OSError, ValueError, StopIteration, ConfigError):
+        return None
+    return (str(row["kind"]), str(row.get("region", "")), str(row["name"]))
 
 
 # --- this process's identity ---------------------------------------------------------------------

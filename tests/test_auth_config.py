@@ -44,6 +44,39 @@ def test_credentials_files_are_private_and_name_their_identity(tmp_path: Path) -
     assert creds.seed not in (keyring.directory / "identities.json").read_text()  # no secret in the list
 
 
+def test_key_files_hold_the_seed_alone_as_nats_tools_read_them(tmp_path: Path) -> None:
+    import nkeys
+
+    keyring = _keyring(tmp_path)
+    path = keyring.path("tenant", "acme")
+    assert path.name == "tenant.acme.nk"
+    text = path.read_text()
+    assert text.count("\n") == 1
+    assert nkeys.from_seed(bytearray(text.strip().encode())).public_key.decode().startswith("U")  # as nats-py
+    # renamed, the key is still known by its public key in the keyring's list; elsewhere: an admin's
+    copy = keyring.directory / "handed-over.nk"
+    copy.write_text(text)
+    assert (load_credentials(copy).kind, load_credentials(copy).name) == ("tenant", "acme")
+    stray = tmp_path / "elsewhere.nk"
+    stray.write_text(text)
+    assert load_credentials(stray).kind == "admin"
+
+
+def test_key_files_of_the_earlier_format_are_rewritten_with_the_same_key(tmp_path: Path) -> None:
+    keyring = _keyring(tmp_path)
+    path = keyring.path("agent", "eu-n1", "eu")
+    seed = path.read_text().strip()
+    legacy = path.with_name("agent.eu.eu-n1.creds")
+    legacy.write_text(f"# nats-federation credentials: keep secret\n# identity: agent eu eu-n1\n{seed}\n")
+    path.unlink()
+    assert load_credentials(legacy).identity == keyring.find("agent", "eu-n1", "eu")  # still read
+    upgraded = Keyring.of(tmp_path)  # opening the keyring of a state directory rewrites them
+    assert upgraded.path("agent", "eu-n1", "eu").read_text() == seed + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not legacy.exists()
+    assert load_credentials(legacy).seed == seed  # a path of the old name (a connection file) finds it
+
+
 def test_adding_twice_revoking_and_bad_names_are_refused(tmp_path: Path) -> None:
     keyring = _keyring(tmp_path)
     first = keyring.path("tenant", "acme").read_text()

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 
 from federation import subjects
 from federation.errors import ConfigError
-from federation.identity import Identity
+from federation.identity import ROLES, Identity
 
-KINDS = ("admin", "scheduler", "agent", "tenant", "auditor", "leaf")
+KINDS = ROLES
 # node-local traffic: it never needs to cross a leafnode link, in either direction
 LOCAL_ONLY = ("hb.>", "offer.>", "status.>", "ledger.>", "inputs", "quarantine.>")
 

@@ -1,13 +1,11 @@
 """The keyring: a federation's identities on disk (``<state-dir>/creds``).
 
 ``identities.json`` lists every identity the servers accept (role, name and public key: nothing
-secret), and each identity's credentials file ``<kind>.[<region>.]<name>.creds`` holds its seed
-(mode 0600, in a 0700 directory). A credentials file is a plain nkey seed file with comment lines
-naming the identity, so the ``nats`` CLI accepts it too (``nats --nkey FILE``)::
-
-    # nats-federation credentials: keep secret
-    # identity: agent eu-west eu-west-n1
-    SUAB...
+secret), and each identity's key file ``<kind>.[<region>.]<name>.nk`` holds its nkey seed alone
+(mode 0600, in a 0700 directory): the format NATS tools read (``nats --nkey FILE``, nats-py's
+``nkeys_seed=FILE``). Who the key is comes from the file's name (and, renamed, from its public
+key in ``identities.json``). Key files of the earlier format (``.creds``, with comment lines) are
+rewritten as ``.nk`` when the keyring is opened (:meth:`Keyring.upgrade`).
 
 Removing an identity from the list is a revocation: servers refuse its key after their
 configuration is rendered again and reloaded (``fed creds revoke``).
@@ -20,7 +18,16 @@ import os
 from pathlib import Path
 
 from federation.errors import ConfigError
-from federation.identity import Credentials, Identity, load_credentials, new_seed, public_key
+from federation.identity import (
+    LEGACY_FILE,
+    SEED_FILE,
+    Credentials,
+    Identity,
+    key_file_name,
+    load_credentials,
+    new_seed,
+    public_key,
+)
 from federation.ops.auth import check_identity
 
 REGISTRY = "identities.json"
@@ -28,8 +35,8 @@ MANAGED = ("admin", "scheduler", "leaf")  # without them the federation does not
 
 
 def credentials_name(kind: str, name: str, region: str = "") -> str:
-    """The file name of an identity's credentials."""
-    return f"{kind}.{region}.{name}.creds" if region else f"{kind}.{name}.creds"  # '.' is in no name
+    """The file name of an identity's key (see :func:`~federation.identity.key_file_name`)."""
+    return key_file_name(kind, name, region)
 
 
 class Keyring:
@@ -40,8 +47,25 @@ class Keyring:
 
     @classmethod
     def of(cls, state_dir: Path) -> Keyring:
-        """The keyring of the federation run from ``state_dir``."""
-        return cls(state_dir / "creds")
+        """The keyring of the federation run from ``state_dir`` (key files of the earlier format
+        rewritten: :meth:`upgrade`)."""
+        keyring = cls(state_dir / "creds")
+        keyring.upgrade()
+        return keyring
+
+    def upgrade(self) -> list[Path]:
+        """Rewrite every key file of the earlier format (``.creds``: comment lines, then the seed)
+        as a ``.nk`` key file holding the seed alone, the same key; return the new files. The old
+        file is removed once the new one is on disk (a path naming it still finds the key:
+        :func:`~federation.identity.load_credentials`)."""
+        written = []
+        for legacy in sorted(self.directory.glob(f"*{LEGACY_FILE}")) if self.directory.is_dir() else []:
+            target = legacy.with_suffix(SEED_FILE)
+            if not target.exists():
+                write_private(target, load_credentials(legacy).seed + "\n")
+                written.append(target)
+            legacy.unlink()
+        return written
 
     def identities(self) -> list[Identity]:
         """Every identity the servers accept."""
@@ -74,9 +98,7 @@ class Keyring:
         seed = new_seed()
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
-        where = f"{region} " if region else ""
-        text = f"# nats-federation credentials: keep secret\n# identity: {kind} {where}{name}\n{seed}\n"
-        write_private(path, text)
+        write_private(path, seed + "\n")
         others = [i for i in self.identities() if (i.kind, i.name, i.region) != (kind, name, region)]
         self._save([*others, Identity(kind, name, public_key(seed), region)])
         return path

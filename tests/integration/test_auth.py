@@ -273,6 +273,13 @@ async def test_unknown_missing_and_revoked_keys_are_refused(tmp_path: Path) -> N
         path = Keyring.of(state).path("tenant", "acme")
         assert oct(path.stat().st_mode & 0o777) == "0o600"
         tenant = load_credentials(path)
+        assert path.suffix == ".nk"
+        assert path.read_text().strip() == tenant.seed  # the seed alone: what NATS tools read
+        plain = await nats.connect(
+            url, nkeys_seed=str(path), inbox_prefix=tenant.inbox, max_reconnect_attempts=0
+        )
+        assert plain.is_connected
+        await plain.close()
         async with Client.connect(connection=connection, credentials=tenant) as acme:
             job = await acme.submit(["true"], job_id="before-revoke")
             assert (await job.wait(timeout=60)).state == "succeeded"
