@@ -142,12 +142,14 @@ class Explanation(msgspec.Struct, kw_only=True):
 
 
 class Job:
-    """A submitted job: its id and home region, and ways to follow it."""
+    """A submitted job: its id, home region and the subject it was submitted on, and ways to
+    follow it."""
 
-    def __init__(self, client: Client, job_id: str, region: str) -> None:
+    def __init__(self, client: Client, job_id: str, region: str, subject: str = "") -> None:
         self.client = client
         self.id = job_id
         self.region = region
+        self.subject = subject or subjects.submit(region, job_id)
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, region={self.region!r})"
@@ -323,7 +325,7 @@ class Client:
             if self.tenant:
                 subject = subjects.tenant_submit(name, spec.id, self.tenant)
             await bus.store(subject, data, msg_id=spec.id, timeout=FAILOVER)
-        return Job(self, spec.id, name)
+        return Job(self, spec.id, name, subject)
 
     async def cancel(
         self, job_id: str, *, region: str | None = None, reason: str = "cancelled by user"

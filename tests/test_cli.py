@@ -133,3 +133,32 @@ def test_a_closed_pipe_is_not_a_traceback() -> None:
     _, err = proc.communicate(timeout=60)
     assert b"Traceback" not in err, err.decode()
     assert proc.returncode == 0
+
+
+def _completions(script: str, *words: str) -> list[str]:
+    """What bash completes for ``words`` (the last one being typed), with ``script`` sourced."""
+    quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
+    asked = f"COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; _fed_complete"
+    program = f'{script}\n{asked}; printf "%s\\n" "${{COMPREPLY[@]}}"'
+    done = subprocess.run(["bash", "-c", program], capture_output=True, text=True, timeout=30, check=True)
+    return [line for line in done.stdout.splitlines() if line]
+
+
+def test_shell_completion_is_generated_from_the_parser() -> None:
+    made = subprocess.run(fed_command("completion", "bash"), capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    bash = made.stdout
+    assert _completions(bash, "fed", "su") == ["submit"]
+    assert "--priority" in _completions(bash, "fed", "submit", "--pri")
+    assert _completions(bash, "fed", "submit", "--priority", "") == ["urgent", "high", "medium", "low"]
+    assert _completions(bash, "fed", "--state-dir", "/tmp", "audit", "") == ["check", "replay", "verify"]
+    assert "--region" in _completions(bash, "fed", "audit", "check", "--re")
+    assert "add-tenant" in _completions(bash, "fed", "creds", "")
+    # after --, the job's own command line: file names, not fed's options
+    assert "--priority" not in _completions(bash, "fed", "submit", "--", "--pri")
+    # every command of the parser is offered at the top
+    commands = set(_completions(bash, "fed", ""))
+    assert {"up", "submit", "jobs", "audit", "creds", "completion"} <= commands
+    zsh = subprocess.run(fed_command("completion", "zsh"), capture_output=True, text=True, timeout=60).stdout
+    assert zsh.startswith("#compdef fed\nautoload -U +X bashcompinit && bashcompinit\n")
+    assert "complete -F _fed_complete fed" in zsh

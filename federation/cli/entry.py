@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from federation import logs
-from federation.cli import audit, creds, daemons, jobs, ops, quarantine, status, up, usage
+from federation.cli import audit, completion, creds, daemons, jobs, ops, quarantine, status, up, usage
 from federation.cli.common import common_options
 from federation.errors import FederationError
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_cancel_parser(sub, common)
     ops.add_parsers(sub, common)  # config, provision
     creds.add_parsers(sub, common)
+    completion.add_parsers(sub, common, root=parser)
     return parser
 
 

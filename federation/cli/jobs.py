@@ -70,14 +70,20 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             semantics="at_least_once" if args.retry_anywhere else "at_most_once",
             timeout=parse_duration(args.timeout) if args.timeout else 0.0,
         )
+        submitted = {"id": job.id, "region": job.region, "subject": job.subject}
         if not args.wait:
+            if args.json:
+                return print_json(submitted)
             print(job.id)
             return 0
         print(f"submitted {job.id} to {job.region}; waiting", file=sys.stderr)
         with _following(job.id):
             record = await job.wait()
-            async for chunk in fed.logs(job.id, region=job.region):
-                sys.stdout.buffer.write(chunk)
+            if args.json:  # the record instead of the output: stdout is one JSON document
+                print_json({**submitted, "record": record})
+            else:
+                async for chunk in fed.logs(job.id, region=job.region):
+                    sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
         return _ended(record)
 
@@ -229,6 +235,8 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
     async with Client.connect(state_dir(args)) as fed:
         await fed.cancel(args.job, region=args.region, reason=args.reason)
+    if args.json:
+        return print_json({"id": args.job, "cancel_requested": True, "reason": args.reason})
     print(f"cancel requested for {args.job}")
     return 0
 
@@ -291,6 +299,11 @@ def add_submit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--env", action="append", help="environment variable KEY=VALUE for the job (repeat)")
     p.add_argument("--id", help="job id (default: generated); resubmitting an id is a no-op")
     p.add_argument("--wait", action="store_true", help="wait, print the output, exit with the job's status")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='{"id", "region", "subject"} as JSON; with --wait, the final "record" too instead of the output',
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- the command and its arguments")
     p.set_defaults(func=cmd_submit)
 
@@ -334,4 +347,5 @@ def add_cancel_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("job")
     p.add_argument("--region")
     p.add_argument("--reason", default="cancelled by user")
+    p.add_argument("--json", action="store_true", help='{"id", "cancel_requested", "reason"} as JSON')
     p.set_defaults(func=cmd_cancel)

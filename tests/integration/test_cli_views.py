@@ -8,6 +8,7 @@ unreachable region), and following a job ends with the job's own status.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -95,6 +96,40 @@ async def test_following_a_failed_job_ends_with_its_status(make_cluster) -> None
         assert f"{job.id}: failed" in followed.stderr
         ok = await fed.submit(["true"])
         assert (await asyncio.to_thread(run_fed, cluster.tmp, "logs", "-f", ok.id)).returncode == 0
+
+
+async def test_submit_and_cancel_print_json_when_asked(make_cluster) -> None:
+    cluster = await make_cluster(regions=("eu",), agents=1)
+    shown = await asyncio.to_thread(run_fed, cluster.tmp, "submit", "--json", "--id", "js-1", "--", "true")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {
+        "id": "js-1",
+        "region": "eu",
+        "subject": subjects.submit("eu", "js-1"),
+    }
+    waited = await asyncio.to_thread(
+        run_fed,
+        cluster.tmp,
+        "submit",
+        "--json",
+        "--wait",
+        "--id",
+        "js-2",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; exit 3",
+    )
+    assert waited.returncode == 3, waited.stderr
+    document = json.loads(waited.stdout)  # the record instead of the output: stdout is JSON alone
+    assert (document["id"], document["record"]["state"], document["record"]["exit_code"]) == (
+        "js-2",
+        "failed",
+        3,
+    )
+    cancelled = await asyncio.to_thread(run_fed, cluster.tmp, "cancel", "--json", "js-1")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["cancel_requested"] is True
 
 
 async def test_ctrl_c_on_submit_wait_says_the_job_goes_on(make_cluster, tmp_path: Path) -> None:
