@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from federation.audit.trail import AuditEvent, line, merged
-from federation.cli.common import state_dir
+from federation.cli.common import print_json, state_dir
 from federation.errors import FederationError, NotPermitted
 from federation.resources import parse_duration
 
@@ -64,14 +64,26 @@ async def _each_scope(
         except FederationError as exc:
             if len(scopes) == 1 or isinstance(exc, NotPermitted):
                 raise
-            print(f"FAIL {_where(region, everywhere)} could not be read: {exc}")
+            if args.json:
+                args.found.append({"scope": _where(region, everywhere), "error": str(exc)})
+            else:
+                print(f"FAIL {_where(region, everywhere)} could not be read: {exc}")
             ok = False
     return ok
+
+
+def _json_result(args: argparse.Namespace, ok: bool) -> int:
+    """``--json``: one document, every scope's report (or why it could not be read) and ``ok``."""
+    print_json({"ok": ok, "scopes": args.found})
+    return 0 if ok else 1
 
 
 async def _check(fed: Client, args: argparse.Namespace) -> int:
     async def judge(region: str | None, everywhere: bool) -> bool:
         report = await fed.audit_check(region=region, everywhere=everywhere)
+        if args.json:
+            args.found.append({"scope": _where(region, everywhere), "ok": report.ok, "report": report})
+            return report.ok
         print(
             f"checked {report.events} events of {_where(region, everywhere)}; {report.open_jobs} jobs "
             f"not finished yet, {report.duplicates} duplicate submissions (harmless), {report.refused} "
@@ -93,6 +105,8 @@ async def _check(fed: Client, args: argparse.Namespace) -> int:
         return report.ok
 
     ok = await _each_scope(fed, args, judge)
+    if args.json:
+        return _json_result(args, ok)
     print("ok: every invariant holds" if ok else "the audit trail shows problems (above)")
     return 0 if ok else 1
 
@@ -100,6 +114,9 @@ async def _check(fed: Client, args: argparse.Namespace) -> int:
 async def _verify(fed: Client, args: argparse.Namespace) -> int:
     async def judge(region: str | None, everywhere: bool) -> bool:
         result = await fed.audit_verify(region=region, everywhere=everywhere)
+        if args.json:
+            args.found.append({"scope": _where(region, everywhere), "ok": result.ok, "report": result})
+            return result.ok
         print(
             f"re-ran {result.steps} core steps in {result.lives} core lives of {_where(region, everywhere)}"
         )
@@ -113,6 +130,8 @@ async def _verify(fed: Client, args: argparse.Namespace) -> int:
         return result.ok
 
     ok = await _each_scope(fed, args, judge)
+    if args.json:
+        return _json_result(args, ok)
     print("ok: the core makes the same decisions" if ok else "verification failed (above)")
     return 0 if ok else 1
 
@@ -251,4 +270,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                 default="table",
                 help="jsonl: one event per line, every line valid JSON whatever was stored (subjects.md)",
             )
-        q.set_defaults(func=cmd_audit)
+        else:
+            q.add_argument(
+                "--json",
+                action="store_true",
+                help='one JSON document: "ok", and each scope\'s "report" (or the "error" reading it)',
+            )
+        q.set_defaults(func=cmd_audit, found=[])

@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from federation.cli.common import state_dir
+from federation.cli.common import print_json, state_dir
 from federation.config import Connection, load_connection, load_reload_report
 from federation.errors import FederationUnavailable
 from federation.ops import auth
@@ -155,6 +155,21 @@ async def cmd_reload(args: argparse.Namespace) -> int:
 async def cmd_list(args: argparse.Namespace) -> int:
     keyring = _keyring(args)
     rows = keyring.identities()
+    if args.json:
+        listed = []
+        for i in rows:
+            path = keyring.path(i.kind, i.name, i.region)
+            held = str(path) if path.exists() else ""
+            listed.append(
+                {
+                    "kind": i.kind,
+                    "region": i.region,
+                    "name": i.name,
+                    "public_key": i.public_key,
+                    "key_file": held,
+                }
+            )
+        return print_json(listed)
     if not rows:
         print(f"no identities in {keyring.directory} (authentication is off, or no federation ran here)")
         return 0
@@ -202,6 +217,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     q.set_defaults(func=cmd_reload)
     q = creds.add_parser("list", parents=[common], help="every identity the servers accept")
+    q.add_argument("--json", action="store_true", help="JSON array: kind, region, name, public key, key file")
     q.set_defaults(func=cmd_list)
     q = creds.add_parser(
         "render", parents=[common], help="print a server's accounts block (for servers run elsewhere)"

@@ -421,3 +421,10 @@ async def test_replay_shows_every_region_merged_by_time_and_hides_the_core_input
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "core lives of region aa" in verified.stdout
     assert "core lives of region bb" in verified.stdout
+    for action in ("check", "verify"):  # the same as one JSON document
+        shown = await asyncio.to_thread(run_fed, cluster.tmp, "audit", action, "--json")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        document = json.loads(shown.stdout)
+        assert document["ok"] is True
+        assert [s["scope"] for s in document["scopes"]] == ["region aa", "region bb"]
+        assert all(s["ok"] and s["report"] for s in document["scopes"])

@@ -294,6 +294,9 @@ async def test_unknown_missing_and_revoked_keys_are_refused(tmp_path: Path) -> N
         listed = run_fed(state, "creds", "list")
         assert "acme" not in listed.stdout
         assert "agent" in listed.stdout
+        rows = json.loads(run_fed(state, "creds", "list", "--json").stdout)
+        assert {r["kind"] for r in rows} >= {"admin", "agent", "scheduler"}
+        assert all(r["key_file"].endswith(".nk") for r in rows if r["key_file"])
 
 
 def _regions(state: Path) -> dict[str, str]:
