@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -158,9 +158,12 @@ class Job:
         """The current job record (raises :class:`NotFound` before the scheduler has seen it)."""
         return await self.client.job(self.id, region=self.region)
 
-    async def wait(self, timeout: float | None = None) -> JobRecord:
-        """Wait until the job is terminal and return its final record."""
-        return await self.client.wait(self.id, region=self.region, timeout=timeout)
+    async def wait(
+        self, timeout: float | None = None, on_change: Callable[[JobRecord], None] | None = None
+    ) -> JobRecord:
+        """Wait until the job is terminal and return its final record (``on_change`` sees each
+        record on the way)."""
+        return await self.client.wait(self.id, region=self.region, timeout=timeout, on_change=on_change)
 
     async def cancel(self, reason: str = "cancelled by user") -> None:
         """Ask the home scheduler to cancel the job."""
@@ -400,9 +403,15 @@ class Client:
         return Explanation(record=record, decision=record.decision, queue_position=position, via=via)
 
     async def wait(
-        self, job_id: str, *, region: str | None = None, timeout: float | None = None
+        self,
+        job_id: str,
+        *,
+        region: str | None = None,
+        timeout: float | None = None,
+        on_change: Callable[[JobRecord], None] | None = None,
     ) -> JobRecord:
-        """Follow the job's record until it is terminal (into the region it was forwarded to)."""
+        """Follow the job's record until it is terminal (into the region it was forwarded to);
+        ``on_change`` sees each record on the way."""
         name = self._region(region)
         if self.tenant:  # no bucket access: ask until the record is terminal
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -412,6 +421,8 @@ class Client:
                     record = await self.job(job_id, region=name)
                     if record.terminal:
                         return record
+                    if on_change is not None:
+                        on_change(record)
                     if record.state == "forwarded" and record.forwarded_to in self.connection.regions:
                         name = record.forwarded_to
                 if deadline is not None and time.monotonic() > deadline:
@@ -435,9 +446,13 @@ class Client:
                     continue  # an unreadable value: the scheduler quarantines and replaces it
                 if record.terminal:
                     return record
+                if on_change is not None:
+                    on_change(record)
                 if record.state == "forwarded" and record.forwarded_to in self.connection.regions:
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    return await self.wait(job_id, region=record.forwarded_to, timeout=left)
+                    return await self.wait(
+                        job_id, region=record.forwarded_to, timeout=left, on_change=on_change
+                    )
         finally:
             await tail.stop()
 
@@ -535,10 +550,15 @@ class Client:
                 yield event
 
     async def audit_check(
-        self, *, region: str | None = None, everywhere: bool = False, wait: float = 10.0
+        self,
+        *,
+        region: str | None = None,
+        everywhere: bool = False,
+        wait: float = 10.0,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Report:
         """Rebuild the state from the audit trail and check the invariants (see
-        :mod:`federation.audit.check`).
+        :mod:`federation.audit.check`); ``progress(events, last)`` is told how far it got.
 
         What the region has handled (its consumers' floors) and each origin's last sequence are
         read first; the pass then reads until the audit has copied that far (up to ``wait``
@@ -556,7 +576,7 @@ class Client:
                 handled.update(await processed(bus, name))
                 origins.update(await origins_last(bus, subjects.audit_sources(name)))
         checker = Checker(await baseline(bus, stream))
-        await read(bus, stream, checker, origins, wait=wait)
+        await read(bus, stream, checker, origins, wait=wait, progress=progress)
         live: dict[tuple[str, str], tuple[bytes, int]] = {}
         if not everywhere:  # I8 is checked against the region's own buckets
             for bucket in (subjects.ledger_bucket(names[0]), subjects.jobs_bucket(names[0])):

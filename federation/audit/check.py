@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -382,18 +383,33 @@ class Checker:
                     return
 
 
+PROGRESS_EVERY = 1000  # events between two calls of a reader's progress callback
+
+
 async def read(
-    bus: Bus, stream: str, checker: Checker, origins: dict[str, int], *, wait: float = 10.0
+    bus: Bus,
+    stream: str,
+    checker: Checker,
+    origins: dict[str, int],
+    *,
+    wait: float = 10.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Feed ``checker`` the whole stream, then keep reading (for up to ``wait`` seconds) until it
     has copied every origin up to ``origins`` (their last sequences, read before): what is still
-    missing then is a postfix gap, not copying lag."""
+    missing then is a postfix gap, not copying lag. ``progress(fed, last)`` is told how far the
+    pass is (events fed, the stream's last sequence when it began) every ``PROGRESS_EVERY`` events."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    last = (await bus.last_sequence(stream) or 0) if progress is not None else 0
     while True:
         async for event, value in events(bus, stream, from_seq=checker.last_seq + 1):
             checker.feed(event, value)
+            if progress is not None and checker.report.events % PROGRESS_EVERY == 0:
+                progress(checker.report.events, last)
         if checker.caught_up(origins) or loop.time() >= deadline:
+            if progress is not None:
+                progress(checker.report.events, last)
             return
         await asyncio.sleep(0.2)  # the server copies on its own schedule
 

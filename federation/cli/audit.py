@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from federation.audit.trail import AuditEvent, line, merged
 from federation.cli.common import print_json, state_dir
+from federation.cli.progress import Progress
 from federation.errors import FederationError, NotPermitted
 from federation.resources import parse_duration
 
@@ -80,7 +81,15 @@ def _json_result(args: argparse.Namespace, ok: bool) -> int:
 
 async def _check(fed: Client, args: argparse.Namespace) -> int:
     async def judge(region: str | None, everywhere: bool) -> bool:
-        report = await fed.audit_check(region=region, everywhere=everywhere)
+        progress = Progress()
+
+        def reading(events: int, last: int) -> None:
+            progress.show(f"checking {_where(region, everywhere)}: {events:,} of about {last:,} events")
+
+        try:
+            report = await fed.audit_check(region=region, everywhere=everywhere, progress=reading)
+        finally:
+            progress.clear()
         if args.json:
             args.found.append({"scope": _where(region, everywhere), "ok": report.ok, "report": report})
             return report.ok

@@ -13,6 +13,7 @@ from typing import Any
 
 from federation import tracing
 from federation.cli.common import amounts, pairs, print_json, state_dir
+from federation.cli.progress import Progress
 from federation.errors import InvalidRequest
 from federation.resources import format_memory, parse_duration, parse_memory
 from federation.schemas import JobRecord, Submit
@@ -78,7 +79,12 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             return 0
         print(f"submitted {job.id} to {job.region}; waiting", file=sys.stderr)
         with _following(job.id):
-            record = await job.wait()
+            async with Progress().ticking() as progress:
+
+                def changed(seen: JobRecord) -> None:  # each state the job goes through, drawn
+                    progress.show(f"{seen.id}: {seen.state} ({seen.reason or seen.state})"[:160], force=True)
+
+                record = await job.wait(on_change=changed)
             if args.json:  # the record instead of the output: stdout is one JSON document
                 print_json({**submitted, "record": record})
             else:

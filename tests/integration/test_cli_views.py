@@ -132,6 +132,49 @@ async def test_submit_and_cancel_print_json_when_asked(make_cluster) -> None:
     assert json.loads(cancelled.stdout)["cancel_requested"] is True
 
 
+def _with_terminal_stderr(state: Path, *args: str) -> tuple[int, str]:
+    """Run ``fed ARGS`` with stderr on a pseudo-terminal; its exit status and what it drew there."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "FED_STATE_DIR": str(state)}
+    env.pop("FED_CREDS", None)
+    child = subprocess.Popen(fed_command(*args), env=env, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    drawn = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the child closed its end
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(master)
+        code = child.wait(timeout=60)
+    return code, drawn.decode(errors="replace")
+
+
+async def test_long_operations_show_progress_on_a_terminal_only(make_cluster) -> None:
+    cluster = await make_cluster(regions=("eu",), agents=1)
+    code, drawn = await asyncio.to_thread(
+        _with_terminal_stderr, cluster.tmp, "submit", "--wait", "--", "sh", "-c", "sleep 1.5"
+    )
+    assert code == 0, drawn
+    assert "\r\x1b[K" in drawn
+    assert ": running (" in drawn, drawn  # the job's state as it goes, redrawn in place
+    code, drawn = await asyncio.to_thread(
+        _with_terminal_stderr, cluster.tmp, "audit", "check", "--region", "eu"
+    )
+    assert code == 0, drawn
+    assert "checking region eu: " in drawn, drawn
+    piped = await asyncio.to_thread(run_fed, cluster.tmp, "submit", "--wait", "--", "sh", "-c", "sleep 1.5")
+    assert piped.returncode == 0, piped.stderr
+    assert "\x1b[K" not in piped.stderr  # not a terminal: nothing drawn
+
+
 async def test_ctrl_c_on_submit_wait_says_the_job_goes_on(make_cluster, tmp_path: Path) -> None:
     cluster = await make_cluster(regions=("eu",), agents=1)
     errors = tmp_path / "submit.err"
