@@ -28,6 +28,9 @@ Theory of operation
 * **Heartbeats keep their cadence** on a bad link (each waits at most most of an interval), and
   every follower is recreated after a reconnect (:meth:`federation.bus.Bus.follow`), so a node
   whose link heals reads its ledger again and stops the attempts that were replaced meanwhile.
+* **Metrics** (``--metrics HOST:PORT``, :mod:`agents.metrics`): start and journal-commit
+  latencies, running attempts, attempts by outcome and the workloads' measured usage, each set on
+  the event loop where it happens; the metrics server's thread only reads the registry.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import structlog
 
 from agents import cgroups, landlock, runner
 from agents.journal import AttemptJournal
+from agents.metrics import AgentMetrics
 from agents.offloop import OffLoop
 from agents.probes import HostProbe, build_offer, declared_devices
 from federation import failpoints, subjects, tracing
@@ -59,6 +63,7 @@ from federation.bus import Bus
 from federation.bus.delivery import Delivery
 from federation.config import AgentConfig
 from federation.errors import ConfigError, FederationError, RemoteProtocolError
+from federation.metrics import MetricsServer
 from federation.resources import format_memory
 from federation.schemas import (
     Allocation,
@@ -92,8 +97,13 @@ class Agent:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: str = "",
     ) -> None:
+        """``metrics``: the ``HOST:PORT`` to serve Prometheus metrics on (port 0: a free one; "" off)."""
         self.config = config
+        self.metrics = AgentMetrics()
+        self.metrics_address = metrics
+        self.metrics_url = ""  # where they are served, once running
         self.clock = clock
         self.monotonic = monotonic
         self.region = config.region
@@ -131,6 +141,17 @@ class Agent:
         self.devices = (set(cores), set(gpus))
         self.previous_life = self.journal.read()
         self._reap_previous_life()
+        server = MetricsServer(self.metrics.registry, self.metrics_address) if self.metrics_address else None
+        if server is not None:
+            self.metrics_url = server.url
+            self.log.info("serving metrics", url=server.url)
+        try:
+            await self._serve()
+        finally:
+            if server is not None:
+                await server.close()
+
+    async def _serve(self) -> None:
         self._bus = await Bus.connect(self.config.nats_url, f"fed-agent-{self.node}")
         loops = [
             asyncio.create_task(self._heartbeats()),
@@ -340,6 +361,7 @@ class Agent:
         return self.desired.get(slot(allocation)) == allocation.attempt
 
     async def _report_only(self, allocation: Allocation, reason: str) -> None:
+        self.metrics.finished["lost"].inc()
         try:
             await self._report(allocation, "lost", reason=reason)
         finally:
@@ -364,18 +386,24 @@ class Agent:
         job, attempt = slot(allocation), allocation.attempt
         key = (job, attempt)
         bound = self.log.bind(job=allocation.job, attempt=attempt, member=allocation.member)
+        seen, metrics = self.monotonic(), self.metrics
         try:
             with self._run_span(allocation):
                 if not await self._admitted(allocation, bound):
+                    metrics.finished["refused"].inc()
                     return
                 if not self._still_wanted(allocation):
+                    metrics.finished["not_started"].inc()
                     return  # released (cancelled) before it started: nothing ran, nothing to report
 
                 spec = self._run_spec(allocation)
                 run = await self._start_attempt(job, allocation, spec, bound)
                 if run is None:
+                    metrics.finished["not_started"].inc()
                     return
                 began, started_at = self.monotonic(), self.clock()
+                metrics.start_latency.observe(began - seen)
+                metrics.running.set(len(self.running))
                 if not self._still_wanted(allocation):  # released while it was being started
                     await run.stop(self.config.kill_grace)
                 short = await self._report_start(allocation, run, started_at)
@@ -383,21 +411,26 @@ class Agent:
                 code, timed_out = await self._wait(run, allocation.timeout)
                 wall = self.monotonic() - began
                 reason = _exit_reason(allocation, run, code, timed_out)
+                usage = _usage(run, wall)
+                metrics.used(usage)
+                metrics.finished[_outcome(run, code, timed_out)].inc()
                 await self._report(
                     allocation,
                     "exited",
                     exit_code=code,
                     reason=reason,
-                    usage=_usage(run, wall),
+                    usage=usage,
                     started_at=started_at if short else 0.0,
                 )
                 bound.info("attempt exited", exit_code=code, stopped=run.stopping)
         except Exception as exc:  # a bug or a broken disk: say so rather than leave the job placed
             bound.error("attempt failed inside the agent", error=repr(exc))
+            metrics.finished["agent_error"].inc()
             with contextlib.suppress(Exception):
                 await self._report(allocation, "failed", reason=f"agent error: {exc!r}")
         finally:
             self.running.pop(job, None)
+            metrics.running.set(len(self.running))
             self.finished.add(key)
             self.tasks.pop(job, None)
             self._run_ended.set()
@@ -477,8 +510,10 @@ class Agent:
         """Make the attempt's directory and journal it (durably), both in the next batch of the
         worker thread, then its cgroup, then start its process: never before its line is on disk."""
         made = self.disk.call(partial(runner.make_workdir, spec, self.work_root, sandbox))
+        asked = self.monotonic()
         try:
             await self.journal.starting(job, spec.attempt)
+            self.metrics.journal_latency.observe(self.monotonic() - asked)
         except BaseException:
             made.add_done_callback(_remove_made(self.disk))
             raise
@@ -640,6 +675,15 @@ def _exit_reason(allocation: Allocation, run: runner.Run, code: int, timed_out: 
     return "stopped: allocation released" if run.stopping else ""
 
 
+def _outcome(run: runner.Run, code: int, timed_out: bool) -> str:
+    """How an attempt that ran ended, as a label of ``fed_agent_attempts_finished_total``."""
+    if timed_out:
+        return "timed_out"
+    if run.stopping:
+        return "stopped"
+    return "succeeded" if code == 0 else "failed"
+
+
 def _usage(run: runner.Run, wall: float) -> Usage:
     """What the attempt used: from its cgroup, else its process tree's rusage, else its wall time."""
     gpu_seconds = len(run.spec.gpus) * wall
@@ -701,9 +745,10 @@ def _groups_running(wanted: dict[int, tuple[str, int]]) -> set[int]:
     return found
 
 
-async def serve(config: AgentConfig) -> None:
-    """Run an agent until SIGINT/SIGTERM (the ``fed agent`` entry point)."""
-    agent = Agent(config)
+async def serve(config: AgentConfig, metrics: str = "") -> None:
+    """Run an agent until SIGINT/SIGTERM (the ``fed agent`` entry point); with ``metrics``
+    (``HOST:PORT``) Prometheus metrics are served there."""
+    agent = Agent(config, metrics=metrics)
     loop = asyncio.get_running_loop()
     runner.use_pidfd_child_watcher()
     for sig in (signal.SIGINT, signal.SIGTERM):

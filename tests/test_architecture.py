@@ -97,6 +97,7 @@ PARTS: dict[str, str] = {  # module (or package) -> the part it belongs to; the 
     "federation.tracing": "support",
     "federation.logs": "support",
     "federation.failpoints": "support",
+    "federation.metrics": "support",
     "federation.core": "core",
     "federation.inputs": "inputs",
     "federation.bus": "bus",

@@ -51,7 +51,7 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
         else convert(overrides, SchedulerConfig, "flags")
     )
     tracing.configure(f"fed-scheduler-{config.region}")
-    await serve(config, Path(args.config) if args.config else None, overrides)
+    await serve(config, Path(args.config) if args.config else None, overrides, metrics=args.metrics or "")
     return 0
 
 
@@ -91,7 +91,7 @@ async def cmd_agent(args: argparse.Namespace) -> int:
         else convert(overrides, AgentConfig, "flags")
     )
     tracing.configure(f"fed-agent-{config.node}")
-    await serve(config)
+    await serve(config, metrics=args.metrics or "")
     return 0
 
 
@@ -101,6 +101,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     tls.add_argument("--tls-ca", help="CA bundle (PEM) the server's certificate must chain to")
     tls.add_argument("--tls-cert", help="this daemon's client certificate (PEM)")
     tls.add_argument("--tls-key", help="the key of --tls-cert (PEM)")
+    tls.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: a free port, logged at "
+        "start; default: off)",
+    )
 
     p = sub.add_parser("scheduler", parents=[common, tls], help="run a region's scheduler daemon")
     p.add_argument("--region")

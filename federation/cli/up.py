@@ -84,7 +84,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="run a local multi-region federation (Ctrl-C stops it)",
         description="Start a hub and one NATS server per region (each its own JetStream domain, "
-        "leaf-linked to the hub), schedulers (one leader, optional standbys) and N agents per region.",
+        "leaf-linked to the hub), schedulers (one leader, optional standbys) and N agents per region. "
+        "Every daemon serves Prometheus metrics on a free loopback port, and so does fed up itself "
+        "(children up, restarts): the URLs are in <state-dir>/metrics.json.",
     )
     p.add_argument("--regions", default="eu-west,us-east,ap-south", help="comma-separated region names")
     p.add_argument("--agents", type=int, default=2, help="agents per region (default 2)")

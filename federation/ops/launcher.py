@@ -8,6 +8,10 @@ are provisioned, and one scheduler per region and ``agents`` agents per region s
 processes. The connection file ``<state-dir>/federation.json`` lets every other ``fed`` command find
 the federation.
 
+Every daemon serves Prometheus metrics on a free loopback port chosen here (``--metrics``), and this
+process (the supervisor) serves its own (:class:`SupervisorMetrics`: children up, restarts);
+``<state-dir>/metrics.json`` names every URL (:func:`read_metrics`), beside the connection file.
+
 Every child is started by this process, watched (a daemon that dies is restarted, with a backoff),
 tied to it with ``PR_SET_PDEATHSIG`` on Linux, and stopped by its pid on SIGINT/SIGTERM: SIGTERM
 first, SIGKILL after a grace period. State lives under the state directory, so a second ``fed up``
@@ -23,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+from prometheus_client import Counter, Gauge
 
 from federation import subjects
 from federation.bus import Bus
@@ -44,6 +50,7 @@ from federation.config import (
 )
 from federation.errors import ConfigError, FederationError, FederationUnavailable
 from federation.identity import Credentials, TlsFiles
+from federation.metrics import MetricsServer, registry
 from federation.ops import auth
 from federation.ops.auth import accounts
 from federation.ops.deploy import Server, server_config
@@ -173,6 +180,50 @@ class Options:
     tour: bool = False  # city labels and declared GPUs for the README's tour (fed up without --plain)
 
 
+class SupervisorMetrics:
+    """What ``fed up``'s supervisor sees: which children are up and how often each was restarted
+    (labelled by the child's name: a fixed set per federation). Set on the event loop."""
+
+    def __init__(self) -> None:
+        self.registry = r = registry()
+        self._up = Gauge("fed_supervisor_child_up", "1 while a child process runs", ["child"], registry=r)
+        self._restarts = Counter(
+            "fed_supervisor_restarts", "children restarted after they died", ["child"], registry=r
+        )
+        self.ups: dict[str, Gauge] = {}
+        self.restarts: dict[str, Counter] = {}
+
+    def seen(self, child: Child) -> None:
+        """Record whether ``child`` runs now."""
+        gauge = self.ups.get(child.name)
+        if gauge is None:
+            gauge = self.ups[child.name] = self._up.labels(child.name)
+            self.restarts[child.name] = self._restarts.labels(child.name)
+        gauge.set(1 if child.alive() else 0)
+
+    def restarted(self, child: Child) -> None:
+        """``child`` died and is started again."""
+        self.seen(child)
+        self.restarts[child.name].inc()
+
+
+def free_port() -> int:
+    """A loopback port free now (a daemon's metrics port: it binds it moments later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_metrics(state_dir: Path) -> dict[str, str]:
+    """Every daemon's metrics URL as ``fed up`` recorded them in ``metrics.json`` (name -> URL; the
+    supervisor's own under ``fed-up``); empty when no federation runs from ``state_dir``."""
+    try:
+        data = json.loads((state_dir / "metrics.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
 class Federation:
     """A running local federation: servers, schedulers and agents, all children of this process."""
 
@@ -205,6 +256,9 @@ class Federation:
         # A server's configuration is rendered from the keyring by a restart and by a reload: one at
         # a time, so a restart never starts a server from a keyring a reload has not seen, or back.
         self._servers_lock = asyncio.Lock()
+        self.metrics = SupervisorMetrics()
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_urls: dict[str, str] = {}  # daemon (or "fed-up") -> its /metrics URL
 
     # --- start -------------------------------------------------------------------------------------
 
@@ -219,6 +273,8 @@ class Federation:
         if self.keyring is not None:
             self._identities()
         try:
+            self.metrics_server = MetricsServer(self.metrics.registry, "127.0.0.1:0")
+            self.metrics_urls["fed-up"] = self.metrics_server.url
             hub = await self._start_server("hub", "hub", leaf_listen=True)
             leaf_port = self.server_ports["hub"][2]
             for region in self.options.regions:
@@ -251,6 +307,7 @@ class Federation:
             await self.stop()
             raise
         assert hub
+        self._write_metrics()  # before the connection file, which tells that everything is up
         connection = self._write_connection(started_at=time.time())
         self._watch = asyncio.create_task(self._supervise())
         if self.options.chaos:
@@ -276,6 +333,18 @@ class Federation:
         )
         write_connection(self.state_dir, connection)
         return connection
+
+    def _write_metrics(self) -> None:
+        """Write ``metrics.json``: every daemon's metrics URL, and this process's (``fed-up``)."""
+        path = self.state_dir / "metrics.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.metrics_urls, indent=2) + "\n")
+        tmp.replace(path)
+
+    def _metrics_args(self, name: str) -> list[str]:
+        """The ``--metrics`` flag of daemon ``name``: a free loopback port, kept across its restarts."""
+        url = self.metrics_urls[name] = f"http://127.0.0.1:{free_port()}/metrics"
+        return ["--metrics", url.removeprefix("http://").removesuffix("/metrics")]
 
     async def _start_server(
         self, name: str, domain: str, *, leaf_listen: bool = False, leaf_remote: str = ""
@@ -471,6 +540,7 @@ class Federation:
                         ",".join(r for r in self.options.regions if r != region),
                         "--log-level",
                         self.options.log_level,
+                        *self._metrics_args(name),
                         *self.tls_args(),
                         *self.creds_args("scheduler", region),
                     ),
@@ -499,6 +569,7 @@ class Federation:
                         *tour,
                         "--log-level",
                         self.options.log_level,
+                        *self._metrics_args(f"agent-{node}"),
                         *self.tls_args(),
                         *self.creds_args("agent", node, region),
                     ),
@@ -600,6 +671,8 @@ class Federation:
         """Restart a server or daemon that died (each at most once per 2 s), servers on their ports."""
         while True:
             await asyncio.sleep(0.5)
+            for child in [*self.servers.values(), *self.daemons]:
+                self.metrics.seen(child)
             for name, server in list(self.servers.items()):
                 if not server.alive() and time.monotonic() - server.last_start > 2.0:
                     code = server.process.returncode if server.process else None
@@ -608,12 +681,14 @@ class Federation:
                         await self.restart_server(name)
                     except FederationError as exc:
                         self.echo(f"  nats-server {name} did not come back: {exc}")
+                    self.metrics.restarted(self.servers[name])
             for child in self.daemons:
                 if child.restart and not child.alive() and time.monotonic() - child.last_start > 2.0:
                     code = child.process.returncode if child.process else None
                     self.echo(f"  {child.name} exited ({code}); restarting")
                     child.restarts += 1
                     child.start()
+                    self.metrics.restarted(child)
 
     # --- stop --------------------------------------------------------------------------------------
 
@@ -635,6 +710,11 @@ class Federation:
             await link.close()
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / "federation.json").unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / "metrics.json").unlink()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+            self.metrics_server = None
 
     def pids(self) -> list[int]:
         """Pids of every child process started (alive or not)."""
@@ -742,6 +822,8 @@ async def up(options: Options, echo: Callable[[str], None] = print) -> None:
     echo(
         f"\nready: {len(options.regions)} regions, {len(options.regions) * options.agents} agents. "
         f"Connection file: {options.state_dir / 'federation.json'}\n"
+        f"Prometheus metrics of every daemon: {options.state_dir / 'metrics.json'} "
+        f"(this supervisor's: {federation.metrics_urls.get('fed-up', '')})\n"
         f"try (in another terminal):\n"
         f"  export FED_STATE_DIR={options.state_dir}\n"
         f"  fed submit --region {region} --wait -- echo hello from the federation\n"

@@ -35,11 +35,13 @@ from federation.bus import Bus
 from federation.config import SchedulerConfig, load_toml
 from federation.core.events import PolicyChanged
 from federation.errors import ConfigError, FederationError, LeaseLost
+from federation.metrics import MetricsServer
 from federation.ops.monitor import check_durability
 from federation.ops.provision import provision
 from federation.scheduler.intake import Item
 from federation.scheduler.leader import Leader
 from federation.scheduler.lease import Lease
+from federation.scheduler.metrics import SchedulerMetrics
 from federation.tasks import idle
 
 log = structlog.get_logger()
@@ -57,8 +59,13 @@ class Scheduler:
         *,
         config_path: Path | None = None,
         overrides: dict[str, Any] | None = None,
+        metrics: str = "",
     ) -> None:
+        """``metrics``: the ``HOST:PORT`` to serve Prometheus metrics on (port 0: a free one; "" off)."""
         self.config = config
+        self.metrics = SchedulerMetrics()
+        self.metrics_address = metrics
+        self.metrics_url = ""  # where they are served, once running
         self.region = config.region
         self.clock = clock
         # unique per process: a restarted scheduler is a new contender, not the old leader
@@ -78,6 +85,17 @@ class Scheduler:
 
     async def run(self) -> None:
         """Connect, provision, stand by, then lead until :meth:`stop`, a signal or a lost lease."""
+        server = MetricsServer(self.metrics.registry, self.metrics_address) if self.metrics_address else None
+        if server is not None:
+            self.metrics_url = server.url
+            self.log.info("serving metrics", url=server.url)
+        try:
+            await self._serve()
+        finally:
+            if server is not None:
+                await server.close()
+
+    async def _serve(self) -> None:
         bus = await Bus.connect(self.config.nats_url, f"fed-scheduler-{self.region}")
         lease = Lease(bus, self.region, self.name, ttl=self.config.lease_ttl, clock=self.clock)
         try:
@@ -94,12 +112,15 @@ class Scheduler:
                 queue=self.queue,
                 stop=self._stop,
                 log=self.log,
+                metrics=self.metrics,
             )
+            self.metrics.leader.set(1)
             self._start(self._watch_config(), self._settle_heap())
             await self.leader.lead()
             if self.failure is not None:
                 raise self.failure
         finally:
+            self.metrics.leader.set(0)
             if self.leader is not None:
                 await self.leader.stop()
             for task in self._tasks:
@@ -197,13 +218,17 @@ class Scheduler:
 
 
 async def serve(
-    config: SchedulerConfig, config_path: Path | None = None, overrides: dict[str, Any] | None = None
+    config: SchedulerConfig,
+    config_path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    metrics: str = "",
 ) -> None:
     """Run a scheduler until SIGINT/SIGTERM (the ``fed scheduler`` entry point).
 
-    With ``config_path`` the ``[policy]`` table is reloaded when the file changes or on SIGHUP.
+    With ``config_path`` the ``[policy]`` table is reloaded when the file changes or on SIGHUP;
+    with ``metrics`` (``HOST:PORT``) Prometheus metrics are served there.
     """
-    scheduler = Scheduler(config, config_path=config_path, overrides=overrides)
+    scheduler = Scheduler(config, config_path=config_path, overrides=overrides, metrics=metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, scheduler.stop)

@@ -72,12 +72,15 @@ class HandOffs:
         deliver: Callable[[Event], None],
         held: Callable[[str], JobRecord | None],
         judge: Callable[[HandOffOffered], str],
+        count: Callable[[str, str, str], None] = lambda direction, peer, outcome: None,
     ) -> None:
         """``check_lease`` raises once this leader may be deposed; ``deliver`` hands an outcome to
         the scheduling loop; ``held`` reads a job's record here (None: not here); ``judge`` asks
-        the core whether an offered job may run here (its refusal, "" to accept)."""
+        the core whether an offered job may run here (its refusal, "" to accept); ``count`` counts
+        an outcome (direction ``out`` or ``in``, the other region, the outcome) for the metrics."""
         self.bus, self.region, self.clock, self.log = bus, region, clock, log
         self.check_lease, self.deliver, self.held, self.judge = check_lease, deliver, held, judge
+        self.count = count
         self._sending: set[asyncio.Task[None]] = set()
         self.uncertain: set[str] = set()  # jobs whose store timed out: stored or not, unknown
 
@@ -109,6 +112,7 @@ class HandOffs:
         except Exception as exc:  # whatever it was, the request may have arrived: unknown
             reason = str(exc) or type(exc).__name__
         self.log.info("hand-off", job=command.job, to=command.region, outcome=outcome, reason=reason)
+        self.count("out", command.region, outcome)
         answer = HandOffAnswered(
             job=command.job,
             region=command.region,
@@ -169,6 +173,7 @@ class HandOffs:
             self.log.error("hand-off failed", job=message.spec.id, error=repr(exc))
             return None
         self.log.info("hand-off answered", job=message.spec.id, origin=message.origin, outcome=reply.outcome)
+        self.count("in", message.origin, reply.outcome)
         return encode(reply)
 
     async def _decide(self, message: HandOff) -> HandOffReply:

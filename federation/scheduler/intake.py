@@ -58,11 +58,13 @@ class Intake:
         log: structlog.typing.FilteringBoundLogger,
         accept: Callable[[Item], None],
         alive: Callable[[str], bool | None],
+        counted: Callable[[str], None] = lambda source: None,
     ) -> None:
         """``accept`` queues an event for the loop; ``alive`` says whether the core holds a node
-        as alive now (None: it does not know the node)."""
+        as alive now (None: it does not know the node); ``counted`` counts a quarantined message
+        by its source for the metrics."""
         self.bus, self.region, self.clock, self.log = bus, region, clock, log
-        self.accept, self.alive = accept, alive
+        self.accept, self.alive, self.counted = accept, alive, counted
         self.quarantined = 0
 
     async def quarantine(self, source: str, delivery: Delivery, reason: str) -> None:
@@ -74,6 +76,7 @@ class Intake:
 
     async def _store(self, source: str, delivery: Delivery, reason: str) -> None:
         self.quarantined += 1
+        self.counted(source)
         record = Quarantined(
             subject=delivery.subject,
             reason=reason,

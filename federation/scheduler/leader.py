@@ -31,6 +31,10 @@ inputs; that includes the verdict on another region's hand-off (:meth:`Leader.ju
 leader's parts take only what they use: :class:`~federation.scheduler.handoff.HandOffs` and
 :class:`~federation.scheduler.peering.Peering` get the bus, the clock, a way to deliver events
 to the loop and narrow reads of the state, never the leader itself.
+
+Metrics (:mod:`federation.scheduler.metrics`) are counted where things happen (a record stored,
+a claim conflict, a hand-off's outcome, a quarantined message); the region's state is computed
+from the core once a second by a loop of the leader, never by the metrics server's thread.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from federation.scheduler.handoff import HandOffs
 from federation.scheduler.intake import Intake, Item
 from federation.scheduler.journal import Journal
 from federation.scheduler.lease import Lease
+from federation.scheduler.metrics import SchedulerMetrics
 from federation.scheduler.peering import Peering
 from federation.scheduler.tenants import Tenants
 from federation.schemas import (
@@ -88,6 +93,8 @@ from federation.schemas import (
     encode,
 )
 from federation.tasks import idle
+
+METRICS_EVERY = 1.0  # seconds between two computations of the region's state metrics
 
 
 class Leader:
@@ -104,8 +111,12 @@ class Leader:
         queue: asyncio.Queue[Item],
         stop: asyncio.Event,
         log: structlog.typing.FilteringBoundLogger,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.config, self.region = config, config.region
+        self.metrics = metrics or SchedulerMetrics()
+        self.since = clock()  # history before this term is its predecessor's to count
+        self.observed: dict[str, int] = {}  # job -> steps of its history counted (until it ends)
         self.bus, self.lease = bus, lease
         self.clock, self.queue, self._stop, self.log = clock, queue, stop, log
         self.core = RegionCore(config.region, epoch=lease.epoch, policy=config.policy)
@@ -126,6 +137,7 @@ class Leader:
             deliver=self.deliver,
             held=lambda job: view.record if (view := self.core.jobs.get(job)) is not None else None,
             judge=self.judge,
+            count=self.metrics.handoff,
         )
         self.peering = Peering(
             bus, self.region, config, clock=clock, log=log, deliver=self.deliver, summary=self.summary
@@ -137,6 +149,7 @@ class Leader:
             log=log,
             accept=self.queue.put_nowait,
             alive=lambda node: view.alive if (view := self.core.nodes.get(node)) is not None else None,
+            counted=self.metrics.quarantined,
         )
         self.tenants = Tenants(bus, self.region, lambda: [v.record for v in self.core.jobs.values()])
 
@@ -236,7 +249,7 @@ class Leader:
         await self._bind_consumers()
         self._start_followers()
         loops = [self._watch_consumers(), self.peering.publish_summaries(), self.peering.watch_audit()]
-        loops += [self.handoffs.serve(), self.tenants.serve()]
+        loops += [self.handoffs.serve(), self.tenants.serve(), self._measure()]
         if self.config.peers:
             await provision_views(self.bus, self.region, self.config.peers, self.config.replicas)
             loops += [self.peering.watch_views(), self.peering.feed_views()]
@@ -244,6 +257,16 @@ class Leader:
             task = asyncio.create_task(loop)
             task.add_done_callback(self._task_ended)
             self._tasks.append(task)
+
+    async def _measure(self) -> None:
+        """Publish the region's state as metrics once a second, computed here on the event loop
+        (the metrics server's thread never reads the core)."""
+        while True:
+            try:
+                self.metrics.refresh(self.core, self.clock())
+            except Exception as exc:  # a figure gone wrong must not stop the scheduling
+                self.log.error("metrics not computed", error=repr(exc))
+            await idle(METRICS_EVERY)
 
     async def _bind_consumers(self) -> None:
         """Bind (or create) the workloads and status consumers for this leader's epoch."""
@@ -474,6 +497,7 @@ class Leader:
                         return ClaimWritten(node=node, revision=revision)
                     except ConflictError:
                         self.counts["conflicts"] += 1
+                        self.metrics.conflicts.inc()
                         break
                     except FederationUnavailable as exc:  # outcome unknown: send the same write again
                         self.log.warning("ledger write unanswered; retrying", node=node, error=str(exc))
@@ -515,6 +539,11 @@ class Leader:
                     return
                 self.revisions[record.id] = revision
                 continue
+            seen = self.metrics.written(record, self.observed.get(record.id, 0), self.since)
+            if record.terminal or record.state == "forwarded":
+                self.observed.pop(record.id, None)
+            else:
+                self.observed[record.id] = seen
             if record.state == "placed":
                 failpoints.crash("after-record")
                 self.counts["placed"] += 1
