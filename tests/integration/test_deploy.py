@@ -248,6 +248,7 @@ async def test_a_three_server_region_keeps_scheduling_with_one_server_killed(tmp
 
             await eventually(caught_up, timeout=60, interval=0.5)
             await all_succeed("after")
+
             # the trail went through the failover whole, in the region and in the hub's copy: once
             # the audit stream's copying resumed (its watchdog re-adds a source stalled by the
             # failover after AUDIT_STALL seconds), nothing is missing and nothing is violated
