@@ -63,7 +63,7 @@ from federation.bus import Bus
 from federation.bus.delivery import Delivery
 from federation.config import AgentConfig
 from federation.errors import ConfigError, FederationError, RemoteProtocolError
-from federation.metrics import MetricsServer
+from federation.metrics import serving
 from federation.resources import format_memory
 from federation.schemas import (
     Allocation,
@@ -141,15 +141,9 @@ class Agent:
         self.devices = (set(cores), set(gpus))
         self.previous_life = self.journal.read()
         self._reap_previous_life()
-        server = MetricsServer(self.metrics.registry, self.metrics_address) if self.metrics_address else None
-        if server is not None:
-            self.metrics_url = server.url
-            self.log.info("serving metrics", url=server.url)
-        try:
+        async with serving(self.metrics.registry, self.metrics_address, self.log) as url:
+            self.metrics_url = url
             await self._serve()
-        finally:
-            if server is not None:
-                await server.close()
 
     async def _serve(self) -> None:
         self._bus = await Bus.connect(self.config.nats_url, f"fed-agent-{self.node}")

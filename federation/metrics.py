@@ -32,11 +32,13 @@ on counters, and bounded label sets: a node, a tenant, a peer region, a state or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
+import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -105,4 +107,21 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-__all__ = ["LATENCY_BUCKETS", "MetricsServer", "Snapshot", "parse_address", "registry"]
+@contextlib.asynccontextmanager
+async def serving(
+    registry: CollectorRegistry, address: str, log: structlog.typing.FilteringBoundLogger
+) -> AsyncIterator[str]:
+    """Serve ``registry`` on ``address`` while the block runs, and yield its URL (a daemon's
+    ``--metrics``); without an address nothing is served and the URL is ""."""
+    if not address:
+        yield ""
+        return
+    server = MetricsServer(registry, address)
+    log.info("serving metrics", url=server.url)
+    try:
+        yield server.url
+    finally:
+        await server.close()
+
+
+__all__ = ["LATENCY_BUCKETS", "MetricsServer", "Snapshot", "parse_address", "registry", "serving"]

@@ -35,7 +35,7 @@ from federation.bus import Bus
 from federation.config import SchedulerConfig, load_toml
 from federation.core.events import PolicyChanged
 from federation.errors import ConfigError, FederationError, LeaseLost
-from federation.metrics import MetricsServer
+from federation.metrics import serving
 from federation.ops.monitor import check_durability
 from federation.ops.provision import provision
 from federation.scheduler.intake import Item
@@ -85,15 +85,9 @@ class Scheduler:
 
     async def run(self) -> None:
         """Connect, provision, stand by, then lead until :meth:`stop`, a signal or a lost lease."""
-        server = MetricsServer(self.metrics.registry, self.metrics_address) if self.metrics_address else None
-        if server is not None:
-            self.metrics_url = server.url
-            self.log.info("serving metrics", url=server.url)
-        try:
+        async with serving(self.metrics.registry, self.metrics_address, self.log) as url:
+            self.metrics_url = url
             await self._serve()
-        finally:
-            if server is not None:
-                await server.close()
 
     async def _serve(self) -> None:
         bus = await Bus.connect(self.config.nats_url, f"fed-scheduler-{self.region}")
