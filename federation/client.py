@@ -130,6 +130,9 @@ class RegionStatus(msgspec.Struct, kw_only=True):
     summary: Summary | None = None
     views: dict[str, Summary] = {}  # the other regions' summaries as this region sees them
     tenant: str = ""  # a tenant's view: only its own jobs (no nodes, leader or views: not its business)
+    # daemon -> its Prometheus /metrics URL, as the fed up running from the state directory recorded
+    # them (its schedulers, its nodes' agents, and "fed-up", the supervisor); filled by fed status
+    metrics: dict[str, str] = {}
 
 
 class Explanation(msgspec.Struct, kw_only=True):

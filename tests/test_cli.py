@@ -162,3 +162,33 @@ def test_shell_completion_is_generated_from_the_parser() -> None:
     zsh = subprocess.run(fed_command("completion", "zsh"), capture_output=True, text=True, timeout=60).stdout
     assert zsh.startswith("#compdef fed\nautoload -U +X bashcompinit && bashcompinit\n")
     assert "complete -F _fed_complete fed" in zsh
+
+
+def test_status_json_gives_each_region_its_own_daemons_metrics() -> None:
+    from federation.cli.status import _metrics_of
+    from federation.client import NodeStatus, RegionStatus
+
+    recorded = {
+        "fed-up": "u0",
+        "scheduler-eu": "u1",
+        "scheduler-eu-2": "u2",
+        "scheduler-eu-west": "u3",
+        "agent-eu-n1": "u4",
+        "agent-eu-west-n1": "u5",
+    }
+
+    def region(name: str, node: str) -> RegionStatus:
+        held = NodeStatus(node=node, live=True, offer=None, allocations=[])
+        return RegionStatus(region=name, url="", reachable=True, nodes=[held])
+
+    assert _metrics_of(region("eu", "eu-n1"), recorded) == {
+        "fed-up": "u0",
+        "scheduler-eu": "u1",
+        "scheduler-eu-2": "u2",
+        "agent-eu-n1": "u4",
+    }
+    assert _metrics_of(region("eu-west", "eu-west-n1"), recorded) == {
+        "fed-up": "u0",
+        "scheduler-eu-west": "u3",
+        "agent-eu-west-n1": "u5",
+    }

@@ -4,13 +4,33 @@ each region's view of the others."""
 from __future__ import annotations
 
 import argparse
+import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from msgspec.structs import replace
 
 from federation.cli.common import print_json, state_dir
+from federation.ops.launcher import read_metrics
 from federation.resources import format_memory
 
+if TYPE_CHECKING:
+    from federation.client import RegionStatus
+
 STALE_AFTER = 10.0  # seconds: a region's view of another older than this is shown stale
+
+
+def _metrics_of(region: RegionStatus, recorded: dict[str, str]) -> dict[str, str]:
+    """The metrics URLs of ``region``'s daemons among those ``fed up`` recorded: its schedulers
+    (``scheduler-<region>``, standbys ``scheduler-<region>-<n>``), its nodes' agents
+    (``agent-<node>``), and the supervisor's (``fed-up``)."""
+    standby = re.compile(rf"scheduler-{re.escape(region.region)}-\d+")
+    nodes = {f"agent-{node.node}" for node in region.nodes}
+    return {
+        name: url
+        for name, url in sorted(recorded.items())
+        if name in ("fed-up", f"scheduler-{region.region}") or standby.fullmatch(name) or name in nodes
+    }
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -19,7 +39,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
     async with Client.connect(state_dir(args)) as fed:
         regions = await fed.status()
     if args.json:
-        return print_json(regions)
+        recorded = read_metrics(state_dir(args))
+        return print_json([replace(region, metrics=_metrics_of(region, recorded)) for region in regions])
     now = time.time()
     for region in regions:
         if not region.reachable:

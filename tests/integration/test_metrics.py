@@ -15,7 +15,7 @@ from federation.client import Client
 from federation.ops.launcher import read_metrics
 from federation.scheduler.metrics import reason_category
 from federation.schemas import JobRecord, Submit
-from tests.conftest import eventually, fed_up
+from tests.conftest import eventually, fed_up, run_fed
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -128,6 +128,9 @@ async def test_fed_up_records_and_prints_every_daemons_metrics_url(tmp_path: Pat
             )
             samples = await eventually(lambda url=url: scrape(url), timeout=20)
             assert any(s.name == metric for s in samples), (name, url)
+        shown = await asyncio.to_thread(run_fed, state, "status", "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)[0]["metrics"] == urls  # the region's daemons, and fed up's
     assert not (state / "metrics.json").exists()
     assert f"metrics of every daemon: {state / 'metrics.json'}" in up.log_path.read_text()
 
