@@ -22,6 +22,8 @@ from federation.errors import FederationError, NotPermitted
 from federation.resources import parse_duration
 
 if TYPE_CHECKING:
+    from federation.audit.check import Report
+    from federation.audit.verify import Verification
     from federation.client import Client
 
 
@@ -52,49 +54,57 @@ def _where(region: str | None, everywhere: bool) -> str:
 async def _each_scope(
     fed: Client,
     args: argparse.Namespace,
-    judge: Callable[[str | None, bool], Awaitable[bool]],
-) -> bool:
-    """Run ``judge(region, everywhere)`` (which prints its findings and says whether all is well)
-    for each scope of :func:`_scopes`; a scope that cannot be read fails, and the others go on
-    (unless it is the only one, or the identity is refused: every region would refuse it too)."""
+    measure: Callable[[str | None, bool], Awaitable[Any]],
+    show: Callable[[Any, str, bool], None],
+    verdict: tuple[str, str],
+) -> int:
+    """Run ``measure(region, everywhere)`` (a report with ``ok``) for each scope of
+    :func:`_scopes`, and show each report (``show(report, where, everywhere)``), or with ``--json``
+    collect them into one document; a scope that cannot be read fails, and the others go on
+    (unless it is the only one, or the identity is refused: every region would refuse it too).
+    The last line is ``verdict``'s first text when every scope is well, else its second; exit 1
+    when one is not."""
     scopes = _scopes(fed, args)
+    found: list[dict[str, Any]] = []
     ok = True
     for region, everywhere in scopes:
+        where = _where(region, everywhere)
         try:
-            ok = await judge(region, everywhere) and ok
+            report = await measure(region, everywhere)
         except FederationError as exc:
             if len(scopes) == 1 or isinstance(exc, NotPermitted):
                 raise
-            if args.json:
-                args.found.append({"scope": _where(region, everywhere), "error": str(exc)})
-            else:
-                print(f"FAIL {_where(region, everywhere)} could not be read: {exc}")
+            found.append({"scope": where, "error": str(exc)})
+            if not args.json:
+                print(f"FAIL {where} could not be read: {exc}")
             ok = False
-    return ok
-
-
-def _json_result(args: argparse.Namespace, ok: bool) -> int:
-    """``--json``: one document, every scope's report (or why it could not be read) and ``ok``."""
-    print_json({"ok": ok, "scopes": args.found})
+            continue
+        ok = report.ok and ok
+        found.append({"scope": where, "ok": report.ok, "report": report})
+        if not args.json:
+            show(report, where, everywhere)
+    if args.json:  # one document: every scope's report (or why it could not be read), and ``ok``
+        print_json({"ok": ok, "scopes": found})
+    else:
+        print(verdict[0] if ok else verdict[1])
     return 0 if ok else 1
 
 
 async def _check(fed: Client, args: argparse.Namespace) -> int:
-    async def judge(region: str | None, everywhere: bool) -> bool:
+    async def measure(region: str | None, everywhere: bool) -> Report:
         progress = Progress()
 
         def reading(events: int, last: int) -> None:
             progress.show(f"checking {_where(region, everywhere)}: {events:,} of about {last:,} events")
 
         try:
-            report = await fed.audit_check(region=region, everywhere=everywhere, progress=reading)
+            return await fed.audit_check(region=region, everywhere=everywhere, progress=reading)
         finally:
             progress.clear()
-        if args.json:
-            args.found.append({"scope": _where(region, everywhere), "ok": report.ok, "report": report})
-            return report.ok
+
+    def show(report: Report, where: str, everywhere: bool) -> None:
         print(
-            f"checked {report.events} events of {_where(region, everywhere)}; {report.open_jobs} jobs "
+            f"checked {report.events} events of {where}; {report.open_jobs} jobs "
             f"not finished yet, {report.duplicates} duplicate submissions (harmless), {report.refused} "
             f"refused messages (quarantined), {report.unprocessed} inputs not handled yet"
         )
@@ -111,24 +121,17 @@ async def _check(fed: Client, args: argparse.Namespace) -> int:
             print(f"FAIL {violation.invariant}: {violation.message} (audit events {violation.events})")
         if report.unreadable:
             print(f"FAIL unreadable events at audit sequences {report.unreadable[:20]}")
-        return report.ok
 
-    ok = await _each_scope(fed, args, judge)
-    if args.json:
-        return _json_result(args, ok)
-    print("ok: every invariant holds" if ok else "the audit trail shows problems (above)")
-    return 0 if ok else 1
+    verdict = ("ok: every invariant holds", "the audit trail shows problems (above)")
+    return await _each_scope(fed, args, measure, show, verdict)
 
 
 async def _verify(fed: Client, args: argparse.Namespace) -> int:
-    async def judge(region: str | None, everywhere: bool) -> bool:
-        result = await fed.audit_verify(region=region, everywhere=everywhere)
-        if args.json:
-            args.found.append({"scope": _where(region, everywhere), "ok": result.ok, "report": result})
-            return result.ok
-        print(
-            f"re-ran {result.steps} core steps in {result.lives} core lives of {_where(region, everywhere)}"
-        )
+    async def measure(region: str | None, everywhere: bool) -> Verification:
+        return await fed.audit_verify(region=region, everywhere=everywhere)
+
+    def show(result: Verification, where: str, everywhere: bool) -> None:
+        print(f"re-ran {result.steps} core steps in {result.lives} core lives of {where}")
         for why in result.unverifiable:
             print(f"GAP  {why}: that life cannot be verified past it")
         for divergence in result.divergences:
@@ -136,13 +139,9 @@ async def _verify(fed: Client, args: argparse.Namespace) -> int:
             print(f"  event      {divergence.event}")
             print(f"  recorded   {divergence.recorded or '(no commands)'}")
             print(f"  re-derived {divergence.rederived or '(no commands)'}: {divergence.commands}")
-        return result.ok
 
-    ok = await _each_scope(fed, args, judge)
-    if args.json:
-        return _json_result(args, ok)
-    print("ok: the core makes the same decisions" if ok else "verification failed (above)")
-    return 0 if ok else 1
+    verdict = ("ok: the core makes the same decisions", "verification failed (above)")
+    return await _each_scope(fed, args, measure, show, verdict)
 
 
 async def _replay(fed: Client, args: argparse.Namespace) -> int:
@@ -285,4 +284,4 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                 action="store_true",
                 help='one JSON document: "ok", and each scope\'s "report" (or the "error" reading it)',
             )
-        q.set_defaults(func=cmd_audit, found=[])
+        q.set_defaults(func=cmd_audit)
