@@ -97,8 +97,34 @@ class Following(Streams):
         floor and delivering to the new epoch's subject. Messages a dead predecessor held come
         again at once, not after ``ack_wait``, and a paused predecessor's subscription receives
         nothing more. Messages acknowledged above the floor come again too: the handler must
-        treat a repeat as harmless (I7).
+        treat a repeat as harmless (I7). Rides through a stream leader election (a clustered region
+        losing a server) for up to ``FAILOVER`` seconds, as the other stream calls do.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FAILOVER
+        while True:
+            try:
+                return await self._bind_durable(
+                    stream, consumer, filter_subject, handler, epoch, ack_wait, max_ack_pending, max_deliver
+                )
+            except (nats.errors.TimeoutError, TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+                # a stream leader election (a clustered region losing a server): nothing is bound yet
+                if loop.time() + 0.25 >= deadline:
+                    raise _translate(stream, exc) from None
+                await idle(0.25)
+
+    async def _bind_durable(
+        self,
+        stream: str,
+        consumer: str,
+        filter_subject: str,
+        handler: Callable[[Delivery], Awaitable[None]],
+        epoch: int,
+        ack_wait: float,
+        max_ack_pending: int,
+        max_deliver: int,
+    ) -> Callable[[], Awaitable[None]]:
+        """One attempt of :meth:`durable` (the subscription is dropped again if it fails)."""
         deliver = f"_fed.deliver.{stream}.{consumer}" + (f".{epoch}" if epoch else "")
         start = 0
         try:
@@ -124,9 +150,14 @@ class Following(Streams):
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start else api.DeliverPolicy.ALL,
             opt_start_seq=start or None,
         )
-        with contextlib.suppress(nats.js.errors.BadRequestError):
-            # exists (same epoch) with an older config: binding to it is what a restart wants
-            await self.js.add_consumer(stream, config=config)
+        try:
+            with contextlib.suppress(nats.js.errors.BadRequestError):
+                # exists (same epoch) with an older config: binding to it is what a restart wants
+                await self.js.add_consumer(stream, config=config)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            raise
         return sub.unsubscribe
 
     async def tail(
