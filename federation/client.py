@@ -51,6 +51,7 @@ from federation.errors import (
     RemoteProtocolError,
 )
 from federation.identity import Credentials
+from federation.resources import format_memory
 from federation.schemas import (
     MAX_MESSAGE_BYTES,
     PRIORITY_RANK,
@@ -142,6 +143,63 @@ class Explanation(msgspec.Struct, kw_only=True):
     decision: Decision | None
     queue_position: int = 0
     via: JobRecord | None = None  # the home region's record of a job forwarded elsewhere
+
+    def lines(self) -> list[str]:
+        """What ``fed explain`` prints (and the web console shows): the request, where the job went
+        and why, and the decision's filters, choice and runners-up."""
+        record, decision, via = self.record, self.decision, self.via
+        spec = record.spec
+        out = [
+            f"job       {record.id} ({record.state}, priority {spec.priority}, tenant {spec.tenant})",
+            f"request   {request_text(spec)}",
+        ]
+        if spec.origin:
+            out.append(f"region    {record.region}, handed over by {spec.origin}")
+        if via is not None:
+            out.append(f"home      {via.region}: {via.reason}")
+            out.append(f"region    {record.region} (forwarded; its record follows)")
+        if (via or record).handoffs:
+            tried = ", ".join(f"{r}={state}" for r, state in sorted((via or record).handoffs.items()))
+            out.append(f"hand-offs {tried}")
+        if record.duplicates:
+            out.append(f"duplicate also ran in {', '.join(record.duplicates)} (at-least-once)")
+        out.append(f"why       {record.reason or '-'}")
+        if self.queue_position:
+            out.append(f"queue     position {self.queue_position} among pending jobs of {record.region}")
+        if decision is None:
+            return out
+        when = time.strftime("%H:%M:%S", time.localtime(decision.at))
+        then = f", queue position then {decision.queue_position}" if decision.queue_position else ""
+        out.append(f"decision  {decision.kind} at {when}, {decision.considered} nodes considered{then}")
+        for reason, count in sorted(decision.filtered.items(), key=lambda kv: -kv[1]):
+            out.append(f"  filtered  {count:>4} node{'s' if count != 1 else ' '}: {reason}")
+        if decision.chosen is not None:
+            note = f"  ({decision.note})" if decision.note else ""
+            out.append(f"  chosen    {decision.chosen.node:<16} {_score(decision.chosen.score)}{note}")
+        for runner in decision.runners_up:
+            out.append(f"  runner-up {runner.node:<16} {_score(runner.score)}")
+        if decision.victims:
+            out.append(f"  preempted {', '.join(decision.victims)}")
+        return out
+
+
+def request_text(spec: Submit) -> str:
+    """A submission's request as ``fed job`` and ``fed explain`` show it: ``cpu=1 memory=0B gpu=0``
+    plus whatever else the job asked for."""
+    text = f"cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu}"
+    text += f" gang={spec.gang}" if spec.gang > 1 else ""
+    text += f" require={spec.require}" if spec.require else ""
+    text += f" prefer={','.join(spec.nodes)}" if spec.nodes else ""
+    text += "".join(f" {name}={amount:g}" for name, amount in sorted(spec.custom.items()))
+    text += f" on_node_lost={spec.on_node_lost}" if spec.on_node_lost else ""
+    text += f" regions={','.join(spec.regions)}" if spec.regions else ""
+    text += " retry-anywhere" if spec.semantics == "at_least_once" else ""
+    return text
+
+
+def _score(score: tuple[int, ...]) -> str:
+    gpus, cores, memory = (*score, 0, 0, 0)[:3]
+    return f"leaves gpu={gpus} cpu={cores} memory={format_memory(max(0, memory))}"
 
 
 class Job:

@@ -144,6 +144,7 @@ class Connection(msgspec.Struct, kw_only=True):
     tls_cert: str = ""
     tls_key: str = ""
     creds: str = ""  # with authentication on (the default): the credentials file clients present
+    console: str = ""  # the web console's URL (fed up serves one unless --no-console)
 
 
 CONNECTION_FILE = "federation.json"
@@ -177,8 +178,9 @@ def default_state_dir() -> Path:
 
 
 def load_connection(state_dir: Path) -> Connection:
-    """Read the connection file of the federation running from ``state_dir``."""
-    path = state_dir / CONNECTION_FILE
+    """Read the connection file of the federation running from ``state_dir`` (or the connection
+    file ``state_dir`` names: a deployment's own, such as ``compose/federation.json``)."""
+    path = state_dir if state_dir.is_file() else state_dir / CONNECTION_FILE
     try:
         return msgspec.json.decode(path.read_bytes(), type=Connection)
     except FileNotFoundError:

@@ -129,6 +129,7 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
         durable: bool = False,
         chaos: bool = False,
         tls: bool = False,
+        console: bool = False,
     ) -> Cluster:
         options = Options(
             state_dir=tmp_path / f"fed{len(clusters)}",
@@ -139,6 +140,7 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
             durable=durable,
             chaos=chaos,
             tls=tls,
+            console=console,
         )
         federation = Federation(options)
         connection = await federation.start()

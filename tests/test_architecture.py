@@ -107,6 +107,7 @@ PARTS: dict[str, str] = {  # module (or package) -> the part it belongs to; the 
     "federation.ops": "ops",
     "federation.client": "client",
     "federation.cli": "cli",
+    "federation.console": "console",
     "federation.campaign": "campaign",
     "agents": "agents",
 }
@@ -124,7 +125,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "client": {"vocabulary", "support", "core", "bus", "config", "audit"},
     # `fed` starts every daemon: `fed scheduler` and `fed agent` import them (nothing else imports agents)
     "cli": {"vocabulary", "support", "core", "bus", "config", "audit", "scheduler", "ops", "client"}
-    | {"agents"},
+    | {"agents", "console"},
+    "console": {"vocabulary", "support", "core", "bus", "config", "audit", "client"},
     "campaign": {"vocabulary", "support", "bus", "config", "ops", "client"},
     "agents": {"vocabulary", "support", "bus", "config"},
 }

@@ -14,7 +14,19 @@ import sys
 from collections.abc import Sequence
 
 from federation import logs
-from federation.cli import audit, completion, creds, daemons, jobs, ops, quarantine, status, up, usage
+from federation.cli import (
+    audit,
+    completion,
+    console,
+    creds,
+    daemons,
+    jobs,
+    ops,
+    quarantine,
+    status,
+    up,
+    usage,
+)
 from federation.cli.common import common_options
 from federation.errors import FederationError
 
@@ -49,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parsers(sub, common)
     usage.add_parsers(sub, common)
     quarantine.add_parsers(sub, common)
+    console.add_parsers(sub, common)
     jobs.add_cancel_parser(sub, common)
     ops.add_parsers(sub, common)  # config, provision
     creds.add_parsers(sub, common)

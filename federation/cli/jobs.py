@@ -16,20 +16,7 @@ from federation.cli.common import amounts, pairs, print_json, state_dir
 from federation.cli.progress import Progress
 from federation.errors import InvalidRequest
 from federation.resources import format_memory, parse_duration, parse_memory
-from federation.schemas import JobRecord, Submit
-
-
-def _request(spec: Submit) -> str:
-    """``cpu=1 memory=0B gpu=0`` plus whatever else the job asked for."""
-    text = f"cpu={spec.cpu} memory={format_memory(spec.memory)} gpu={spec.gpu}"
-    text += f" gang={spec.gang}" if spec.gang > 1 else ""
-    text += f" require={spec.require}" if spec.require else ""
-    text += f" prefer={','.join(spec.nodes)}" if spec.nodes else ""
-    text += "".join(f" {name}={amount:g}" for name, amount in sorted(spec.custom.items()))
-    text += f" on_node_lost={spec.on_node_lost}" if spec.on_node_lost else ""
-    text += f" regions={','.join(spec.regions)}" if spec.regions else ""
-    text += " retry-anywhere" if spec.semantics == "at_least_once" else ""
-    return text
+from federation.schemas import JobRecord
 
 
 def exit_status(record: JobRecord) -> int:
@@ -138,7 +125,7 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 async def cmd_job(args: argparse.Namespace) -> int:
-    from federation.client import Client
+    from federation.client import Client, request_text
 
     async with Client.connect(state_dir(args)) as fed:
         home = await fed.job(args.job, region=args.region)
@@ -157,7 +144,7 @@ async def cmd_job(args: argparse.Namespace) -> int:
     print(f"why       {record.reason or '-'}")
     print(f"node      {record.node or '-'} (attempt {record.attempt})")
     print(f"command   {' '.join(spec.command)}")
-    print(f"request   {_request(spec)} priority={spec.priority} tenant={spec.tenant}")
+    print(f"request   {request_text(spec)} priority={spec.priority} tenant={spec.tenant}")
     if record.usage is not None:
         u = record.usage
         print(
@@ -173,11 +160,6 @@ async def cmd_job(args: argparse.Namespace) -> int:
     return 0
 
 
-def _score(score: tuple[int, ...]) -> str:
-    gpus, cores, memory = (*score, 0, 0, 0)[:3]
-    return f"leaves gpu={gpus} cpu={cores} memory={format_memory(max(0, memory))}"
-
-
 async def cmd_explain(args: argparse.Namespace) -> int:
     from federation.client import Client
 
@@ -185,38 +167,8 @@ async def cmd_explain(args: argparse.Namespace) -> int:
         explanation = await fed.explain(args.job, region=args.region)
     if args.json:
         return print_json(explanation)
-    record, decision = explanation.record, explanation.decision
-    spec = record.spec
-    print(f"job       {record.id} ({record.state}, priority {spec.priority}, tenant {spec.tenant})")
-    print(f"request   {_request(spec)}")
-    if spec.origin:
-        print(f"region    {record.region}, handed over by {spec.origin}")
-    via = explanation.via
-    if via is not None:
-        print(f"home      {via.region}: {via.reason}")
-        print(f"region    {record.region} (forwarded; its record follows)")
-    if (via or record).handoffs:
-        tried = ", ".join(f"{r}={state}" for r, state in sorted((via or record).handoffs.items()))
-        print(f"hand-offs {tried}")
-    if record.duplicates:
-        print(f"duplicate also ran in {', '.join(record.duplicates)} (at-least-once)")
-    print(f"why       {record.reason or '-'}")
-    if explanation.queue_position:
-        print(f"queue     position {explanation.queue_position} among pending jobs of {record.region}")
-    if decision is None:
-        return 0
-    when = time.strftime("%H:%M:%S", time.localtime(decision.at))
-    then = f", queue position then {decision.queue_position}" if decision.queue_position else ""
-    print(f"decision  {decision.kind} at {when}, {decision.considered} nodes considered{then}")
-    for reason, count in sorted(decision.filtered.items(), key=lambda kv: -kv[1]):
-        print(f"  filtered  {count:>4} node{'s' if count != 1 else ' '}: {reason}")
-    if decision.chosen is not None:
-        note = f"  ({decision.note})" if decision.note else ""
-        print(f"  chosen    {decision.chosen.node:<16} {_score(decision.chosen.score)}{note}")
-    for runner in decision.runners_up:
-        print(f"  runner-up {runner.node:<16} {_score(runner.score)}")
-    if decision.victims:
-        print(f"  preempted {', '.join(decision.victims)}")
+    for line in explanation.lines():
+        print(line)
     return 0
 
 

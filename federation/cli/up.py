@@ -33,6 +33,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
         tls=args.tls,
         auth=args.auth,
         tour=not args.plain,
+        console=args.console,
     )
     await up(options)
     return 0
@@ -110,6 +111,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_false",
         help="accept any client (default: every process presents its own nkey and gets only the "
         "permissions of its role; keys in <state-dir>/creds, see fed creds)",
+    )
+    p.add_argument(
+        "--no-console",
+        dest="console",
+        action="store_false",
+        help="do not serve the web console (default: on a free loopback port, read-only as the auditor; "
+        "its URL is printed and in the connection file)",
     )
     p.add_argument(
         "--chaos",

@@ -14,7 +14,8 @@ pair; the server keeps only the public key and checks a signature of its nonce).
 - ``tenant``: submits and cancels only on subjects that end in its name (the scheduler checks the
   submission's ``tenant`` against it) and asks its region's scheduler for its own jobs and logs
   (``fed.<region>.tenant.<name>.>``); no stream, bucket or audit access;
-- ``auditor``: reads the audit streams, the live buckets (invariant I8) and stream and consumer
+- ``auditor``: reads the audit streams, the live buckets (invariant I8), what the web console
+  shows (offers, heartbeats, the lease, summaries and views, job output) and stream and consumer
   info, by batched direct gets (:mod:`federation.bus.scan`): it creates no consumer, since
   nats-server does not check a consumer's deliver subject against its creator's permissions;
 - ``leaf`` (one region's leafnode link to the hub): everything except the node-local traffic of
@@ -159,7 +160,17 @@ def lent(domain: str) -> list[Lent]:
     if domain == HUB:
         return [*info, Lent(f"$JS.API.DIRECT.GET.{subjects.AUDIT_ALL}", AUDIT, response="stream")]
     r, ledger = domain, subjects.ledger_bucket(domain)
-    readable = [subjects.audit_stream(r), f"KV_{ledger}", f"KV_{subjects.jobs_bucket(r)}"]
+    readable = [  # the audit trail, and what the console shows (every one read-only, by direct gets)
+        subjects.audit_stream(r),
+        f"KV_{ledger}",
+        f"KV_{subjects.jobs_bucket(r)}",
+        f"KV_{subjects.lease_bucket(r)}",
+        subjects.offers_stream(r),
+        subjects.heartbeats_stream(r),
+        subjects.summary_stream(r),
+        subjects.views_stream(r),
+        subjects.logs_stream(r),
+    ]
     return [
         *(Lent(s, AGENTS) for s in (subjects.heartbeat(r, "*"), subjects.offer(r, "*"), f"fed.{r}.status.>")),
         Lent(f"$JS.API.DIRECT.GET.KV_{ledger}.>", AGENTS),

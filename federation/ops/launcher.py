@@ -178,6 +178,7 @@ class Options:
     tls: bool = False  # a local CA; TLS with client certificates on every client and leafnode link
     auth: bool = True  # every process connects with its own nkey and only the permissions of its role
     tour: bool = False  # city labels and declared GPUs for the README's tour (fed up without --plain)
+    console: bool = False  # serve the web console (fed up does, on a free loopback port)
 
 
 class SupervisorMetrics:
@@ -259,6 +260,7 @@ class Federation:
         self.metrics = SupervisorMetrics()
         self.metrics_server: MetricsServer | None = None
         self.metrics_urls: dict[str, str] = {}  # daemon (or "fed-up") -> its /metrics URL
+        self.console_url = ""  # the web console's, once it is started
 
     # --- start -------------------------------------------------------------------------------------
 
@@ -308,7 +310,11 @@ class Federation:
             raise
         assert hub
         self._write_metrics()  # before the connection file, which tells that everything is up
+        if self.options.console:
+            self.console_url = f"http://127.0.0.1:{free_port()}"
         connection = self._write_connection(started_at=time.time())
+        if self.options.console:
+            await self._start_console()  # it reads the connection file
         self._watch = asyncio.create_task(self._supervise())
         if self.options.chaos:
             await self._serve_chaos()
@@ -330,6 +336,7 @@ class Federation:
             tls_cert=self.tls.cert if self.tls else "",
             tls_key=self.tls.key if self.tls else "",
             creds=str(self.keyring.path("admin", "admin")) if self.keyring else "",
+            console=self.console_url,
         )
         write_connection(self.state_dir, connection)
         return connection
@@ -585,6 +592,40 @@ class Federation:
                     + "".join(f" {tour[i + 1]}" for i, arg in enumerate(tour) if arg == "--label")
                 )
 
+    async def _start_console(self, deadline: float = 30.0) -> None:
+        """The web console, read-only as the auditor (``fed console``; supervised like a daemon),
+        started once it answers on its port."""
+        child = Child(
+            "console",
+            fed_command(
+                "console",
+                "--state-dir",
+                str(self.state_dir),
+                "--listen",
+                self.console_url.removeprefix("http://"),
+                "--log-level",
+                self.options.log_level,
+                *self.creds_args("auditor", "auditor"),
+            ),
+            self.state_dir / "logs" / "console.log",
+        )
+        child.start()
+        self.daemons.append(child)
+        host, port = self.console_url.removeprefix("http://").rsplit(":", 1)
+        end = time.monotonic() + deadline
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                if not child.alive() or time.monotonic() > end:
+                    self.echo(f"  console did not start; see {child.log_path}")
+                    return
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            break
+        self.echo(f"  console    {self.console_url}  pid {child.pid}")
+
     def tour_args(self, region: str, node: str) -> list[str]:
         """The agent flags the README's tour needs on ``node`` (none unless ``Options.tour``): its
         region's city label, and declared GPUs on the last node of the last region when no node
@@ -822,7 +863,8 @@ async def up(options: Options, echo: Callable[[str], None] = print) -> None:
     echo(
         f"\nready: {len(options.regions)} regions, {len(options.regions) * options.agents} agents. "
         f"Connection file: {options.state_dir / 'federation.json'}\n"
-        f"Prometheus metrics of every daemon: {options.state_dir / 'metrics.json'} "
+        + (f"web console: {federation.console_url}\n" if federation.console_url else "")
+        + f"Prometheus metrics of every daemon: {options.state_dir / 'metrics.json'} "
         f"(this supervisor's: {federation.metrics_urls.get('fed-up', '')})\n"
         f"try (in another terminal):\n"
         f"  export FED_STATE_DIR={options.state_dir}\n"
