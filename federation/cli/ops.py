@@ -1,10 +1,11 @@
-"""Operator commands of ``fed`` for deployments beyond one machine: ``fed config render`` and
-``fed provision``."""
+"""Operator commands of ``fed`` for deployments beyond one machine: ``fed config render``, ``fed
+config keys`` and ``fed provision``."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,15 @@ from federation.ops import deploy
 EXIT_STALE = 1
 
 
-async def cmd_render(args: argparse.Namespace) -> int:
+def _regions(args: argparse.Namespace) -> list[str]:
     regions = [r.strip() for r in args.regions.split(",") if r.strip()]
     for region in regions:
         subjects.check_region(region)
+    return regions
+
+
+async def cmd_render(args: argparse.Namespace) -> int:
+    regions = _regions(args)
     files = deploy.compose_files(regions)
     out = Path(args.out)
     if args.check:  # compare with what is there, write nothing
@@ -42,6 +48,42 @@ async def cmd_render(args: argparse.Namespace) -> int:
         return 0
     for path in deploy.write(files, out):
         print(f"wrote {path}")
+    if not (out / deploy.CREDS_DIR / "identities.json").exists():
+        print(f"no keys yet: run `fed config keys --out {out}` before starting it (they are not committed)")
+    return 0
+
+
+async def cmd_keys(args: argparse.Namespace) -> int:
+    """Make the keys of every identity the compose deployment uses (once: existing ones are kept)
+    and render each server's ``auth.conf`` from the keyring, tenants and auditors added with
+    ``fed creds --state-dir <out>`` included. The key files the containers mount are made
+    readable by their users (0644: the daemons run as another uid than the files' owner) inside
+    ``<out>/creds``, which only its owner may open (0700)."""
+    from federation.ops.keyring import Keyring, write_private
+
+    regions = _regions(args)
+    out = Path(args.out)
+    keyring = Keyring.of(out)  # <out>/creds, as `fed creds --state-dir <out>` finds it
+    made = []
+    for kind, name, region in deploy.compose_identities(regions):
+        path = keyring.path(kind, name, region)
+        if keyring.find(kind, name, region) is None or not path.exists():
+            made.append(path.name)
+        keyring.add(kind, name, region, exist_ok=True)
+    mounted = [keyring.path("admin", "admin")]  # hub-provision's
+    mounted += [keyring.directory / daemon.key_file for daemon in deploy.compose_daemons(regions)]
+    seeds = {region: keyring.credentials("leaf", region).seed for region in regions}
+    for name, text in sorted(deploy.compose_auth_files(keyring.identities(), seeds, regions).items()):
+        path = keyring.directory / name
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        write_private(path, text)
+        mounted.append(path)
+        print(f"wrote {path}")
+    for path in mounted:
+        os.chmod(path, 0o644)
+    kept = len(keyring.identities()) - len(made)
+    print(f"{len(made)} new keys, {kept} kept, in {keyring.directory}: secret, never commit it")
+    print("running servers take a change with `docker compose kill -s HUP <servers>`, others when started")
     return 0
 
 
@@ -75,16 +117,35 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "config",
         parents=[common],
-        help="render deployment files (compose/ and its NATS server configs)",
+        help="render deployment files (compose/ and its NATS server configs) and make their keys",
         description="Render the Docker Compose deployment (a hub and regions of three NATS servers, two "
-        "schedulers and two agents each) and its server configs from the code `fed up` uses.",
+        "schedulers and two agents each, Prometheus and Grafana) and its server configs from the code "
+        "`fed up` uses; make the keys it runs with (once per deployment, never committed).",
     )
     config = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    q = config.add_parser("render", parents=[common], help="write compose.yaml, nats/*.conf, federation.json")
+    regions = ",".join(deploy.COMPOSE_REGIONS)
+    q = config.add_parser(
+        "render",
+        parents=[common],
+        help="write compose.yaml, nats/*.conf, federation.json, prometheus/ and grafana/",
+    )
     q.add_argument("--out", default="compose", help="directory to write into (default: compose)")
-    q.add_argument("--regions", default=",".join(deploy.COMPOSE_REGIONS), help="comma-separated region names")
+    q.add_argument("--regions", default=regions, help="comma-separated region names")
     q.add_argument("--check", action="store_true", help="write nothing; exit 1 if the files differ")
     q.set_defaults(func=cmd_render)
+    q = config.add_parser(
+        "keys",
+        parents=[common],
+        help="make the deployment's keys (<out>/creds) and its servers' accounts (<out>/creds/nats)",
+        description="Create a key for every daemon, the operator (admin), an auditor and each region's "
+        "leafnode link in <out>/creds (a keyring: `fed creds --state-dir <out>` adds tenants), and "
+        "render each server's auth.conf (its accounts, a region's leafnode seed) from it. Run it once "
+        "before the first `docker compose up`, and again after a `fed creds` change; existing keys are "
+        "kept. Nothing it writes is committed.",
+    )
+    q.add_argument("--out", default="compose", help="the deployment's directory (default: compose)")
+    q.add_argument("--regions", default=regions, help="comma-separated region names (as rendered)")
+    q.set_defaults(func=cmd_keys)
 
     p = sub.add_parser(
         "provision",

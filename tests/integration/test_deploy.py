@@ -1,7 +1,11 @@
 """Deployment beyond one machine (issue #8): compose/ is what the code renders, every server config
-passes ``nats-server -t``, every reference in the compose file resolves, and a region run as a
-3-server cluster from the rendered configs keeps scheduling with one server killed, and the
-server catches up when it returns."""
+passes ``nats-server -t`` (compose's with the accounts ``fed config keys`` renders), every reference
+in the compose file resolves, and a region run as a 3-server cluster from the rendered configs
+keeps scheduling with one server killed, and the server catches up when it returns.
+
+Compose as an operator runs it (issue #19): one key per daemon, made by ``fed config keys`` and
+never committed, the servers' accounts from them (a region links to the hub as its leaf identity);
+Prometheus scrapes every daemon and server; Grafana's dashboard uses only metrics the code exports."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -16,14 +21,29 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agents.metrics import AgentMetrics
 from federation import subjects
+from federation.bus import Bus
 from federation.cli import build_parser, main
 from federation.client import Client
 from federation.config import Connection, RegionEndpoint
-from federation.ops import deploy
+from federation.core.state import RegionCore
+from federation.errors import FederationError
+from federation.identity import load_credentials
+from federation.ops import auth, deploy
 from federation.ops.deploy import Server, server_config
-from federation.ops.launcher import Child, agent_command, fed_command, nats_server_binary, read_ports
+from federation.ops.keyring import Keyring
+from federation.ops.launcher import (
+    Child,
+    SupervisorMetrics,
+    agent_command,
+    fed_command,
+    nats_server_binary,
+    read_ports,
+)
+from federation.ops.monitor import monitoring
 from federation.ops.provision import wait_for_jetstream
+from federation.scheduler.metrics import SchedulerMetrics
 from tests.conftest import eventually, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,81 +68,352 @@ def test_render_check_fails_on_a_stale_file(tmp_path: Path, capsys: pytest.Captu
     assert "nats/hub.conf" in capsys.readouterr().out
 
 
-def _configs(tmp_path: Path) -> list[Path]:
-    """Every committed compose config, and the configs `fed up` renders for its hub and a region."""
-    local = [
-        Server(
-            name="hub", domain="hub", store_dir=str(tmp_path / "hub"), ports_dir=str(tmp_path), leaf_listen=-1
-        ),
-        Server(
-            name="eu",
-            domain="eu",
-            store_dir=str(tmp_path / "eu"),
-            ports_dir=str(tmp_path),
-            leaf_remotes=(f"nats-leaf://127.0.0.1:{free_ports(1)[0]}",),
-            sync_always=True,
-        ),
-    ]
-    paths = sorted((COMPOSE / "nats").glob("*.conf"))
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the committed compose/ with its keys made as a user makes them (``fed config
+    keys``): the committed tree holds none."""
+    out = tmp_path_factory.mktemp("compose")
+    shutil.copytree(COMPOSE, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(deploy.CREDS_DIR))
+    assert main(["config", "keys", "--out", str(out)]) == 0
+    return out
+
+
+def _mounted(out: Path, service: dict, target: str) -> Path:  # type: ignore[type-arg]
+    """The file of ``out`` that ``service`` mounts at ``target``."""
+    for volume in service.get("volumes", []):
+        source, mounted = volume.split(":")[:2]
+        if mounted == target:
+            return out / source
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
+def _as_mounted(out: Path, tmp_path: Path) -> list[Path]:
+    """Every server config of ``out`` laid out as its container sees it: beside the auth.conf that
+    compose mounts there."""
+    services = yaml.safe_load((out / "compose.yaml").read_text())["services"]
+    paths = []
+    for name, service in services.items():
+        if service["image"] != deploy.NATS_IMAGE:
+            continue
+        etc = tmp_path / name
+        etc.mkdir()
+        conf = service["command"][1]
+        for target in (conf, f"/etc/nats/{deploy.AUTH_FILE}"):
+            shutil.copy(_mounted(out, service, target), etc / Path(target).name)
+        paths.append(etc / Path(conf).name)
+    return paths
+
+
+def _nats_t(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(path)], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_every_rendered_server_config_passes_nats_server_t(keyed: Path, tmp_path: Path) -> None:
+    """The compose configs with the accounts ``fed config keys`` rendered, and the configs ``fed
+    up`` renders for its hub and a region (open, and with accounts)."""
+    identities = Keyring(keyed / deploy.CREDS_DIR).identities()
+    leaf = f"nats-leaf://127.0.0.1:{free_ports(1)[0]}"
+    local = []
+    for users in ("", "with accounts"):
+        hub_accounts = auth.accounts(identities, deploy.COMPOSE_REGIONS, "hub") if users else ""
+        region_accounts = auth.accounts(identities, deploy.COMPOSE_REGIONS, "eu-west") if users else ""
+        seed = load_credentials(keyed / deploy.CREDS_DIR / "leaf.eu-west.nk").seed if users else ""
+        local += [
+            Server(
+                name=f"hub{len(local)}",
+                domain="hub",
+                store_dir=str(tmp_path / "hub"),
+                ports_dir=str(tmp_path),
+                leaf_listen=-1,
+                accounts=hub_accounts,
+            ),
+            Server(
+                name=f"eu-west{len(local)}",
+                domain="eu-west",
+                store_dir=str(tmp_path / "eu"),
+                ports_dir=str(tmp_path),
+                leaf_remotes=(leaf,),
+                sync_always=True,
+                accounts=region_accounts,
+                leaf_seed=seed,
+            ),
+        ]
+    paths = _as_mounted(keyed, tmp_path)
+    assert len(paths) == 1 + 3 * len(deploy.COMPOSE_REGIONS)
     for server in local:
         path = tmp_path / f"{server.name}.conf"
         path.write_text(server_config(server))
         paths.append(path)
-    return paths
-
-
-def test_every_rendered_server_config_passes_nats_server_t(tmp_path: Path) -> None:
-    paths = _configs(tmp_path)
-    assert len(paths) == 12
     for path in paths:
-        result = subprocess.run(
-            [nats_server_binary(), "-t", "-c", str(path)], capture_output=True, text=True, timeout=30
-        )
+        result = _nats_t(path)
         assert result.returncode == 0, f"{path}: {result.stdout}{result.stderr}"
     bad = tmp_path / "bad.conf"
     bad.write_text(server_config(Server(name="x", domain="x", store_dir="/tmp/x")) + "cluster { nonsense }\n")
-    refused = subprocess.run([nats_server_binary(), "-t", "-c", str(bad)], capture_output=True, timeout=30)
-    assert refused.returncode != 0  # -t really checks
+    assert _nats_t(bad).returncode != 0  # -t really checks
+    # a committed config alone (no keys made) is refused: compose never runs without credentials
+    alone = _nats_t(COMPOSE / "nats" / "eu-west-1.conf")
+    assert alone.returncode != 0
+    assert deploy.AUTH_FILE in alone.stdout + alone.stderr
 
 
-def test_every_compose_reference_resolves() -> None:
-    compose = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+def test_the_keys_command_makes_one_key_per_daemon_and_keeps_them(
+    keyed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    creds = keyed / deploy.CREDS_DIR
+    keyring = Keyring(creds)
+    services = yaml.safe_load((keyed / "compose.yaml").read_text())["services"]
+    parser = build_parser()
+    connecting = 0
+    for name, service in services.items():
+        if service["image"] != deploy.FED_IMAGE:
+            continue
+        args = parser.parse_args(service["command"][1:])
+        key = _mounted(keyed, service, args.creds)
+        assert key.parent == creds, f"{name}: {key}"
+        assert key.stat().st_mode & 0o777 == 0o644, f"{name}: the container's user cannot read {key}"
+        who = load_credentials(key)
+        # each daemon connects as its own identity (a region's schedulers as the region's)
+        if args.cmd == "scheduler":
+            expected = ("scheduler", args.region, "")
+        elif args.cmd == "agent":
+            expected = ("agent", args.node, args.region)
+        else:
+            expected = ("admin", "admin", "")
+        assert (who.kind, who.name, who.region) == expected, name
+        assert keyring.find(who.kind, who.name, who.region) is not None
+        connecting += 1
+    daemons = deploy.compose_daemons()
+    assert connecting == len(daemons) + 1  # and hub-provision
+    made = {(i.kind, i.name, i.region) for i in keyring.identities()}
+    assert made == set(deploy.compose_identities())
+    assert {d.identity for d in daemons} <= made
+    assert creds.stat().st_mode & 0o777 == 0o700  # the key files are readable by the containers only
+    assert (creds / "identities.json").stat().st_mode & 0o777 == 0o600
+    hub = (creds / "nats" / "hub.conf").read_text()
+    for region in deploy.COMPOSE_REGIONS:
+        seed = load_credentials(creds / f"leaf.{region}.nk").seed
+        assert f'{deploy.LEAF_SEED_VARIABLE}: "{seed}"' in (creds / "nats" / f"{region}.conf").read_text()
+        assert seed not in hub  # the hub knows the links' public keys only
+    before = {p.name: p.read_text() for p in creds.rglob("*.nk")}
+    capsys.readouterr()
+    assert main(["config", "keys", "--out", str(keyed)]) == 0  # again: nothing replaced
+    assert "0 new keys" in capsys.readouterr().out
+    assert {p.name: p.read_text() for p in creds.rglob("*.nk")} == before
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_the_committed_tree_holds_no_keys() -> None:
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", f"compose/{deploy.CREDS_DIR}/admin.admin.nk"], cwd=ROOT, timeout=30
+    )
+    assert ignored.returncode == 0, "compose/creds/ is not in .gitignore"
+    tracked = subprocess.run(
+        ["git", "ls-files", "compose"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert not [p for p in tracked.stdout.split() if p.startswith(f"compose/{deploy.CREDS_DIR}/")]
+
+
+async def test_a_region_joins_the_hub_and_daemons_connect_with_the_rendered_accounts(
+    keyed: Path, tmp_path: Path
+) -> None:
+    """The mechanism compose relies on, run: servers whose config includes the rendered auth.conf
+    (the region's leafnode seed a variable of it) link as the leaf identity, a daemon's key
+    connects, and no key, no connection."""
+    creds = keyed / deploy.CREDS_DIR
+    (leaf,) = free_ports(1)
+    servers = [
+        Server(name="hub", domain="hub", store_dir=str(tmp_path / "hub" / "store"), leaf_listen=leaf),
+        Server(
+            name="eu-west",
+            domain="eu-west",
+            store_dir=str(tmp_path / "eu-west" / "store"),
+            leaf_remotes=(f"nats-leaf://127.0.0.1:{leaf}",),
+        ),
+    ]
+    children: list[Child] = []
+    monitors: dict[str, str] = {}
+    urls: dict[str, str] = {}
+    try:
+        for server in servers:
+            base = tmp_path / server.name
+            (base / "ports").mkdir(parents=True)
+            shutil.copy(creds / "nats" / f"{server.domain}.conf", base / deploy.AUTH_FILE)
+            configured = dataclasses.replace(
+                server, ports_dir=str(base / "ports"), auth_file=deploy.AUTH_FILE
+            )
+            (base / "nats.conf").write_text(server_config(configured))
+            child = Child(server.name, [nats_server_binary(), "-c", str(base / "nats.conf")], base / "log")
+            child.start()
+            children.append(child)
+            ports = await read_ports(base / "ports", child)
+            urls[server.name], monitors[server.name] = ports["nats"][0], ports["monitoring"][0]
+
+        async def linked() -> bool:
+            leafs = (await monitoring(monitors["hub"], "leafz")).get("leafs") or []
+            return any(link.get("account") == auth.FED for link in leafs)
+
+        await eventually(linked, timeout=15)
+        scheduler = load_credentials(creds / "scheduler.eu-west.nk")
+        bus = await Bus.connect(urls["eu-west"], "test", retry_forever=False, credentials=scheduler)
+        await bus.close()
+        with pytest.raises(FederationError):
+            await Bus.connect(urls["eu-west"], "anyone", retry_forever=False, timeout=2)
+    finally:
+        for child in children:
+            if child.alive():
+                child.process.terminate()  # type: ignore[union-attr]
+                child.process.wait(timeout=10)  # type: ignore[union-attr]
+
+
+def test_prometheus_scrapes_every_daemon_and_server() -> None:
+    services = yaml.safe_load((COMPOSE / "compose.yaml").read_text())["services"]
+    config = yaml.safe_load((COMPOSE / "prometheus" / "prometheus.yml").read_text())
+    listed = {
+        (job["job_name"], target): group.get("labels", {})
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    parser = build_parser()
+    expected = set()
+    for name, service in services.items():
+        if service["image"] == deploy.FED_IMAGE and service["command"][1] in deploy.METRICS_PORTS:
+            args = parser.parse_args(service["command"][1:])
+            assert args.metrics, f"{name} serves no metrics"
+            host, port = args.metrics.rsplit(":", 1)
+            assert host == "0.0.0.0", f"{name}: other containers cannot reach {host}"
+            target = (args.cmd, f"{name}:{port}")
+            assert target in listed, f"Prometheus does not scrape {name}"
+            assert listed[target]["region"] == args.region
+            expected.add(target)
+        elif service["image"] == deploy.NATS_IMAGE:
+            exporter = services[f"{name}-exporter"]
+            assert exporter["command"][-1] == f"{name},http://{name}:{deploy.HTTP_PORT}"
+            target = ("nats", f"{name}-exporter:{deploy.EXPORTER_PORT}")
+            assert target in listed, f"Prometheus does not scrape {name}'s exporter"
+            expected.add(target)
+    assert len(expected) == len(deploy.compose_daemons()) + 1 + 3 * len(deploy.COMPOSE_REGIONS)
+    assert set(listed) == expected  # and nothing that is not there
+
+
+def _exported_names() -> set[str]:
+    """Every series name the daemons' registries expose (a counter's ``_total``, a histogram's
+    ``_bucket``...), the scheduler's state families included."""
+    scheduler = SchedulerMetrics()
+    scheduler.refresh(RegionCore("eu"), 0.0)
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
+    names = set()
+    for metrics in (scheduler.registry, AgentMetrics().registry, SupervisorMetrics().registry):
+        for family in metrics.collect():
+            names |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
+    return names
+
+
+def test_grafana_is_provisioned_with_a_dashboard_of_metrics_the_code_exports() -> None:
+    provisioning = COMPOSE / "grafana" / "provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["url"] == f"http://prometheus:{deploy.PROMETHEUS_PORT}"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "dashboards.yml").read_text())["providers"]
+    services = yaml.safe_load((COMPOSE / "compose.yaml").read_text())["services"]
+    mounted = _mounted(COMPOSE, services["grafana"], provider["options"]["path"])
+    board = json.loads((mounted / "federation.json").read_text())
+    exported = _exported_names()
+    used = set()
+    panels = board["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == source["uid"]
+            names = set(re.findall(r"\bfed_\w+", target["expr"]))
+            # (or Prometheus's own `up`: which targets answer)
+            assert names or re.search(r"\bup\b", target["expr"]), f"{panel['title']}: {target['expr']}"
+            assert names <= exported, f"{panel['title']}: {sorted(names - exported)} are exported by nothing"
+            used |= names
+    key = {  # what an operator looks at first: every one of them has a graph
+        "fed_queue_depth",
+        "fed_pending_jobs",
+        "fed_placements_total",
+        "fed_placement_latency_seconds_bucket",
+        "fed_claim_conflicts_total",
+        "fed_handoffs_total",
+        "fed_peer_view_age_seconds",
+        "fed_scheduler_leader",
+        "fed_scheduler_epoch",
+        "fed_node_offered_cpu_cores",
+        "fed_node_allocated_cpu_cores",
+        "fed_node_utilisation_ratio",
+        "fed_jobs_finished_total",
+        "fed_quarantined_messages_total",
+        "fed_agent_start_latency_seconds_bucket",
+        "fed_agent_journal_commit_latency_seconds_bucket",
+    }
+    assert key <= used, sorted(key - used)
+    (variable,) = board["templating"]["list"]
+    assert all('region=~"$region"' in t["expr"] for p in panels for t in p["targets"] if "fed_" in t["expr"])
+    assert variable["name"] == "region"
+
+
+def test_every_compose_reference_resolves(keyed: Path) -> None:
+    """Every file a service mounts exists (its keys once ``fed config keys`` ran), every volume is
+    declared, every dependency is a service, every ``fed`` command parses."""
+    compose = yaml.safe_load((keyed / "compose.yaml").read_text())
     services: dict[str, dict] = compose["services"]  # type: ignore[type-arg]
     named_volumes = set(compose.get("volumes", {}))
     parser = build_parser()
     regions = set(deploy.COMPOSE_REGIONS)
     assert {f"{r}-{i}" for r in regions for i in (1, 2, 3)} <= set(services)
+    images = (
+        deploy.FED_IMAGE,
+        deploy.NATS_IMAGE,
+        deploy.EXPORTER_IMAGE,
+        deploy.PROMETHEUS_IMAGE,
+        deploy.GRAFANA_IMAGE,
+    )
     published = []
     for name, service in services.items():
         image = service["image"]
-        assert image in (deploy.FED_IMAGE, deploy.NATS_IMAGE), f"{name}: unknown image {image}"
+        assert image in images, f"{name}: unknown image {image}"
         mounts = {}
         for volume in service.get("volumes", []):
             source, target = volume.split(":")[:2]
             if source.startswith("."):
-                assert (COMPOSE / source).is_file(), f"{name}: {source} does not exist"
+                assert (keyed / source).exists(), f"{name}: {source} does not exist"
+                committed = not source.startswith(f"./{deploy.CREDS_DIR}/")
+                assert (COMPOSE / source).exists() == committed, f"{name}: {source}"
             else:
                 assert source in named_volumes, f"{name}: volume {source} is not declared"
             mounts[target] = source
         for dependency in service.get("depends_on", []):
             assert dependency in services, f"{name} depends on unknown {dependency}"
         published += [port.rsplit(":", 1)[0] for port in service.get("ports", [])]
-        command = service["command"]
+        command = service.get("command", [])
         if image == deploy.NATS_IMAGE:
             assert command[0] == "-c"
             assert command[1] in mounts, f"{name}: {command[1]} is not mounted"
-        else:
+            assert f"/etc/nats/{deploy.AUTH_FILE}" in mounts, f"{name}: its accounts are not mounted"
+        elif image == deploy.FED_IMAGE:
             build = service["build"]
             assert (COMPOSE / build["context"] / build["dockerfile"]).is_file()
             assert command[0] == "fed"
             args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown option
             assert callable(args.func)
+            assert args.creds in mounts, f"{name}: its key {args.creds} is not mounted"
             url = getattr(args, "url", "") or ""
             for host in re.findall(r"nats://([\w-]+):", url):
                 assert host in services, f"{name}: {host} is not a service"
+        elif image == deploy.PROMETHEUS_IMAGE:
+            (config,) = [c.split("=", 1)[1] for c in command if c.startswith("--config.file=")]
+            assert config in mounts, f"{name}: {config} is not mounted"
+        elif image == deploy.EXPORTER_IMAGE:
+            assert command[-1].split(",", 1)[0] in services
     assert len(published) == len(set(published)), "two services publish the same host port"
-    connection = json.loads((COMPOSE / "federation.json").read_text())
+    connection = json.loads((keyed / "federation.json").read_text())
     assert set(connection["regions"]) == regions
+    assert (ROOT / connection["creds"]).relative_to(COMPOSE)  # the operator's key, from the root
+    assert (keyed / Path(connection["creds"]).relative_to("compose")).is_file()
 
 
 def test_the_image_is_multi_stage_and_runs_as_an_unprivileged_user() -> None:
