@@ -134,6 +134,7 @@ class RegionStatus(msgspec.Struct, kw_only=True):
     # daemon -> its Prometheus /metrics URL, as the fed up running from the state directory recorded
     # them (its schedulers, its nodes' agents, and "fed-up", the supervisor); filled by fed status
     metrics: dict[str, str] = {}
+    console: str = ""  # the web console's page of this region (its URL from the connection file)
 
 
 class Explanation(msgspec.Struct, kw_only=True):

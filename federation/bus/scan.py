@@ -6,7 +6,8 @@ auditor therefore creates none: it reads with direct gets of up to ``BATCH`` mes
 (``{"seq": N, "batch": B, "next_by_subj": filter}``), each answer closed by a status message
 that says how many remain, through its account's imports (whose reply subjects cannot be
 steered). The next batch is asked for while the current one is read. :func:`scan` yields what
-``Bus.follow(..., until_caught_up=True)`` yields.
+``Bus.follow(..., until_caught_up=True)`` yields; :func:`latest` reads only each subject's last
+message (``multi_last``), and :func:`newer` asks whether anything was stored since a sequence.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from federation.bus.messaging import Messaging
 from federation.errors import FederationUnavailable
 
 BATCH = 1000
+MULTI_LAST = 10_000  # subjects one multi_last answer may hold (a region's nodes, say)
 
 
 async def scan(
@@ -47,11 +49,8 @@ async def scan(
     try:
         while True:
             items, status = answer
+            _answered(stream, status)  # 404: nothing (more) to read
             code = status.get("Status", "")
-            if code not in ("204", "404"):  # 404: nothing (more) to read
-                raise FederationUnavailable(
-                    stream, f"direct get refused: {code} {status.get('Description', '')}"
-                )
             more = bool(items) and code == "204" and int(status.get("Nats-Num-Pending", 0)) > 0
             if more:  # ask for the next batch while this one is read
                 request = {"batch": BATCH, "next_by_subj": filter_subject, "seq": items[-1].sequence + 1}
@@ -69,3 +68,34 @@ async def scan(
             ahead.cancel()
     for item in sorted(latest.values(), key=lambda d: d.sequence):
         yield item
+
+
+async def newer(messaging: Messaging, stream: str, filter_subject: str, sequence: int) -> bool:
+    """Whether ``stream`` holds a message on ``filter_subject`` at ``sequence`` or later (one
+    direct get of at most one message: the cheap question before a :func:`latest`)."""
+    request = {"seq": max(1, sequence), "batch": 1, "next_by_subj": filter_subject}
+    items, status = await messaging.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
+    _answered(stream, status)
+    return bool(items)
+
+
+async def latest(messaging: Messaging, stream: str, filter_subject: str) -> tuple[list[Delivery], int]:
+    """The last message of every subject matching ``filter_subject`` stored now, oldest first, and
+    the stream's last sequence they were read at: one direct get (``multi_last``) that sends each
+    subject once, however often it was written (a bucket's history, a node's beats). More
+    subjects than one answer holds are read whole instead (:func:`scan` of each one's latest)."""
+    request = {"multi_last": [filter_subject], "batch": MULTI_LAST}
+    items, status = await messaging.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
+    _answered(stream, status)
+    upto = int(status.get("Nats-UpTo-Sequence", 0) or max((i.sequence for i in items), default=0))
+    if int(status.get("Nats-Num-Pending", 0) or 0) > 0:  # more than one answer: the long way
+        items = [item async for item in scan(messaging, stream, filter_subject, last_per_subject=True)]
+        upto = max([upto, *(i.sequence for i in items)])
+    return sorted(items, key=lambda item: item.sequence), upto
+
+
+def _answered(stream: str, status: dict[str, str]) -> None:
+    """Raise unless a direct get's closing status says it answered (``204``) or found nothing (``404``)."""
+    code = status.get("Status", "")
+    if code not in ("204", "404"):
+        raise FederationUnavailable(stream, f"direct get refused: {code} {status.get('Description', '')}")

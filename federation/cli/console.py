@@ -40,7 +40,8 @@ async def cmd_console(args: argparse.Namespace) -> int:
     host, port = _listen(args.listen)
     source = Path(args.connection) if args.connection else state_dir(args)
     connection = load_connection(source)
-    auditor = "" if os.environ.get("FED_CREDS") or args.connection else _default_identity(source)
+    home = source.parent if args.connection else source  # where the federation's keys are kept
+    auditor = "" if os.environ.get("FED_CREDS") else _default_identity(home)
     if auditor:  # the auditor's key of the state directory's federation: read-only by default
         use_credentials(load_credentials(auditor))
         os.environ["FED_CREDS"] = auditor

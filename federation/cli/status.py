@@ -40,7 +40,17 @@ async def cmd_status(args: argparse.Namespace) -> int:
         regions = await fed.status()
     if args.json:
         recorded = read_metrics(state_dir(args))
-        return print_json([replace(region, metrics=_metrics_of(region, recorded)) for region in regions])
+        console = fed.connection.console
+        return print_json(
+            [
+                replace(
+                    region,
+                    metrics=_metrics_of(region, recorded),
+                    console=f"{console}/regions/{region.region}" if console else "",
+                )
+                for region in regions
+            ]
+        )
     now = time.time()
     for region in regions:
         if not region.reachable:

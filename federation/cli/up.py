@@ -10,6 +10,7 @@ import msgspec
 
 from federation import subjects
 from federation.cli.common import print_json, state_dir
+from federation.cli.progress import Progress
 from federation.errors import FederationUnavailable, InvalidRequest
 from federation.resources import parse_capacity, parse_duration
 from federation.schemas import ChaosCommand, ChaosState
@@ -35,7 +36,13 @@ async def cmd_up(args: argparse.Namespace) -> int:
         tour=not args.plain,
         console=args.console,
     )
-    await up(options)
+    progress = Progress()
+
+    def echo(line: str) -> None:  # a line printed takes the place of the progress drawn
+        progress.clear()
+        print(line, flush=True)
+
+    await up(options, echo, lambda text: progress.show(text, force=True))
     return 0
 
 

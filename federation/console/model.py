@@ -8,6 +8,7 @@ offers, heartbeats, the lease, summaries and views), so watching costs the sched
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -155,10 +156,13 @@ class RegionState:
             )
         return rows
 
-    def queue(self) -> list[JobRecord]:
-        """Pending jobs in the order the scheduler considers them (priority, then age)."""
+    def queue(self, head: int | None = None) -> tuple[list[JobRecord], int]:
+        """Pending jobs in the order the scheduler considers them (priority, then age): the first
+        ``head`` of them (all by default), and how many there are."""
         pending = [r for r in self.jobs.values() if r.state == "pending"]
-        return sorted(pending, key=lambda r: (PRIORITY_RANK[r.spec.priority], r.submitted_at, r.id))
+        if head is None:
+            return sorted(pending, key=_queue_order), len(pending)
+        return heapq.nsmallest(head, pending, key=_queue_order), len(pending)
 
     def counts(self) -> dict[str, int]:
         """Jobs by state."""
@@ -302,6 +306,10 @@ def _sort_key(column: str) -> Callable[[JobRecord], Any]:
         "updated": lambda r: (r.updated_at, r.id),
     }
     return keys[column]
+
+
+def _queue_order(record: JobRecord) -> tuple[int, float, str]:
+    return PRIORITY_RANK[record.spec.priority], record.submitted_at, record.id
 
 
 def key_of(subject: str, bucket: str) -> str:

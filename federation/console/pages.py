@@ -22,6 +22,7 @@ from federation.console.model import STALE_AFTER, Board, JobQuery, Link, NodeRow
 from federation.resources import format_memory
 from federation.schemas import JobRecord
 
+QUEUE_SHOWN = 100  # the head of a region's queue its page lists
 STATES = (
     "pending",
     "placed",
@@ -192,14 +193,14 @@ def region_live(region: RegionState, now: float) -> str:
     for node in region.nodes(now):
         out.append(_node(node))
     out.append("</tbody></table>")
-    queue = region.queue()
-    out.append(f"<h2>Queue ({len(queue)} pending)</h2>")
+    queue, waiting = region.queue(QUEUE_SHOWN)
+    out.append(f"<h2>Queue ({waiting} pending)</h2>")
     if queue:
         out.append(
             '<table class="grid"><thead><tr><th>#</th><th>job</th><th>priority</th><th>tenant</th>'
             "<th>request</th><th>waiting</th><th>why</th></tr></thead><tbody>"
         )
-        for i, record in enumerate(queue[:100], 1):
+        for i, record in enumerate(queue, 1):
             out.append(
                 f"<tr><td>{i}</td><td>{job_link(record.id)}</td><td>{e(record.spec.priority)}</td>"
                 f"<td>{e(record.spec.tenant)}</td><td class='mono'>{e(request_text(record.spec))}</td>"
@@ -361,7 +362,7 @@ def job_live(board: Board, job: str, now: float, can_cancel: bool, token: str) -
 def _position(board: Board, record: JobRecord) -> int:
     if record.state != "pending" or record.region not in board.regions:
         return 0
-    queue = board.regions[record.region].queue()
+    queue, _ = board.regions[record.region].queue()
     return next((i + 1 for i, r in enumerate(queue) if r.id == record.id), 0)
 
 

@@ -21,11 +21,11 @@ import structlog
 from federation import subjects
 from federation.bus import Bus
 from federation.bus.delivery import Delivery
-from federation.bus.scan import scan
+from federation.bus.scan import latest, newer, scan
 from federation.console.model import Board, RegionState, key_of, node_of
-from federation.errors import FederationError
+from federation.errors import FederationError, FederationUnavailable
 
-POLL = 0.5  # seconds between reads of a region (a change shows within about a second)
+POLL = 1.0  # seconds between reads of a region (a change shows within about a second and a half)
 
 log = structlog.get_logger()
 
@@ -37,6 +37,7 @@ class Source:
     stream: str
     filter: str
     apply: Callable[[RegionState, Delivery], None]
+    every: bool = False  # every message matters (job records); else only each subject's latest
 
 
 def sources(region: str) -> list[Source]:
@@ -47,7 +48,12 @@ def sources(region: str) -> list[Source]:
         subjects.lease_bucket(region),
     )
     return [
-        Source(f"KV_{jobs}", f"$KV.{jobs}.>", lambda s, d: s.job(key_of(d.subject, jobs), d.data, d.removed)),
+        Source(
+            f"KV_{jobs}",
+            f"$KV.{jobs}.>",
+            lambda s, d: s.job(key_of(d.subject, jobs), d.data, d.removed),
+            every=True,
+        ),
         Source(
             f"KV_{ledger}",
             f"$KV.{ledger}.>",
@@ -67,6 +73,12 @@ def sources(region: str) -> list[Source]:
         Source(subjects.summary_stream(region), subjects.summary(region), lambda s, d: s.summarised(d.data)),
         Source(subjects.views_stream(region), subjects.summary("*"), lambda s, d: s.viewed(d.data)),
     ]
+
+
+def absent(error: FederationUnavailable) -> bool:
+    """Whether a direct get failed because nobody serves the stream: it does not exist (yet: a
+    region's views stream is made by its first leader; a one-region federation has none)."""
+    return "refused: 503" in str(error)
 
 
 class Watcher:
@@ -110,9 +122,18 @@ class Watcher:
             try:
                 bus = await self.bus(name)
                 for source in sources(name):
-                    async for item in self._new(bus, source):
-                        source.apply(region, item)
-                        moved = True
+                    latest: dict[str, Delivery] = {}  # a key written again since: only its last value
+                    try:
+                        async for item in self._new(bus, source):
+                            latest.pop(item.subject, None)
+                            latest[item.subject] = item
+                    except FederationUnavailable as exc:
+                        if not absent(exc):
+                            raise
+                    finally:  # what was read counts even if the read broke off (the cursor moved)
+                        for item in latest.values():  # in the order of their last writes
+                            source.apply(region, item)
+                        moved = moved or bool(latest)
                 if region.error:
                     region.error, moved = "", True
                 region.read_at = self.clock()
@@ -129,9 +150,19 @@ class Watcher:
             await asyncio.sleep(self.poll)  # sleep-ok: the poll interval of a region's reads
 
     async def _new(self, bus: Bus, source: Source) -> AsyncIterator[Delivery]:
-        """What ``source`` stored since the last read (everything, the first time)."""
+        """What ``source`` stored since the last read (everything, the first time): every message
+        of an ``every`` source, else each subject's latest once anything changed (a node's ledger
+        rewritten ten times since is read once)."""
         key = (source.stream, source.filter)
         start = self._cursors.get(key, 1)
-        async for item in scan(bus, source.stream, source.filter, start_sequence=start):
-            self._cursors[key] = item.sequence + 1
+        if source.every:
+            async for item in scan(bus, source.stream, source.filter, start_sequence=start):
+                self._cursors[key] = item.sequence + 1
+                yield item
+            return
+        if not await newer(bus, source.stream, source.filter, start):
+            return
+        items, upto = await latest(bus, source.stream, source.filter)
+        self._cursors[key] = upto + 1
+        for item in items:
             yield item

@@ -228,7 +228,14 @@ def read_metrics(state_dir: Path) -> dict[str, str]:
 class Federation:
     """A running local federation: servers, schedulers and agents, all children of this process."""
 
-    def __init__(self, options: Options, echo: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        options: Options,
+        echo: Callable[[str], None] = lambda _: None,
+        progress: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        """``echo`` prints a line of what was started; ``progress`` is told what start-up waits
+        for now (``fed up`` draws it on a terminal)."""
         if not options.regions:
             raise ConfigError("at least one region is required")
         for region in options.regions:
@@ -238,6 +245,7 @@ class Federation:
         self.options = options
         self.state_dir = options.state_dir
         self.echo = echo
+        self.progress = progress
         self.servers: dict[str, Child] = {}
         self.daemons: list[Child] = []
         self.urls: dict[str, str] = {}
@@ -285,6 +293,7 @@ class Federation:
                     link = self.links[region] = LinkProxy("127.0.0.1", leaf_port, name=region)
                     port = await link.start()
                 await self._start_server(region, region, leaf_remote=f"nats-leaf://127.0.0.1:{port}")
+            self.progress(f"waiting for JetStream on {len(self.options.regions) + 1} servers")
             await asyncio.gather(
                 *(
                     wait_for_jetstream(self.urls[r], tls=self.tls, credentials=self.credentials)
@@ -292,6 +301,7 @@ class Federation:
                 )
             )
             for region in self.options.regions:
+                self.progress(f"creating {region}'s streams and buckets")
                 bus = await self._connect(region, "fed-up")
                 try:
                     await provision(bus, region)
@@ -491,15 +501,21 @@ class Federation:
         end = time.monotonic() + deadline
         while time.monotonic() < end:
             leafz = await monitoring(self.monitors["hub"], "leafz")
-            if int(leafz.get("leafnodes", 0)) >= count:
+            linked = int(leafz.get("leafnodes", 0))
+            if linked >= count:
                 return
+            self.progress(f"waiting for the regions' links to the hub ({linked} of {count} linked)")
             await asyncio.sleep(0.1)
         self.echo("  warning: not every region joined the hub yet; regions schedule locally meanwhile")
 
     async def _wait_ready(self, deadline: float = 30.0) -> None:
         """Healthy means: each scheduler consumes its region's workloads, each agent has offered."""
         end = time.monotonic() + deadline
-        for region in self.options.regions:
+        for i, region in enumerate(self.options.regions):
+            self.progress(
+                f"waiting for {region} ({i + 1} of {len(self.options.regions)}): its scheduler to lead "
+                f"and its {len(self.node_names(region))} agents to offer"
+            )
             bus = await self._connect(region, "fed-up-health")
             try:
                 while not await _region_ready(bus, region, self.node_names(region)):
@@ -611,6 +627,7 @@ class Federation:
         )
         child.start()
         self.daemons.append(child)
+        self.progress("waiting for the web console to listen")
         host, port = self.console_url.removeprefix("http://").rsplit(":", 1)
         end = time.monotonic() + deadline
         while True:
@@ -826,9 +843,12 @@ async def read_ports(ports_dir: Path, child: Child, deadline: float = 20.0) -> d
     raise FederationUnavailable(child.name, f"no ports file after {deadline:.0f}s; see {child.log_path}")
 
 
-async def up(options: Options, echo: Callable[[str], None] = print) -> None:
-    """Run a federation until SIGINT/SIGTERM (the ``fed up`` entry point)."""
-    federation = Federation(options, echo)
+async def up(
+    options: Options, echo: Callable[[str], None] = print, progress: Callable[[str], None] = lambda _: None
+) -> None:
+    """Run a federation until SIGINT/SIGTERM (the ``fed up`` entry point); ``progress`` is told
+    what start-up waits for."""
+    federation = Federation(options, echo, progress)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -19,9 +20,9 @@ import pytest
 
 from federation import subjects
 from federation.client import Client
-from federation.ops.launcher import fed_command
+from federation.ops.launcher import fed_command, server_pids
 from federation.schemas import Heartbeat, encode
-from tests.conftest import eventually, run_fed
+from tests.conftest import eventually, process_alive, run_fed
 from tests.harness import pause, resume
 
 pytestmark = pytest.mark.timeout(180)
@@ -206,3 +207,34 @@ async def test_ctrl_c_on_submit_wait_says_the_job_goes_on(make_cluster, tmp_path
         if waiting.returncode is None:
             waiting.kill()
             await waiting.wait()
+
+
+async def test_fed_up_draws_what_start_up_waits_for_on_a_terminal(tmp_path: Path) -> None:
+    """``fed up`` with stderr on a terminal redraws one line with the stage it waits on; its
+    stdout (what it started, then "ready") is unchanged."""
+    import pty
+
+    state = tmp_path / "fed"
+    master, slave = pty.openpty()
+    up = await asyncio.create_subprocess_exec(
+        *fed_command("up", "--state-dir", str(state), "--regions", "eu", "--agents", "1", "--no-console"),
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    drawn = b""
+    try:
+        while not (state / "federation.json").exists():
+            ready, _, _ = await asyncio.to_thread(select.select, [master], [], [], 1.0)
+            if ready:
+                drawn += os.read(master, 4096)
+            assert up.returncode is None, drawn.decode(errors="replace")
+    finally:
+        up.terminate()
+        async with asyncio.timeout(30):
+            await up.wait()
+        os.close(master)
+    assert not [pid for pid in server_pids(state) if process_alive(pid)]
+    text = drawn.decode(errors="replace")
+    assert "\r\x1b[Kwaiting for JetStream on 2 servers" in text, text
+    assert "waiting for eu (1 of 1): its scheduler to lead and its 1 agents to offer" in text, text

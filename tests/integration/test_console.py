@@ -8,6 +8,7 @@ command): a missing browser fails these tests, it never skips them.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -70,6 +71,8 @@ async def test_the_console_shows_jobs_live_streams_output_and_draws_a_partition(
     cluster = await make_cluster(regions=("eu", "us"), agents=1, chaos=True, console=True)
     url = cluster.connection.console
     assert url.startswith("http://127.0.0.1:")
+    status = json.loads(await fed(cluster.tmp, "status", "--json"))
+    assert [region["console"] for region in status] == [f"{url}/regions/eu", f"{url}/regions/us"]
     page = await browser.new_page(viewport={"width": 1300, "height": 900})
 
     # a job submitted with the CLI appears in the table, without a reload

@@ -1,0 +1,206 @@
+"""What a web console watching the region costs the scheduler (issue 19: its live updates at a
+thousand job changes a second must not slow the scheduler).
+
+    python bench/console.py                                  # 3 rounds, default sizes
+    python bench/console.py --placements 5000 --e2e 1000 --rounds 3
+
+Runs bench/throughput.py's two workloads (placements on simulated nodes; end to end on real agents
+running `true`) with and without a console, alternated back to back (the order swaps every round),
+and prints each round's ratio of with to without. *With*: a ``fed console`` process watches the
+region (batched direct gets of its buckets and streams every second), and a viewer process
+of its own keeps three pages open on live updates (the federation, the region, the jobs table),
+reading every update the console sends, for the whole run: a busy console, on the same two cores.
+*Without*: neither runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/throughput.py, imported as a module
+
+import throughput
+
+from federation.config import Connection, RegionEndpoint
+
+PAGES = ("/", f"/regions/{throughput.REGION}", "/jobs")
+
+
+class Watching:
+    """Starts a console (and a viewer of three live pages) beside the region bench/throughput.py
+    starts, when ``on``."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.updates = 0
+        self.bytes = 0
+        self.stats: Path | None = None
+        self._start = throughput.Region.start
+        watching = self
+
+        async def start(region: throughput.Region) -> None:
+            await watching._start(region)
+            if not watching.on:
+                return
+            connection = Connection(
+                hub_url=region.url, regions={throughput.REGION: RegionEndpoint(url=region.url)}
+            )
+            path = region.base / "federation.json"
+            path.write_bytes(msgspec.json.encode(connection))
+            port = free_port()
+            region.spawn("console", "console", "--connection", str(path), "--listen", f"127.0.0.1:{port}")
+            assert watching.stats is not None
+            argv = [sys.executable, __file__, "--view", f"http://127.0.0.1:{port}", str(watching.stats)]
+            region.children.append(
+                throughput.Child("viewer", argv, region.base / "viewer.log", restart=False)
+            )
+            region.children[-1].start()
+            await ready(f"http://127.0.0.1:{port}", watching.stats)  # watching before the work starts
+
+        throughput.Region.start = start  # type: ignore[method-assign]  # the bench's own hook
+
+    async def run(self, on: bool, work: Callable[[], Awaitable[dict[str, float]]]) -> dict[str, float]:
+        base = Path(tempfile.mkdtemp(prefix="fed-bench-console-"))
+        self.on, self.stats = on, base / "stats"
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return await work()
+        finally:
+            self.on = False
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                updates, size = self.stats.read_text().split()
+                self.updates += int(updates)
+                self.bytes += int(size)
+            shutil.rmtree(base, ignore_errors=True)
+
+
+async def ready(console: str, stats: Path, deadline: float = 60.0) -> None:
+    """Until the console has read the region whole and the viewer holds every page open."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if await asyncio.to_thread(_ready, console, stats):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"the console at {console} or its viewer did not start")
+
+
+def _ready(console: str, stats: Path) -> bool:
+    try:
+        with urllib.request.urlopen(f"{console}/healthz", timeout=2) as answer:
+            return answer.status == 200 and int(stats.read_text().split()[0]) >= len(PAGES)
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def view_forever(console: str, stats: Path) -> None:
+    """The viewer: keep each page's live updates open (reconnecting while the console starts) and
+    count the updates and bytes read, written to ``stats`` ten times a second."""
+    counts = [0, 0]
+    lock = threading.Lock()
+
+    def follow(page: str) -> None:
+        url = f"{console}/live?path={urllib.request.quote(page)}"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    for line in response:
+                        with lock:
+                            counts[1] += len(line)
+                            counts[0] += line.startswith(b"event: page")
+            except OSError:
+                time.sleep(0.2)
+
+    for page in PAGES:
+        threading.Thread(target=follow, args=(page,), daemon=True).start()
+    while True:
+        time.sleep(0.1)
+        with lock:
+            stats.write_text(f"{counts[0]} {counts[1]}\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def compare(
+    watching: Watching, what: str, key: str, rounds: int, work: Callable[[], Awaitable[dict[str, float]]]
+) -> list[float]:
+    """``rounds`` pairs of runs, alternated; prints each and returns the ratios (with / without)."""
+    ratios = []
+    for i in range(rounds):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        result = {}
+        for on in order:
+            result[on] = (await watching.run(on, work))[key]
+        ratio = result[True] / result[False]
+        ratios.append(ratio)
+        print(
+            f"  {what} round {i + 1}: without {result[False]:.0f}/s, with a console watching "
+            f"{result[True]:.0f}/s: ratio {ratio:.3f}",
+            flush=True,
+        )
+    return ratios
+
+
+def _middle(ratios: list[float]) -> str:
+    return f"median {statistics.median(ratios):.3f}, mean {statistics.fmean(ratios):.3f}"
+
+
+async def main() -> None:
+    if sys.argv[1:2] == ["--view"]:  # the viewer process (see Watching)
+        view_forever(sys.argv[2], Path(sys.argv[3]))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--placements", type=int, default=5000, help="jobs per placements run (0 skips)")
+    parser.add_argument("--nodes", type=int, default=50, help="simulated nodes for the placements runs")
+    parser.add_argument("--e2e", type=int, default=1000, help="jobs per end-to-end run (0 skips)")
+    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(f"machine: {throughput.machine()}")
+    print(f"command: python bench/console.py {' '.join(sys.argv[1:])}".rstrip(), flush=True)
+    watching = Watching()
+    summary = []
+    if args.placements:
+        ratios = await compare(
+            watching,
+            "placements",
+            "placements_per_s",
+            args.rounds,
+            lambda: throughput.placements(args.placements, args.nodes, idle=0),
+        )
+        summary.append(f"placements/s with/without: {_middle(ratios)}")
+    if args.e2e:
+        ratios = await compare(
+            watching,
+            "end to end",
+            "jobs_per_s",
+            args.rounds,
+            lambda: throughput.end_to_end(args.e2e, args.agents, args.slots, idle=0),
+        )
+        summary.append(f"end-to-end jobs/s with/without: {_middle(ratios)}")
+    print("; ".join(summary))
+    print(f"live updates read by the viewer: {watching.updates} ({watching.bytes / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
