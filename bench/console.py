@@ -3,6 +3,7 @@ thousand job changes a second must not slow the scheduler).
 
     python bench/console.py                                  # 3 rounds, default sizes
     python bench/console.py --placements 5000 --e2e 1000 --rounds 3
+    python bench/console.py --placements 0 --e2e 0 --paced 1000 --seconds 10   # at a steady rate
 
 Runs bench/throughput.py's two workloads (placements on simulated nodes; end to end on real agents
 running `true`) with and without a console, alternated back to back (the order swaps every round),
@@ -11,6 +12,11 @@ region (batched direct gets of its buckets and streams every second), and a view
 of its own keeps three pages open on live updates (the federation, the region, the jobs table),
 reading every update the console sends, for the whole run: a busy console, on the same two cores.
 *Without*: neither runs.
+
+``--paced RATE`` runs a third workload: jobs submitted at a steady RATE a second for
+``--seconds`` on simulated nodes (the issue's "a thousand jobs a second"), reporting the
+scheduler's submit-to-placed latency (p50, p99) and its CPU milliseconds per job, with and without
+the console; at a steady rate a slower scheduler shows as latency and CPU, not as a lower rate.
 """
 
 from __future__ import annotations
@@ -139,6 +145,44 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def paced(rate: int, seconds: float, nodes: int) -> dict[str, float]:
+    """Jobs submitted at ``rate`` a second for ``seconds``: placement latency and scheduler CPU."""
+    n = int(rate * seconds)
+    base = Path(tempfile.mkdtemp(prefix="fed-bench-paced-"))
+    region = throughput.Region(base)
+    try:
+        await region.start()
+        bus = await throughput.Bus.connect(region.url, "bench")
+        sim = throughput.SimulatedNodes(
+            bus, throughput.REGION, nodes, cores=(n + 400) // nodes + 1, max_allocations=n + 400
+        )
+        await sim.start()
+        observer = throughput.Observer()
+        await bus.subscribe(f"$KV.{throughput.subjects.jobs_bucket(throughput.REGION)}.>", observer.on_record)
+        await asyncio.sleep(1.0)  # sleep-ok: let the scheduler see the offers before the clock starts
+        before = region.cpu_seconds()
+        sent: dict[str, float] = {}
+        step = 0.05  # seconds between two bursts of rate * step jobs
+        start = time.monotonic()
+        for tick in range(int(seconds / step)):
+            await asyncio.sleep(max(0.0, start + tick * step - time.monotonic()))  # sleep-ok: the pace
+            sent.update(await throughput.submit_all(bus, int(rate * step), ["true"], f"t{tick}"))
+        await observer.wait(observer.placed, len(sent), timeout=600)
+        after = region.cpu_seconds()
+        latencies = [observer.placed[j] - sent[j] for j in sent]
+        scheduler = (after["scheduler"][0] - before["scheduler"][0]) * 1000 / len(sent)
+        await sim.stop()
+        await bus.close()
+        return {
+            "p50_ms": throughput.pct(latencies, 0.5),
+            "p99_ms": throughput.pct(latencies, 0.99),
+            "scheduler_cpu_ms": scheduler,
+        }
+    finally:
+        region.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 async def compare(
     watching: Watching, what: str, key: str, rounds: int, work: Callable[[], Awaitable[dict[str, float]]]
 ) -> list[float]:
@@ -175,6 +219,8 @@ async def main() -> None:
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--paced", type=int, default=0, help="jobs a second of the paced workload (0 skips)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long the paced workload submits")
     args = parser.parse_args()
     print(f"machine: {throughput.machine()}")
     print(f"command: python bench/console.py {' '.join(sys.argv[1:])}".rstrip(), flush=True)
@@ -198,6 +244,19 @@ async def main() -> None:
             lambda: throughput.end_to_end(args.e2e, args.agents, args.slots, idle=0),
         )
         summary.append(f"end-to-end jobs/s with/without: {_middle(ratios)}")
+    if args.paced:
+        for i in range(args.rounds):
+            result = {}
+            for on in (False, True) if i % 2 == 0 else (True, False):
+                result[on] = await watching.run(on, lambda: paced(args.paced, args.seconds, args.nodes))
+            off, with_ = result[False], result[True]
+            print(
+                f"  paced {args.paced}/s round {i + 1}: submit-to-placed p50/p99 without "
+                f"{off['p50_ms']:.0f}/{off['p99_ms']:.0f} ms, with a console {with_['p50_ms']:.0f}/"
+                f"{with_['p99_ms']:.0f} ms; scheduler cpu per job without {off['scheduler_cpu_ms']:.2f} ms, "
+                f"with {with_['scheduler_cpu_ms']:.2f} ms",
+                flush=True,
+            )
     print("; ".join(summary))
     print(f"live updates read by the viewer: {watching.updates} ({watching.bytes / 1e6:.1f} MB)")
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import msgspec
 import structlog
@@ -53,6 +53,7 @@ from federation.errors import (
 from federation.identity import Credentials
 from federation.resources import format_memory
 from federation.schemas import (
+    MAX_ARRAY_INDEX,
     MAX_MESSAGE_BYTES,
     PRIORITY_RANK,
     Allocation,
@@ -79,6 +80,9 @@ from federation.schemas import (
 
 HUB_KEY = ":hub"  # the hub's connection among the region connections (no region has a colon)
 TENANT_POLL = 0.25  # seconds between a tenant's questions while it waits for a job
+ARRAY_POLL = 1.0  # seconds between reads of an array's elements while waiting for them all
+ARRAY_WINDOW = 256  # an array's elements stored at once (each waits for its acknowledgement)
+MAX_ARRAY_JOBS = 100_000  # elements of one job array
 
 
 def new_job_id() -> str:
@@ -236,6 +240,37 @@ class Job:
         return await self.client.explain(self.id, region=self.region)
 
 
+class JobArray:
+    """A submitted job array: its id, home region and indices (its jobs are ``<id>-<index>``)."""
+
+    def __init__(self, client: Client, array_id: str, region: str, indices: list[int]) -> None:
+        self.client = client
+        self.id = array_id
+        self.region = region
+        self.indices = indices
+
+    def __repr__(self) -> str:
+        return f"JobArray({self.id!r}, region={self.region!r}, jobs={len(self.indices)})"
+
+    def job(self, index: int) -> Job:
+        """The element of ``index``."""
+        return Job(self.client, f"{self.id}-{index}", self.region)
+
+    async def records(self) -> list[JobRecord]:
+        """Every element's current record (where it lives), by index."""
+        return await self.client.array(self.id)
+
+    async def wait(
+        self, timeout: float | None = None, on_change: Callable[[list[JobRecord]], None] | None = None
+    ) -> list[JobRecord]:
+        """Wait until every element is terminal; their final records, by index."""
+        return await self.client.wait_array(self.id, len(self.indices), timeout=timeout, on_change=on_change)
+
+    async def cancel(self, reason: str = "cancelled by user") -> None:
+        """Cancel every element (those already ended stay as they are)."""
+        await self.client.cancel(self.id, region=self.region, reason=reason)
+
+
 class Client:
     """A connection to a federation; use ``async with Client.connect(...) as fed``."""
 
@@ -345,6 +380,113 @@ class Client:
         ``timeout`` is each attempt's wall-clock limit in seconds (0: none).
         """
         name = self._region(region)
+        spec = self._submission(
+            command,
+            job_id=job_id or new_job_id(),
+            cpu=cpu,
+            memory=memory,
+            gpu=gpu,
+            priority=priority,
+            nodes=nodes,
+            tenant=tenant,
+            env=env,
+            require=require,
+            scoring=scoring,
+            max_attempts=max_attempts,
+            gang=gang,
+            custom=custom,
+            on_node_lost=on_node_lost,
+            regions=regions,
+            semantics=semantics,
+            timeout=timeout,
+        )
+        with tracing.span("fed.submit", job=spec.id, region=name):
+            subject = await self._store(spec, name)
+        return Job(self, spec.id, name, subject)
+
+    async def submit_array(
+        self,
+        command: Sequence[str],
+        indices: Sequence[int],
+        *,
+        limit: int = 0,
+        array_id: str | None = None,
+        region: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        **options: Any,
+    ) -> JobArray:
+        """Submit a job array (Slurm's ``--array``): one job per index, ``<array id>-<index>``, each
+        with ``FED_ARRAY_ID`` and ``FED_ARRAY_INDEX`` in its environment; ``limit`` > 0 lets at
+        most that many hold an allocation at once (Slurm's ``%``). ``options`` are :meth:`submit`'s.
+        Returns once every element is stored (sent many at a time; ``progress(stored, total)``
+        hears how far it got). Submitting again with the same ``array_id`` adds nothing twice."""
+        name = self._region(region)
+        array_id = array_id or new_job_id()
+        if not indices:
+            raise InvalidRequest("a job array needs at least one index")
+        if len(set(indices)) != len(indices):
+            raise InvalidRequest("a job array's indices must be distinct")
+        if len(indices) > MAX_ARRAY_JOBS:
+            raise InvalidRequest(f"a job array holds at most {MAX_ARRAY_JOBS} jobs, not {len(indices)}")
+        if min(indices) < 0 or max(indices) > MAX_ARRAY_INDEX:
+            raise InvalidRequest(f"array indices run from 0 to {MAX_ARRAY_INDEX}")
+        if limit < 0:
+            raise InvalidRequest(f"an array's running limit is a count of jobs, not {limit}")
+        if len(array_id) + 1 + len(str(max(indices))) > 64:
+            raise InvalidRequest(
+                f"array id {array_id!r} leaves no room for the index in a job id (64 characters)"
+            )
+        env = dict(options.pop("env", None) or {})
+        template = self._submission(command, job_id=f"{array_id}-{max(indices)}", env=env, **options)
+        template = msgspec.structs.replace(template, array=array_id, array_limit=limit)
+        validate(template)
+        stored = 0
+        window = asyncio.Semaphore(ARRAY_WINDOW)
+
+        async def store(position: int, index: int) -> None:
+            nonlocal stored
+            element = msgspec.structs.replace(
+                template,
+                id=f"{array_id}-{index}",
+                array_index=index,
+                # a microsecond apart, in index order: the queue takes equal priorities by age, so
+                # the elements start in index order whatever order their acknowledgements come in
+                submitted_at=template.submitted_at + position * 1e-6,
+                env={**env, "FED_ARRAY_ID": array_id, "FED_ARRAY_INDEX": str(index)},
+            )
+            async with window:
+                await self._store(element, name)
+            stored += 1
+            if progress is not None:
+                progress(stored, len(indices))
+
+        with tracing.span("fed.submit_array", job=array_id, region=name, jobs=len(indices)):
+            await asyncio.gather(*(store(position, index) for position, index in enumerate(sorted(indices))))
+        return JobArray(self, array_id, name, list(indices))
+
+    def _submission(
+        self,
+        command: Sequence[str],
+        *,
+        job_id: str,
+        cpu: int = 1,
+        memory: int = 0,
+        gpu: int = 0,
+        priority: Priority = "medium",
+        nodes: Sequence[str] = (),
+        tenant: str = "default",
+        env: dict[str, str] | None = None,
+        require: dict[str, str] | None = None,
+        scoring: Literal["", "binpack", "spread"] = "",
+        max_attempts: int = 0,
+        gang: int = 1,
+        custom: dict[str, float] | None = None,
+        on_node_lost: str = "",
+        regions: Sequence[str] = (),
+        semantics: Semantics = "at_most_once",
+        timeout: float = 0.0,
+    ) -> Submit:
+        """A submission checked as the scheduler will check it (bad input never leaves here)."""
         unknown = [r for r in regions if r != "any" and r not in self.connection.regions]
         if unknown:
             known = ", ".join(self.connection.regions)
@@ -356,7 +498,7 @@ class Client:
         tenant = self.tenant or tenant
         try:
             spec = Submit(
-                id=job_id or new_job_id(),
+                id=job_id,
                 command=list(command),
                 cpu=cpu,
                 memory=memory,
@@ -381,28 +523,39 @@ class Client:
             raise InvalidRequest(f"invalid submission: {exc.reason}") from None
         except (RemoteProtocolError, TypeError, msgspec.ValidationError) as exc:
             raise InvalidRequest(f"invalid submission: {exc}") from None
-        data = encode(spec)
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise InvalidRequest(f"submission is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}")
-        bus = await self.bus(name)
-        with tracing.span("fed.submit", job=spec.id, region=name):
-            subject = subjects.submit(name, spec.id)
-            if self.tenant:
-                subject = subjects.tenant_submit(name, spec.id, self.tenant)
-            await bus.store(subject, data, msg_id=spec.id, timeout=FAILOVER)
-        return Job(self, spec.id, name, subject)
+        size = len(encode(spec))
+        if size > MAX_MESSAGE_BYTES:
+            raise InvalidRequest(f"submission is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
+        return spec
+
+    async def _store(self, spec: Submit, region: str) -> str:
+        """Store ``spec`` on ``region``'s workloads stream (the id is the duplicate key); the subject."""
+        bus = await self.bus(region)
+        subject = subjects.submit(region, spec.id)
+        if self.tenant:
+            subject = subjects.tenant_submit(region, spec.id, self.tenant)
+        await bus.store(subject, encode(spec), msg_id=spec.id, timeout=FAILOVER)
+        return subject
 
     async def cancel(
         self, job_id: str, *, region: str | None = None, reason: str = "cancelled by user"
     ) -> None:
         """Ask the scheduler of the region that holds the job to cancel it (a no-op once the job
-        is terminal; a job handed to another region is cancelled there)."""
-        record = await self.where(job_id, region=region)
-        bus = await self.bus(record.region)
+        is terminal; a job handed to another region is cancelled there). A job array's id cancels
+        every element: one request to the array's home, whose scheduler knows its elements."""
+        try:
+            where = (await self.where(job_id, region=region)).region
+        except NotFound:
+            elements = await self.array(job_id, region=region)
+            if not elements:
+                raise
+            # the array's home: where an element lives that was not handed over, else where one came from
+            where = next((r.region for r in elements if not r.spec.origin), elements[0].spec.origin)
+        bus = await self.bus(where)
         message = Cancel(id=job_id, reason=reason, requested_at=time.time())
-        subject = subjects.cancel(record.region, job_id)
+        subject = subjects.cancel(where, job_id)
         if self.tenant:
-            subject = subjects.tenant_cancel(record.region, job_id, self.tenant)
+            subject = subjects.tenant_cancel(where, job_id, self.tenant)
         await bus.store(subject, encode(message), timeout=FAILOVER)
 
     # --- read -------------------------------------------------------------------------------------
@@ -517,6 +670,39 @@ class Client:
                     )
         finally:
             await tail.stop()
+
+    async def array(self, array_id: str, *, region: str | None = None) -> list[JobRecord]:
+        """The records of a job array's elements (where each lives), by index; empty when no
+        region knows that array."""
+        subjects.check_token(array_id, "array id")
+        records = [r for r in await self.jobs(region=region) if r.spec.array == array_id]
+        return sorted(records, key=lambda r: r.spec.array_index)
+
+    async def wait_array(
+        self,
+        array_id: str,
+        count: int,
+        *,
+        region: str | None = None,
+        timeout: float | None = None,
+        on_change: Callable[[list[JobRecord]], None] | None = None,
+    ) -> list[JobRecord]:
+        """Wait until ``count`` elements of the array are known and every one is terminal (read
+        every :data:`ARRAY_POLL` seconds; ``on_change`` sees each read whose states moved)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: dict[str, str] = {}
+        while True:
+            records = await self.array(array_id, region=region)
+            states: dict[str, str] = {r.id: r.state for r in records}
+            if states != seen:
+                seen = states
+                if on_change is not None:
+                    on_change(records)
+            if len(records) >= count and all(r.terminal for r in records):
+                return records
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"array {array_id} not finished after {timeout} s")
+            await asyncio.sleep(ARRAY_POLL)  # sleep-ok: the poll interval of a read of every element
 
     async def jobs(self, *, region: str | None = None, state: str | None = None) -> list[JobRecord]:
         """Job records of one region (or all), oldest first, optionally of one state. Across all

@@ -28,6 +28,7 @@ from federation.errors import MalformedMessage, MessageTooLarge, RemoteProtocolE
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 """Region, node and tenant names: lower-case, safe as one NATS subject token and in KV keys."""
 
+MAX_ARRAY_INDEX: Final = 999_999  # the highest index of a job array (Slurm's default MaxArraySize is 1,001)
 JobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 """A job id is one subject token and one KV key; the client generates it (idempotency key)."""
 
@@ -100,6 +101,12 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     a submitter never sets it (:func:`decode_workload` refuses it).
     ``timeout`` is the wall-clock limit of each attempt in seconds (0: none): the agent stops the
     attempt's whole process group when it is reached and the attempt fails with that cause.
+
+    ``array`` names the job array this job is element ``array_index`` of (Slurm's ``--array``: one
+    submission of many jobs, each its own job ``<array>-<index>``); ``array_limit`` > 0 lets at most
+    that many of the array's elements hold an allocation at once in the home region (Slurm's
+    ``%``), and keeps the elements there (they are never handed to another region, where the limit
+    could not be counted). A cancel of the array's id cancels every element.
     """
 
     id: JobId
@@ -122,6 +129,9 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     semantics: Semantics = "at_most_once"
     origin: Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9][a-z0-9_-]{0,62})?$")] = ""
     timeout: Annotated[float, msgspec.Meta(ge=0, le=30 * 24 * 3600)] = 0.0
+    array: Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63})?$")] = ""
+    array_index: Annotated[int, msgspec.Meta(ge=0, le=MAX_ARRAY_INDEX)] = 0
+    array_limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_ARRAY_INDEX)] = 0
 
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type", kw_only=True, omit_defaults=True):

@@ -192,3 +192,13 @@ def test_status_json_gives_each_region_its_own_daemons_metrics() -> None:
         "scheduler-eu-west": "u3",
         "agent-eu-west-n1": "u5",
     }
+
+
+def test_array_specs_read_as_slurm_writes_them() -> None:
+    from federation.cli.common import parse_array
+
+    assert parse_array("0-3") == ([0, 1, 2, 3], 0)
+    assert parse_array("1,3,5-7") == ([1, 3, 5, 6, 7], 0)
+    assert parse_array("0-99:10%2") == ([0, 10, 20, 30, 40, 50, 60, 70, 80, 90], 2)
+    assert parse_array("5,5,4-5") == ([4, 5], 0)  # distinct, sorted
+    assert parse_array("0-999%50")[1] == 50

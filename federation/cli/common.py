@@ -70,3 +70,35 @@ def print_json(value: object) -> int:
     """The ``--json`` output: one JSON document and a newline (documented in subjects.md)."""
     sys.stdout.buffer.write(msgspec.json.encode(value) + b"\n")
     return 0
+
+
+MAX_ARRAY_SPEC = 100_000  # indices one --array may name
+
+
+def parse_array(text: str) -> tuple[list[int], int]:
+    """Slurm's ``--array`` syntax: the indices and the running limit (0: none).
+
+    ``0-999``, ``1,3,5-9``, ``0-99:10`` (a range's step), each with an optional ``%N`` at the end
+    (at most N at once): ``0-999%50``. Indices are sorted and distinct."""
+    spec, _, limit_text = text.strip().partition("%")
+    if limit_text and not limit_text.isdigit():
+        raise InvalidRequest(f"--array {text!r}: the running limit after % is a whole number")
+    limit = int(limit_text or 0)
+    if limit_text and limit < 1:
+        raise InvalidRequest(f"--array {text!r}: %0 would let nothing run")
+    indices: set[int] = set()
+    for part in spec.split(","):
+        span, _, step_text = part.strip().partition(":")
+        first, dash, last = span.partition("-")
+        numbers = [first, last] if dash else [first]
+        if not all(n.strip().isdigit() for n in numbers) or (step_text and not step_text.isdigit()):
+            raise InvalidRequest(
+                f"--array {text!r}: {part.strip()!r} is not an index, a range A-B or a stepped range A-B:S"
+            )
+        low, high, step = int(first), int(last) if dash else int(first), int(step_text or 1)
+        if high < low or step < 1:
+            raise InvalidRequest(f"--array {text!r}: {part.strip()!r} is an empty range")
+        if (high - low) // step + 1 + len(indices) > MAX_ARRAY_SPEC:
+            raise InvalidRequest(f"--array {text!r}: more than {MAX_ARRAY_SPEC} jobs")
+        indices.update(range(low, high + 1, step))
+    return sorted(indices), limit

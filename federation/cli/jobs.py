@@ -9,14 +9,17 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from federation import tracing
-from federation.cli.common import amounts, pairs, print_json, state_dir
+from federation.cli.common import amounts, pairs, parse_array, print_json, state_dir
 from federation.cli.progress import Progress
 from federation.errors import InvalidRequest
 from federation.resources import format_memory, parse_duration, parse_memory
-from federation.schemas import JobRecord
+from federation.schemas import TERMINAL_STATES, JobRecord
+
+if TYPE_CHECKING:
+    from federation.client import Client
 
 
 def exit_status(record: JobRecord) -> int:
@@ -36,28 +39,30 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise InvalidRequest("nothing to run: give the command after --, e.g. fed submit -- echo hi")
+    options = {
+        "region": args.region,
+        "cpu": args.cpu,
+        "memory": parse_memory(args.memory),
+        "gpu": args.gpu,
+        "priority": args.priority,
+        "nodes": args.node or (),
+        "tenant": args.tenant,
+        "env": pairs(args.env or [], "--env"),
+        "require": pairs(args.require or [], "--require"),
+        "scoring": args.scoring or "",
+        "max_attempts": args.max_attempts,
+        "gang": args.gang,
+        "custom": amounts(args.resource or [], "--resource"),
+        "on_node_lost": args.on_node_lost or "",
+        "regions": [r.strip() for r in (args.regions or "").split(",") if r.strip()],
+        "semantics": "at_least_once" if args.retry_anywhere else "at_most_once",
+        "timeout": parse_duration(args.timeout) if args.timeout else 0.0,
+    }
+    array = parse_array(args.array) if args.array else None  # a bad spec is refused before connecting
     async with Client.connect(state_dir(args)) as fed:
-        job = await fed.submit(
-            command,
-            region=args.region,
-            cpu=args.cpu,
-            memory=parse_memory(args.memory),
-            gpu=args.gpu,
-            priority=args.priority,
-            nodes=args.node or (),
-            tenant=args.tenant,
-            env=pairs(args.env or [], "--env"),
-            job_id=args.id,
-            require=pairs(args.require or [], "--require"),
-            scoring=args.scoring or "",
-            max_attempts=args.max_attempts,
-            gang=args.gang,
-            custom=amounts(args.resource or [], "--resource"),
-            on_node_lost=args.on_node_lost or "",
-            regions=[r.strip() for r in (args.regions or "").split(",") if r.strip()],
-            semantics="at_least_once" if args.retry_anywhere else "at_most_once",
-            timeout=parse_duration(args.timeout) if args.timeout else 0.0,
-        )
+        if array is not None:
+            return await _submit_array(fed, args, command, options, *array)
+        job = await fed.submit(command, job_id=args.id, **options)
         submitted = {"id": job.id, "region": job.region, "subject": job.subject}
         if not args.wait:
             if args.json:
@@ -79,6 +84,75 @@ async def cmd_submit(args: argparse.Namespace) -> int:
                     sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
         return _ended(record)
+
+
+async def _submit_array(
+    fed: Client,
+    args: argparse.Namespace,
+    command: list[str],
+    options: dict[str, Any],
+    indices: list[int],
+    limit: int,
+) -> int:
+    """``fed submit --array``: store every element (drawing how many on a terminal), then print
+    the array's id, or with ``--wait`` wait for all and exit 0 only if every element succeeded."""
+    async with Progress().ticking() as progress:
+
+        def stored(done: int, total: int) -> None:
+            progress.show(f"submitting {total} jobs: {done} stored")
+
+        array = await fed.submit_array(
+            command, indices, limit=limit, array_id=args.id, progress=stored, **options
+        )
+    submitted = {
+        "array": array.id,
+        "region": array.region,
+        "jobs": len(indices),
+        "first": f"{array.id}-{indices[0]}",
+        "last": f"{array.id}-{indices[-1]}",
+        "limit": limit,
+    }
+    if not args.wait:
+        if args.json:
+            return print_json(submitted)
+        print(array.id)
+        return 0
+    print(f"submitted array {array.id} ({len(indices)} jobs) to {array.region}; waiting", file=sys.stderr)
+    with _following(array.id):
+        async with Progress().ticking() as progress:
+
+            def changed(records: list[JobRecord]) -> None:
+                progress.show(f"array {array.id}: {_tally(records, len(indices))}", force=True)
+
+            records = await array.wait(on_change=changed)
+    failed = sorted((r for r in records if r.state != "succeeded"), key=lambda r: (r.updated_at, r.id))
+    if args.json:
+        print_json({**submitted, "states": _states(records), "failed": [r.id for r in failed]})
+    if not failed:
+        print(f"array {array.id}: all {len(records)} jobs succeeded", file=sys.stderr)
+        return 0
+    first = failed[0]
+    print(
+        f"array {array.id}: {len(failed)} of {len(records)} jobs did not succeed; the first, {first.id}: "
+        f"{first.state} ({first.reason})",
+        file=sys.stderr,
+    )
+    return exit_status(first)
+
+
+def _states(records: list[JobRecord]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for record in records:
+        out[record.state] = out.get(record.state, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _tally(records: list[JobRecord], total: int) -> str:
+    """``120 of 200 done (3 failed); running 10, pending 70``."""
+    done = sum(r.terminal for r in records)
+    bad = sum(r.terminal and r.state != "succeeded" for r in records)
+    live = ", ".join(f"{k} {v}" for k, v in _states(records).items() if k not in TERMINAL_STATES)
+    return f"{done} of {total} done" + (f" ({bad} failed)" if bad else "") + (f"; {live}" if live else "")
 
 
 def _ended(record: JobRecord) -> int:
@@ -114,6 +188,8 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
     from federation.client import Client
 
     async with Client.connect(state_dir(args)) as fed:
+        if args.array:
+            return _array_summary(args, await fed.array(args.array, region=args.region))
         records = await fed.jobs(region=args.region, state=args.state)
     records = records[-args.limit :] if args.limit else records
     if args.json:
@@ -121,6 +197,38 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
     print(f"{'JOB':<26} {'REGION':<10} {'STATE':<10} {'EXIT':>4} {'NODE':<16} SUBMITTED COMMAND")
     for record in records:
         print(_job_line(record))
+    return 0
+
+
+def _array_summary(args: argparse.Namespace, records: list[JobRecord]) -> int:
+    """``fed jobs --array ID``: the array's elements counted by state (and, with ``--state``, the
+    elements in that state listed)."""
+    if not records:
+        raise InvalidRequest(f"no job array {args.array} in {args.region or 'any region'}")
+    listed = [r for r in records if r.state == args.state] if args.state else []
+    if args.json:
+        return print_json(
+            {
+                "array": args.array,
+                "jobs": len(records),
+                "states": _states(records),
+                "limit": records[0].spec.array_limit,
+                "regions": sorted({r.region for r in records}),
+                **({"records": listed} if args.state else {}),
+            }
+        )
+    limit = records[0].spec.array_limit
+    print(
+        f"array {args.array}: {len(records)} jobs"
+        + (f", at most {limit} at once" if limit else "")
+        + f"; in {', '.join(sorted({r.region for r in records}))}"
+    )
+    for state, count in _states(records).items():
+        print(f"  {state:<10} {count}")
+    if listed:
+        print(f"{'JOB':<26} {'REGION':<10} {'STATE':<10} {'EXIT':>4} {'NODE':<16} SUBMITTED COMMAND")
+        for record in listed[-args.limit :] if args.limit else listed:
+            print(_job_line(record))
     return 0
 
 
@@ -256,6 +364,14 @@ def add_submit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--tenant", default="default")
     p.add_argument("--env", action="append", help="environment variable KEY=VALUE for the job (repeat)")
     p.add_argument("--id", help="job id (default: generated); resubmitting an id is a no-op")
+    p.add_argument(
+        "--array",
+        metavar="SPEC",
+        help="a job array (as Slurm's): one job per index, e.g. 0-999, 1,3,5-9 or 0-99:10 (every 10th), "
+        "%%N for at most N at once (0-999%%50); each job is <array id>-<index> and gets FED_ARRAY_ID and "
+        "FED_ARRAY_INDEX; prints the array's id (--id names it); --wait waits for all and exits 0 only if "
+        "all succeeded",
+    )
     p.add_argument("--wait", action="store_true", help="wait, print the output, exit with the job's status")
     p.add_argument(
         "--json",
@@ -271,6 +387,9 @@ def add_query_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("jobs", parents=[common], help="list jobs")
     p.add_argument("--region")
     p.add_argument("--state", help="only jobs in this state (pending, placed, running, succeeded, ...)")
+    p.add_argument(
+        "--array", metavar="ID", help="a job array's jobs counted by state (with --state, those listed)"
+    )
     p.add_argument("--limit", type=int, default=0, help="only the newest N")
     p.add_argument("--json", action="store_true", help="JSON array of job records")
     p.set_defaults(func=cmd_jobs)

@@ -71,6 +71,7 @@ class Pass:
         preempting = [PRIORITY_RANK[p] for p in PRIORITY_RANK if core.policy.may_preempt(p)]
         self.last_preemptor = max(preempting, default=-1)
         self.seen: set[str] = set()
+        self.array_holding: dict[str, int] | None = None  # see _arrays
 
     def run(self) -> Plan:
         """Walk the queue, one priority level at a time, tenants by fair share; return the plan."""
@@ -139,6 +140,11 @@ class Pass:
         admission, wait = self.quotas.admit(spec, plan, self.seen) if self.quotas.enabled else (UNLIMITED, "")
         if wait:
             return self._wait(plan, spec.id, position, wait)
+        if spec.array_limit and (holding := self._arrays().get(spec.array, 0)) >= spec.array_limit:
+            why = (
+                f"pending: array {spec.array} runs at most {spec.array_limit} at once ({holding} hold nodes)"
+            )
+            return self._wait(plan, spec.id, position, why)
         if spec.gang > 1:
             fitted = self._place_gang(view, plan, position)
             if fitted < spec.gang:
@@ -152,7 +158,17 @@ class Pass:
             plan.waiting[spec.id] = self.why(spec, position)
             return False
         self.quotas.charge(spec)
+        if spec.array:
+            counts = self._arrays()
+            counts[spec.array] = counts.get(spec.array, 0) + 1
         return True
+
+    def _arrays(self) -> dict[str, int]:
+        """Elements of each job array holding an allocation, this pass's placements included
+        (counted once per pass, when a job with an array limit first asks)."""
+        if self.array_holding is None:
+            self.array_holding = self.core.array_holding()
+        return self.array_holding
 
     def _wait(self, plan: Plan, job: str, position: int, reason: str, considered: int = 0) -> bool:
         """Record why ``job`` waits (the one place a pass does): False, it was not placed."""

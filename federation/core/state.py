@@ -129,6 +129,7 @@ class RegionCore:
         self.down: set[str] = set()  # nodes whose heartbeat expired (or not seen since recovery)
         self.silent_since: float | None = None  # when the last node still heard from went silent
         self.spill = Spill()  # cross-region: views of the other regions, hand-offs under way
+        self.arrays: dict[str, list[str]] = {}  # job array id -> its elements here, in arrival order
         self._arrivals = 0
 
     # --- entry point ----------------------------------------------------------------------------
@@ -192,6 +193,18 @@ class RegionCore:
     def allocated(self) -> dict[str, set[str]]:
         """Jobs held by some ledger (an attempt not yet released), with the nodes holding them."""
         return self.holders
+
+    def array_holding(self) -> dict[str, int]:
+        """Per job array, how many of its elements hold an allocation or have a claim in flight
+        (what ``array_limit`` counts: conservatively, an attempt counts until its release is
+        stored)."""
+        out: dict[str, int] = {}
+        claiming = {job for name in self.in_flight for job in self._node(name).proposal_jobs}
+        for job in self.holders.keys() | claiming:
+            view = self.jobs.get(job)
+            if view is not None and view.record.spec.array:
+                out[view.record.spec.array] = out.get(view.record.spec.array, 0) + 1
+        return out
 
     def _hold(self, job: str, node: str) -> None:
         self.holders.setdefault(job, set()).add(node)
@@ -286,6 +299,8 @@ class RegionCore:
         self._arrivals += 1
         view = JobView(record, (PRIORITY_RANK[record.spec.priority], record.submitted_at, self._arrivals))
         self.jobs[record.id] = view
+        if record.spec.array:
+            self.arrays.setdefault(record.spec.array, []).append(record.id)
         if record.state == "pending":
             bisect.insort(self.queue, (view.order, record.id))
             self.unexplained.add(record.id)
@@ -338,6 +353,10 @@ class RegionCore:
 
     def _cancel(self, event: CancelRequested) -> None:
         view = self.jobs.get(event.job)
+        if view is None and event.job in self.arrays:  # a job array's id: every element of it
+            for element in self.arrays[event.job]:
+                self._cancel(msgspec.structs.replace(event, job=element))
+            return
         if view is None or view.record.terminal:
             return
         if event.tenant and event.tenant != view.record.spec.tenant:

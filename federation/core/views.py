@@ -153,6 +153,10 @@ class Region(Protocol):
         """Jobs held by some ledger (an attempt not yet released), with the nodes holding them."""
         ...
 
+    def array_holding(self) -> dict[str, int]:
+        """Per job array, how many elements hold an allocation or have a claim in flight."""
+        ...
+
     def allocation(
         self, view: JobView, free: capacity.Free, now: float, member: int = 0, members: int = 1
     ) -> Allocation:

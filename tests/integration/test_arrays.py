@@ -1,0 +1,118 @@
+"""Job arrays with real servers, schedulers and agents: ``fed submit --array`` as a Slurm user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import GiB, eventually, run_fed
+
+pytestmark = pytest.mark.timeout(300)
+
+
+async def fed(state: Path, *args: str) -> Any:
+    return await asyncio.to_thread(run_fed, state, *args, timeout=240)
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The largest number of ``(start, end)`` spans open at one moment."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    open_now = peak = 0
+    for _, change in edges:  # an end sorts before a start at the same instant
+        open_now += change
+        peak = max(peak, open_now)
+    return peak
+
+
+async def test_an_array_of_200_with_a_limit_of_10_runs_each_index_once_never_more_than_10_at_once(
+    make_cluster: Any, tmp_path: Path
+) -> None:
+    cluster = await make_cluster(regions=("eu",), agents=2, capacity={"cpu": 8, "memory": 8 * GiB, "gpu": 0})
+    out = tmp_path / "runs"
+    out.mkdir()
+    script = (
+        f"date +%s.%N > {out}/start.$FED_ARRAY_INDEX; sleep 0.2; "
+        f"echo $FED_ARRAY_ID > {out}/end.$FED_ARRAY_INDEX; date +%s.%N >> {out}/end.$FED_ARRAY_INDEX"
+    )
+    done = await fed(cluster.tmp, "submit", "--array", "0-199%10", "--wait", "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    assert "all 200 jobs succeeded" in done.stderr
+    array = done.stderr.split("submitted array ", 1)[1].split()[0]
+
+    spans = []
+    for index in range(200):
+        ended = (out / f"end.{index}").read_text().split()
+        assert ended[0] == array  # FED_ARRAY_ID
+        spans.append((float((out / f"start.{index}").read_text()), float(ended[1])))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"start.{i}" for i in range(200)] + [f"end.{i}" for i in range(200)]
+    )
+    peak = most_at_once(spans)
+    assert peak <= 10, f"{peak} elements ran at once"
+    assert peak >= 3, f"only {peak} at once: the 16 slots were not used in parallel"
+
+    summary = json.loads((await fed(cluster.tmp, "jobs", "--array", array, "--json")).stdout)
+    assert summary["states"] == {"succeeded": 200}
+    assert summary["limit"] == 10
+    listed = json.loads(
+        (await fed(cluster.tmp, "jobs", "--array", array, "--state", "succeeded", "--json")).stdout
+    )
+    assert sorted(r["spec"].get("array_index", 0) for r in listed["records"]) == list(range(200))
+    assert {r["attempt"] for r in listed["records"]} == {1}  # each index ran once
+
+
+async def test_a_failed_element_sets_the_status_and_cancel_stops_a_whole_array(make_cluster: Any) -> None:
+    cluster = await make_cluster(regions=("eu",), agents=1)
+    failed = await fed(
+        cluster.tmp,
+        "submit",
+        "--array",
+        "0-5",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        '[ "$FED_ARRAY_INDEX" != 3 ] || exit 7',
+    )
+    assert failed.returncode == 7, failed.stderr
+    assert "1 of 6 jobs did not succeed" in failed.stderr
+    assert "-3: failed (exited with code 7)" in failed.stderr
+
+    sleeping = await fed(cluster.tmp, "submit", "--array", "0-19%2", "--", "sleep", "120")
+    assert sleeping.returncode == 0, sleeping.stderr
+    array = sleeping.stdout.strip()
+
+    async def states() -> dict[str, int]:
+        return dict(json.loads((await fed(cluster.tmp, "jobs", "--array", array, "--json")).stdout)["states"])
+
+    await eventually(lambda: _running(states, 2), timeout=60, interval=0.5)
+    cancel = await fed(cluster.tmp, "cancel", array)
+    assert cancel.returncode == 0, cancel.stderr
+    await eventually(lambda: _equal(states, {"cancelled": 20}), timeout=60, interval=0.5)
+    unknown = await fed(cluster.tmp, "cancel", "no-such-array")
+    assert unknown.returncode == 2
+    assert "not found" in unknown.stderr
+
+
+async def _running(states: Any, count: int) -> bool:
+    return bool((await states()).get("running") == count)
+
+
+async def _equal(states: Any, expected: dict[str, int]) -> bool:
+    return bool(await states() == expected)
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [("5-1", "empty range"), ("0-9%0", "%0"), ("a-b", "is not an index"), ("0-200000", "more than")],
+)
+async def test_a_bad_array_spec_is_refused_before_anything_is_sent(
+    tmp_path: Path, spec: str, error: str
+) -> None:
+    refused = await fed(tmp_path, "submit", "--array", spec, "--", "true")
+    assert refused.returncode == 2
+    assert error in refused.stderr
