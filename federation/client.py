@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, cast
 
 import msgspec
 import structlog
@@ -59,6 +59,8 @@ from federation.schemas import (
     Allocation,
     Cancel,
     Decision,
+    Dependency,
+    DependencyWhen,
     JobRecord,
     Lease,
     Ledger,
@@ -371,13 +373,16 @@ class Client:
         regions: Sequence[str] = (),
         semantics: Semantics = "at_most_once",
         timeout: float = 0.0,
+        after: Sequence[str | Dependency] = (),
     ) -> Job:
         """Validate and durably submit a job; returns once the region's stream stored it.
 
         ``on_node_lost`` is ``replace``, ``wait=30s`` or ``fail`` (empty: the region's default).
         ``regions`` lists where the job may run (empty or ``["any"]``: home first, then any
         region); ``semantics`` is ``at_most_once`` or ``at_least_once`` across regions.
-        ``timeout`` is each attempt's wall-clock limit in seconds (0: none).
+        ``timeout`` is each attempt's wall-clock limit in seconds (0: none). ``after`` names jobs
+        or job arrays this one waits for, ``"ID"`` or ``"ID:ok"`` (succeeded), ``"ID:failed"``,
+        ``"ID:any"``, in any region; an unknown one is refused here.
         """
         name = self._region(region)
         spec = self._submission(
@@ -399,6 +404,7 @@ class Client:
             regions=regions,
             semantics=semantics,
             timeout=timeout,
+            after=await self._dependencies(after),
         )
         with tracing.span("fed.submit", job=spec.id, region=name):
             subject = await self._store(spec, name)
@@ -437,7 +443,10 @@ class Client:
                 f"array id {array_id!r} leaves no room for the index in a job id (64 characters)"
             )
         env = dict(options.pop("env", None) or {})
-        template = self._submission(command, job_id=f"{array_id}-{max(indices)}", env=env, **options)
+        after = await self._dependencies(options.pop("after", ()))
+        template = self._submission(
+            command, job_id=f"{array_id}-{max(indices)}", env=env, after=after, **options
+        )
         template = msgspec.structs.replace(template, array=array_id, array_limit=limit)
         validate(template)
         stored = 0
@@ -485,6 +494,7 @@ class Client:
         regions: Sequence[str] = (),
         semantics: Semantics = "at_most_once",
         timeout: float = 0.0,
+        after: Sequence[Dependency] = (),
     ) -> Submit:
         """A submission checked as the scheduler will check it (bad input never leaves here)."""
         unknown = [r for r in regions if r != "any" and r not in self.connection.regions]
@@ -517,6 +527,7 @@ class Client:
                 on_node_lost=on_node_lost,
                 regions=list(regions),
                 semantics=semantics,
+                after=list(after),
             )
             validate(spec)
         except MalformedMessage as exc:
@@ -527,6 +538,29 @@ class Client:
         if size > MAX_MESSAGE_BYTES:
             raise InvalidRequest(f"submission is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
         return spec
+
+    async def _dependencies(self, after: Sequence[str | Dependency]) -> list[Dependency]:
+        """``after`` as dependencies, each found where it lives now (a job, or a job array by its
+        id); one that no region knows is refused before anything is sent."""
+        out = []
+        for item in after:
+            if isinstance(item, str):
+                job, _, when = item.partition(":")
+                if when not in ("", "ok", "failed", "any"):
+                    raise InvalidRequest(f"after {item!r}: say how it must end with :ok, :failed or :any")
+                item = Dependency(job=job, when=cast(DependencyWhen, when or "ok"))
+            try:
+                subjects.check_token(item.job, "job id")
+                region = (await self.where(item.job)).region
+            except NotFound:
+                elements = await self.array(item.job)
+                if not elements:
+                    raise InvalidRequest(
+                        f"after {item.job}: no job or job array of that id in any region"
+                    ) from None
+                region = next((r.region for r in elements if not r.spec.origin), elements[0].spec.origin)
+            out.append(msgspec.structs.replace(item, region=region))
+        return out
 
     async def _store(self, spec: Submit, region: str) -> str:
         """Store ``spec`` on ``region``'s workloads stream (the id is the duplicate key); the subject."""

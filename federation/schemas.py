@@ -80,6 +80,19 @@ MAX_RECORD_BYTES: Final = 4 * 1024 * 1024
 # --- published messages (the tagged union) -----------------------------------------------------
 
 
+DependencyWhen = Literal["ok", "failed", "any"]
+
+
+class Dependency(msgspec.Struct, kw_only=True, frozen=True, array_like=True):
+    """One job a submission waits for (``fed submit --after JOB[:ok|failed|any]``): ``when`` says
+    how it must end (``ok``: succeeded; ``failed``: failed, lost or cancelled; ``any``: ended);
+    ``region`` is where the submitter found it ("" or the home region: here)."""
+
+    job: JobId
+    when: DependencyWhen = "ok"
+    region: Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9][a-z0-9_-]{0,62})?$")] = ""
+
+
 class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_defaults=True):
     """A workload request, published to ``fed.<region>.wl.submit.<id>``.
 
@@ -107,6 +120,10 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     that many of the array's elements hold an allocation at once in the home region (Slurm's
     ``%``), and keeps the elements there (they are never handed to another region, where the limit
     could not be counted). A cancel of the array's id cancels every element.
+
+    ``after`` lists the jobs (or job arrays) this one waits for, each to end a given way; one that
+    ends the other way cancels this job (see :mod:`federation.core.dependencies`). A job with
+    dependencies stays in its home region.
     """
 
     id: JobId
@@ -132,6 +149,7 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     array: Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63})?$")] = ""
     array_index: Annotated[int, msgspec.Meta(ge=0, le=MAX_ARRAY_INDEX)] = 0
     array_limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_ARRAY_INDEX)] = 0
+    after: Annotated[list[Dependency], msgspec.Meta(max_length=64)] = []
 
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type", kw_only=True, omit_defaults=True):
@@ -292,6 +310,7 @@ class HandOff(msgspec.Struct, tag="handoff", tag_field="type", kw_only=True, omi
     spec: Submit
     expires_at: Timestamp
     query: bool = False
+    lookup: bool = False  # only: what state is the job (or job array) ``spec.id`` in here, whoever sent it
 
 
 HandOffOutcome = Literal["accepted", "refused", "found", "absent"]

@@ -57,6 +57,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         "regions": [r.strip() for r in (args.regions or "").split(",") if r.strip()],
         "semantics": "at_least_once" if args.retry_anywhere else "at_most_once",
         "timeout": parse_duration(args.timeout) if args.timeout else 0.0,
+        "after": args.after or [],
     }
     array = parse_array(args.array) if args.array else None  # a bad spec is refused before connecting
     async with Client.connect(state_dir(args)) as fed:
@@ -364,6 +365,14 @@ def add_submit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--tenant", default="default")
     p.add_argument("--env", action="append", help="environment variable KEY=VALUE for the job (repeat)")
     p.add_argument("--id", help="job id (default: generated); resubmitting an id is a no-op")
+    p.add_argument(
+        "--after",
+        action="append",
+        metavar="ID[:ok|failed|any]",
+        help="start only after job (or job array) ID ended successfully (:ok, the default), "
+        "unsuccessfully (:failed) or at all (:any), in any region; if it ends the other way this job "
+        "is cancelled, saying why; repeat for several; an unknown ID is refused",
+    )
     p.add_argument(
         "--array",
         metavar="SPEC",

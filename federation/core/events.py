@@ -135,6 +135,17 @@ class HandOffOffered(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     at: float
 
 
+class DependencyState(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Another region's answer about a job (or job array) this region's jobs wait for: its state
+    there ("" when that region does not know it), and where it went when it was handed on."""
+
+    job: str
+    region: str
+    state: str
+    at: float
+    forwarded_to: str = ""
+
+
 class Tick(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Time passed: run a scheduling pass and emit the writes the state needs."""
 
@@ -156,6 +167,7 @@ Event = (
     | HandOffAnswered
     | CancelPassed
     | HandOffOffered
+    | DependencyState
     | Tick
 )
 

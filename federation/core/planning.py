@@ -140,6 +140,8 @@ class Pass:
         admission, wait = self.quotas.admit(spec, plan, self.seen) if self.quotas.enabled else (UNLIMITED, "")
         if wait:
             return self._wait(plan, spec.id, position, wait)
+        if spec.after and (waiting := self.core.waits_for(spec)):
+            return self._wait(plan, spec.id, position, waiting)
         if spec.array_limit and (holding := self._arrays().get(spec.array, 0)) >= spec.array_limit:
             why = (
                 f"pending: array {spec.array} runs at most {spec.array_limit} at once ({holding} hold nodes)"
@@ -158,7 +160,7 @@ class Pass:
             plan.waiting[spec.id] = self.why(spec, position)
             return False
         self.quotas.charge(spec)
-        if spec.array:
+        if spec.array_limit:  # (an unlimited array is never counted)
             counts = self._arrays()
             counts[spec.array] = counts.get(spec.array, 0) + 1
         return True

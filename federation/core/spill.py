@@ -94,8 +94,9 @@ def home_allowed(spec: Submit, home: str) -> bool:
 
 def may_go(spec: Submit, home: str, region: str) -> bool:
     """Whether ``spec`` may be handed to ``region`` (never a gang, never a job already handed over,
-    never an element of a job array with a running limit: only its home counts the limit)."""
-    if spec.origin or spec.gang > 1 or spec.array_limit or region == home:
+    never an element of a job array with a running limit: only its home counts the limit; never a
+    job with dependencies: its home watches them)."""
+    if spec.origin or spec.gang > 1 or spec.array_limit or spec.after or region == home:
         return False
     return not spec.regions or "any" in spec.regions or region in spec.regions
 

@@ -66,12 +66,14 @@ import bisect
 import msgspec
 
 from federation.core import capacity
+from federation.core.dependencies import Dependencies
 from federation.core.events import (
     CancelPassed,
     CancelRequested,
     ClaimConflict,
     ClaimWritten,
     Command,
+    DependencyState,
     Event,
     HandOffAnswered,
     HandOffOffered,
@@ -104,6 +106,7 @@ from federation.schemas import (
     JobRecord,
     JobState,
     Ledger,
+    Submit,
     Transition,
 )
 
@@ -130,6 +133,7 @@ class RegionCore:
         self.silent_since: float | None = None  # when the last node still heard from went silent
         self.spill = Spill()  # cross-region: views of the other regions, hand-offs under way
         self.arrays: dict[str, list[str]] = {}  # job array id -> its elements here, in arrival order
+        self.dependencies = Dependencies()  # jobs waiting for others to end
         self._arrivals = 0
 
     # --- entry point ----------------------------------------------------------------------------
@@ -161,6 +165,8 @@ class RegionCore:
                 self.spill.cancel_passed(event)
             case HandOffOffered():
                 return [judge(self, event)]
+            case DependencyState():
+                self.dependencies.answered(event)
             case JobReported(event=report):
                 self._reported(report)
             case ClaimWritten():
@@ -193,6 +199,10 @@ class RegionCore:
     def allocated(self) -> dict[str, set[str]]:
         """Jobs held by some ledger (an attempt not yet released), with the nodes holding them."""
         return self.holders
+
+    def waits_for(self, spec: Submit) -> str:
+        """Why a job with dependencies may not start yet ("" when it may)."""
+        return self.dependencies.blocked(self, list(spec.after))[0] if spec.after else ""
 
     def array_holding(self) -> dict[str, int]:
         """Per job array, how many of its elements hold an allocation or have a claim in flight
@@ -301,6 +311,8 @@ class RegionCore:
         self.jobs[record.id] = view
         if record.spec.array:
             self.arrays.setdefault(record.spec.array, []).append(record.id)
+        if record.spec.after and record.state == "pending":
+            self.dependencies.admitted(record.id)
         if record.state == "pending":
             bisect.insort(self.queue, (view.order, record.id))
             self.unexplained.add(record.id)
@@ -771,6 +783,10 @@ class RegionCore:
         reasons to record), then the hand-offs' turn, then every changed record to write."""
         if self.down:
             self._node_losses(now)
+        if self.dependencies.dependents:
+            for job, why in self.dependencies.settle(self, now):  # it can never run: say why
+                self.unqueue(job)
+                self.move(job, "cancelled", now, why)
         plan = Pass(self, now).run()
         self._take_plan(plan)
         self._explain_waiting(plan, now)

@@ -147,6 +147,7 @@ class Region(Protocol):
     jobs: dict[str, JobView]
     queue: list[tuple[tuple[int, float, int], str]]  # pending jobs by (priority, age), placeable now
     reclaims: set[str]  # jobs within quota waiting for borrowers to give it back
+    arrays: dict[str, list[str]]  # job array id -> its elements here
 
     @property
     def allocated(self) -> dict[str, set[str]]:
@@ -155,6 +156,10 @@ class Region(Protocol):
 
     def array_holding(self) -> dict[str, int]:
         """Per job array, how many elements hold an allocation or have a claim in flight."""
+        ...
+
+    def waits_for(self, spec: Submit) -> str:
+        """Why a job with dependencies may not start yet ("" when it may)."""
         ...
 
     def allocation(

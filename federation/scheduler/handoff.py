@@ -35,6 +35,7 @@ from federation import subjects
 from federation.bus import Bus
 from federation.core.events import (
     CancelPassed,
+    DependencyState,
     Event,
     HandOffAnswered,
     HandOffOffered,
@@ -53,8 +54,11 @@ from federation.schemas import (
     decode_message,
     encode,
 )
+from federation.tasks import idle
 
 QUEUE_GROUP = "schedulers"
+LOOKUP_EVERY = 2.0  # seconds between two rounds of asking other regions about dependencies
+LOOKUP_TIMEOUT = 5.0  # seconds a region has to answer a dependency lookup
 HANDOFF_BYTES = 2 * MAX_MESSAGE_BYTES  # a submission of the maximal size plus the envelope
 
 
@@ -72,14 +76,18 @@ class HandOffs:
         deliver: Callable[[Event], None],
         held: Callable[[str], JobRecord | None],
         judge: Callable[[HandOffOffered], str],
+        lookup: Callable[[str], tuple[str, str]] = lambda job: ("", ""),
         count: Callable[[str, str, str], None] = lambda direction, peer, outcome: None,
     ) -> None:
         """``check_lease`` raises once this leader may be deposed; ``deliver`` hands an outcome to
         the scheduling loop; ``held`` reads a job's record here (None: not here); ``judge`` asks
-        the core whether an offered job may run here (its refusal, "" to accept); ``count`` counts
-        an outcome (direction ``out`` or ``in``, the other region, the outcome) for the metrics."""
+        the core whether an offered job may run here (its refusal, "" to accept); ``lookup`` says
+        what state a job or job array is in here, as a dependency (and where it went, when it was
+        handed on); ``count`` counts an outcome (direction ``out`` or ``in``, the other region, the
+        outcome) for the metrics."""
         self.bus, self.region, self.clock, self.log = bus, region, clock, log
         self.check_lease, self.deliver, self.held, self.judge = check_lease, deliver, held, judge
+        self.lookup = lookup
         self.count = count
         self._sending: set[asyncio.Task[None]] = set()
         self.uncertain: set[str] = set()  # jobs whose store timed out: stored or not, unknown
@@ -133,6 +141,35 @@ class HandOffs:
             self.log.warning("cancel not passed on yet", job=command.job, to=command.region, error=str(exc))
         self.deliver(CancelPassed(job=command.job, ok=ok, at=self.clock()))
 
+    async def follow_dependencies(self, wanted: Callable[[], list[tuple[str, str]]]) -> None:
+        """Every :data:`LOOKUP_EVERY` seconds, ask each region in ``wanted()`` (job, region) what
+        state that job is in there (a hand-off ``lookup``: nothing is stored), and hand each answer
+        to the loop as a :class:`DependencyState`. A region that does not answer is asked again
+        next time; its dependents wait."""
+        while True:
+            for job, region in wanted():
+                request = HandOff(
+                    origin=self.region,
+                    spec=Submit(id=job, command=["lookup"]),
+                    expires_at=self.clock() + LOOKUP_TIMEOUT,
+                    lookup=True,
+                )
+                try:
+                    data = await self.bus.request(
+                        subjects.handoff(region, job), encode(request), timeout=LOOKUP_TIMEOUT
+                    )
+                    reply = decode(HandOffReply, data)
+                except (FederationError, TimeoutError) as exc:
+                    self.log.debug("dependency not looked up", job=job, region=region, error=str(exc))
+                    continue
+                onward = reply.reason if reply.state == "forwarded" else ""
+                self.deliver(
+                    DependencyState(
+                        job=job, region=region, state=reply.state, forwarded_to=onward, at=self.clock()
+                    )
+                )
+            await idle(LOOKUP_EVERY)
+
     async def stop(self) -> None:
         """Cancel the requests in flight (their jobs are held or retried by the next leader)."""
         for task in self._sending:
@@ -179,6 +216,9 @@ class HandOffs:
     async def _decide(self, message: HandOff) -> HandOffReply:
         """Accept (store first), or refuse having stored nothing; raise when the outcome is unknown."""
         spec, now = message.spec, self.clock()
+        if message.lookup:  # a dependency's state, asked by a region whose job waits for it
+            state, onward = self.lookup(spec.id)
+            return HandOffReply(outcome="found" if state else "absent", state=state, reason=onward)
         held = self.held(spec.id)
         if held is not None and held.spec.origin == message.origin:
             # a repeated request, or a query: the first one was stored

@@ -137,6 +137,7 @@ class Leader:
             deliver=self.deliver,
             held=lambda job: view.record if (view := self.core.jobs.get(job)) is not None else None,
             judge=self.judge,
+            lookup=lambda job: self.core.dependencies.state_of(self.core, job),
             count=self.metrics.handoff,
         )
         self.peering = Peering(
@@ -250,6 +251,7 @@ class Leader:
         self._start_followers()
         loops = [self._watch_consumers(), self.peering.publish_summaries(), self.peering.watch_audit()]
         loops += [self.handoffs.serve(), self.tenants.serve(), self._measure()]
+        loops += [self.handoffs.follow_dependencies(lambda: self.core.dependencies.lookups(self.core))]
         if self.config.peers:
             await provision_views(self.bus, self.region, self.config.peers, self.config.replicas)
             loops += [self.peering.watch_views(), self.peering.feed_views()]
