@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, cast
@@ -85,6 +85,38 @@ TENANT_POLL = 0.25  # seconds between a tenant's questions while it waits for a 
 ARRAY_POLL = 1.0  # seconds between reads of an array's elements while waiting for them all
 ARRAY_WINDOW = 256  # an array's elements stored at once (each waits for its acknowledgement)
 MAX_ARRAY_JOBS = 100_000  # elements of one job array
+WORKFLOW_KEYS = frozenset(
+    {"command", "after", "array", "limit", "id", "region", "cpu", "memory", "gpu", "priority", "nodes"}
+    | {"tenant", "env", "require", "scoring", "max_attempts", "gang", "custom", "on_node_lost", "regions"}
+    | {"semantics", "timeout"}
+)  # what a workflow's job may say: submit()'s keyword arguments, plus an array's
+
+
+def workflow_order(jobs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The names of a workflow's jobs in an order that puts every job after the jobs of the
+    workflow it names in ``after`` (by name); :class:`InvalidRequest` naming a cycle."""
+    for name in jobs:
+        subjects.check_token(name, "job name")
+    order: list[str] = []
+    state: dict[str, str] = {}  # name -> "visiting" | "done"
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = [*path[path.index(name) :], name]
+            raise InvalidRequest(f"the jobs depend on each other in a cycle: {' -> '.join(cycle)}")
+        state[name] = "visiting"
+        for item in jobs[name].get("after", ()):
+            target = str(item).partition(":")[0]
+            if target in jobs:
+                visit(target, [*path, name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in jobs:
+        visit(name, [])
+    return order
 
 
 def new_job_id() -> str:
@@ -410,6 +442,73 @@ class Client:
             subject = await self._store(spec, name)
         return Job(self, spec.id, name, subject)
 
+    async def submit_workflow(
+        self, jobs: Mapping[str, Mapping[str, Any]], *, region: str | None = None
+    ) -> dict[str, Job | JobArray]:
+        """Submit several jobs that depend on each other by name: a small workflow, checked as a
+        whole before anything is sent (an unknown option, a cycle, or an ``after`` that names
+        neither a job here nor an existing job: an error, and nothing is submitted).
+
+        Each entry is :meth:`submit`'s keyword arguments plus ``command``; ``after`` entries are
+        ``"NAME[:ok|failed|any]"`` (a job of this workflow) or an existing job or array id;
+        ``array`` (a sequence of indices) and ``limit`` make the entry a job array
+        (:meth:`submit_array`); ``id`` names the job (or the array). Jobs are stored in dependency
+        order; returns each name's :class:`Job` or :class:`JobArray`.
+        """
+        order = workflow_order(jobs)
+        external: dict[str, Dependency] = {}
+        for name in order:  # check every job and every outside dependency before storing anything
+            entry = dict(jobs[name])
+            unknown = sorted(set(entry) - WORKFLOW_KEYS)
+            if unknown:
+                raise InvalidRequest(f"job {name!r}: unknown option {unknown[0]!r}")
+            if "command" not in entry:
+                raise InvalidRequest(f"job {name!r}: no command")
+            for item in entry.get("after", ()):
+                target = str(item).partition(":")[0]
+                if target not in jobs and str(item) not in external:
+                    try:
+                        external[str(item)] = (await self._dependencies([str(item)]))[0]
+                    except InvalidRequest as exc:
+                        raise InvalidRequest(f"job {name!r}: {exc} (nor a job of this workflow)") from None
+            options = {
+                k: v
+                for k, v in entry.items()
+                if k not in ("command", "after", "array", "limit", "id", "region")
+            }
+            self._region(entry.get("region", region))
+            try:
+                self._submission(entry["command"], job_id=new_job_id(), **options)
+            except TypeError as exc:
+                raise InvalidRequest(f"job {name!r}: {exc}") from None
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"job {name!r}: {exc}") from None
+        submitted: dict[str, Job | JobArray] = {}
+        for name in order:
+            entry = dict(jobs[name])
+            after = []
+            for item in entry.pop("after", ()):
+                target, _, when = str(item).partition(":")
+                if target in submitted:
+                    done = submitted[target]
+                    after.append(
+                        Dependency(job=done.id, when=cast(DependencyWhen, when or "ok"), region=done.region)
+                    )
+                else:
+                    after.append(external[str(item)])
+            command, job_id = entry.pop("command"), entry.pop("id", None)
+            where = entry.pop("region", region)
+            if "array" in entry:
+                indices, limit = entry.pop("array"), entry.pop("limit", 0)
+                submitted[name] = await self.submit_array(
+                    command, indices, limit=limit, array_id=job_id, region=where, after=after, **entry
+                )
+            else:
+                submitted[name] = await self.submit(
+                    command, job_id=job_id, region=where, after=after, **entry
+                )
+        return submitted
+
     async def submit_array(
         self,
         command: Sequence[str],
@@ -541,9 +640,13 @@ class Client:
 
     async def _dependencies(self, after: Sequence[str | Dependency]) -> list[Dependency]:
         """``after`` as dependencies, each found where it lives now (a job, or a job array by its
-        id); one that no region knows is refused before anything is sent."""
+        id); one that no region knows is refused before anything is sent. A :class:`Dependency`
+        that names its region is taken as it is."""
         out = []
         for item in after:
+            if isinstance(item, Dependency) and item.region:  # found already (a workflow's own job)
+                out.append(item)
+                continue
             if isinstance(item, str):
                 job, _, when = item.partition(":")
                 if when not in ("", "ok", "failed", "any"):

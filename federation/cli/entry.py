@@ -73,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fed`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what was typed (fed submit --file: who wins)
     args.log_level = getattr(args, "log_level", "info")
     logs.configure(args.log_level)
     try:

@@ -9,10 +9,12 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from federation import tracing
-from federation.cli.common import amounts, pairs, parse_array, print_json, state_dir
+from federation.cli.common import amounts, common_options, pairs, parse_array, print_json, state_dir
+from federation.cli.jobfiles import read_script, read_toml
 from federation.cli.progress import Progress
 from federation.errors import InvalidRequest
 from federation.resources import format_memory, parse_duration, parse_memory
@@ -37,6 +39,12 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    if args.file and Path(args.file).suffix == ".toml":
+        if command:
+            raise InvalidRequest("a TOML job file names its commands: give either --file or a command")
+        return await _submit_workflow(args, read_toml(Path(args.file)))
+    if args.file:  # a script: its #FED lines are options (the command line's win), its text the job
+        args, command = _with_script(args, Path(args.file), command)
     if not command:
         raise InvalidRequest("nothing to run: give the command after --, e.g. fed submit -- echo hi")
     options = {
@@ -139,6 +147,71 @@ async def _submit_array(
         file=sys.stderr,
     )
     return exit_status(first)
+
+
+def _with_script(
+    args: argparse.Namespace, path: Path, extra: list[str]
+) -> tuple[argparse.Namespace, list[str]]:
+    """``args`` with the options of the script's ``#FED`` lines, except those the command line
+    gave itself (as Slurm's command line wins over ``#SBATCH``; repeated options: the script's,
+    then the command line's); the command that runs the script's text, ``extra`` its arguments."""
+    flags, command = read_script(path)
+    parser = argparse.ArgumentParser(
+        prog=f"#FED line of {path}", parents=[common_options()], exit_on_error=False, add_help=False
+    )
+    submit_arguments(parser)
+    try:
+        script = parser.parse_args(flags)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise InvalidRequest(f"{path}: a #FED line does not parse: {exc}") from None
+    if script.command or script.file:
+        raise InvalidRequest(f"{path}: #FED lines give options only (the script is the command)")
+    unset = object()  # what the command line did not say
+    parser.set_defaults(**dict.fromkeys(vars(script), unset))
+    argv = list(getattr(args, "argv", []))
+    given = vars(parser.parse_known_args(argv[argv.index("submit") + 1 :] if "submit" in argv else [])[0])
+    merged = argparse.Namespace(**vars(args))
+    for key, value in vars(script).items():
+        if key in ("command", "file"):
+            continue
+        if isinstance(value, list):
+            setattr(merged, key, [*value, *(getattr(args, key, None) or [])])
+        elif given.get(key, unset) is unset:
+            setattr(merged, key, value)
+    return merged, [*command, *extra]
+
+
+async def _submit_workflow(args: argparse.Namespace, jobs: dict[str, dict[str, Any]]) -> int:
+    """``fed submit --file jobs.toml``: every job of the file, in dependency order (nothing at all
+    when any of it is wrong); with ``--wait``, wait for all, exit 0 only if all succeeded."""
+    from federation.client import Client, JobArray
+
+    async with Client.connect(state_dir(args)) as fed:
+        submitted = await fed.submit_workflow(jobs, region=args.region)
+        listing = {
+            name: {"id": job.id, "region": job.region, "array": isinstance(job, JobArray)}
+            for name, job in submitted.items()
+        }
+        if not args.wait:
+            if args.json:
+                return print_json({"jobs": listing})
+            for name, job in submitted.items():
+                kind = f"array of {len(job.indices)}" if isinstance(job, JobArray) else "job"
+                print(f"{name:<20} {job.id}  ({kind} in {job.region})")
+            return 0
+        print(f"submitted {len(submitted)} jobs; waiting", file=sys.stderr)
+        finals: dict[str, list[JobRecord]] = {}
+        for name, job in submitted.items():
+            finals[name] = await job.wait() if isinstance(job, JobArray) else [await job.wait()]
+    failed = sorted(
+        ((name, r) for name, records in finals.items() for r in records if r.state != "succeeded"),
+        key=lambda item: (item[1].updated_at, item[1].id),
+    )
+    if args.json:
+        print_json({"jobs": listing, "states": {n: _states(rs) for n, rs in finals.items()}})
+    for name, records in finals.items():
+        print(f"{name:<20} {', '.join(f'{k} {v}' for k, v in _states(records).items())}", file=sys.stderr)
+    return exit_status(failed[0][1]) if failed else 0
 
 
 def _states(records: list[JobRecord]) -> dict[str, int]:
@@ -313,6 +386,12 @@ def add_submit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "submit", parents=[common], help="submit a workload: fed submit [options] -- CMD ARGS..."
     )
+    submit_arguments(p)
+    p.set_defaults(func=cmd_submit)
+
+
+def submit_arguments(p: argparse.ArgumentParser) -> None:
+    """``fed submit``'s options (also what a script's ``#FED`` lines may say)."""
     p.add_argument("--region", help="home region (default: the federation's first)")
     p.add_argument("--cpu", type=int, default=1, help="whole cores (default 1)")
     p.add_argument("--memory", default="0", help="memory, e.g. 512MiB (default 0)")
@@ -387,8 +466,14 @@ def add_submit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help='{"id", "region", "subject"} as JSON; with --wait, the final "record" too instead of the output',
     )
+    p.add_argument(
+        "--file",
+        metavar="PATH",
+        help="a job file: TOML (one job, or a workflow of [jobs.NAME] that may name each other in after; "
+        "checked whole before anything is sent) or a script whose #FED lines hold these options (the "
+        "script's text is the job); see the README's Job files",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- the command and its arguments")
-    p.set_defaults(func=cmd_submit)
 
 
 def add_query_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
