@@ -31,7 +31,9 @@ class Quota(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     resource left out is not limited. With ``share`` > 0 the quota is instead that fraction of what
     the region's nodes offer right now, so it follows capacity both ways. Tenants in the same
     ``cohort`` lend each other their unused quota; a lender that needs it back reclaims it by
-    preemption.
+    preemption. With ``spill_on_quota`` a job of the tenant that waits here only because of its
+    quota is offered to other regions (each admits it under its own quotas), as a job that fits
+    nowhere here is.
     """
 
     cpu: Annotated[int, msgspec.Meta(ge=0)] | None = None
@@ -40,6 +42,7 @@ class Quota(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
     cohort: str = ""
     custom: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=dict)
+    spill_on_quota: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.memory, str):

@@ -45,6 +45,7 @@ from federation.core.events import (
     SendCancel,
     SendHandOff,
 )
+from federation.core.plan import Plan
 from federation.core.planning import Pass
 from federation.schemas import JobRecord, Submit, Summary, Transition
 
@@ -72,9 +73,13 @@ def admit(core: Region, spec: Submit, now: float) -> str:
     if (view := core.jobs.get(spec.id)) is not None and view.record.spec.origin != spec.origin:
         return f"job id {spec.id} is already used in {core.region}"
     check = Pass(core, now)
-    if check.room_for(spec):
-        return ""
-    return check.why(spec, 0)[0].removeprefix("pending: ")
+    if not check.room_for(spec):
+        return check.why(spec, 0)[0].removeprefix("pending: ")
+    if check.quotas.enabled:  # this region's own quotas hold for a job from elsewhere too
+        _, wait = check.quotas.admit(spec, Plan(), set())
+        if wait:
+            return f"here {wait.removeprefix('pending: ')}"
+    return ""
 
 
 def judge(core: Region, event: HandOffOffered) -> HandOffVerdict:
@@ -148,6 +153,7 @@ class Handing:
     expires_at: float = 0.0
     retry_at: float = 0.0
     unanswered_until: float = 0.0  # an earlier request may still arrive until then
+    cause: str = ""  # why it left: the limit that sent it away when it was its quota
 
 
 class Spill:
@@ -240,7 +246,8 @@ class Spill:
                 event.job,
                 "forwarded",
                 event.at,
-                f"forwarded to {region}: {event.reason or 'accepted'}",
+                f"forwarded to {region}: {event.reason or 'accepted'}"
+                + (f"; sent away by its quota here: {handing.cause}" if handing.cause else ""),
                 forwarded_to=region,
                 handoffs={**record.handoffs, region: "accepted"},
             )
@@ -360,6 +367,7 @@ class Spill:
         candidates = sorted(self.away)[:SCAN] + [job for _, job in core.queue[:SCAN]]
         nowhere: set[tuple[object, ...]] = set()  # job shapes no region can take now
         room: dict[tuple[object, ...], bool] = {}  # job shapes some node here has room for
+        quotas: Pass | None = None  # this region's quota accounting, made when a job may leave for it
         in_flight = self._in_flight()
         for job in candidates:
             if in_flight >= MAX_IN_FLIGHT:
@@ -371,13 +379,19 @@ class Spill:
                 continue
             if record.not_before > now:
                 continue
+            cause = ""  # the quota limit that sends it away (spill_on_quota), if that is why
             if job not in self.away:
                 if now - _pending_since(record) < policy.spill_after:
                     continue
                 here = _shape(spec, set())
                 if here not in room:
                     room[here] = _room_here(core, spec, now)
-                if room[here]:
+                tenant = policy.tenants.get(spec.tenant)
+                if room[here] and tenant is not None and tenant.spill_on_quota:
+                    quotas = quotas or Pass(core, now)
+                    _, wait = quotas.quotas.admit(spec, Plan(), set())
+                    cause = wait.removeprefix("pending: ") if wait.startswith("pending: quota") else ""
+                if room[here] and not cause:
                     continue  # it fits here: it waits for a claim in flight, not for room
             if job in self.away and not record.handoffs:  # never offered anywhere yet: say why
                 self._explain_away(core, view, now)
@@ -394,13 +408,14 @@ class Spill:
             reserved[region] = (cpu + spec.cpu, memory + spec.memory, gpu + spec.gpu)
             core.unqueue(job)
             self.away.discard(job)
+            why = f"{cause} (spill_on_quota)" if cause else "fits nowhere here"
             core.amend(
                 job,
                 handoffs={**record.handoffs, region: "asked"},
-                reason=f"pending: fits nowhere here; offering it to {region}",
+                reason=f"pending: {why}; offering it to {region}",
                 updated_at=now,
             )
-            self.handing[job] = Handing(region, "recording")
+            self.handing[job] = Handing(region, "recording", cause=why if cause else "")
             in_flight += 1
 
     def _explain_away(self, core: Region, view: JobView, now: float) -> None:

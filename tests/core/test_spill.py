@@ -23,7 +23,7 @@ from federation.core.events import (
 from federation.core.spill import admit, fits, rank
 from federation.core.state import RegionCore
 from federation.schemas import Submit, Summary
-from tests.core.test_region_core import offer, submit
+from tests.core.test_region_core import offer, settle, submit
 
 
 def view(region: str, at: float = 10.0, **kw: object) -> Summary:
@@ -307,3 +307,43 @@ def test_a_request_larger_than_any_node_says_no_node_here_could_ever_hold_it() -
     core.handle(Tick(now=11.0))
     assert "larger than any node here (the largest: cpu=4 memory=8GiB gpu=0)" in _reason(core, "big")
     assert "larger than any node" not in _reason(core, "fits-empty")
+
+
+# --- quota across regions ----------------------------------------------------------------------
+
+
+def test_a_job_blocked_only_by_its_quota_leaves_with_spill_on_quota_and_says_which_limit() -> None:
+    from federation.core.policy import Policy, Quota
+
+    for allowed in (False, True):
+        core = RegionCore("eu", policy=Policy(tenants={"t": Quota(cpu=1, spill_on_quota=allowed)}))
+        core.handle(OfferSeen(offer=offer("n1", cpu=4)))
+        core.handle(ViewsSeen(views={"us": view("us")}))
+        core.handle(submit("first", tenant="t"))
+        core.handle(submit("g", tenant="t"))
+        first = core.handle(Tick(now=11.0))
+        assert [a.job for c in of(WriteLedger, first) for a in c.ledger.allocations] == ["first"]
+        if not allowed:  # room here, quota full: it waits at home
+            assert not of(SendHandOff, core.handle(Tick(now=11.0)))
+            assert record_of(first).reason.startswith("pending: quota: tenant t would use 2 cpu of its 1")
+            continue
+        assert record_of(first).handoffs == {"us": "asked"}
+        assert record_of(first).reason == (
+            "pending: quota: tenant t would use 2 cpu of its 1 (spill_on_quota); offering it to us"
+        )
+        assert len(of(SendHandOff, core.handle(Tick(now=11.0)))) == 1
+        core.handle(HandOffAnswered(job="g", region="us", outcome="accepted", at=11.5))
+        record = record_of(core.handle(Tick(now=11.5)))
+        assert record.state == "forwarded"
+        assert "sent away by its quota here: quota: tenant t would use 2 cpu of its 1" in record.reason
+
+
+def test_the_receiving_region_holds_a_job_from_elsewhere_to_its_own_quota() -> None:
+    from federation.core.policy import Policy, Quota
+
+    core = RegionCore("us", policy=Policy(tenants={"t": Quota(cpu=1)}))
+    core.handle(OfferSeen(offer=offer("n1", cpu=4)))
+    core.handle(submit("mine", tenant="t"))
+    settle(core)
+    assert admit(core, spec(tenant="t"), 11.0) == "here quota: tenant t would use 2 cpu of its 1"
+    assert admit(core, spec(tenant="other"), 11.0) == ""
