@@ -328,6 +328,15 @@ def job_live(board: Board, job: str, now: float, can_cancel: bool, token: str) -
     ]
     if home is not None:
         facts.insert(3, ("home", f"{e(home.region)}: {e(home.reason)}"))
+    if spec.array:
+        limit = f", at most {spec.array_limit} at once" if spec.array_limit else ""
+        every = f'<a href="/jobs?q={e(spec.array)}-" class="mono">{e(spec.array)}</a>'  # its jobs listed
+        facts.append(("array", f"{every} index {spec.array_index}{e(limit)}"))
+    if spec.after:
+        waits = ", ".join(
+            f"{job_link(d.job)} ({e(d.when)}{', in ' + e(d.region) if d.region else ''})" for d in spec.after
+        )
+        facts.append(("after", waits))
     if record.usage is not None:
         u = record.usage
         facts.append(

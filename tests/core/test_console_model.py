@@ -113,3 +113,20 @@ def test_what_a_tenant_wrote_is_shown_as_text(hostile: str) -> None:
     assert hostile not in html
     assert "&lt;" in html
     assert pages.job_live(board, "nope", NOW, False, "t").startswith('<p class="warn">')
+
+
+def test_a_job_page_names_its_array_and_what_it_waits_for() -> None:
+    from federation.schemas import Dependency
+
+    board = Board({"eu": ""})
+    board.regions["eu"].read_at = NOW
+    board.regions["eu"].jobs["a1-3"] = record(
+        "a1-3",
+        array="a1",
+        array_index=3,
+        array_limit=10,
+        after=[Dependency(job="prep", when="any", region="us")],
+    )
+    html = pages.job_live(board, "a1-3", NOW, False, "t")
+    assert '<a href="/jobs?q=a1-" class="mono">a1</a> index 3, at most 10 at once' in html
+    assert '<a href="/jobs/prep" class="mono">prep</a> (any, in us)' in html
