@@ -27,7 +27,6 @@ import contextlib
 import io
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -41,6 +40,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/throughput.py, imported as a module
 
 import throughput
+from alternating import compare, middle
 
 from federation.config import Connection, RegionEndpoint
 
@@ -183,30 +183,6 @@ async def paced(rate: int, seconds: float, nodes: int) -> dict[str, float]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-async def compare(
-    watching: Watching, what: str, key: str, rounds: int, work: Callable[[], Awaitable[dict[str, float]]]
-) -> list[float]:
-    """``rounds`` pairs of runs, alternated; prints each and returns the ratios (with / without)."""
-    ratios = []
-    for i in range(rounds):
-        order = (False, True) if i % 2 == 0 else (True, False)
-        result = {}
-        for on in order:
-            result[on] = (await watching.run(on, work))[key]
-        ratio = result[True] / result[False]
-        ratios.append(ratio)
-        print(
-            f"  {what} round {i + 1}: without {result[False]:.0f}/s, with a console watching "
-            f"{result[True]:.0f}/s: ratio {ratio:.3f}",
-            flush=True,
-        )
-    return ratios
-
-
-def _middle(ratios: list[float]) -> str:
-    return f"median {statistics.median(ratios):.3f}, mean {statistics.fmean(ratios):.3f}"
-
-
 async def main() -> None:
     if sys.argv[1:2] == ["--view"]:  # the viewer process (see Watching)
         view_forever(sys.argv[2], Path(sys.argv[3]))
@@ -228,22 +204,24 @@ async def main() -> None:
     summary = []
     if args.placements:
         ratios = await compare(
-            watching,
-            "placements",
-            "placements_per_s",
-            args.rounds,
+            watching.run,
             lambda: throughput.placements(args.placements, args.nodes, idle=0),
+            what="placements",
+            key="placements_per_s",
+            rounds=args.rounds,
+            with_what="with a console watching",
         )
-        summary.append(f"placements/s with/without: {_middle(ratios)}")
+        summary.append(f"placements/s with/without: {middle(ratios)}")
     if args.e2e:
         ratios = await compare(
-            watching,
-            "end to end",
-            "jobs_per_s",
-            args.rounds,
+            watching.run,
             lambda: throughput.end_to_end(args.e2e, args.agents, args.slots, idle=0),
+            what="end to end",
+            key="jobs_per_s",
+            rounds=args.rounds,
+            with_what="with a console watching",
         )
-        summary.append(f"end-to-end jobs/s with/without: {_middle(ratios)}")
+        summary.append(f"end-to-end jobs/s with/without: {middle(ratios)}")
     if args.paced:
         for i in range(args.rounds):
             result = {}

@@ -22,7 +22,6 @@ import contextlib
 import io
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/throughput.py, imported as a module
 
 import throughput
+from alternating import compare, middle
 
 SCRAPE_EVERY = 1.0  # seconds, as a typical Prometheus scrape interval (15 s) made 15 times harsher
 
@@ -108,30 +108,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def compare(
-    scraper: Scraper, what: str, key: str, rounds: int, work: Callable[[], Awaitable[dict[str, float]]]
-) -> list[float]:
-    """``rounds`` pairs of runs, alternated; prints each and returns the ratios (with / without)."""
-    ratios = []
-    for i in range(rounds):
-        order = (False, True) if i % 2 == 0 else (True, False)
-        result = {}
-        for scrape in order:
-            result[scrape] = (await scraper.run(scrape, work))[key]
-        ratio = result[True] / result[False]
-        ratios.append(ratio)
-        print(
-            f"  {what} round {i + 1}: without {result[False]:.0f}/s, with metrics scraped "
-            f"{result[True]:.0f}/s: ratio {ratio:.3f}",
-            flush=True,
-        )
-    return ratios
-
-
-def _middle(ratios: list[float]) -> str:
-    return f"median {statistics.median(ratios):.3f}, mean {statistics.fmean(ratios):.3f}"
-
-
 async def main() -> None:
     if sys.argv[1:2] == ["--scrape"]:  # the scraping process (see Scraper)
         scrape_forever(Path(sys.argv[2]), Path(sys.argv[3]))
@@ -151,22 +127,24 @@ async def main() -> None:
     summary = []
     if args.placements:
         ratios = await compare(
-            scraper,
-            "placements",
-            "placements_per_s",
-            args.rounds,
+            scraper.run,
             lambda: throughput.placements(args.placements, args.nodes, idle=0),
+            what="placements",
+            key="placements_per_s",
+            rounds=args.rounds,
+            with_what="with metrics scraped",
         )
-        summary.append(f"placements/s with/without: {_middle(ratios)}")
+        summary.append(f"placements/s with/without: {middle(ratios)}")
     if args.e2e:
         ratios = await compare(
-            scraper,
-            "end to end",
-            "jobs_per_s",
-            args.rounds,
+            scraper.run,
             lambda: throughput.end_to_end(args.e2e, args.agents, args.slots, idle=0),
+            what="end to end",
+            key="jobs_per_s",
+            rounds=args.rounds,
+            with_what="with metrics scraped",
         )
-        summary.append(f"end-to-end jobs/s with/without: {_middle(ratios)}")
+        summary.append(f"end-to-end jobs/s with/without: {middle(ratios)}")
     print("; ".join(summary))
     print(
         f"scrapes: {scraper.scrapes} ({scraper.bytes / max(1, scraper.scrapes):.0f} bytes each on average), "
