@@ -209,7 +209,7 @@ class RegionCore:
         (what ``array_limit`` counts: conservatively, an attempt counts until its release is
         stored)."""
         out: dict[str, int] = {}
-        claiming = {job for name in self.in_flight for job in self._node(name).proposal_jobs}
+        claiming = {job for name in self.in_flight for job in self.nodes[name].proposal_jobs}
         for job in self.holders.keys() | claiming:
             view = self.jobs.get(job)
             if view is not None and view.record.spec.array:

@@ -144,10 +144,15 @@ class HandOffs:
     async def follow_dependencies(self, wanted: Callable[[], list[tuple[str, str]]]) -> None:
         """Every :data:`LOOKUP_EVERY` seconds, ask each region in ``wanted()`` (job, region) what
         state that job is in there (a hand-off ``lookup``: nothing is stored), and hand each answer
-        to the loop as a :class:`DependencyState`. A region that does not answer is asked again
-        next time; its dependents wait."""
+        to the loop as a :class:`DependencyState` when it differs from the last one (the journal
+        keeps changes, not every round). A region that does not answer is asked again next time;
+        its dependents wait."""
+        told: dict[str, tuple[str, str, str]] = {}  # job -> (region, state, forwarded to) delivered
         while True:
-            for job, region in wanted():
+            asks = wanted()
+            asked = {job for job, _ in asks}
+            told = {job: answer for job, answer in told.items() if job in asked}
+            for job, region in asks:
                 request = HandOff(
                     origin=self.region,
                     spec=Submit(id=job, command=["lookup"]),
@@ -163,6 +168,9 @@ class HandOffs:
                     self.log.debug("dependency not looked up", job=job, region=region, error=str(exc))
                     continue
                 onward = reply.reason if reply.state == "forwarded" else ""
+                if told.get(job) == (region, reply.state, onward):
+                    continue
+                told[job] = (region, reply.state, onward)
                 self.deliver(
                     DependencyState(
                         job=job, region=region, state=reply.state, forwarded_to=onward, at=self.clock()
