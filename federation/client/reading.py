@@ -1,0 +1,239 @@
+"""Reading jobs: a record (from its home, or the region it was forwarded to), why it is where
+it is, waiting for it to end, a job array's elements, listings, and output. With a tenant's
+credentials every read is a question to the region's leading scheduler (it answers only about the
+tenant's own jobs); otherwise the client reads the region's buckets and streams itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+from federation import subjects
+from federation.bus import FAILOVER
+from federation.client.connections import Connections
+from federation.client.records import Explanation, _readable
+from federation.errors import FederationUnavailable, InvalidRequest, NotFound, RemoteProtocolError
+from federation.schemas import (
+    PRIORITY_RANK,
+    JobRecord,
+    TenantQuery,
+    TenantReply,
+    decode,
+    decode_tenant_reply,
+    encode,
+)
+
+TENANT_POLL = 0.25  # seconds between a tenant's questions while it waits for a job
+ARRAY_POLL = 1.0  # seconds between reads of an array's elements while waiting for them all
+
+
+class Reading(Connections):
+    """Reading jobs, their explanations and their output."""
+
+    # --- read -------------------------------------------------------------------------------------
+
+    async def job(self, job_id: str, *, region: str | None = None) -> JobRecord:
+        """A job's record, from its region (searching every region when none is given)."""
+        subjects.check_token(job_id, "job id")
+        for name in [self._region(region)] if region else self.regions:
+            try:
+                if self.tenant:
+                    with contextlib.suppress(NotFound):
+                        return (await self._ask(name, "job", TenantQuery(job=job_id))).records[0]
+                    continue
+                bus = await self.bus(name)
+                value, _ = await bus.kv_get(subjects.jobs_bucket(name), job_id)
+            except FederationUnavailable:
+                if region:
+                    raise
+                continue
+            if value is not None:
+                return decode(JobRecord, value)
+        raise NotFound("job", job_id)
+
+    async def _ask(self, region: str, verb: str, query: TenantQuery) -> TenantReply:
+        """A tenant's question to ``region``'s leading scheduler."""
+        bus = await self.bus(region)
+        data = await bus.request(
+            subjects.tenant_api(region, self.tenant, verb), encode(query), timeout=FAILOVER
+        )
+        reply = decode_tenant_reply(data)
+        if reply.error.endswith("not found"):
+            raise NotFound("job", query.job)
+        if reply.error:
+            raise InvalidRequest(reply.error)
+        return reply
+
+    async def where(self, job_id: str, *, region: str | None = None) -> JobRecord:
+        """The record of the region the job lives in: its home's, or the region it was forwarded to
+        (the home's while that region has not written its record yet, or cannot be reached)."""
+        record = await self.job(job_id, region=region)
+        if record.state == "forwarded" and record.forwarded_to in self.connection.regions:
+            with contextlib.suppress(NotFound, FederationUnavailable):
+                return await self.job(job_id, region=record.forwarded_to)
+        return record
+
+    async def explain(self, job_id: str, *, region: str | None = None) -> Explanation:
+        """Why a job is pending (filters, queue position now) or why it went where it did.
+
+        A job handed to another region is explained from that region's record; ``via`` is then
+        the home region's record (why it left).
+        """
+        home = await self.job(job_id, region=region)
+        record = await self.where(job_id, region=home.region)
+        via = home if record is not home else None
+        position = 0
+        if record.state == "pending":
+            waiting = await self.jobs(region=record.region, state="pending")
+            ordered = sorted(waiting, key=lambda r: (PRIORITY_RANK[r.spec.priority], r.submitted_at, r.id))
+            position = next((i + 1 for i, r in enumerate(ordered) if r.id == job_id), 0)
+        return Explanation(record=record, decision=record.decision, queue_position=position, via=via)
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        region: str | None = None,
+        timeout: float | None = None,
+        on_change: Callable[[JobRecord], None] | None = None,
+    ) -> JobRecord:
+        """Follow the job's record until it is terminal (into the region it was forwarded to);
+        ``on_change`` sees each record on the way."""
+        name = self._region(region)
+        if self.tenant:  # no bucket access: ask until the record is terminal
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                # not recorded yet, or the leader is changing: ask again
+                with contextlib.suppress(NotFound, FederationUnavailable):
+                    record = await self.job(job_id, region=name)
+                    if record.terminal:
+                        return record
+                    if on_change is not None:
+                        on_change(record)
+                    if record.state == "forwarded" and record.forwarded_to in self.connection.regions:
+                        name = record.forwarded_to
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} not finished after {timeout}s")
+                await asyncio.sleep(TENANT_POLL)
+        bus = await self.bus(name)
+        bucket = subjects.jobs_bucket(name)
+        tail = await bus.tail(f"KV_{bucket}", f"$KV.{bucket}.{job_id}", last_per_subject=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                item = await tail.next(timeout=left)
+                if item is None:
+                    raise TimeoutError(f"job {job_id} not finished after {timeout}s")
+                if item.removed:
+                    continue
+                try:
+                    record = decode(JobRecord, item.data)
+                except RemoteProtocolError:
+                    continue  # an unreadable value: the scheduler quarantines and replaces it
+                if record.terminal:
+                    return record
+                if on_change is not None:
+                    on_change(record)
+                if record.state == "forwarded" and record.forwarded_to in self.connection.regions:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    return await self.wait(
+                        job_id, region=record.forwarded_to, timeout=left, on_change=on_change
+                    )
+        finally:
+            await tail.stop()
+
+    async def array(self, array_id: str, *, region: str | None = None) -> list[JobRecord]:
+        """The records of a job array's elements (where each lives), by index; empty when no
+        region knows that array."""
+        subjects.check_token(array_id, "array id")
+        records = [r for r in await self.jobs(region=region) if r.spec.array == array_id]
+        return sorted(records, key=lambda r: r.spec.array_index)
+
+    async def wait_array(
+        self,
+        array_id: str,
+        count: int,
+        *,
+        region: str | None = None,
+        timeout: float | None = None,
+        on_change: Callable[[list[JobRecord]], None] | None = None,
+    ) -> list[JobRecord]:
+        """Wait until ``count`` elements of the array are known and every one is terminal (read
+        every :data:`ARRAY_POLL` seconds; ``on_change`` sees each read whose states moved)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: dict[str, str] = {}
+        while True:
+            records = await self.array(array_id, region=region)
+            states: dict[str, str] = {r.id: r.state for r in records}
+            if states != seen:
+                seen = states
+                if on_change is not None:
+                    on_change(records)
+            if len(records) >= count and all(r.terminal for r in records):
+                return records
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"array {array_id} not finished after {timeout} s")
+            await asyncio.sleep(ARRAY_POLL)  # sleep-ok: the poll interval of a read of every element
+
+    async def jobs(self, *, region: str | None = None, state: str | None = None) -> list[JobRecord]:
+        """Job records of one region (or all), oldest first, optionally of one state. Across all
+        regions a job handed to another region is listed once, by the region it lives in."""
+        out: list[JobRecord] = []
+        for name in [self._region(region)] if region else self.regions:
+            if self.tenant:
+                out += (await self._ask(name, "jobs", TenantQuery(state=state or ""))).records
+                continue
+            bus = await self.bus(name)
+            for record in _readable(await bus.kv_load(subjects.jobs_bucket(name))):
+                if state is None or record.state == state:
+                    out.append(record)
+        if not region:
+            elsewhere = {r.id for r in out if r.spec.origin}
+            out = [r for r in out if not (r.state == "forwarded" and r.id in elsewhere)]
+        return sorted(out, key=lambda r: (r.submitted_at, r.id))
+
+    async def logs(
+        self, job_id: str, *, region: str | None = None, follow: bool = False
+    ) -> AsyncIterator[bytes]:
+        """The job's output chunks (from the region that runs it); ``follow`` keeps reading until
+        the job is terminal."""
+        record = await self.where(job_id, region=region)
+        if self.tenant:
+            async for chunk in self._tenant_logs(record, follow):
+                yield chunk
+            return
+        bus = await self.bus(record.region)
+        tail = await bus.tail(
+            subjects.logs_stream(record.region), subjects.job_log_filter(record.region, job_id)
+        )
+        try:
+            while True:
+                if await tail.caught_up():
+                    if not follow:
+                        return
+                    record = await self.job(job_id, region=record.region)
+                    if record.terminal and await tail.caught_up():
+                        return  # the agent stores output before the exit report: nothing more comes
+                item = await tail.next(timeout=0.5 if follow else 5.0)
+                if item is not None:
+                    yield item.data
+        finally:
+            await tail.stop()
+
+    async def _tenant_logs(self, record: JobRecord, follow: bool) -> AsyncIterator[bytes]:
+        after = 0
+        while True:
+            reply = await self._ask(record.region, "logs", TenantQuery(job=record.id, after=after))
+            for chunk in reply.chunks:
+                yield chunk
+            if reply.next > after:
+                after = reply.next
+                continue
+            if not follow or record.terminal:
+                return
+            record = await self.job(record.id, region=record.region)  # terminal: one more read, then done
+            if not record.terminal:
+                await asyncio.sleep(TENANT_POLL)
