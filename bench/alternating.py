@@ -3,6 +3,7 @@ runs back to back, the order swapped every round, reported as per-round ratios (
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from collections.abc import Awaitable, Callable
 
@@ -38,3 +39,44 @@ async def compare(
 def middle(ratios: list[float]) -> str:
     """The median and mean of the ratios."""
     return f"median {statistics.median(ratios):.3f}, mean {statistics.fmean(ratios):.3f}"
+
+
+def workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sizes of bench/throughput.py's two workloads, and how many rounds."""
+    parser.add_argument("--placements", type=int, default=5000, help="jobs per placements run (0 skips)")
+    parser.add_argument("--nodes", type=int, default=50, help="simulated nodes for the placements runs")
+    parser.add_argument("--e2e", type=int, default=1000, help="jobs per end-to-end run (0 skips)")
+    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+
+
+async def both_workloads(
+    run: Callable[[bool, Work], Awaitable[dict[str, float]]], args: argparse.Namespace, with_what: str
+) -> list[str]:
+    """bench/throughput.py's placements and end-to-end workloads, each compared with and without
+    (``run(on, work)``); the summary line of each."""
+    import throughput  # bench/throughput.py: the caller put bench/ on the path
+
+    summary = []
+    if args.placements:
+        ratios = await compare(
+            run,
+            lambda: throughput.placements(args.placements, args.nodes, idle=0),
+            what="placements",
+            key="placements_per_s",
+            rounds=args.rounds,
+            with_what=with_what,
+        )
+        summary.append(f"placements/s with/without: {middle(ratios)}")
+    if args.e2e:
+        ratios = await compare(
+            run,
+            lambda: throughput.end_to_end(args.e2e, args.agents, args.slots, idle=0),
+            what="end to end",
+            key="jobs_per_s",
+            rounds=args.rounds,
+            with_what=with_what,
+        )
+        summary.append(f"end-to-end jobs/s with/without: {middle(ratios)}")
+    return summary

@@ -40,7 +40,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/throughput.py, imported as a module
 
 import throughput
-from alternating import compare, middle
+from alternating import both_workloads, workload_arguments
 
 from federation.config import Connection, RegionEndpoint
 
@@ -189,39 +189,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--placements", type=int, default=5000, help="jobs per placements run (0 skips)")
-    parser.add_argument("--nodes", type=int, default=50, help="simulated nodes for the placements runs")
-    parser.add_argument("--e2e", type=int, default=1000, help="jobs per end-to-end run (0 skips)")
-    parser.add_argument("--agents", type=int, default=4)
-    parser.add_argument("--slots", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    workload_arguments(parser)
     parser.add_argument("--paced", type=int, default=0, help="jobs a second of the paced workload (0 skips)")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long the paced workload submits")
     args = parser.parse_args()
     print(f"machine: {throughput.machine()}")
     print(f"command: python bench/console.py {' '.join(sys.argv[1:])}".rstrip(), flush=True)
     watching = Watching()
-    summary = []
-    if args.placements:
-        ratios = await compare(
-            watching.run,
-            lambda: throughput.placements(args.placements, args.nodes, idle=0),
-            what="placements",
-            key="placements_per_s",
-            rounds=args.rounds,
-            with_what="with a console watching",
-        )
-        summary.append(f"placements/s with/without: {middle(ratios)}")
-    if args.e2e:
-        ratios = await compare(
-            watching.run,
-            lambda: throughput.end_to_end(args.e2e, args.agents, args.slots, idle=0),
-            what="end to end",
-            key="jobs_per_s",
-            rounds=args.rounds,
-            with_what="with a console watching",
-        )
-        summary.append(f"end-to-end jobs/s with/without: {middle(ratios)}")
+    summary = await both_workloads(watching.run, args, "with a console watching")
     if args.paced:
         for i in range(args.rounds):
             result = {}

@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/throughput.py, imported as a module
 
 import throughput
-from alternating import compare, middle
+from alternating import both_workloads, workload_arguments
 
 SCRAPE_EVERY = 1.0  # seconds, as a typical Prometheus scrape interval (15 s) made 15 times harsher
 
@@ -114,37 +114,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--placements", type=int, default=5000, help="jobs per placements run (0 skips)")
-    parser.add_argument("--nodes", type=int, default=50, help="simulated nodes for the placements runs")
-    parser.add_argument("--e2e", type=int, default=1000, help="jobs per end-to-end run (0 skips)")
-    parser.add_argument("--agents", type=int, default=4)
-    parser.add_argument("--slots", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    workload_arguments(parser)
     args = parser.parse_args()
     print(f"machine: {throughput.machine()}")
     print(f"command: python bench/metrics.py {' '.join(sys.argv[1:])}".rstrip(), flush=True)
     scraper = Scraper()
-    summary = []
-    if args.placements:
-        ratios = await compare(
-            scraper.run,
-            lambda: throughput.placements(args.placements, args.nodes, idle=0),
-            what="placements",
-            key="placements_per_s",
-            rounds=args.rounds,
-            with_what="with metrics scraped",
-        )
-        summary.append(f"placements/s with/without: {middle(ratios)}")
-    if args.e2e:
-        ratios = await compare(
-            scraper.run,
-            lambda: throughput.end_to_end(args.e2e, args.agents, args.slots, idle=0),
-            what="end to end",
-            key="jobs_per_s",
-            rounds=args.rounds,
-            with_what="with metrics scraped",
-        )
-        summary.append(f"end-to-end jobs/s with/without: {middle(ratios)}")
+    summary = await both_workloads(scraper.run, args, "with metrics scraped")
     print("; ".join(summary))
     print(
         f"scrapes: {scraper.scrapes} ({scraper.bytes / max(1, scraper.scrapes):.0f} bytes each on average), "
