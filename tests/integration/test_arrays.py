@@ -116,3 +116,38 @@ async def test_a_bad_array_spec_is_refused_before_anything_is_sent(
     refused = await fed(tmp_path, "submit", "--array", spec, "--", "true")
     assert refused.returncode == 2
     assert error in refused.stderr
+
+
+async def test_a_tenant_runs_waits_for_and_cancels_only_its_own_arrays(make_cluster: Any) -> None:
+    """Through a tenant's credentials (the scheduler's tenant API, no stream access): an array and a
+    dependency on it; another tenant can neither see nor cancel it."""
+    from federation.client import Client
+    from federation.errors import InvalidRequest, NotFound
+    from federation.ops.keyring import Keyring
+
+    cluster = await make_cluster(regions=("eu",), agents=1)
+    for name in ("acme", "blue"):
+        await cluster.federation.add_identity("tenant", name)
+    keyring = Keyring.of(cluster.tmp)
+    acme = Client(cluster.connection, keyring.credentials("tenant", "acme"))
+    blue = Client(cluster.connection, keyring.credentials("tenant", "blue"))
+    try:
+        quick = await acme.submit_array(["true"], range(4), limit=2)
+        after = await acme.submit(["true"], after=[quick.id])
+        finals = await quick.wait(timeout=120)
+        assert [r.state for r in finals] == ["succeeded"] * 4
+        assert {r.spec.tenant for r in finals} == {"acme"}
+        assert (await after.wait(timeout=120)).state == "succeeded"
+
+        slow = await acme.submit_array(["sleep", "120"], range(6), limit=1)
+        assert await blue.array(slow.id) == []  # not blue's to see
+        with pytest.raises(NotFound):
+            await blue.cancel(slow.id)
+        with pytest.raises(InvalidRequest):
+            await blue.submit(["true"], after=[slow.id])  # nor to wait for
+        await slow.cancel()
+        finals = await slow.wait(timeout=120)
+        assert {r.state for r in finals} == {"cancelled"}
+    finally:
+        await acme.close()
+        await blue.close()
