@@ -317,7 +317,7 @@ async def cmd_job(args: argparse.Namespace) -> int:
     spec = record.spec
     print(f"job       {record.id}")
     print(f"region    {record.region}" + (f" (handed over by {spec.origin})" if spec.origin else ""))
-    if record is not home:
+    if record.region != home.region:  # forwarded: where() read the record of the region that ran it
         print(f"home      {home.region}: {home.reason}")
     print(
         f"state     {record.state}"

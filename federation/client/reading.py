@@ -83,7 +83,7 @@ class Reading(Connections):
         """
         home = await self.job(job_id, region=region)
         record = await self.where(job_id, region=home.region)
-        via = home if record is not home else None
+        via = home if record.region != home.region else None  # (where() reads the record again)
         position = 0
         if record.state == "pending":
             waiting = await self.jobs(region=record.region, state="pending")

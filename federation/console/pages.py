@@ -305,6 +305,19 @@ def _params(query: JobQuery) -> dict[str, str]:
 def job_live(board: Board, job: str, now: float, can_cancel: bool, token: str) -> str:
     record, home = board.find(job)
     if record is None:
+        elements = [r for r in board.all_jobs() if r.spec.array == job]
+        if elements:  # a job array's id: its jobs counted by state
+            counts: dict[str, int] = {}
+            for element in elements:
+                counts[element.state] = counts.get(element.state, 0) + 1
+            rows = "".join(f"<tr><td>{badge(k)}</td><td>{v}</td></tr>" for k, v in sorted(counts.items()))
+            most = elements[0].spec.array_limit
+            return (
+                f'<p class="facts">job array of {len(elements)} jobs'
+                + (f", at most {most} at once" if most else "")
+                + f' · <a href="/jobs?q={e(job)}-">its jobs</a></p>'
+                + f'<table class="grid narrow"><tbody>{rows}</tbody></table>'
+            )
         return f'<p class="warn">no job {e(job)} in any region read so far</p>'
     spec = record.spec
     trace = "-"

@@ -120,6 +120,8 @@ class Console:
         if route.startswith("/jobs/"):
             job = route.removeprefix("/jobs/")
             live = pages.job_live(self.board, job, now, self.can_cancel, self.token)
+            if self.board.find(job)[0] is None and any(r.spec.array == job for r in self.board.all_jobs()):
+                return f"Job array {job}", live, "", ""  # its jobs have the output
             return f"Job {job}", live, "", pages.job_logs(job)
         if route == "/audit":
             if not self.checks and self._checking is None:

@@ -130,3 +130,16 @@ def test_a_job_page_names_its_array_and_what_it_waits_for() -> None:
     html = pages.job_live(board, "a1-3", NOW, False, "t")
     assert '<a href="/jobs?q=a1-" class="mono">a1</a> index 3, at most 10 at once' in html
     assert '<a href="/jobs/prep" class="mono">prep</a> (any, in us)' in html
+
+
+def test_an_array_ids_page_counts_its_jobs_by_state() -> None:
+    board = Board({"eu": ""})
+    board.regions["eu"].read_at = NOW
+    for i, state in enumerate(["running", "pending", "pending"]):
+        board.regions["eu"].jobs[f"x-{i}"] = record(
+            f"x-{i}", state=state, array="x", array_index=i, array_limit=1
+        )
+    html = pages.job_live(board, "x", NOW, False, "t")
+    assert "job array of 3 jobs, at most 1 at once" in html
+    assert '<a href="/jobs?q=x-">its jobs</a>' in html
+    assert 's-pending">pending</span></td><td>2</td>' in html

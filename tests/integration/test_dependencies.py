@@ -60,6 +60,9 @@ async def test_a_chain_across_two_regions_runs_in_order_and_a_wrong_ending_cance
         lambda: _contains(explained(b), f"waiting for {a} in eu (running)"), timeout=60
     )
     assert waiting
+    told = await explained(b)
+    assert "forwarded" not in told  # it lives where it was submitted: no home record to show
+    assert "home " not in told
     gate.touch()  # a may end now: b runs (in us), and c, after b, back in eu
     third = await fed(cluster.tmp, "submit", "--region", "eu", "--after", b, "--wait", "--", "true")
     assert third.returncode == 0, third.stderr
