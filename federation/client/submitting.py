@@ -9,7 +9,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypedDict, Unpack, cast
 
 import msgspec
 
@@ -33,11 +33,39 @@ from federation.schemas import (
 
 ARRAY_WINDOW = 256  # an array's elements stored at once (each waits for its acknowledgement)
 MAX_ARRAY_JOBS = 100_000  # elements of one job array
-WORKFLOW_KEYS = frozenset(
-    {"command", "after", "array", "limit", "id", "region", "cpu", "memory", "gpu", "priority", "nodes"}
-    | {"tenant", "env", "require", "scoring", "max_attempts", "gang", "custom", "on_node_lost", "regions"}
-    | {"semantics", "timeout"}
-)  # what a workflow's job may say: submit()'s keyword arguments, plus an array's
+
+
+class SubmitOptions(TypedDict, total=False):
+    """What a submission may ask for besides its command, id, region and dependencies (the
+    fields of :class:`~federation.schemas.Submit` a submitter sets; Submit's defaults apply)."""
+
+    cpu: int
+    memory: int
+    gpu: int
+    priority: Priority
+    nodes: Sequence[str]
+    tenant: str
+    env: dict[str, str] | None
+    require: dict[str, str] | None
+    scoring: Literal["", "binpack", "spread"]
+    max_attempts: int
+    gang: int
+    custom: dict[str, float] | None
+    on_node_lost: str
+    regions: Sequence[str]
+    semantics: Semantics
+    timeout: float
+
+
+# what a workflow's job may say: submit()'s keyword arguments, plus an array's
+WORKFLOW_KEYS = frozenset(SubmitOptions.__annotations__) | {
+    "command",
+    "after",
+    "array",
+    "limit",
+    "id",
+    "region",
+}
 
 
 def workflow_order(jobs: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -82,24 +110,9 @@ class Submitting(Reading):
         command: Sequence[str],
         *,
         region: str | None = None,
-        cpu: int = 1,
-        memory: int = 0,
-        gpu: int = 0,
-        priority: Priority = "medium",
-        nodes: Sequence[str] = (),
-        tenant: str = "default",
-        env: dict[str, str] | None = None,
         job_id: str | None = None,
-        require: dict[str, str] | None = None,
-        scoring: Literal["", "binpack", "spread"] = "",
-        max_attempts: int = 0,
-        gang: int = 1,
-        custom: dict[str, float] | None = None,
-        on_node_lost: str = "",
-        regions: Sequence[str] = (),
-        semantics: Semantics = "at_most_once",
-        timeout: float = 0.0,
         after: Sequence[str | Dependency] = (),
+        **options: Unpack[SubmitOptions],
     ) -> Job:
         """Validate and durably submit a job; returns once the region's stream stored it.
 
@@ -112,25 +125,7 @@ class Submitting(Reading):
         """
         name = self._region(region)
         spec = self._submission(
-            command,
-            job_id=job_id or new_job_id(),
-            cpu=cpu,
-            memory=memory,
-            gpu=gpu,
-            priority=priority,
-            nodes=nodes,
-            tenant=tenant,
-            env=env,
-            require=require,
-            scoring=scoring,
-            max_attempts=max_attempts,
-            gang=gang,
-            custom=custom,
-            on_node_lost=on_node_lost,
-            regions=regions,
-            semantics=semantics,
-            timeout=timeout,
-            after=await self._dependencies(after),
+            command, job_id=job_id or new_job_id(), after=await self._dependencies(after), **options
         )
         with tracing.span("fed.submit", job=spec.id, region=name):
             subject = await self._store(spec, name)
@@ -212,7 +207,8 @@ class Submitting(Reading):
         array_id: str | None = None,
         region: str | None = None,
         progress: Callable[[int, int], None] | None = None,
-        **options: Any,
+        after: Sequence[str | Dependency] = (),
+        **options: Unpack[SubmitOptions],
     ) -> JobArray:
         """Submit a job array (Slurm's ``--array``): one job per index, ``<array id>-<index>``, each
         with ``FED_ARRAY_ID`` and ``FED_ARRAY_INDEX`` in its environment; ``limit`` > 0 lets at
@@ -235,10 +231,9 @@ class Submitting(Reading):
             raise InvalidRequest(
                 f"array id {array_id!r} leaves no room for the index in a job id (64 characters)"
             )
-        env = dict(options.pop("env", None) or {})
-        after = await self._dependencies(options.pop("after", ()))
+        env = dict(options.get("env") or {})
         template = self._submission(
-            command, job_id=f"{array_id}-{max(indices)}", env=env, after=after, **options
+            command, job_id=f"{array_id}-{max(indices)}", after=await self._dependencies(after), **options
         )
         template = msgspec.structs.replace(template, array=array_id, array_limit=limit)
         validate(template)
@@ -271,56 +266,33 @@ class Submitting(Reading):
         command: Sequence[str],
         *,
         job_id: str,
-        cpu: int = 1,
-        memory: int = 0,
-        gpu: int = 0,
-        priority: Priority = "medium",
-        nodes: Sequence[str] = (),
-        tenant: str = "default",
-        env: dict[str, str] | None = None,
-        require: dict[str, str] | None = None,
-        scoring: Literal["", "binpack", "spread"] = "",
-        max_attempts: int = 0,
-        gang: int = 1,
-        custom: dict[str, float] | None = None,
-        on_node_lost: str = "",
-        regions: Sequence[str] = (),
-        semantics: Semantics = "at_most_once",
-        timeout: float = 0.0,
         after: Sequence[Dependency] = (),
+        **options: Unpack[SubmitOptions],
     ) -> Submit:
         """A submission checked as the scheduler will check it (bad input never leaves here)."""
+        regions = list(options.get("regions", ()))
         unknown = [r for r in regions if r != "any" and r not in self.connection.regions]
         if unknown:
             known = ", ".join(self.connection.regions)
             raise InvalidRequest(f"unknown region {unknown[0]!r} in regions: this federation has {known}")
+        cpu = options.get("cpu", 1)
         if cpu < 1:
             raise InvalidRequest(f"cpu must be at least 1 (a job always holds a core), got {cpu}")
+        tenant = options.get("tenant", "default")
         if self.tenant and tenant not in ("default", self.tenant):
             raise InvalidRequest(f"these credentials submit as tenant {self.tenant!r} only, not {tenant!r}")
-        tenant = self.tenant or tenant
+        fields: dict[str, Any] = {
+            **options,
+            "tenant": self.tenant or tenant,
+            "nodes": list(options.get("nodes", ())),
+            "regions": regions,
+            "env": dict(options.get("env") or {}),
+            "require": dict(options.get("require") or {}),
+            "custom": dict(options.get("custom") or {}),
+        }
         try:
             spec = Submit(
-                id=job_id,
-                command=list(command),
-                cpu=cpu,
-                memory=memory,
-                gpu=gpu,
-                priority=priority,
-                tenant=tenant,
-                nodes=list(nodes),
-                env=dict(env or {}),
-                submitted_at=time.time(),
-                require=dict(require or {}),
-                scoring=scoring,
-                max_attempts=max_attempts,
-                timeout=timeout,
-                gang=gang,
-                custom=dict(custom or {}),
-                on_node_lost=on_node_lost,
-                regions=list(regions),
-                semantics=semantics,
-                after=list(after),
+                id=job_id, command=list(command), submitted_at=time.time(), after=list(after), **fields
             )
             validate(spec)
         except MalformedMessage as exc:
