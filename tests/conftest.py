@@ -202,6 +202,11 @@ def run_fed(state_dir: Path, *args: str, timeout: float = 60) -> subprocess.Comp
     return launcher.run_fed(state_dir, *args, timeout=timeout)
 
 
+async def fed(state_dir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """:func:`run_fed` from a test's event loop (in a thread: the loop goes on meanwhile)."""
+    return await asyncio.to_thread(run_fed, state_dir, *args, timeout=timeout)
+
+
 @contextlib.asynccontextmanager
 async def fed_up(state_dir: Path, *args: str) -> AsyncIterator[tuple[Child, Connection]]:
     """``fed up --state-dir STATE ARGS`` as a real process (as a user runs it), ready when its

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import GiB, eventually, run_fed
+from tests.conftest import GiB, eventually, fed
 
 pytestmark = pytest.mark.timeout(300)
-
-
-async def fed(state: Path, *args: str) -> Any:
-    return await asyncio.to_thread(run_fed, state, *args, timeout=240)
 
 
 def most_at_once(spans: list[tuple[float, float]]) -> int:

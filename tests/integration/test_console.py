@@ -7,7 +7,6 @@ command): a missing browser fails these tests, it never skips them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import pytest
 from federation.client import Client
 from federation.console.server import Console
 from federation.ops.keyring import Keyring
-from tests.conftest import eventually, run_fed
+from tests.conftest import eventually, fed
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -56,9 +55,9 @@ async def browser() -> AsyncIterator[Any]:
             await launched.close()
 
 
-async def fed(state: Path, *args: str) -> str:
+async def fed_ok(state: Path, *args: str) -> str:
     """``fed ARGS`` as the operator, its output (failing the test when it fails)."""
-    done = await asyncio.to_thread(run_fed, state, *args)
+    done = await fed(state, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -71,7 +70,7 @@ async def test_the_console_shows_jobs_live_streams_output_and_draws_a_partition(
     cluster = await make_cluster(regions=("eu", "us"), agents=1, chaos=True, console=True)
     url = cluster.connection.console
     assert url.startswith("http://127.0.0.1:")
-    status = json.loads(await fed(cluster.tmp, "status", "--json"))
+    status = json.loads(await fed_ok(cluster.tmp, "status", "--json"))
     assert [region["console"] for region in status] == [f"{url}/regions/eu", f"{url}/regions/us"]
     page = await browser.new_page(viewport={"width": 1300, "height": 900})
 
@@ -80,7 +79,7 @@ async def test_the_console_shows_jobs_live_streams_output_and_draws_a_partition(
     await expect(page.locator("#conn")).to_have_class("dot on", timeout=SEEN)
     gate = tmp_path / "go"
     job = (
-        await fed(
+        await fed_ok(
             cluster.tmp,
             "submit",
             "--region",
@@ -116,12 +115,12 @@ async def test_the_console_shows_jobs_live_streams_output_and_draws_a_partition(
     await page.goto(url + "/")
     edge = page.locator('line.edge[data-region="us"]')
     await expect(edge).to_have_class("edge e-linked", timeout=SEEN)
-    await fed(cluster.tmp, "chaos", "partition", "us")
+    await fed_ok(cluster.tmp, "chaos", "partition", "us")
     await expect(edge).to_have_class("edge e-cut-off", timeout=SEEN)
     await expect(page.locator('tr[data-region="us"] .state')).to_have_text("cut off")
     await expect(page.locator('line.edge[data-region="eu"]')).to_have_class("edge e-cut-off")  # no peer left
     await page.screenshot(path=str(tmp_path / "partitioned.png"), full_page=True)
-    await fed(cluster.tmp, "chaos", "heal")
+    await fed_ok(cluster.tmp, "chaos", "heal")
     await expect(edge).to_have_class("edge e-linked", timeout=SEEN)
 
 
@@ -131,7 +130,7 @@ async def test_only_an_operators_console_cancels(make_cluster: Any, browser: Any
     from playwright.async_api import expect
 
     cluster = await make_cluster(regions=("eu",), agents=1, console=True)
-    job = (await fed(cluster.tmp, "submit", "--", "sleep", "300")).split()[0]
+    job = (await fed_ok(cluster.tmp, "submit", "--", "sleep", "300")).split()[0]
     page = await browser.new_page()
     await page.goto(f"{cluster.connection.console}/jobs/{job}")
     await expect(page.locator("#live .state").first).to_have_text("running", timeout=SEEN)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import eventually, run_fed
+from tests.conftest import eventually, fed
 
 pytestmark = pytest.mark.timeout(300)
-
-
-async def fed(state: Path, *args: str) -> Any:
-    return await asyncio.to_thread(run_fed, state, *args, timeout=240)
 
 
 async def test_a_chain_across_two_regions_runs_in_order_and_a_wrong_ending_cancels(

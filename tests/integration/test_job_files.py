@@ -3,20 +3,15 @@ federation (servers, a scheduler, an agent)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import run_fed
+from tests.conftest import fed
 
 pytestmark = pytest.mark.timeout(240)
-
-
-async def fed(state: Path, *args: str) -> Any:
-    return await asyncio.to_thread(run_fed, state, *args, timeout=200)
 
 
 async def jobs(state: Path) -> list[dict[str, Any]]:
