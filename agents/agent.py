@@ -53,7 +53,7 @@ import msgspec
 import psutil
 import structlog
 
-from agents import cgroups, landlock, runner
+from agents import cgroups, data, landlock, runner
 from agents.journal import AttemptJournal
 from agents.metrics import AgentMetrics
 from agents.offloop import OffLoop
@@ -71,6 +71,7 @@ from federation.schemas import (
     JobEvent,
     JobEventKind,
     Ledger,
+    ObjectRef,
     Usage,
     decode,
     encode,
@@ -391,7 +392,11 @@ class Agent:
                     return  # released (cancelled) before it started: nothing ran, nothing to report
 
                 spec = self._run_spec(allocation)
-                run = await self._start_attempt(job, allocation, spec, bound)
+                staged = None
+                if allocation.inputs and (staged := await self._stage(allocation, spec, bound)) is None:
+                    metrics.finished["refused"].inc()
+                    return
+                run = await self._start_attempt(job, allocation, spec, bound, staged)
                 if run is None:
                     metrics.finished["not_started"].inc()
                     return
@@ -406,6 +411,7 @@ class Agent:
                 wall = self.monotonic() - began
                 reason = _exit_reason(allocation, run, code, timed_out)
                 usage = _usage(run, wall)
+                stored = await self._outputs(allocation, run) if allocation.outputs else []
                 metrics.used(usage)
                 metrics.finished[_outcome(run, code, timed_out)].inc()
                 await self._report(
@@ -415,6 +421,7 @@ class Agent:
                     reason=reason,
                     usage=usage,
                     started_at=started_at if short else 0.0,
+                    stored=stored,
                 )
                 bound.info("attempt exited", exit_code=code, stopped=run.stopping)
         except Exception as exc:  # a bug or a broken disk: say so rather than leave the job placed
@@ -461,7 +468,43 @@ class Agent:
             gpus=allocation.gpus,
             pinned=allocation.pinned,
             traceparent=tracing.current_traceparent() or allocation.traceparent,
+            keep_workdir=bool(allocation.outputs),
         )
+
+    async def _stage(
+        self, allocation: Allocation, spec: runner.RunSpec, bound: structlog.typing.FilteringBoundLogger
+    ) -> Path | None:
+        """The attempt's directory with the job's inputs in it (:mod:`agents.data`); one that
+        cannot be staged is reported ``refused`` with the cause (the job goes back to the queue per
+        its retry policy), and nothing runs: None then."""
+        workdir = await self.disk.call(partial(data.new_directory, spec.job, spec.attempt, self.work_root))
+        try:
+            await data.stage(self.bus, self.disk, self.region, allocation, workdir)
+        except data.StagingError as exc:
+            runner.remove_later(self.disk, workdir)
+            await self._report(allocation, "refused", reason=str(exc))
+            bound.warning("inputs not staged", reason=str(exc))
+            return None
+        except BaseException:
+            runner.remove_later(self.disk, workdir)
+            raise
+        return workdir
+
+    async def _outputs(self, allocation: Allocation, run: runner.Run) -> list[ObjectRef]:
+        """Store the attempt's output files (not when it was stopped), then remove its directory;
+        what could not be stored is said in the job's output."""
+        try:
+            if run.stopping:
+                return []
+            stored, notes = await data.store_outputs(
+                self.bus, self.disk, self.region, self.node, allocation, run.workdir
+            )
+            if notes:
+                text = "".join(f"[fed: {note}]\n" for note in notes).encode()
+                await self._store_retrying(subjects.job_log(self.region, self.node, allocation.job), text)
+            return stored
+        finally:
+            runner.remove_later(self.disk, run.workdir)
 
     async def _start_attempt(
         self,
@@ -469,6 +512,7 @@ class Agent:
         allocation: Allocation,
         spec: runner.RunSpec,
         bound: structlog.typing.FilteringBoundLogger,
+        staged: Path | None = None,
     ) -> runner.Run | None:
         """Launch the attempt (:meth:`_launch`), its output stored on the job's log subject, and
         count it running (journalled with its process group where no cgroup will find it). One that
@@ -478,7 +522,7 @@ class Agent:
         async def sink(chunk: bytes) -> None:
             await self._store_retrying(log_subject, chunk)
 
-        run = await self._launch(job, spec, sink, self._confined(allocation))
+        run = await self._launch(job, spec, sink, self._confined(allocation), staged)
         if isinstance(run, runner.LaunchError):
             await sink(f"[fed: {run}]\n".encode())
             await self._report(allocation, "failed", reason=str(run), exit_code=127)
@@ -499,11 +543,17 @@ class Agent:
         return short
 
     async def _launch(
-        self, job: str, spec: runner.RunSpec, sink: runner.OutputSink, sandbox: runner.Sandbox
+        self,
+        job: str,
+        spec: runner.RunSpec,
+        sink: runner.OutputSink,
+        sandbox: runner.Sandbox,
+        staged: Path | None = None,
     ) -> runner.Run | runner.LaunchError:
-        """Make the attempt's directory and journal it (durably), both in the next batch of the
-        worker thread, then its cgroup, then start its process: never before its line is on disk."""
-        made = self.disk.call(partial(runner.make_workdir, spec, self.work_root, sandbox))
+        """Make the attempt's directory (or take the one its inputs were staged in) and journal it
+        (durably), both in the next batch of the worker thread, then its cgroup, then start its
+        process: never before its line is on disk."""
+        made = self.disk.call(partial(runner.make_workdir, spec, self.work_root, sandbox, staged))
         asked = self.monotonic()
         try:
             await self.journal.starting(job, spec.attempt)
@@ -613,6 +663,7 @@ class Agent:
         usage: Usage | None = None,
         at: float = 0.0,
         started_at: float = 0.0,
+        stored: list[ObjectRef] | None = None,
     ) -> None:
         event = JobEvent(
             node=self.node,
@@ -626,6 +677,7 @@ class Agent:
             member=allocation.member,
             usage=usage,
             started_at=started_at,
+            stored=stored or [],
         )
         await self._store_retrying(subjects.job_event(self.region, self.node, allocation.job), encode(event))
 

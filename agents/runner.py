@@ -188,6 +188,7 @@ class RunSpec:
     gpus: Sequence[str] = ()
     pinned: bool = False
     traceparent: str = ""
+    keep_workdir: bool = False  # its directory outlives the run (its outputs are stored first)
 
 
 def build_env(spec: RunSpec, base: Mapping[str, str], workdir: str) -> dict[str, str]:
@@ -303,7 +304,8 @@ class Run:
             self._pump.result()  # a failure to forward output is the attempt's failure
         if self._transport is not None:
             self._transport.close()  # the pipe ends a killed escapee held, if any still are open
-        remove_later(self._disk, self.workdir)
+        if not self.spec.keep_workdir:
+            remove_later(self._disk, self.workdir)
         return code
 
     async def stop(self, grace: float) -> None:
@@ -347,14 +349,20 @@ def remove_later(disk: OffLoop, workdir: Path) -> None:
     disk.later(partial(shutil.rmtree, workdir, ignore_errors=True))
 
 
-def make_workdir(spec: RunSpec, work_root: Path, sandbox: Sandbox = Sandbox()) -> Path:
+def make_workdir(
+    spec: RunSpec, work_root: Path, sandbox: Sandbox = Sandbox(), staged: Path | None = None
+) -> Path:
     """The attempt's private working directory (blocking: the agent's worker thread makes it,
-    in the same batch as the journal line of the attempt)."""
-    work_root.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{spec.job}.{spec.attempt}.", dir=work_root))
+    in the same batch as the journal line of the attempt); ``staged`` is one made already, with
+    the job's inputs in it."""
+    if staged is None:
+        work_root.mkdir(parents=True, exist_ok=True)
+    workdir = staged or Path(tempfile.mkdtemp(prefix=f"{spec.job}.{spec.attempt}.", dir=work_root))
     workdir.chmod(0o700)
     if sandbox.uid is not None:  # the workload's own directory, and nothing else of the agent's
-        os.chown(workdir, sandbox.uid, sandbox.gid if sandbox.gid is not None else -1)
+        owner = (sandbox.uid, sandbox.gid if sandbox.gid is not None else -1)
+        for path in (workdir, *(workdir.iterdir() if staged else ())):
+            os.chown(path, *owner)
     return workdir
 
 

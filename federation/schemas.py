@@ -21,7 +21,7 @@ from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
 
 import msgspec
 
-from federation.errors import MalformedMessage, MessageTooLarge, RemoteProtocolError
+from federation.errors import InvalidRequest, MalformedMessage, MessageTooLarge, RemoteProtocolError
 
 # --- bounded scalar types -----------------------------------------------------------------------
 
@@ -93,6 +93,46 @@ class Dependency(msgspec.Struct, kw_only=True, frozen=True, array_like=True):
     region: Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9][a-z0-9_-]{0,62})?$")] = ""
 
 
+FileName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-][A-Za-z0-9_.+@=,-]{0,127}$")]
+"""A file's name in a job's working directory: one path component, no ``/`` (and not ``.`` or
+``..``: :func:`check_file_name`)."""
+
+OutputPattern = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.*?\[\]-][A-Za-z0-9_.+@=,*?\[\]-]{0,127}$")]
+"""A glob naming output files in a job's working directory (``*.csv``, ``result-?.txt``), no ``/``."""
+
+ObjectId = Annotated[
+    str, msgspec.Meta(pattern=r"^(in|out)\.[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.[A-Za-z0-9_-]{1,64}$")
+]
+"""An object of a region's object store: ``in.<tenant>.<key>`` or ``out.<node>.<key>``."""
+
+Digest = Annotated[str, msgspec.Meta(pattern=r"^SHA-256=[A-Za-z0-9_-]{43}=?$")]
+"""A SHA-256 digest as the JetStream Object Store writes it: ``SHA-256=`` and base64url."""
+
+
+class ObjectRef(msgspec.Struct, kw_only=True, frozen=True, array_like=True):
+    """A file kept in a region's object store: its ``name`` in the job's working directory, the
+    ``object`` whose chunks hold it, its ``size`` in bytes and its ``digest`` (checked by whoever
+    reads it)."""
+
+    name: FileName
+    object: ObjectId
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    digest: Digest
+
+
+def check_file_name(name: str) -> str:
+    """``name`` if it can name a file in a job's working directory, else :class:`InvalidRequest`."""
+    if name in (".", "..") or "/" in name or not name or len(name) > 128:
+        raise InvalidRequest(f"invalid file name {name!r}: one path component, not . or ..")
+    try:
+        msgspec.json.decode(msgspec.json.encode(name), type=FileName)
+    except msgspec.ValidationError:
+        raise InvalidRequest(
+            f"invalid file name {name!r}: use letters, digits and . _ - + @ = , (max 128)"
+        ) from None
+    return name
+
+
 class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_defaults=True):
     """A workload request, published to ``fed.<region>.wl.submit.<id>``.
 
@@ -124,6 +164,11 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     ``after`` lists the jobs (or job arrays) this one waits for, each to end a given way; one that
     ends the other way cancels this job (see :mod:`federation.core.dependencies`). A job with
     dependencies stays in its home region.
+
+    ``inputs`` are files uploaded to the home region's object store before the submission: the
+    agent that runs the job, in whichever region, puts each into the job's working directory under
+    its name (digest checked) before it starts the job. ``outputs`` name files (globs) the agent
+    stores from the working directory when the job exits; the record lists them (``stored``).
     """
 
     id: JobId
@@ -150,6 +195,8 @@ class Submit(msgspec.Struct, tag="submit", tag_field="type", kw_only=True, omit_
     array_index: Annotated[int, msgspec.Meta(ge=0, le=MAX_ARRAY_INDEX)] = 0
     array_limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_ARRAY_INDEX)] = 0
     after: Annotated[list[Dependency], msgspec.Meta(max_length=64)] = []
+    inputs: Annotated[list[ObjectRef], msgspec.Meta(max_length=64)] = []
+    outputs: Annotated[list[OutputPattern], msgspec.Meta(max_length=64)] = []
 
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type", kw_only=True, omit_defaults=True):
@@ -258,6 +305,7 @@ class JobEvent(msgspec.Struct, tag="job_event", tag_field="type", kw_only=True, 
     member: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
     usage: Usage | None = None  # with ``exited``: what the attempt used
     started_at: Timestamp = 0.0  # with ``exited``: when it started, if it sent no ``started`` report
+    stored: Annotated[list[ObjectRef], msgspec.Meta(max_length=256)] = []  # with ``exited``: outputs
 
 
 class Summary(msgspec.Struct, tag="summary", tag_field="type", kw_only=True, omit_defaults=True):
@@ -325,12 +373,14 @@ class HandOffReply(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class TenantQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
-    """A tenant's question on ``fed.<region>.tenant.<tenant>.<verb>`` (``job``, ``jobs`` or ``logs``),
+    """A tenant's question on ``fed.<region>.tenant.<tenant>.<verb>`` (``job``, ``jobs``, ``logs``,
+    ``get`` or ``limits``),
     answered by the region's leading scheduler (:mod:`federation.scheduler.tenants`)."""
 
     job: str = ""
     state: str = ""
-    after: int = 0  # logs: the stream sequence already read
+    after: int = 0  # logs, get: the stream sequence already read
+    name: str = ""  # get: the output file
 
 
 class TenantReply(msgspec.Struct, kw_only=True):
@@ -341,6 +391,7 @@ class TenantReply(msgspec.Struct, kw_only=True):
     chunks: list[bytes] = []  # logs (base64 in JSON)
     next: int = 0  # logs: ask again after this sequence
     truncated: bool = False  # jobs: more than tenants.MAX_RECORDS matched (the newest are left out)
+    max_input_bytes: int = 0  # limits: what the region's policy allows a job's inputs to total
     error: str = ""
 
 
@@ -380,6 +431,10 @@ class Allocation(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     on_node_lost: str = ""
     max_attempts: int = 0
     timeout: float = 0.0  # the attempt's wall-clock limit in seconds (0: none)
+    inputs: tuple[ObjectRef, ...] = ()  # staged into the working directory before the start
+    store: str = ""  # the region whose object store holds the inputs ("": this one)
+    outputs: tuple[str, ...] = ()  # globs of the files stored after the exit
+    output_bytes: int = 0  # at most this many bytes of outputs are stored (0: none asked for)
 
 
 class Capacity(msgspec.Struct, kw_only=True, frozen=True, array_like=True):
@@ -506,6 +561,7 @@ class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     duplicates: tuple[str, ...] = ()
     cancel_requested: str = ""
     usage: Usage | None = None  # what the attempt that ended it used (a gang: its members summed)
+    stored: tuple[ObjectRef, ...] = ()  # output files its last attempt stored (``spec.outputs``)
 
     @property
     def terminal(self) -> bool:
@@ -694,6 +750,19 @@ def decode_workload(data: bytes, *, kind: str, job: str, tenant: str, region: st
             f"a submission may not set {', '.join(named)}: only the scheduler writes "
             f"{'that field' if len(named) == 1 else 'those fields'} of the job record"
         )
+    names = [ref.name for ref in message.inputs]
+    for ref in message.inputs:
+        try:
+            check_file_name(ref.name)
+        except InvalidRequest as exc:
+            raise RemoteProtocolError(f"input {ref.name!r}: {exc}") from None
+        owner = ref.object.split(".")[1]
+        if not ref.object.startswith("in.") or owner != message.tenant:
+            raise RemoteProtocolError(
+                f"input {ref.name!r}: object {ref.object!r} is not tenant {message.tenant}'s"
+            )
+    if len(set(names)) != len(names):
+        raise RemoteProtocolError("two inputs have the same file name")
     if message.origin and (tenant or message.origin == region or message.regions != [region]):
         raise RemoteProtocolError(
             f"a submission may not set origin ({message.origin!r}): only a region's scheduler sets it, "

@@ -239,6 +239,34 @@ def jobs_bucket(region: str) -> str:
     return f"fed-jobs-{region}"
 
 
+def objects_bucket(region: str) -> str:
+    """The region's object store (JetStream Object Store layout, stream ``OBJ_<bucket>``): the
+    chunks of jobs' input and output files."""
+    return f"fed-objects-{region}"
+
+
+def objects_stream(region: str) -> str:
+    """The stream behind :func:`objects_bucket`."""
+    return f"OBJ_{objects_bucket(region)}"
+
+
+def object_chunks(region: str, obj: str) -> str:
+    """Where the chunks of object ``obj`` are stored, in order (``obj`` is two or three tokens:
+    :func:`input_object` or :func:`output_object`)."""
+    return f"$O.{objects_bucket(region)}.C.{obj}"
+
+
+def input_object(tenant: str, key: str) -> str:
+    """An input file's object id: the tenant that uploaded it (its credentials may write only
+    under its own name) and a random key."""
+    return f"in.{tenant}.{key}"
+
+
+def output_object(node: str, key: str) -> str:
+    """An output file's object id: the node whose agent stored it, and a random key."""
+    return f"out.{node}.{key}"
+
+
 def lease_bucket(region: str) -> str:
     """KV bucket holding the region's scheduler lease (key :data:`LEADER_KEY`, per-message TTL)."""
     return f"fed-lease-{region}"
@@ -290,6 +318,10 @@ CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("bucket", ledger_bucket(R)),
     Entry("bucket", jobs_bucket(R)),
     Entry("bucket", lease_bucket(R)),
+    Entry("bucket", objects_bucket(R)),
+    Entry("stream", objects_stream(R)),
+    Entry("subject", object_chunks(R, input_object("<tenant>", "<key>"))),
+    Entry("subject", object_chunks(R, output_object("<node>", "<key>"))),
     Entry("consumer", SCHEDULER_WORKLOADS_CONSUMER),
     Entry("consumer", SCHEDULER_STATUS_CONSUMER),
 )

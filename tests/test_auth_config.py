@@ -127,6 +127,11 @@ def test_permissions_confine_each_role() -> None:
         "fed.eu.offer.n1",
         "fed.eu.status.n1.>",
         "$JS.API.DIRECT.GET.KV_fed-ledger-eu.$KV.fed-ledger-eu.n1",
+        # jobs' files: outputs under its node's name; inputs from its region's store and, through
+        # the hub, from every other region's
+        "$O.fed-objects-eu.C.out.n1.*",
+        "$JS.API.DIRECT.GET.OBJ_fed-objects-eu",
+        *(f"$JS.{r}.API.DIRECT.GET.OBJ_fed-objects-{r}" for r in REGIONS if r != "eu"),
     }
     assert set(agent.subscribe) == {"fed.eu.ledger.n1", "_INBOX.UKEY.>"}
     tenant = perms("tenant", "acme")
@@ -142,6 +147,7 @@ def test_permissions_confine_each_role() -> None:
     assert not leaf.publish
     assert "fed.*.hb.>" in leaf.publish_deny
     assert "$KV.>" in leaf.subscribe_deny
+    assert "$O.>" in leaf.publish_deny  # no object store write crosses a link
     assert auth.permissions(auth.Identity("admin", "admin", "UKEY"), REGIONS) is None
 
 

@@ -20,7 +20,9 @@ the one before it:
 
 Beside them, without NATS types: :mod:`~federation.bus.delivery` (:class:`Delivery`),
 :mod:`~federation.bus.layout` (what a stream should be, and what one is) and
-:mod:`~federation.bus.scan` (reading a stream by batched direct gets, as an auditor must).
+:mod:`~federation.bus.scan` (reading a stream by batched direct gets, as an auditor must) and
+:mod:`~federation.bus.objects` (jobs' files in a region's object store: chunks stored in order,
+read by batched direct gets, from another region's store through the hub).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemons.add_parsers(sub, common)  # scheduler, agent
     jobs.add_submit_parser(sub, common)
     status.add_parsers(sub, common)
-    jobs.add_query_parsers(sub, common)  # jobs, job, explain, logs
+    jobs.add_query_parsers(sub, common)  # jobs, job, explain, logs, get
     audit.add_parsers(sub, common)
     usage.add_parsers(sub, common)
     quarantine.add_parsers(sub, common)

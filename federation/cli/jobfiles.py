@@ -3,11 +3,14 @@ depend on each other) or a shell script with ``#FED`` lines (as ``#SBATCH`` in S
 
 A TOML file's keys are ``fed submit``'s options by their long names (``max-attempts`` or
 ``max_attempts``), with tables where the flag takes ``KEY=VALUE`` pairs (``env``, ``require``,
-``resource``) and lists where it repeats (``node``, ``after``). One job::
+``resource``) and lists where it repeats (``node``, ``after``, ``input``, ``output``). An input's
+path is taken from the file's own directory. One job::
 
     command = ["python", "train.py"]
     cpu = 2
     memory = "4GiB"
+    input = ["data/train.csv"]
+    output = ["model.pt"]
 
 A workflow names its jobs under ``[jobs.NAME]``; keys at the top apply to every job, and ``after``
 may name a job of the file (``"prepare"``, ``"train:any"``) or an existing job id::
@@ -64,7 +67,7 @@ def _number(value: Any, key: str, where: str, kind: type = int) -> Any:
     return value
 
 
-def _options(entry: dict[str, Any], where: str) -> dict[str, Any]:
+def _options(entry: dict[str, Any], where: str, base: Path) -> dict[str, Any]:
     """One job's keys as :meth:`Client.submit_workflow` arguments (unknown keys refused by name)."""
     out: dict[str, Any] = {}
     for raw, value in entry.items():
@@ -106,6 +109,10 @@ def _options(entry: dict[str, Any], where: str) -> dict[str, Any]:
                 out["array"], out["limit"] = parse_array(str(value))
             case "after":
                 out["after"] = _strings(value, raw, where)
+            case "input" | "inputs":  # PATH[:NAME], the path from the job file's directory
+                out["inputs"] = [str(base / item) for item in _strings(value, raw, where)]
+            case "output" | "outputs":
+                out["outputs"] = _strings(value, raw, where)
             case _:
                 raise InvalidRequest(f"{where}: unknown key {raw!r} (the keys are fed submit's options)")
     return out
@@ -121,13 +128,14 @@ def read_toml(path: Path) -> dict[str, dict[str, Any]]:
         raise InvalidRequest(f"{path}: not valid TOML: {exc}") from None
     jobs = data.pop("jobs", None)
     if jobs is None:
-        return {path.stem: _options(data, str(path))}
+        return {path.stem: _options(data, str(path), path.parent)}
     if not isinstance(jobs, dict) or not jobs or not all(isinstance(v, dict) for v in jobs.values()):
         raise InvalidRequest(f"{path}: [jobs] must hold one table per job, [jobs.NAME]")
     out = {}
     for name, entry in jobs.items():
         where = f"{path}: job {name!r}"
-        out[str(name)] = {**_options(data, f"{path} (top level)"), **_options(entry, where)}
+        top = _options(data, f"{path} (top level)", path.parent)
+        out[str(name)] = {**top, **_options(entry, where, path.parent)}
         if "command" not in out[str(name)]:
             raise InvalidRequest(f"{where}: no command")
     return out

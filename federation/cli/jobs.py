@@ -1,5 +1,6 @@
-"""A job's commands: ``fed submit``, ``fed jobs``, ``fed job``, ``fed explain``, ``fed logs`` and
-``fed cancel``; and the shell status a followed job exits with (``submit --wait``, ``logs -f``)."""
+"""A job's commands: ``fed submit``, ``fed jobs``, ``fed job``, ``fed explain``, ``fed logs``,
+``fed get`` and ``fed cancel``; and the shell status a followed job exits with (``submit --wait``,
+``logs -f``)."""
 
 from __future__ import annotations
 
@@ -66,8 +67,18 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         "semantics": "at_least_once" if args.retry_anywhere else "at_most_once",
         "timeout": parse_duration(args.timeout) if args.timeout else 0.0,
         "after": args.after or [],
+        "inputs": args.input or [],
+        "outputs": args.output or [],
     }
     array = parse_array(args.array) if args.array else None  # a bad spec is refused before connecting
+    uploads = Progress()  # drawn on a terminal while input files are stored
+
+    def uploading(name: str, done: int, total: int) -> None:
+        uploads.show(f"uploading inputs: {format_memory(done)} of {format_memory(total)} ({name})")
+        if done == total:
+            uploads.clear()
+
+    options["uploading"] = uploading
     async with Client.connect(state_dir(args)) as fed:
         if array is not None:
             return await _submit_array(fed, args, command, options, *array)
@@ -333,6 +344,11 @@ async def cmd_job(args: argparse.Namespace) -> int:
             f"usage     cpu {u.cpu_seconds:g} s  peak memory {format_memory(u.peak_memory_bytes)}  "
             f"wall {u.wall_seconds:g} s  gpu {u.gpu_seconds:g} s  (measured by {u.measured_by})"
         )
+    for ref in spec.inputs:
+        print(f"input     {ref.name} ({format_memory(ref.size)}, from {spec.origin or record.region})")
+    if spec.outputs:
+        kept = ", ".join(f"{ref.name} ({format_memory(ref.size)})" for ref in record.stored) or "-"
+        print(f"outputs   {' '.join(spec.outputs)}: stored {kept}")
     if record.traceparent:
         print(f"trace     {tracing.trace_id(record.traceparent)}")
     print("history")
@@ -368,6 +384,36 @@ async def cmd_logs(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
             record = await fed.where(args.job, region=args.region)
     return _ended(record)  # followed to the end: the job's own status, as fed submit --wait
+
+
+def _target(output: str | None, name: str | None) -> Path:
+    """Where ``fed get`` writes output file ``name``: ``-o PATH`` (in it, if a directory), else here."""
+    target = Path(output or name or ".")
+    return target / name if name and target.is_dir() else target
+
+
+async def cmd_get(args: argparse.Namespace) -> int:
+    from federation.client import Client
+
+    target = _target(args.output, args.name)
+    async with Client.connect(state_dir(args)) as fed:
+        if args.name is None:  # the files the job stored
+            record, stored = await fed.outputs(args.job, region=args.region)
+            if args.json:
+                return print_json({"id": record.id, "region": record.region, "stored": stored})
+            for ref in stored:
+                print(f"{ref.name:<40} {format_memory(ref.size):>10}  {ref.digest}")
+            if not stored:
+                print(f"job {record.id} ({record.state}) stored no output files", file=sys.stderr)
+            return 0
+        if args.output == "-":
+            async for chunk in fed.read_output(args.job, args.name, region=args.region):
+                sys.stdout.buffer.write(chunk)  # checked at the end: a mismatch fails the command
+            sys.stdout.flush()
+            return 0
+        ref = await fed.get_file(args.job, args.name, target, region=args.region)
+    print(f"{target} ({format_memory(ref.size)}, {ref.digest})", file=sys.stderr)
+    return 0
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
@@ -460,6 +506,21 @@ def submit_arguments(p: argparse.ArgumentParser) -> None:
         "FED_ARRAY_INDEX; prints the array's id (--id names it); --wait waits for all and exits 0 only if "
         "all succeeded",
     )
+    p.add_argument(
+        "--input",
+        action="append",
+        metavar="PATH[:NAME]",
+        help="a local file the job reads: uploaded to the home region's object store before the job is "
+        "submitted, put into the job's directory as NAME (default: the file's name) before it starts, "
+        "in whichever region it runs (repeat)",
+    )
+    p.add_argument(
+        "--output",
+        action="append",
+        metavar="NAME",
+        help="a file (glob allowed, e.g. '*.csv') the job leaves in its directory: stored when it exits, "
+        "read with fed get JOB NAME (repeat)",
+    )
     p.add_argument("--wait", action="store_true", help="wait, print the output, exit with the job's status")
     p.add_argument(
         "--json",
@@ -510,6 +571,19 @@ def add_query_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="keep reading until the job ends, then exit with its status (as fed submit --wait)",
     )
     p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser(
+        "get",
+        parents=[common],
+        help="an output file a job stored (--output): written to NAME here, or -o PATH (- for stdout); "
+        "without NAME, the files it stored",
+    )
+    p.add_argument("job")
+    p.add_argument("name", nargs="?", help="the output file's name (as the job left it in its directory)")
+    p.add_argument("-o", "--output", metavar="PATH", help="where to write it (a directory, a file, or -)")
+    p.add_argument("--region")
+    p.add_argument("--json", action="store_true", help="without NAME: the stored files as JSON")
+    p.set_defaults(func=cmd_get)
 
 
 def add_cancel_parser(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -19,6 +19,8 @@ one before it:
   the federation's regions and a cached connection to each (and to the hub);
 * :mod:`~federation.client.reading` (:class:`~federation.client.reading.Reading`): job records,
   explanations, waiting, job arrays' elements, listings and output;
+* :mod:`~federation.client.files` (:class:`~federation.client.files.Files`): jobs' input files
+  uploaded to a region's object store, and their output files read back;
 * :mod:`~federation.client.submitting` (:class:`~federation.client.submitting.Submitting`):
   submitting jobs, job arrays and workflows, and cancelling;
 * :mod:`~federation.client.auditing` (:class:`~federation.client.auditing.Auditing`): the audit

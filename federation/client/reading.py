@@ -53,11 +53,12 @@ class Reading(Connections):
                 return decode(JobRecord, value)
         raise NotFound("job", job_id)
 
-    async def _ask(self, region: str, verb: str, query: TenantQuery) -> TenantReply:
-        """A tenant's question to ``region``'s leading scheduler."""
+    async def _ask(self, region: str, verb: str, query: TenantQuery, *, tenant: str = "") -> TenantReply:
+        """A tenant's question to ``region``'s leading scheduler (as ``tenant``: an operator's
+        credentials may ask on any tenant's subject)."""
         bus = await self.bus(region)
         data = await bus.request(
-            subjects.tenant_api(region, self.tenant, verb), encode(query), timeout=FAILOVER
+            subjects.tenant_api(region, tenant or self.tenant, verb), encode(query), timeout=FAILOVER
         )
         reply = decode_tenant_reply(data)
         if reply.error.endswith("not found"):

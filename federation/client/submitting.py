@@ -6,6 +6,7 @@ returns. A job's dependencies are looked up (reading, below) before anything is 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -15,8 +16,8 @@ import msgspec
 
 from federation import subjects, tracing
 from federation.bus import FAILOVER
+from federation.client.files import Files, Progress, input_files
 from federation.client.handles import Job, JobArray
-from federation.client.reading import Reading
 from federation.errors import InvalidRequest, MalformedMessage, NotFound, RemoteProtocolError
 from federation.schemas import (
     MAX_ARRAY_INDEX,
@@ -24,6 +25,7 @@ from federation.schemas import (
     Cancel,
     Dependency,
     DependencyWhen,
+    ObjectRef,
     Priority,
     Semantics,
     Submit,
@@ -55,12 +57,14 @@ class SubmitOptions(TypedDict, total=False):
     regions: Sequence[str]
     semantics: Semantics
     timeout: float
+    outputs: Sequence[str]
 
 
 # what a workflow's job may say: submit()'s keyword arguments, plus an array's
 WORKFLOW_KEYS = frozenset(SubmitOptions.__annotations__) | {
     "command",
     "after",
+    "inputs",
     "array",
     "limit",
     "id",
@@ -100,7 +104,7 @@ def new_job_id() -> str:
     return f"j{int(time.time() * 1000):x}{secrets.token_hex(5)}"
 
 
-class Submitting(Reading):
+class Submitting(Files):
     """Submitting jobs, job arrays and workflows, and cancelling them."""
 
     # --- submit / cancel -----------------------------------------------------------------------------
@@ -112,6 +116,8 @@ class Submitting(Reading):
         region: str | None = None,
         job_id: str | None = None,
         after: Sequence[str | Dependency] = (),
+        inputs: Sequence[str | os.PathLike[str]] = (),
+        uploading: Progress | None = None,
         **options: Unpack[SubmitOptions],
     ) -> Job:
         """Validate and durably submit a job; returns once the region's stream stored it.
@@ -121,12 +127,21 @@ class Submitting(Reading):
         region); ``semantics`` is ``at_most_once`` or ``at_least_once`` across regions.
         ``timeout`` is each attempt's wall-clock limit in seconds (0: none). ``after`` names jobs
         or job arrays this one waits for, ``"ID"`` or ``"ID:ok"`` (succeeded), ``"ID:failed"``,
-        ``"ID:any"``, in any region; an unknown one is refused here.
+        ``"ID:any"``, in any region; an unknown one is refused here. ``inputs`` are local files
+        (``PATH[:NAME]``) uploaded to the region's object store first and put into the job's
+        directory before it starts (``uploading`` hears how far the upload got); ``outputs`` are
+        names (globs) of files the job leaves in its directory, stored when it exits
+        (:meth:`get`).
         """
         name = self._region(region)
-        spec = self._submission(
-            command, job_id=job_id or new_job_id(), after=await self._dependencies(after), **options
+        job_id = job_id or new_job_id()
+        self._submission(command, job_id=job_id, **options)  # bad options fail before an upload
+        input_files(inputs)
+        dependencies = await self._dependencies(after)
+        refs = await self.upload(
+            inputs, region=name, tenant=options.get("tenant", "default"), progress=uploading
         )
+        spec = self._submission(command, job_id=job_id, after=dependencies, inputs=refs, **options)
         with tracing.span("fed.submit", job=spec.id, region=name):
             subject = await self._store(spec, name)
         return Job(self, spec.id, name, subject)
@@ -163,13 +178,17 @@ class Submitting(Reading):
             options = {
                 k: v
                 for k, v in entry.items()
-                if k not in ("command", "after", "array", "limit", "id", "region")
+                if k not in ("command", "after", "array", "limit", "id", "region", "inputs")
             }
             self._region(entry.get("region", region))
             try:
                 self._submission(entry["command"], job_id=new_job_id(), **options)
             except TypeError as exc:
                 raise InvalidRequest(f"job {name!r}: {exc}") from None
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"job {name!r}: {exc}") from None
+            try:
+                input_files(entry.get("inputs", ()))
             except InvalidRequest as exc:
                 raise InvalidRequest(f"job {name!r}: {exc}") from None
         submitted: dict[str, Job | JobArray] = {}
@@ -208,6 +227,8 @@ class Submitting(Reading):
         region: str | None = None,
         progress: Callable[[int, int], None] | None = None,
         after: Sequence[str | Dependency] = (),
+        inputs: Sequence[str | os.PathLike[str]] = (),
+        uploading: Progress | None = None,
         **options: Unpack[SubmitOptions],
     ) -> JobArray:
         """Submit a job array (Slurm's ``--array``): one job per index, ``<array id>-<index>``, each
@@ -232,9 +253,14 @@ class Submitting(Reading):
                 f"array id {array_id!r} leaves no room for the index in a job id (64 characters)"
             )
         env = dict(options.get("env") or {})
-        template = self._submission(
-            command, job_id=f"{array_id}-{max(indices)}", after=await self._dependencies(after), **options
+        last = f"{array_id}-{max(indices)}"
+        self._submission(command, job_id=last, **options)  # bad options fail before an upload
+        input_files(inputs)
+        dependencies = await self._dependencies(after)
+        refs = await self.upload(  # once: every element reads the same files
+            inputs, region=name, tenant=options.get("tenant", "default"), progress=uploading
         )
+        template = self._submission(command, job_id=last, after=dependencies, inputs=refs, **options)
         template = msgspec.structs.replace(template, array=array_id, array_limit=limit)
         validate(template)
         stored = 0
@@ -267,6 +293,7 @@ class Submitting(Reading):
         *,
         job_id: str,
         after: Sequence[Dependency] = (),
+        inputs: Sequence[ObjectRef] = (),
         **options: Unpack[SubmitOptions],
     ) -> Submit:
         """A submission checked as the scheduler will check it (bad input never leaves here)."""
@@ -289,6 +316,8 @@ class Submitting(Reading):
             "env": dict(options.get("env") or {}),
             "require": dict(options.get("require") or {}),
             "custom": dict(options.get("custom") or {}),
+            "outputs": list(options.get("outputs", ())),
+            "inputs": list(inputs),
         }
         try:
             spec = Submit(

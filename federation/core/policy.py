@@ -82,6 +82,10 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     seconds is offered to another region whose view (younger than ``view_stale``) shows room; a
     hand-off unanswered after ``handoff_timeout`` is unknown, asked again every ``handoff_retry``.
     ``clock_skew`` bounds how far regions' clocks may disagree (a hand-off request carries a deadline).
+
+    Data (:mod:`federation.bus.objects`): a job's input files may total ``max_input_bytes`` and its
+    stored outputs ``max_output_bytes``; the region's object store keeps what is written to it for
+    ``object_retention`` seconds (the files of jobs older than that are removed by the server).
     """
 
     scoring: Scoring = "binpack"
@@ -100,6 +104,9 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     handoff_retry: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     view_stale: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
     clock_skew: Annotated[float, msgspec.Meta(ge=0, le=600)] = 1.0
+    max_input_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024**3
+    max_output_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024**3
+    object_retention: Annotated[float, msgspec.Meta(gt=0, le=3650 * 86400)] = 7 * 86400.0
 
     def __post_init__(self) -> None:
         if not self.on_node_lost:

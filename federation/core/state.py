@@ -417,7 +417,15 @@ class RegionCore:
                 code = report.exit_code if report.exit_code is not None else -1
                 state: JobState = "succeeded" if code == 0 else "failed"
                 reason = "exited 0" if code == 0 else (report.reason or f"exited with code {code}")
-                self.move(report.job, state, report.at, reason, exit_code=code, usage=report.usage)
+                self.move(
+                    report.job,
+                    state,
+                    report.at,
+                    reason,
+                    exit_code=code,
+                    usage=report.usage,
+                    stored=tuple(report.stored),
+                )
                 self._release(report.job)
             case _:
                 why = report.reason or "failed"
@@ -449,9 +457,19 @@ class RegionCore:
         code = report.exit_code if report.exit_code is not None else -1
         exits = {**record.member_exits, str(report.member): code}
         used = report.usage.plus(record.usage) if report.usage is not None else record.usage
+        stored = record.stored + tuple(report.stored)
         if code != 0:  # one member failed: the gang failed; the others are stopped
             why = report.reason or f"member {report.member} exited with code {code}"
-            self.move(report.job, "failed", report.at, why, exit_code=code, member_exits=exits, usage=used)
+            self.move(
+                report.job,
+                "failed",
+                report.at,
+                why,
+                exit_code=code,
+                member_exits=exits,
+                usage=used,
+                stored=stored,
+            )
             return True
         if len(exits) == len(record.members):
             self.move(
@@ -462,9 +480,10 @@ class RegionCore:
                 exit_code=0,
                 member_exits=exits,
                 usage=used,
+                stored=stored,
             )
             return True
-        self.amend(report.job, member_exits=exits, usage=used, updated_at=report.at)
+        self.amend(report.job, member_exits=exits, usage=used, stored=stored, updated_at=report.at)
         return False
 
     def _claim_written(self, event: ClaimWritten) -> None:
@@ -933,6 +952,10 @@ class RegionCore:
             on_node_lost=spec.on_node_lost,
             max_attempts=spec.max_attempts,
             timeout=spec.timeout,
+            inputs=tuple(spec.inputs),
+            store=spec.origin if spec.inputs else "",
+            outputs=tuple(spec.outputs),
+            output_bytes=self.policy.max_output_bytes if spec.outputs else 0,
         )
 
     def _explain(self, view: JobView, reason: str, decision: Decision, busy: bool, now: float) -> None:

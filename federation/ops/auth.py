@@ -9,17 +9,21 @@ pair; the server keeps only the public key and checks a signature of its nonce).
 
 - ``agent`` (one node of one region): publishes only its node's heartbeat, offer and status
   subjects, reads only its own ledger key (the republish subject and a direct get of that key);
+  stores output files only as chunks under its node's name, and reads any region's object store
+  (the inputs of the jobs it runs, from their home region through the hub);
 - ``scheduler`` (one region): that region's subjects and its domain's JetStream API, hand-offs and
   forwarded cancels to other regions, and answers to requests (``allow_responses``);
 - ``tenant``: submits and cancels only on subjects that end in its name (the scheduler checks the
   submission's ``tenant`` against it) and asks its region's scheduler for its own jobs and logs
-  (``fed.<region>.tenant.<name>.>``); no stream, bucket or audit access;
+  (``fed.<region>.tenant.<name>.>``), including its jobs' output files; it stores input files
+  only as chunks under its own name; no other stream, bucket or audit access;
 - ``auditor``: reads the audit streams, the live buckets (invariant I8), what the web console
   shows (offers, heartbeats, the lease, summaries and views, job output) and stream and consumer
   info, by batched direct gets (:mod:`federation.bus.scan`): it creates no consumer, since
   nats-server does not check a consumer's deliver subject against its creator's permissions;
 - ``leaf`` (one region's leafnode link to the hub): everything except the node-local traffic of
-  any region (heartbeats, offers, status, ledger republish, journal, quarantine, KV writes), in
+  any region (heartbeats, offers, status, ledger republish, journal, quarantine, KV and object
+  store writes), in
   either direction, so no region and no hub client can speak for another region's nodes;
 - ``admin`` (``fed up``, operators): everything.
 
@@ -89,6 +93,10 @@ def permissions(identity: Identity, regions: Sequence[str]) -> Permissions | Non
                 subjects.offer(r, name),
                 f"fed.{r}.status.{name}.>",
                 f"$JS.API.DIRECT.GET.KV_{ledger}.$KV.{ledger}.{name}",
+                # jobs' files: inputs from any region's store (through the hub), outputs to its own
+                f"$JS.API.DIRECT.GET.{subjects.objects_stream(r)}",
+                *(_remote_objects(other) for other in regions if other != r),
+                subjects.object_chunks(r, subjects.output_object(name, "*")),
             ),
             subscribe=(subjects.ledger_changes(r, name), own),
         )
@@ -116,6 +124,8 @@ def permissions(identity: Identity, regions: Sequence[str]) -> Permissions | Non
                 subjects.submit("*", "*") + f".{name}",
                 subjects.cancel("*", "*") + f".{name}",
                 f"fed.*.tenant.{name}.>",
+                # its jobs' input files, as chunks under its own name
+                *(subjects.object_chunks(r, subjects.input_object(name, "*")) for r in regions),
             ),
             subscribe=(own,),
         )
@@ -130,7 +140,13 @@ def permissions(identity: Identity, regions: Sequence[str]) -> Permissions | Non
             subscribe=(own,),
         )
     if kind == "leaf":
-        local = (*(f"fed.*.{suffix}" for suffix in LOCAL_ONLY), "$KV.>", "_fed.deliver.>", "$JS.ACK.>")
+        local = (
+            *(f"fed.*.{suffix}" for suffix in LOCAL_ONLY),
+            "$KV.>",
+            "$O.>",
+            "_fed.deliver.>",
+            "$JS.ACK.>",
+        )
         return Permissions(publish_deny=local, subscribe_deny=local)
     raise ConfigError(f"unknown identity kind {kind!r}")
 
@@ -151,7 +167,12 @@ class Lent:
     response: str = ""  # "stream": several messages answer one request
 
 
-def lent(domain: str) -> list[Lent]:
+def _remote_objects(region: str) -> str:
+    """A direct get of ``region``'s object store from another region (through the hub)."""
+    return f"$JS.{region}.API.DIRECT.GET.{subjects.objects_stream(region)}"
+
+
+def lent(domain: str, regions: Sequence[str] = ()) -> list[Lent]:
     """What the FED account of a server of ``domain`` lends the other accounts. A service import
     maps the requester's reply subject to a private one (``_R_...``), so neither a JetStream
     acknowledgement nor any answer can be steered into a subject of FED (a stream or a bucket) by
@@ -180,6 +201,11 @@ def lent(domain: str) -> list[Lent]:
             for s in (subjects.tenant_submit(r, "*", "*"), subjects.tenant_cancel(r, "*", "*"))
         ),
         Lent(subjects.tenant_api(r, "*", "*"), TENANTS),
+        Lent(subjects.object_chunks(r, subjects.input_object("*", "*")), TENANTS),
+        Lent(subjects.object_chunks(r, subjects.output_object("*", "*")), AGENTS),
+        Lent(f"$JS.API.DIRECT.GET.{subjects.objects_stream(r)}", AGENTS, response="stream"),
+        # another region's store, read through the hub (a job's inputs where it was handed over)
+        *(Lent(_remote_objects(other), AGENTS, response="stream") for other in regions if other != r),
         *info,
         *(Lent(f"$JS.API.DIRECT.GET.{stream}", AUDIT, response="stream") for stream in readable),
     ]
@@ -211,7 +237,7 @@ def accounts(identities: Iterable[Identity], regions: Sequence[str], domain: str
             entry += f", permissions: {_permissions(perms)}"
         entry += f', allowed_connection_types: ["{"LEAFNODE" if kind == "leaf" else "STANDARD"}"] }}'
         members[account].append(f"      # {identity.label}\n      {entry}")
-    loans = lent(domain)
+    loans = lent(domain, regions)
     lines = ["accounts {"]
     for account, users in members.items():
         if account != FED and not any(loan.account == account for loan in loans):

@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 
 from federation import subjects
-from federation.bus import Bus
+from federation.bus import Bus, objects
 from federation.bus.layout import StreamSpec
 from federation.errors import FederationUnavailable
 from federation.identity import Credentials, TlsFiles
@@ -24,6 +24,7 @@ DAY = 24 * 3600.0
 AUDIT_HISTORY = 64  # versions kept per ledger and job record: the audit stream's sources read them
 RECORD_BYTES = 4 * 1024**2  # the largest ledger or job record
 AUDIT_BYTES = 5 * 1024**2  # the largest audited message (a journal batch, a ledger)
+OBJECT_RETENTION = 7 * DAY  # how long a new object store keeps jobs' files
 
 
 def _stream_specs(region: str) -> list[StreamSpec]:
@@ -90,12 +91,16 @@ async def _replicas(bus: Bus, stream: str, wanted: int | None) -> int:
     return facts.replicas if facts is not None else 1
 
 
-async def provision(bus: Bus, region: str, replicas: int | None = None) -> None:
+async def provision(
+    bus: Bus, region: str, replicas: int | None = None, retention: float | None = None
+) -> None:
     """Create (or update) every stream and bucket of ``region`` on the connected server.
 
     ``replicas`` is each stream's replica count: 1 on a single server, 3 on a region's 3-server
     cluster (it then survives the loss of one server). Given, existing streams are changed to it;
-    None keeps what each stream has (1 for a new one).
+    None keeps what each stream has (1 for a new one). ``retention`` is how long the object store
+    keeps jobs' files (the region policy's ``object_retention``); None leaves an existing store
+    as it is (:data:`OBJECT_RETENTION` for a new one).
     """
     # an older layout kept beats and offers in memory, which cannot be updated in place; they are
     # transient (each node sends its next one within seconds), so those two are made again
@@ -110,9 +115,29 @@ async def provision(bus: Bus, region: str, replicas: int | None = None) -> None:
         spec = bucket(name, AUDIT_HISTORY, republish=tap)
         await bus.ensure_stream(dataclasses.replace(spec, replicas=await _replicas(bus, spec.name, replicas)))
     await _provision_audit(bus, region, replicas)
+    store = objects_store(region, retention or OBJECT_RETENTION)
+    if retention is not None or await bus.stream_facts(store.name) is None:
+        await bus.ensure_stream(
+            dataclasses.replace(store, replicas=await _replicas(bus, store.name, replicas))
+        )
     # the lease: one key whose value expires (per-message TTL, a delete marker on expiry)
     spec = bucket(subjects.lease_bucket(region), 1, marker_ttl=60.0, rollup=False)
     await bus.ensure_stream(dataclasses.replace(spec, replicas=await _replicas(bus, spec.name, replicas)))
+
+
+def objects_store(region: str, retention: float) -> StreamSpec:
+    """The region's object store (jobs' input and output files): a JetStream Object Store bucket's
+    stream, whose messages the server removes ``retention`` seconds after they were stored."""
+    name = subjects.objects_bucket(region)
+    return StreamSpec(
+        name=subjects.objects_stream(region),
+        subjects=(f"$O.{name}.C.>", f"$O.{name}.M.>"),
+        max_age=retention,
+        duplicate_window=120.0,
+        max_msg_size=objects.CHUNK + 4096,
+        allow_direct=True,
+        allow_rollup=True,
+    )
 
 
 def bucket(

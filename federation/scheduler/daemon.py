@@ -93,7 +93,7 @@ class Scheduler:
         bus = await Bus.connect(self.config.nats_url, f"fed-scheduler-{self.region}")
         lease = Lease(bus, self.region, self.name, ttl=self.config.lease_ttl, clock=self.clock)
         try:
-            await provision(bus, self.region, self.config.replicas)
+            await provision(bus, self.region, self.config.replicas, self.policy.object_retention)
             await check_durability(self.config.monitor_url, self.log)
             if not await self._lead(lease):
                 return  # stopped while standing by

@@ -59,12 +59,15 @@ class Intake:
         accept: Callable[[Item], None],
         alive: Callable[[str], bool | None],
         counted: Callable[[str], None] = lambda source: None,
+        max_input_bytes: Callable[[], int] = lambda: 0,
     ) -> None:
         """``accept`` queues an event for the loop; ``alive`` says whether the core holds a node
         as alive now (None: it does not know the node); ``counted`` counts a quarantined message
-        by its source for the metrics."""
+        by its source for the metrics; ``max_input_bytes`` is the policy's bound on a job's input
+        files (0: none)."""
         self.bus, self.region, self.clock, self.log = bus, region, clock, log
         self.accept, self.alive, self.counted = accept, alive, counted
+        self.max_input_bytes = max_input_bytes
         self.quarantined = 0
 
     async def quarantine(self, source: str, delivery: Delivery, reason: str) -> None:
@@ -97,6 +100,11 @@ class Intake:
             if not kind:
                 raise RemoteProtocolError("not a workload subject (fed.<region>.wl.<kind>.<job>[.<tenant>])")
             message = decode_workload(delivery.data, kind=kind, job=job, tenant=tenant, region=self.region)
+            limit = self.max_input_bytes()
+            if isinstance(message, Submit) and limit and not message.origin:
+                total = sum(ref.size for ref in message.inputs)
+                if total > limit:
+                    raise RemoteProtocolError(f"its inputs are {total} bytes; the region allows {limit}")
         except RemoteProtocolError as exc:
             await self.quarantine("workloads", delivery, str(exc))
             return
@@ -119,6 +127,9 @@ class Intake:
                 raise RemoteProtocolError(f"expected a job event, got {type(message).__name__}")
             if parsed is None or (parsed.node, parsed.job) != (message.node, message.job):
                 raise RemoteProtocolError("node or job in payload does not match the subject")
+            mine = f"out.{message.node}."
+            if any(not ref.object.startswith(mine) for ref in message.stored):
+                raise RemoteProtocolError(f"an output stored by {message.node} must be an object {mine}<key>")
         except RemoteProtocolError as exc:
             await self.quarantine("status", delivery, str(exc))
             return

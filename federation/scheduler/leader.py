@@ -151,8 +151,14 @@ class Leader:
             accept=self.queue.put_nowait,
             alive=lambda node: view.alive if (view := self.core.nodes.get(node)) is not None else None,
             counted=self.metrics.quarantined,
+            max_input_bytes=lambda: self.core.policy.max_input_bytes,
         )
-        self.tenants = Tenants(bus, self.region, lambda: [v.record for v in self.core.jobs.values()])
+        self.tenants = Tenants(
+            bus,
+            self.region,
+            lambda: [v.record for v in self.core.jobs.values()],
+            lambda: self.core.policy,
+        )
 
     @property
     def stats(self) -> dict[str, int]:

@@ -13,7 +13,11 @@ Verbs (request: :class:`~federation.schemas.TenantQuery`, reply:
 - ``jobs``: the tenant's records (of ``state`` if given), oldest first, at most ``MAX_RECORDS``
   (from the leader's own view of the jobs, without reading the bucket);
 - ``logs``: ``job``'s output chunks stored after stream sequence ``after``, up to ``LOG_BYTES``
-  per answer; ``next`` is where to ask from again.
+  per answer; ``next`` is where to ask from again;
+- ``get``: the chunks of ``job``'s output file ``name`` (one its record lists as stored) stored
+  after sequence ``after`` in the object store, up to ``LOG_BYTES`` per answer; ``next`` as for
+  ``logs`` (the asker checks the size and digest the record gives);
+- ``limits``: what the region's policy allows (``max_input_bytes``), asked before an upload.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import msgspec
 import structlog
 
 from federation import subjects
-from federation.bus import Bus
+from federation.bus import Bus, objects
+from federation.core.policy import Policy
 from federation.errors import FederationError, FederationUnavailable, RemoteProtocolError
 from federation.schemas import JobRecord, TenantQuery, TenantReply, Transition, decode
 
@@ -41,10 +46,17 @@ CONCURRENT = 4  # questions answered at once (each may read the whole jobs bucke
 class Tenants:
     """Answers tenants' questions about ``region`` on ``bus`` (run by the leading scheduler)."""
 
-    def __init__(self, bus: Bus, region: str, known: Callable[[], list[JobRecord]]) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        region: str,
+        known: Callable[[], list[JobRecord]],
+        policy: Callable[[], Policy] = Policy,
+    ) -> None:
         self.bus = bus
         self.region = region
         self.known = known  # the leader's own records (its core's): no bucket read per question
+        self.policy = policy
         self.log = structlog.get_logger().bind(region=region)
         self._slots = asyncio.Semaphore(CONCURRENT)  # a flood of questions queues; placement goes on
 
@@ -90,6 +102,8 @@ class Tenants:
                     break
                 kept.append(record)
             return TenantReply(records=kept, truncated=len(kept) < len(records))
+        if verb == "limits":
+            return TenantReply(max_input_bytes=self.policy().max_input_bytes)
         found = await self._record(query.job)
         if found is None or found.spec.tenant != tenant:
             return TenantReply(error=f"job {query.job!r} not found")
@@ -97,7 +111,9 @@ class Tenants:
             return TenantReply(records=[_own(found)])
         if verb == "logs":
             return await self._logs(found, query.after)
-        return TenantReply(error=f"unknown question {verb!r} (job, jobs or logs)")
+        if verb == "get":
+            return await self._file(found, query.name, query.after)
+        return TenantReply(error=f"unknown question {verb!r} (job, jobs, logs, get or limits)")
 
     async def _record(self, job: str) -> JobRecord | None:
         value, _ = await self.bus.kv_get(subjects.jobs_bucket(self.region), job)
@@ -127,6 +143,23 @@ class Tenants:
                 chunks.append(item.data)
                 size += len(item.data)
                 last = item.sequence
+        return TenantReply(chunks=chunks, next=last)
+
+    async def _file(self, record: JobRecord, name: str, after: int) -> TenantReply:
+        ref = next((ref for ref in record.stored if ref.name == name), None)
+        if ref is None:
+            return TenantReply(error=f"job {record.id} stored no output file {name!r}")
+        chunks: list[bytes] = []
+        size, last = 0, after
+        found = objects.batches(self.bus, self.region, ref.object, start=after + 1)
+        async with contextlib.aclosing(found):
+            async for items in found:
+                for item in items:
+                    if size + len(item.data) > LOG_BYTES and chunks:
+                        return TenantReply(chunks=chunks, next=last)
+                    chunks.append(item.data)
+                    size += len(item.data)
+                    last = item.sequence
         return TenantReply(chunks=chunks, next=last)
 
 
