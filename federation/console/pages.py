@@ -350,6 +350,23 @@ def job_live(board: Board, job: str, now: float, can_cancel: bool, token: str) -
             f"{job_link(d.job)} ({e(d.when)}{', in ' + e(d.region) if d.region else ''})" for d in spec.after
         )
         facts.append(("after", waits))
+    if spec.inputs:
+        where = e(spec.origin or record.region)
+        files = ", ".join(
+            f'<span class="mono">{e(r.name)}</span> ({e(format_memory(r.size))})' for r in spec.inputs
+        )
+        facts.append(("inputs", f"{files} from {where}'s object store"))
+    if spec.outputs:
+        kept = ", ".join(
+            f'<span class="mono">{e(r.name)}</span> ({e(format_memory(r.size))})' for r in record.stored
+        )
+        asked = e(" ".join(spec.outputs))
+        facts.append(
+            (
+                "outputs",
+                f'<span class="mono">{asked}</span>: ' + (f"stored {kept}" if kept else "none stored"),
+            )
+        )
     if record.usage is not None:
         u = record.usage
         facts.append(

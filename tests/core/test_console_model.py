@@ -143,3 +143,26 @@ def test_an_array_ids_page_counts_its_jobs_by_state() -> None:
     assert "job array of 3 jobs, at most 1 at once" in html
     assert '<a href="/jobs?q=x-">its jobs</a>' in html
     assert 's-pending">pending</span></td><td>2</td>' in html
+
+
+def test_a_job_page_lists_its_input_files_and_the_outputs_it_stored() -> None:
+    import msgspec
+
+    from federation.schemas import ObjectRef
+
+    digest = "SHA-256=" + "A" * 43 + "="
+    board = Board({"eu": ""})
+    board.regions["eu"].read_at = NOW
+    job = record(
+        "d1",
+        state="succeeded",
+        inputs=[ObjectRef(name="data.csv", object="in.acme.k1", size=2048, digest=digest)],
+        outputs=["*.txt"],
+        origin="us",
+        tenant="acme",
+    )
+    stored = (ObjectRef(name="result.txt", object="out.n1.k2", size=10, digest=digest),)
+    board.regions["eu"].jobs["d1"] = msgspec.structs.replace(job, stored=stored)
+    html = pages.job_live(board, "d1", NOW, False, "t")
+    assert '<span class="mono">data.csv</span> (2KiB) from us\'s object store' in html
+    assert '<span class="mono">*.txt</span>: stored <span class="mono">result.txt</span> (10B)' in html

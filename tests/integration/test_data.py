@@ -1,6 +1,7 @@
-"""Data that follows the job (issue 20, part 4), against real servers, schedulers and agents: an
-input uploaded at home is staged into a job that was handed to another region (read across the
-hub, digest checked) and its outputs are fetched from home, by the API and by ``fed get``; a
+"""Data that follows the job (issue 20, part 4), against real servers, schedulers and agents: a
+tenant's input uploaded at home is staged into a job that was handed to another region (read
+across the hub, digest checked) and its outputs are fetched from home, by the API (the tenant's
+and an operator's) and by ``fed get``; a
 tenant reads only its own jobs' files, and a revoked tenant none; a missing or oversized input is
 refused before anything is submitted; an input that cannot be staged fails its attempts with the
 cause, by the retry policy, without a hang."""
@@ -38,11 +39,16 @@ async def test_an_input_follows_a_job_handed_to_another_region_and_its_output_is
 ) -> None:
     cluster = await make_cluster(regions=("aa", "bb"), agents=1)
     await cluster.start_agent("bb", "bb-gpu", "--gpu-id", "GPU-7")
+    await cluster.federation.add_identity("tenant", "acme")
+    acme = Keyring.of(cluster.tmp).credentials("tenant", "acme")
     data = os.urandom(300 * KiB + 17)  # three chunks and a bit
     source = tmp_path / "train.bin"
     source.write_bytes(data)
-    async with Client.connect(connection=cluster.connection) as client:
-        await eventually(lambda: gpu_seen(client, "aa", "bb"), timeout=30)
+    async with (
+        Client.connect(connection=cluster.connection) as operator,
+        Client.connect(connection=cluster.connection, credentials=acme) as client,
+    ):
+        await eventually(lambda: gpu_seen(operator, "aa", "bb"), timeout=30)
         job = await client.submit(
             [
                 "sh",
@@ -59,14 +65,15 @@ async def test_an_input_follows_a_job_handed_to_another_region_and_its_output_is
         assert (record.state, record.region, record.spec.origin) == ("succeeded", "bb", "aa"), record
         # the input lives at home only: the agent in bb read it through the hub
         ref = record.spec.inputs[0]
-        assert ref.object.startswith("in.default.")
+        assert ref.object.startswith("in.acme.")
         assert ref.size == len(data)
-        bb = await client.bus("bb")
+        bb = await operator.bus("bb")
         assert [c async for c in objects.batches(bb, "bb", ref.object)] == []
         # the outputs: the link was not stored, the copy and the sum were
         assert sorted(r.name for r in record.stored) == ["copy.bin", "data.bin", "sum.txt"]
         assert all(r.object.startswith("out.bb-gpu.") for r in record.stored)
-        assert await client.get("follows", "copy.bin") == data
+        assert await client.get("follows", "copy.bin") == data  # the tenant, through bb's scheduler
+        assert await operator.get("follows", "copy.bin") == data  # an operator, by direct gets
         assert (await client.get("follows", "sum.txt")).split()[0].decode() == hashlib.sha256(
             data
         ).hexdigest()

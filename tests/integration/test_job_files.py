@@ -43,6 +43,11 @@ async def test_a_workflow_runs_in_dependency_order_and_a_bad_one_submits_nothing
     assert refused.returncode == 2
     assert "job 'a'" in refused.stderr
     assert "nobody" in refused.stderr
+    absent = tmp_path / "absent.toml"  # an input path is taken from the file's own directory
+    absent.write_text('[jobs.a]\ncommand = "true"\n[jobs.b]\ncommand = "true"\ninput = ["absent.csv"]\n')
+    refused = await fed(cluster.tmp, "submit", "--file", str(absent))
+    assert refused.returncode == 2
+    assert f"job 'b': input {tmp_path / 'absent.csv'}: no such file" in refused.stderr
     assert await jobs(cluster.tmp) == []  # nothing of any of them was submitted
 
     flow = tmp_path / "flow.toml"
@@ -55,8 +60,10 @@ command = "test -e {marks}/train && echo report > {marks}/report"
 after = ["train:any"]
 
 [jobs.train]
-command = ["sh", "-c", "test -e {marks}/prepare && echo train > {marks}/train"]
+command = ["sh", "-c", "test -e {marks}/prepare && echo train > {marks}/train && cp in.txt out.txt"]
 after = ["prepare"]
+input = ["data.txt:in.txt"]
+output = ["out.txt"]
 cpu = 2
 max-attempts = 1
 
@@ -65,6 +72,7 @@ command = "sleep 0.5; echo prepare > {marks}/prepare"
 array = "0-2"
 """
     )
+    (tmp_path / "data.txt").write_text("the training data\n")
     done = await fed(cluster.tmp, "submit", "--file", str(flow), "--wait", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -77,6 +85,8 @@ array = "0-2"
     assert sorted(p.name for p in marks.iterdir()) == ["prepare", "report", "train"]
     train = json.loads((await fed(cluster.tmp, "job", result["jobs"]["train"]["id"], "--json")).stdout)
     assert (train["spec"]["cpu"], train["spec"]["tenant"], train["spec"]["max_attempts"]) == (2, "acme", 1)
+    got = await fed(cluster.tmp, "get", train["id"], "out.txt", "-o", "-")
+    assert got.stdout == "the training data\n", got.stderr
 
 
 async def test_a_script_with_fed_lines_is_submitted_itself(make_cluster: Any, tmp_path: Path) -> None:
