@@ -115,14 +115,18 @@ async def provision(
         spec = bucket(name, AUDIT_HISTORY, republish=tap)
         await bus.ensure_stream(dataclasses.replace(spec, replicas=await _replicas(bus, spec.name, replicas)))
     await _provision_audit(bus, region, replicas)
-    store = objects_store(region, retention or OBJECT_RETENTION)
-    if retention is not None or await bus.stream_facts(store.name) is None:
-        await bus.ensure_stream(
-            dataclasses.replace(store, replicas=await _replicas(bus, store.name, replicas))
-        )
+    if retention is not None or await bus.stream_facts(subjects.objects_stream(region)) is None:
+        await retain_objects(bus, region, retention or OBJECT_RETENTION, replicas)
     # the lease: one key whose value expires (per-message TTL, a delete marker on expiry)
     spec = bucket(subjects.lease_bucket(region), 1, marker_ttl=60.0, rollup=False)
     await bus.ensure_stream(dataclasses.replace(spec, replicas=await _replicas(bus, spec.name, replicas)))
+
+
+async def retain_objects(bus: Bus, region: str, retention: float, replicas: int | None = None) -> None:
+    """Create ``region``'s object store, or change how long it keeps files (``replicas`` as for
+    :func:`provision`: None keeps what it has)."""
+    store = objects_store(region, retention)
+    await bus.ensure_stream(dataclasses.replace(store, replicas=await _replicas(bus, store.name, replicas)))
 
 
 def objects_store(region: str, retention: float) -> StreamSpec:

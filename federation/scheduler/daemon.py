@@ -37,7 +37,7 @@ from federation.core.events import PolicyChanged
 from federation.errors import ConfigError, FederationError, LeaseLost
 from federation.metrics import serving
 from federation.ops.monitor import check_durability
-from federation.ops.provision import provision
+from federation.ops.provision import provision, retain_objects
 from federation.scheduler.intake import Item
 from federation.scheduler.leader import Leader
 from federation.scheduler.lease import Lease
@@ -183,9 +183,21 @@ class Scheduler:
             self.log.error("config refused; keeping the current policy", error=str(exc))
             return
         if config.policy != self.policy:
+            if config.policy.object_retention != self.policy.object_retention and self.leader is not None:
+                task = asyncio.get_running_loop().create_task(self._retain(config.policy.object_retention))
+                self._tasks.append(task)
             self.policy = config.policy
             self.queue.put_nowait((PolicyChanged(policy=config.policy), None))
             self.log.info("policy reloaded", policy=msgspec.to_builtins(config.policy))
+
+    async def _retain(self, retention: float) -> None:
+        """Apply a changed ``object_retention`` to the region's object store (as the leader)."""
+        assert self.leader is not None
+        try:
+            await retain_objects(self.leader.bus, self.region, retention)
+            self.log.info("object store retention changed", seconds=retention)
+        except FederationError as exc:
+            self.log.error("could not change the object store's retention", error=str(exc))
 
     async def _watch_config(self) -> None:
         """Reload when the config file changes (editing it is enough; SIGHUP also works)."""

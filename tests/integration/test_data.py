@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -157,11 +158,18 @@ async def test_bad_inputs_are_refused_before_submission_and_an_unstageable_one_f
 ) -> None:
     cluster = await make_cluster(regions=("eu",), agents=1)
     config = cluster.tmp / "config" / "scheduler-eu.toml"
-    config.write_text(config.read_text().replace("\n[policy]\n", "\n[policy]\nmax_input_bytes = 100000\n", 1))
+    policy = "\n[policy]\nmax_input_bytes = 100000\nobject_retention = 3600.0\n"
+    config.write_text(config.read_text().replace("\n[policy]\n", policy, 1))
     await eventually(lambda: "policy reloaded" in (cluster.tmp / "logs" / "scheduler-eu.log").read_text())
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * 150_000)
     async with Client.connect(connection=cluster.connection) as client:
+        bus = await client.bus("eu")
+
+        async def retention() -> float:  # the store keeps files as long as the policy now says
+            return float((await bus.js.stream_info(subjects.objects_stream("eu"))).config.max_age or 0)
+
+        assert await eventually(lambda: _is(retention(), 3600.0))
         assert await client.input_limit("eu") == 100_000
         with pytest.raises(InvalidRequest, match="no such file"):
             await client.submit(["true"], inputs=[str(tmp_path / "absent.csv")], job_id="absent")
@@ -188,3 +196,7 @@ async def test_bad_inputs_are_refused_before_submission_and_an_unstageable_one_f
             assert cause in record.reason, record.reason
             assert "could not be staged" in record.reason, record.reason
             assert "no attempts left (2 of 2)" in record.reason, record.reason
+
+
+async def _is(value: Awaitable[float], expected: float) -> bool:
+    return await value == expected
