@@ -97,18 +97,21 @@ async def store_outputs(
     found, unmatched = await disk.call(partial(find_outputs, workdir, allocation.outputs))
     notes = [f"no file matches output {pattern!r}" for pattern in unmatched]
     stored: list[ObjectRef] = []
-    left = allocation.output_bytes
+    left = allocation.output_bytes or None  # 0: the region sets no limit
     for name, size in found:
-        if size > left:
+        if left is not None and size > left:
             notes.append(f"output {name!r} not stored: {size} bytes; {left} of the region's limit left")
             continue
         obj = subjects.output_object(node, secrets.token_hex(8))
         try:
-            size, digest = await objects.store(bus, region, obj, _chunks(disk, workdir / name), limit=left)
+            size, digest = await objects.store(
+                bus, region, obj, _chunks(disk, workdir / name), limit=left
+            )
         except (FederationError, OSError) as exc:
             notes.append(f"output {name!r} not stored: {exc}")
             continue
-        left -= size
+        if left is not None:
+            left -= size
         stored.append(ObjectRef(name=name, object=obj, size=size, digest=digest))
     return stored, notes
 

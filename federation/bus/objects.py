@@ -44,15 +44,15 @@ def digest(hasher: hashlib._Hash) -> str:
 
 
 async def store(
-    streams: Streams, region: str, obj: str, chunks: AsyncIterable[bytes], *, limit: int = 0
+    streams: Streams, region: str, obj: str, chunks: AsyncIterable[bytes], *, limit: int | None = None
 ) -> tuple[int, str]:
     """Store ``chunks`` (each at most :data:`CHUNK` bytes) as object ``obj`` of ``region``'s store,
-    in order; its size and digest. More than ``limit`` bytes (when given) is an
+    in order; its size and digest. More than ``limit`` bytes (None: no limit) is an
     :class:`ObjectError`, raised before the chunk that would pass it is stored."""
     subject = subjects.object_chunks(region, obj)
     hasher, size, index = hashlib.sha256(), 0, 0
     async for chunk in chunks:
-        if limit and size + len(chunk) > limit:
+        if limit is not None and size + len(chunk) > limit:
             raise ObjectError(f"more than {limit} bytes")
         await streams.store(subject, chunk, msg_id=f"{obj}.{index}", timeout=30.0)
         hasher.update(chunk)

@@ -119,7 +119,7 @@ class Files(Reading):
                             progress(file.name, done, total)
 
             try:
-                size, digest = await objects.store(bus, name, obj, chunks(), limit=limit)
+                size, digest = await objects.store(bus, name, obj, chunks(), limit=limit or None)
             except objects.ObjectError as exc:
                 raise InvalidRequest(f"input {file.path}: {exc} (it grew while being stored?)") from None
             refs.append(ObjectRef(name=file.name, object=obj, size=size, digest=digest))

@@ -84,8 +84,9 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     ``clock_skew`` bounds how far regions' clocks may disagree (a hand-off request carries a deadline).
 
     Data (:mod:`federation.bus.objects`): a job's input files may total ``max_input_bytes`` and its
-    stored outputs ``max_output_bytes``; the region's object store keeps what is written to it for
-    ``object_retention`` seconds (the files of jobs older than that are removed by the server).
+    stored outputs ``max_output_bytes`` (0: no limit); the region's object store keeps what is
+    written to it for ``object_retention`` seconds (the files of jobs older than that are removed by
+    the server).
     """
 
     scoring: Scoring = "binpack"

@@ -158,7 +158,7 @@ async def test_bad_inputs_are_refused_before_submission_and_an_unstageable_one_f
 ) -> None:
     cluster = await make_cluster(regions=("eu",), agents=1)
     config = cluster.tmp / "config" / "scheduler-eu.toml"
-    policy = "\n[policy]\nmax_input_bytes = 100000\nobject_retention = 3600.0\n"
+    policy = "\n[policy]\nmax_input_bytes = 100000\nmax_output_bytes = 1000\nobject_retention = 3600.0\n"
     config.write_text(config.read_text().replace("\n[policy]\n", policy, 1))
     await eventually(lambda: "policy reloaded" in (cluster.tmp / "logs" / "scheduler-eu.log").read_text())
     big = tmp_path / "big.bin"
@@ -196,6 +196,17 @@ async def test_bad_inputs_are_refused_before_submission_and_an_unstageable_one_f
             assert cause in record.reason, record.reason
             assert "could not be staged" in record.reason, record.reason
             assert "no attempts left (2 of 2)" in record.reason, record.reason
+
+        # outputs past the region's max_output_bytes are not stored, and the job's output says so
+        job = await client.submit(
+            ["sh", "-c", "head -c 2000 /dev/zero > big.out; echo small > small.out"],
+            outputs=["*.out"],
+            job_id="outputs",
+        )
+        record = await job.wait(timeout=60)
+        assert [r.name for r in record.stored] == ["small.out"], record
+        log = b"".join([c async for c in client.logs("outputs")])
+        assert b"output 'big.out' not stored: 2000 bytes; 1000 of the region's limit left" in log
 
 
 async def _is(value: Awaitable[float], expected: float) -> bool:
