@@ -37,7 +37,9 @@ class Reading(Connections):
     async def job(self, job_id: str, *, region: str | None = None) -> JobRecord:
         """A job's record, from its region (searching every region when none is given)."""
         subjects.check_token(job_id, "job id")
-        for name in [self._region(region)] if region else self.regions:
+        names = [self._region(region)] if region else self.regions
+        unavailable: list[FederationUnavailable] = []
+        for name in names:
             try:
                 if self.tenant:
                     with contextlib.suppress(NotFound):
@@ -45,12 +47,15 @@ class Reading(Connections):
                     continue
                 bus = await self.bus(name)
                 value, _ = await bus.kv_get(subjects.jobs_bucket(name), job_id)
-            except FederationUnavailable:
+            except FederationUnavailable as exc:
                 if region:
                     raise
+                unavailable.append(exc)
                 continue
             if value is not None:
                 return decode(JobRecord, value)
+        if len(unavailable) == len(names):  # no region answered: say why, not "not found"
+            raise unavailable[0]
         raise NotFound("job", job_id)
 
     async def _ask(self, region: str, verb: str, query: TenantQuery, *, tenant: str = "") -> TenantReply:
