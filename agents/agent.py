@@ -796,7 +796,6 @@ async def serve(config: AgentConfig, metrics: str = "") -> None:
     (``HOST:PORT``) Prometheus metrics are served there."""
     agent = Agent(config, metrics=metrics)
     loop = asyncio.get_running_loop()
-    runner.use_pidfd_child_watcher()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, agent.stop)
     await agent.run()

@@ -13,11 +13,18 @@ named ``<job>.<attempt>`` (a gang member's job slot included), before the attemp
   claimed cores where they are real (``cpuset.cpus``), else a weight by the cores asked
   (``cpu.shares`` 1024 per core on v1, where a ``cpu`` hierarchy is mounted; ``cpu.weight`` 100
   per core on v2), so busy attempts share the node's CPU in proportion to what they asked for;
-* **containment**: the workload enters its cgroup before it execs (a two-line ``sh`` prefix writes
-  its pid into each ``cgroup.procs``, so the agent still starts it with a vfork), and every process
-  it forks stays there, ``setsid`` and double forks included. Stopping the attempt, and the end of
-  its main process, kill everything left in the cgroup: v2 writes ``cgroup.kill``; v1 freezes the
-  group first (nothing can fork while the signals go out), kills every member, then thaws it;
+* **containment**: the workload is in its cgroup from its start, and every process it forks stays
+  there, ``setsid`` and double forks included. On v1 the agent's event-loop thread enters the
+  attempt's groups (each hierarchy's ``tasks``: that thread alone) just around the start of the
+  process (:meth:`Group.entered`), which a vfork begins where the thread is, and leaves at once;
+  the memory group is the exception, joined by the process right after its start
+  (:meth:`Group.add`; what it touched before that, microseconds of a fresh exec, is not counted),
+  so that nothing the agent allocates is ever charged to an attempt. On v2, where a process moves
+  with all its threads, a two-line ``sh`` prefix holds the workload until the agent wrote its pid
+  into ``cgroup.procs`` (:func:`prefix`, the gate: one more exec). Stopping the attempt, and the
+  end of its main process, kill everything left in the cgroup: v2 writes ``cgroup.kill``; v1
+  freezes the group first (nothing can fork while the signals go out), kills every member, then
+  thaws it;
 * **measurement**: CPU seconds (``cpuacct.usage``/``cpu.stat``), peak memory
   (``memory.max_usage_in_bytes``/``memory.peak``) and whether the kernel killed for memory
   (``memory.oom_control``/``memory.events``), read before the group is removed.
@@ -36,7 +43,8 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -95,6 +103,7 @@ class Group:
 
     mode: Mode
     dirs: dict[str, Path]
+    home: dict[str, Path] = field(default_factory=dict)  # the agent's own group in each hierarchy
     _usage: Usage | None = field(default=None, repr=False)
     procs_files: list[str] = field(init=False, repr=False)  # where a pid is written to move it in
 
@@ -111,16 +120,39 @@ class Group:
             return f"0::*{suffix}"
         return f"*[:,]{controller}[:,]*{suffix}"  # a v1 line may name co-mounted controllers
 
-    def add(self, pid: int) -> None:
-        """Move process ``pid`` into the group (every hierarchy; OSError if the kernel refuses)."""
-        for path in self.procs_files:
-            _write(path, str(pid))
+    def add(self, pid: int, only: tuple[str, ...] = ()) -> None:
+        """Move process ``pid`` into the group (every hierarchy, or ``only`` these; OSError if the
+        kernel refuses)."""
+        for controller, path in zip(self.dirs, self.procs_files, strict=True):
+            if not only or controller in only:
+                _write(path, str(pid))
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """This thread inside the group's v1 hierarchies except ``memory`` while the block runs
+        (a vfork started there begins inside), and back in the agent's own groups after, whatever
+        happened. Only the calling thread moves (v1 ``tasks``); the memory group is left out, so
+        that no page the agent touches meanwhile is charged to the attempt."""
+        assert self.mode == "cgroup-v1"
+        tid = str(threading.get_native_id())
+        entered: list[str] = []
+        try:
+            for controller, directory in self.dirs.items():
+                if controller != "memory":
+                    _write(directory / "tasks", tid)
+                    entered.append(controller)
+            yield
+        finally:
+            for controller in entered:  # a failure here leaves the thread inside: pids() says so
+                _write(self.home[controller] / "tasks", tid)
 
     def pids(self) -> set[int]:
-        """Every process in the group now. One file is enough: :meth:`add` writes the first
-        hierarchy first and stops at a refusal, and a fork inherits every hierarchy, so whatever
-        is in any of them is in the first."""
-        return {int(p) for p in _read(self.procs_files[0]).split() if p.isdigit()}
+        """Every process in the group now, never the agent's own. One file is enough: an
+        attempt's process is in every hierarchy but ``memory`` from its start (:meth:`entered`;
+        a fork inherits them), and :meth:`add` writes the first hierarchy first and stops at a
+        refusal."""
+        mine = os.getpid()
+        return {int(p) for p in _read(self.procs_files[0]).split() if p.isdigit() and int(p) != mine}
 
     def usage(self) -> Usage:
         """CPU seconds, peak memory and whether memory ran out (kept once read at :meth:`remove`)."""
@@ -206,7 +238,7 @@ class Hierarchy:
         }
         for directory in dirs.values():
             directory.mkdir(exist_ok=True)
-        group = Group(self.mode, dirs)
+        group = Group(self.mode, dirs, {c: self.bases[c].parent for c in dirs})
         try:
             self._limit(group, limits)
         except OSError:
@@ -253,7 +285,8 @@ class Hierarchy:
         dirs = {controller: base / name for controller, base in self.bases.items()}
         if not any(directory.is_dir() for directory in dirs.values()):
             return None
-        return Group(self.mode, {c: d for c, d in dirs.items() if d.is_dir()})
+        found = {c: d for c, d in dirs.items() if d.is_dir()}
+        return Group(self.mode, found, {c: self.bases[c].parent for c in found})
 
     def close(self) -> None:
         """Remove the agent's own ``fed-<node>`` directories (once no attempt group is left)."""

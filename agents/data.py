@@ -104,9 +104,7 @@ async def store_outputs(
             continue
         obj = subjects.output_object(node, secrets.token_hex(8))
         try:
-            size, digest = await objects.store(
-                bus, region, obj, _chunks(disk, workdir / name), limit=left
-            )
+            size, digest = await objects.store(bus, region, obj, _chunks(disk, workdir / name), limit=left)
         except (FederationError, OSError) as exc:
             notes.append(f"output {name!r} not stored: {exc}")
             continue

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import resource
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,44 +42,44 @@ PUMP_DRAIN = 2.0  # seconds to finish reading output once the process group is g
 OutputSink = Callable[[bytes], Awaitable[None]]
 
 
-# pid -> what that child's process tree used (``wait4``: the child and every descendant it waited
-# for), kept by the agent's child watcher until its attempt reads it
-TREE_USAGE: dict[int, resource.struct_rusage] = {}
+MIN_ENTER_PROCESSES = 4  # a v1 pids limit below this keeps the gate (the agent's thread counts)
 
 
-def use_pidfd_child_watcher() -> None:
-    """On Python 3.11, wait for children through pidfds instead of one thread per child, and keep
-    what each child's process tree used (:data:`TREE_USAGE`, for attempts without a cgroup).
+class _Child:
+    """A started process, reaped by the event loop through its pidfd (no child watcher, no thread):
+    its exit code, and what its process tree used (``wait4``: itself and every descendant it
+    waited for)."""
 
-    3.11's default (ThreadedChildWatcher) starts a thread for every process; at hundreds of short
-    jobs per second that thread churn dominates the agent's CPU. 3.12+ uses pidfds by default (and
-    attempts without a cgroup then report their wall time only).
-    """
-    if sys.version_info >= (3, 12) or not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(Exception):
-        watcher = _TreeUsageWatcher()
-        asyncio.set_child_watcher(watcher)
-        watcher.attach_loop(asyncio.get_running_loop())
+    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.returncode: int | None = None
+        self.rusage: resource.struct_rusage | None = None
+        self.exited = asyncio.Event()
+        self._loop = loop
+        self._pidfd = os.pidfd_open(self.pid)  # before the loop runs again: it cannot be reaped yet
+        loop.add_reader(self._pidfd, self._reap)
 
-
-class _TreeUsageWatcher(asyncio.PidfdChildWatcher):
-    """3.11's pidfd child watcher, reaping with ``wait4`` instead of ``waitpid`` to keep the
-    child's resource usage (its own and its waited-for descendants')."""
-
-    def _do_wait(self, pid: int) -> None:
-        callbacks: dict[int, Any] = getattr(self, "_callbacks")  # noqa: B009 - the base's own state
-        pidfd, callback, args = callbacks.pop(pid)
-        getattr(self, "_loop")._remove_reader(pidfd)  # noqa: B009 - as the base does
+    def _reap(self) -> None:
         try:
-            _, status, usage = os.wait4(pid, 0)
-        except ChildProcessError:  # reaped elsewhere: as the base class reports it
-            returncode = 255
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: as asyncio reports it
+            pid, code, usage = self.pid, 255, None
         else:
-            returncode = os.waitstatus_to_exitcode(status)
-            TREE_USAGE[pid] = usage
-        os.close(pidfd)
-        callback(pid, returncode, *args)
+            if pid == 0:
+                return  # not yet
+            code = os.waitstatus_to_exitcode(status)
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self.returncode = self.popen.returncode = code  # (so Popen never polls it again)
+        self.rusage = usage
+        self.exited.set()
+
+    def kill(self) -> None:
+        """SIGKILL the process itself (not yet reaped)."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
 
 class LaunchError(Exception):
@@ -215,21 +215,19 @@ class Run:
     def __init__(
         self,
         spec: RunSpec,
-        process: asyncio.subprocess.Process,
+        child: _Child,
         workdir: Path,
         pump: asyncio.Task[int],
         disk: OffLoop,
         group: Group | None = None,
-        exits: _Exits | None = None,
-        transport: asyncio.SubprocessTransport | None = None,
+        output: asyncio.ReadTransport | None = None,
     ):
         self.spec = spec
-        self.process = process
-        self._exits, self._transport = exits, transport
+        self.child = child
+        self._output = output  # the read end of its output pipe
         self.workdir = workdir
         self._pump = pump
         self._disk = disk
-        self._tree: resource.struct_rusage | None = None  # without a cgroup: wait4's usage
         self.group = group  # its cgroup: every process it forks, setsid or not
         self.stopping = False
 
@@ -239,43 +237,40 @@ class Run:
         neither is known); final once it was waited for."""
         if self.group is not None:
             return self.group.usage()
-        if self._tree is None:
+        tree = self.child.rusage
+        if tree is None:
             return None
-        cpu = self._tree.ru_utime + self._tree.ru_stime
-        return Usage(cpu_seconds=cpu, peak_memory_bytes=self._tree.ru_maxrss * 1024)  # maxrss: KiB
+        cpu = tree.ru_utime + tree.ru_stime
+        return Usage(cpu_seconds=cpu, peak_memory_bytes=tree.ru_maxrss * 1024)  # maxrss: KiB
 
     @property
     def measured_by(self) -> str:
         """Where :attr:`usage` comes from: ``cgroup``, ``rusage`` (the process tree), or ``""``."""
-        return "cgroup" if self.group is not None else "rusage" if self._tree is not None else ""
+        return "cgroup" if self.group is not None else "rusage" if self.child.rusage is not None else ""
 
     def _kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+            os.killpg(self.child.pid, signal.SIGKILL)
 
     @property
     def pid(self) -> int:
         """The pid of the workload's process group leader."""
-        return self.process.pid
+        return self.child.pid
 
     async def _exited(self) -> int:
-        """The main process's exit code, as soon as it exits (``Process.wait`` would also wait for
-        every holder of its output pipe to close it: a setsid child could hold it for ever)."""
-        if self._exits is None:
-            return await self.process.wait()
-        await self._exits.exited.wait()
-        code = self.process.returncode
-        return code if code is not None else await self.process.wait()
+        """The main process's exit code, as soon as it exits (whoever still holds its output
+        pipe: a setsid child could hold it for ever)."""
+        await self.child.exited.wait()
+        assert self.child.returncode is not None
+        return self.child.returncode
 
     async def exited_within(self, seconds: float) -> bool:
         """Whether the main process exits within ``seconds`` (it is not waited for beyond)."""
-        if self.process.returncode is not None:
+        if self.child.returncode is not None:
             return True
-        if self._exits is None:
-            return False
         try:
             async with asyncio.timeout(seconds):
-                await self._exits.exited.wait()
+                await self.child.exited.wait()
         except TimeoutError:
             return False
         return True
@@ -283,7 +278,6 @@ class Run:
     async def wait(self) -> int:
         """Wait for the process and its output; returns the exit code (negative: killed by signal)."""
         code = await self._exited()
-        self._tree = TREE_USAGE.pop(self.pid, None)
         # leave nothing of the attempt behind, what left the process group too: its cgroup is
         # emptied, measured and removed here (before the output drains: an escapee may hold the pipe)
         if self.group is not None:
@@ -302,8 +296,8 @@ class Run:
                 await self._pump
         if not self._pump.cancelled():
             self._pump.result()  # a failure to forward output is the attempt's failure
-        if self._transport is not None:
-            self._transport.close()  # the pipe ends a killed escapee held, if any still are open
+        if self._output is not None:
+            self._output.close()  # the pipe ends a killed escapee held, if any still are open
         if not self.spec.keep_workdir:
             remove_later(self._disk, self.workdir)
         return code
@@ -313,7 +307,7 @@ class Run:
         whatever is left after ``grace`` seconds."""
         self.stopping = True
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.child.pid, signal.SIGTERM)
         for pid in self.group.pids() if self.group is not None else ():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
@@ -387,7 +381,8 @@ def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, disk: OffLoop) -> Pr
             raise LaunchError(f"cannot make the attempt's cgroup: {exc}") from None
         cores = None
     prepared = Prepared(workdir, env, group, cores)
-    wrapped = group is not None or bool(sandbox.prefix(cores))
+    gated = group is not None and not (group.mode == "cgroup-v1" and _may_enter(sandbox))
+    wrapped = gated or bool(sandbox.prefix(cores))
     if wrapped and not shutil.which(spec.command[0], path=env.get("PATH")):
         prepared.discard(disk)  # the wrapper would report it only as an exit code
         raise LaunchError(f"cannot start {spec.command[0]!r}: not found or not executable")
@@ -420,8 +415,10 @@ async def launch(
     """Start the prepared attempt's process; raises :class:`LaunchError` when it cannot start
     (having undone ``prepared``)."""
     workdir, env, group, cores = prepared.workdir, prepared.env, prepared.group, prepared.cores
-    gate = os.pipe() if group is not None else None  # the workload execs once it is in its cgroup
-    prefix = (cgroups.prefix(group) if group is not None else []) + sandbox.prefix(cores)
+    # v1: the process starts inside its groups (Group.entered); otherwise the gate holds it
+    enter = group is not None and group.mode == "cgroup-v1" and _may_enter(sandbox)
+    gate = os.pipe() if group is not None and not enter else None
+    prefix = (cgroups.prefix(group) if group is not None and not enter else []) + sandbox.prefix(cores)
     # without the tools, the child applies the sandbox and the affinity itself, between fork and exec
     limits = _pairs(sandbox.limits) if not sandbox.by_tools else []
     switch = sandbox.uid is not None and not sandbox.by_tools
@@ -438,44 +435,67 @@ async def launch(
             os.sched_setaffinity(0, cores)
 
     loop = asyncio.get_running_loop()
+    argv = [*prefix, *spec.command]
+    options: dict[str, Any] = {
+        "stdin": gate[0] if gate else subprocess.DEVNULL,
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.STDOUT,
+        "cwd": workdir,
+        "env": env,
+        "start_new_session": True,
+        "preexec_fn": in_child if cores is not None or limits or confine else None,
+        "user": sandbox.uid if switch else None,
+        "group": sandbox.gid if switch else None,
+        "extra_groups": [] if switch else None,
+    }
     try:
-        transport, protocol = await loop.subprocess_exec(
-            lambda: _Exits(limit=CHUNK * 4, loop=loop),
-            *prefix,
-            *spec.command,
-            stdin=gate[0] if gate else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=workdir,
-            env=env,
-            start_new_session=True,
-            preexec_fn=in_child if cores is not None or limits or confine else None,
-            user=sandbox.uid if switch else None,
-            group=sandbox.gid if switch else None,
-            extra_groups=[] if switch else None,
-        )
-        process = asyncio.subprocess.Process(transport, protocol, loop)
+        popen = _spawn(argv, options, group if enter else None)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         _close(gate)
         prepared.discard(disk)
         raise LaunchError(f"cannot start {spec.command[0]!r}: {exc}") from None
-    if group is not None and gate is not None:  # the workload waits for the gate before it execs
-        os.close(gate[0])
-        try:
-            group.add(process.pid)
-            os.write(gate[1], b"\n")
-        except OSError as exc:
-            process.kill()
-            await protocol.exited.wait()
-            TREE_USAGE.pop(process.pid, None)
-            transport.close()
+    child = _Child(popen, loop)
+    try:
+        if group is not None:  # the memory group (v1), or every group behind the gate (v2)
+            group.add(child.pid, only=("memory",) if enter else ())
+            if gate is not None:
+                os.write(gate[1], b"\n")
+    except OSError as exc:
+        if not (enter and exc.errno == errno.ESRCH):  # (an entered one may be over already)
+            child.kill()
+            await child.exited.wait()
+            assert popen.stdout is not None
+            assert group is not None
+            popen.stdout.close()
             await group.remove()
             remove_later(disk, workdir)
             raise LaunchError(f"cannot put the attempt into its cgroup: {exc}") from None
-        finally:
+    finally:
+        if gate is not None:
+            os.close(gate[0])
             os.close(gate[1])
-    pump = asyncio.create_task(_pump(process, sink, max_output))
-    return Run(spec, process, workdir, pump, disk, group, protocol, transport)
+    assert popen.stdout is not None
+    reader = asyncio.StreamReader(limit=CHUNK * 4, loop=loop)
+    output, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), popen.stdout
+    )
+    pump = asyncio.create_task(_pump(reader, sink, max_output))
+    return Run(spec, child, workdir, pump, disk, group, output)
+
+
+def _spawn(argv: list[str], options: dict[str, Any], inside: Group | None) -> subprocess.Popen[bytes]:
+    """Start the process (a vfork unless ``preexec_fn``: a few hundred microseconds, on the loop
+    on purpose: the start inside ``inside``'s groups must not let the loop run meanwhile)."""
+    if inside is None:
+        return subprocess.Popen(argv, **options)
+    with inside.entered():  # the vfork begins where this thread is: inside
+        return subprocess.Popen(argv, **options)
+
+
+def _may_enter(sandbox: Sandbox) -> bool:
+    """Whether an attempt's process may start inside its v1 groups: its process limit must leave
+    room for the agent's thread, which is counted while it is inside."""
+    return not sandbox.processes or sandbox.processes >= MIN_ENTER_PROCESSES
 
 
 def _close(gate: tuple[int, int] | None) -> None:
@@ -484,24 +504,10 @@ def _close(gate: tuple[int, int] | None) -> None:
             os.close(fd)
 
 
-class _Exits(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's subprocess protocol, plus an event set when the process exits (whoever still
-    holds its pipes)."""
-
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
-        self.exited = asyncio.Event()
-
-    def process_exited(self) -> None:
-        super().process_exited()
-        self.exited.set()
-
-
-async def _pump(process: asyncio.subprocess.Process, sink: OutputSink, max_output: int) -> int:
+async def _pump(output: asyncio.StreamReader, sink: OutputSink, max_output: int) -> int:
     """Forward output to ``sink`` up to ``max_output`` bytes; returns the number of bytes dropped."""
-    assert process.stdout is not None
     sent = dropped = 0
-    while chunk := await process.stdout.read(CHUNK):
+    while chunk := await output.read(CHUNK):
         room = max_output - sent
         if room > 0:
             part = chunk[:room]

@@ -8,8 +8,12 @@ against a temporary directory shaped like a delegated v2 subtree.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import threading
 from pathlib import Path
+
+import pytest
 
 from agents import cgroups
 from agents.cgroups import Limits
@@ -153,3 +157,29 @@ async def _kill_with_short_settle(group: cgroups.Group) -> None:
         await group.kill()
     finally:
         cgroups.SETTLE = saved
+
+
+def test_a_v1_attempt_is_entered_by_the_starting_thread_alone_and_left_after(tmp_path: Path) -> None:
+    hierarchy = cgroups.detect("n1", root=_v1(tmp_path))
+    assert hierarchy is not None
+    group = hierarchy.attempt("job-1.3", Limits(memory=512 * 1024**2, processes=64, cores=(1,)))
+    tid = str(threading.get_native_id())
+    with group.entered():
+        inside = {c: (d / "tasks").read_text() for c, d in group.dirs.items() if (d / "tasks").exists()}
+    # every hierarchy but memory got this thread (not the process: v1 "tasks" moves one thread)
+    assert inside == {c: tid for c in group.dirs if c != "memory"}
+    assert not (group.dirs["memory"] / "tasks").exists()
+    assert all((group.home[c] / "tasks").read_text() == tid for c in inside)  # and it left
+    assert group.home["memory"] == tmp_path / "cg" / "memory" / "agent.slice"
+
+    def fails_inside() -> None:
+        with group.entered():
+            (group.home["pids"] / "tasks").write_text("0")
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):  # it leaves whatever happened inside
+        fails_inside()
+    assert (group.home["pids"] / "tasks").read_text() == tid
+    # the agent itself is never one of the attempt's processes, even while a thread is inside
+    (group.dirs["freezer"] / "cgroup.procs").write_text(f"{os.getpid()}\n4242\n")
+    assert group.pids() == {4242}
