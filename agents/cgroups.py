@@ -17,14 +17,14 @@ named ``<job>.<attempt>`` (a gang member's job slot included), before the attemp
   there, ``setsid`` and double forks included. On v1 the agent's event-loop thread enters the
   attempt's groups (each hierarchy's ``tasks``: that thread alone) just around the start of the
   process (:meth:`Group.entered`), which a vfork begins where the thread is, and leaves at once;
-  the memory group is the exception, joined by the process right after its start
-  (:meth:`Group.add`; what it touched before that, microseconds of a fresh exec, is not counted),
-  so that nothing the agent allocates is ever charged to an attempt. On v2, where a process moves
-  with all its threads, a two-line ``sh`` prefix holds the workload until the agent wrote its pid
-  into ``cgroup.procs`` (:func:`prefix`, the gate: one more exec). Stopping the attempt, and the
-  end of its main process, kill everything left in the cgroup: v2 writes ``cgroup.kill``; v1
-  freezes the group first (nothing can fork while the signals go out), kills every member, then
-  thaws it;
+  the memory group is the exception, joined by the process right after its start, with anything
+  it forked meanwhile (:meth:`Group.join_memory`; what it touched before that, microseconds of a
+  fresh exec, is not counted), so that nothing the agent allocates is ever charged to an attempt.
+  On v2, where a process moves with all its threads, a two-line ``sh`` prefix holds the workload
+  until the agent wrote its pid into ``cgroup.procs`` (:func:`prefix`, the gate: one more exec).
+  Stopping the attempt, and the end of its main process, kill everything left in the cgroup: v2
+  writes ``cgroup.kill``; v1 freezes the group first (nothing can fork while the signals go out),
+  kills every member, then thaws it;
 * **measurement**: CPU seconds (``cpuacct.usage``/``cpu.stat``), peak memory
   (``memory.max_usage_in_bytes``/``memory.peak``) and whether the kernel killed for memory
   (``memory.oom_control``/``memory.events``), read before the group is removed.
@@ -120,12 +120,25 @@ class Group:
             return f"0::*{suffix}"
         return f"*[:,]{controller}[:,]*{suffix}"  # a v1 line may name co-mounted controllers
 
-    def add(self, pid: int, only: tuple[str, ...] = ()) -> None:
-        """Move process ``pid`` into the group (every hierarchy, or ``only`` these; OSError if the
-        kernel refuses)."""
-        for controller, path in zip(self.dirs, self.procs_files, strict=True):
-            if not only or controller in only:
-                _write(path, str(pid))
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` into the group (every hierarchy; OSError if the kernel refuses)."""
+        for path in self.procs_files:
+            _write(path, str(pid))
+
+    def join_memory(self, pid: int) -> None:
+        """Move ``pid``, started inside the group's other hierarchies (:meth:`entered`), into its
+        memory group, and whatever it forked before that too (found in the first hierarchy, read
+        again until a read shows nothing new: a process forked after that read was forked by one
+        already moved, and inherits its group). A process gone meanwhile is skipped."""
+        path = self.procs_files[list(self.dirs).index("memory")]
+        moved: set[int] = set()
+        born = {pid}
+        while born:
+            for member in sorted(born):
+                with contextlib.suppress(ProcessLookupError):  # exited already
+                    _write(path, str(member))
+            moved |= born
+            born = self.pids() - moved
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:

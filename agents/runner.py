@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import resource
 import shutil
@@ -457,19 +456,21 @@ async def launch(
     child = _Child(popen, loop)
     try:
         if group is not None:  # the memory group (v1), or every group behind the gate (v2)
-            group.add(child.pid, only=("memory",) if enter else ())
+            if enter:
+                group.join_memory(child.pid)
+            else:
+                group.add(child.pid)
             if gate is not None:
                 os.write(gate[1], b"\n")
     except OSError as exc:
-        if not (enter and exc.errno == errno.ESRCH):  # (an entered one may be over already)
-            child.kill()
-            await child.exited.wait()
-            assert popen.stdout is not None
-            assert group is not None
-            popen.stdout.close()
-            await group.remove()
-            remove_later(disk, workdir)
-            raise LaunchError(f"cannot put the attempt into its cgroup: {exc}") from None
+        child.kill()
+        await child.exited.wait()
+        assert popen.stdout is not None
+        assert group is not None
+        popen.stdout.close()
+        await group.remove()
+        remove_later(disk, workdir)
+        raise LaunchError(f"cannot put the attempt into its cgroup: {exc}") from None
     finally:
         if gate is not None:
             os.close(gate[0])

@@ -183,3 +183,28 @@ def test_a_v1_attempt_is_entered_by_the_starting_thread_alone_and_left_after(tmp
     # the agent itself is never one of the attempt's processes, even while a thread is inside
     (group.dirs["freezer"] / "cgroup.procs").write_text(f"{os.getpid()}\n4242\n")
     assert group.pids() == {4242}
+
+
+def test_the_memory_group_takes_the_started_process_and_what_it_forked_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hierarchy = cgroups.detect("n1", root=_v1(tmp_path))
+    assert hierarchy is not None
+    group = hierarchy.attempt("job-1.4", Limits(memory=512 * 1024**2))
+    members = group.dirs["freezer"] / "cgroup.procs"
+    members.write_text("100\n101\n")  # 101: forked by 100 before 100 joined its memory group
+    written: list[tuple[str, str]] = []
+    real = cgroups._write
+
+    def record(path: Path | str, value: str) -> None:
+        written.append((str(path), value))
+        if value == "100":
+            members.write_text("100\n101\n102\n")  # 102: forked by 101 meanwhile
+        if value == "102":
+            raise ProcessLookupError  # and gone already: skipped
+        real(path, value)
+
+    monkeypatch.setattr(cgroups, "_write", record)
+    group.join_memory(100)
+    memory = str(group.dirs["memory"] / "cgroup.procs")
+    assert written == [(memory, "100"), (memory, "101"), (memory, "102")]

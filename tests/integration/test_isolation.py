@@ -38,6 +38,12 @@ def _escapee(pids: Path, after: str = "wait") -> list[str]:
     return ["sh", "-c", f"setsid sh -c 'echo $$ >> {pids}; exec sleep 301' & sleep 0.3; {after}"]
 
 
+def _inside(pid: int, group: str) -> set[str]:
+    """The v1 controllers in which process ``pid`` is in an attempt group named ``group``."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return {c for line in lines if line.endswith(f"/{group}") for c in line.split(":")[1].split(",")}
+
+
 @needs_cgroups
 async def test_a_setsid_child_is_gone_after_cancel_and_after_its_job_ends(
     make_cluster, tmp_path: Path
@@ -49,6 +55,9 @@ async def test_a_setsid_child_is_gone_after_cancel_and_after_its_job_ends(
         await eventually(lambda: cancelled.exists() and cancelled.read_text().strip(), timeout=60)
         escaped = int(cancelled.read_text())
         assert process_alive(escaped)
+        # born inside the attempt's groups, forked and setsid or not: memory included (joined
+        # right after the start, with whatever was forked by then)
+        assert {"freezer", "memory", "pids", "cpuacct"} <= _inside(escaped, f"{job.id}.1")
         await job.cancel()
         assert (await job.wait(timeout=60)).state == "cancelled"
         await eventually(lambda: not process_alive(escaped), timeout=15)
