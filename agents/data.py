@@ -20,12 +20,12 @@ import asyncio
 import os
 import secrets
 import stat
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
+from agents import runner
 from agents.offloop import OffLoop
 from federation import subjects
 from federation.bus import Bus, objects
@@ -43,8 +43,7 @@ class StagingError(Exception):
 
 def new_directory(job: str, attempt: int, work_root: Path) -> Path:
     """An attempt's directory made ahead of its start, to stage its inputs in (blocking)."""
-    work_root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{job}.{attempt}.", dir=work_root))
+    return runner.new_directory(f"{job}.{attempt}.", work_root)
 
 
 async def stage(bus: Bus, disk: OffLoop, region: str, allocation: Allocation, workdir: Path) -> None:

@@ -339,7 +339,24 @@ class Prepared:
 
 def remove_later(disk: OffLoop, workdir: Path) -> None:
     """Remove an attempt's working directory with the worker thread's next batch."""
-    disk.later(partial(shutil.rmtree, workdir, ignore_errors=True))
+    disk.later(partial(remove_directory, workdir))
+
+
+def remove_directory(workdir: Path) -> None:
+    """Remove ``workdir`` and what is in it (one ``rmdir`` when the job left nothing: most do)."""
+    try:
+        os.rmdir(workdir)
+    except OSError:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def new_directory(prefix: str, work_root: Path) -> Path:
+    """A fresh 0700 directory under ``work_root`` (made first if it is missing: once)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=work_root))
+    except FileNotFoundError:
+        work_root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=work_root))
 
 
 def make_workdir(
@@ -348,10 +365,7 @@ def make_workdir(
     """The attempt's private working directory (blocking: the agent's worker thread makes it,
     in the same batch as the journal line of the attempt); ``staged`` is one made already, with
     the job's inputs in it."""
-    if staged is None:
-        work_root.mkdir(parents=True, exist_ok=True)
-    workdir = staged or Path(tempfile.mkdtemp(prefix=f"{spec.job}.{spec.attempt}.", dir=work_root))
-    workdir.chmod(0o700)
+    workdir = staged or new_directory(f"{spec.job}.{spec.attempt}.", work_root)  # 0700 (mkdtemp)
     if sandbox.uid is not None:  # the workload's own directory, and nothing else of the agent's
         owner = (sandbox.uid, sandbox.gid if sandbox.gid is not None else -1)
         for path in (workdir, *(workdir.iterdir() if staged else ())):
