@@ -24,6 +24,7 @@ from federation.bus import Bus
 from federation.config import Connection, load_connection
 from federation.identity import Credentials, use_credentials
 from federation.ops import launcher
+from federation.ops.keyring import Keyring
 from federation.ops.launcher import Child, Federation, Options, agent_command, fed_command, server_pids
 from federation.schemas import Lease, decode
 
@@ -74,6 +75,11 @@ class Cluster:
         child.start()
         self.extra.append(child)
         return child
+
+    async def tenant(self, name: str) -> Credentials:
+        """A tenant's credentials, the servers told of it first (as ``fed creds add-tenant`` does)."""
+        await self.federation.add_identity("tenant", name)
+        return Keyring.of(self.tmp).credentials("tenant", name)
 
     async def raw(self, region: str) -> Any:
         """A plain nats-py connection to ``region``'s server as the operator (to watch raw subjects)."""

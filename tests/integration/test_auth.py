@@ -137,11 +137,7 @@ async def _crossed(hub: Bus, region: Bus, subject: str, data: bytes) -> bool:
 
 async def test_tenants_see_and_touch_only_their_own_jobs(make_cluster) -> None:
     cluster = await make_cluster(regions=("eu",), agents=1)
-    keyring = Keyring.of(cluster.tmp)
-    creds = {}
-    for name in ("acme", "blue"):
-        await cluster.federation.add_identity("tenant", name)
-        creds[name] = keyring.credentials("tenant", name)
+    creds = {name: await cluster.tenant(name) for name in ("acme", "blue")}
     a = Client.connect(connection=cluster.connection, credentials=creds["acme"])
     b = Client.connect(connection=cluster.connection, credentials=creds["blue"])
     operator = Client.connect(connection=cluster.connection)

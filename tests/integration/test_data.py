@@ -40,8 +40,7 @@ async def test_an_input_follows_a_job_handed_to_another_region_and_its_output_is
 ) -> None:
     cluster = await make_cluster(regions=("aa", "bb"), agents=1)
     await cluster.start_agent("bb", "bb-gpu", "--gpu-id", "GPU-7")
-    await cluster.federation.add_identity("tenant", "acme")
-    acme = Keyring.of(cluster.tmp).credentials("tenant", "acme")
+    acme = await cluster.tenant("acme")
     data = os.urandom(300 * KiB + 17)  # three chunks and a bit
     source = tmp_path / "train.bin"
     source.write_bytes(data)
@@ -102,10 +101,7 @@ async def test_a_tenant_reads_only_its_own_jobs_files_and_a_revoked_one_none(
 ) -> None:
     cluster = await make_cluster(regions=("eu",), agents=1)
     keyring = Keyring.of(cluster.tmp)
-    creds = {}
-    for name in ("acme", "blue"):
-        await cluster.federation.add_identity("tenant", name)
-        creds[name] = keyring.credentials("tenant", name)
+    creds = {name: await cluster.tenant(name) for name in ("acme", "blue")}
     (tmp_path / "in.txt").write_text("acme's secret input\n")
     acme = Client.connect(connection=cluster.connection, credentials=creds["acme"])
     blue = Client.connect(connection=cluster.connection, credentials=creds["blue"])
