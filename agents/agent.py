@@ -142,6 +142,7 @@ class Agent:
         self.devices = (set(cores), set(gpus))
         self.previous_life = self.journal.read()
         self._reap_previous_life()
+        self._clear_previous_directories()
         async with serving(self.metrics.registry, self.metrics_address, self.log) as url:
             self.metrics_url = url
             await self._serve()
@@ -695,6 +696,18 @@ class Agent:
                 delay = min(delay * 2, 5.0)
 
     # --- journal -----------------------------------------------------------------------------------
+
+    def _clear_previous_directories(self) -> None:
+        """Remove what a previous life of the agent left in its work root (its attempts do not run
+        on: they are reported lost and their processes killed), staged inputs included, on the
+        worker thread. Only in the agent's own work root: a configured ``work_dir`` may be shared."""
+        if self.config.work_dir or not self.work_root.is_dir():
+            return
+        left = list(self.work_root.iterdir())
+        for path in left:
+            self.disk.later(partial(runner.remove_directory, path))
+        if left:
+            self.log.warning("removing attempt directories a previous life left", count=len(left))
 
     def _reap_previous_life(self) -> None:
         """Kill process groups left by a previous life of this agent (verified by their FED_JOB_ID)."""

@@ -208,3 +208,15 @@ async def test_bad_inputs_are_refused_before_submission_and_an_unstageable_one_f
 
 async def _is(value: Awaitable[float], expected: float) -> bool:
     return await value == expected
+
+
+async def test_an_agent_removes_what_a_previous_life_left_in_its_work_root(make_cluster) -> None:
+    cluster = await make_cluster(regions=("eu",), agents=0)
+    work = cluster.tmp / "agents" / "n9" / "work"
+    left = work / "j1.1.abc123"  # an attempt directory a killed agent left, staged input and all
+    left.mkdir(parents=True)
+    (left / "staged.bin").write_bytes(b"x" * 4096)
+    (work / "j2.1.def456").mkdir()
+    agent = await cluster.start_agent("eu", "n9")
+    await eventually(lambda: work.is_dir() and not any(work.iterdir()), timeout=30)
+    assert agent.alive()
