@@ -503,8 +503,16 @@ def _spawn(argv: list[str], options: dict[str, Any], inside: Group | None) -> su
     on purpose: the start inside ``inside``'s groups must not let the loop run meanwhile)."""
     if inside is None:
         return subprocess.Popen(argv, **options)
-    with inside.entered():  # the vfork begins where this thread is: inside
-        return subprocess.Popen(argv, **options)
+    popen: subprocess.Popen[bytes] | None = None
+    try:
+        with inside.entered():  # the vfork begins where this thread is: inside
+            popen = subprocess.Popen(argv, **options)
+    except OSError:
+        if popen is not None:  # started, but this thread could not leave the groups: no run
+            popen.kill()
+            popen.wait()
+        raise
+    return popen
 
 
 def _may_enter(sandbox: Sandbox) -> bool:
