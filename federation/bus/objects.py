@@ -17,17 +17,17 @@ credentials can create none), from another region's store through the hub
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
 import hashlib
-import json
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 from federation import subjects
 from federation.bus.delivery import Delivery
 from federation.bus.messaging import Messaging
+from federation.bus.scan import scan
 from federation.bus.streams import Streams
-from federation.errors import FederationError, FederationUnavailable
+from federation.errors import FederationError
 from federation.schemas import ObjectRef
 
 CHUNK = 128 * 1024  # bytes of a file per message
@@ -61,38 +61,20 @@ async def store(
     return size, digest(hasher)
 
 
-async def batches(
+def chunks(
     messaging: Messaging, region: str, obj: str, *, start: int = 1, domain: str = ""
-) -> AsyncGenerator[list[Delivery], None]:
-    """The chunks of ``obj`` stored at stream sequence ``start`` or later, :data:`BATCH` at a time,
-    read from ``domain``'s server (another region's, through the hub) when given; the next batch
-    is asked for while one is used."""
-    api = f"$JS.{domain}.API" if domain else "$JS.API"
-    subject = f"{api}.DIRECT.GET.{subjects.objects_stream(region)}"
-    wanted = subjects.object_chunks(region, obj)
-
-    def ask(sequence: int) -> asyncio.Task[tuple[list[Delivery], dict[str, str]]]:
-        request = {"seq": sequence, "batch": BATCH, "next_by_subj": wanted}
-        return asyncio.create_task(messaging.gather(subject, json.dumps(request).encode()))
-
-    ahead = ask(start)
-    try:
-        while True:
-            items, status = await ahead
-            code = status.get("Status", "")
-            if code not in ("204", "404"):
-                raise FederationUnavailable(
-                    subject, f"direct get refused: {code} {status.get('Description', '')}"
-                )
-            more = bool(items) and code == "204" and int(status.get("Nats-Num-Pending", 0)) > 0
-            if more:
-                ahead = ask(items[-1].sequence + 1)
-            if items:
-                yield items
-            if not more:
-                return
-    finally:
-        ahead.cancel()
+) -> AsyncIterator[Delivery]:
+    """The chunks of ``obj`` stored at stream sequence ``start`` or later, read :data:`BATCH` at a
+    time (:func:`~federation.bus.scan.scan`), from ``domain``'s server (another region's, through
+    the hub) when given."""
+    return scan(
+        messaging,
+        subjects.objects_stream(region),
+        subjects.object_chunks(region, obj),
+        start_sequence=start,
+        batch=BATCH,
+        domain=domain,
+    )
 
 
 async def fetch(
@@ -100,16 +82,17 @@ async def fetch(
 ) -> AsyncIterator[bytes]:
     """The bytes of ``ref`` from ``region``'s store, chunk by chunk, checked (:func:`verified`)."""
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def data() -> AsyncIterator[bytes]:
         size = 0
-        async for items in batches(messaging, region, ref.object, domain=domain):
-            for item in items:
+        found = chunks(messaging, region, ref.object, domain=domain)
+        async with contextlib.aclosing(found):  # type: ignore[type-var]
+            async for item in found:
                 yield item.data
                 size += len(item.data)
-            if size >= ref.size:
-                return
+                if size >= ref.size:
+                    return
 
-    async for chunk in verified(chunks(), ref, region):
+    async for chunk in verified(data(), ref, region):
         yield chunk
 
 
@@ -132,4 +115,4 @@ async def verified(chunks: AsyncIterator[bytes], ref: ObjectRef, region: str) ->
         raise ObjectError(f"{ref.name}: its content does not match its digest")
 
 
-__all__ = ["BATCH", "CHUNK", "ObjectError", "batches", "digest", "fetch", "store", "verified"]
+__all__ = ["BATCH", "CHUNK", "ObjectError", "chunks", "digest", "fetch", "store", "verified"]

@@ -32,18 +32,22 @@ async def scan(
     last_per_subject: bool = False,
     start_sequence: int = 0,
     start_time: float = 0.0,
+    *,
+    batch: int = BATCH,
+    domain: str = "",
 ) -> AsyncIterator[Delivery]:
     """Every message of ``stream`` on ``filter_subject`` stored now, from ``start_sequence`` (or
     the first stored at ``start_time``); with ``last_per_subject`` only each subject's latest.
-    Each batch is one :meth:`~federation.bus.messaging.Messaging.gather` of ``messaging``."""
-    request: dict[str, object] = {"batch": BATCH, "next_by_subj": filter_subject}
+    Each batch of up to ``batch`` messages is one :meth:`~federation.bus.messaging.Messaging.gather`
+    of ``messaging``; ``domain`` reads another region's stream (through the hub)."""
+    request: dict[str, object] = {"batch": batch, "next_by_subj": filter_subject}
     if start_time and not start_sequence:
         when = datetime.datetime.fromtimestamp(start_time, datetime.UTC)
         request["start_time"] = when.isoformat().replace("+00:00", "Z")
     else:
         request["seq"] = max(1, start_sequence)
     latest: dict[str, Delivery] = {}
-    subject = f"$JS.API.DIRECT.GET.{stream}"
+    subject = f"$JS.{domain}.API.DIRECT.GET.{stream}" if domain else f"$JS.API.DIRECT.GET.{stream}"
     answer = await messaging.gather(subject, json.dumps(request).encode())
     ahead: asyncio.Task[tuple[list[Delivery], dict[str, str]]] | None = None
     try:
@@ -53,7 +57,7 @@ async def scan(
             code = status.get("Status", "")
             more = bool(items) and code == "204" and int(status.get("Nats-Num-Pending", 0)) > 0
             if more:  # ask for the next batch while this one is read
-                request = {"batch": BATCH, "next_by_subj": filter_subject, "seq": items[-1].sequence + 1}
+                request = {"batch": batch, "next_by_subj": filter_subject, "seq": items[-1].sequence + 1}
                 ahead = asyncio.create_task(messaging.gather(subject, json.dumps(request).encode()))
             for item in items:
                 if last_per_subject:

@@ -151,15 +151,14 @@ class Tenants:
             return TenantReply(error=f"job {record.id} stored no output file {name!r}")
         chunks: list[bytes] = []
         size, last = 0, after
-        found = objects.batches(self.bus, self.region, ref.object, start=after + 1)
-        async with contextlib.aclosing(found):
-            async for items in found:
-                for item in items:
-                    if size + len(item.data) > LOG_BYTES and chunks:
-                        return TenantReply(chunks=chunks, next=last)
-                    chunks.append(item.data)
-                    size += len(item.data)
-                    last = item.sequence
+        found = objects.chunks(self.bus, self.region, ref.object, start=after + 1)
+        async with contextlib.aclosing(found):  # type: ignore[type-var]
+            async for item in found:
+                if size + len(item.data) > LOG_BYTES and chunks:
+                    break
+                chunks.append(item.data)
+                size += len(item.data)
+                last = item.sequence
         return TenantReply(chunks=chunks, next=last)
 
 

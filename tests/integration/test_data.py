@@ -68,7 +68,7 @@ async def test_an_input_follows_a_job_handed_to_another_region_and_its_output_is
         assert ref.object.startswith("in.acme.")
         assert ref.size == len(data)
         bb = await operator.bus("bb")
-        assert [c async for c in objects.batches(bb, "bb", ref.object)] == []
+        assert [c async for c in objects.chunks(bb, "bb", ref.object)] == []
         # the outputs: the link was not stored, the copy and the sum were
         assert sorted(r.name for r in record.stored) == ["copy.bin", "data.bin", "sum.txt"]
         assert all(r.object.startswith("out.bb-gpu.") for r in record.stored)
@@ -123,7 +123,7 @@ async def test_a_tenant_reads_only_its_own_jobs_files_and_a_revoked_one_none(
         with pytest.raises(FederationError):
             await bus.store(subjects.object_chunks("eu", "in.acme.forged"), b"x", timeout=2)
         with pytest.raises(FederationError):
-            [c async for c in objects.batches(bus, "eu", record.stored[0].object)]
+            [c async for c in objects.chunks(bus, "eu", record.stored[0].object)]
         # a submission naming another tenant's object is refused (quarantined), never run
         forged = Submit(
             id="blue-forged", command=["cat", "in.txt"], tenant="blue", inputs=list(record.spec.inputs)
