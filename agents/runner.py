@@ -394,7 +394,7 @@ def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, disk: OffLoop) -> Pr
             raise LaunchError(f"cannot make the attempt's cgroup: {exc}") from None
         cores = None
     prepared = Prepared(workdir, env, group, cores)
-    gated = group is not None and not (group.mode == "cgroup-v1" and _may_enter(sandbox))
+    gated = group is not None and not _starts_inside(group, sandbox)
     wrapped = gated or bool(sandbox.prefix(cores))
     if wrapped and not shutil.which(spec.command[0], path=env.get("PATH")):
         prepared.discard(disk)  # the wrapper would report it only as an exit code
@@ -429,7 +429,7 @@ async def launch(
     (having undone ``prepared``)."""
     workdir, env, group, cores = prepared.workdir, prepared.env, prepared.group, prepared.cores
     # v1: the process starts inside its groups (Group.entered); otherwise the gate holds it
-    enter = group is not None and group.mode == "cgroup-v1" and _may_enter(sandbox)
+    enter = group is not None and _starts_inside(group, sandbox)
     gate = os.pipe() if group is not None and not enter else None
     prefix = (cgroups.prefix(group) if group is not None and not enter else []) + sandbox.prefix(cores)
     # without the tools, the child applies the sandbox and the affinity itself, between fork and exec
@@ -515,10 +515,11 @@ def _spawn(argv: list[str], options: dict[str, Any], inside: Group | None) -> su
     return popen
 
 
-def _may_enter(sandbox: Sandbox) -> bool:
-    """Whether an attempt's process may start inside its v1 groups: its process limit must leave
-    room for the agent's thread, which is counted while it is inside."""
-    return not sandbox.processes or sandbox.processes >= MIN_ENTER_PROCESSES
+def _starts_inside(group: Group, sandbox: Sandbox) -> bool:
+    """Whether the attempt's process starts inside ``group`` (:meth:`Group.entered`, v1 only),
+    else behind the gate: its process limit must leave room for the agent's thread, which is
+    counted while it is inside."""
+    return group.mode == "cgroup-v1" and (not sandbox.processes or sandbox.processes >= MIN_ENTER_PROCESSES)
 
 
 def _close(gate: tuple[int, int] | None) -> None:

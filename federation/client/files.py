@@ -141,17 +141,17 @@ class Files(Reading):
         a failed read leaves no file)."""
         target = Path(path)
         partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
-        ref = await self._output(job_id, name, region)
+        record, ref = await self._output(job_id, name, region)
         try:
             handle: BinaryIO
             with partial.open("wb") as handle:
-                async for chunk in self._read(ref[0], ref[1]):
+                async for chunk in self._read(record, ref):
                     await asyncio.to_thread(handle.write, chunk)
             partial.replace(target)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
-        return ref[1]
+        return ref
 
     async def read_output(self, job_id: str, name: str, *, region: str | None = None) -> AsyncIterator[bytes]:
         """Output file ``name`` of a job, chunk by chunk; :class:`~federation.bus.objects.ObjectError`

@@ -135,8 +135,8 @@ class Submitting(Files):
         """
         name = self._region(region)
         job_id = job_id or new_job_id()
-        self._submission(command, job_id=job_id, **options)  # bad options fail before an upload
-        input_files(inputs)
+        if inputs:  # bad options fail before an upload (upload() checks the files first)
+            self._submission(command, job_id=job_id, **options)
         dependencies = await self._dependencies(after)
         refs = await self.upload(
             inputs, region=name, tenant=options.get("tenant", "default"), progress=uploading
@@ -254,8 +254,8 @@ class Submitting(Files):
             )
         env = dict(options.get("env") or {})
         last = f"{array_id}-{max(indices)}"
-        self._submission(command, job_id=last, **options)  # bad options fail before an upload
-        input_files(inputs)
+        if inputs:  # bad options fail before an upload (upload() checks the files first)
+            self._submission(command, job_id=last, **options)
         dependencies = await self._dependencies(after)
         refs = await self.upload(  # once: every element reads the same files
             inputs, region=name, tenant=options.get("tenant", "default"), progress=uploading
