@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import structlog
 
 from federation import subjects
-from federation.bus import Bus, objects
+from federation.bus import Bus, Delivery, objects
 from federation.core.policy import Policy
 from federation.errors import FederationError, FederationUnavailable, RemoteProtocolError
 from federation.schemas import JobRecord, TenantQuery, TenantReply, Transition, decode
@@ -123,43 +123,43 @@ class Tenants:
             return None
 
     async def _logs(self, record: JobRecord, after: int) -> TenantReply:
-        chunks: list[bytes] = []
-        size, last = 0, after
         stream, filter_subject = (
             subjects.logs_stream(self.region),
             subjects.job_log_filter(self.region, record.id),
         )
         # only what the nodes the job ran on wrote: any agent may publish a log under any job id
         nodes = {record.node, *record.members}.union(*(_nodes(entry) for entry in record.history))
+
+        def written_by_its_nodes(item: Delivery) -> bool:
+            parsed = subjects.parse_status(item.subject)
+            return parsed is not None and parsed.node in nodes
+
         items = self.bus.follow(stream, filter_subject, start_sequence=after + 1, until_caught_up=True)
-        async with contextlib.aclosing(items):  # type: ignore[type-var]
-            async for item in items:
-                parsed = subjects.parse_status(item.subject)
-                if parsed is None or parsed.node not in nodes:
-                    last = item.sequence
-                    continue
-                if size + len(item.data) > LOG_BYTES and chunks:
-                    break
-                chunks.append(item.data)
-                size += len(item.data)
-                last = item.sequence
-        return TenantReply(chunks=chunks, next=last)
+        return await _page(items, after, written_by_its_nodes)
 
     async def _file(self, record: JobRecord, name: str, after: int) -> TenantReply:
         ref = next((ref for ref in record.stored if ref.name == name), None)
         if ref is None:
             return TenantReply(error=f"job {record.id} stored no output file {name!r}")
-        chunks: list[bytes] = []
-        size, last = 0, after
-        found = objects.chunks(self.bus, self.region, ref.object, start=after + 1)
-        async with contextlib.aclosing(found):  # type: ignore[type-var]
-            async for item in found:
+        return await _page(objects.chunks(self.bus, self.region, ref.object, start=after + 1), after)
+
+
+async def _page(
+    items: AsyncIterator[Delivery], after: int, keep: Callable[[Delivery], bool] = lambda item: True
+) -> TenantReply:
+    """The chunks of ``items`` that ``keep`` accepts, up to ``LOG_BYTES`` in one answer, and the
+    stream sequence to ask again after (``after`` when there was nothing)."""
+    chunks: list[bytes] = []
+    size, last = 0, after
+    async with contextlib.aclosing(items):  # type: ignore[type-var]
+        async for item in items:
+            if keep(item):
                 if size + len(item.data) > LOG_BYTES and chunks:
                     break
                 chunks.append(item.data)
                 size += len(item.data)
-                last = item.sequence
-        return TenantReply(chunks=chunks, next=last)
+            last = item.sequence
+    return TenantReply(chunks=chunks, next=last)
 
 
 def _own(record: JobRecord) -> JobRecord:
