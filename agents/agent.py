@@ -530,7 +530,7 @@ class Agent:
             bound.info("attempt could not start", reason=str(run))
             return None
         self.running[job] = run
-        if run.group is None:  # with a cgroup, a restarted agent finds its processes there
+        if not run.contained:  # with a cgroup, a restarted agent finds its processes there
             self.journal.running(job, spec.attempt, run.pid)
         return run
 

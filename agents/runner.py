@@ -227,13 +227,18 @@ class Run:
         self.workdir = workdir
         self._pump = pump
         self._disk = disk
-        self.group = group  # its cgroup: every process it forks, setsid or not
+        self.group = group  # its cgroup: every process it forks, setsid or not (None once given back)
+        self.contained = group is not None
+        self._used: Usage | None = None  # what its cgroup counted, once the attempt is over
+        self._group_lock = asyncio.Lock()  # a stop's kill and the group's release, one at a time
         self.stopping = False
 
     @property
     def usage(self) -> Usage | None:
         """What the attempt used, from its cgroup, else from its process tree's ``wait4`` (None when
         neither is known); final once it was waited for."""
+        if self._used is not None:
+            return self._used
         if self.group is not None:
             return self.group.usage()
         tree = self.child.rusage
@@ -245,7 +250,7 @@ class Run:
     @property
     def measured_by(self) -> str:
         """Where :attr:`usage` comes from: ``cgroup``, ``rusage`` (the process tree), or ``""``."""
-        return "cgroup" if self.group is not None else "rusage" if self.child.rusage is not None else ""
+        return "cgroup" if self.contained else "rusage" if self.child.rusage is not None else ""
 
     def _kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -278,9 +283,13 @@ class Run:
         """Wait for the process and its output; returns the exit code (negative: killed by signal)."""
         code = await self._exited()
         # leave nothing of the attempt behind, what left the process group too: its cgroup is
-        # emptied, measured and removed here (before the output drains: an escapee may hold the pipe)
-        if self.group is not None:
-            await self.group.remove()
+        # emptied, measured and given back here (before the output drains: an escapee may hold
+        # the pipe); the group may serve another attempt from then on, so it is forgotten here
+        if self.contained:
+            async with self._group_lock:
+                if self.group is not None:
+                    group, self.group = self.group, None
+                    self._used = await group.remove()
         else:
             self._kill_group()
         try:
@@ -314,8 +323,9 @@ class Run:
             async with asyncio.timeout(grace):
                 await asyncio.shield(self._exited())
         except TimeoutError:  # SIGKILL every process of the attempt: its cgroup, else its group
-            if self.group is not None:
-                await self.group.kill()
+            async with self._group_lock:  # (not once given back: it may hold another attempt then)
+                if self.group is not None:
+                    await self.group.kill()
             self._kill_group()
 
 
@@ -334,7 +344,7 @@ class Prepared:
         """Undo :func:`make_workdir` and :func:`prepare` for an attempt that will not start."""
         remove_later(disk, self.workdir)
         if self.group is not None:
-            self.group.discard()
+            self.group.release()
 
 
 def remove_later(disk: OffLoop, workdir: Path) -> None:
@@ -381,14 +391,11 @@ def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, disk: OffLoop) -> Pr
     cores = set(spec.cores) if spec.pinned and spec.cores else None
     group = None
     if sandbox.cgroups is not None:  # the cpuset pins it; the limits are the cgroup's
-        name = f"{spec.job}.{spec.attempt}" + (
-            f".{spec.env['FED_GANG_MEMBER']}" if "FED_GANG_MEMBER" in spec.env else ""
-        )
         bounds = Limits(
             sandbox.memory, sandbox.processes, tuple(sorted(cores)) if cores else (), sandbox.cpus
         )
         try:
-            group = sandbox.cgroups.attempt(name, bounds)
+            group = sandbox.cgroups.attempt(bounds)
         except OSError as exc:
             remove_later(disk, workdir)
             raise LaunchError(f"cannot make the attempt's cgroup: {exc}") from None

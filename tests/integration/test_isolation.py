@@ -38,10 +38,15 @@ def _escapee(pids: Path, after: str = "wait") -> list[str]:
     return ["sh", "-c", f"setsid sh -c 'echo $$ >> {pids}; exec sleep 301' & sleep 0.3; {after}"]
 
 
-def _inside(pid: int, group: str) -> set[str]:
-    """The v1 controllers in which process ``pid`` is in an attempt group named ``group``."""
-    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    return {c for line in lines if line.endswith(f"/{group}") for c in line.split(":")[1].split(",")}
+def _inside(pid: int) -> dict[str, str]:
+    """The attempt group (``fed-<node>/slot-<n>``) process ``pid`` is in, by v1 controller."""
+    found = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        parts = path.split("/")
+        if len(parts) >= 2 and parts[-2].startswith("fed-") and parts[-1].startswith("slot-"):
+            found.update({c: "/".join(parts[-2:]) for c in controllers.split(",")})
+    return found
 
 
 @needs_cgroups
@@ -57,7 +62,9 @@ async def test_a_setsid_child_is_gone_after_cancel_and_after_its_job_ends(
         assert process_alive(escaped)
         # born inside the attempt's groups, forked and setsid or not: memory included (joined
         # right after the start, with whatever was forked by then)
-        assert {"freezer", "memory", "pids", "cpuacct"} <= _inside(escaped, f"{job.id}.1")
+        groups = _inside(escaped)
+        assert {"freezer", "memory", "pids", "cpuacct"} <= set(groups), groups
+        assert len(set(groups.values())) == 1, groups  # one attempt group, in every hierarchy
         await job.cancel()
         assert (await job.wait(timeout=60)).state == "cancelled"
         await eventually(lambda: not process_alive(escaped), timeout=15)
