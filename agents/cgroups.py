@@ -200,9 +200,32 @@ class Group:
     limits: Limits | None = field(default=None, repr=False)  # written now (None: the kernel's defaults)
     start: _Counters = field(default_factory=_Counters, repr=False)  # at this attempt's start
     procs_files: list[str] = field(init=False, repr=False)  # where a pid is written to move it in
+    # the files read or written for every attempt, their paths made once: the thread's way in and
+    # out (v1 "tasks" here, and in the agent's group), and the counters (CPU, peak, OOM kills, charged)
+    _tasks: list[tuple[str, str]] = field(init=False, repr=False)
+    _counter_files: tuple[str, str, str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.procs_files = [os.path.join(d, "cgroup.procs") for d in self.dirs.values()]
+        self._tasks = [
+            (os.path.join(d, "tasks"), os.path.join(self.home[c], "tasks"))
+            for c, d in self.dirs.items()
+            if c != "memory" and c in self.home
+        ]
+
+        def at(controller: str, name: str) -> str:  # "" where the group has no such directory
+            return os.path.join(self.dirs[controller], name) if controller in self.dirs else ""
+
+        if self.mode == "cgroup-v1":
+            self._counter_files = (
+                at("cpuacct", "cpuacct.usage"),
+                at("memory", "memory.max_usage_in_bytes"),
+                at("memory", "memory.oom_control"),
+                at("memory", "memory.usage_in_bytes"),
+            )
+        else:
+            names = ("cpu.stat", "memory.peak", "memory.events", "memory.current")
+            self._counter_files = tuple(at("", name) for name in names)  # type: ignore[assignment]
 
     @property
     def pattern(self) -> str:
@@ -242,16 +265,16 @@ class Group:
         that no page the agent touches meanwhile is charged to the attempt."""
         assert self.mode == "cgroup-v1"
         tid = str(threading.get_native_id())
-        entered: list[str] = []
+        write = self.files.write
+        left: list[str] = []
         try:
-            for controller, directory in self.dirs.items():
-                if controller != "memory":
-                    self.files.write(os.path.join(directory, "tasks"), tid)
-                    entered.append(controller)
+            for inside, home in self._tasks:
+                write(inside, tid)
+                left.append(home)
             yield
         finally:
-            for controller in entered:  # a failure here leaves the thread inside: pids() says so
-                self.files.write(os.path.join(self.home[controller], "tasks"), tid)
+            for home in left:  # a failure here leaves the thread inside: pids() says so
+                write(home, tid)
 
     def pids(self) -> set[int]:
         """Every process in the group now, never the agent's own. One file is enough: an
@@ -267,20 +290,24 @@ class Group:
         """The cumulative CPU seconds and out-of-memory kills, and the peak memory (since the
         group was made or its peak last reset)."""
         read = self.files.read
+        cpu_file, peak_file, oom_file, _ = self._counter_files
+        oom = _number(_pairs(read(oom_file)).get("oom_kill", ""))
+        peak = _number(read(peak_file))
         if self.mode == "cgroup-v1":
-            cpu = _number(read(str(self.dirs["cpuacct"] / "cpuacct.usage"))) / 1e9
-            peak = _number(read(str(self.dirs["memory"] / "memory.max_usage_in_bytes")))
-            oom = _number(_pairs(read(str(self.dirs["memory"] / "memory.oom_control"))).get("oom_kill", ""))
+            cpu = _number(read(cpu_file)) / 1e9
         else:
-            d = self.dirs[""]
-            cpu = _number(_pairs(read(str(d / "cpu.stat"))).get("usage_usec", "")) / 1e6
-            peak = _number(read(str(d / "memory.peak")))
-            oom = _number(_pairs(read(str(d / "memory.events"))).get("oom_kill", ""))
+            cpu = _number(_pairs(read(cpu_file)).get("usage_usec", "")) / 1e6
         return _Counters(cpu, oom), peak
+
+    def charged(self) -> int:
+        """Bytes the memory group is charged with now."""
+        return _number(self.files.read(self._counter_files[3]))
 
     def usage(self) -> Usage:
         """What the attempt used so far: CPU seconds, peak memory, whether memory ran out."""
-        now, peak = self._counters()
+        return self._since_start(*self._counters())
+
+    def _since_start(self, now: _Counters, peak: int) -> Usage:
         return Usage(
             cpu_seconds=max(0.0, now.cpu_seconds - self.start.cpu_seconds),
             peak_memory_bytes=peak,
@@ -324,8 +351,9 @@ class Group:
     def release(self) -> Usage:
         """Give back the group of an attempt whose processes are all gone (to its hierarchy's
         pool, or removed); returns what the attempt used."""
-        used = self.usage()
-        if self.owner is None or self.pids() or not self.owner.recycle(self):
+        now, peak = self._counters()
+        used = self._since_start(now, peak)
+        if self.owner is None or self.pids() or not self.owner.recycle(self, now):
             self.discard()
         return used
 
@@ -400,28 +428,22 @@ class Hierarchy:
             raise
         return Group(self.mode, dirs, {c: self.bases[c].parent for c in dirs}, self.files, self)
 
-    def recycle(self, group: Group) -> bool:
-        """Put an emptied group back into the pool, its peak reset and its counters kept as the
-        next attempt's start; False when it cannot be reused (then it is removed)."""
-        files = self.files
-        if self.mode == "cgroup-v1":
-            memory = group.dirs["memory"]
-            if _number(files.read(str(memory / "memory.usage_in_bytes"))) > RESIDUE:
-                return False
-            try:
-                files.write(str(memory / "memory.max_usage_in_bytes"), "0")
-            except OSError:
-                return False
-        else:
-            d = group.dirs[""]
-            if _number(files.read(str(d / "memory.current"))) > RESIDUE:
-                return False
-            try:  # the reset counts for reads through this descriptor (usage() reads through it)
-                files.both(str(d / "memory.peak"))
-                files.write(str(d / "memory.peak"), "reset")
-            except OSError:
-                return False  # a kernel before 6.12: the peak cannot be reset
-        group.start, _ = group._counters()
+    def recycle(self, group: Group, counters: _Counters) -> bool:
+        """Put an emptied group back into the pool, its peak reset and its ``counters`` (read
+        just now) kept as the next attempt's start; False when it cannot be reused (then it is
+        removed)."""
+        if group.charged() > RESIDUE:
+            return False
+        peak = group._counter_files[1]
+        try:
+            if self.mode == "cgroup-v1":
+                self.files.write(peak, "0")  # the kernel sets it to what is charged now
+            else:  # the reset counts for reads through this descriptor (usage() reads through it)
+                self.files.both(peak)
+                self.files.write(peak, "reset")
+        except OSError:
+            return False  # (v2: a kernel before 6.12, whose peak cannot be reset)
+        group.start = counters
         self._free[bool(group.limits and group.limits.cores)].append(group)
         return True
 
