@@ -70,8 +70,10 @@ from federation.schemas import (
     Heartbeat,
     JobEvent,
     JobEventKind,
+    Lease,
     Ledger,
     ObjectRef,
+    Offer,
     Usage,
     decode,
     encode,
@@ -80,6 +82,8 @@ from federation.tasks import idle
 
 log = structlog.get_logger()
 LEDGER_CHECK = 2.0  # seconds without a republished change before the agent reads its ledger again
+CADENCE_READS = 10  # the region's cadence is read again every this many heartbeats
+CADENCE_CHECK = 10.0  # ... and at most this often (seconds)
 START_REPORT_WAIT = 0.02  # seconds a start report waits for the exit, to be carried by its report
 
 
@@ -115,6 +119,10 @@ class Agent:
         self.disk = OffLoop()  # file work off the event loop, batched (the journal's included)
         self.journal = AttemptJournal(self.state_dir / "attempts.journal", self.disk)
         self.running: dict[str, runner.Run] = {}
+        # the region's cadence (seconds between heartbeats, between refreshes of an unchanged
+        # offer): this agent's own until the lease says otherwise (_follow_cadence)
+        self.beat = config.heartbeat_interval
+        self.refresh = config.sharing.check_interval
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.finished: set[tuple[str, int]] = set()
         self.previous_life: dict[tuple[str, int], int] = {}
@@ -153,6 +161,7 @@ class Agent:
             asyncio.create_task(self._heartbeats()),
             asyncio.create_task(self._offers()),
             asyncio.create_task(self._follow_ledger()),
+            asyncio.create_task(self._follow_cadence()),
         ]
         for task in loops:
             task.add_done_callback(self._loop_ended)
@@ -199,14 +208,36 @@ class Agent:
 
     # --- heartbeats and offers ------------------------------------------------------------------------
 
+    async def _follow_cadence(self) -> None:
+        """Read the region's cadence from its lease (:mod:`federation.core.cadence`) at start and
+        every ``CADENCE_READS`` heartbeats (at least every ``CADENCE_CHECK`` seconds): the
+        heartbeat interval and the offer refresh follow it, never faster than this agent's own
+        ``heartbeat_interval`` and ``check_interval``. Without a readable lease the last one holds."""
+        bucket = subjects.lease_bucket(self.region)
+        while True:
+            try:
+                async with asyncio.timeout(2.0):
+                    value, _ = await self.bus.kv_get(bucket, subjects.LEADER_KEY)
+                lease = decode(Lease, value) if value else None
+            except (FederationError, TimeoutError) as exc:
+                self.log.debug("region cadence not read", error=str(exc))
+                lease = None
+            if lease is not None and lease.heartbeat > 0:
+                beat = max(self.config.heartbeat_interval, lease.heartbeat)
+                refresh = max(self.config.sharing.check_interval, lease.offer_refresh)
+                if (beat, refresh) != (self.beat, self.refresh):
+                    self.log.info("region cadence", heartbeat=beat, offer_refresh=refresh, nodes=lease.nodes)
+                    self.beat, self.refresh = beat, refresh
+            await idle(max(CADENCE_CHECK, CADENCE_READS * self.beat))
+
     async def _heartbeats(self) -> None:
         bus = self.bus
-        interval = self.config.heartbeat_interval
-        ttl = max(1, math.ceil(3 * interval))
         seq, due = 0, self.monotonic()
         while True:
             # a fixed cadence: a beat lost on a bad link waits at most most of one interval, so the
             # next beat still goes out on time (a link healing within the TTL must not look like death)
+            interval = self.beat  # the region's cadence, read from its lease
+            ttl = max(1, math.ceil(3 * interval))
             seq += 1
             beat = Heartbeat(node=self.node, seq=seq, sent_at=self.clock(), interval=interval)
             try:
@@ -222,18 +253,29 @@ class Agent:
             await idle(due - self.monotonic())
 
     async def _offers(self) -> None:
+        """Sample the host every ``check_interval`` and offer at once when what the node shares
+        changed (:func:`shared`), else only when the region's refresh interval has passed; an
+        offer lives at least three refresh intervals."""
         bus = self.bus
         policy = self.config.sharing
+        sent: bytes | None = None
+        sent_at = -math.inf
         while True:
             pids = {run.pid for run in self.running.values()}
             try:
-                offer = build_offer(self.config, self.probe.sample(pids), self.clock())
-                await bus.store(
-                    subjects.offer(self.region, self.node),
-                    encode(offer),
-                    ttl=max(1, math.ceil(policy.offer_expiry)),
-                    timeout=2.0,
-                )
+                now = self.clock()
+                offer = build_offer(self.config, self.probe.sample(pids), now)
+                lasting = max(policy.offer_expiry, 3 * self.refresh)
+                offer = msgspec.structs.replace(offer, expires_at=now + lasting)
+                changed = shared(offer)
+                if changed != sent or self.monotonic() - sent_at >= self.refresh:
+                    await bus.store(
+                        subjects.offer(self.region, self.node),
+                        encode(offer),
+                        ttl=max(1, math.ceil(lasting)),
+                        timeout=2.0,
+                    )
+                    sent, sent_at = changed, self.monotonic()
             except Exception as exc:  # the loop must outlive any single failure
                 self.log.warning("offer not stored", error=str(exc))
             await idle(policy.check_interval)
@@ -774,6 +816,16 @@ def _gang_env(allocation: Allocation) -> dict[str, str]:
     if allocation.members > 1:
         env.update(FED_GANG_MEMBER=str(allocation.member), FED_GANG_SIZE=str(allocation.members))
     return env
+
+
+def shared(offer: Offer) -> bytes:
+    """What an offer says the node shares, without when it was made and the host's readings: a
+    new offer goes out at once when this changes (the readings follow with the slow refresh)."""
+    return encode(
+        msgspec.structs.replace(
+            offer, sent_at=0.0, expires_at=0.0, note="", cpu_percent=0.0, memory_percent=0.0, gpu_percent=0.0
+        )
+    )
 
 
 def slot(allocation: Allocation) -> str:

@@ -573,12 +573,18 @@ class Lease(msgspec.Struct, kw_only=True, frozen=True):
 
     ``epoch`` is the revision of the write that won the lease: the server hands it out, so every
     new leader's epoch is higher than every earlier one's (the fencing token stamped on writes).
+    The leader also says here how often the region's nodes beat and refresh their offers.
     """
 
     holder: str
     epoch: int = 0
     renewed_at: float = 0.0
     ttl: float = 0.0
+    # the region's node cadence (federation.core.cadence), read by its agents; 0: not said
+    heartbeat: float = 0.0  # seconds between a node's heartbeats
+    offer_refresh: float = 0.0  # seconds between refreshes of an unchanged offer
+    nodes: int = 0  # nodes the leader counts in the region
+    node_budget: float = 0.0  # heartbeats and offer refreshes a second, for the whole region
 
 
 class ChaosCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -127,6 +127,7 @@ def test_permissions_confine_each_role() -> None:
         "fed.eu.offer.n1",
         "fed.eu.status.n1.>",
         "$JS.API.DIRECT.GET.KV_fed-ledger-eu.$KV.fed-ledger-eu.n1",
+        "$JS.API.DIRECT.GET.KV_fed-lease-eu.$KV.fed-lease-eu.scheduler",  # the region's cadence
         # jobs' files: outputs under its node's name; inputs from its region's store and, through
         # the hub, from every other region's
         "$O.fed-objects-eu.C.out.n1.*",

@@ -66,6 +66,13 @@ async def cmd_status(args: argparse.Namespace) -> int:
             f"leader {region.leader.holder} (epoch {region.leader.epoch})" if region.leader else "NO LEADER"
         )
         print(f"region {region.region}  {region.url}  {leader}  jobs: {counts}")
+        if region.leader is not None and region.leader.heartbeat > 0:
+            lease = region.leader
+            print(
+                f"  cadence: heartbeats every {lease.heartbeat:g}s (a node is lost after "
+                f"{3 * lease.heartbeat:g}s), offers refreshed every {lease.offer_refresh:g}s: "
+                f"{lease.nodes} nodes within {lease.node_budget:g} messages/s"
+            )
         if region.summary is not None:
             s = region.summary
             print(

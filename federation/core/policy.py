@@ -76,7 +76,10 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     every node at once (a sick broker or a cut network, whose heartbeat markers arrive spread
     over a beat) is seen as that and freezes decisions; a freeze lasts at most ``freeze_limit``
     seconds, and when heartbeats resume the nodes still silent get ``node_grace`` more seconds.
-    A region of one node never freezes (it cannot tell the two apart).
+    A region of one node never freezes (it cannot tell the two apart). Heartbeats and offer
+    refreshes of all the region's nodes together stay within ``node_messages_per_second``: the
+    nodes of a large region beat less often (:mod:`federation.core.cadence`), and losses are
+    decided at least one heartbeat interval after them.
 
     Cross-region (:mod:`federation.core.spill`): a job that fits nowhere here for ``spill_after``
     seconds is offered to another region whose view (younger than ``view_stale``) shows room; a
@@ -99,6 +102,7 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     on_node_lost: OnNodeLost = "fail"
     node_grace: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
     node_settle: Annotated[float, msgspec.Meta(ge=0, le=600)] = 2.0
+    node_messages_per_second: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] = 1000.0
     freeze_limit: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0
     spill_after: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 0.0
     handoff_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 3.0

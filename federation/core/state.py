@@ -66,6 +66,7 @@ import bisect
 import msgspec
 
 from federation.core import capacity
+from federation.core.cadence import Cadence, region_cadence, settle
 from federation.core.dependencies import Dependencies
 from federation.core.events import (
     CancelPassed,
@@ -256,6 +257,12 @@ class RegionCore:
         self.down.discard(node.name)
         self._sync(node)
         self.unexplained.update(job for _, job in self.queue)
+
+    @property
+    def cadence(self) -> Cadence:
+        """How often this region's nodes beat and refresh their offers, for its node count and
+        budget (:mod:`federation.core.cadence`)."""
+        return region_cadence(len(self.nodes), self.policy.node_messages_per_second)
 
     def frozen(self, now: float) -> bool:
         """True while every node (of two or more) is silent, for at most ``freeze_limit`` seconds.
@@ -774,6 +781,7 @@ class RegionCore:
         """Apply ``on_node_lost`` to the jobs of down nodes whose deadline has come."""
         if self.frozen(now):
             return
+        settling = settle(self.policy.node_settle, self.cadence)
         for name in sorted(self.down):
             node = self.nodes[name]
             for allocation in node.current().allocations:
@@ -784,7 +792,7 @@ class RegionCore:
                 if record.state not in ("placed", "running") or record.attempt != allocation.attempt:
                     continue
                 action, wait = self.policy.node_lost(record.spec)
-                deadline = node.lost_from + max(wait, self.policy.node_settle)
+                deadline = node.lost_from + max(wait, settling)
                 lost = f"node {name} lost (no heartbeat)"
                 if now < deadline:
                     reason = f"{lost}; keeping the allocation until {deadline:.0f} in case it returns"

@@ -8,7 +8,8 @@ pair; the server keeps only the public key and checks a signature of its nonce).
 (:func:`permissions`), so a process can do only what its role needs even if it misbehaves:
 
 - ``agent`` (one node of one region): publishes only its node's heartbeat, offer and status
-  subjects, reads only its own ledger key (the republish subject and a direct get of that key);
+  subjects, reads only its own ledger key (the republish subject and a direct get of that key)
+  and the scheduler lease (a direct get: the region's cadence is said there);
   stores output files only as chunks under its node's name, and reads any region's object store
   (the inputs of the jobs it runs, from their home region through the hub);
 - ``scheduler`` (one region): that region's subjects and its domain's JetStream API, hand-offs and
@@ -86,13 +87,15 @@ def permissions(identity: Identity, regions: Sequence[str]) -> Permissions | Non
         return None
     if kind == "agent":
         r = identity.region
-        ledger = subjects.ledger_bucket(r)
+        ledger, lease = subjects.ledger_bucket(r), subjects.lease_bucket(r)
         return Permissions(
             publish=(
                 subjects.heartbeat(r, name),
                 subjects.offer(r, name),
                 f"fed.{r}.status.{name}.>",
                 f"$JS.API.DIRECT.GET.KV_{ledger}.$KV.{ledger}.{name}",
+                # the region's cadence, said in the scheduler lease (federation.core.cadence)
+                f"$JS.API.DIRECT.GET.KV_{lease}.$KV.{lease}.{subjects.LEADER_KEY}",
                 # jobs' files: inputs from any region's store (through the hub), outputs to its own
                 f"$JS.API.DIRECT.GET.{subjects.objects_stream(r)}",
                 *(_remote_objects(other) for other in regions if other != r),
@@ -195,6 +198,7 @@ def lent(domain: str, regions: Sequence[str] = ()) -> list[Lent]:
     return [
         *(Lent(s, AGENTS) for s in (subjects.heartbeat(r, "*"), subjects.offer(r, "*"), f"fed.{r}.status.>")),
         Lent(f"$JS.API.DIRECT.GET.KV_{ledger}.>", AGENTS),
+        Lent(f"$JS.API.DIRECT.GET.KV_{subjects.lease_bucket(r)}.>", AGENTS),
         Lent(subjects.ledger_changes(r, "*"), AGENTS, kind="stream"),
         *(
             Lent(s, TENANTS)

@@ -460,6 +460,7 @@ class Leader:
                 failpoints.fail("handle-submit", event.spec.id)
             commands.extend(self._feed(event))
         commands.extend(self._feed(Tick(now=self.clock())))
+        self.lease.cadence = self.core.cadence  # (written with the lease's next renewal)
         await self._execute(commands)
         await self.journal.flush(self.bus, self.core.epoch)
         await self.check_lease()  # a stale leader acknowledges nothing either

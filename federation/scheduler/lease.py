@@ -18,6 +18,9 @@ per-message TTL of ``ttl`` seconds. When it expires the server leaves a delete m
   lapsed locally is renewed once first, which can only land if nobody took it over. A process
   paused past its lease (SIGSTOP, a long GC, a frozen VM) therefore finds, the moment it runs
   again and before it writes anything, either that it still leads or that it must stop.
+* **The cadence.** Every renewal also carries how often the region's nodes should beat and
+  refresh their offers (:mod:`federation.core.cadence`), as the leader last set it; agents read it
+  from the lease key.
 * **Losing** is final: the scheduler stops, and its supervisor starts it again as a standby.
 
 The residual risk is a pause between :meth:`valid` and the write it guards. That write is still
@@ -31,10 +34,12 @@ import math
 import time
 from collections.abc import Callable
 
+import msgspec
 import structlog
 
 from federation import subjects
 from federation.bus import Bus
+from federation.core.cadence import Cadence
 from federation.errors import ConflictError, FederationUnavailable, LeaseLost, MalformedMessage
 from federation.schemas import Lease as LeaseValue
 from federation.schemas import decode, encode
@@ -78,6 +83,7 @@ class Lease:
         self.epoch = 0
         self.revision = 0
         self.valid_until = 0.0
+        self.cadence: Cadence | None = None  # set by the leader: written with the next renewal
         self.log = log.bind(region=region, holder=holder)
 
     def valid(self) -> bool:
@@ -100,7 +106,17 @@ class Lease:
             raise LeaseLost(self.region, f"lease lapsed and could not be renewed: {exc}") from None
 
     def _value(self) -> bytes:
-        return encode(LeaseValue(holder=self.holder, epoch=self.epoch, renewed_at=self.clock(), ttl=self.ttl))
+        value = LeaseValue(holder=self.holder, epoch=self.epoch, renewed_at=self.clock(), ttl=self.ttl)
+        if self.cadence is not None:  # the leader's word to its agents, carried by every renewal
+            c = self.cadence
+            value = msgspec.structs.replace(
+                value,
+                heartbeat=c.heartbeat,
+                offer_refresh=c.offer_refresh,
+                nodes=c.nodes,
+                node_budget=c.budget,
+            )
+        return encode(value)
 
     async def acquire(self) -> int:
         """Wait as a standby until this process wins the lease; returns the epoch."""
