@@ -61,14 +61,14 @@ def _node_writes(region: Region) -> int:
     return sum(traffic.get(f"stream {s}", 0) for s in (f"fed-{REGION}-heartbeats", f"fed-{REGION}-offers"))
 
 
-async def nodes_run(nodes: int, jobs: int, cores: int) -> dict[str, float]:
+async def nodes_run(nodes: int, jobs: int, cores: int, interval: float = 2.0) -> dict[str, float]:
     """Placements of ``jobs`` one-core jobs in a region of ``nodes`` simulated nodes."""
     base = Path(tempfile.mkdtemp(prefix="fed-scale-"))
     region = Region(base)
     try:
         await region.start()
         bus = await Bus.connect(region.url, "scale")
-        sim = SimulatedNodes(bus, REGION, nodes, cores=cores, max_allocations=cores)
+        sim = SimulatedNodes(bus, REGION, nodes, cores=cores, max_allocations=cores, interval=interval)
         started = time.monotonic()
         await sim.start()
         lease = await _counted(bus, nodes, timeout=300)
@@ -214,6 +214,13 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=10000)
     parser.add_argument("--cores", type=int, default=256, help="cores each simulated node offers")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--node-interval",
+        type=float,
+        default=2.0,
+        help="the simulated nodes beat and offer at most this often (600: quiet nodes, to tell the "
+        "cost of node traffic from that of the node count)",
+    )
     parser.add_argument("--part", choices=("nodes", "queue", "all"), default="all")
     parser.add_argument("--queue", type=int, default=100_000, help="pending jobs for the queue part")
     args = parser.parse_args()
@@ -240,7 +247,7 @@ async def main() -> None:
         print(f"round {round_}: {args.jobs} one-core jobs, {args.cores} cores per node")
         results = []
         for n in counts:
-            results.append(await nodes_run(n, args.jobs, args.cores))
+            results.append(await nodes_run(n, args.jobs, args.cores, args.node_interval))
             print(_line(results[-1], results[0]), flush=True)
 
 

@@ -38,10 +38,19 @@ FAILOVER = 30.0
 def _delivery(msg: Msg) -> Delivery:
     sequence, delivered, pending, stamp = 0, 1, 0, 0.0
     if msg.reply and msg.reply.startswith("$JS.ACK."):
-        meta = msg.metadata
-        sequence, delivered, pending = meta.sequence.stream, meta.num_delivered, meta.num_pending
-        stamp = meta.timestamp.timestamp() if meta.timestamp else 0.0
+        sequence, delivered, pending, stamp = _acked(msg.reply)
     return Delivery(msg.subject, msg.data, dict(msg.headers or {}), sequence, delivered, pending, msg, stamp)
+
+
+def _acked(reply: str) -> tuple[int, int, int, float]:
+    """Stream sequence, deliveries, pending count and storage time from a JetStream delivery's
+    reply subject: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>``, or
+    with ``<domain>.<account hash>`` after ``ACK`` (and a random token at the end). Read here
+    because nats-py's ``Msg.metadata`` builds a datetime and two objects for every message,
+    which the leader pays for every heartbeat and offer of the region."""
+    tokens = reply.split(".")
+    at = 4 if len(tokens) == 9 else 6  # where <delivered> is
+    return int(tokens[at + 1]), int(tokens[at]), int(tokens[at + 4]), int(tokens[at + 3]) / 1e9
 
 
 def _translate(subject: str, exc: Exception) -> BaseException:

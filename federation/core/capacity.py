@@ -58,6 +58,20 @@ class Free:
             },
         )
 
+    @staticmethod
+    def same(a: Offer, b: Offer) -> bool:
+        """Whether two offers of a node leave the same free capacity (everything :meth:`of` reads
+        is equal): a refreshed offer that changes nothing else needs no new computation."""
+        return (
+            a.cores == b.cores
+            and a.gpus == b.gpus
+            and a.memory == b.memory
+            and a.max_allocations == b.max_allocations
+            and a.pinned == b.pinned
+            and a.labels == b.labels
+            and a.custom == b.custom
+        )
+
     def take(self, spec: Submit) -> tuple[tuple[int, ...], tuple[str, ...]]:
         """Remove the lowest free devices ``spec`` needs and return them (call after a fit)."""
         cores, self.cores = tuple(self.cores[: spec.cpu]), self.cores[spec.cpu :]

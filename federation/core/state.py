@@ -150,8 +150,11 @@ class RegionCore:
                 self._cancel(event)
             case OfferSeen(offer=offer):
                 node = self._node(offer.node)
-                node.offer = offer
-                self._sync(node)
+                previous, node.offer = node.offer, offer
+                if previous is None or not capacity.Free.same(previous, offer):
+                    self._sync(node)
+                else:  # a refresh: the same free capacity, and back in the index if it had expired
+                    self._index(node)
             case NodeDown(node=name, at=at):
                 self._down(self._node(name), at, at)
             case NodeUp(node=name, at=at):
@@ -189,6 +192,10 @@ class RegionCore:
         holds the nodes a pass may place on (alive, no claim in flight, a free slot); whether
         their offers are still valid depends on the time, and is judged when a pass looks."""
         node.free = capacity.Free.of(node.offer, node.current().allocations) if node.offer else None
+        self._index(node)
+
+    def _index(self, node: NodeView) -> None:
+        """Put ``node`` in the index, or take it out, by its free capacity as computed."""
         if node.free is not None and node.alive and node.proposal is None and node.free.slots > 0:
             self.index.put(node.name, node.free)
         else:

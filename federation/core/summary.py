@@ -40,6 +40,7 @@ class NodeState:
     allocations: tuple[Allocation, ...] = ()
     alive: bool = True
     down_at: float = 0.0  # when its heartbeat stopped (while not alive)
+    free: Free | None = None  # its free capacity, where the caller has it computed already
 
     @property
     def name(self) -> str:
@@ -89,7 +90,7 @@ def summarize(region: str, nodes: Iterable[NodeState], now: float, pending: int 
         if offer is None or not feasibility.live(node, now):
             continue
         live += 1
-        free = Free.of(offer, node.allocations)
+        free = node.free if node.free is not None else Free.of(offer, node.allocations)
         cpu, cpu_free = cpu + len(offer.cores), cpu_free + len(free.cores)
         memory, memory_free = memory + offer.memory, memory_free + max(0, free.memory)
         gpu, gpu_free = gpu + len(offer.gpus), gpu_free + len(free.gpus)

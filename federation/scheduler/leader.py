@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -94,7 +95,8 @@ from federation.schemas import (
 )
 from federation.tasks import idle
 
-METRICS_EVERY = 1.0  # seconds between two computations of the region's state metrics
+METRICS_EVERY = 1.0  # seconds between two computations of the region's state metrics, at least
+METRICS_SHARE = 0.02  # ... and at most this share of the event loop's time spent computing them
 
 
 class Leader:
@@ -206,7 +208,7 @@ class Leader:
     def summary(self) -> Summary:
         """The region's capacity summary from the core's view (see :mod:`federation.core.summary`)."""
         nodes = (
-            NodeState(view.offer, view.current().allocations, view.alive, view.down_at)
+            NodeState(view.offer, view.current().allocations, view.alive, view.down_at, view.free)
             for view in self.core.nodes.values()
         )
         return summarize(self.region, nodes, self.clock(), pending=len(self.core.queue))
@@ -267,14 +269,17 @@ class Leader:
             self._tasks.append(task)
 
     async def _measure(self) -> None:
-        """Publish the region's state as metrics once a second, computed here on the event loop
-        (the metrics server's thread never reads the core)."""
+        """Publish the region's state as metrics, computed here on the event loop (the metrics
+        server's thread never reads the core): once a second, or less often where computing them
+        takes longer (a gauge per node of 10,000 nodes, a queue of 100,000 jobs), so that it never
+        takes more than :data:`METRICS_SHARE` of the loop's time."""
         while True:
+            started = time.perf_counter()
             try:
                 self.metrics.refresh(self.core, self.clock())
             except Exception as exc:  # a figure gone wrong must not stop the scheduling
                 self.log.error("metrics not computed", error=repr(exc))
-            await idle(METRICS_EVERY)
+            await idle(max(METRICS_EVERY, (time.perf_counter() - started) / METRICS_SHARE))
 
     async def _bind_consumers(self) -> None:
         """Bind (or create) the workloads and status consumers for this leader's epoch."""

@@ -11,7 +11,8 @@ Labelled children are made once and kept in dicts keyed by their (bounded) label
 
 The region's state (queue depth by priority and tenant, pending jobs by reason *category*, each
 node's offered and allocated capacity and its utilisation, each peer region's view age) is
-computed by the leader's loop once a second from the core (:meth:`SchedulerMetrics.refresh`) and
+computed by the leader's loop once a second (less often where that would take more than 2% of
+its time: ``leader.METRICS_SHARE``) from the core (:meth:`SchedulerMetrics.refresh`) and
 published whole as a :class:`federation.metrics.Snapshot`; the metrics server's thread never reads
 the core. A pending job's reason is free text naming tenants and counts, so it is mapped onto a
 small fixed set (:func:`reason_category`) before it becomes a label.

@@ -32,3 +32,24 @@ def test_a_loss_is_decided_no_sooner_than_one_heartbeat_interval_after_it() -> N
     commands = core.handle(Tick(now=24.0))
     assert [c.ledger.allocations for c in commands if isinstance(c, WriteLedger)] == [()]
     assert core.jobs["j1"].record.state == "lost"
+
+
+def test_a_refreshed_offer_that_changes_nothing_keeps_the_node_and_revives_an_expired_one() -> None:
+    import msgspec
+
+    from federation.core.events import OfferSeen
+    from federation.core.state import RegionCore
+    from tests.core.test_region_core import offer
+
+    core = RegionCore("eu")
+    first = msgspec.structs.replace(offer("n1"), expires_at=10.5)
+    core.handle(OfferSeen(offer=first))
+    free = core.nodes["n1"].free
+    core.handle(submit("j1"))
+    assert not [c for c in core.handle(Tick(now=11.0)) if isinstance(c, WriteLedger)], "its offer expired"
+    assert "n1" not in core.index
+    refresh = msgspec.structs.replace(first, expires_at=100.0, sent_at=50.0, cpu_percent=12.0)
+    core.handle(OfferSeen(offer=refresh))
+    assert core.nodes["n1"].free is free, "the same room: not computed again"
+    claims = [c for c in core.handle(Tick(now=12.0)) if isinstance(c, WriteLedger)]
+    assert [(c.node, [a.job for a in c.ledger.allocations]) for c in claims] == [("n1", ["j1"])]
