@@ -47,6 +47,7 @@ from federation.tasks import idle
 log = structlog.get_logger()
 
 FREEZE_EVERY = float(os.environ.get("FED_GC_FREEZE_EVERY", "30"))  # seconds: see Scheduler._settle_heap
+NEVER = 1_000_000_000  # a collector threshold that is never reached
 
 
 class Scheduler:
@@ -216,7 +217,17 @@ class Scheduler:
         to 2,200 placements/s over 20,000 jobs; flat with the collector off). Every
         ``FREEZE_EVERY`` seconds a collection frees what is garbage now, and what survives is
         frozen: later passes skip it (reference counting still frees it when it is dropped).
+
+        Those collections are the only full ones: the collector's own, which come whenever enough
+        objects outlived two younger passes, would walk everything not yet frozen (the whole
+        heap, until the first freeze) in the middle of a burst of placements. Measured with 10,000
+        jobs placed right after start, they took about a quarter of the scheduler's CPU (8,400
+        against 6,300 placements/s on 50 nodes; 7,100 against 4,800 on 10,000). The young
+        generations are still collected as usual, and cyclic garbage that outlived them waits at
+        most ``FREEZE_EVERY`` seconds.
         """
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, NEVER)
         while True:
             await idle(FREEZE_EVERY)
             gc.collect()
