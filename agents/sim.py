@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from federation import subjects
-from federation.bus import Bus
+from federation.bus import Bus, Subscription
 from federation.bus.delivery import Delivery
 from federation.schemas import Heartbeat, JobEvent, JobEventKind, Lease, Ledger, Offer, decode, encode
 
@@ -44,7 +44,7 @@ class SimulatedNodes:
         self.reported: set[tuple[str, int]] = set()
         self.beats = 0
         self._task: asyncio.Task[None] | None = None
-        self._sub: object | None = None
+        self._sub: Subscription | None = None
 
     async def start(self) -> None:
         """Offer once for every node (awaited), then keep offering and beating in the background."""
@@ -54,10 +54,13 @@ class SimulatedNodes:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        """Stop offering (offers then expire by their TTL)."""
+        """Stop offering (offers then expire by their TTL) and following the ledgers."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):  # (a connection closed meanwhile)
+                await self._sub.unsubscribe()
 
     async def offer_all(self) -> None:
         """One offer and one heartbeat per node, pipelined."""

@@ -1,7 +1,8 @@
-"""How the federation scales: many nodes in one region (issue 21).
+"""How the federation scales: many nodes in one region, a long queue (issue 21).
 
-    python bench/scale.py                        # --nodes 50,10000 --jobs 10000 --rounds 2
-    python bench/scale.py --nodes 50,1000,5000,10000 --rounds 1
+    python bench/scale.py                        # both parts: --nodes 50,10000 --jobs 10000 --rounds 2
+    python bench/scale.py --part nodes --nodes 50,1000,5000,10000 --rounds 1
+    python bench/scale.py --part queue --queue 100000
 
 **Nodes.** One region (a real nats-server and scheduler, as in ``bench/throughput.py``) with N
 simulated nodes (``agents/sim.py``: real offers and heartbeats over NATS, at the cadence the
@@ -14,6 +15,12 @@ submit-to-placed p50/p99, the node messages (heartbeats and offers) the server s
 meanwhile, and the scheduler's CPU per placement. Node counts are run in turn, ``--rounds`` times
 (alternated), and each round reports every count against the smallest.
 
+**Queue.** ``--queue`` jobs submitted to a region with no capacity: how fast they are recorded
+pending, the scheduler's resident memory before and after (bytes per pending job), then a new
+leader (the first stopped, a new process started) until it logs ``recovered`` (it has read and
+restamped every record), then 100 simulated nodes x 64 cores offer room and the first 10,000
+placements are timed while the rest of the queue waits.
+
 Prints the machine and the command. Heavy: not part of the test suite.
 """
 
@@ -21,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import shutil
 import sys
 import tempfile
@@ -225,10 +231,7 @@ async def main() -> None:
     parser.add_argument("--queue", type=int, default=100_000, help="pending jobs for the queue part")
     args = parser.parse_args()
     counts = [int(n) for n in args.nodes.split(",")]
-    print(
-        f"machine: {platform.system()} {platform.release()}, {psutil.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 1024**3:.0f} GiB, Python {platform.python_version()}"
-    )
+    print(f"machine: {throughput.machine()}")
     print(f"command: python bench/scale.py {' '.join(sys.argv[1:])}".rstrip())
     if args.part in ("queue", "all"):
         q = await queue_run(args.queue, nodes=100, cores=64, placed=min(args.queue, 10_000))
