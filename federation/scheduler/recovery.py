@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import msgspec
 import structlog
@@ -28,6 +29,9 @@ from federation.errors import LeaseLost, RemoteProtocolError
 from federation.schemas import JobRecord, Ledger, decode, encode
 
 Ledgers = dict[str, tuple[Ledger, int]]  # node -> (ledger, revision)
+WINDOW = 1024  # fencing writes in flight at once
+_I = TypeVar("_I")
+_T = TypeVar("_T")
 
 
 async def load(
@@ -89,12 +93,22 @@ async def fence(
         revisions[record.id] = await bus.cas(jobs_bucket, record.id, encode(fenced), revisions[record.id])
         return fenced
 
-    stamped = dict(await asyncio.gather(*(stamp(n, ledger, rev) for n, (ledger, rev) in ledgers.items())))
+    # a window of writes at a time: with 100,000 pending jobs all in flight at once, the new
+    # leader was left at 933 MiB resident, against 352 MiB this way (bench/scale.py --part queue)
+    stamped = dict(await _windowed(lambda item: stamp(item[0], *item[1]), list(ledgers.items())))
     open_records = [r for r in records.values() if not r.terminal]
-    for record in await asyncio.gather(*(restamp(r) for r in open_records)):
+    for record in await _windowed(restamp, open_records):
         records[record.id] = record
     log.info("fenced with the new epoch", epoch=epoch, ledgers=len(stamped), records=len(open_records))
     return stamped, records
+
+
+async def _windowed(call: Callable[[_I], Awaitable[_T]], items: list[_I]) -> list[_T]:
+    """``call`` on every item, :data:`WINDOW` at a time; the results in order."""
+    out: list[_T] = []
+    for start in range(0, len(items), WINDOW):
+        out.extend(await asyncio.gather(*(call(item) for item in items[start : start + WINDOW])))
+    return out
 
 
 async def known_nodes(bus: Bus, region: str) -> set[str]:
