@@ -147,7 +147,7 @@ async def queue_run(jobs: int, nodes: int, cores: int, placed: int) -> dict[str,
     try:
         await region.start()
         bus = await Bus.connect(region.url, "scale")
-        await _log_line(base / "scheduler.log", "", 30)
+        await _counted(bus, 0, timeout=60)  # the leader leads (its memory is read from here on)
         seen = Seen()
         await bus.subscribe(f"$KV.{subjects.jobs_bucket(REGION)}.>", seen.on_record)
         scheduler = psutil.Process(next(c.pid for c in region.children if c.name == "scheduler"))
