@@ -113,9 +113,8 @@ class SimulatedNodes:
         while True:
             await asyncio.sleep(1.0)  # sleep-ok: the simulated nodes' clock
             tick += 1
-            if tick % 10 == 1:
-                with contextlib.suppress(Exception):  # no lease readable: the last cadence holds
-                    beat, refresh = await self.cadence()
+            with contextlib.suppress(Exception):  # no lease readable: the last cadence holds
+                beat, refresh = await self.cadence()  # (one read a second for all the nodes)
             every_beat, every_refresh = max(1, round(beat)), max(1, round(refresh))
             beating = [n for i, n in enumerate(self.nodes) if i % every_beat == tick % every_beat]
             offering = [n for i, n in enumerate(self.nodes) if i % every_refresh == tick % every_refresh]
