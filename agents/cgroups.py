@@ -70,7 +70,6 @@ V2_CONTROLLERS = ("memory", "pids", "cpuset", "cpu")
 Mode = Literal["cgroup-v1", "cgroup-v2"]
 SETTLE = 5.0  # seconds a freeze or an emptying group may take before giving up
 RESIDUE = 1024 * 1024  # bytes a group may still be charged with and be reused (kernel objects)
-UNLIMITED = {"cgroup-v1": "-1", "cgroup-v2": "max"}  # a memory or process limit taken off
 
 
 @dataclass(frozen=True)
@@ -98,19 +97,27 @@ def _write(path: Path | str, value: str) -> None:
 
 
 def _read(path: Path | str, default: str = "") -> str:
+    """The file's whole text, through a descriptor of its own (``default`` if it cannot be read)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return default
     try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks).decode()
-    except OSError:
-        return default
+        return _contents(fd, default)
     finally:
         os.close(fd)
+
+
+def _contents(fd: int, default: str) -> str:
+    """Everything ``fd`` holds, read from its start (a kernel file is generated anew)."""
+    chunks, offset = [], 0
+    try:
+        while chunk := os.pread(fd, 65536, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+    except OSError:
+        return default
+    return b"".join(chunks).decode()
 
 
 def _number(text: str) -> int:
@@ -157,13 +164,9 @@ class _Files:
         """The file's whole text (``default`` if it cannot be read)."""
         try:
             fd = self._fd(path, os.O_RDONLY)
-            chunks, offset = [], 0
-            while chunk := os.pread(fd, 65536, offset):
-                chunks.append(chunk)
-                offset += len(chunk)
         except OSError:
             return default
-        return b"".join(chunks).decode()
+        return _contents(fd, default)
 
     def both(self, path: str) -> None:
         """Have ``path`` open for reading and writing through one descriptor (OSError if it cannot
@@ -391,17 +394,15 @@ class Hierarchy:
         agent's cpuset), and a cpu group (its weight) only without them: each attempt one of the
         two, never both."""
         pinned = bool(limits.cores)
-        free = self._free[pinned]
-        if free:  # a reused group that takes no new limit (one below what it is still charged
-            group = free.pop()  # with, say) is removed, and a new one made
-            try:
-                self._limit(group, limits)
-            except OSError:
-                group.discard()
-            else:
-                group.limits = limits
-                return group
-        group = self._make(pinned)
+        if self._free[pinned]:
+            # a reused group that takes no new limit (one below what it is still charged with,
+            # say) is removed, and a new one made
+            with contextlib.suppress(OSError):
+                return self._limited(self._free[pinned].pop(), limits)
+        return self._limited(self._make(pinned), limits)
+
+    def _limited(self, group: Group, limits: Limits) -> Group:
+        """``group`` with ``limits`` written (removed if the kernel refuses one: OSError)."""
         try:
             self._limit(group, limits)
         except OSError:
@@ -480,7 +481,7 @@ class Hierarchy:
         """Set a v1 memory limit (``-1``: none), and the same for memory and swap together where
         swap is accounted (no escape into swap). The kernel keeps memory+swap at least memory:
         a raised limit is written memory+swap first, a lowered one memory first."""
-        value = str(limit) if limit else UNLIMITED["cgroup-v1"]
+        value = str(limit) if limit else "-1"
         memsw = memory / "memory.memsw.limit_in_bytes"
         if self._memsw is None:  # swap accounting is a boot option: looked up once
             self._memsw = memsw.exists()

@@ -339,6 +339,7 @@ class Prepared:
     env: dict[str, str]
     group: Group | None
     cores: set[int] | None
+    gated: bool = False  # it waits behind the gate until put into its cgroup (else starts inside)
 
     def discard(self, disk: OffLoop) -> None:
         """Undo :func:`make_workdir` and :func:`prepare` for an attempt that will not start."""
@@ -400,8 +401,8 @@ def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, disk: OffLoop) -> Pr
             remove_later(disk, workdir)
             raise LaunchError(f"cannot make the attempt's cgroup: {exc}") from None
         cores = None
-    prepared = Prepared(workdir, env, group, cores)
     gated = group is not None and not _starts_inside(group, sandbox)
+    prepared = Prepared(workdir, env, group, cores, gated)
     wrapped = gated or bool(sandbox.prefix(cores))
     if wrapped and not shutil.which(spec.command[0], path=env.get("PATH")):
         prepared.discard(disk)  # the wrapper would report it only as an exit code
@@ -436,9 +437,8 @@ async def launch(
     (having undone ``prepared``)."""
     workdir, env, group, cores = prepared.workdir, prepared.env, prepared.group, prepared.cores
     # v1: the process starts inside its groups (Group.entered); otherwise the gate holds it
-    enter = group is not None and _starts_inside(group, sandbox)
-    gate = os.pipe() if group is not None and not enter else None
-    prefix = (cgroups.prefix(group) if group is not None and not enter else []) + sandbox.prefix(cores)
+    gate = os.pipe() if prepared.gated else None
+    prefix = (cgroups.prefix(group) if group is not None and gate else []) + sandbox.prefix(cores)
     # without the tools, the child applies the sandbox and the affinity itself, between fork and exec
     limits = _pairs(sandbox.limits) if not sandbox.by_tools else []
     switch = sandbox.uid is not None and not sandbox.by_tools
@@ -469,20 +469,19 @@ async def launch(
         "extra_groups": [] if switch else None,
     }
     try:
-        popen = _spawn(argv, options, group if enter else None)
+        popen = _spawn(argv, options, None if gate else group)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         _close(gate)
         prepared.discard(disk)
         raise LaunchError(f"cannot start {spec.command[0]!r}: {exc}") from None
     child = _Child(popen, loop)
     try:
-        if group is not None:  # the memory group (v1), or every group behind the gate (v2)
-            if enter:
-                group.join_memory(child.pid)
-            else:
-                group.add(child.pid)
-            if gate is not None:
-                os.write(gate[1], b"\n")
+        if gate is not None:  # (v2) into every group, then the gate lets it exec
+            assert group is not None
+            group.add(child.pid)
+            os.write(gate[1], b"\n")
+        elif group is not None:  # (v1) started inside the others: into the memory group
+            group.join_memory(child.pid)
     except OSError as exc:
         child.kill()
         await child.exited.wait()

@@ -84,7 +84,8 @@ async def fence(
     for node in await known_nodes(bus, region):
         ledgers.setdefault(node, (Ledger(node=node), 0))
 
-    async def stamp(node: str, ledger: Ledger, revision: int) -> tuple[str, tuple[Ledger, int]]:
+    async def stamp(item: tuple[str, tuple[Ledger, int]]) -> tuple[str, tuple[Ledger, int]]:
+        node, (ledger, revision) = item
         fenced = msgspec.structs.replace(ledger, epoch=epoch)
         return node, (fenced, await bus.cas(ledger_bucket, node, encode(fenced), revision))
 
@@ -95,7 +96,7 @@ async def fence(
 
     # a window of writes at a time: with 100,000 pending jobs all in flight at once, the new
     # leader was left at 933 MiB resident, against 352 MiB this way (bench/scale.py --part queue)
-    stamped = dict(await _windowed(lambda item: stamp(item[0], *item[1]), list(ledgers.items())))
+    stamped = dict(await _windowed(stamp, list(ledgers.items())))
     open_records = [r for r in records.values() if not r.terminal]
     for record in await _windowed(restamp, open_records):
         records[record.id] = record
