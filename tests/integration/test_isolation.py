@@ -143,3 +143,46 @@ async def test_without_cgroups_a_job_runs_in_its_process_group_and_reports_its_p
     assert 0.8 <= record.usage.cpu_seconds < 5, record.usage
     assert record.usage.wall_seconds >= record.usage.cpu_seconds * 0.9
     assert 0 < record.usage.peak_memory_bytes <= 256 * MiB
+
+
+@needs_cgroups
+async def test_whether_an_attempt_starts_inside_its_group_or_behind_the_gate_it_runs_in_its_group(
+    tmp_path: Path,
+) -> None:
+    """v1 starts an attempt inside its groups, unless its process limit leaves no room for the
+    agent's thread meanwhile: then the gate holds it until it was moved in. Both end up in the
+    same reused group, measured."""
+    from agents import runner
+
+    hierarchy = cgroups.detect(f"gate-{tmp_path.name[-12:]}")
+    assert hierarchy is not None
+    output: list[bytes] = []
+
+    async def sink(chunk: bytes) -> None:
+        output.append(chunk)
+
+    try:
+        seen = []
+        for processes in (2, 0):  # 2: below runner.MIN_ENTER_PROCESSES, behind the gate
+            sandbox = runner.Sandbox(cgroups=hierarchy, memory=64 * MiB, processes=processes, cpus=1)
+            spec = runner.RunSpec(
+                job=f"gate-{processes}", attempt=1, command=["sh", "-c", "cat /proc/self/cgroup"]
+            )
+            run = await runner.start(spec, tmp_path / "work", sink, 1 << 20, sandbox)
+            assert await run.wait() == 0
+            assert run.measured_by == "cgroup"
+            lines = b"".join(output).decode().splitlines()
+            output.clear()
+            seen.append(
+                {
+                    line.split(":")[1]: line.split(":", 2)[2]
+                    for line in lines
+                    if ":pids:" in line or ":memory:" in line
+                }
+            )
+        behind, inside = seen
+        assert behind["pids"].endswith("/slot-1"), behind
+        assert behind["memory"].endswith("/slot-1"), behind
+        assert inside == behind, "the emptied group served the next attempt"
+    finally:
+        hierarchy.close()
