@@ -13,9 +13,9 @@ region's rate is jobs / (first submit to last record seen placed), the median of
 2. during: the first region cut off from the hub (and so from the others);
 3. after: healed.
 
-Then: seconds from the heal to every region's views of every other being fresh again (the link
-watchdog re-adds stale sources). Issue #4 asks for "during" at least 90% of "before" in each region
-and views converged within 5 s.
+Then: seconds from the heal to every region's views of every other being fresh again (the first
+views broadcast after the heal refresh them). Issue #4 asks for "during" at least 90% of "before"
+in each region and views converged within 5 s.
 """
 
 from __future__ import annotations

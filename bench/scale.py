@@ -1,8 +1,9 @@
-"""How the federation scales: many nodes in one region, a long queue (issue 21).
+"""How the federation scales: many nodes in one region, a long queue, many regions (issue 21).
 
-    python bench/scale.py                        # both parts: --nodes 50,10000 --jobs 10000 --rounds 2
+    python bench/scale.py                        # all parts: --nodes 50,10000 --jobs 10000 --rounds 2
     python bench/scale.py --part nodes --nodes 50,1000,5000,10000 --rounds 1
     python bench/scale.py --part queue --queue 100000
+    python bench/scale.py --part regions --regions 5,10,20 --window 60
 
 **Nodes.** One region (a real nats-server and scheduler, as in ``bench/throughput.py``) with N
 simulated nodes (``agents/sim.py``: real offers and heartbeats over NATS, at the cadence the
@@ -16,10 +17,18 @@ meanwhile, and the scheduler's CPU per placement. Node counts are run in turn, `
 (alternated), and each round reports every count against the smallest.
 
 **Queue.** ``--queue`` jobs submitted to a region with no capacity: how fast they are recorded
-pending, the scheduler's resident memory before and after (bytes per pending job), then a new
+pending, the scheduler's resident memory before and after (bytes per pending job), how long
+``fed jobs`` takes to read its page of the 100 newest records (and, to compare, every record), then a new
 leader (the first stopped, a new process started) until it logs ``recovered`` (it has read and
 restamped every record), then 100 simulated nodes x 64 cores offer room and the first 10,000
 placements are timed while the rest of the queue waits.
+
+**Regions.** A local federation of N regions as ``fed up`` runs it (a hub; per region a nats-server,
+a scheduler and one agent of 2 cores; authentication on). Once every region's views of all the
+others are fresh, they are read every second for ``--window`` seconds: the oldest view seen (and
+views missing), the CPU of the hub's server, the region servers, schedulers and agents, the hub's
+messages and bytes, and how many stream sources the regions' views streams hold. Then the first
+region's node is filled and a one-core job submitted there: where it ran and how long it took.
 
 Prints the machine and the command. Heavy: not part of the test suite.
 """
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -45,7 +55,13 @@ from throughput import REGION, Observer, Region, pct, submit_all
 from agents.sim import SimulatedNodes
 from federation import subjects
 from federation.bus import Bus, Delivery
+from federation.client import Client
+from federation.errors import NotFound
+from federation.ops.launcher import Federation, Options
+from federation.ops.monitor import monitoring
 from federation.schemas import Lease, decode
+
+FRESH = 5.0  # seconds: a view older than this is stale (the issue's bound for twenty regions)
 
 
 async def _counted(bus: Bus, nodes: int, timeout: float) -> Lease:
@@ -158,6 +174,15 @@ async def queue_run(jobs: int, nodes: int, cores: int, placed: int) -> dict[str,
         await seen.reach(jobs, timeout=1800)
         queued = time.monotonic() - t0
         rss1 = scheduler.memory_info().rss
+        # what fed jobs reads: a page of the newest records, against every record
+        t_page = time.perf_counter()
+        page, _ = await bus.kv_recent(subjects.jobs_bucket(REGION), limit=100)
+        page_s = time.perf_counter() - t_page
+        t_all = time.perf_counter()
+        every = await bus.kv_load(subjects.jobs_bucket(REGION))
+        all_s = time.perf_counter() - t_all
+        assert len(page) == 100, len(page)
+        assert len(every) >= jobs, len(every)
         # a new leader: the old one stops, a new process reads every record (its log says when)
         old = next(c for c in region.children if c.name == "scheduler")
         assert old.process is not None
@@ -189,6 +214,8 @@ async def queue_run(jobs: int, nodes: int, cores: int, placed: int) -> dict[str,
             "rss_before_mib": rss0 / 1024**2,
             "rss_after_mib": rss1 / 1024**2,
             "bytes_per_job": (rss1 - rss0) / jobs,
+            "page_ms": page_s * 1000,
+            "all_s": all_s,
             "recovery_s": t_recovered - t_start,
             "recovered_rss_mib": rss2 / 1024**2,
             "placed": placed,
@@ -196,6 +223,128 @@ async def queue_run(jobs: int, nodes: int, cores: int, placed: int) -> dict[str,
         }
     finally:
         region.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _region_names(n: int) -> list[str]:
+    return [f"r{i:02d}" for i in range(1, n + 1)]
+
+
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes used so far (a vanished one counts 0)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            total += sum(psutil.Process(pid).cpu_times()[:2])
+    return total
+
+
+async def _ages(fed: Client, regions: list[str]) -> list[float]:
+    """Every region's view of every other: how old each is now (inf: missing)."""
+    ages = []
+    for region in regions:
+        views = await fed.views(region)
+        now = time.time()
+        ages += [now - views[p].at if p in views else float("inf") for p in regions if p != region]
+    return ages
+
+
+async def _spill(fed: Client, home: str, cpu: int) -> tuple[str, float]:
+    """Fill ``home``'s only node, then submit a one-core job there: where it ran and how long
+    from its submission to its end."""
+    blocker = await fed.submit(["sleep", "120"], region=home, cpu=cpu, job_id=f"fill-{home}")
+    end = time.monotonic() + 60
+    while (await _record(fed, blocker.id, home)) != "running":
+        if time.monotonic() > end:
+            raise TimeoutError(f"{home}'s blocker never ran")
+        await asyncio.sleep(0.2)  # sleep-ok: polling a record
+    t0 = time.monotonic()
+    job = await fed.submit(["true"], region=home, cpu=1, job_id=f"spill-{home}")
+    final = await job.wait(timeout=120)
+    took = time.monotonic() - t0
+    await blocker.cancel()
+    if final.state != "succeeded":
+        raise RuntimeError(f"the spilled job ended {final.state}: {final.reason}")
+    return final.region, took
+
+
+async def _record(fed: Client, job_id: str, region: str) -> str:
+    with contextlib.suppress(NotFound):
+        return (await fed.job(job_id, region=region)).state
+    return ""
+
+
+async def regions_run(n: int, window: float) -> dict[str, float | str]:
+    """A local federation of ``n`` regions (``fed up``'s: a hub, a nats-server, a scheduler and
+    one agent of 2 cores per region, authentication on): how fresh every region's views of the
+    others stay over ``window`` seconds, what sourcing the summaries costs, and a spillover."""
+    regions = _region_names(n)
+    base = Path(tempfile.mkdtemp(prefix="fed-regions-"))
+    federation = Federation(
+        Options(
+            state_dir=base, regions=regions, agents=1, capacity={"cpu": 2, "memory": 4 * 1024**3, "gpu": 0}
+        )
+    )
+    try:
+        t_start = time.monotonic()
+        await federation.start()
+        started = time.monotonic() - t_start
+        fed = Client(federation.connection, federation.credentials)
+        try:
+            end = time.monotonic() + 300  # the first views: each source's first summary
+            while max(await _ages(fed, regions)) > FRESH:
+                if time.monotonic() > end:
+                    raise TimeoutError("views not fresh 300 s after the start")
+                await asyncio.sleep(0.5)  # sleep-ok: polling the views
+            fresh = time.monotonic() - t_start
+            hub = [federation.servers["hub"].pid]
+            servers = [federation.servers[r].pid for r in regions]
+            schedulers = [c.pid for c in federation.daemons if c.name.startswith("scheduler-")]
+            agents = [c.pid for c in federation.daemons if c.name.startswith("agent-")]
+            groups = {"hub": hub, "servers": servers, "schedulers": schedulers, "agents": agents}
+            cpu0 = {k: _cpu(v) for k, v in groups.items()}
+            varz0 = await monitoring(federation.monitors["hub"])
+            t0 = time.monotonic()
+            worst: list[float] = []
+            missing = 0
+            while time.monotonic() - t0 < window:
+                ages = await _ages(fed, regions)
+                missing += sum(1 for age in ages if age == float("inf"))
+                worst.append(max((age for age in ages if age != float("inf")), default=0.0))
+                await asyncio.sleep(1.0)  # sleep-ok: one sample a second
+            elapsed = time.monotonic() - t0
+            cpu1 = {k: _cpu(v) for k, v in groups.items()}
+            varz1 = await monitoring(federation.monitors["hub"])
+            sources = 0
+            for region in regions:  # what each region's views stream copies from elsewhere
+                facts = await (await fed.bus(region)).stream_facts(subjects.views_stream(region))
+                sources += len(facts.sources) if facts is not None else 0
+            rss = sum(psutil.Process(pid).memory_info().rss for pid in servers) / len(servers)
+            spilled, spill_s = await _spill(fed, regions[0], cpu=2)
+        finally:
+            await fed.close()
+        share = {k: (cpu1[k] - cpu0[k]) / elapsed * 100 for k in groups}
+        return {
+            "regions": n,
+            "started_s": started,
+            "fresh_s": fresh,
+            "max_age_s": max(worst),
+            "p50_age_s": sorted(worst)[len(worst) // 2],
+            "hub_cpu_pct": share["hub"],
+            "server_cpu_pct": share["servers"] / n,
+            "scheduler_cpu_pct": share["schedulers"] / n,
+            "agent_cpu_pct": share["agents"] / n,
+            "missing": missing,
+            "hub_in_per_s": (varz1["in_msgs"] - varz0["in_msgs"]) / elapsed,
+            "hub_out_per_s": (varz1["out_msgs"] - varz0["out_msgs"]) / elapsed,
+            "hub_out_kib_per_s": (varz1["out_bytes"] - varz0["out_bytes"]) / elapsed / 1024,
+            "sources": sources,
+            "server_rss_mib": rss / 1024**2,
+            "spilled_to": spilled,
+            "spill_s": spill_s,
+        }
+    finally:
+        await federation.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -207,6 +356,19 @@ def _line(r: dict[str, float], base: dict[str, float]) -> str:
         f"({r['p99_ms'] / base['p99_ms']:.2f}x); heartbeat every {r['heartbeat_s']:g} s, "
         f"{r['node_writes_per_s']:,.0f} node writes/s; scheduler {r['scheduler_cpu_us']:.0f} us CPU per "
         f"placement, {r['scheduler_rss_mib']:.0f} MiB; all nodes counted after {r['ready_s']:.1f} s"
+    )
+
+
+def _regions_line(r: dict[str, float | str]) -> str:
+    return (
+        f"  {r['regions']:>3} regions: views max age {r['max_age_s']:.1f} s (median of the per-second "
+        f"worst {r['p50_age_s']:.1f} s, {r['missing']} views missing in all samples); hub nats-server "
+        f"{r['hub_cpu_pct']:.1f}% CPU, {r['hub_in_per_s']:,.0f} msgs in/s, {r['hub_out_per_s']:,.0f} "
+        f"out/s ({r['hub_out_kib_per_s']:,.0f} KiB/s); {r['sources']} stream sources; per region: "
+        f"nats-server {r['server_cpu_pct']:.2f}% CPU, {r['server_rss_mib']:.0f} MiB, scheduler "
+        f"{r['scheduler_cpu_pct']:.2f}%, agent {r['agent_cpu_pct']:.2f}%; spillover from r01 ran in "
+        f"{r['spilled_to']} after {r['spill_s'] * 1000:.0f} ms; up in {r['started_s']:.0f} s, views "
+        f"fresh after {r['fresh_s']:.0f} s"
     )
 
 
@@ -227,7 +389,11 @@ async def main() -> None:
         help="the simulated nodes beat and offer at most this often (600: quiet nodes, to tell the "
         "cost of node traffic from that of the node count)",
     )
-    parser.add_argument("--part", choices=("nodes", "queue", "all"), default="all")
+    parser.add_argument("--part", choices=("nodes", "queue", "regions", "all"), default="all")
+    parser.add_argument(
+        "--regions", default="5,10,20", help="region counts for the regions part, comma-separated"
+    )
+    parser.add_argument("--window", type=float, default=60.0, help="seconds the views are watched")
     parser.add_argument("--queue", type=int, default=100_000, help="pending jobs for the queue part")
     args = parser.parse_args()
     counts = [int(n) for n in args.nodes.split(",")]
@@ -238,13 +404,17 @@ async def main() -> None:
         print(
             f"queue: {q['jobs']:,} pending jobs submitted at {q['submit_per_s']:,.0f}/s, all recorded "
             f"after {q['queued_s']:.0f} s; scheduler RSS {q['rss_before_mib']:.0f} -> "
-            f"{q['rss_after_mib']:.0f} MiB ({q['bytes_per_job']:,.0f} bytes per pending job); a new "
+            f"{q['rss_after_mib']:.0f} MiB ({q['bytes_per_job']:,.0f} bytes per pending job); fed jobs' "
+            f"page of the 100 newest read in {q['page_ms']:.0f} ms (every record: {q['all_s']:.1f} s); a new "
             f"leader recovered every record in {q['recovery_s']:.1f} s (from its process start; RSS "
             f"{q['recovered_rss_mib']:.0f} MiB); then {q['placed']:,} placed at "
             f"{q['placements_per_s']:,.0f}/s once 100 nodes x 64 cores offered room",
             flush=True,
         )
-    if args.part == "queue":
+    if args.part in ("regions", "all"):
+        for n in (int(n) for n in args.regions.split(",")):
+            print(_regions_line(await regions_run(n, args.window)), flush=True)
+    if args.part in ("queue", "regions"):
         return
     for round_ in range(1, args.rounds + 1):
         print(f"round {round_}: {args.jobs} one-core jobs, {args.cores} cores per node")

@@ -116,7 +116,8 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
     lease_ttl: Annotated[float, msgspec.Meta(ge=1, le=300)] = 5.0
     max_deliver: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
     summary_interval: Positive = 2.0
-    peers: list[str] = []  # the other regions, whose summaries this region sources into its views
+    # ignored: every region's view reaches every region (fed.<region>.view); older configs name them
+    peers: list[str] = []
     # each stream's copies (3 on a 3-server region); None keeps what the streams have (1 when new)
     replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
     name: str = ""

@@ -308,7 +308,8 @@ class JobEvent(msgspec.Struct, tag="job_event", tag_field="type", kw_only=True, 
 
 
 class Summary(msgspec.Struct, tag="summary", tag_field="type", kw_only=True, omit_defaults=True):
-    """A region's capacity in one message, on ``fed.<region>.summary`` (aggregated Oakestra-style).
+    """A region's capacity in one message, on ``fed.<region>.summary`` and broadcast as its view on
+    ``fed.<region>.view`` (aggregated Oakestra-style).
 
     Canonical resources are summed over the nodes with a live offer: ``cpu``/``memory``/``gpu``
     offered, and ``*_free`` what their allocations leave. Utilisation percentages are averaged
@@ -692,15 +693,16 @@ def decode_tenant_reply(data: bytes) -> TenantReply:
     return msgspec.json.decode(data, type=TenantReply)
 
 
-def decode_summaries(values: Iterable[bytes]) -> dict[str, Summary]:
-    """Region summaries by region, skipping anything that is not a readable summary."""
+def decode_summaries(values: Iterable[bytes], *, without: str = "") -> dict[str, Summary]:
+    """Region summaries by region, skipping anything that is not a readable summary and the
+    region ``without`` (a region's views stream holds its own view too)."""
     out: dict[str, Summary] = {}
     for data in values:
         try:
             message = decode_message(data)
         except (MalformedMessage, MessageTooLarge):
             continue
-        if isinstance(message, Summary):
+        if isinstance(message, Summary) and message.region != without:
             out[message.region] = message
     return out
 

@@ -2,7 +2,9 @@
 
 Every subject starts with ``fed.<region>.`` so that a region's JetStream domain is the only one
 that captures it (a subject captured by streams in two domains is silently stored twice) and so
-that server permissions can confine an agent to its own node's subjects. KV buckets carry the
+that server permissions can confine an agent to its own node's subjects. One is captured in every
+domain on purpose: a region's :func:`view`, its summary broadcast to every region, each of which
+keeps the latest of every region's in its views stream. KV buckets carry the
 region in their name for the same reason: their subjects are ``$KV.<bucket>.<key>``.
 
 ``subjects.md`` documents the same namespace for people; ``tests/test_subjects_doc.py`` keeps
@@ -129,6 +131,12 @@ def summary(region: str) -> str:
     return f"fed.{region}.summary"
 
 
+def view(region: str) -> str:
+    """The region's summary as broadcast to every region (plain publish, no acknowledgement): every
+    region's views stream captures ``fed.*.view``, and the hub passes each one to every region."""
+    return f"fed.{region}.view"
+
+
 def handoff(region: str, job: str) -> str:
     """A job offered to ``region`` by another region's scheduler (core request/reply via the hub)."""
     return f"fed.{region}.handoff.{job}"
@@ -195,7 +203,8 @@ def summary_stream(region: str) -> str:
 
 
 def views_stream(region: str) -> str:
-    """The other regions' summaries, sourced into this region (its local view of the federation)."""
+    """The latest view of every region (:func:`view`), captured in this region: its local view of
+    the federation, which stays readable while the region is cut off."""
     return f"fed-{region}-views"
 
 
@@ -301,6 +310,7 @@ CATALOGUE: Final[tuple[Entry, ...]] = (
     Entry("subject", job_log(R, "<node>", "<job>")),
     Entry("subject", ledger_changes(R, "<node>")),
     Entry("subject", summary(R)),
+    Entry("subject", view(R)),
     Entry("subject", inputs(R)),
     Entry("subject", chaos(R, "<command>")),
     Entry("subject", handoff(R, "<job>")),

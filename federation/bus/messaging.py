@@ -38,8 +38,12 @@ class Messaging(Link):
     # --- publishing and asking ---------------------------------------------------------------------
 
     async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
-        """Core publish: fire and forget, nothing stored unless a stream captures it."""
-        await self.nc.publish(subject, data, headers=tracing.inject(headers))
+        """Core publish: fire and forget, nothing stored unless a stream captures it
+        (FederationUnavailable when the connection is closed or its buffer is full)."""
+        try:
+            await self.nc.publish(subject, data, headers=tracing.inject(headers))
+        except Exception as exc:
+            raise _translate(subject, exc) from None
 
     async def request(self, subject: str, data: bytes, timeout: float = 5.0) -> bytes:
         """Core request/reply: the responder's answer (FederationUnavailable when nobody answers)."""
@@ -77,18 +81,6 @@ class Messaging(Link):
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-
-    async def domain_reachable(self, domain: str, timeout: float = 0.5) -> bool:
-        """Whether the JetStream of another domain answers through the hub right now (cheap: one
-        request for the account info; a cut link fails fast with no responders)."""
-        try:
-            await self.nc.request(f"$JS.{domain}.API.INFO", b"", timeout=timeout)
-        except Exception as exc:
-            error = _translate(domain, exc)
-            if not isinstance(error, Exception):
-                raise error from None  # being cancelled
-            return False
-        return True
 
     # --- receiving ---------------------------------------------------------------------------------
 

@@ -114,7 +114,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with scheduler options")
     p.add_argument("--batch-size", type=int)
     p.add_argument(
-        "--peers", help="the other regions (comma-separated): their summaries are sourced into views"
+        "--peers",
+        help="ignored (older versions sourced these regions' summaries): every region's view now "
+        "reaches every region by itself",
     )
     p.add_argument(
         "--replicas",

@@ -120,10 +120,10 @@ class Status(Auditing):
         stopped moving is stale.
         """
         bus = await self.bus(region)
-        if not await bus.last_sequence(subjects.views_stream(region)) is not None:
+        if await bus.last_sequence(subjects.views_stream(region)) is None:
             return {}
-        latest = await bus.latest(subjects.views_stream(region), subjects.summary("*"))
-        return decode_summaries(item.data for item in latest.values())
+        latest = await bus.latest(subjects.views_stream(region), subjects.view("*"))
+        return decode_summaries((item.data for item in latest.values()), without=region)
 
     async def summary(self, region: str) -> Summary | None:
         """The region's latest capacity summary as its leader published it (None before the first)."""

@@ -71,13 +71,13 @@ def sources(region: str) -> list[Source]:
         ),
         Source(f"KV_{lease}", f"$KV.{lease}.{subjects.LEADER_KEY}", lambda s, d: s.leased(d.data, d.removed)),
         Source(subjects.summary_stream(region), subjects.summary(region), lambda s, d: s.summarised(d.data)),
-        Source(subjects.views_stream(region), subjects.summary("*"), lambda s, d: s.viewed(d.data)),
+        Source(subjects.views_stream(region), subjects.view("*"), lambda s, d: s.viewed(d.data)),
     ]
 
 
 def absent(error: FederationUnavailable) -> bool:
     """Whether a direct get failed because nobody serves the stream: it does not exist (yet: a
-    region's views stream is made by its first leader; a one-region federation has none)."""
+    region provisioned by an older version, before its scheduler updated it)."""
     return "refused: 503" in str(error)
 
 

@@ -111,7 +111,6 @@ def permissions(identity: Identity, regions: Sequence[str]) -> Permissions | Non
                 "fed.*.handoff.>",  # spillover requests to other regions
                 "fed.*.wl.cancel.>",  # a cancel passed on to the region a job was handed to
                 "$JS.API.>",  # the region's own domain (a region server never routes it to the hub)
-                "$JS.*.API.INFO",  # is another region's JetStream reachable?
                 f"$KV.{subjects.ledger_bucket(r)}.>",
                 f"$KV.{subjects.jobs_bucket(r)}.>",
                 f"$KV.{subjects.lease_bucket(r)}.>",

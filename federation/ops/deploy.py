@@ -295,13 +295,10 @@ def compose_files(regions: Sequence[str] = COMPOSE_REGIONS) -> dict[str, str]:
             services[server.name] = _nats_service(server.name, region, published)  # never waits for the hub
             servers.append(server.name)
         region_url = urls(hosts)
-        peers = [p for p in regions if p != region]
         for daemon in (d for d in daemons if d.region == region):
             if daemon.role == "scheduler":
                 command = ["fed", "scheduler", "--region", region, "--url", region_url, "--replicas", "3"]
                 command += ["--monitor-url", f"http://{hosts[0]}:{HTTP_PORT}"]  # checks sync_interval
-                if peers:
-                    command += ["--peers", ",".join(peers)]
                 mounts = []
             else:
                 command = ["fed", "agent", "--region", region, "--node", daemon.node, "--url", region_url]

@@ -559,8 +559,6 @@ class Federation:
                         name,
                         "--monitor-url",
                         self.monitors[region],
-                        "--peers",
-                        ",".join(r for r in self.options.regions if r != region),
                         "--log-level",
                         self.options.log_level,
                         *self._metrics_args(name),

@@ -1,10 +1,11 @@
 """The region's stream and bucket layout, created idempotently through :class:`~federation.bus.Bus`
 (which alone talks NATS); ``subjects.md`` documents every name.
 
-:func:`provision` makes a region's streams, buckets and its audit stream; :func:`provision_views`
-the views stream sourcing the peers' summaries; :func:`provision_audit_all` the hub's
-``AUDIT_ALL``. An existing layout is updated in place where the server allows it. Every stream is
-on file: heartbeat TTL markers are node-death events and must survive a server restart.
+:func:`provision` makes a region's streams, buckets and its audit stream (its views stream
+captures every region's summary broadcast, which the hub passes to every region);
+:func:`provision_audit_all` the hub's ``AUDIT_ALL``. An existing layout is updated in place where
+the server allows it. Every stream is on file: heartbeat TTL markers are node-death events and
+must survive a server restart.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ def _stream_specs(region: str) -> list[StreamSpec]:
         StreamSpec(
             name=subjects.summary_stream(region),
             subjects=(subjects.summary(region),),
+            max_msgs_per_subject=1,
+            max_msg_size=256 * 1024,
+            allow_direct=True,
+        ),
+        # every region's latest summary as broadcast (``fed.*.view``), its own included. An older
+        # layout sourced each peer's summary stream instead: the update drops those sources
+        StreamSpec(
+            name=subjects.views_stream(region),
+            subjects=(subjects.view("*"),),
             max_msgs_per_subject=1,
             max_msg_size=256 * 1024,
             allow_direct=True,
@@ -201,24 +211,6 @@ async def provision_audit_all(bus: Bus, regions: Sequence[str]) -> None:
         deny_delete=True,
         deny_purge=True,
         max_msg_size=AUDIT_BYTES,
-        allow_direct=True,
-    )
-    await bus.ensure_stream(spec)
-
-
-async def provision_views(bus: Bus, region: str, peers: Sequence[str], replicas: int | None = None) -> None:
-    """Create or update the region's views stream: it sources every peer's summary stream.
-
-    Sources cross JetStream domains through the hub (``$JS.<peer>.API``): while a link is cut the
-    view of that peer simply ages, and it catches up when the link returns (the link watchdog in
-    :mod:`federation.scheduler.peering` re-adds a stale peer's source with :meth:`Bus.readd_source`).
-    """
-    name = subjects.views_stream(region)
-    spec = StreamSpec(
-        name=name,
-        replicas=await _replicas(bus, name, replicas),
-        sources=tuple((subjects.summary_stream(peer), peer) for peer in sorted(peers) if peer != region),
-        max_msgs_per_subject=1,
         allow_direct=True,
     )
     await bus.ensure_stream(spec)

@@ -96,6 +96,8 @@ class Scheduler:
         try:
             await provision(bus, self.region, self.config.replicas, self.policy.object_retention)
             await check_durability(self.config.monitor_url, self.log)
+            if self.config.peers:
+                self.log.info("peers ignored: every region's view reaches every region by itself")
             if not await self._lead(lease):
                 return  # stopped while standing by
             self.leader = Leader(

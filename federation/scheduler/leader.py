@@ -77,7 +77,6 @@ from federation.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from federation.ops.provision import provision_views
 from federation.scheduler import recovery
 from federation.scheduler.handoff import HandOffs
 from federation.scheduler.intake import Intake, Item
@@ -260,9 +259,7 @@ class Leader:
         loops = [self._watch_consumers(), self.peering.publish_summaries(), self.peering.watch_audit()]
         loops += [self.handoffs.serve(), self.tenants.serve(), self._measure()]
         loops += [self.handoffs.follow_dependencies(lambda: self.core.dependencies.lookups(self.core))]
-        if self.config.peers:
-            await provision_views(self.bus, self.region, self.config.peers, self.config.replicas)
-            loops += [self.peering.watch_views(), self.peering.feed_views()]
+        loops += [self.peering.feed_views()]
         for loop in loops:
             task = asyncio.create_task(loop)
             task.add_done_callback(self._task_ended)

@@ -1,11 +1,15 @@
 """Cross-region peering: the summary a region's leader publishes and its views of the other regions.
 
-The leader publishes :func:`~federation.core.summary.summarize` of its view every
-``summary_interval``. Each region's ``fed-<region>-views`` stream sources its peers' summaries
-through the hub (:func:`federation.ops.provision.provision_views`). A view that stops moving is stale, and a
-link watchdog re-adds its source once the peer answers again, so views catch up within seconds of
-a heal instead of after the server's retry backoff. The region's audit stream gets the same
-watchdog for its sources: after a source stream's leader moves, its copy resumes within seconds.
+The leader stores :func:`~federation.core.summary.summarize` of its view every
+``summary_interval`` in its own summary stream, and broadcasts the same bytes as its view
+(``fed.<region>.view``, a plain publish). Every region's ``fed-<region>-views`` stream captures
+every view, which the hub passes on to each region's server as core NATS messages: no JetStream
+consumer or source per pair of regions, so N regions cost the hub N publishes and N x (N - 1)
+deliveries per interval and nothing else (``bench/scale.py --part regions`` measures it). A view
+sent while a link is cut is lost, and the view ages; the first one after the heal refreshes it.
+
+The region's audit stream has a watchdog for its sources: after a source stream's leader moves, or
+a link heals, its copy resumes within seconds instead of after the server's retry backoff.
 """
 
 from __future__ import annotations
@@ -45,18 +49,24 @@ class Peering:
         self.clock, self.log, self.deliver, self.summary = clock, log, deliver, summary
 
     async def publish_summaries(self) -> None:
-        """Publish the summary every ``summary_interval`` (latest per region, read by other regions)."""
+        """Every ``summary_interval``: store the summary (``fed status`` reads it) and broadcast it
+        to every region (their views)."""
         while True:
+            data = encode(self.summary())
             try:
-                await self.bus.store(subjects.summary(self.region), encode(self.summary()), timeout=5.0)
+                await self.bus.store(subjects.summary(self.region), data, timeout=5.0)
             except FederationError as exc:  # the loop outlives a server outage
                 self.log.warning("summary not stored", error=str(exc))
+            try:
+                await self.bus.publish(subjects.view(self.region), data)
+            except FederationError as exc:
+                self.log.warning("view not broadcast", error=str(exc))
             await idle(self.config.summary_interval)
 
     async def views(self) -> dict[str, Summary]:
-        """The peers' latest summaries as sourced into this region (its view of the federation)."""
-        latest = await self.bus.latest(subjects.views_stream(self.region), subjects.summary("*"))
-        return decode_summaries(item.data for item in latest.values())
+        """The other regions' latest views as captured in this region (its view of the federation)."""
+        latest = await self.bus.latest(subjects.views_stream(self.region), subjects.view("*"))
+        return decode_summaries((item.data for item in latest.values()), without=self.region)
 
     async def feed_views(self) -> None:
         """Hand the views to the core every ``summary_interval`` (spillover chooses regions by them)."""
@@ -66,35 +76,6 @@ class Peering:
             except FederationError as exc:
                 self.log.warning("views not read", error=str(exc))
             await idle(self.config.summary_interval)
-
-    async def watch_views(self) -> None:
-        """The link watchdog: a peer's view older than three summaries gets its source re-added.
-
-        After a partition heals the server's own retry of a source can take minutes; a source added
-        afresh catches up at once. A stale peer is probed every second (one request through the
-        hub, failing fast while the link is cut); the source is re-added once the peer answers.
-        """
-        stale_after = 3 * self.config.summary_interval
-        last_try: dict[str, float] = {}
-        while True:
-            await idle(min(1.0, self.config.summary_interval))
-            try:
-                views = await self.views()
-                now = self.clock()
-                for peer in self.config.peers:
-                    view = views.get(peer)
-                    age = now - view.at if view is not None else float("inf")
-                    if age <= stale_after or now - last_try.get(peer, 0.0) < 2.0:
-                        continue
-                    # only once the peer answers again: re-adding while the link is cut would cost
-                    # stream updates every second and gain nothing
-                    if await self.bus.domain_reachable(peer):
-                        last_try[peer] = now
-                        self.log.info("view stale and peer reachable; re-adding its source", peer=peer)
-                        stream = subjects.views_stream(self.region)
-                        await self.bus.readd_source(stream, subjects.summary_stream(peer))
-            except FederationError as exc:
-                self.log.warning("views not checked", error=str(exc))
 
     async def watch_audit(self, stall: float = AUDIT_STALL) -> None:
         """The audit stream's watchdog: a source not heard from for ``stall`` seconds is re-added

@@ -9,7 +9,12 @@ import time
 
 import pytest
 
+from federation import subjects
+from federation.bus import Bus
+from federation.bus.layout import StreamSpec
 from federation.client import Client
+from federation.ops.provision import provision
+from federation.schemas import Summary, decode_summaries, encode
 from tests.conftest import eventually, run_fed
 from tests.harness import pause, resume
 
@@ -81,3 +86,37 @@ async def test_with_the_hub_frozen_every_region_keeps_scheduling_its_own_nodes(m
                 assert (await job.wait(timeout=30)).state == "succeeded"
         finally:
             resume(hub.pid)
+
+
+async def test_a_views_stream_of_the_older_layout_is_changed_to_capture_every_view(make_cluster) -> None:
+    """Older versions sourced each peer's summary stream into the views stream; provisioning the
+    region again drops the sources and captures the broadcast views instead (on the hub's domain
+    here: a region's own server already has a views stream capturing them)."""
+    cluster = await make_cluster(regions=("aa",), agents=0)
+    bus = await Bus.connect(cluster.connection.hub_url, "test-views", retry_forever=False)
+    try:
+        views = subjects.views_stream("old")
+        older = StreamSpec(
+            name=views,
+            sources=((subjects.summary_stream("aa"), "aa"),),
+            max_msgs_per_subject=1,
+            allow_direct=True,
+        )
+        await bus.ensure_stream(older)
+        facts = await bus.stream_facts(views)
+        assert facts is not None
+        assert facts.sources == (subjects.summary_stream("aa"),)
+        await provision(bus, "old")
+        facts = await bus.stream_facts(views)
+        assert facts is not None
+        assert facts.sources == ()
+        summary = Summary(region="zz", at=time.time(), nodes=3)
+        await bus.publish(subjects.view("zz"), encode(summary))
+
+        async def captured() -> object:
+            latest = await bus.latest(views, subjects.view("*"))
+            return decode_summaries(item.data for item in latest.values()).get("zz")
+
+        assert await eventually(captured, timeout=10) == summary
+    finally:
+        await bus.close()
