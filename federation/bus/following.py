@@ -21,7 +21,7 @@ from nats.js import JetStreamContext, api
 
 from federation.bus.delivery import Delivery
 from federation.bus.link import FAILOVER, _delivery, _translate
-from federation.bus.scan import scan
+from federation.bus.scan import recent, scan
 from federation.bus.streams import Streams
 from federation.errors import FederationUnavailable, InvalidRequest
 from federation.tasks import cancelled, idle
@@ -320,6 +320,25 @@ class Following(Streams):
         async for item in self.follow(stream, filter_subject, last_per_subject=True, until_caught_up=True):
             out[item.subject] = item
         return out
+
+    async def kv_recent(
+        self,
+        bucket: str,
+        *,
+        limit: int,
+        below: int = 0,
+        keep: Callable[[Delivery], bool] = lambda _: True,
+    ) -> tuple[list[Delivery], int]:
+        """A page of ``bucket``'s live keys, the most recently written first: up to ``limit`` latest
+        values that ``keep`` accepts among keys last written below revision ``below`` (0: all), and
+        the ``below`` of the next page (0: none). Costs what the newest writes cost to read, not the
+        bucket's size (:func:`~federation.bus.scan.recent`); a missing bucket raises
+        FederationUnavailable."""
+        stream = f"KV_{bucket}"
+        top = await self.last_sequence(stream)
+        if top is None:
+            raise FederationUnavailable(bucket, "bucket does not exist (run provisioning)")
+        return await recent(self, stream, f"$KV.{bucket}.>", top=top, limit=limit, below=below, keep=keep)
 
     async def kv_load(self, bucket: str) -> dict[str, tuple[bytes, int]]:
         """Every live key's latest value and revision (one ordered pass over the bucket)."""

@@ -7,7 +7,8 @@ auditor therefore creates none: it reads with direct gets of up to ``BATCH`` mes
 that says how many remain, through its account's imports (whose reply subjects cannot be
 steered). The next batch is asked for while the current one is read. :func:`scan` yields what
 ``Bus.follow(..., until_caught_up=True)`` yields; :func:`latest` reads only each subject's last
-message (``multi_last``), and :func:`newer` asks whether anything was stored since a sequence.
+message (``multi_last``), :func:`recent` reads each subject's last message backwards from the
+newest, a page at a time, and :func:`newer` asks whether anything was stored since a sequence.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from federation.bus.delivery import Delivery
 from federation.bus.messaging import Messaging
@@ -96,6 +97,59 @@ async def latest(messaging: Messaging, stream: str, filter_subject: str) -> tupl
         items = [item async for item in scan(messaging, stream, filter_subject, last_per_subject=True)]
         upto = max([upto, *(i.sequence for i in items)])
     return sorted(items, key=lambda item: item.sequence), upto
+
+
+async def recent(
+    messaging: Messaging,
+    stream: str,
+    filter_subject: str,
+    *,
+    top: int,
+    limit: int,
+    below: int = 0,
+    keep: Callable[[Delivery], bool] = lambda _: True,
+    window: int = BATCH,
+) -> tuple[list[Delivery], int]:
+    """Up to ``limit`` subjects' last messages that ``keep`` accepts, the most recently written
+    first, among the subjects of ``filter_subject`` whose last message lies below sequence ``below``
+    (0: anywhere up to ``top``, the stream's last sequence); and the ``below`` of the next page
+    (0: nothing further back).
+
+    The stream is read backwards, ``window`` messages per direct get, so a page costs what the
+    newest writes cost to read, whatever the number of subjects. Going back, a subject already
+    met is an older version and skipped. On a later page (``below``) a subject may have been
+    written again above it: each window's candidates are checked against their subjects' last
+    messages now (one ``multi_last``), and only those still last are kept. A removed subject's
+    marker hides it (never returned)."""
+    hi = (below - 1) if below else top
+    seen: set[str] = set()
+    out: list[Delivery] = []
+    while hi >= 1 and len(out) < limit:
+        lo = max(1, hi - window + 1)
+        request = {"seq": lo, "batch": hi - lo + 1, "next_by_subj": filter_subject}
+        items, status = await messaging.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
+        _answered(stream, status)
+        candidates: list[Delivery] = []
+        for item in sorted((i for i in items if i.sequence <= hi), key=lambda i: -i.sequence):
+            if item.subject not in seen:
+                seen.add(item.subject)
+                candidates.append(item)
+        if below and candidates:
+            last = await _last_sequences(messaging, stream, [c.subject for c in candidates])
+            candidates = [c for c in candidates if last.get(c.subject) == c.sequence]
+        out += [c for c in candidates if not c.removed and keep(c)]
+        hi = lo - 1
+    if len(out) > limit:
+        out = out[:limit]
+    return out, (out[-1].sequence if len(out) == limit and out[-1].sequence > 1 else 0)
+
+
+async def _last_sequences(messaging: Messaging, stream: str, subjects: list[str]) -> dict[str, int]:
+    """Each of ``subjects``' last sequence in ``stream`` now (one ``multi_last`` direct get)."""
+    request = {"multi_last": subjects, "batch": len(subjects)}
+    items, status = await messaging.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
+    _answered(stream, status)
+    return {item.subject: item.sequence for item in items}
 
 
 def _answered(stream: str, status: dict[str, str]) -> None:

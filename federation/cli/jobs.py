@@ -275,14 +275,48 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
     async with Client.connect(state_dir(args)) as fed:
         if args.array:
             return _array_summary(args, await fed.array(args.array, region=args.region))
-        records = await fed.jobs(region=args.region, state=args.state)
-    records = records[-args.limit :] if args.limit else records
+        if args.limit < 0:
+            raise InvalidRequest(f"--limit must be 0 (every job) or more, not {args.limit}")
+        cursor: dict[str, int] = {}
+        if args.limit == 0:
+            records = await fed.jobs(region=args.region, state=args.state)
+        else:
+            before = parse_cursor(args.before) if args.before else None
+            page = await fed.jobs_page(region=args.region, state=args.state, limit=args.limit, cursor=before)
+            records, cursor = page.records, page.cursor
     if args.json:
-        return print_json(records)
-    print(f"{'JOB':<26} {'REGION':<10} {'STATE':<10} {'EXIT':>4} {'NODE':<16} SUBMITTED COMMAND")
-    for record in records:
-        print(_job_line(record))
+        print_json(records)
+    else:
+        print(f"{'JOB':<26} {'REGION':<10} {'STATE':<10} {'EXIT':>4} {'NODE':<16} SUBMITTED COMMAND")
+        for record in records:
+            print(_job_line(record))
+    if cursor:  # on stderr: the listing itself (and --json's array) stays what it was
+        again = [f"--{name} {value}" for name in ("region", "state") if (value := getattr(args, name))]
+        print(
+            f"(the {len(records)} most recently changed; the next {args.limit}: fed jobs "
+            + " ".join([*again, f"--limit {args.limit}", f"--before {format_cursor(cursor)}"])
+            + ")",
+            file=sys.stderr,
+        )
     return 0
+
+
+def format_cursor(cursor: dict[str, int]) -> str:
+    """A page cursor as ``fed jobs --before`` takes it: ``region:sequence,...``."""
+    return ",".join(f"{region}:{sequence}" for region, sequence in sorted(cursor.items()))
+
+
+def parse_cursor(text: str) -> dict[str, int]:
+    """``region:sequence,...`` (what a page printed) as a cursor; InvalidRequest otherwise."""
+    cursor: dict[str, int] = {}
+    for part in text.split(","):
+        region, _, sequence = part.partition(":")
+        if not region or not sequence.isdigit() or int(sequence) < 1:
+            raise InvalidRequest(
+                f"--before {text!r}: expected what a page printed, region:sequence[,region:sequence...]"
+            )
+        cursor[region] = int(sequence)
+    return cursor
 
 
 def _array_summary(args: argparse.Namespace, records: list[JobRecord]) -> int:
@@ -545,7 +579,18 @@ def add_query_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--array", metavar="ID", help="a job array's jobs counted by state (with --state, those listed)"
     )
-    p.add_argument("--limit", type=int, default=0, help="only the newest N")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="a page of the N most recently changed jobs (default 100), read from the newest writes "
+        "however many jobs there are; 0: every job (reads every record)",
+    )
+    p.add_argument(
+        "--before",
+        metavar="CURSOR",
+        help="the next page: the cursor the previous page printed (region:sequence,...)",
+    )
     p.add_argument("--json", action="store_true", help="JSON array of job records")
     p.set_defaults(func=cmd_jobs)
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from federation.client.connections import HUB_KEY
 from federation.client.handles import Job, JobArray
-from federation.client.reading import ARRAY_POLL, TENANT_POLL
+from federation.client.reading import ARRAY_POLL, TENANT_POLL, JobsPage
 from federation.client.records import Explanation, NodeStatus, RegionStatus, request_text
 from federation.client.status import Status
 from federation.client.submitting import (
@@ -64,6 +64,7 @@ __all__ = [
     "Explanation",
     "Job",
     "JobArray",
+    "JobsPage",
     "NodeStatus",
     "RegionStatus",
     "new_job_id",

@@ -145,15 +145,20 @@ class Auditing(Submitting):
             read.append(stream)
         return accountant.report(until=until, read=read, unread=unread)
 
-    async def quarantined(self, *, region: str | None = None) -> list[Quarantined]:
-        """Refused messages with their reasons, oldest first (one region, or all)."""
+    async def quarantined(self, *, region: str | None = None, limit: int = 0) -> list[Quarantined]:
+        """Refused messages with their reasons, oldest first (one region, or all); with ``limit``
+        only the ``limit`` newest, read from the end of each region's stream (however long)."""
         self._not_for_tenants("the quarantine")
         out: list[Quarantined] = []
         for name in [self._region(region)] if region else self.regions:
             bus = await self.bus(name)
             stream = subjects.quarantine_stream(name)
-            if not await bus.last_sequence(stream) is not None:
+            last = await bus.last_sequence(stream)
+            if not last:
                 continue
-            async for item in bus.follow(stream, subjects.quarantine(name, "*"), until_caught_up=True):
+            start = max(1, last - limit + 1) if limit else 1
+            refused = subjects.quarantine(name, "*")
+            async for item in bus.follow(stream, refused, start_sequence=start, until_caught_up=True):
                 out.append(msgspec.json.decode(item.data, type=Quarantined))
-        return sorted(out, key=lambda q: q.at)
+        out.sort(key=lambda q: q.at)
+        return out[-limit:] if limit else out

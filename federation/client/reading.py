@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 
 from federation import subjects
-from federation.bus import FAILOVER
+from federation.bus import FAILOVER, Delivery
 from federation.client.connections import Connections
 from federation.client.records import Explanation, _readable
 from federation.errors import FederationUnavailable, InvalidRequest, NotFound, RemoteProtocolError
@@ -27,6 +28,31 @@ from federation.schemas import (
 
 TENANT_POLL = 0.25  # seconds between a tenant's questions while it waits for a job
 ARRAY_POLL = 1.0  # seconds between reads of an array's elements while waiting for them all
+
+
+@dataclass(frozen=True)
+class JobsPage:
+    """A page of job records (oldest first) and where the next page starts, per region (empty:
+    this was the last page)."""
+
+    records: list[JobRecord]
+    cursor: dict[str, int]
+
+
+def _record(item: Delivery) -> JobRecord | None:
+    """The job record a bucket message holds (None: unreadable, logged and skipped)."""
+    values = {subjects.last_token(item.subject): (item.data, item.sequence)}
+    readable = _readable(values)
+    return readable[0] if readable else None
+
+
+def _listed(records: list[JobRecord], *, across: bool) -> list[JobRecord]:
+    """Records as a listing shows them: oldest first; ``across`` regions, a job handed to another
+    region only once, by the region it lives in."""
+    if across:
+        elsewhere = {r.id for r in records if r.spec.origin}
+        records = [r for r in records if not (r.state == "forwarded" and r.id in elsewhere)]
+    return sorted(records, key=lambda r: (r.submitted_at, r.id))
 
 
 class Reading(Connections):
@@ -184,9 +210,15 @@ class Reading(Connections):
                 raise TimeoutError(f"array {array_id} not finished after {timeout} s")
             await asyncio.sleep(ARRAY_POLL)  # sleep-ok: the poll interval of a read of every element
 
-    async def jobs(self, *, region: str | None = None, state: str | None = None) -> list[JobRecord]:
-        """Job records of one region (or all), oldest first, optionally of one state. Across all
-        regions a job handed to another region is listed once, by the region it lives in."""
+    async def jobs(
+        self, *, region: str | None = None, state: str | None = None, limit: int = 0
+    ) -> list[JobRecord]:
+        """Job records of one region (or all), oldest first, optionally of one state; with
+        ``limit``, only the ``limit`` most recently changed (:meth:`jobs_page`: fast in a bucket of
+        any size). Across all regions a job handed to another region is listed once, by the
+        region it lives in."""
+        if limit:
+            return (await self.jobs_page(region=region, state=state, limit=limit)).records
         out: list[JobRecord] = []
         for name in [self._region(region)] if region else self.regions:
             if self.tenant:
@@ -196,10 +228,63 @@ class Reading(Connections):
             for record in _readable(await bus.kv_load(subjects.jobs_bucket(name))):
                 if state is None or record.state == state:
                     out.append(record)
-        if not region:
-            elsewhere = {r.id for r in out if r.spec.origin}
-            out = [r for r in out if not (r.state == "forwarded" and r.id in elsewhere)]
-        return sorted(out, key=lambda r: (r.submitted_at, r.id))
+        return _listed(out, across=not region)
+
+    async def jobs_page(
+        self,
+        *,
+        region: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        cursor: Mapping[str, int] | None = None,
+    ) -> JobsPage:
+        """One page of job records: the ``limit`` most recently changed (of ``state`` if given) of
+        one region or all, listed oldest first, and the ``cursor`` of the next page (empty: none).
+        Each region's bucket is read backwards from its newest writes, so a page costs the same
+        with a hundred jobs or a hundred thousand (:meth:`~federation.bus.Bus.kv_recent`). Pass a
+        page's ``cursor`` back for the next one: it says, per region, where that page stopped.
+        With a tenant's credentials the region's scheduler answers (the tenant's own jobs, at
+        most :data:`federation.scheduler.tenants.MAX_RECORDS`): one page."""
+        if limit < 1:
+            raise InvalidRequest(f"a page holds at least one job, not {limit}")
+        names = [self._region(region)] if region else self.regions
+        if cursor is not None:
+            names = [name for name in names if name in cursor]
+        if self.tenant:
+            records = await self.jobs(region=region, state=state)
+            return JobsPage(records=records[-limit:], cursor={})
+        pages: dict[str, tuple[list[tuple[int, JobRecord]], int]] = {}
+        for name in names:
+            bus = await self.bus(name)
+            found: dict[int, JobRecord] = {}
+
+            def keep(item: Delivery, found: dict[int, JobRecord] = found) -> bool:
+                record = _record(item)
+                if record is None or (state is not None and record.state != state):
+                    return False
+                found[item.sequence] = record
+                return True
+
+            below = cursor.get(name, 0) if cursor is not None else 0
+            latest, further = await bus.kv_recent(
+                subjects.jobs_bucket(name), limit=limit, below=below, keep=keep
+            )
+            pages[name] = ([(item.sequence, found[item.sequence]) for item in latest], further)
+        newest = sorted(
+            ((name, seq, record) for name, (read, _) in pages.items() for seq, record in read),
+            key=lambda entry: entry[2].updated_at,
+            reverse=True,
+        )[:limit]
+        shown = {(name, seq) for name, seq, _ in newest}
+        next_cursor: dict[str, int] = {}
+        for name, (read, further) in pages.items():
+            left = [seq for seq, _ in read if (name, seq) not in shown]
+            if left:  # read but not shown: the next page starts with them
+                next_cursor[name] = max(left) + 1
+            elif further:
+                next_cursor[name] = further
+        records = _listed([record for _, _, record in newest], across=not region)
+        return JobsPage(records=records, cursor=next_cursor)
 
     async def logs(
         self, job_id: str, *, region: str | None = None, follow: bool = False

@@ -258,6 +258,11 @@ async def test_bad_submissions_are_refused_and_change_nothing(make_cluster) -> N
         assert out.returncode == 0, out.stderr
         assert "fed.eu.wl.submit.garbage" in out.stdout
         assert "job id in payload does not match subject" in out.stdout
+        newest = sorted(listed, key=lambda q: q.sequence)[-2:]  # from the end of the stream
+        assert [q.subject for q in await fed.quarantined(region="eu", limit=2)] == [q.subject for q in newest]
+        out = await asyncio.to_thread(run_fed, cluster.tmp, "quarantine", "--limit", "1")
+        assert out.stdout.count("fed.eu.wl.submit.") == 1
+        assert "(the 1 newest; --limit 0 lists every one)" in out.stderr
         record = await fed.wait("newer", timeout=60)
         assert record.state == "succeeded"
         ids = {r.id for r in await fed.jobs()}
