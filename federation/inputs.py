@@ -7,6 +7,11 @@ It sits beside :mod:`federation.schemas` rather than in it: its events and polic
 own types (:data:`~federation.core.events.Event`, :class:`~federation.core.policy.Policy`), and
 the core is built on the schemas, so the schemas cannot import the core back.
 
+One event too large for a message (a new leader's recovery snapshot of a long queue: about a
+kilobyte per job) travels in parts: its JSON encoding cut into ``fragment`` s, each in a message
+of the same ``step`` numbered ``part`` of ``parts``, the last one carrying its digest. The
+verifier joins them back into the event (:func:`decode_event`).
+
 Digests are over the commands' encodings, sorted: the order in which a round's writes are
 issued does not matter (they run concurrently), what is written does. A field added to the job
 record after trails were first recorded is left out of the digest while it holds its default
@@ -35,7 +40,11 @@ class Inputs(msgspec.Struct, kw_only=True, omit_defaults=True):
     digests: list[str] = []
     fresh: bool = False
     policy: Policy | None = None
-    skipped: int = 0  # events too large to journal: verification of this life stops there
+    skipped: int = 0  # events too large to journal (before they were sent in parts): the life stops
+    # one event in parts: its encoding's ``part``-th piece of ``parts`` (1-based); digests on the last
+    part: int = 0
+    parts: int = 0
+    fragment: bytes = b""
 
 
 _encoder = msgspec.json.Encoder()
@@ -45,6 +54,7 @@ _encoder = msgspec.json.Encoder()
 # or numbers, and quotes inside strings are escaped)
 LATER_DEFAULTS = (b',"stored":[]}',)
 _decoder = msgspec.json.Decoder(Inputs)
+_event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
 
 def decode_inputs(data: bytes) -> Inputs:
@@ -52,6 +62,16 @@ def decode_inputs(data: bytes) -> Inputs:
     its errors are msgspec's own (``DecodeError``, ``ValidationError``): ``fed audit verify``
     reports such a message as unreadable in msgspec's words."""
     return _decoder.decode(data)
+
+
+def encode_event(event: Event) -> bytes:
+    """One event's encoding, as the parts of an event too large for a message carry it."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    """An event joined back from its parts (msgspec's errors, as :func:`decode_inputs`)."""
+    return _event_decoder.decode(data)
 
 
 def digest(commands: list[Command]) -> str:
@@ -68,4 +88,4 @@ def _canonical(encoded: bytes) -> bytes:
     return encoded
 
 
-__all__ = ["LATER_DEFAULTS", "Inputs", "decode_inputs", "digest"]
+__all__ = ["LATER_DEFAULTS", "Inputs", "decode_event", "decode_inputs", "digest", "encode_event"]

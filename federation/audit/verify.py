@@ -12,6 +12,7 @@ is marked ``fresh`` and carries the epoch and policy it was created with. :func:
 each life's events, in order, to a new core and compares the digests step by step: the first
 step whose commands differ is printed in full. A life whose messages are not consecutive (a
 message lost, or a life that began before the audit stream existed) is reported, not skipped.
+An event sent in parts (too large for one message) is joined back before it is fed.
 
 Digests are over the commands' encodings, sorted (:func:`~federation.inputs.digest`): the order
 in which a round's writes are issued does not matter (they run concurrently), what is written does.
@@ -27,7 +28,7 @@ from federation import subjects
 from federation.bus import Bus
 from federation.bus.delivery import Delivery
 from federation.core.state import RegionCore
-from federation.inputs import Inputs, decode_inputs, digest
+from federation.inputs import Inputs, decode_event, decode_inputs, digest
 
 _encoder = msgspec.json.Encoder()
 
@@ -65,6 +66,7 @@ class Verifier:
         self.result = Verification()
         self.cores: dict[str, tuple[RegionCore, int]] = {}  # life -> (core, next step)
         self.broken: set[str] = set()
+        self.parts: dict[str, list[bytes]] = {}  # life -> the fragments of an event in parts so far
 
     def feed(self, region: str, delivery: Delivery) -> None:
         """Re-run one inputs message of ``region`` and compare its recorded decisions."""
@@ -77,16 +79,20 @@ class Verifier:
         life = f"{inputs.region}/{inputs.life}"
         if inputs.fresh:  # a life starts here (even under a name seen before)
             self.broken.discard(life)
+            self.parts.pop(life, None)
             self.cores[life] = (RegionCore(inputs.region, epoch=inputs.epoch, policy=inputs.policy), 0)
             result.lives += 1
         if life in self.broken:
             return
         if life not in self.cores or self.cores[life][1] != inputs.step or inputs.skipped:
             why = "a snapshot too large to journal" if inputs.skipped else f"a gap before step {inputs.step}"
-            result.unverifiable.append(f"{life}: {why}")
-            self.broken.add(life)
-            self.cores.pop(life, None)
+            self._unverifiable(life, why)
             return
+        if inputs.parts:
+            joined = self._joined(life, inputs)
+            if joined is None:
+                return  # more parts to come, or the life broke
+            inputs = joined
         core, step = self.cores[life]
         if len(inputs.events) != len(inputs.digests):
             result.unverifiable.append(f"{life}: step {step} has events and digests of unequal number")
@@ -95,6 +101,31 @@ class Verifier:
         if _replay(result, life, core, step, inputs):
             self.broken.add(life)
         self.cores[life] = (core, step + len(inputs.events))
+
+    def _joined(self, life: str, inputs: Inputs) -> Inputs | None:
+        """One part of an event sent in parts: None until its last, then the message as if the
+        event had fitted in one (a part out of order or an event that does not decode: the life
+        is unverifiable from there)."""
+        fragments = self.parts.setdefault(life, [])
+        if inputs.part != len(fragments) + 1:
+            self._unverifiable(life, f"part {inputs.part} of {inputs.parts} after {len(fragments)}")
+            return None
+        fragments.append(inputs.fragment)
+        if inputs.part < inputs.parts:
+            return None
+        del self.parts[life]
+        try:
+            event = decode_event(b"".join(fragments))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._unverifiable(life, f"the event in {inputs.parts} parts is unreadable: {exc}")
+            return None
+        return msgspec.structs.replace(inputs, events=[event], part=0, parts=0, fragment=b"")
+
+    def _unverifiable(self, life: str, why: str) -> None:
+        self.result.unverifiable.append(f"{life}: {why}")
+        self.broken.add(life)
+        self.cores.pop(life, None)
+        self.parts.pop(life, None)
 
 
 async def verify(bus: Bus, stream: str, regions: list[str]) -> Verification:

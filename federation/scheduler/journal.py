@@ -26,7 +26,7 @@ from federation.bus import Bus
 from federation.core.events import Command, Event
 from federation.core.policy import Policy
 from federation.core.state import RegionCore
-from federation.inputs import Inputs, digest
+from federation.inputs import Inputs, digest, encode_event
 
 MAX_INPUTS = 4 * 1024**2  # bytes per message (the audit stream takes 5 MiB; the server's max_payload caps it)
 HEADROOM = 4096  # bytes left under max_payload for the protocol and headers
@@ -77,30 +77,59 @@ class Journal:
             self.fresh = False
 
     def _messages(self, epoch: int, limit: int) -> list[Inputs]:
+        """The journalled events as messages of at most ``limit`` bytes each: as many events per
+        message as fit, and an event that fits in none alone in parts (:meth:`_parts`)."""
         out: list[Inputs] = []
         start = 0
         while start < len(self.events):
             end = len(self.events)
             while True:
-                message = Inputs(
-                    region=self.region,
-                    life=self.life,
-                    step=self.step + start,
-                    epoch=epoch,
-                    events=self.events[start:end],
-                    digests=self.digests[start:end],
-                    fresh=self.fresh and start == 0,
-                    policy=self.policy if self.fresh and start == 0 else None,
-                )
+                message = self._message(epoch, start, end)
                 if len(_encoder.encode(message)) <= limit:
+                    out.append(message)
                     break
-                if end - start == 1:  # one event alone is too large (a huge recovery snapshot)
-                    message = msgspec.structs.replace(message, events=[], digests=[], skipped=1)
+                if end - start == 1:  # one event alone is too large (a recovery snapshot)
+                    out += self._parts(epoch, start, limit)
                     break
                 end = start + (end - start) // 2
-            out.append(message)
             start = end
         return out
+
+    def _message(self, epoch: int, start: int, end: int) -> Inputs:
+        first = self.fresh and start == 0
+        return Inputs(
+            region=self.region,
+            life=self.life,
+            step=self.step + start,
+            epoch=epoch,
+            events=self.events[start:end],
+            digests=self.digests[start:end],
+            fresh=first,
+            policy=self.policy if first else None,
+        )
+
+    def _parts(self, epoch: int, index: int, limit: int) -> list[Inputs]:
+        """Event ``index`` in parts: its encoding cut into fragments that fit ``limit`` with the
+        message around them (a fragment is base64 in JSON: 4 bytes for 3), the digest on the last."""
+        data = encode_event(self.events[index])
+        empty = msgspec.structs.replace(
+            self._message(epoch, index, index), part=1, parts=1, digests=[self.digests[index]]
+        )
+        room = (limit - len(_encoder.encode(empty)) - 32) * 3 // 4  # 32: the part numbers' digits
+        if room < 1:
+            raise ValueError(f"a journal message of {limit} bytes cannot hold any part of an event")
+        pieces = [data[i : i + room] for i in range(0, len(data), room)]
+        first = msgspec.structs.replace(empty, digests=[])
+        return [
+            msgspec.structs.replace(
+                first if n == 1 else msgspec.structs.replace(first, fresh=False, policy=None),
+                part=n,
+                parts=len(pieces),
+                fragment=piece,
+                digests=[self.digests[index]] if n == len(pieces) else [],
+            )
+            for n, piece in enumerate(pieces, 1)
+        ]
 
 
 __all__ = ["Journal"]
