@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from federation.core.capacity import Free
+from federation.core.index import FreeIndex, Overlay
 
 if TYPE_CHECKING:
-    from federation.core.index import FreeIndex
     from federation.core.views import Region
 
 
@@ -27,8 +27,8 @@ class Workspace:
         self.work: dict[str, Free] = {}
         self.touched: set[str] = set()
         self.sealed: set[str] = set()  # nodes whose one proposal this pass preempts: nothing else goes there
-        self.index = core.index  # the region's, until this pass changes a node's key: then a copy
-        self._own_index = False
+        # the region's, until this pass changes a node's key: then an overlay of it
+        self.index: FreeIndex | Overlay = core.index
         self.expired: set[str] = set()  # nodes found with an expired offer (the core drops them)
 
     def free(self, name: str) -> Free | None:
@@ -79,7 +79,7 @@ class Workspace:
         self.sealed.add(name)
         self.drop(name)
 
-    def _writable(self) -> FreeIndex:
-        if not self._own_index:
-            self.index, self._own_index = self.index.copy(), True
+    def _writable(self) -> Overlay:
+        if isinstance(self.index, FreeIndex):
+            self.index = self.index.overlay()
         return self.index
