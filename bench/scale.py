@@ -54,6 +54,7 @@ from throughput import REGION, Observer, Region, pct, submit_all
 
 from agents.sim import SimulatedNodes
 from federation import subjects
+from federation.audit.verify import verify
 from federation.bus import Bus, Delivery
 from federation.client import Client
 from federation.errors import NotFound
@@ -155,9 +156,10 @@ async def _log_line(path: Path, text: str, timeout: float) -> float:
     return time.monotonic()
 
 
-async def queue_run(jobs: int, nodes: int, cores: int, placed: int) -> dict[str, float]:
+async def queue_run(jobs: int, nodes: int, cores: int, placed: int) -> dict[str, float | str]:
     """A region with ``jobs`` pending jobs and no capacity: the scheduler's memory, a new leader's
-    recovery, then the placement rate once ``nodes`` simulated nodes offer room."""
+    recovery and the verification of its journal, then the placement rate once ``nodes`` simulated
+    nodes offer room."""
     base = Path(tempfile.mkdtemp(prefix="fed-scale-"))
     region = Region(base)
     try:
@@ -197,6 +199,10 @@ async def queue_run(jobs: int, nodes: int, cores: int, placed: int) -> dict[str,
         t_recovered = await _log_line(log, '"recovered"', timeout=600)
         second = psutil.Process(next(c.pid for c in region.children if c.name == "scheduler-2"))
         rss2 = second.memory_info().rss
+        # fed audit verify: both leaders' lives re-run, the recovery snapshot joined from its parts
+        t_verify = time.perf_counter()
+        verified = await verify(bus, subjects.audit_stream(REGION), [REGION])
+        verify_s = time.perf_counter() - t_verify
         # capacity frees: placements while the queue is long
         observer = Observer()
         await bus.subscribe(f"$KV.{subjects.jobs_bucket(REGION)}.>", observer.on_record)
@@ -218,6 +224,9 @@ async def queue_run(jobs: int, nodes: int, cores: int, placed: int) -> dict[str,
             "all_s": all_s,
             "recovery_s": t_recovered - t_start,
             "recovered_rss_mib": rss2 / 1024**2,
+            "verified": "ok" if verified.ok else f"NOT ok: {verified.unverifiable[:1]}",
+            "verify_s": verify_s,
+            "verify_steps": verified.steps,
             "placed": placed,
             "placements_per_s": placed / (t_placed - t_room),
         }
@@ -287,9 +296,9 @@ async def regions_run(n: int, window: float) -> dict[str, float | str]:
     )
     try:
         t_start = time.monotonic()
-        await federation.start()
+        connection = await federation.start()
         started = time.monotonic() - t_start
-        fed = Client(federation.connection, federation.credentials)
+        fed = Client(connection, federation.credentials)
         try:
             end = time.monotonic() + 300  # the first views: each source's first summary
             while max(await _ages(fed, regions)) > FRESH:
@@ -407,7 +416,8 @@ async def main() -> None:
             f"{q['rss_after_mib']:.0f} MiB ({q['bytes_per_job']:,.0f} bytes per pending job); fed jobs' "
             f"page of the 100 newest read in {q['page_ms']:.0f} ms (every record: {q['all_s']:.1f} s); a new "
             f"leader recovered every record in {q['recovery_s']:.1f} s (from its process start; RSS "
-            f"{q['recovered_rss_mib']:.0f} MiB); then {q['placed']:,} placed at "
+            f"{q['recovered_rss_mib']:.0f} MiB); fed audit verify {q['verified']} ({q['verify_steps']:,} "
+            f"steps re-run in {q['verify_s']:.1f} s); then {q['placed']:,} placed at "
             f"{q['placements_per_s']:,.0f}/s once 100 nodes x 64 cores offered room",
             flush=True,
         )
