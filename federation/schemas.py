@@ -693,16 +693,18 @@ def decode_tenant_reply(data: bytes) -> TenantReply:
     return msgspec.json.decode(data, type=TenantReply)
 
 
-def decode_summaries(values: Iterable[bytes], *, without: str = "") -> dict[str, Summary]:
-    """Region summaries by region, skipping anything that is not a readable summary and the
-    region ``without`` (a region's views stream holds its own view too)."""
+def decode_summaries(values: Iterable[tuple[str, bytes]], *, without: str = "") -> dict[str, Summary]:
+    """Region summaries by region from (the region that published it, its bytes): skipping
+    anything that is not a readable summary, a summary that speaks for another region than its
+    publisher (a region's permissions let it publish only its own subjects, so the subject says
+    who sent it), and the region ``without`` (a region's views stream holds its own view too)."""
     out: dict[str, Summary] = {}
-    for data in values:
+    for origin, data in values:
         try:
             message = decode_message(data)
         except (MalformedMessage, MessageTooLarge):
             continue
-        if isinstance(message, Summary) and message.region != without:
+        if isinstance(message, Summary) and message.region == origin and message.region != without:
             out[message.region] = message
     return out
 

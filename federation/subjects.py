@@ -137,6 +137,12 @@ def view(region: str) -> str:
     return f"fed.{region}.view"
 
 
+def view_origin(subject: str) -> str:
+    """The region a ``fed.<region>.view`` subject was published by ("" for any other subject)."""
+    parts = subject.split(".")
+    return parts[1] if len(parts) == 3 and parts[0] == "fed" and parts[2] == "view" else ""
+
+
 def handoff(region: str, job: str) -> str:
     """A job offered to ``region`` by another region's scheduler (core request/reply via the hub)."""
     return f"fed.{region}.handoff.{job}"

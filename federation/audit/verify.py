@@ -121,6 +121,13 @@ class Verifier:
             return None
         return msgspec.structs.replace(inputs, events=[event], part=0, parts=0, fragment=b"")
 
+    def finish(self) -> Verification:
+        """The result, once every message was fed: an event whose parts stop before their last (a
+        leader killed while it sent them) leaves its life unverifiable from there."""
+        for life, fragments in list(self.parts.items()):
+            self._unverifiable(life, f"the trail ends after part {len(fragments)} of an event in parts")
+        return self.result
+
     def _unverifiable(self, life: str, why: str) -> None:
         self.result.unverifiable.append(f"{life}: {why}")
         self.broken.add(life)
@@ -134,7 +141,7 @@ async def verify(bus: Bus, stream: str, regions: list[str]) -> Verification:
     for region in regions:
         async for delivery in bus.follow(stream, subjects.inputs(region), until_caught_up=True):
             verifier.feed(region, delivery)
-    return verifier.result
+    return verifier.finish()
 
 
 def _replay(result: Verification, life: str, core: RegionCore, step: int, inputs: Inputs) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 from federation.bus.delivery import Delivery
 from federation.bus.messaging import Messaging
-from federation.errors import FederationUnavailable
+from federation.errors import FederationUnavailable, InvalidRequest
 
 BATCH = 1000
 MULTI_LAST = 10_000  # subjects one multi_last answer may hold (a region's nodes, say)
@@ -120,17 +120,21 @@ async def recent(
     met is an older version and skipped. On a later page (``below``) a subject may have been
     written again above it: each window's candidates are checked against their subjects' last
     messages now (one ``multi_last``), and only those still last are kept. A removed subject's
-    marker hides it (never returned)."""
+    marker hides it (never returned).
+
+    Meant for a stream whose every message matches ``filter_subject`` (a bucket's, with
+    ``$KV.<bucket>.>``): a window asks for its messages from its lowest sequence up, so with a
+    filter that few messages match each window would read on past its end."""
+    if limit < 1:
+        raise InvalidRequest(f"a page holds at least one message, not {limit}")
     hi = (below - 1) if below else top
     seen: set[str] = set()
     out: list[Delivery] = []
     while hi >= 1 and len(out) < limit:
         lo = max(1, hi - window + 1)
-        request = {"seq": lo, "batch": hi - lo + 1, "next_by_subj": filter_subject}
-        items, status = await messaging.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
-        _answered(stream, status)
+        items = await _window(messaging, stream, filter_subject, lo, hi)
         candidates: list[Delivery] = []
-        for item in sorted((i for i in items if i.sequence <= hi), key=lambda i: -i.sequence):
+        for item in sorted(items, key=lambda i: -i.sequence):
             if item.subject not in seen:
                 seen.add(item.subject)
                 candidates.append(item)
@@ -144,12 +148,36 @@ async def recent(
     return out, (out[-1].sequence if len(out) == limit and out[-1].sequence > 1 else 0)
 
 
+async def _window(messaging: Messaging, stream: str, filter_subject: str, lo: int, hi: int) -> list[Delivery]:
+    """The messages of ``stream`` from sequence ``lo`` to ``hi``: one batched direct get, asked
+    again from where it stopped if the server cut its answer short (it bounds an answer's bytes)."""
+    items: list[Delivery] = []
+    start = lo
+    while start <= hi:
+        request = {"seq": start, "batch": hi - start + 1, "next_by_subj": filter_subject}
+        got, status = await messaging.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
+        _answered(stream, status)
+        items += [item for item in got if item.sequence <= hi]
+        if not got or got[-1].sequence >= hi or int(status.get("Nats-Num-Pending", 0) or 0) == 0:
+            break
+        start = got[-1].sequence + 1
+    return items
+
+
 async def _last_sequences(messaging: Messaging, stream: str, subjects: list[str]) -> dict[str, int]:
-    """Each of ``subjects``' last sequence in ``stream`` now (one ``multi_last`` direct get)."""
-    request = {"multi_last": subjects, "batch": len(subjects)}
-    items, status = await messaging.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
-    _answered(stream, status)
-    return {item.subject: item.sequence for item in items}
+    """Each of ``subjects``' last sequence in ``stream`` now (``multi_last`` direct gets: asked
+    again for those an answer cut short left out)."""
+    last: dict[str, int] = {}
+    wanted = list(subjects)
+    while wanted:
+        request = {"multi_last": wanted, "batch": len(wanted)}
+        items, status = await messaging.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
+        _answered(stream, status)
+        last.update((item.subject, item.sequence) for item in items)
+        if not items or int(status.get("Nats-Num-Pending", 0) or 0) == 0:
+            break
+        wanted = [subject for subject in wanted if subject not in last]
+    return last
 
 
 def _answered(stream: str, status: dict[str, str]) -> None:

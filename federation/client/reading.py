@@ -46,6 +46,32 @@ def _record(item: Delivery) -> JobRecord | None:
     return readable[0] if readable else None
 
 
+Page = tuple[list[tuple[int, JobRecord]], int]  # (sequence, record) newest first, next page's below
+
+
+def _newest(pages: dict[str, Page], limit: int) -> tuple[list[JobRecord], dict[str, int]]:
+    """Up to ``limit`` records taken from the fronts of the regions' pages (each newest first in its
+    own stream's order), the most recently updated front first, and each region's cursor: where
+    what was taken of it stops. Only a front is ever taken, so no record is shown twice or skipped
+    across pages, even where ``updated_at`` does not follow a region's stream order."""
+    taken: list[JobRecord] = []
+    fronts = dict.fromkeys(pages, 0)
+    while len(taken) < limit:
+        ready = [name for name, (read, _) in pages.items() if fronts[name] < len(read)]
+        if not ready:
+            break
+        name = max(ready, key=lambda n: pages[n][0][fronts[n]][1].updated_at)
+        taken.append(pages[name][0][fronts[name]][1])
+        fronts[name] += 1
+    cursor: dict[str, int] = {}
+    for name, (read, further) in pages.items():
+        if fronts[name] < len(read):  # read but not taken: the next page starts with it
+            cursor[name] = read[fronts[name]][0] + 1
+        elif further:
+            cursor[name] = further
+    return taken, cursor
+
+
 def _listed(records: list[JobRecord], *, across: bool) -> list[JobRecord]:
     """Records as a listing shows them: oldest first; ``across`` regions, a job handed to another
     region only once, by the region it lives in."""
@@ -253,7 +279,7 @@ class Reading(Connections):
         if self.tenant:
             records = await self.jobs(region=region, state=state)
             return JobsPage(records=records[-limit:], cursor={})
-        pages: dict[str, tuple[list[tuple[int, JobRecord]], int]] = {}
+        pages: dict[str, Page] = {}
         for name in names:
             bus = await self.bus(name)
             found: dict[int, JobRecord] = {}
@@ -270,20 +296,8 @@ class Reading(Connections):
                 subjects.jobs_bucket(name), limit=limit, below=below, keep=keep
             )
             pages[name] = ([(item.sequence, found[item.sequence]) for item in latest], further)
-        newest = sorted(
-            ((name, seq, record) for name, (read, _) in pages.items() for seq, record in read),
-            key=lambda entry: entry[2].updated_at,
-            reverse=True,
-        )[:limit]
-        shown = {(name, seq) for name, seq, _ in newest}
-        next_cursor: dict[str, int] = {}
-        for name, (read, further) in pages.items():
-            left = [seq for seq, _ in read if (name, seq) not in shown]
-            if left:  # read but not shown: the next page starts with them
-                next_cursor[name] = max(left) + 1
-            elif further:
-                next_cursor[name] = further
-        records = _listed([record for _, _, record in newest], across=not region)
+        newest, next_cursor = _newest(pages, limit)
+        records = _listed(newest, across=not region)
         return JobsPage(records=records, cursor=next_cursor)
 
     async def logs(

@@ -114,7 +114,7 @@ class Status(Auditing):
         return _with_jobs(region, records)
 
     async def views(self, region: str) -> dict[str, Summary]:
-        """``region``'s view of the others: their summaries as sourced into it (each with its ``at``).
+        """``region``'s view of the others: their summaries as broadcast to it (each with its ``at``).
 
         Read from the region's own stream, so it answers while the region is cut off; a view that
         stopped moving is stale.
@@ -123,7 +123,8 @@ class Status(Auditing):
         if await bus.last_sequence(subjects.views_stream(region)) is None:
             return {}
         latest = await bus.latest(subjects.views_stream(region), subjects.view("*"))
-        return decode_summaries((item.data for item in latest.values()), without=region)
+        views = ((subjects.view_origin(item.subject), item.data) for item in latest.values())
+        return decode_summaries(views, without=region)
 
     async def summary(self, region: str) -> Summary | None:
         """The region's latest capacity summary as its leader published it (None before the first)."""

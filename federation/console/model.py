@@ -100,10 +100,11 @@ class RegionState:
         if isinstance(message, Summary):
             self.summary = message
 
-    def viewed(self, data: bytes) -> None:
-        """A peer's summary as sourced into this region."""
+    def viewed(self, origin: str, data: bytes) -> None:
+        """A peer's summary as broadcast to this region by ``origin`` (one that speaks for another
+        region than its publisher is ignored)."""
         message = _message(data)
-        if isinstance(message, Summary) and message.region != self.name:
+        if isinstance(message, Summary) and message.region == origin and message.region != self.name:
             self.views[message.region] = message
 
     # --- what the pages show -----------------------------------------------------------------------

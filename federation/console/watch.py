@@ -71,7 +71,11 @@ def sources(region: str) -> list[Source]:
         ),
         Source(f"KV_{lease}", f"$KV.{lease}.{subjects.LEADER_KEY}", lambda s, d: s.leased(d.data, d.removed)),
         Source(subjects.summary_stream(region), subjects.summary(region), lambda s, d: s.summarised(d.data)),
-        Source(subjects.views_stream(region), subjects.view("*"), lambda s, d: s.viewed(d.data)),
+        Source(
+            subjects.views_stream(region),
+            subjects.view("*"),
+            lambda s, d: s.viewed(subjects.view_origin(d.subject), d.data),
+        ),
     ]
 
 

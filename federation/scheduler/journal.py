@@ -20,6 +20,7 @@ from __future__ import annotations
 import secrets
 
 import msgspec
+import structlog
 
 from federation import subjects
 from federation.bus import Bus
@@ -32,6 +33,7 @@ MAX_INPUTS = 4 * 1024**2  # bytes per message (the audit stream takes 5 MiB; the
 HEADROOM = 4096  # bytes left under max_payload for the protocol and headers
 
 _encoder = msgspec.json.Encoder()
+log = structlog.get_logger()
 
 
 class Journal:
@@ -45,6 +47,7 @@ class Journal:
         self.policy: Policy | None = None
         self.events: list[Event] = []
         self.digests: list[str] = []
+        self.failing = False  # the last flush failed (said once)
 
     def begin(self, core: RegionCore) -> None:
         """A new, empty core: a new life."""
@@ -68,8 +71,11 @@ class Journal:
         try:
             for message in self._messages(epoch, min(MAX_INPUTS, bus.max_payload - HEADROOM)):
                 await bus.publish(subjects.inputs(self.region), _encoder.encode(message))
-        except Exception:  # a server away: the life's next message shows the gap
-            pass
+            self.failing = False
+        except Exception as exc:  # a server away: the life's next message shows the gap
+            if not self.failing:  # once per outage, not once per batch
+                log.warning("journal not sent: verify will see a gap", region=self.region, error=str(exc))
+            self.failing = True
         finally:
             self.step += len(self.events)
             self.events.clear()

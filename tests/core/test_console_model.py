@@ -54,13 +54,15 @@ def test_links_show_a_region_cut_off_only_when_summaries_stop_both_ways() -> Non
     for name, region in board.regions.items():
         for peer in board.regions:
             if peer != name:
-                region.viewed(summary(peer, fresh))
+                region.viewed(peer, summary(peer, fresh))
     assert {link.state for link in board.links(NOW)} == {"linked"}
+    board.regions["us"].viewed("ap", summary("eu", stale))  # ap speaking for eu: ignored
+    assert board.regions["us"].views["eu"].at == fresh
 
-    board.regions["us"].viewed(summary("eu", stale))  # us no longer hears from anyone...
-    board.regions["us"].viewed(summary("ap", stale))
-    board.regions["eu"].viewed(summary("us", stale))  # ...and nobody hears from us
-    board.regions["ap"].viewed(summary("us", stale))
+    board.regions["us"].viewed("eu", summary("eu", stale))  # us no longer hears from anyone...
+    board.regions["us"].viewed("ap", summary("ap", stale))
+    board.regions["eu"].viewed("us", summary("us", stale))  # ...and nobody hears from us
+    board.regions["ap"].viewed("us", summary("us", stale))
     links = {link.region: link for link in board.links(NOW)}
     assert links["us"].state == "cut off"
     assert links["eu"].state == links["ap"].state == "linked"  # they still hear each other

@@ -74,7 +74,7 @@ def test_an_event_too_large_for_one_message_goes_in_parts_and_verifies_whole() -
     verifier = Verifier()
     for delivery in _deliveries(messages):
         verifier.feed("eu", delivery)
-    assert verifier.result.ok, verifier.result
+    assert verifier.finish().ok, verifier.result
     assert (verifier.result.lives, verifier.result.steps) == (1, 4)  # the recovery, then three ticks
 
 
@@ -88,3 +88,17 @@ def test_a_missing_part_makes_the_life_unverifiable_and_says_which() -> None:
     (why,) = verifier.result.unverifiable
     assert why.endswith(f"part 4 of {messages[lost].parts} after 2")
     assert verifier.result.steps == 0
+
+
+def test_parts_that_stop_before_their_last_leave_the_life_unverifiable() -> None:
+    """A leader killed while it sent its recovery's parts: the life cannot be re-run whole."""
+    messages = _recovered_life(200)._messages(epoch=1, limit=3000)
+    last = max(i for i, m in enumerate(messages) if m.parts)
+    verifier = Verifier()
+    for delivery in _deliveries(messages[:last]):
+        verifier.feed("eu", delivery)
+    assert verifier.result.ok  # nothing wrong seen yet: the last part may still come
+    result = verifier.finish()
+    assert not result.ok
+    (why,) = result.unverifiable
+    assert why.endswith(f"the trail ends after part {last} of an event in parts")

@@ -58,7 +58,7 @@ def test_recorded_trail_verifies(region: str) -> None:
     for delivery in deliveries(region):
         if delivery.subject == subjects.inputs(region):
             verifier.feed(region, delivery)
-    assert verifier.result.ok, verifier.result
+    assert verifier.finish().ok, verifier.result
     assert verifier.result.steps > 0
     assert verifier.result.lives == 1
 

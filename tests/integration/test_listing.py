@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -124,3 +125,22 @@ async def test_fed_jobs_pages_through_every_region_with_the_cursor_it_prints(mak
     bad = await fed(cluster.tmp, "jobs", "--before", "aa")
     assert bad.returncode != 0
     assert "expected what a page printed" in bad.stderr
+
+
+async def test_a_later_page_checks_a_whole_window_of_keys_at_once(make_cluster) -> None:
+    """A page below a cursor, over more keys than one window: up to a window's worth of subjects
+    are asked for their last versions in one ``multi_last``, which the server must answer whole."""
+    cluster = await make_cluster(regions=("aa",), agents=0)
+    bus = await Bus.connect(cluster.url("aa"), "test-listing-wide", retry_forever=False)
+    try:
+        await bus.ensure_stream(bucket("wide", 2))
+        for start in range(0, 2500, 250):
+            await asyncio.gather(*(bus.store(f"$KV.wide.k{i:04d}", b"v") for i in range(start, start + 250)))
+        first, below = await bus.kv_recent("wide", limit=10)
+        rest, further = await bus.kv_recent("wide", limit=2490, below=below)
+        assert further == 0
+        keys = [_key(i) for i in first + rest]
+        assert sorted(keys) == [f"k{i:04d}" for i in range(2500)]
+        assert len(set(keys)) == 2500
+    finally:
+        await bus.close()

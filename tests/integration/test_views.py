@@ -112,11 +112,20 @@ async def test_a_views_stream_of_the_older_layout_is_changed_to_capture_every_vi
         assert facts.sources == ()
         summary = Summary(region="zz", at=time.time(), nodes=3)
         await bus.publish(subjects.view("zz"), encode(summary))
+        # a region may publish only its own subjects: one speaking for another is not believed
+        await bus.publish(subjects.view("xx"), encode(Summary(region="yy", at=time.time(), nodes=9)))
 
         async def captured() -> object:
             latest = await bus.latest(views, subjects.view("*"))
-            return decode_summaries(item.data for item in latest.values()).get("zz")
+            return decode_summaries((subjects.view_origin(i.subject), i.data) for i in latest.values()).get(
+                "zz"
+            )
 
         assert await eventually(captured, timeout=10) == summary
+        latest = await bus.latest(views, subjects.view("*"))
+        assert subjects.view("xx") in latest  # stored, as the broadcast it claims to be...
+        assert "yy" not in decode_summaries(
+            (subjects.view_origin(i.subject), i.data) for i in latest.values()
+        )
     finally:
         await bus.close()
