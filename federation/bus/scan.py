@@ -34,14 +34,21 @@ async def scan(
     start_sequence: int = 0,
     start_time: float = 0.0,
     *,
+    end_sequence: int = 0,
     batch: int = BATCH,
     domain: str = "",
 ) -> AsyncIterator[Delivery]:
     """Every message of ``stream`` on ``filter_subject`` stored now, from ``start_sequence`` (or
-    the first stored at ``start_time``); with ``last_per_subject`` only each subject's latest.
-    Each batch of up to ``batch`` messages is one :meth:`~federation.bus.messaging.Messaging.gather`
-    of ``messaging``; ``domain`` reads another region's stream (through the hub)."""
-    request: dict[str, object] = {"batch": batch, "next_by_subj": filter_subject}
+    the first stored at ``start_time``) to ``end_sequence`` (0: the last); with
+    ``last_per_subject`` only each subject's latest. Each batch of up to ``batch`` messages is one
+    :meth:`~federation.bus.messaging.Messaging.gather` of ``messaging`` (an answer the server cut
+    short is followed by the next batch from where it stopped); ``domain`` reads another
+    region's stream (through the hub)."""
+
+    def sized(first: int) -> int:  # a batch never asks past end_sequence
+        return min(batch, end_sequence - first + 1) if end_sequence else batch
+
+    request: dict[str, object] = {"batch": sized(max(1, start_sequence)), "next_by_subj": filter_subject}
     if start_time and not start_sequence:
         when = datetime.datetime.fromtimestamp(start_time, datetime.UTC)
         request["start_time"] = when.isoformat().replace("+00:00", "Z")
@@ -55,10 +62,13 @@ async def scan(
         while True:
             items, status = answer
             _answered(stream, status)  # 404: nothing (more) to read
+            if end_sequence:
+                items = [item for item in items if item.sequence <= end_sequence]
             code = status.get("Status", "")
             more = bool(items) and code == "204" and int(status.get("Nats-Num-Pending", 0)) > 0
-            if more:  # ask for the next batch while this one is read
-                request = {"batch": batch, "next_by_subj": filter_subject, "seq": items[-1].sequence + 1}
+            following = items[-1].sequence + 1 if items else 0
+            if more and (not end_sequence or following <= end_sequence):  # the next batch, read ahead
+                request = {"batch": sized(following), "next_by_subj": filter_subject, "seq": following}
                 ahead = asyncio.create_task(messaging.gather(subject, json.dumps(request).encode()))
             for item in items:
                 if last_per_subject:
@@ -132,7 +142,8 @@ async def recent(
     out: list[Delivery] = []
     while hi >= 1 and len(out) < limit:
         lo = max(1, hi - window + 1)
-        items = await _window(messaging, stream, filter_subject, lo, hi)
+        reading = scan(messaging, stream, filter_subject, start_sequence=lo, end_sequence=hi, batch=window)
+        items = [item async for item in reading]
         candidates: list[Delivery] = []
         for item in sorted(items, key=lambda i: -i.sequence):
             if item.subject not in seen:
@@ -146,22 +157,6 @@ async def recent(
     if len(out) > limit:
         out = out[:limit]
     return out, (out[-1].sequence if len(out) == limit and out[-1].sequence > 1 else 0)
-
-
-async def _window(messaging: Messaging, stream: str, filter_subject: str, lo: int, hi: int) -> list[Delivery]:
-    """The messages of ``stream`` from sequence ``lo`` to ``hi``: one batched direct get, asked
-    again from where it stopped if the server cut its answer short (it bounds an answer's bytes)."""
-    items: list[Delivery] = []
-    start = lo
-    while start <= hi:
-        request = {"seq": start, "batch": hi - start + 1, "next_by_subj": filter_subject}
-        got, status = await messaging.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
-        _answered(stream, status)
-        items += [item for item in got if item.sequence <= hi]
-        if not got or got[-1].sequence >= hi or int(status.get("Nats-Num-Pending", 0) or 0) == 0:
-            break
-        start = got[-1].sequence + 1
-    return items
 
 
 async def _last_sequences(messaging: Messaging, stream: str, subjects: list[str]) -> dict[str, int]:

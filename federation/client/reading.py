@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from federation import subjects
 from federation.bus import FAILOVER, Delivery
 from federation.client.connections import Connections
-from federation.client.records import Explanation, _readable
+from federation.client.records import Explanation, _readable, _record
 from federation.errors import FederationUnavailable, InvalidRequest, NotFound, RemoteProtocolError
 from federation.schemas import (
     PRIORITY_RANK,
@@ -37,13 +37,6 @@ class JobsPage:
 
     records: list[JobRecord]
     cursor: dict[str, int]
-
-
-def _record(item: Delivery) -> JobRecord | None:
-    """The job record a bucket message holds (None: unreadable, logged and skipped)."""
-    values = {subjects.last_token(item.subject): (item.data, item.sequence)}
-    readable = _readable(values)
-    return readable[0] if readable else None
 
 
 Page = tuple[list[tuple[int, JobRecord]], int]  # (sequence, record) newest first, next page's below
@@ -285,7 +278,7 @@ class Reading(Connections):
             found: dict[int, JobRecord] = {}
 
             def keep(item: Delivery, found: dict[int, JobRecord] = found) -> bool:
-                record = _record(item)
+                record = _record(subjects.last_token(item.subject), item.data)
                 if record is None or (state is not None and record.state != state):
                     return False
                 found[item.sequence] = record

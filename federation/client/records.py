@@ -132,10 +132,13 @@ def _score(score: tuple[int, ...]) -> str:
 
 def _readable(values: dict[str, tuple[bytes, int]]) -> list[JobRecord]:
     """Decode job records, skipping (and logging) unreadable ones: one corrupt key hides no others."""
-    out = []
-    for key, (value, _) in values.items():
-        try:
-            out.append(decode(JobRecord, value))
-        except RemoteProtocolError as exc:
-            log.warning("unreadable job record skipped", job=key, error=str(exc))
-    return out
+    return [record for key, (value, _) in values.items() if (record := _record(key, value)) is not None]
+
+
+def _record(key: str, value: bytes) -> JobRecord | None:
+    """The job record stored under ``key`` (None: unreadable, logged and skipped)."""
+    try:
+        return decode(JobRecord, value)
+    except RemoteProtocolError as exc:
+        log.warning("unreadable job record skipped", job=key, error=str(exc))
+        return None
