@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from federation.core.queueing import Queue
 from federation.schemas import Allocation, Decision
 
 
@@ -22,5 +23,5 @@ class Plan:
     reclaims: set[str] = field(default_factory=set)
     decisions: dict[str, Decision] = field(default_factory=dict)
     waiting: dict[str, tuple[str, Decision]] = field(default_factory=dict)
-    queue: list[tuple[tuple[int, float, int], str]] = field(default_factory=list)
+    queue: Queue = field(default_factory=Queue)
     expired: set[str] = field(default_factory=set)  # nodes whose offers expired: out of the index

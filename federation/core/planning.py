@@ -46,6 +46,7 @@ from federation.core.admission import UNLIMITED, Quotas, movable
 from federation.core.capacity import Free
 from federation.core.plan import Plan
 from federation.core.policy import lower
+from federation.core.queueing import Queue
 from federation.core.workspace import Workspace
 from federation.resources import format_memory
 from federation.schemas import PRIORITY_RANK, Allocation, Candidate, Decision, Offer, Submit
@@ -87,22 +88,18 @@ class Pass:
             end = bisect.bisect_left(queue, ((rank + 1, -math.inf, -1), ""), start)  # the level's end
             if self._full(rank):
                 break  # no room anywhere and nobody left who may preempt or reclaim
-            for view in self._fair(queue[start:end]):
+            for view in self._fair(queue, start, end, rank):
                 if self._full(rank):
                     break  # the same, reached within this level: the rest is explained by shape
                 position += 1
                 if self._consider(view, plan, position):
                     placed.add(view.record.id)
             start = end
-        plan.queue = list(queue)
+        plan.queue = queue.copy()
         plan.expired = self.space.expired
         for job in placed:  # a few per pass: found by bisection, not by a walk of the queue
-            entry = (core.jobs[job].order, job)
-            index = bisect.bisect_left(plan.queue, entry)
-            if index < len(plan.queue) and plan.queue[index] == entry:
-                del plan.queue[index]
-            else:  # queued under another order than its view's: by its id
-                plan.queue = [e for e in plan.queue if e[1] != job]
+            if not plan.queue.remove(core.jobs[job]):
+                plan.queue.remove_any(core.jobs[job])  # queued under another order than its view's
         return plan
 
     def _full(self, rank: int) -> bool:
@@ -110,15 +107,19 @@ class Pass:
         proposal left to make (each makes one per pass), and none of them may preempt or reclaim."""
         return not self.space.index and rank > self.last_preemptor and not self.quotas.borrowing()
 
-    def _fair(self, entries: list[tuple[tuple[int, float, int], str]]) -> Iterator[JobView]:
-        """One priority level's jobs: each tenant in submission order, the lowest dominant share next."""
-        lines: dict[str, deque[JobView]] = {}
-        for entry in entries:
-            view = self.core.jobs[entry[1]]
-            lines.setdefault(view.record.spec.tenant, deque()).append(view)
-        if len(lines) == 1:
-            yield from next(iter(lines.values()))
+    def _fair(self, queue: Queue, start: int, end: int, rank: int) -> Iterator[JobView]:
+        """One priority level's jobs (``queue[start:end]``): each tenant in submission order, the
+        lowest dominant share next; a level of one tenant is taken in order, as far as the pass
+        gets (not sorted into lines first: its length is the burst's)."""
+        jobs = self.core.jobs
+        if queue.tenants(rank) <= 1:
+            for index in range(start, end):
+                yield jobs[queue[index][1]]
             return
+        lines: dict[str, deque[JobView]] = {}
+        for index in range(start, end):
+            view = jobs[queue[index][1]]
+            lines.setdefault(view.record.spec.tenant, deque()).append(view)
         heap = [(self.quotas.share(tenant), line[0].order, tenant) for tenant, line in lines.items()]
         heapq.heapify(heap)
         while heap:

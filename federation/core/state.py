@@ -61,8 +61,6 @@ No I/O, no clock, no randomness, no logging: same events, same commands.
 
 from __future__ import annotations
 
-import bisect
-
 import msgspec
 
 from federation.core import capacity
@@ -94,6 +92,7 @@ from federation.core.index import FreeIndex
 from federation.core.plan import Plan
 from federation.core.planning import Pass
 from federation.core.policy import Policy
+from federation.core.queueing import Queue
 from federation.core.spill import Spill, judge
 from federation.core.views import ALLOWED, GangProgress, JobView, NodeView, holds, next_attempt, rebuilt
 from federation.errors import LocalProtocolError
@@ -122,7 +121,7 @@ class RegionCore:
         self.index = FreeIndex()
         self.nodes: dict[str, NodeView] = {}
         self.jobs: dict[str, JobView] = {}
-        self.queue: list[tuple[tuple[int, float, int], str]] = []
+        self.queue = Queue()
         self.dirty: set[str] = set()
         self.holders: dict[str, set[str]] = {}  # job -> nodes whose ledger holds an attempt of it
         self.in_flight: set[str] = set()
@@ -328,7 +327,7 @@ class RegionCore:
         if record.spec.after and record.state == "pending":
             self.dependencies.admitted(record.id)
         if record.state == "pending":
-            bisect.insort(self.queue, (view.order, record.id))
+            self.queue.add(view)
             self.unexplained.add(record.id)
         if record.state in ("pending", "forwarded") or record.handoffs:
             self.spill.admitted(self, view, at)
@@ -608,7 +607,7 @@ class RegionCore:
             elif view.cancel_pending:
                 self.move(job, "cancelled", at, view.cancel_pending)
             else:
-                bisect.insort(self.queue, (view.order, job))
+                self.queue.add(view)
             view.decision = None
         # activations stay in node.activations: the next pass proposes them again on the fresh ledger
         self._settled(node)
@@ -675,7 +674,7 @@ class RegionCore:
         if view.cancel_pending:
             self.move(view.record.id, "cancelled", at, view.cancel_pending)
         else:
-            bisect.insort(self.queue, (view.order, view.record.id))
+            self.queue.add(view)
 
     # --- record changes ---------------------------------------------------------------------------
 
@@ -741,7 +740,7 @@ class RegionCore:
             member_exits={},
             not_before=not_before,
         )
-        bisect.insort(self.queue, (view.order, job))
+        self.queue.add(view)
 
     def amend(self, job: str, **changes: object) -> None:
         """Change fields of a job's record other than its state; the record is written next tick."""
@@ -765,13 +764,10 @@ class RegionCore:
 
     def requeue_now(self, job: str) -> None:
         """Put a pending job back in the queue, in its place by priority and age."""
-        bisect.insort(self.queue, (self.jobs[job].order, job))
+        self.queue.add(self.jobs[job])
 
     def unqueue(self, job: str) -> None:
-        view = self.jobs[job]
-        index = bisect.bisect_left(self.queue, (view.order, job))
-        if index < len(self.queue) and self.queue[index][1] == job:
-            del self.queue[index]
+        self.queue.remove(self.jobs[job])
 
     def _release(self, job: str) -> None:
         """Remove every allocation of ``job`` (each gang member) at the next write of its nodes."""

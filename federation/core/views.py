@@ -17,6 +17,7 @@ from federation.schemas import Allocation, Decision, JobRecord, JobState, Ledger
 if TYPE_CHECKING:
     from federation.core.index import FreeIndex
     from federation.core.policy import Policy
+    from federation.core.queueing import Queue
 
 # The forward-only state machine (I5). "preempted" and "forwarded" arrive with later policies.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -145,7 +146,7 @@ class Region(Protocol):
     index: FreeIndex  # usable nodes by free capacity (a pass reads it; only the state changes it)
     nodes: dict[str, NodeView]
     jobs: dict[str, JobView]
-    queue: list[tuple[tuple[int, float, int], str]]  # pending jobs by (priority, age), placeable now
+    queue: Queue  # pending jobs by (priority, age), placeable now
     reclaims: set[str]  # jobs within quota waiting for borrowers to give it back
     arrays: dict[str, list[str]]  # job array id -> its elements here
 

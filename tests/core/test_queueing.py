@@ -1,0 +1,74 @@
+"""The region's queue: its order, its per-level tenant counts, and the fair order a pass takes."""
+
+from __future__ import annotations
+
+from federation.core.events import OfferSeen, Submitted
+from federation.core.planning import Pass
+from federation.core.state import RegionCore
+from federation.schemas import Offer, Submit
+
+
+def core_with(jobs: list[tuple[str, str, str]], slots: int = 8) -> RegionCore:
+    """A core with one node of ``slots`` one-core slots and ``(id, tenant, priority)`` submitted
+    one second apart, in that order."""
+    core = RegionCore("eu")
+    offer = Offer(
+        node="n1",
+        region="eu",
+        cores=list(range(slots)),
+        memory=64 << 30,
+        max_allocations=slots,
+        expires_at=1e9,
+    )
+    core.handle(OfferSeen(offer=offer))
+    for i, (job, tenant, priority) in enumerate(jobs):
+        spec = Submit(id=job, command=["true"], tenant=tenant, priority=priority)  # type: ignore[arg-type]
+        core.handle(Submitted(spec=spec, at=10.0 + i))
+    return core
+
+
+def placed_order(core: RegionCore) -> list[str]:
+    plan = Pass(core, 100.0).run()
+    return [allocation.job for allocation in plan.placed.get("n1", [])]
+
+
+def test_the_queue_counts_each_levels_tenants_through_adds_removes_and_copies() -> None:
+    core = core_with(
+        [("a1", "a", "medium"), ("a2", "a", "medium"), ("b1", "b", "medium"), ("h1", "a", "high")]
+    )
+    queue = core.queue
+    normal, high = core.jobs["a1"].order[0], core.jobs["h1"].order[0]
+    assert [job for _, job in queue] == ["h1", "a1", "a2", "b1"]
+    assert (queue.tenants(normal), queue.tenants(high)) == (2, 1)
+    copy = queue.copy()
+    assert copy.remove(core.jobs["b1"])
+    assert (copy.tenants(normal), queue.tenants(normal)) == (1, 2)  # the copy is its own
+    assert not copy.remove(core.jobs["b1"])  # not queued any more: nothing changes
+    assert copy.tenants(normal) == 1
+    core.unqueue("a1")
+    core.unqueue("a2")
+    assert queue.tenants(normal) == 1
+    assert [job for _, job in queue] == ["h1", "b1"]
+    core.requeue_now("a1")
+    assert queue.tenants(normal) == 2
+    assert [job for _, job in queue] == ["h1", "a1", "b1"]
+
+
+def test_one_tenant_is_taken_in_submission_order_and_two_by_dominant_share() -> None:
+    alone = core_with([(f"a{i}", "a", "medium") for i in range(5)], slots=3)
+    assert placed_order(alone) == ["a0", "a1", "a2"]
+    # b's one job arrives after a's four: with a's first placed, b's share is the lower one
+    shared = core_with([(f"a{i}", "a", "medium") for i in range(4)] + [("b0", "b", "medium")], slots=3)
+    assert placed_order(shared) == ["a0", "b0", "a1"]
+    # each priority level is shared out on its own: the high one first
+    levels = core_with([("a0", "a", "medium"), ("b0", "b", "medium"), ("h0", "a", "high")], slots=2)
+    assert placed_order(levels) == ["h0", "b0"]
+
+
+def test_a_pass_leaves_the_queue_counts_as_its_placements_left_them() -> None:
+    core = core_with([("a0", "a", "medium"), ("b0", "b", "medium"), ("b1", "b", "medium")], slots=2)
+    plan = Pass(core, 100.0).run()
+    rank = core.jobs["a0"].order[0]
+    assert [job for _, job in plan.queue] == ["b1"]
+    assert plan.queue.tenants(rank) == 1
+    assert core.queue.tenants(rank) == 2  # the pass changed only its plan's copy
