@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from federation.core.queueing import Queue
 from federation.schemas import Allocation, Decision
 
 
@@ -23,5 +22,5 @@ class Plan:
     reclaims: set[str] = field(default_factory=set)
     decisions: dict[str, Decision] = field(default_factory=dict)
     waiting: dict[str, tuple[str, Decision]] = field(default_factory=dict)
-    queue: Queue = field(default_factory=Queue)
+    dequeued: set[str] = field(default_factory=set)  # placed: out of the queue when carried out
     expired: set[str] = field(default_factory=set)  # nodes whose offers expired: out of the index

@@ -95,11 +95,8 @@ class Pass:
                 if self._consider(view, plan, position):
                     placed.add(view.record.id)
             start = end
-        plan.queue = queue.copy()
+        plan.dequeued = placed
         plan.expired = self.space.expired
-        for job in placed:  # a few per pass: found by bisection, not by a walk of the queue
-            if not plan.queue.remove(core.jobs[job]):
-                plan.queue.remove_any(core.jobs[job])  # queued under another order than its view's
         return plan
 
     def _full(self, rank: int) -> bool:

@@ -24,13 +24,9 @@ class Queue(list[Entry]):
     """A sorted list of ``(order, job)`` entries (read it as a list; change it only through
     :meth:`add` and :meth:`remove`, which keep the per-level tenant counts)."""
 
-    def __init__(self, entries: list[Entry] | None = None, tenants: dict[int, dict[str, int]] | None = None):
-        super().__init__(entries or ())
-        self._tenants: dict[int, dict[str, int]] = tenants if tenants is not None else {}
-
-    def copy(self) -> Queue:
-        """An independent copy (a pass's plan changes its copy, not the region's queue)."""
-        return Queue(list(self), {rank: dict(counts) for rank, counts in self._tenants.items()})
+    def __init__(self) -> None:
+        super().__init__()
+        self._tenants: dict[int, dict[str, int]] = {}  # priority rank -> tenant -> jobs queued
 
     def add(self, view: JobView) -> None:
         """Queue ``view``'s job in its place by priority and age."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from federation.core.events import OfferSeen, Submitted
+from federation.core.events import OfferSeen, Submitted, Tick
 from federation.core.planning import Pass
 from federation.core.state import RegionCore
 from federation.schemas import Offer, Submit
@@ -32,7 +32,7 @@ def placed_order(core: RegionCore) -> list[str]:
     return [allocation.job for allocation in plan.placed.get("n1", [])]
 
 
-def test_the_queue_counts_each_levels_tenants_through_adds_removes_and_copies() -> None:
+def test_the_queue_counts_each_levels_tenants_through_adds_and_removes() -> None:
     core = core_with(
         [("a1", "a", "medium"), ("a2", "a", "medium"), ("b1", "b", "medium"), ("h1", "a", "high")]
     )
@@ -40,11 +40,10 @@ def test_the_queue_counts_each_levels_tenants_through_adds_removes_and_copies() 
     normal, high = core.jobs["a1"].order[0], core.jobs["h1"].order[0]
     assert [job for _, job in queue] == ["h1", "a1", "a2", "b1"]
     assert (queue.tenants(normal), queue.tenants(high)) == (2, 1)
-    copy = queue.copy()
-    assert copy.remove(core.jobs["b1"])
-    assert (copy.tenants(normal), queue.tenants(normal)) == (1, 2)  # the copy is its own
-    assert not copy.remove(core.jobs["b1"])  # not queued any more: nothing changes
-    assert copy.tenants(normal) == 1
+    assert queue.remove(core.jobs["b1"])
+    assert not queue.remove(core.jobs["b1"])  # not queued any more: nothing changes
+    assert queue.tenants(normal) == 1
+    queue.add(core.jobs["b1"])
     core.unqueue("a1")
     core.unqueue("a2")
     assert queue.tenants(normal) == 1
@@ -65,10 +64,12 @@ def test_one_tenant_is_taken_in_submission_order_and_two_by_dominant_share() -> 
     assert placed_order(levels) == ["h0", "b0"]
 
 
-def test_a_pass_leaves_the_queue_counts_as_its_placements_left_them() -> None:
+def test_a_pass_changes_nothing_and_its_plan_taken_leaves_the_counts_as_placements_left_them() -> None:
     core = core_with([("a0", "a", "medium"), ("b0", "b", "medium"), ("b1", "b", "medium")], slots=2)
-    plan = Pass(core, 100.0).run()
     rank = core.jobs["a0"].order[0]
-    assert [job for _, job in plan.queue] == ["b1"]
-    assert plan.queue.tenants(rank) == 1
-    assert core.queue.tenants(rank) == 2  # the pass changed only its plan's copy
+    plan = Pass(core, 100.0).run()
+    assert plan.dequeued == {"a0", "b0"}
+    assert [job for _, job in core.queue] == ["a0", "b0", "b1"]  # a pass only reads the core
+    core.handle(Tick(now=100.0))
+    assert [job for _, job in core.queue] == ["b1"]
+    assert core.queue.tenants(rank) == 1
