@@ -53,7 +53,7 @@ import msgspec
 import psutil
 import structlog
 
-from agents import cgroups, data, landlock, runner
+from agents import cgroups, data, landlock, runner, spawning
 from agents.journal import AttemptJournal
 from agents.metrics import AgentMetrics
 from agents.offloop import OffLoop
@@ -114,8 +114,9 @@ class Agent:
         self.region = config.region
         self.node = config.node
         self.probe = probe or HostProbe()
-        self.state_dir = Path(config.state_dir or f".fed-agent-{config.node}")
-        self.work_root = Path(config.work_dir) if config.work_dir else self.state_dir / "work"
+        # absolute: the process's working directory moves while a workload starts (agents.spawning)
+        self.state_dir = Path(config.state_dir or f".fed-agent-{config.node}").absolute()
+        self.work_root = Path(config.work_dir).absolute() if config.work_dir else self.state_dir / "work"
         self.disk = OffLoop()  # file work off the event loop, batched (the journal's included)
         self.journal = AttemptJournal(self.state_dir / "attempts.journal", self.disk)
         self.running: dict[str, runner.Run] = {}
@@ -148,6 +149,8 @@ class Agent:
         await self._isolate()
         cores, gpus, _ = declared_devices(self.config, self.probe.sample(set()))
         self.devices = (set(cores), set(gpus))
+        if sealed := spawning.seal_inherited():
+            self.log.info("descriptors the agent was started with are kept from workloads", count=sealed)
         self.previous_life = self.journal.read()
         self._reap_previous_life()
         self._clear_previous_directories()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import resource
 import shutil
@@ -30,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from agents import cgroups, landlock
+from agents import cgroups, landlock, spawning
 from agents.cgroups import Group, Hierarchy, Limits, Usage
 from agents.offloop import OffLoop
 
@@ -39,6 +40,7 @@ CHUNK = 16 * 1024
 PUMP_DRAIN = 2.0  # seconds to finish reading output once the process group is gone
 
 OutputSink = Callable[[bytes], Awaitable[None]]
+EXECUTABLES = spawning.Executables()  # where commands are, looked up in a job's PATH (process-wide)
 
 
 MIN_ENTER_PROCESSES = 4  # a v1 pids limit below this keeps the gate (the agent's thread counts)
@@ -49,9 +51,9 @@ class _Child:
     its exit code, and what its process tree used (``wait4``: itself and every descendant it
     waited for)."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
-        self.popen = popen
-        self.pid = popen.pid
+    def __init__(self, started: spawning.Started, loop: asyncio.AbstractEventLoop) -> None:
+        self.started = started
+        self.pid = started.pid
         self.returncode: int | None = None
         self.rusage: resource.struct_rusage | None = None
         self.exited = asyncio.Event()
@@ -70,7 +72,8 @@ class _Child:
             code = os.waitstatus_to_exitcode(status)
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
-        self.returncode = self.popen.returncode = code  # (so Popen never polls it again)
+        self.returncode = code
+        self.started.exited(code)
         self.rusage = usage
         self.exited.set()
 
@@ -188,6 +191,13 @@ class RunSpec:
     pinned: bool = False
     traceparent: str = ""
     keep_workdir: bool = False  # its directory outlives the run (its outputs are stored first)
+
+
+@functools.cache
+def _agent_environment() -> dict[str, str]:
+    """The agent's allowlisted variables, read once (``os.environ`` is slow to read per start, and
+    the agent's own environment does not change)."""
+    return {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ}
 
 
 def build_env(spec: RunSpec, base: Mapping[str, str], workdir: str) -> dict[str, str]:
@@ -332,14 +342,15 @@ class Run:
 @dataclass(frozen=True)
 class Prepared:
     """What an attempt needs before its process starts: its working directory, its environment,
-    its cgroup (None without one), and the cores to pin it to by affinity (None when a cpuset pins
-    it or nothing does)."""
+    its cgroup (None without one), the cores to pin it to by affinity (None when a cpuset pins
+    it or nothing does), and the executable its command runs."""
 
     workdir: Path
     env: dict[str, str]
     group: Group | None
     cores: set[int] | None
     gated: bool = False  # it waits behind the gate until put into its cgroup (else starts inside)
+    executable: str = ""
 
     def discard(self, disk: OffLoop) -> None:
         """Undo :func:`make_workdir` and :func:`prepare` for an attempt that will not start."""
@@ -387,7 +398,7 @@ def make_workdir(
 def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, disk: OffLoop) -> Prepared:
     """The attempt's environment and cgroup; raises :class:`LaunchError` if it cannot start
     (having removed ``workdir``). The cgroup's are short in-memory kernel calls: on the loop."""
-    env = build_env(spec, os.environ, str(workdir))
+    env = build_env(spec, _agent_environment(), str(workdir))
     env["TMPDIR"] = str(workdir)
     cores = set(spec.cores) if spec.pinned and spec.cores else None
     group = None
@@ -402,10 +413,10 @@ def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, disk: OffLoop) -> Pr
             raise LaunchError(f"cannot make the attempt's cgroup: {exc}") from None
         cores = None
     gated = group is not None and not _starts_inside(group, sandbox)
-    prepared = Prepared(workdir, env, group, cores, gated)
-    wrapped = gated or bool(sandbox.prefix(cores))
-    if wrapped and not shutil.which(spec.command[0], path=env.get("PATH")):
-        prepared.discard(disk)  # the wrapper would report it only as an exit code
+    executable = EXECUTABLES.find(spec.command[0], env.get("PATH"), str(workdir))
+    prepared = Prepared(workdir, env, group, cores, gated, executable or "")
+    if executable is None:  # (a wrapper would report it only as an exit code)
+        prepared.discard(disk)
         raise LaunchError(f"cannot start {spec.command[0]!r}: not found or not executable")
     return prepared
 
@@ -456,25 +467,27 @@ async def launch(
 
     loop = asyncio.get_running_loop()
     argv = [*prefix, *spec.command]
-    options: dict[str, Any] = {
-        "stdin": gate[0] if gate else subprocess.DEVNULL,
-        "stdout": subprocess.PIPE,
-        "stderr": subprocess.STDOUT,
-        "cwd": workdir,
-        "env": env,
-        "start_new_session": True,
-        "preexec_fn": in_child if cores is not None or limits or confine else None,
-        "user": sandbox.uid if switch else None,
-        "group": sandbox.gid if switch else None,
-        "extra_groups": [] if switch else None,
-    }
+    # (a user switch without the tools is Popen's, after a full fork)
+    switch_to: dict[str, Any] | None = (
+        {"user": sandbox.uid, "group": sandbox.gid, "extra_groups": []} if switch else None
+    )
     try:
-        popen = _spawn(argv, options, None if gate else group)
+        started = _spawn(
+            argv,
+            argv[0] if prefix else prepared.executable,
+            str(workdir),
+            env,
+            gate[0] if gate else None,
+            in_child if cores is not None or limits or confine else None,
+            switch_to,
+            None if gate else group,
+        )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         _close(gate)
         prepared.discard(disk)
         raise LaunchError(f"cannot start {spec.command[0]!r}: {exc}") from None
-    child = _Child(popen, loop)
+    child = _Child(started, loop)
+    pipe = os.fdopen(started.output, "rb", buffering=0)
     try:
         if gate is not None:  # (v2) into every group, then the gate lets it exec
             assert group is not None
@@ -485,9 +498,8 @@ async def launch(
     except OSError as exc:
         child.kill()
         await child.exited.wait()
-        assert popen.stdout is not None
         assert group is not None
-        popen.stdout.close()
+        pipe.close()
         await group.remove()
         remove_later(disk, workdir)
         raise LaunchError(f"cannot put the attempt into its cgroup: {exc}") from None
@@ -495,30 +507,46 @@ async def launch(
         if gate is not None:
             os.close(gate[0])
             os.close(gate[1])
-    assert popen.stdout is not None
     reader = asyncio.StreamReader(limit=CHUNK * 4, loop=loop)
-    output, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), popen.stdout
-    )
+    output, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
     pump = asyncio.create_task(_pump(reader, sink, max_output))
     return Run(spec, child, workdir, pump, disk, group, output)
 
 
-def _spawn(argv: list[str], options: dict[str, Any], inside: Group | None) -> subprocess.Popen[bytes]:
-    """Start the process (a vfork unless ``preexec_fn``: a few hundred microseconds, on the loop
-    on purpose: the start inside ``inside``'s groups must not let the loop run meanwhile)."""
+def _spawn(
+    argv: list[str],
+    executable: str,
+    cwd: str,
+    env: dict[str, str],
+    stdin: int | None,
+    preexec: Callable[[], None] | None,
+    switch_to: dict[str, Any] | None,
+    inside: Group | None,
+) -> spawning.Started:
+    """Start the process (:func:`agents.spawning.start`: a posix_spawn, or a fork for a
+    ``preexec``), on the loop on purpose: the start inside ``inside``'s groups must not let the
+    loop run meanwhile."""
+
+    def go() -> spawning.Started:
+        return spawning.start(
+            argv, executable, cwd=cwd, env=env, stdin=stdin, preexec=preexec, popen_options=switch_to
+        )
+
     if inside is None:
-        return subprocess.Popen(argv, **options)
-    popen: subprocess.Popen[bytes] | None = None
+        return go()
+    started: spawning.Started | None = None
     try:
-        with inside.entered():  # the vfork begins where this thread is: inside
-            popen = subprocess.Popen(argv, **options)
+        with inside.entered():  # the process begins where this thread is: inside
+            started = go()
     except OSError:
-        if popen is not None:  # started, but this thread could not leave the groups: no run
-            popen.kill()
-            popen.wait()
+        if started is not None:  # started, but this thread could not leave the groups: no run
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(started.pid, signal.SIGKILL)
+            os.waitpid(started.pid, 0)
+            started.exited(-signal.SIGKILL)
+            os.close(started.output)
         raise
-    return popen
+    return started
 
 
 def _starts_inside(group: Group, sandbox: Sandbox) -> bool:

@@ -1,0 +1,111 @@
+"""Starting a workload's process (agents.spawning): what the child gets, and where its executable is
+found. Real processes, no NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+
+from agents import runner, spawning
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Start ``argv`` as the agent does (posix_spawn), wait, return its exit code and output."""
+    executable = spawning.Executables().find(argv[0], os.environ["PATH"], str(cwd))
+    assert executable is not None
+    started = spawning.start(argv, executable, cwd=str(cwd), env=env or dict(os.environ), stdin=None)
+    assert started.popen is None  # nothing to run between fork and exec: posix_spawn
+    with os.fdopen(started.output, "rb") as pipe:
+        output = pipe.read().decode()
+    _, status = os.waitpid(started.pid, 0)
+    return os.waitstatus_to_exitcode(status), output
+
+
+def _status(text: str, field: str) -> str:
+    return next(line.split()[1] for line in text.splitlines() if line.startswith(f"{field}:"))
+
+
+def test_the_child_runs_in_its_directory_in_its_own_session_with_default_signals(tmp_path: Path) -> None:
+    here = os.getcwd()
+    code, output = _run(["pwd"], tmp_path)
+    assert (code, output.strip()) == (0, str(tmp_path))
+    assert os.getcwd() == here  # the agent is back where it was
+    code, output = _run(["cat", "/proc/self/status"], tmp_path)
+    assert code == 0
+    ignored = int(_status(output, "SigIgn"), 16)
+    for restored in spawning.RESTORED:  # Python ignores them; a program expects them at default
+        assert signal.getsignal(restored) == signal.SIG_IGN
+        assert not ignored & (1 << (restored - 1))
+    code, output = _run(["sh", "-c", "ps -o sid= -p $$; echo $$"], tmp_path)
+    sid, pid = output.split()
+    assert sid == pid  # a session (and process group) of its own
+
+
+def test_stdin_is_null_stderr_joins_stdout_and_only_std_descriptors_are_passed(tmp_path: Path) -> None:
+    leaked = os.open(tmp_path, os.O_RDONLY)
+    os.set_inheritable(leaked, True)  # as a descriptor the agent was started with
+    try:
+        assert spawning.seal_inherited() >= 1
+        assert not os.get_inheritable(leaked)
+        code, output = _run(["sh", "-c", "cat; echo out; echo err >&2; ls /proc/$$/fd"], tmp_path)
+    finally:
+        os.close(leaked)
+    lines = output.split()
+    assert code == 0
+    assert lines[:2] == ["out", "err"]
+    assert sorted(lines[2:]) == ["0", "1", "2"] or sorted(lines[2:]) == ["0", "1", "2", "255"]  # (sh's own)
+
+
+def test_executables_are_found_in_the_jobs_path_relative_to_its_directory_and_looked_up_again(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    found = spawning.Executables(clock=lambda: now[0])
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+    tool = second / "tool"
+    tool.write_text("#!/bin/sh\necho second\n")
+    tool.chmod(0o755)
+    path = f"{first}:{second}"
+    assert found.find("tool", path, "/") == str(tool)
+    newer = first / "tool"  # installed earlier in the PATH: taken once the found one has aged
+    newer.write_text("#!/bin/sh\necho first\n")
+    newer.chmod(0o755)
+    assert found.find("tool", path, "/") == str(tool)
+    now[0] += spawning.FOUND_FOR + 1
+    assert found.find("tool", path, "/") == str(newer)
+    newer.unlink()  # gone: checked at each use, and looked up again
+    assert found.find("tool", path, "/") == str(tool)
+    tool.chmod(stat.S_IRUSR)  # not executable any more
+    assert found.find("tool", path, "/") is None
+    tool.chmod(0o755)
+    # a relative PATH entry and a name with a slash are relative to the attempt's directory
+    assert found.find("tool", "second", str(tmp_path)) == str(tool)
+    relative = found.find("./second/tool", path, str(tmp_path))
+    assert relative is not None
+    assert os.path.normpath(relative) == str(tool)
+    assert found.find("missing", path, "/") is None
+    assert found.find(str(first), path, "/") is None  # a directory is not an executable
+
+
+async def test_a_missing_command_is_a_launch_error_and_its_directory_is_removed(tmp_path: Path) -> None:
+    spec = runner.RunSpec(job="j", attempt=1, command=["no-such-command-here"])
+
+    async def sink(chunk: bytes) -> None:
+        pass
+
+    with pytest.raises(runner.LaunchError, match="not found or not executable"):
+        await runner.start(spec, tmp_path / "work", sink, 1024)
+    for _ in range(100):  # removed by the worker's next batch
+        if not any((tmp_path / "work").iterdir()):
+            break
+        await asyncio.sleep(0.05)  # sleep-ok: polling the worker thread's removal
+    assert not any((tmp_path / "work").iterdir())
