@@ -1,0 +1,49 @@
+"""Durable publishing against a real server (federation.bus.streams): each acknowledged publish
+gets its own answer, and each kind of refusal its own error."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from federation.bus import Bus
+from federation.errors import ConflictError, FederationUnavailable
+from federation.ops.provision import bucket
+
+pytestmark = pytest.mark.timeout(120)
+
+NAME = "publishing"
+
+
+@pytest.fixture
+async def bus(make_cluster) -> AsyncIterator[Bus]:
+    cluster = await make_cluster(regions=("aa",), agents=0)
+    connected = await Bus.connect(cluster.url("aa"), "test-publishing", retry_forever=False)
+    await connected.ensure_stream(bucket(NAME, 8))
+    try:
+        yield connected
+    finally:
+        await connected.close()
+
+
+async def test_pipelined_publishes_each_get_their_own_sequence_and_a_repeat_its_first(bus: Bus) -> None:
+    subjects = [f"$KV.{NAME}.k{i % 50}" for i in range(500)]
+    sequences = await asyncio.gather(*(bus.store(s, str(i).encode()) for i, s in enumerate(subjects)))
+    assert sorted(sequences) == list(range(1, 501))  # every answer reached its own publish
+    for subject, sequence in zip(subjects[-50:], sequences[-50:], strict=True):
+        assert (await bus.last(f"KV_{NAME}", subject)).sequence == sequence  # type: ignore[union-attr]
+    first = await bus.store(f"$KV.{NAME}.once", b"x", msg_id="same-write")
+    assert await bus.store(f"$KV.{NAME}.once", b"x", msg_id="same-write") == first  # not stored twice
+
+
+async def test_compare_and_set_refusals_and_a_subject_no_stream_takes(bus: Bus) -> None:
+    revision = await bus.cas(NAME, "key", b"one", 0)
+    assert await bus.cas(NAME, "key", b"two", revision) > revision
+    with pytest.raises(ConflictError):
+        await bus.cas(NAME, "key", b"three", revision)  # the key moved on
+    with pytest.raises(ConflictError):
+        await bus.cas(NAME, "other", b"one", 5)  # expected a revision of a key never written
+    with pytest.raises(FederationUnavailable, match="no stream answers"):
+        await bus.store("nobody.stores.this", b"x", timeout=2.0)
