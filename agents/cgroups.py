@@ -317,11 +317,11 @@ class Group:
             oom_killed=now.oom_kills > self.start.oom_kills,
         )
 
-    async def kill(self) -> None:
+    async def kill(self) -> bool:
         """SIGKILL every process in the group, forks made meanwhile included; returns once it is
-        empty (or after :data:`SETTLE` seconds)."""
+        empty (True), or after :data:`SETTLE` seconds (False: some still is)."""
         if not self.pids():
-            return
+            return True
         if self.mode == "cgroup-v2":
             kill = self.dirs[""] / "cgroup.kill"
             if kill.exists():
@@ -331,7 +331,7 @@ class Group:
                 await self._freeze_and_kill(self.dirs[""] / "cgroup.freeze", "1", "0")
         else:
             await self._freeze_and_kill(self.dirs["freezer"] / "freezer.state", "FROZEN", "THAWED")
-        await _until(lambda: not self.pids(), SETTLE)
+        return await _until(lambda: not self.pids(), SETTLE)
 
     async def _freeze_and_kill(self, state: Path, frozen: str, thawed: str) -> None:
         with contextlib.suppress(OSError):
@@ -347,16 +347,16 @@ class Group:
     async def remove(self) -> Usage:
         """The attempt is over: kill what is left, and give the group back (:meth:`release`);
         returns what the attempt used."""
-        if self.pids():
-            await self.kill()
-        return self.release()
+        empty = not self.pids() or await self.kill()
+        return self.release(empty=empty)
 
-    def release(self) -> Usage:
+    def release(self, *, empty: bool = False) -> Usage:
         """Give back the group of an attempt whose processes are all gone (to its hierarchy's
-        pool, or removed); returns what the attempt used."""
+        pool, or removed; ``empty``: found so just now, not read again); returns what the
+        attempt used."""
         now, peak = self._counters()
         used = self._since_start(now, peak)
-        if self.owner is None or self.pids() or not self.owner.recycle(self, now):
+        if self.owner is None or (not empty and self.pids()) or not self.owner.recycle(self, now):
             self.discard()
         return used
 

@@ -70,7 +70,7 @@ class Journal:
             return
         try:
             for message in self._messages(epoch, min(MAX_INPUTS, bus.max_payload - HEADROOM)):
-                await bus.publish(subjects.inputs(self.region), _encoder.encode(message))
+                await bus.publish(subjects.inputs(self.region), message)
             self.failing = False
         except Exception as exc:  # a server away: the life's next message shows the gap
             if not self.failing:  # once per outage, not once per batch
@@ -82,20 +82,20 @@ class Journal:
             self.digests.clear()
             self.fresh = False
 
-    def _messages(self, epoch: int, limit: int) -> list[Inputs]:
-        """The journalled events as messages of at most ``limit`` bytes each: as many events per
-        message as fit, and an event that fits in none alone in parts (:meth:`_parts`)."""
-        out: list[Inputs] = []
+    def _messages(self, epoch: int, limit: int) -> list[bytes]:
+        """The journalled events as messages of at most ``limit`` bytes each, encoded: as many
+        events per message as fit, and an event that fits in none alone in parts (:meth:`_parts`)."""
+        out: list[bytes] = []
         start = 0
         while start < len(self.events):
             end = len(self.events)
             while True:
-                message = self._message(epoch, start, end)
-                if len(_encoder.encode(message)) <= limit:
-                    out.append(message)
+                encoded = _encoder.encode(self._message(epoch, start, end))
+                if len(encoded) <= limit:
+                    out.append(encoded)
                     break
                 if end - start == 1:  # one event alone is too large (a recovery snapshot)
-                    out += self._parts(epoch, start, limit)
+                    out += [_encoder.encode(part) for part in self._parts(epoch, start, limit)]
                     break
                 end = start + (end - start) // 2
             start = end

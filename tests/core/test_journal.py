@@ -20,13 +20,20 @@ def test_two_schedulers_with_the_same_host_and_pid_get_different_life_names() ->
     assert first.life != second.life
 
 
+def _sent(journal: Journal, limit: int) -> list[Inputs]:
+    """The messages a flush would send (each at most ``limit`` bytes), as read back."""
+    encoded = journal._messages(epoch=1, limit=limit)
+    assert all(len(message) <= limit for message in encoded)
+    return [decode_inputs(message) for message in encoded]
+
+
 def test_a_batch_is_split_into_messages_under_the_limit_and_keeps_its_steps() -> None:
     journal = Journal("eu", "host:1")
     core = RegionCore("eu")
     journal.begin(core)
     for i in range(200):
         journal.handle(core, Tick(now=float(i)))
-    messages = journal._messages(epoch=1, limit=2000)
+    messages = _sent(journal, 2000)
     assert len(messages) > 1
     assert all(len(_encoder.encode(m)) <= 2000 for m in messages)
     steps = [m.step for m in messages]
@@ -60,7 +67,7 @@ def _deliveries(messages: list[Inputs]) -> list[Delivery]:
 
 def test_an_event_too_large_for_one_message_goes_in_parts_and_verifies_whole() -> None:
     journal = _recovered_life(200)  # a recovery snapshot of 200 jobs: ~20 KB
-    messages = journal._messages(epoch=1, limit=3000)
+    messages = _sent(journal, 3000)
     assert all(len(_encoder.encode(m)) <= 3000 for m in messages)
     parts = [m for m in messages if m.parts]
     assert len(parts) > 5
@@ -79,7 +86,7 @@ def test_an_event_too_large_for_one_message_goes_in_parts_and_verifies_whole() -
 
 
 def test_a_missing_part_makes_the_life_unverifiable_and_says_which() -> None:
-    messages = _recovered_life(200)._messages(epoch=1, limit=3000)
+    messages = _sent(_recovered_life(200), 3000)
     lost = next(i for i, m in enumerate(messages) if m.part == 3)
     verifier = Verifier()
     for delivery in _deliveries(messages[:lost] + messages[lost + 1 :]):
@@ -92,7 +99,7 @@ def test_a_missing_part_makes_the_life_unverifiable_and_says_which() -> None:
 
 def test_parts_that_stop_before_their_last_leave_the_life_unverifiable() -> None:
     """A leader killed while it sent its recovery's parts: the life cannot be re-run whole."""
-    messages = _recovered_life(200)._messages(epoch=1, limit=3000)
+    messages = _sent(_recovered_life(200), 3000)
     last = max(i for i, m in enumerate(messages) if m.parts)
     verifier = Verifier()
     for delivery in _deliveries(messages[:last]):
