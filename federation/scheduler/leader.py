@@ -466,9 +466,9 @@ class Leader:
         await self._execute(commands)
         await self.journal.flush(self.bus, self.core.epoch)
         await self.check_lease()  # a stale leader acknowledges nothing either
-        acks = [delivery.ack() for _, delivery in items if delivery is not None]
-        if acks:
-            await asyncio.gather(*acks)
+        for _, delivery in items:  # one by one: an acknowledgement is only queued for the next flush
+            if delivery is not None:  # (no task each, as gathering them would make)
+                await delivery.ack()
         self.counts["batches"] += 1
 
     async def _execute(self, commands: list[Command]) -> None:
