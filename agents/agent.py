@@ -150,7 +150,7 @@ class Agent:
         cores, gpus, _ = declared_devices(self.config, self.probe.sample(set()))
         self.devices = (set(cores), set(gpus))
         if sealed := spawning.seal_inherited():
-            self.log.info("descriptors the agent was started with are kept from workloads", count=sealed)
+            self.log.info("descriptors the agent was started with are kept from workloads", count=len(sealed))
         self.previous_life = self.journal.read()
         self._reap_previous_life()
         self._clear_previous_directories()

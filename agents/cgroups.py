@@ -16,7 +16,8 @@ attempt, ``slot-<n>`` (reused by later attempts, one at a time: see *Reuse*), be
 * **containment**: the workload is in its cgroup from its start, and every process it forks stays
   there, ``setsid`` and double forks included. On v1 the agent's event-loop thread enters the
   attempt's groups (each hierarchy's ``tasks``: that thread alone) just around the start of the
-  process (:meth:`Group.entered`), which a vfork begins where the thread is, and leaves at once;
+  process (:meth:`Group.entered`), which a ``posix_spawn`` (glibc's vfork) begins where the thread
+  is, and leaves at once;
   the memory group is the exception, joined by the process right after its start, with anything
   it forked meanwhile (:meth:`Group.join_memory`; what it touched before that, microseconds of a
   fresh exec, is not counted), so that nothing the agent allocates is ever charged to an attempt.
@@ -263,7 +264,7 @@ class Group:
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
         """This thread inside the group's v1 hierarchies except ``memory`` while the block runs
-        (a vfork started there begins inside), and back in the agent's own groups after, whatever
+        (a process spawned there begins inside), and back in the agent's own groups after, whatever
         happened. Only the calling thread moves (v1 ``tasks``); the memory group is left out, so
         that no page the agent touches meanwhile is charged to the attempt."""
         assert self.mode == "cgroup-v1"
@@ -629,7 +630,7 @@ def prefix(group: Group) -> list[str]:
     """The command prefix that holds the workload until the agent has put it into ``group``
     (:meth:`Group.add`, right after the start) and written a line to its stdin (a pipe: the gate),
     then execs it with /dev/null as stdin: nothing it runs or forks is ever outside. The agent
-    still starts it with a vfork; the child blocks without spinning and needs no right of its
+    still starts it with ``posix_spawn``; the child blocks without spinning and needs no right of its
     own (no write: it also works as another user and under Landlock)."""
     return ["/bin/sh", "-c", GATE_SCRIPT, group.pattern]
 

@@ -6,7 +6,8 @@ from an allowlist of the agent's variables plus the job's own ``env`` and ``FED_
 ``TRACEPARENT``; CPU affinity equal to exactly the claimed cores when the node's cores are real;
 its own session and process group, so stopping it (SIGTERM, then SIGKILL after a grace period)
 and cleaning up after it reach every process it started. Output (stdout and stderr merged) is
-handed to a callback in chunks, up to a bound; the rest is counted and dropped.
+handed to a callback in chunks, up to a bound; the rest is counted and dropped. The process is
+started by :mod:`agents.spawning` (``posix_spawn`` unless something must run between fork and exec).
 
 The :class:`Sandbox` confines it further: it runs as an unprivileged user (its working directory
 is that user's; the agent's state and credentials are not), argv only (a shell only when the job
@@ -94,8 +95,8 @@ class Sandbox:
 
     ``tools`` are util-linux's ``setpriv`` and ``prlimit`` when the host has them: the workload is
     then started through them (switch user, set limits, exec the command), so the agent itself
-    starts it with a vfork, at about a sixth of the agent's CPU per start of doing the same in a
-    ``preexec_fn`` after a full fork (the fallback).
+    starts it with ``posix_spawn`` (:mod:`agents.spawning`), at a small fraction of the agent's CPU
+    per start of doing the same in a ``preexec_fn`` after a full fork (the fallback).
     """
 
     uid: int | None = None

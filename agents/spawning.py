@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 FOUND_FOR = 10.0  # seconds a found executable is used before it is looked up again
+KEPT = 1024  # found executables kept before the stale ones are dropped
 # what Python ignores and a program expects at its default, as Popen restores them
 RESTORED = (signal.SIGPIPE, signal.SIGXFSZ)
 
@@ -69,6 +70,8 @@ class Executables:
         if found is None:
             self._found.pop(key, None)
             return None
+        if len(self._found) >= KEPT:  # jobs' own PATHs: keep only what is still fresh
+            self._found = {k: v for k, v in self._found.items() if v[1] > now}
         self._found[key] = (found, now + FOUND_FOR)
         return found
 
@@ -77,24 +80,24 @@ def _executable(path: str) -> bool:
     return os.access(path, os.X_OK) and not os.path.isdir(path)
 
 
-def seal_inherited() -> int:
+def seal_inherited() -> list[int]:
     """Make every descriptor above stderr non-inheritable (those the agent was started with: a
-    ``posix_spawn`` closes none, where ``Popen`` closed all); returns how many were. Python opens
-    its own descriptors non-inheritable already (PEP 446)."""
-    sealed = 0
+    ``posix_spawn`` closes none, where ``Popen`` closed all); returns those that were. Python
+    opens its own descriptors non-inheritable already (PEP 446)."""
+    sealed = []
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         with contextlib.suppress(OSError):  # (the listing's own descriptor, closed by now)
             if fd > 2 and os.get_inheritable(fd):
                 os.set_inheritable(fd, False)
-                sealed += 1
+                sealed.append(fd)
     return sealed
 
 
 @contextlib.contextmanager
 def _inside(directory: str) -> Iterator[None]:
     """The process in ``directory`` while the block runs, back where it was after."""
-    back = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    back = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # (no read right needed)
     try:
         os.chdir(directory)
         try:

@@ -1,4 +1,4 @@
-"""What confining a workload costs the agent per start: agent CPU and starts/s, five ways.
+"""What confining a workload costs the agent per start: agent CPU and starts/s, six ways.
 
     python bench/spawn.py              # 300 sequential starts of `true` each way (root, for the user switch)
 
@@ -8,7 +8,10 @@
 4. tools: util-linux ``setpriv`` (user) and ``prlimit`` (limits) in front of the command, started
    with a vfork (what ``agents/runner.py`` does when both tools are installed);
 5. tools + landlock: the same, plus ``confine_writes`` (Landlock applied in a ``preexec_fn``, so a
-   full fork again).
+   full fork again);
+6. posix_spawn: what the agent does now where nothing runs between fork and exec
+   (``agents.spawning.start``: ``posix_spawn``, its output pipe read to the end, reaped through a
+   pidfd; the executable found once per ``PATH``), against 1, asyncio's own subprocess.
 
 The process first allocates an agent-sized heap (30 MiB), since a fork costs by the parent's size.
 """
@@ -78,7 +81,34 @@ async def main() -> None:
             workdir = os.getcwd()
             confine = lambda: landlock.confine_writes(workdir)  # noqa: E731 - one line, one use
             await measure("tools+landlock", [*tools, "true"], preexec_fn=confine)
+    await measure_spawning()
     del heap
+
+
+async def measure_spawning() -> None:
+    """Way 6: the agent's own start (agents.spawning), waited for through a pidfd."""
+    from agents import spawning
+
+    found = spawning.Executables()
+    loop = asyncio.get_running_loop()
+    env = dict(os.environ)
+    began, cpu = time.perf_counter(), time.process_time()
+    for _ in range(N):
+        executable = found.find("true", env.get("PATH"), os.getcwd())
+        assert executable is not None
+        started = spawning.start(["true"], executable, cwd=os.getcwd(), env=env, stdin=None)
+        pidfd, exited = os.pidfd_open(started.pid), loop.create_future()
+        loop.add_reader(pidfd, exited.set_result, None)
+        await exited
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        os.waitpid(started.pid, 0)  # noqa: ASYNC222 - the pidfd said it exited: returns at once
+        while os.read(started.output, 65536):  # its output to the end (it exited: no wait)
+            pass
+        os.close(started.output)
+    rate = N / (time.perf_counter() - began)
+    per_start = 1000 * (time.process_time() - cpu) / N
+    print(f"{'posix_spawn':<15} {rate:6.0f} starts/s   agent CPU {per_start:.2f} ms per start")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_the_child_runs_in_its_directory_in_its_own_session_with_default_signals
     for restored in spawning.RESTORED:  # Python ignores them; a program expects them at default
         assert signal.getsignal(restored) == signal.SIG_IGN
         assert not ignored & (1 << (restored - 1))
-    code, output = _run(["sh", "-c", "ps -o sid= -p $$; echo $$"], tmp_path)
+    code, output = _run(["sh", "-c", "cut -d' ' -f6 /proc/$$/stat; echo $$"], tmp_path)
     sid, pid = output.split()
     assert sid == pid  # a session (and process group) of its own
 
@@ -51,16 +51,40 @@ def test_the_child_runs_in_its_directory_in_its_own_session_with_default_signals
 def test_stdin_is_null_stderr_joins_stdout_and_only_std_descriptors_are_passed(tmp_path: Path) -> None:
     leaked = os.open(tmp_path, os.O_RDONLY)
     os.set_inheritable(leaked, True)  # as a descriptor the agent was started with
+    sealed = spawning.seal_inherited()
     try:
-        assert spawning.seal_inherited() >= 1
+        assert leaked in sealed
         assert not os.get_inheritable(leaked)
-        code, output = _run(["sh", "-c", "cat; echo out; echo err >&2; ls /proc/$$/fd"], tmp_path)
+        script = "readlink /proc/$$/fd/0; echo out; echo err >&2; ls /proc/$$/fd"
+        code, output = _run(["sh", "-c", script], tmp_path)
     finally:
+        for fd in sealed:  # (this process's descriptors as they were)
+            os.set_inheritable(fd, True)
         os.close(leaked)
     lines = output.split()
     assert code == 0
-    assert lines[:2] == ["out", "err"]
-    assert sorted(lines[2:]) == ["0", "1", "2"] or sorted(lines[2:]) == ["0", "1", "2", "255"]  # (sh's own)
+    assert lines[:3] == ["/dev/null", "out", "err"]
+    assert sorted(lines[3:]) in (["0", "1", "2"], ["0", "1", "2", "255"])  # (255: sh's own)
+
+
+def test_a_child_that_needs_a_preexec_is_forked_and_a_failed_start_leaves_the_agent_where_it_was(
+    tmp_path: Path,
+) -> None:
+    here = os.getcwd()
+    started = spawning.start(
+        ["pwd"], "/bin/pwd", cwd=str(tmp_path), env=dict(os.environ), stdin=None, preexec=lambda: None
+    )
+    assert started.popen is not None  # the fallback: Popen after a full fork
+    with os.fdopen(started.output, "rb") as pipe:
+        assert pipe.read().decode().strip() == str(tmp_path)
+    _, status = os.waitpid(started.pid, 0)
+    started.exited(os.waitstatus_to_exitcode(status))
+    assert started.popen.returncode == 0  # told, so Popen never waits for it itself
+    with pytest.raises(FileNotFoundError):  # no such executable: posix_spawn says so
+        spawning.start(["x"], str(tmp_path / "missing"), cwd=str(tmp_path), env={}, stdin=None)
+    with pytest.raises(FileNotFoundError):  # no such directory
+        spawning.start(["true"], "/bin/true", cwd=str(tmp_path / "gone"), env={}, stdin=None)
+    assert os.getcwd() == here
 
 
 def test_executables_are_found_in_the_jobs_path_relative_to_its_directory_and_looked_up_again(

@@ -82,7 +82,8 @@ def _stream_config(spec: StreamSpec) -> api.StreamConfig:
 
 
 class _PubAck(msgspec.Struct):
-    """A stream's answer to a publish (``error`` instead when it refused it)."""
+    """A stream's answer to a publish (``error`` instead when it refused it; neither: not a
+    stream's answer)."""
 
     stream: str = ""
     seq: int = 0
@@ -102,22 +103,14 @@ class _Acks:
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._numbers = itertools.count(1)
         self._prefix = ""
-        self._ready: asyncio.Future[None] | None = None
+        self._subscribing = asyncio.Lock()
 
     async def _subscribe(self) -> None:
-        if self._ready is None:
-            self._ready = asyncio.get_running_loop().create_future()
-            try:
+        async with self._subscribing:  # once; a failed (or cancelled) try leaves it to the next
+            if not self._prefix:
                 prefix = self._nc.new_inbox() + "."
                 await self._nc.subscribe(prefix + "*", cb=self._answered)
                 self._prefix = prefix
-                self._ready.set_result(None)
-            except BaseException as exc:
-                self._ready.set_exception(exc)
-                self._ready.exception()  # (retrieved: a later publish raises it again below)
-                self._ready = None
-                raise
-        await self._ready
 
     async def _answered(self, msg: Msg) -> None:
         waiting = self._waiting.pop(msg.subject[len(self._prefix) :], None)
@@ -145,6 +138,8 @@ class _Acks:
         ack = _ACK.decode(msg.data)
         if ack.error is not None:
             raise nats.js.errors.APIError.from_error(ack.error)
+        if not ack.stream or not ack.seq:  # something answered, not a stream
+            raise nats.errors.Error(f"not a stream's answer on {subject}: {bytes(msg.data[:200])!r}")
         return ack.seq
 
 

@@ -34,9 +34,7 @@ places plus the misfits it explains, not the queue length or the node count.
 
 from __future__ import annotations
 
-import bisect
 import heapq
-import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -85,7 +83,7 @@ class Pass:
         start = 0
         while start < len(queue):
             rank = queue[start][0][0]
-            end = bisect.bisect_left(queue, ((rank + 1, -math.inf, -1), ""), start)  # the level's end
+            end = queue.level_end(rank, start)
             if self._full(rank):
                 break  # no room anywhere and nobody left who may preempt or reclaim
             for view in self._fair(queue, start, end, rank):

@@ -11,47 +11,68 @@ of queued jobs then costs a pass the jobs it looks at, not the queue's length.
 from __future__ import annotations
 
 import bisect
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from federation.core.views import JobView
+import math
+from collections.abc import Iterator
+from typing import overload
 
 Order = tuple[int, float, int]
 Entry = tuple[Order, str]
+Queued = tuple[Order, str, str]  # a job as the queue takes it: its order, its id, its tenant
 
 
-class Queue(list[Entry]):
-    """A sorted list of ``(order, job)`` entries (read it as a list; change it only through
-    :meth:`add` and :meth:`remove`, which keep the per-level tenant counts)."""
+class Queue:
+    """A sorted sequence of ``(order, job)`` entries: read like a list (index, slice, iterate,
+    ``len``), changed only through :meth:`add` and :meth:`remove`, which keep the per-level
+    tenant counts."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self._entries: list[Entry] = []
         self._tenants: dict[int, dict[str, int]] = {}  # priority rank -> tenant -> jobs queued
 
-    def add(self, view: JobView) -> None:
-        """Queue ``view``'s job in its place by priority and age."""
-        bisect.insort(self, (view.order, view.record.id))
-        counts = self._tenants.setdefault(view.order[0], {})
-        tenant = view.record.spec.tenant
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries)
+
+    @overload
+    def __getitem__(self, index: int) -> Entry: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Entry]: ...
+    def __getitem__(self, index: int | slice) -> Entry | list[Entry]:
+        return self._entries[index]
+
+    def level_end(self, rank: int, start: int) -> int:
+        """The index after the last entry of priority ``rank``, looked for from ``start``."""
+        return bisect.bisect_left(self._entries, ((rank + 1, -math.inf, -1), ""), start)
+
+    def add(self, job: Queued) -> None:
+        """Queue ``job`` (:attr:`JobView.queued <federation.core.views.JobView.queued>`) in its
+        place by priority and age."""
+        order, name, tenant = job
+        bisect.insort(self._entries, (order, name))
+        counts = self._tenants.setdefault(order[0], {})
         counts[tenant] = counts.get(tenant, 0) + 1
 
-    def remove(self, view: JobView) -> bool:  # type: ignore[override]
-        """Take ``view``'s job out of the queue, found under its order; False if it is not there."""
-        job = view.record.id
-        index = bisect.bisect_left(self, (view.order, job))
-        if index < len(self) and self[index][1] == job:
-            del self[index]
-            self._uncount(view.order[0], view.record.spec.tenant)
+    def remove(self, job: Queued) -> bool:
+        """Take ``job`` out of the queue, found under its order; False if it is not there."""
+        order, name, tenant = job
+        entries = self._entries
+        index = bisect.bisect_left(entries, (order, name))
+        if index < len(entries) and entries[index][1] == name:
+            del entries[index]
+            self._uncount(order[0], tenant)
             return True
         return False
 
-    def remove_any(self, view: JobView) -> None:
-        """Take ``view``'s job out wherever it is queued (a walk of the queue: for a job queued
-        under another order than its view's, which :meth:`remove` does not find)."""
-        for index, (order, queued) in enumerate(self):
-            if queued == view.record.id:
-                del self[index]
-                self._uncount(order[0], view.record.spec.tenant)
+    def remove_any(self, job: Queued) -> None:
+        """Take ``job`` out wherever it is queued (a walk of the queue: for a job queued under
+        another order than its own, which :meth:`remove` does not find)."""
+        _, name, tenant = job
+        for index, (order, queued) in enumerate(self._entries):
+            if queued == name:
+                del self._entries[index]
+                self._uncount(order[0], tenant)
                 return
 
     def tenants(self, rank: int) -> int:

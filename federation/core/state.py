@@ -327,7 +327,7 @@ class RegionCore:
         if record.spec.after and record.state == "pending":
             self.dependencies.admitted(record.id)
         if record.state == "pending":
-            self.queue.add(view)
+            self.queue.add(view.queued)
             self.unexplained.add(record.id)
         if record.state in ("pending", "forwarded") or record.handoffs:
             self.spill.admitted(self, view, at)
@@ -607,7 +607,7 @@ class RegionCore:
             elif view.cancel_pending:
                 self.move(job, "cancelled", at, view.cancel_pending)
             else:
-                self.queue.add(view)
+                self.queue.add(view.queued)
             view.decision = None
         # activations stay in node.activations: the next pass proposes them again on the fresh ledger
         self._settled(node)
@@ -674,7 +674,7 @@ class RegionCore:
         if view.cancel_pending:
             self.move(view.record.id, "cancelled", at, view.cancel_pending)
         else:
-            self.queue.add(view)
+            self.queue.add(view.queued)
 
     # --- record changes ---------------------------------------------------------------------------
 
@@ -740,7 +740,7 @@ class RegionCore:
             member_exits={},
             not_before=not_before,
         )
-        self.queue.add(view)
+        self.queue.add(view.queued)
 
     def amend(self, job: str, **changes: object) -> None:
         """Change fields of a job's record other than its state; the record is written next tick."""
@@ -764,10 +764,10 @@ class RegionCore:
 
     def requeue_now(self, job: str) -> None:
         """Put a pending job back in the queue, in its place by priority and age."""
-        self.queue.add(self.jobs[job])
+        self.queue.add(self.jobs[job].queued)
 
     def unqueue(self, job: str) -> None:
-        self.queue.remove(self.jobs[job])
+        self.queue.remove(self.jobs[job].queued)
 
     def _release(self, job: str) -> None:
         """Remove every allocation of ``job`` (each gang member) at the next write of its nodes."""
@@ -834,8 +834,8 @@ class RegionCore:
     def _take_plan(self, plan: Plan) -> None:
         """The queue, index and reclaims as the pass left them; placed jobs are being claimed."""
         for job in plan.dequeued:  # a few per pass: found by bisection, not by a walk of the queue
-            if not self.queue.remove(self.jobs[job]):
-                self.queue.remove_any(self.jobs[job])  # queued under another order than its view's
+            if not self.queue.remove(self.jobs[job].queued):
+                self.queue.remove_any(self.jobs[job].queued)  # queued under another order than its view's
         for name in plan.expired:
             self.index.discard(name)
         self.reclaims |= plan.reclaims

@@ -71,6 +71,11 @@ class JobView:
     decision: Decision | None = None
     gang: GangProgress | None = None
 
+    @property
+    def queued(self) -> tuple[tuple[int, float, int], str, str]:
+        """The job as the region's queue takes it (:class:`federation.core.queueing.Queue`)."""
+        return self.order, self.record.id, self.record.spec.tenant
+
 
 @dataclass(slots=True)
 class GangProgress:

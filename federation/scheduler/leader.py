@@ -466,9 +466,15 @@ class Leader:
         await self._execute(commands)
         await self.journal.flush(self.bus, self.core.epoch)
         await self.check_lease()  # a stale leader acknowledges nothing either
+        failure: Exception | None = None
         for _, delivery in items:  # one by one: an acknowledgement is only queued for the next flush
-            if delivery is not None:  # (no task each, as gathering them would make)
-                await delivery.ack()
+            if delivery is not None:  # (no task each, as gathering them would make); all are sent
+                try:
+                    await delivery.ack()
+                except Exception as exc:  # the first failure is raised once every one was tried
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
         self.counts["batches"] += 1
 
     async def _execute(self, commands: list[Command]) -> None:

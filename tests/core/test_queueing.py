@@ -40,10 +40,10 @@ def test_the_queue_counts_each_levels_tenants_through_adds_and_removes() -> None
     normal, high = core.jobs["a1"].order[0], core.jobs["h1"].order[0]
     assert [job for _, job in queue] == ["h1", "a1", "a2", "b1"]
     assert (queue.tenants(normal), queue.tenants(high)) == (2, 1)
-    assert queue.remove(core.jobs["b1"])
-    assert not queue.remove(core.jobs["b1"])  # not queued any more: nothing changes
+    assert queue.remove(core.jobs["b1"].queued)
+    assert not queue.remove(core.jobs["b1"].queued)  # not queued any more: nothing changes
     assert queue.tenants(normal) == 1
-    queue.add(core.jobs["b1"])
+    queue.add(core.jobs["b1"].queued)
     core.unqueue("a1")
     core.unqueue("a2")
     assert queue.tenants(normal) == 1
@@ -73,3 +73,25 @@ def test_a_pass_changes_nothing_and_its_plan_taken_leaves_the_counts_as_placemen
     core.handle(Tick(now=100.0))
     assert [job for _, job in core.queue] == ["b1"]
     assert core.queue.tenants(rank) == 1
+
+
+def test_the_counts_always_match_the_entries_through_a_random_mix_of_changes() -> None:
+    import random
+
+    rng = random.Random(18)
+    tenants, priorities = ("a", "b", "c"), ("urgent", "medium", "low")
+    jobs = [(f"j{i}", rng.choice(tenants), rng.choice(priorities)) for i in range(60)]
+    core = core_with(jobs, slots=4)
+    for now in range(40):
+        job = rng.choice(jobs)[0]
+        if rng.random() < 0.4:
+            core.unqueue(job)
+        elif rng.random() < 0.5 and core.jobs[job].record.state == "pending":
+            if all(queued != job for _, queued in core.queue):
+                core.requeue_now(job)
+        else:
+            core.handle(Tick(now=100.0 + now))  # a pass, its plan taken (placements leave the queue)
+        for rank in range(4):
+            expected = {core.jobs[j].record.spec.tenant for (r, _, _), j in core.queue if r == rank}
+            assert core.queue.tenants(rank) == len(expected)
+        assert list(core.queue) == sorted(core.queue)
