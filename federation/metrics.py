@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterable, Sequence
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import prometheus_client
 import structlog
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -47,6 +49,7 @@ from federation.errors import ConfigError
 
 # seconds: from a few milliseconds (a placement in a quiet region) to minutes (a queue's wait)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+POLL = 0.05  # seconds between the metrics server's looks for a stop (its exit waits for one)
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -82,23 +85,38 @@ class Snapshot(Collector):
         return ()
 
 
+class _Quiet(WSGIRequestHandler):
+    """A request handler that logs nothing (a scrape is not news)."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 class MetricsServer:
-    """A registry served as Prometheus text over HTTP, in a thread of its own."""
+    """A registry served as Prometheus text over HTTP, in a thread of its own (the library's WSGI
+    application and threading server, run here so that the server's loop looks for a stop every
+    :data:`POLL` seconds, not the library's half second: a daemon's exit waits for it)."""
 
     def __init__(self, registry: CollectorRegistry, address: str) -> None:
         """Bind ``address`` (``HOST:PORT``) and start answering; :attr:`url` is where."""
         host, port = parse_address(address)
         try:
-            self._server: WSGIServer
-            self._thread: threading.Thread
-            self._server, self._thread = prometheus_client.start_http_server(port, host, registry)
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, bind = found[0][0], str(found[0][4][0])  # (an IPv6 host needs an IPv6 socket)
+            server_class = type("MetricsHTTPServer", (ThreadingWSGIServer,), {"address_family": family})
+            app = prometheus_client.make_wsgi_app(registry)
+            self._server: WSGIServer = make_server(bind, port, app, server_class, handler_class=_Quiet)
         except OSError as exc:
             raise ConfigError(f"cannot serve metrics on {address}: {exc}") from exc
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": POLL}, name="metrics", daemon=True
+        )
+        self._thread.start()
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self._server.server_port}/metrics"
 
     async def close(self) -> None:
-        """Stop answering (the server's loop notices within half a second: off the event loop)."""
+        """Stop answering (the server's loop notices within :data:`POLL` seconds: off the event loop)."""
         await asyncio.to_thread(self._shutdown)
 
     def _shutdown(self) -> None:

@@ -174,6 +174,7 @@ class Leader:
         self.log.info(
             "scheduler started", nodes=len(self.core.nodes), jobs=len(self.core.jobs), epoch=self.core.epoch
         )
+        self._tasks.append(asyncio.create_task(self._wake_when_stopped()))
         await self._loop()
         if self.failure is not None:
             raise self.failure
@@ -187,6 +188,11 @@ class Leader:
             _, stuck = await asyncio.wait(self._tasks, timeout=10.0)
             for task in stuck:
                 self.log.error("task did not stop", task=task.get_name(), stack=tracing.task_stack(task))
+
+    async def _wake_when_stopped(self) -> None:
+        """Wake the loop as soon as it is asked to stop (it waits for a message up to a tick)."""
+        await self._stop.wait()
+        self.deliver(Tick(now=self.clock()))
 
     async def check_lease(self) -> None:
         """Refuse to write once the lease may have passed to another scheduler."""
