@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import shutil
 import socket
 import subprocess
@@ -24,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import throughput
 
 from federation.bus import Bus
 from federation.bus.layout import StreamSpec
@@ -63,7 +64,7 @@ async def main() -> None:
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(f"machine: {platform.system()} {platform.release()}, Python {platform.python_version()}")
+    print(f"machine: {throughput.machine()}")
     print(f"command: python bench/publish.py {' '.join(sys.argv[1:])}".rstrip())
     store = Path(tempfile.mkdtemp(prefix="fed-bench-publish-"))
     port = free_port()
