@@ -59,13 +59,13 @@ class Executables:
             where = name if os.path.isabs(name) else os.path.join(cwd, name)
             return where if _executable(where) else None
         search = path if path is not None else os.defpath
+        key, now = (name, search), self._clock()
+        known = self._found.get(key)  # (only a PATH of absolute entries is ever kept)
+        if known is not None and known[1] > now and os.access(known[0], os.X_OK):
+            return known[0]
         dirs = search.split(os.pathsep)
         if not all(os.path.isabs(d) for d in dirs):  # relative to the attempt's directory: not kept
             return shutil.which(name, path=os.pathsep.join(os.path.join(cwd, d) for d in dirs))
-        key, now = (name, search), self._clock()
-        known = self._found.get(key)
-        if known is not None and known[1] > now and _executable(known[0]):
-            return known[0]
         found = shutil.which(name, path=search)
         if found is None:
             self._found.pop(key, None)
