@@ -18,7 +18,8 @@ attempt, ``slot-<n>`` (reused by later attempts, one at a time: see *Reuse*), be
   attempt's groups (each hierarchy's ``tasks``: that thread alone) just around the start of the
   process (:meth:`Group.entered`), which a ``posix_spawn`` (glibc's vfork) begins where the thread
   is, and leaves at once;
-  the memory group is the exception, joined by the process right after its start, with anything
+  the memory group is the exception, joined by the process right after its start (before the
+  thread leaves the others: the fewer microseconds the better), with anything
   it forked meanwhile (:meth:`Group.join_memory`; what it touched before that, microseconds of a
   fresh exec, is not counted), so that nothing the agent allocates is ever charged to an attempt.
   On v2, where a process moves with all its threads, a two-line ``sh`` prefix holds the workload

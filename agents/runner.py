@@ -494,8 +494,6 @@ async def launch(
             assert group is not None
             group.add(child.pid)
             os.write(gate[1], b"\n")
-        elif group is not None:  # (v1) started inside the others: into the memory group
-            group.join_memory(child.pid)
     except OSError as exc:
         child.kill()
         await child.exited.wait()
@@ -539,8 +537,12 @@ def _spawn(
     try:
         with inside.entered():  # the process begins where this thread is: inside
             started = go()
+            try:  # and joins its memory group at once, before this thread leaves the others
+                inside.join_memory(started.pid)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot put the attempt into its memory cgroup: {exc}") from None
     except OSError:
-        if started is not None:  # started, but this thread could not leave the groups: no run
+        if started is not None:  # started, but not wholly in its groups (or this thread could not leave them)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(started.pid, signal.SIGKILL)
             os.waitpid(started.pid, 0)

@@ -151,7 +151,8 @@ async def test_whether_an_attempt_starts_inside_its_group_or_behind_the_gate_it_
 ) -> None:
     """v1 starts an attempt inside its groups, unless its process limit leaves no room for the
     agent's thread meanwhile: then the gate holds it until it was moved in. Both end up in the
-    same reused group, measured."""
+    same reused group, measured. (Started inside, a process joins its memory group right after
+    its start, not before it runs: the job looks until it is there, for two seconds at most.)"""
     from agents import runner
 
     hierarchy = cgroups.detect(f"gate-{tmp_path.name[-12:]}")
@@ -165,9 +166,9 @@ async def test_whether_an_attempt_starts_inside_its_group_or_behind_the_gate_it_
         seen = []
         for processes in (2, 0):  # 2: below runner.MIN_ENTER_PROCESSES, behind the gate
             sandbox = runner.Sandbox(cgroups=hierarchy, memory=64 * MiB, processes=processes, cpus=1)
-            spec = runner.RunSpec(
-                job=f"gate-{processes}", attempt=1, command=["sh", "-c", "cat /proc/self/cgroup"]
-            )
+            joined = "for i in $(seq 200); do grep -q ':memory:.*/slot-1$' /proc/self/cgroup && break"
+            script = f"{joined}; sleep 0.01; done; cat /proc/self/cgroup"  # sleep-ok: the job polls
+            spec = runner.RunSpec(job=f"gate-{processes}", attempt=1, command=["sh", "-c", script])
             run = await runner.start(spec, tmp_path / "work", sink, 1 << 20, sandbox)
             assert await run.wait() == 0
             assert run.measured_by == "cgroup"
