@@ -202,8 +202,9 @@ def _agent_environment() -> dict[str, str]:
 
 
 def build_env(spec: RunSpec, base: Mapping[str, str], workdir: str) -> dict[str, str]:
-    """The workload's environment: allowlisted agent variables, the job's env, the federation's."""
-    env = {key: base[key] for key in ENV_ALLOWLIST if key in base}
+    """The workload's environment: ``base`` (the agent's allowlisted variables,
+    :func:`_agent_environment`), the job's env, the federation's."""
+    env = dict(base)
     env.update(spec.env)
     env.update(
         HOME=workdir,

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
 import msgspec
 
 from federation.errors import InvalidRequest, MalformedMessage, MessageTooLarge, RemoteProtocolError
+from federation.subjects import view_origin
 
 # --- bounded scalar types -----------------------------------------------------------------------
 
@@ -693,13 +694,15 @@ def decode_tenant_reply(data: bytes) -> TenantReply:
     return msgspec.json.decode(data, type=TenantReply)
 
 
-def decode_summaries(values: Iterable[tuple[str, bytes]], *, without: str = "") -> dict[str, Summary]:
-    """Region summaries by region from (the region that published it, its bytes): skipping
-    anything that is not a readable summary, a summary that speaks for another region than its
-    publisher (a region's permissions let it publish only its own subjects, so the subject says
-    who sent it), and the region ``without`` (a region's views stream holds its own view too)."""
+def decode_summaries(views: Iterable[tuple[str, bytes]], *, without: str = "") -> dict[str, Summary]:
+    """Region summaries by region from views as broadcast (their ``fed.<region>.view`` subject,
+    their bytes): skipping anything that is not a readable summary, a summary that speaks for
+    another region than its publisher (a region's permissions let it publish only its own
+    subjects, so the subject says who sent it), and the region ``without`` (a region's views
+    stream holds its own view too)."""
     out: dict[str, Summary] = {}
-    for origin, data in values:
+    for subject, data in views:
+        origin = view_origin(subject)
         try:
             message = decode_message(data)
         except (MalformedMessage, MessageTooLarge):

@@ -123,8 +123,7 @@ class Status(Auditing):
         if await bus.last_sequence(subjects.views_stream(region)) is None:
             return {}
         latest = await bus.latest(subjects.views_stream(region), subjects.view("*"))
-        views = ((subjects.view_origin(item.subject), item.data) for item in latest.values())
-        return decode_summaries(views, without=region)
+        return decode_summaries(((item.subject, item.data) for item in latest.values()), without=region)
 
     async def summary(self, region: str) -> Summary | None:
         """The region's latest capacity summary as its leader published it (None before the first)."""

@@ -66,8 +66,7 @@ class Peering:
     async def views(self) -> dict[str, Summary]:
         """The other regions' latest views as captured in this region (its view of the federation)."""
         latest = await self.bus.latest(subjects.views_stream(self.region), subjects.view("*"))
-        views = ((subjects.view_origin(item.subject), item.data) for item in latest.values())
-        return decode_summaries(views, without=self.region)
+        return decode_summaries(((item.subject, item.data) for item in latest.values()), without=self.region)
 
     async def feed_views(self) -> None:
         """Hand the views to the core every ``summary_interval`` (spillover chooses regions by them)."""
