@@ -53,11 +53,12 @@ import msgspec
 import psutil
 import structlog
 
-from agents import cgroups, data, landlock, runner, spawning
+from agents import cgroups, data, landlock, runner, spawning, workdirs
 from agents.journal import AttemptJournal
 from agents.metrics import AgentMetrics
 from agents.offloop import OffLoop
 from agents.probes import HostProbe, build_offer, declared_devices
+from agents.workdirs import WorkDirs
 from federation import failpoints, subjects, tracing
 from federation.bus import Bus
 from federation.bus.delivery import Delivery
@@ -118,6 +119,7 @@ class Agent:
         self.state_dir = Path(config.state_dir or f".fed-agent-{config.node}").absolute()
         self.work_root = Path(config.work_dir).absolute() if config.work_dir else self.state_dir / "work"
         self.disk = OffLoop()  # file work off the event loop, batched (the journal's included)
+        self.workdirs = WorkDirs(self.work_root, self.disk)  # the attempts' directories, reused
         self.journal = AttemptJournal(self.state_dir / "attempts.journal", self.disk)
         self.running: dict[str, runner.Run] = {}
         # the region's cadence (seconds between heartbeats, between refreshes of an unchanged
@@ -146,6 +148,9 @@ class Agent:
         os.umask(0o077)  # the agent's files (journal, logs, credentials) are its own; so are the jobs'
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.sandbox = self._sandbox()
+        if self.sandbox.uid is not None:  # the workloads' directories are theirs
+            gid = self.sandbox.gid if self.sandbox.gid is not None else -1
+            self.workdirs.owner = (self.sandbox.uid, gid)
         await self._isolate()
         cores, gpus, _ = declared_devices(self.config, self.probe.sample(set()))
         self.devices = (set(cores), set(gpus))
@@ -176,6 +181,7 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self._shutdown_runs()
+            await self.disk.call(self.workdirs.close)  # (after the give-backs asked for so far)
             await self.journal.close()
             if self.sandbox.cgroups is not None:
                 self.sandbox.cgroups.close()
@@ -523,16 +529,16 @@ class Agent:
         """The attempt's directory with the job's inputs in it (:mod:`agents.data`); one that
         cannot be staged is reported ``refused`` with the cause (the job goes back to the queue per
         its retry policy), and nothing runs: None then."""
-        workdir = await self.disk.call(partial(data.new_directory, spec.job, spec.attempt, self.work_root))
+        workdir = await self.disk.call(self.workdirs.take)
         try:
             await data.stage(self.bus, self.disk, self.region, allocation, workdir)
         except data.StagingError as exc:
-            runner.remove_later(self.disk, workdir)
+            self.workdirs.give_back(workdir, contained=True)
             await self._report(allocation, "refused", reason=str(exc))
             bound.warning("inputs not staged", reason=str(exc))
             return None
         except BaseException:
-            runner.remove_later(self.disk, workdir)
+            self.workdirs.give_back(workdir, contained=True)
             raise
         return workdir
 
@@ -550,7 +556,7 @@ class Agent:
                 await self._store_retrying(subjects.job_log(self.region, self.node, allocation.job), text)
             return stored
         finally:
-            runner.remove_later(self.disk, run.workdir)
+            self.workdirs.give_back(run.workdir, contained=run.contained)
 
     async def _start_attempt(
         self,
@@ -599,13 +605,13 @@ class Agent:
         """Make the attempt's directory (or take the one its inputs were staged in) and journal it
         (durably), both in the next batch of the worker thread, then its cgroup, then start its
         process: never before its line is on disk."""
-        made = self.disk.call(partial(runner.make_workdir, spec, self.work_root, sandbox, staged))
+        made = self.disk.call(partial(runner.make_workdir, self.workdirs, sandbox, staged))
         asked = self.monotonic()
         try:
             await self.journal.starting(job, spec.attempt)
             self.metrics.journal_latency.observe(self.monotonic() - asked)
         except BaseException:
-            made.add_done_callback(_remove_made(self.disk))
+            made.add_done_callback(_give_back_taken(self.workdirs))
             raise
         failpoints.crash("agent-after-journal")
         try:
@@ -613,8 +619,9 @@ class Agent:
         except OSError as exc:
             return runner.LaunchError(f"cannot make the attempt's directory: {exc}")
         try:
-            prepared = runner.prepare(spec, workdir, sandbox, self.disk)
-            return await runner.launch(spec, prepared, sink, self.config.max_output_bytes, sandbox, self.disk)
+            prepared = runner.prepare(spec, workdir, sandbox, self.workdirs)
+            bound = self.config.max_output_bytes
+            return await runner.launch(spec, prepared, sink, bound, sandbox, self.workdirs)
         except runner.LaunchError as exc:
             return exc
 
@@ -750,7 +757,7 @@ class Agent:
             return
         left = list(self.work_root.iterdir())
         for path in left:
-            self.disk.later(partial(runner.remove_directory, path))
+            self.disk.later(partial(workdirs.remove_directory, path))
         if left:
             self.log.warning("removing attempt directories a previous life left", count=len(left))
 
@@ -803,14 +810,14 @@ def _usage(run: runner.Run, wall: float) -> Usage:
     )
 
 
-def _remove_made(disk: OffLoop) -> Callable[[asyncio.Future[Path]], None]:
-    """A callback removing a made directory whose attempt will not start."""
+def _give_back_taken(dirs: WorkDirs) -> Callable[[asyncio.Future[Path]], None]:
+    """A callback giving back a directory taken for an attempt that will not start."""
 
-    def remove(made: asyncio.Future[Path]) -> None:
-        if not made.cancelled() and made.exception() is None:
-            runner.remove_later(disk, made.result())
+    def give_back(taken: asyncio.Future[Path]) -> None:
+        if not taken.cancelled() and taken.exception() is None:
+            dirs.give_back(taken.result(), contained=True)
 
-    return remove
+    return give_back
 
 
 def _gang_env(allocation: Allocation) -> dict[str, str]:

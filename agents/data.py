@@ -25,7 +25,6 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-from agents import runner
 from agents.offloop import OffLoop
 from federation import subjects
 from federation.bus import Bus, objects
@@ -39,11 +38,6 @@ MAX_OUTPUTS = 256  # files one attempt may store
 
 class StagingError(Exception):
     """An input that could not be put into the attempt's directory."""
-
-
-def new_directory(job: str, attempt: int, work_root: Path) -> Path:
-    """An attempt's directory made ahead of its start, to stage its inputs in (blocking)."""
-    return runner.new_directory(f"{job}.{attempt}.", work_root)
 
 
 async def stage(bus: Bus, disk: OffLoop, region: str, allocation: Allocation, workdir: Path) -> None:
@@ -135,4 +129,4 @@ def _open_plain(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-__all__ = ["StagingError", "find_outputs", "new_directory", "stage", "store_outputs"]
+__all__ = ["StagingError", "find_outputs", "stage", "store_outputs"]

@@ -1,12 +1,14 @@
 """Run one workload attempt as a real process, and make sure all of it ends.
 
-Each attempt gets: a private 0700 working directory (removed afterwards); an environment built
+Each attempt gets: a private 0700 working directory (:mod:`agents.workdirs`: removed afterwards, or
+handed to a later attempt when it is left empty); an environment built
 from an allowlist of the agent's variables plus the job's own ``env`` and ``FED_JOB_ID``,
 ``FED_ATTEMPT``, ``CUDA_VISIBLE_DEVICES`` (exactly the claimed GPU ids, empty when none) and
 ``TRACEPARENT``; CPU affinity equal to exactly the claimed cores when the node's cores are real;
 its own session and process group, so stopping it (SIGTERM, then SIGKILL after a grace period)
 and cleaning up after it reach every process it started. Output (stdout and stderr merged) is
-handed to a callback in chunks, up to a bound; the rest is counted and dropped. The process is
+handed to a callback in chunks, up to a bound; the rest is counted and dropped
+(:mod:`agents.output`). The process is
 started by :mod:`agents.spawning` (``posix_spawn`` unless something must run between fork and exec).
 
 The :class:`Sandbox` confines it further: it runs as an unprivileged user (its working directory
@@ -25,8 +27,7 @@ import resource
 import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,12 +36,13 @@ from typing import Any
 from agents import cgroups, landlock, spawning
 from agents.cgroups import Group, Hierarchy, Limits, Usage
 from agents.offloop import OffLoop
+from agents.output import Output, Sink
+from agents.workdirs import WorkDirs
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
-CHUNK = 16 * 1024
-PUMP_DRAIN = 2.0  # seconds to finish reading output once the process group is gone
+OUTPUT_DRAIN = 2.0  # seconds to finish reading output once the process group is gone
 
-OutputSink = Callable[[bytes], Awaitable[None]]
+OutputSink = Sink
 EXECUTABLES = spawning.Executables()  # where commands are, looked up in a job's PATH (process-wide)
 
 
@@ -221,24 +223,22 @@ def build_env(spec: RunSpec, base: Mapping[str, str], workdir: str) -> dict[str,
 
 
 class Run:
-    """A started attempt: its process group, output pump and exit status."""
+    """A started attempt: its process group, its output and exit status."""
 
     def __init__(
         self,
         spec: RunSpec,
         child: _Child,
         workdir: Path,
-        pump: asyncio.Task[int],
-        disk: OffLoop,
+        output: Output,
+        dirs: WorkDirs,
         group: Group | None = None,
-        output: asyncio.ReadTransport | None = None,
     ):
         self.spec = spec
         self.child = child
-        self._output = output  # the read end of its output pipe
+        self._output = output  # the read end of its output pipe, forwarded as it comes
         self.workdir = workdir
-        self._pump = pump
-        self._disk = disk
+        self._dirs = dirs
         self.group = group  # its cgroup: every process it forks, setsid or not (None once given back)
         self.contained = group is not None
         self._used: Usage | None = None  # what its cgroup counted, once the attempt is over
@@ -287,8 +287,8 @@ class Run:
         try:
             async with asyncio.timeout(seconds):
                 await self.child.exited.wait()
-        except TimeoutError:
-            return False
+        except TimeoutError:  # its exit may have been seen in the same turn as the time ran out
+            return self.child.returncode is not None
         return True
 
     async def wait(self) -> int:
@@ -304,22 +304,12 @@ class Run:
                     self._used = await group.remove()
         else:
             self._kill_group()
-        try:
-            # a process that left the group (setsid) may still hold the output pipe: do not let it
-            # keep the attempt open; its output after this point is dropped
-            if not self._pump.done():
-                async with asyncio.timeout(PUMP_DRAIN):
-                    await asyncio.shield(self._pump)
-        except TimeoutError:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
-        if not self._pump.cancelled():
-            self._pump.result()  # a failure to forward output is the attempt's failure
-        if self._output is not None:
-            self._output.close()  # the pipe ends a killed escapee held, if any still are open
+        # a process that left the group (setsid) may still hold the output pipe: it does not keep
+        # the attempt open; its output after this point is dropped (a failure to forward output
+        # is the attempt's failure)
+        await self._output.finish(OUTPUT_DRAIN)
         if not self.spec.keep_workdir:
-            remove_later(self._disk, self.workdir)
+            self._dirs.give_back(self.workdir, contained=self.contained)
         return code
 
     async def stop(self, grace: float) -> None:
@@ -354,50 +344,27 @@ class Prepared:
     gated: bool = False  # it waits behind the gate until put into its cgroup (else starts inside)
     executable: str = ""
 
-    def discard(self, disk: OffLoop) -> None:
+    def discard(self, dirs: WorkDirs) -> None:
         """Undo :func:`make_workdir` and :func:`prepare` for an attempt that will not start."""
-        remove_later(disk, self.workdir)
+        dirs.give_back(self.workdir, contained=True)  # (nothing ran in it)
         if self.group is not None:
             self.group.release()
 
 
-def remove_later(disk: OffLoop, workdir: Path) -> None:
-    """Remove an attempt's working directory with the worker thread's next batch."""
-    disk.later(partial(remove_directory, workdir))
-
-
-def remove_directory(workdir: Path) -> None:
-    """Remove ``workdir`` and what is in it (one ``rmdir`` when the job left nothing: most do)."""
-    try:
-        os.rmdir(workdir)
-    except OSError:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def new_directory(prefix: str, work_root: Path) -> Path:
-    """A fresh 0700 directory under ``work_root`` (made first if it is missing: once)."""
-    try:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=work_root))
-    except FileNotFoundError:
-        work_root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=work_root))
-
-
-def make_workdir(
-    spec: RunSpec, work_root: Path, sandbox: Sandbox = Sandbox(), staged: Path | None = None
-) -> Path:
-    """The attempt's private working directory (blocking: the agent's worker thread makes it,
-    in the same batch as the journal line of the attempt); ``staged`` is one made already, with
-    the job's inputs in it."""
-    workdir = staged or new_directory(f"{spec.job}.{spec.attempt}.", work_root)  # 0700 (mkdtemp)
-    if sandbox.uid is not None:  # the workload's own directory, and nothing else of the agent's
+def make_workdir(dirs: WorkDirs, sandbox: Sandbox = Sandbox(), staged: Path | None = None) -> Path:
+    """The attempt's private working directory (blocking: the agent's worker thread takes it, in
+    the same batch as the journal line of the attempt); ``staged`` is one taken already, with
+    the job's inputs in it, which become the workload's own."""
+    if staged is None:
+        return dirs.take()
+    if sandbox.uid is not None:
         owner = (sandbox.uid, sandbox.gid if sandbox.gid is not None else -1)
-        for path in (workdir, *(workdir.iterdir() if staged else ())):
+        for path in (staged, *staged.iterdir()):
             os.chown(path, *owner)
-    return workdir
+    return staged
 
 
-def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, disk: OffLoop) -> Prepared:
+def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, dirs: WorkDirs) -> Prepared:
     """The attempt's environment and cgroup; raises :class:`LaunchError` if it cannot start
     (having removed ``workdir``). The cgroup's are short in-memory kernel calls: on the loop."""
     env = build_env(spec, _agent_environment(), str(workdir))
@@ -411,14 +378,14 @@ def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, disk: OffLoop) -> Pr
         try:
             group = sandbox.cgroups.attempt(bounds)
         except OSError as exc:
-            remove_later(disk, workdir)
+            dirs.give_back(workdir, contained=True)
             raise LaunchError(f"cannot make the attempt's cgroup: {exc}") from None
         cores = None
     gated = group is not None and not _starts_inside(group, sandbox)
     executable = EXECUTABLES.find(spec.command[0], env.get("PATH"), str(workdir))
     prepared = Prepared(workdir, env, group, cores, gated, executable or "")
     if executable is None:  # (a wrapper would report it only as an exit code)
-        prepared.discard(disk)
+        prepared.discard(dirs)
         raise LaunchError(f"cannot start {spec.command[0]!r}: not found or not executable")
     return prepared
 
@@ -429,13 +396,15 @@ async def start(
     sink: OutputSink,
     max_output: int,
     sandbox: Sandbox = Sandbox(),
-    disk: OffLoop | None = None,
+    dirs: WorkDirs | None = None,
 ) -> Run:
-    """Make the directory, prepare and launch the attempt; raises :class:`LaunchError` when it
-    cannot start."""
-    disk = disk or OffLoop()
-    workdir = await disk.call(partial(make_workdir, spec, work_root, sandbox))
-    return await launch(spec, prepare(spec, workdir, sandbox, disk), sink, max_output, sandbox, disk)
+    """Take the attempt's directory (under ``work_root``, or from ``dirs``), prepare and launch
+    the attempt; raises :class:`LaunchError` when it cannot start."""
+    if dirs is None:
+        owner = None if sandbox.uid is None else (sandbox.uid, -1 if sandbox.gid is None else sandbox.gid)
+        dirs = WorkDirs(work_root, OffLoop(), owner)
+    workdir = await dirs.disk.call(partial(make_workdir, dirs, sandbox))
+    return await launch(spec, prepare(spec, workdir, sandbox, dirs), sink, max_output, sandbox, dirs)
 
 
 async def launch(
@@ -444,7 +413,7 @@ async def launch(
     sink: OutputSink,
     max_output: int,
     sandbox: Sandbox,
-    disk: OffLoop,
+    dirs: WorkDirs,
 ) -> Run:
     """Start the prepared attempt's process; raises :class:`LaunchError` when it cannot start
     (having undone ``prepared``)."""
@@ -486,10 +455,9 @@ async def launch(
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         _close(gate)
-        prepared.discard(disk)
+        prepared.discard(dirs)
         raise LaunchError(f"cannot start {spec.command[0]!r}: {exc}") from None
     child = _Child(started, loop)
-    pipe = os.fdopen(started.output, "rb", buffering=0)
     try:
         if gate is not None:  # (v2) into every group, then the gate lets it exec
             assert group is not None
@@ -499,18 +467,15 @@ async def launch(
         child.kill()
         await child.exited.wait()
         assert group is not None
-        pipe.close()
+        os.close(started.output)
         await group.remove()
-        remove_later(disk, workdir)
+        dirs.give_back(workdir, contained=True)  # (its process was killed, and its group emptied)
         raise LaunchError(f"cannot put the attempt into its cgroup: {exc}") from None
     finally:
         if gate is not None:
             os.close(gate[0])
             os.close(gate[1])
-    reader = asyncio.StreamReader(limit=CHUNK * 4, loop=loop)
-    output, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
-    pump = asyncio.create_task(_pump(reader, sink, max_output))
-    return Run(spec, child, workdir, pump, disk, group, output)
+    return Run(spec, child, workdir, Output(started.output, sink, max_output, loop), dirs, group)
 
 
 def _spawn(
@@ -564,20 +529,3 @@ def _close(gate: tuple[int, int] | None) -> None:
     for fd in gate or ():
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-async def _pump(output: asyncio.StreamReader, sink: OutputSink, max_output: int) -> int:
-    """Forward output to ``sink`` up to ``max_output`` bytes; returns the number of bytes dropped."""
-    sent = dropped = 0
-    while chunk := await output.read(CHUNK):
-        room = max_output - sent
-        if room > 0:
-            part = chunk[:room]
-            await sink(part)
-            sent += len(part)
-            dropped += len(chunk) - len(part)
-        else:
-            dropped += len(chunk)
-    if dropped:
-        await sink(f"\n[fed: output truncated, {dropped} bytes dropped after {max_output}]\n".encode())
-    return dropped

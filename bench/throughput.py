@@ -125,8 +125,9 @@ class Region:
 
     def cpu_seconds(self) -> dict[str, tuple[float, float]]:
         """CPU time (user+system) used so far by each child process: its own, and its reaped
-        children's (an agent's workloads)."""
-        out = {}
+        children's (an agent's workloads); and this process's own, as ``driver``."""
+        mine = psutil.Process().cpu_times()
+        out = {DRIVER: (mine.user + mine.system, 0.0)}
         for child in self.children:
             try:
                 times = psutil.Process(child.pid).cpu_times()
@@ -156,16 +157,20 @@ class Region:
                     child.process.kill()
 
 
+DRIVER = "driver"  # this process (submitting, watching the records), reported apart
+
+
 def cpu_report(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], n: int) -> str:
     """Milliseconds of CPU per job over the measured run, by process (the federation's own) and,
     apart, its workloads' (the agents' reaped children)."""
     own = {k: (after[k][0] - before.get(k, (0.0, 0.0))[0]) * 1000 / n for k in after}
     kids = sum(after[k][1] - before.get(k, (0.0, 0.0))[1] for k in after) * 1000 / n
+    driver = own.pop(DRIVER, 0.0)
     agents = sum(v for k, v in own.items() if k.startswith("agent"))
     parts = [f"{k}={v:.2f}" for k, v in own.items() if not k.startswith("agent")]
     return (
         f"  cpu ms per job: federation {sum(own.values()):.2f} ({', '.join(parts)}, agents={agents:.2f}); "
-        f"workloads {kids:.2f}"
+        f"workloads {kids:.2f}; this driver {driver:.2f}"
     )
 
 

@@ -76,6 +76,30 @@ async def test_a_setsid_child_is_gone_after_cancel_and_after_its_job_ends(
 
 
 @needs_cgroups
+async def test_a_directory_is_handed_on_only_empty_and_nothing_a_job_left_reaches_the_next(
+    make_cluster,
+) -> None:
+    cluster = await make_cluster(agents=1, capacity={"cpu": 1, "memory": 8 * GiB, "gpu": 0})
+    show = 'echo "$FED_WORKDIR"; ls -A "$FED_WORKDIR"'
+
+    async def ran(script: str) -> list[str]:
+        job = await fed.submit(["sh", "-c", script])
+        assert (await job.wait(timeout=60)).state == "succeeded"
+        return b"".join([c async for c in fed.logs(job.id)]).decode().split()
+
+    async with Client.connect(connection=cluster.connection) as fed:  # one core: one job at a time
+        littering = await ran(f'{show}; echo secret > "$FED_WORKDIR/left"')
+        after_litter = await ran(show)
+        tidy = await ran(f"{show}; touch scratch; rm scratch")
+        after_tidy = await ran(show)
+    assert len(littering) == 1  # an empty directory to start with
+    assert after_litter != littering  # the littered one was removed: a new one, empty
+    assert len(after_litter) == 1
+    assert tidy == after_litter
+    assert after_tidy == tidy  # left as it was found: handed to the next attempt, still empty
+
+
+@needs_cgroups
 async def test_a_job_past_its_memory_ends_out_of_memory_while_its_neighbour_runs_on(make_cluster) -> None:
     cluster = await make_cluster(agents=1, capacity={"cpu": 4, "memory": 8 * GiB, "gpu": 0})
     hog = ["python3", "-c", "x = bytearray(400 << 20); import time; time.sleep(5)"]  # sleep-ok: the job's
