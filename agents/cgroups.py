@@ -15,13 +15,16 @@ attempt, ``slot-<n>`` (reused by later attempts, one at a time: see *Reuse*), be
   per core on v2), so busy attempts share the node's CPU in proportion to what they asked for;
 * **containment**: the workload is in its cgroup from its start, and every process it forks stays
   there, ``setsid`` and double forks included. On v1 the agent's event-loop thread enters the
-  attempt's groups (each hierarchy's ``tasks``: that thread alone) just around the start of the
+  attempt's freezer group (each hierarchy's ``tasks``: that thread alone; also its pids group when
+  its processes are limited, its cpuset when it has claimed cores) just around the start of the
   process (:meth:`Group.entered`), which a ``posix_spawn`` (glibc's vfork) begins where the thread
-  is, and leaves at once;
-  the memory group is the exception, joined by the process right after its start (before the
-  thread leaves the others: the fewer microseconds the better), with anything
-  it forked meanwhile (:meth:`Group.join_memory`; what it touched before that, microseconds of a
-  fresh exec, is not counted), so that nothing the agent allocates is ever charged to an attempt.
+  is, and leaves at once: nothing the process forks escapes a kill or its limits. Its other
+  groups (memory, CPU accounting and weight) are joined by the process right after its start,
+  before the thread leaves, with anything it forked meanwhile (:meth:`Group.join`): the memory
+  group so that nothing the agent allocates is ever charged to an attempt (what the process
+  touched before the join, microseconds of a fresh exec, is not counted), the others because a
+  migration of the thread in and out costs two writes per hierarchy per start (what they miss is
+  the same microseconds of CPU).
   On v2, where a process moves with all its threads, a two-line ``sh`` prefix holds the workload
   until the agent wrote its pid into ``cgroup.procs`` (:func:`prefix`, the gate: one more exec).
   Stopping the attempt, and the end of its main process, kill everything left in the cgroup: v2
@@ -68,6 +71,7 @@ from typing import Literal
 
 V1_CONTROLLERS = ("freezer", "memory", "pids", "cpuset", "cpuacct")
 V1_OPTIONAL = ("cpu",)  # CPU weight of unpinned attempts, where the host mounts it
+ENTERED = ("freezer", "pids", "cpuset")  # v1 groups a start may be inside from the first instruction
 V2_CONTROLLERS = ("memory", "pids", "cpuset", "cpu")
 Mode = Literal["cgroup-v1", "cgroup-v2"]
 SETTLE = 5.0  # seconds a freeze or an emptying group may take before giving up
@@ -207,16 +211,16 @@ class Group:
     procs_files: list[str] = field(init=False, repr=False)  # where a pid is written to move it in
     # the files read or written for every attempt, their paths made once: the thread's way in and
     # out (v1 "tasks" here, and in the agent's group), and the counters (CPU, peak, OOM kills, charged)
-    _tasks: list[tuple[str, str]] = field(init=False, repr=False)
+    _tasks: dict[str, tuple[str, str]] = field(init=False, repr=False)
     _counter_files: tuple[str, str, str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.procs_files = [os.path.join(d, "cgroup.procs") for d in self.dirs.values()]
-        self._tasks = [
-            (os.path.join(d, "tasks"), os.path.join(self.home[c], "tasks"))
+        self._tasks = {
+            c: (os.path.join(d, "tasks"), os.path.join(self.home[c], "tasks"))
             for c, d in self.dirs.items()
-            if c != "memory" and c in self.home
-        ]
+            if c in ENTERED and c in self.home
+        }
 
         def at(controller: str, name: str) -> str:  # "" where the group has no such directory
             return os.path.join(self.dirs[controller], name) if controller in self.dirs else ""
@@ -247,33 +251,48 @@ class Group:
         for path in self.procs_files:
             self.files.write(path, str(pid))
 
-    def join_memory(self, pid: int) -> None:
-        """Move ``pid``, started inside the group's other hierarchies (:meth:`entered`), into its
-        memory group, and whatever it forked before that too (found in the first hierarchy, read
-        again until a read shows nothing new: a process forked after that read was forked by one
-        already moved, and inherits its group). A process gone meanwhile is skipped."""
-        path = self.procs_files[list(self.dirs).index("memory")]
+    def _entering(self) -> list[str]:
+        """The v1 hierarchies the starting thread enters (:meth:`entered`): the freezer always,
+        the pids group when the attempt's processes are limited, the cpuset when it has cores."""
+        limited = self.limits is not None and self.limits.processes > 0
+        return [c for c in self._tasks if c != "pids" or limited]
+
+    def join(self, pid: int) -> None:
+        """Move ``pid``, started inside the hierarchies :meth:`entered` enters, into the group's
+        others (memory, CPU accounting and weight, an unlimited pids group), and whatever it
+        forked before that too (found in the freezer, read again until a read shows nothing new: a
+        process forked after that read was forked by one already moved, and inherits its groups).
+        A process gone meanwhile is skipped."""
+        entering = self._entering()
+        paths = [path for c, path in zip(self.dirs, self.procs_files, strict=True) if c not in entering]
         moved: set[int] = set()
         born = {pid}
         while born:
             for member in sorted(born):
                 with contextlib.suppress(ProcessLookupError):  # exited already
-                    self.files.write(path, str(member))
+                    for path in paths:
+                        self.files.write(path, str(member))
             moved |= born
             born = self.pids() - moved
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
-        """This thread inside the group's v1 hierarchies except ``memory`` while the block runs
-        (a process spawned there begins inside), and back in the agent's own groups after, whatever
-        happened. Only the calling thread moves (v1 ``tasks``); the memory group is left out, so
-        that no page the agent touches meanwhile is charged to the attempt."""
+        """This thread inside the group's freezer (and pids group, and cpuset: :meth:`_entering`)
+        while the block runs, so that a process spawned there begins inside: it can neither fork
+        past a kill nor past its process limit, nor run on a core it did not claim. The thread
+        is back in the agent's own groups after, whatever happened. Only the calling thread moves
+        (v1 ``tasks``). The process joins the other hierarchies right after its start
+        (:meth:`join`): the memory group is never entered by the thread, so that no page the agent
+        touches meanwhile is charged to the attempt; CPU accounting and weight miss the
+        microseconds before the join, and each migration of the thread in and out costs the
+        agent two writes per hierarchy per start."""
         assert self.mode == "cgroup-v1"
         tid = str(threading.get_native_id())
         write = self.files.write
         left: list[str] = []
         try:
-            for inside, home in self._tasks:
+            for controller in self._entering():
+                inside, home = self._tasks[controller]
                 write(inside, tid)
                 left.append(home)
             yield

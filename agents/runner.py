@@ -503,10 +503,10 @@ def _spawn(
     try:
         with inside.entered():  # the process begins where this thread is: inside
             started = go()
-            try:  # and joins its memory group at once, before this thread leaves the others
-                inside.join_memory(started.pid)
+            try:  # and joins the others at once, before this thread leaves its freezer
+                inside.join(started.pid)
             except OSError as exc:
-                raise OSError(exc.errno, f"cannot put the attempt into its memory cgroup: {exc}") from None
+                raise OSError(exc.errno, f"cannot put the attempt into its cgroups: {exc}") from None
     except OSError:
         if started is not None:  # started, but not wholly in its groups (or this thread could not leave them)
             with contextlib.suppress(ProcessLookupError):

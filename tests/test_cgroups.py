@@ -167,10 +167,16 @@ def test_a_v1_attempt_is_entered_by_the_starting_thread_alone_and_left_after(tmp
     tid = str(threading.get_native_id())
     with group.entered():
         inside = {c: (d / "tasks").read_text() for c, d in group.dirs.items() if (d / "tasks").exists()}
-    # every hierarchy but memory got this thread (not the process: v1 "tasks" moves one thread)
-    assert inside == {c: tid for c in group.dirs if c != "memory"}
+    # the freezer, the limited pids group and the cpuset got this thread (not the process: v1
+    # "tasks" moves one thread); memory and CPU accounting are joined by the process after its start
+    assert inside == {"freezer": tid, "pids": tid, "cpuset": tid}
     assert not (group.dirs["memory"] / "tasks").exists()
+    assert not (group.dirs["cpuacct"] / "tasks").exists()
     assert all((group.home[c] / "tasks").read_text() == tid for c in inside)  # and it left
+    unlimited = hierarchy.attempt(Limits())
+    with unlimited.entered():
+        inside = {c: (d / "tasks").read_text() for c, d in unlimited.dirs.items() if (d / "tasks").exists()}
+    assert inside == {"freezer": tid}  # no process limit, no claimed cores: the freezer alone
     assert group.home["memory"] == tmp_path / "cg" / "memory" / "agent.slice"
 
     def fails_inside() -> None:
@@ -186,7 +192,7 @@ def test_a_v1_attempt_is_entered_by_the_starting_thread_alone_and_left_after(tmp
     assert group.pids() == {4242}
 
 
-def test_the_memory_group_takes_the_started_process_and_what_it_forked_before(
+def test_the_groups_not_entered_take_the_started_process_and_what_it_forked_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hierarchy = cgroups.detect("n1", root=_v1(tmp_path))
@@ -206,9 +212,10 @@ def test_the_memory_group_takes_the_started_process_and_what_it_forked_before(
         real(files, path, value)
 
     monkeypatch.setattr(cgroups._Files, "write", record)
-    group.join_memory(100)
-    memory = str(group.dirs["memory"] / "cgroup.procs")
-    assert written == [(memory, "100"), (memory, "101"), (memory, "102")]
+    group.join(100)
+    # every group the starting thread does not enter (no process limit: pids too), for each
+    joined = [str(group.dirs[c] / "cgroup.procs") for c in ("memory", "pids", "cpuacct")]
+    assert written == [(path, pid) for pid in ("100", "101") for path in joined] + [(joined[0], "102")]
 
 
 def _ended(group: cgroups.Group, cpu_ns: int, oom_kills: int, peak: int, charged: int) -> cgroups.Usage:
