@@ -3,7 +3,6 @@ found. Real processes, no NATS."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import stat
@@ -12,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from agents import runner, spawning
+from agents.offloop import OffLoop
+from agents.workdirs import WorkDirs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,16 +121,18 @@ def test_executables_are_found_in_the_jobs_path_relative_to_its_directory_and_lo
     assert found.find(str(first), path, "/") is None  # a directory is not an executable
 
 
-async def test_a_missing_command_is_a_launch_error_and_its_directory_is_removed(tmp_path: Path) -> None:
+async def test_a_missing_command_is_a_launch_error_and_its_directory_is_given_back(tmp_path: Path) -> None:
     spec = runner.RunSpec(job="j", attempt=1, command=["no-such-command-here"])
+    dirs = WorkDirs(tmp_path / "work", OffLoop())
 
     async def sink(chunk: bytes) -> None:
         pass
 
     with pytest.raises(runner.LaunchError, match="not found or not executable"):
-        await runner.start(spec, tmp_path / "work", sink, 1024)
-    for _ in range(100):  # removed by the worker's next batch
-        if not any((tmp_path / "work").iterdir()):
-            break
-        await asyncio.sleep(0.05)  # sleep-ok: polling the worker thread's removal
-    assert not any((tmp_path / "work").iterdir())
+        await runner.start(spec, dirs.root, sink, 1024, dirs=dirs)
+    await dirs.disk.drain()  # given back with the worker's next batch: nothing ran in it, it is kept
+    assert len(dirs) == 1
+    (kept,) = os.listdir(dirs.root)
+    assert os.listdir(dirs.root / kept) == []
+    await dirs.disk.call(dirs.close)
+    assert os.listdir(dirs.root) == []

@@ -133,14 +133,65 @@ class _Acks:
             raise nats.errors.TimeoutError from None
         finally:
             self._waiting.pop(number, None)
-        if not msg.data and msg.headers and msg.headers.get(api.Header.STATUS) == "503":
-            raise nats.js.errors.NoStreamResponseError
-        ack = _ACK.decode(msg.data)
-        if ack.error is not None:
-            raise nats.js.errors.APIError.from_error(ack.error)
-        if not ack.stream or not ack.seq:  # something answered, not a stream
-            raise nats.errors.Error(f"not a stream's answer on {subject}: {bytes(msg.data[:200])!r}")
-        return ack.seq
+        return _stored_at(msg, subject)
+
+    async def publish_all(
+        self, items: list[tuple[str, bytes, dict[str, str] | None]], timeout: float
+    ) -> list[int | Exception]:
+        """Publish every (subject, data, headers) at once and wait for all the answers together
+        (one timer, no task each); each one's sequence, or its error as :meth:`publish` raises it.
+        Every publish sent is waited for (up to ``timeout``), even when a later one cannot be sent
+        (that one's error is then its outcome, and the outcome of every one after it)."""
+        if not self._prefix:
+            await self._subscribe()
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[str, asyncio.Future[Msg]]] = []
+        unsent: Exception | None = None
+        try:
+            for subject, data, headers in items:
+                number = str(next(self._numbers))
+                answer: asyncio.Future[Msg] = loop.create_future()
+                self._waiting[number] = answer
+                try:
+                    await self._nc.publish(subject, data, reply=self._prefix + number, headers=headers)
+                except Exception as exc:  # (the connection closed, say): not sent, nor the rest
+                    unsent = exc
+                    break
+                sent.append((number, answer))
+            waiting = [answer for _, answer in sent if not answer.done()]
+            if waiting:
+                await asyncio.wait(waiting, timeout=timeout)
+        finally:
+            for number, _ in sent:
+                self._waiting.pop(number, None)
+            if unsent is not None:
+                self._waiting.pop(number, None)
+        outcomes: list[int | Exception] = []
+        for (subject, _, _), (_, answer) in zip(items, sent, strict=False):
+            if not answer.done():
+                outcomes.append(nats.errors.TimeoutError())
+                continue
+            try:
+                outcomes.append(_stored_at(answer.result(), subject))
+            except Exception as exc:  # handed to the caller with the others' outcomes
+                outcomes.append(exc)
+        if unsent is not None:
+            outcomes += [unsent] * (len(items) - len(sent))
+        return outcomes
+
+
+def _stored_at(msg: Msg, subject: str) -> int:
+    """The sequence a stream's answer says the publish on ``subject`` was stored at; raises
+    nats-py's ``NoStreamResponseError`` (no stream), ``APIError`` (refused), ``Error`` (not a
+    stream's answer)."""
+    if not msg.data and msg.headers and msg.headers.get(api.Header.STATUS) == "503":
+        raise nats.js.errors.NoStreamResponseError
+    ack = _ACK.decode(msg.data)
+    if ack.error is not None:
+        raise nats.js.errors.APIError.from_error(ack.error)
+    if not ack.stream or not ack.seq:  # something answered, not a stream
+        raise nats.errors.Error(f"not a stream's answer on {subject}: {bytes(msg.data[:200])!r}")
+    return ack.seq
 
 
 class Streams(Messaging):
@@ -232,6 +283,29 @@ class Streams(Messaging):
             raise _translate(subject, exc) from None
         except Exception as exc:
             raise _translate(subject, exc) from None
+
+    async def cas_all(self, bucket: str, writes: list[tuple[str, bytes, int]]) -> list[int | Exception]:
+        """Several compare-and-set writes to ``bucket`` at once, each (key, value, expected
+        revision) as :meth:`cas` makes it, answered together (pipelined, one wait); each one's new
+        revision, or its error as :meth:`cas` raises it (:class:`ConflictError` when its key moved).
+        Nothing is retried here."""
+        if self._acks is None:
+            self._acks = _Acks(self.nc)
+        items: list[tuple[str, bytes, dict[str, str] | None]] = [
+            (f"$KV.{bucket}.{key}", value, {EXPECTED_LAST_SUBJECT_SEQ: str(expected)})
+            for key, value, expected in writes
+        ]
+        outcomes = await self._acks.publish_all(items, 10.0)
+        for i, ((key, _, expected), (subject, _, _)) in enumerate(zip(writes, items, strict=True)):
+            outcome = outcomes[i]
+            if isinstance(outcome, nats.js.errors.APIError) and outcome.err_code in WRONG_LAST_SEQUENCE:
+                outcomes[i] = ConflictError(key, expected)
+            elif isinstance(outcome, Exception):
+                translated = _translate(subject, outcome)
+                if not isinstance(translated, Exception):  # (this task is being cancelled)
+                    raise translated
+                outcomes[i] = translated
+        return outcomes
 
     async def kv_get(self, bucket: str, key: str) -> tuple[bytes | None, int]:
         """The key's value and revision; ``(None, rev)`` when deleted or TTL-expired, ``(None, 0)`` absent."""

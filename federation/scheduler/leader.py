@@ -491,7 +491,11 @@ class Leader:
         """
         while commands:
             commands = _latest_records(commands)
-            outcomes = await asyncio.gather(*(self._run(c) for c in commands), return_exceptions=True)
+            records = [c.record for c in commands if isinstance(c, WriteJob)]
+            runs = [self._run(c) for c in commands if not isinstance(c, WriteJob)]
+            if records:  # the round's job records written together (one wait for their answers)
+                runs.append(self._write_records(records))
+            outcomes = await asyncio.gather(*runs, return_exceptions=True)
             commands = []
             failure: BaseException | None = None
             for outcome in outcomes:
@@ -530,20 +534,47 @@ class Leader:
                 self._check_epoch([stored.epoch if stored else 0], f"the ledger of {node}")
                 return ClaimConflict(node=node, ledger=stored, revision=revision)
             case WriteJob(record=record):
-                await self._write_record(record)
+                await self._write_records([record])
             case SendHandOff() | SendCancel():
                 self.handoffs.send(command)  # the outcome comes back as an event
         return None
 
-    async def _write_record(self, record: JobRecord) -> None:
+    async def _write_records(self, records: list[JobRecord]) -> None:
+        """Write job records by compare-and-set, all sent at once and their answers waited for
+        together; a record whose key moved meanwhile is read and written again on its own
+        (:meth:`_write_record`). Every write is settled before the first failure is raised."""
+        bucket = subjects.jobs_bucket(self.region)
+        await self.check_lease()
+        writes = [(r.id, encode(r), self.revisions.get(r.id, 0)) for r in records]
+        outcomes = await self.bus.cas_all(bucket, writes)
+        conflicted: list[JobRecord] = []
+        failure: Exception | None = None
+        for record, outcome in zip(records, outcomes, strict=True):
+            if isinstance(outcome, ConflictError):
+                conflicted.append(record)
+            elif isinstance(outcome, Exception):
+                failure = failure or outcome
+            else:
+                self.revisions[record.id] = outcome
+                self._recorded(record)
+        again = await asyncio.gather(
+            *(self._write_record(r, conflicted=True) for r in conflicted), return_exceptions=True
+        )
+        for written in again:
+            if isinstance(written, Exception):
+                failure = failure or written
+            elif isinstance(written, BaseException):  # (a cancellation)
+                raise written
+        if failure is not None:
+            raise failure
+
+    async def _write_record(self, record: JobRecord, *, conflicted: bool = False) -> None:
+        """Write one job record by compare-and-set; after a conflict (``conflicted``: one met
+        already), read what is stored first, and write over it only when that is no move backwards."""
         bucket = subjects.jobs_bucket(self.region)
         data = encode(record)
         for _ in range(5):
-            expected = self.revisions.get(record.id, 0)
-            try:
-                await self.check_lease()
-                self.revisions[record.id] = await self.bus.cas(bucket, record.id, data, expected)
-            except ConflictError:
+            if conflicted:
                 value, revision = await self.bus.kv_get(bucket, record.id)
                 try:
                     stored = decode(JobRecord, value) if value else None
@@ -561,35 +592,45 @@ class Leader:
                     )
                     return
                 self.revisions[record.id] = revision
+            expected = self.revisions.get(record.id, 0)
+            try:
+                await self.check_lease()
+                self.revisions[record.id] = await self.bus.cas(bucket, record.id, data, expected)
+            except ConflictError:
+                conflicted = True
                 continue
-            seen = self.metrics.written(record, self.observed.get(record.id, 0), self.since)
-            if record.terminal or record.state == "forwarded":
-                self.observed.pop(record.id, None)
-            else:
-                self.observed[record.id] = seen
-            if record.state == "placed":
-                failpoints.crash("after-record")
-                self.counts["placed"] += 1
-                if tracing.recording() and record.traceparent:
-                    with tracing.span(
-                        "fed.place",
-                        parent=record.traceparent,
-                        job=record.id,
-                        node=record.node,
-                        attempt=record.attempt,
-                        region=self.region,
-                    ):
-                        pass
-            self.log.info(
-                "job",
-                job=record.id,
-                state=record.state,
-                node=record.node,
-                attempt=record.attempt,
-                reason=record.reason,
-            )
+            self._recorded(record)
             return
         raise ConflictError(record.id, self.revisions.get(record.id, 0))
+
+    def _recorded(self, record: JobRecord) -> None:
+        """A job record was stored: its metrics, its placement's trace span, its log line."""
+        seen = self.metrics.written(record, self.observed.get(record.id, 0), self.since)
+        if record.terminal or record.state == "forwarded":
+            self.observed.pop(record.id, None)
+        else:
+            self.observed[record.id] = seen
+        if record.state == "placed":
+            failpoints.crash("after-record")
+            self.counts["placed"] += 1
+            if tracing.recording() and record.traceparent:
+                with tracing.span(
+                    "fed.place",
+                    parent=record.traceparent,
+                    job=record.id,
+                    node=record.node,
+                    attempt=record.attempt,
+                    region=self.region,
+                ):
+                    pass
+        self.log.info(
+            "job",
+            job=record.id,
+            state=record.state,
+            node=record.node,
+            attempt=record.attempt,
+            reason=record.reason,
+        )
 
 
 def _latest_records(commands: list[Command]) -> list[Command]:

@@ -47,3 +47,25 @@ async def test_compare_and_set_refusals_and_a_subject_no_stream_takes(bus: Bus) 
         await bus.cas(NAME, "other", b"one", 5)  # expected a revision of a key never written
     with pytest.raises(FederationUnavailable, match="no stream answers"):
         await bus.store("nobody.stores.this", b"x", timeout=2.0)
+
+
+async def test_compare_and_set_writes_sent_together_each_get_their_own_outcome(bus: Bus) -> None:
+    first = await bus.cas(NAME, "moved", b"one", 0)
+    await bus.cas(NAME, "moved", b"two", first)
+    writes = [(f"new{i}", f"value {i}".encode(), 0) for i in range(200)]
+    writes.insert(100, ("moved", b"three", first))  # stale: the key moved on since
+    outcomes = await bus.cas_all(NAME, writes)
+    assert len(outcomes) == len(writes)
+    stale = outcomes.pop(100)
+    assert isinstance(stale, ConflictError)
+    assert all(isinstance(o, int) for o in outcomes)
+    assert len(set(outcomes)) == 200  # every answer reached its own write
+    for (key, value, _), revision in zip(writes[:100] + writes[101:], outcomes, strict=True):
+        assert await bus.kv_get(NAME, key) == (value, revision)
+    assert (await bus.kv_get(NAME, "moved"))[0] == b"two"  # the stale write changed nothing
+    again = await bus.cas_all(NAME, [("new0", b"again", 0)])  # expected absent: it is not
+    assert isinstance(again[0], ConflictError)
+    assert await bus.cas_all(NAME, []) == []
+    nowhere = await bus.cas_all("no-such-bucket", [("k", b"x", 0)])
+    assert isinstance(nowhere[0], FederationUnavailable)
+    assert "no stream answers" in str(nowhere[0])
