@@ -202,3 +202,13 @@ def test_array_specs_read_as_slurm_writes_them() -> None:
     assert parse_array("0-99:10%2") == ([0, 10, 20, 30, 40, 50, 60, 70, 80, 90], 2)
     assert parse_array("5,5,4-5") == ([4, 5], 0)  # distinct, sorted
     assert parse_array("0-999%50")[1] == 50
+
+
+def test_commands_run_on_uvloop_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvloop
+
+    from federation.cli import entry
+
+    assert entry.loop_factory() is uvloop.new_event_loop
+    monkeypatch.setenv("FED_EVENT_LOOP", "asyncio")
+    assert entry.loop_factory() is None  # asyncio's own loop
