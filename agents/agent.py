@@ -556,7 +556,7 @@ class Agent:
                 await self._store_retrying(subjects.job_log(self.region, self.node, allocation.job), text)
             return stored
         finally:
-            self.workdirs.give_back(run.workdir, contained=run.contained)
+            self.workdirs.give_back(run.workdir, contained=run.emptied)
 
     async def _start_attempt(
         self,

@@ -208,6 +208,7 @@ class Group:
     owner: Hierarchy | None = field(default=None, repr=False)  # whose pool it goes back to (None: removed)
     limits: Limits | None = field(default=None, repr=False)  # written now (None: the kernel's defaults)
     start: _Counters = field(default_factory=_Counters, repr=False)  # at this attempt's start
+    emptied: bool = field(default=False, repr=False)  # the last remove() left no process behind
     procs_files: list[str] = field(init=False, repr=False)  # where a pid is written to move it in
     # the files read or written for every attempt, their paths made once: the thread's way in and
     # out (v1 "tasks" here, and in the agent's group), and the counters (CPU, peak, OOM kills, charged)
@@ -367,8 +368,9 @@ class Group:
 
     async def remove(self) -> Usage:
         """The attempt is over: kill what is left, and give the group back (:meth:`release`);
-        returns what the attempt used."""
+        returns what the attempt used. :attr:`emptied` says whether every process was gone."""
         empty = not self.pids() or await self.kill()
+        self.emptied = empty
         return self.release(empty=empty)
 
     def release(self, *, empty: bool = False) -> Usage:
