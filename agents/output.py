@@ -125,6 +125,8 @@ class Output:
         """Wait until the pipe ended and its output was handed on, for ``within`` seconds at most;
         then stop reading it (what is not handed on by then is not). A failure of the sink is
         raised here."""
+        if self._ended and self._forwarding is None:
+            return  # (most short jobs: no output, and the pipe ended with them)
         try:
             async with asyncio.timeout(within):
                 if not self._ended:
@@ -138,13 +140,6 @@ class Output:
                 self._forwarding.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._forwarding
-            return
-
-    def close(self) -> None:
-        """Stop reading now (the attempt could not start)."""
-        self._close()
-        if self._forwarding is not None:
-            self._forwarding.cancel()
 
 
 __all__ = ["CHUNK", "Output", "Sink"]
