@@ -60,6 +60,7 @@ class _Child:
         self.returncode: int | None = None
         self.rusage: resource.struct_rusage | None = None
         self.exited = asyncio.Event()
+        self._watchers: list[asyncio.Future[bool]] = []  # exited_within's, told at the exit
         self._loop = loop
         self._pidfd = os.pidfd_open(self.pid)  # before the loop runs again: it cannot be reaped yet
         loop.add_reader(self._pidfd, self._reap)
@@ -79,6 +80,33 @@ class _Child:
         self.started.exited(code)
         self.rusage = usage
         self.exited.set()
+        for watcher in self._watchers:
+            if not watcher.done():
+                watcher.set_result(True)
+        self._watchers.clear()
+
+    def _time_up(self, watcher: asyncio.Future[bool]) -> None:
+        if watcher.done():
+            return
+        if self.returncode is None:  # an exit not yet seen by the loop (uvloop runs timers first)
+            self._reap()
+        if not watcher.done():
+            watcher.set_result(self.returncode is not None)
+
+    async def exits_within(self, seconds: float) -> bool:
+        """Whether the process exits within ``seconds`` (a timer and a future: no timeout scope,
+        no task; its exit seen in the turn the time ran out still counts)."""
+        if self.returncode is not None:
+            return True
+        watcher: asyncio.Future[bool] = self._loop.create_future()
+        self._watchers.append(watcher)
+        timer = self._loop.call_later(seconds, self._time_up, watcher)
+        try:
+            return await watcher
+        finally:
+            timer.cancel()
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
 
     def kill(self) -> None:
         """SIGKILL the process itself (not yet reaped)."""
@@ -289,14 +317,7 @@ class Run:
 
     async def exited_within(self, seconds: float) -> bool:
         """Whether the main process exits within ``seconds`` (it is not waited for beyond)."""
-        if self.child.returncode is not None:
-            return True
-        try:
-            async with asyncio.timeout(seconds):
-                await self.child.exited.wait()
-        except TimeoutError:  # its exit may have been seen in the same turn as the time ran out
-            return self.child.returncode is not None
-        return True
+        return await self.child.exits_within(seconds)
 
     async def wait(self) -> int:
         """Wait for the process and its output; returns the exit code (negative: killed by signal)."""

@@ -3,9 +3,11 @@ found. Real processes, no NATS."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,37 @@ async def test_a_missing_command_is_a_launch_error_and_its_directory_is_given_ba
     assert os.listdir(dirs.root / kept) == []
     await dirs.disk.call(dirs.close)
     assert os.listdir(dirs.root) == []
+
+
+async def test_an_exit_counts_within_its_window_even_before_the_loop_saw_it(tmp_path: Path) -> None:
+    dirs = WorkDirs(tmp_path / "work", OffLoop())
+
+    async def sink(chunk: bytes) -> None:
+        pass
+
+    async def started(*command: str) -> runner.Run:
+        spec = runner.RunSpec(job=command[0], attempt=1, command=list(command))
+        return await runner.start(spec, dirs.root, sink, 1024, dirs=dirs)
+
+    slow = await started("sleep", "5")
+    assert not await slow.exited_within(0.05)
+    await slow.stop(0.5)
+    assert await slow.wait() == -signal.SIGTERM
+
+    quick = await started("true")
+    pid = quick.pid
+    _until_a_zombie(pid)  # the loop is held meanwhile, so it cannot see the exit first
+    watcher = asyncio.get_running_loop().create_future()
+    quick.child._time_up(watcher)  # the window's timer, as it fires first in a uvloop turn
+    assert watcher.result() is True
+    assert await quick.exited_within(0.05)
+    assert await quick.wait() == 0
+
+
+def _until_a_zombie(pid: int) -> None:
+    """Block (the caller's loop included) until process ``pid`` has exited, not yet reaped."""
+    for _ in range(500):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            return
+        time.sleep(0.01)  # sleep-ok: waiting for the child to exit while the loop is held
+    raise AssertionError(f"process {pid} did not exit")

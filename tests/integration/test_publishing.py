@@ -69,3 +69,20 @@ async def test_compare_and_set_writes_sent_together_each_get_their_own_outcome(b
     nowhere = await bus.cas_all("no-such-bucket", [("k", b"x", 0)])
     assert isinstance(nowhere[0], FederationUnavailable)
     assert "no stream answers" in str(nowhere[0])
+
+
+async def test_a_publish_nobody_acknowledges_times_out(bus: Bus) -> None:
+    heard: list[bytes] = []
+
+    async def silent(delivery) -> None:  # takes the message, never answers it
+        heard.append(delivery.data)
+
+    await bus.subscribe("silent.listener", silent)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(FederationUnavailable, match="did not acknowledge in time"):
+        await bus.store("silent.listener", b"x", timeout=0.5)
+    assert 0.4 <= loop.time() - began < 5
+    assert heard == [b"x"]
+    assert bus._acks is not None
+    assert not bus._acks._waiting  # nothing left waiting for an answer
