@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from agents import cgroups
 from federation import subjects
 from federation.bus import Bus
 from federation.config import Connection, load_connection
@@ -122,10 +123,37 @@ class Cluster:
         return "\n".join(out)
 
 
+def _agent_cgroups() -> set[str]:
+    """The names of the agents' cgroups (``fed-<node>-<hash>``) beside this process's own, where
+    it may write a cgroup hierarchy (empty: it may not)."""
+    probe = cgroups.detect("teardown-probe")
+    if probe is None:
+        return set()
+    try:
+        return {d.name for base in probe.bases.values() for d in base.parent.glob("fed-*") if d.is_dir()}
+    finally:
+        probe.close()
+
+
+async def _remove_agent_cgroups(names: set[str]) -> None:
+    """Kill what is left in these agents' cgroups and remove them, as a restarted agent would (an
+    agent a test SIGKILLed leaves its attempts running and its groups behind)."""
+    for name in sorted(names):
+        hierarchy = cgroups.detect(name.removeprefix("fed-"))
+        if hierarchy is None:
+            continue
+        for left in hierarchy.leftovers():
+            group = hierarchy.existing(left)
+            if group is not None:
+                await group.remove()
+        hierarchy.close()
+
+
 @pytest.fixture
 async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Cluster]]]:
     """Factory: ``await make_cluster(regions=("eu",), agents=2, capacity={...})``."""
     clusters: list[Cluster] = []
+    groups_before = _agent_cgroups()
 
     async def factory(
         regions: tuple[str, ...] = ("eu",),
@@ -172,6 +200,7 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
         await cluster.federation.stop()
         for pid in cluster.federation.pids() + [c.pid for c in cluster.extra]:
             assert not process_alive(pid), f"process {pid} survived teardown"
+    await _remove_agent_cgroups(_agent_cgroups() - groups_before)
 
 
 async def raw_connect(url: str, creds: Credentials | None, **options: Any) -> Any:
