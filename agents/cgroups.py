@@ -214,6 +214,7 @@ class Group:
     # out (v1 "tasks" here, and in the agent's group), and the counters (CPU, peak, OOM kills, charged)
     _tasks: dict[str, tuple[str, str]] = field(init=False, repr=False)
     _counter_files: tuple[str, str, str, str] = field(init=False, repr=False)
+    _count_file: str = field(init=False, repr=False)  # pids.current: processes in the group ("": none)
 
     def __post_init__(self) -> None:
         self.procs_files = [os.path.join(d, "cgroup.procs") for d in self.dirs.values()]
@@ -226,6 +227,7 @@ class Group:
         def at(controller: str, name: str) -> str:  # "" where the group has no such directory
             return os.path.join(self.dirs[controller], name) if controller in self.dirs else ""
 
+        self._count_file = at("pids" if self.mode == "cgroup-v1" else "", "pids.current")
         if self.mode == "cgroup-v1":
             self._counter_files = (
                 at("cpuacct", "cpuacct.usage"),
@@ -324,6 +326,12 @@ class Group:
             cpu = _number(_pairs(read(cpu_file)).get("usage_usec", "")) / 1e6
         return _Counters(cpu, oom), peak
 
+    def _none_counted(self) -> bool:
+        """Whether the pids controller counts no process in the group (a counter read through a
+        descriptor kept open, where :meth:`pids` opens the member list anew; a process that has
+        exited and is not yet reaped is still counted, so False is not proof of a member)."""
+        return bool(self._count_file) and _number(self.files.read(self._count_file, "1")) == 0
+
     def charged(self) -> int:
         """Bytes the memory group is charged with now."""
         return _number(self.files.read(self._counter_files[3]))
@@ -369,7 +377,7 @@ class Group:
     async def remove(self) -> Usage:
         """The attempt is over: kill what is left, and give the group back (:meth:`release`);
         returns what the attempt used. :attr:`emptied` says whether every process was gone."""
-        empty = not self.pids() or await self.kill()
+        empty = self._none_counted() or not self.pids() or await self.kill()
         self.emptied = empty
         return self.release(empty=empty)
 
@@ -379,7 +387,7 @@ class Group:
         attempt used."""
         now, peak = self._counters()
         used = self._since_start(now, peak)
-        if self.owner is None or (not empty and self.pids()) or not self.owner.recycle(self, now):
+        if self.owner is None or (not empty and self.pids()) or not self.owner.recycle(self, now, peak):
             self.discard()
         return used
 
@@ -452,19 +460,20 @@ class Hierarchy:
             raise
         return Group(self.mode, dirs, {c: self.bases[c].parent for c in dirs}, self.files, self)
 
-    def recycle(self, group: Group, counters: _Counters) -> bool:
+    def recycle(self, group: Group, counters: _Counters, peak: int) -> bool:
         """Put an emptied group back into the pool, its peak reset and its ``counters`` (read
         just now) kept as the next attempt's start; False when it cannot be reused (then it is
-        removed)."""
-        if group.charged() > RESIDUE:
+        removed). What it is still charged with is read only when its ``peak`` (read just now, at
+        least that) is above :data:`RESIDUE`."""
+        if peak > RESIDUE and group.charged() > RESIDUE:
             return False
-        peak = group._counter_files[1]
+        peak_file = group._counter_files[1]
         try:
             if self.mode == "cgroup-v1":
-                self.files.write(peak, "0")  # the kernel sets it to what is charged now
+                self.files.write(peak_file, "0")  # the kernel sets it to what is charged now
             else:  # the reset counts for reads through this descriptor (usage() reads through it)
-                self.files.both(peak)
-                self.files.write(peak, "reset")
+                self.files.both(peak_file)
+                self.files.write(peak_file, "reset")
         except OSError:
             return False  # (v2: a kernel before 6.12, whose peak cannot be reset)
         group.start = counters

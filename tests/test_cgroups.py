@@ -256,8 +256,14 @@ def test_an_emptied_v1_group_serves_the_next_attempt_counting_from_where_the_las
     # a group still charged with more than RESIDUE (page cache of what the job wrote) is not reused
     third = hierarchy.attempt(Limits())
     assert third is first
-    _ended(third, cpu_ns=1_750_000_000, oom_kills=1, peak=8192, charged=cgroups.RESIDUE + 1)
-    assert hierarchy.attempt(Limits()).dirs["pids"].name == "slot-2"
+    big = cgroups.RESIDUE + 4096
+    _ended(third, cpu_ns=1_750_000_000, oom_kills=1, peak=big, charged=big - 1)
+    fourth = hierarchy.attempt(Limits())
+    assert fourth.dirs["pids"].name == "slot-2"
+    # what it is charged with is read only after a peak above RESIDUE (the kernel's charge is at
+    # most its peak): a file that says otherwise is not even read
+    _ended(fourth, cpu_ns=0, oom_kills=0, peak=8192, charged=big)
+    assert hierarchy.attempt(Limits()) is fourth
 
 
 def test_a_reused_v1_group_gets_only_the_limits_that_differ_in_an_order_the_kernel_takes(
@@ -321,3 +327,22 @@ def test_a_v2_group_is_reused_only_where_its_peak_can_be_reset(tmp_path: Path) -
     hierarchy.files.close(d)
     assert group.release().cpu_seconds == pytest.approx(0.05)
     assert hierarchy.attempt(Limits()) is not group
+
+
+def test_an_attempt_over_is_found_empty_by_its_process_count_else_by_its_members(tmp_path: Path) -> None:
+    hierarchy = cgroups.detect("n1", root=_v1(tmp_path))
+    assert hierarchy is not None
+    group = hierarchy.attempt(Limits())
+    _ended(group, cpu_ns=0, oom_kills=0, peak=4096, charged=0)  # (its counters, as the kernel shows them)
+    group = hierarchy.attempt(Limits())
+    count = group.dirs["pids"] / "pids.current"
+    members = group.dirs["freezer"] / "cgroup.procs"
+    count.write_text("1\n")  # a zombie not yet reaped is counted, and is no member: the list decides
+    members.write_text("")
+    asyncio.run(group.remove())
+    assert group.emptied
+    group = hierarchy.attempt(Limits())
+    count.write_text("0\n")  # nothing counted: the member list is not read at all
+    members.write_text("4242\n")
+    asyncio.run(group.remove())
+    assert group.emptied
