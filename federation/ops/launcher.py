@@ -124,6 +124,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def colocated_server_env() -> dict[str, str]:
+    """The environment of a nats-server that shares its host with the federation's own processes
+    (``fed up``, the benchmarks): its Go runtime runs on at most a quarter of the host's cores at
+    once (at least one), unless ``GOMAXPROCS`` is set already. With Go's default (every core) the
+    server's idle threads spin looking for work and hand goroutines between each other: on the
+    2-core benchmark host the server spent a third more CPU per job that way, and the federation
+    ran 7-8% fewer jobs/s (bench/README.md)."""
+    if "GOMAXPROCS" in os.environ:
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"GOMAXPROCS": str(max(1, cores // 4))}
+
+
 @dataclass
 class Child:
     """A process ``fed up`` started and is responsible for."""
@@ -135,6 +148,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     last_start: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)  # set in its environment, beside ours
 
     def start(self) -> None:
         """(Re)start the process, appending to its log file."""
@@ -143,6 +157,7 @@ class Child:
         try:
             self.process = subprocess.Popen(
                 self.argv,
+                env={**os.environ, **self.env} if self.env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -380,6 +395,7 @@ class Federation:
             [nats_server_binary(), "-c", str(conf)],
             self.state_dir / "logs" / f"nats-{name}.log",
             restart=False,
+            env=colocated_server_env(),
         )
         child.start()
         self.servers[name] = child

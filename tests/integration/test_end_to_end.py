@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import msgspec
 import nats
@@ -62,6 +63,12 @@ async def test_two_hundred_mixed_jobs_in_three_regions_end_right(make_cluster) -
             assert (home, record.state, record.exit_code) == (region, state, code), record
             chunks = [chunk async for chunk in fed.logs(job)]
             assert b"".join(chunks).decode() == output, job
+    # the servers fed up started share the host with everything else: Go runs on a quarter of it
+    cores = len(os.sched_getaffinity(0))
+    for server in cluster.federation.servers.values():
+        environ = (await asyncio.to_thread(Path(f"/proc/{server.pid}/environ").read_bytes)).split(b"\0")
+        wanted = os.environ.get("GOMAXPROCS", str(max(1, cores // 4)))
+        assert f"GOMAXPROCS={wanted}".encode() in environ
 
 
 async def test_output_reads_back_through_fed_logs_cli(make_cluster) -> None:
