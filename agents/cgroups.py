@@ -304,10 +304,10 @@ class Group:
                 write(home, tid)
 
     def pids(self) -> set[int]:
-        """Every process in the group now, never the agent's own. One file is enough: an
-        attempt's process is in every hierarchy but ``memory`` from its start (:meth:`entered`;
-        a fork inherits them), and :meth:`add` writes the first hierarchy first and stops at a
-        refusal."""
+        """Every process in the group now, never the agent's own. One file is enough, the
+        freezer's (the first hierarchy): an attempt's process is in it from its start
+        (:meth:`entered`; a fork inherits it), and :meth:`add` writes the first hierarchy first
+        and stops at a refusal."""
         mine = os.getpid()
         # opened anew: through a descriptor kept open, v1 shows a list cached for up to a second
         text = _read(self.procs_files[0])

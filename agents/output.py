@@ -7,9 +7,9 @@ The pipe's read end is watched by the loop itself (``add_reader``): each time it
 ``read`` takes what is there. What fits under the bound waits in a buffer for the forwarding task,
 which hands it to the sink (a durable publish of the job's log) in chunks of at most
 :data:`CHUNK` bytes, one at a time and in order; what does not fit is counted and dropped, and
-said in a last line once the pipe is closed. The forwarding task exists only while there is
-output to hand on: most short jobs write nothing, and then the end of the pipe is one callback and
-nothing else (no transport, no stream reader, no task). While the buffer holds :data:`BACKLOG`
+said in a last line once the pipe is closed. The forwarding task is started by the first output
+and ends with the pipe: most short jobs write nothing, and then the end of the pipe is one
+callback and nothing else (no transport, no stream reader, no task). While the buffer holds :data:`BACKLOG`
 bytes the pipe is not read, so a job that writes faster than its log is stored waits on its pipe
 rather than growing the agent.
 

@@ -1,7 +1,7 @@
 """Run one workload attempt as a real process, and make sure all of it ends.
 
-Each attempt gets: a private 0700 working directory (:mod:`agents.workdirs`: removed afterwards, or
-handed to a later attempt when it is left empty); an environment built
+Each attempt gets: a private 0700 working directory (:mod:`agents.workdirs`: removed afterwards, or,
+left as it was found, handed to a later attempt); an environment built
 from an allowlist of the agent's variables plus the job's own ``env`` and ``FED_JOB_ID``,
 ``FED_ATTEMPT``, ``CUDA_VISIBLE_DEVICES`` (exactly the claimed GPU ids, empty when none) and
 ``TRACEPARENT``; CPU affinity equal to exactly the claimed cores when the node's cores are real;
@@ -336,9 +336,11 @@ class Run:
         # a process that left the group (setsid) may still hold the output pipe: it does not keep
         # the attempt open; its output after this point is dropped (a failure to forward output
         # is the attempt's failure)
-        await self._output.finish(OUTPUT_DRAIN)
-        if not self.spec.keep_workdir:
-            self._dirs.give_back(self.workdir, contained=self._emptied)
+        try:
+            await self._output.finish(OUTPUT_DRAIN)
+        finally:
+            if not self.spec.keep_workdir:
+                self._dirs.give_back(self.workdir, contained=self._emptied)
         return code
 
     async def stop(self, grace: float) -> None:
@@ -373,9 +375,10 @@ class Prepared:
     gated: bool = False  # it waits behind the gate until put into its cgroup (else starts inside)
     executable: str = ""
 
-    def discard(self, dirs: WorkDirs) -> None:
-        """Undo :func:`make_workdir` and :func:`prepare` for an attempt that will not start."""
-        dirs.give_back(self.workdir, contained=True)  # (nothing ran in it)
+    def discard(self, dirs: WorkDirs, *, ran: bool = False) -> None:
+        """Undo :func:`make_workdir` and :func:`prepare` for an attempt that will not start
+        (``ran``: a process of it may have started, and something it forked live on)."""
+        dirs.give_back(self.workdir, contained=not ran)
         if self.group is not None:
             self.group.release()
 
@@ -395,7 +398,7 @@ def make_workdir(dirs: WorkDirs, sandbox: Sandbox = Sandbox(), staged: Path | No
 
 def prepare(spec: RunSpec, workdir: Path, sandbox: Sandbox, dirs: WorkDirs) -> Prepared:
     """The attempt's environment and cgroup; raises :class:`LaunchError` if it cannot start
-    (having removed ``workdir``). The cgroup's are short in-memory kernel calls: on the loop."""
+    (having given ``workdir`` back). The cgroup's are short in-memory kernel calls: on the loop."""
     env = build_env(spec, _agent_environment(), str(workdir))
     env["TMPDIR"] = str(workdir)
     cores = set(spec.cores) if spec.pinned and spec.cores else None
@@ -427,11 +430,12 @@ async def start(
     sandbox: Sandbox = Sandbox(),
     dirs: WorkDirs | None = None,
 ) -> Run:
-    """Take the attempt's directory (under ``work_root``, or from ``dirs``), prepare and launch
-    the attempt; raises :class:`LaunchError` when it cannot start."""
+    """Take the attempt's directory (under ``work_root``, or from ``dirs``, whose owner is then the
+    one directories get), prepare and launch the attempt; raises :class:`LaunchError` when it
+    cannot start."""
     if dirs is None:
         owner = None if sandbox.uid is None else (sandbox.uid, -1 if sandbox.gid is None else sandbox.gid)
-        dirs = WorkDirs(work_root, OffLoop(), owner)
+        dirs = WorkDirs(work_root, OffLoop(), owner, keep=False)  # (nobody would take a kept one)
     workdir = await dirs.disk.call(partial(make_workdir, dirs, sandbox))
     return await launch(spec, prepare(spec, workdir, sandbox, dirs), sink, max_output, sandbox, dirs)
 
@@ -484,7 +488,7 @@ async def launch(
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         _close(gate)
-        prepared.discard(dirs)
+        prepared.discard(dirs, ran=True)  # (started, then failed to join its groups, say)
         raise LaunchError(f"cannot start {spec.command[0]!r}: {exc}") from None
     child = _Child(started, loop)
     try:
@@ -498,7 +502,7 @@ async def launch(
         assert group is not None
         os.close(started.output)
         await group.remove()
-        dirs.give_back(workdir, contained=True)  # (its process was killed, and its group emptied)
+        dirs.give_back(workdir, contained=group.emptied)  # (its process was killed, its group emptied)
         raise LaunchError(f"cannot put the attempt into its cgroup: {exc}") from None
     finally:
         if gate is not None:

@@ -12,12 +12,19 @@ are (:mod:`agents.cgroups`).
 
 A directory is kept only when nothing of the old attempt can reach the new one:
 
-* its attempt was contained by a cgroup, so every process it started is gone before the
-  directory is given back (without one, a process that called ``setsid`` may live on and write
-  into it: the directory is removed, as before);
-* it is as it was made: a directory (not a link), empty, mode 0700, owned by whom workloads run
-  as. A job that left a file, or changed its directory's mode or owner (or gave others access
-  through an ACL, which shows in the mode), has it removed and the next attempt gets a new one.
+* the workloads run as the agent's own user (no ``run_as``). Where they run as an unprivileged
+  user of their own, every job is that same user, and what keeps one job out of another's
+  directory is its name: the work root is 0711 (passable, not listable) and each name random. A
+  kept directory would keep its name, which the job that had it knows, so with ``run_as`` every
+  attempt gets a new directory, as before. Without ``run_as`` every job runs as the agent's user
+  and could reach any directory of the agent's anyway;
+* its attempt was contained by a cgroup, and the cgroup was found empty once it was over, so
+  every process it started is gone (without one, a process that called ``setsid`` may live on
+  and write into it: the directory is removed, as before);
+* it is as it was made: a directory (not a link), empty, mode 0700, owned by the agent, with no
+  extended attribute (no ACL, default ACLs included: those would pass to the next job's files)
+  and no larger than :data:`LARGEST` (a directory that once held many entries does not shrink).
+  Anything else is removed and the next attempt gets a new one.
 
 At most :data:`KEPT` directories wait; any more are removed. Every call here is blocking file
 work, run on the agent's worker thread (:mod:`agents.offloop`), one at a time, so the pool needs no
@@ -28,6 +35,7 @@ removed at its next start.
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import shutil
 import stat
@@ -38,6 +46,7 @@ from pathlib import Path
 from agents.offloop import OffLoop
 
 KEPT = 256  # emptied directories waiting for an attempt, at most
+LARGEST = 64 * 1024  # bytes a kept directory's own entry list may take (ext4: 4 KiB when new)
 PREFIX = "attempt-"
 
 
@@ -60,12 +69,16 @@ def remove_directory(workdir: Path) -> None:
 
 class WorkDirs:
     """The attempt directories of one agent under ``root`` (see the module docstring); ``disk`` is
-    the agent's worker thread, ``owner`` the (uid, gid) its workloads run as (None: the agent's)."""
+    the agent's worker thread, ``owner`` the (uid, gid) its workloads run as (None: the agent's
+    own; then, and only with ``keep``, an emptied directory may serve another attempt)."""
 
-    def __init__(self, root: Path, disk: OffLoop, owner: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, root: Path, disk: OffLoop, owner: tuple[int, int] | None = None, *, keep: bool = True
+    ) -> None:
         self.root = root
         self.owner = owner
         self.disk = disk
+        self.keep = keep
         self._kept: collections.deque[Path] = collections.deque()
 
     def take(self) -> Path:
@@ -85,23 +98,11 @@ class WorkDirs:
         self.disk.later(partial(self._settle, workdir, contained))
 
     def _settle(self, workdir: Path, contained: bool) -> None:
-        if contained and len(self._kept) < KEPT and self._as_made(workdir):
+        reusable = self.keep and self.owner is None and contained and len(self._kept) < KEPT
+        if reusable and _as_made(workdir):
             self._kept.append(workdir)
         else:
             remove_directory(workdir)
-
-    def _as_made(self, workdir: Path) -> bool:
-        try:
-            found = os.lstat(workdir)
-            uid = self.owner[0] if self.owner is not None else os.geteuid()
-            return (
-                stat.S_ISDIR(found.st_mode)
-                and stat.S_IMODE(found.st_mode) == 0o700
-                and found.st_uid == uid
-                and not os.listdir(workdir)
-            )
-        except OSError:
-            return False
 
     def close(self) -> None:
         """Remove the kept directories (blocking: on the worker thread, after every give-back)."""
@@ -113,4 +114,32 @@ class WorkDirs:
         return len(self._kept)
 
 
-__all__ = ["KEPT", "PREFIX", "WorkDirs", "new_directory", "remove_directory"]
+def _as_made(workdir: Path) -> bool:
+    """Whether ``workdir`` is as :func:`new_directory` made it (see the module docstring)."""
+    try:
+        found = os.lstat(workdir)
+        return (
+            stat.S_ISDIR(found.st_mode)
+            and stat.S_IMODE(found.st_mode) == 0o700
+            and found.st_uid == os.geteuid()
+            and found.st_size <= LARGEST
+            and not _attributes(workdir)
+            and not os.listdir(workdir)
+        )
+    except OSError:
+        return False
+
+
+def _attributes(workdir: Path) -> list[str]:
+    """The extended attributes a job may have set on its directory (ACLs, ``user.*``); those a
+    security module sets on every file (``security.*``) are not the job's."""
+    try:
+        names = os.listxattr(workdir, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []  # (a file system without extended attributes)
+        raise
+    return [name for name in names if not name.startswith("security.")]
+
+
+__all__ = ["KEPT", "LARGEST", "PREFIX", "WorkDirs", "new_directory", "remove_directory"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 import subprocess
 import time
@@ -123,14 +124,27 @@ class Cluster:
         return "\n".join(out)
 
 
-def _agent_cgroups() -> set[str]:
-    """The names of the agents' cgroups (``fed-<node>-<hash>``) beside this process's own, where
-    it may write a cgroup hierarchy (empty: it may not)."""
+def _agent_cgroups(under: Path) -> set[str]:
+    """The cgroups (``fed-<node>-<hash>``, beside this process's own, v1) of the agents whose state
+    directories are under ``under`` (the hash is of the state directory, as the agent makes it)."""
+    hashes = {
+        hashlib.sha256(str(journal.parent.resolve()).encode()).hexdigest()[:8]
+        for journal in under.rglob("attempts.journal")
+    }
+    if not hashes:
+        return set()
     probe = cgroups.detect("teardown-probe")
     if probe is None:
         return set()
     try:
-        return {d.name for base in probe.bases.values() for d in base.parent.glob("fed-*") if d.is_dir()}
+        if probe.mode != "cgroup-v1":
+            return set()
+        return {
+            d.name
+            for base in probe.bases.values()
+            for d in base.parent.glob("fed-*")
+            if d.is_dir() and d.name.rsplit("-", 1)[-1] in hashes
+        }
     finally:
         probe.close()
 
@@ -153,7 +167,6 @@ async def _remove_agent_cgroups(names: set[str]) -> None:
 async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Cluster]]]:
     """Factory: ``await make_cluster(regions=("eu",), agents=2, capacity={...})``."""
     clusters: list[Cluster] = []
-    groups_before = _agent_cgroups()
 
     async def factory(
         regions: tuple[str, ...] = ("eu",),
@@ -200,7 +213,7 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
         await cluster.federation.stop()
         for pid in cluster.federation.pids() + [c.pid for c in cluster.extra]:
             assert not process_alive(pid), f"process {pid} survived teardown"
-    await _remove_agent_cgroups(_agent_cgroups() - groups_before)
+    await _remove_agent_cgroups(_agent_cgroups(tmp_path))
 
 
 async def raw_connect(url: str, creds: Credentials | None, **options: Any) -> Any:

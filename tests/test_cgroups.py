@@ -343,6 +343,6 @@ def test_an_attempt_over_is_found_empty_by_its_process_count_else_by_its_members
     assert group.emptied
     group = hierarchy.attempt(Limits())
     count.write_text("0\n")  # nothing counted: the member list is not read at all
-    members.write_text("4242\n")
+    members.write_text("99999999\n")  # (above any pid_max: were it read, no real process is killed)
     asyncio.run(group.remove())
     assert group.emptied

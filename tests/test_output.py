@@ -20,7 +20,6 @@ class Collected:
         self.chunks: list[bytes] = []
         self.delay = delay
         self.fail = fail
-        self.waiting_seen = 0  # the most the output held back while this sink was busy
 
     async def __call__(self, chunk: bytes) -> None:
         if self.fail:

@@ -81,16 +81,51 @@ async def test_at_most_kept_wait_and_close_removes_them(tmp_path: Path, monkeypa
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing a directory's owner needs root")
-async def test_the_workloads_user_owns_its_directories_and_only_theirs_are_kept(tmp_path: Path) -> None:
+async def test_with_a_user_of_their_own_workloads_own_their_directories_and_none_is_kept(
+    tmp_path: Path,
+) -> None:
+    # every job is that one user: a kept directory's name, known to the job that had it, would be
+    # all that keeps it out of the next one's (the work root is passable, not listable)
     nobody = (65534, 65534)
     dirs = WorkDirs(tmp_path, OffLoop(), owner=nobody)
     workdir = await _take(dirs)
     assert (workdir.stat().st_uid, workdir.stat().st_gid) == nobody
     dirs.give_back(workdir, contained=True)
     await _settled(dirs)
-    assert await _take(dirs) == workdir
-    os.chown(workdir, 0, 0)  # no longer the workloads' own
+    assert len(dirs) == 0
+    assert not workdir.exists()
+    assert await _take(dirs) != workdir
+
+
+async def test_a_directory_with_an_extended_attribute_is_removed(tmp_path: Path) -> None:
+    dirs = WorkDirs(tmp_path, OffLoop())
+    workdir = await _take(dirs)
+    try:
+        os.setxattr(workdir, "user.note", b"left for the next job")
+    except OSError as exc:  # (a file system without user attributes: nothing a job could leave)
+        pytest.skip(f"no user extended attributes here: {exc}")
     dirs.give_back(workdir, contained=True)
     await _settled(dirs)
     assert len(dirs) == 0
+    assert not workdir.exists()
+
+
+async def test_a_directory_grown_by_many_entries_is_removed_and_a_throwaway_pool_keeps_none(
+    tmp_path: Path,
+) -> None:
+    dirs = WorkDirs(tmp_path, OffLoop())
+    workdir = await _take(dirs)
+    for i in range(3000):  # (its entry list grows past LARGEST and does not shrink back)
+        (workdir / f"file-with-a-long-name-{i:06d}").touch()
+    for entry in os.listdir(workdir):
+        (workdir / entry).unlink()
+    grown = workdir.stat().st_size > workdirs.LARGEST
+    dirs.give_back(workdir, contained=True)
+    await _settled(dirs)
+    assert len(dirs) == (0 if grown else 1)
+    once = WorkDirs(tmp_path / "once", OffLoop(), keep=False)
+    workdir = await _take(once)
+    once.give_back(workdir, contained=True)
+    await _settled(once)
+    assert len(once) == 0
     assert not workdir.exists()

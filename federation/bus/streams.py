@@ -126,13 +126,15 @@ class _Acks:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Msg] = loop.create_future()
         self._waiting[number] = answer
-        expiry = loop.call_later(timeout, _expire, answer)  # (lighter than a timeout scope)
+        expiry: asyncio.TimerHandle | None = None
         try:
             # no header block at all when there is no header (nats-py sends an empty one for {})
             await self._nc.publish(subject, data, reply=self._prefix + number, headers=headers or None)
+            expiry = loop.call_later(timeout, _expire, answer)  # (lighter than a timeout scope)
             msg = await answer
         finally:
-            expiry.cancel()
+            if expiry is not None:
+                expiry.cancel()
             self._waiting.pop(number, None)
         return _stored_at(msg, subject)
 
@@ -148,6 +150,7 @@ class _Acks:
         loop = asyncio.get_running_loop()
         sent: list[tuple[str, asyncio.Future[Msg]]] = []
         unsent: Exception | None = None
+        number = ""  # the one being sent
         try:
             for subject, data, headers in items:
                 number = str(next(self._numbers))
@@ -164,10 +167,9 @@ class _Acks:
             if waiting:
                 await asyncio.wait(waiting, timeout=timeout)
         finally:
-            for number, _ in sent:
-                self._waiting.pop(number, None)
-            if unsent is not None:
-                self._waiting.pop(number, None)
+            self._waiting.pop(number, None)  # (one not sent: an error, or this task cancelled)
+            for sent_number, _ in sent:
+                self._waiting.pop(sent_number, None)
         outcomes: list[int | Exception] = []
         for (subject, _, _), (_, answer) in zip(items, sent, strict=False):
             if not answer.done():

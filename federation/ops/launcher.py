@@ -130,7 +130,7 @@ def colocated_server_env() -> dict[str, str]:
     once (at least one), unless ``GOMAXPROCS`` is set already. With Go's default (every core) the
     server's idle threads spin looking for work and hand goroutines between each other: on the
     2-core benchmark host the server spent a third more CPU per job that way, and the federation
-    ran 7-8% fewer jobs/s (bench/README.md)."""
+    ran 3-13% fewer jobs/s, alternated (bench/README.md)."""
     if "GOMAXPROCS" in os.environ:
         return {}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

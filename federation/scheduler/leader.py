@@ -508,6 +508,8 @@ class Leader:
             commands.extend(self._feed(Tick(now=self.clock())))
 
     async def _run(self, command: Command) -> Event | None:
+        """Carry out one command other than a job record's write (those go together,
+        :meth:`_write_records`); the event its outcome is, if any."""
         match command:
             case WriteLedger(node=node, ledger=ledger, expected_revision=expected):
                 bucket = subjects.ledger_bucket(self.region)
@@ -533,8 +535,6 @@ class Leader:
                 stored = decode(Ledger, value) if value else None
                 self._check_epoch([stored.epoch if stored else 0], f"the ledger of {node}")
                 return ClaimConflict(node=node, ledger=stored, revision=revision)
-            case WriteJob(record=record):
-                await self._write_records([record])
             case SendHandOff() | SendCancel():
                 self.handoffs.send(command)  # the outcome comes back as an event
         return None

@@ -109,7 +109,8 @@ async def test_a_job_past_its_memory_ends_out_of_memory_while_its_neighbour_runs
         record = await greedy.wait(timeout=60)
         assert record.state == "failed", record
         assert record.reason == "out of memory: limit 100MiB", record.reason
-        assert (await neighbour.wait(timeout=60)).state == "succeeded"
+        done = await neighbour.wait(timeout=60)
+        assert done.state == "succeeded", done
 
 
 SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"  # ~1 s of CPU
