@@ -269,7 +269,9 @@ class Run:
         self._dirs = dirs
         self.group = group  # its cgroup: every process it forks, setsid or not (None once given back)
         self.contained = group is not None
-        self._emptied = False  # its cgroup was found empty once it was over: nothing of it lives on
+        # its cgroup was found empty once it was over: nothing of it lives on, and only then may its
+        # directory serve another attempt
+        self.emptied = False
         self._used: Usage | None = None  # what its cgroup counted, once the attempt is over
         self._group_lock = asyncio.Lock()  # a stop's kill and the group's release, one at a time
         self.stopping = False
@@ -287,12 +289,6 @@ class Run:
             return None
         cpu = tree.ru_utime + tree.ru_stime
         return Usage(cpu_seconds=cpu, peak_memory_bytes=tree.ru_maxrss * 1024)  # maxrss: KiB
-
-    @property
-    def emptied(self) -> bool:
-        """Whether every process of the attempt is known gone (its cgroup found empty once it was
-        over): only then may its directory serve another attempt."""
-        return self._emptied
 
     @property
     def measured_by(self) -> str:
@@ -330,7 +326,7 @@ class Run:
                 if self.group is not None:
                     group, self.group = self.group, None
                     self._used = await group.remove()
-                    self._emptied = group.emptied
+                    self.emptied = group.emptied
         else:
             self._kill_group()
         # a process that left the group (setsid) may still hold the output pipe: it does not keep
@@ -340,7 +336,7 @@ class Run:
             await self._output.finish(OUTPUT_DRAIN)
         finally:
             if not self.spec.keep_workdir:
-                self._dirs.give_back(self.workdir, contained=self._emptied)
+                self._dirs.give_back(self.workdir, contained=self.emptied)
         return code
 
     async def stop(self, grace: float) -> None:

@@ -78,8 +78,7 @@ async def main() -> None:
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(f"machine: {throughput.machine()}")
-    print(f"command: python bench/arrays.py {' '.join(sys.argv[1:])}".rstrip(), flush=True)
+    throughput.announce()
     accepts, ratios = [], []
     for i in range(args.rounds):
         result: dict[str, dict[str, float]] = {}

@@ -134,8 +134,7 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     args = parser.parse_args()
     events = args.events // PER_JOB * PER_JOB
-    print(f"machine: {throughput.machine()}")
-    print(f"command: python bench/audit.py {' '.join(sys.argv[1:])}".rstrip())
+    throughput.announce()
     with tempfile.TemporaryDirectory(prefix="fed-bench-audit-") as tmp:
         base = Path(tmp)
         ports = base / "ports"

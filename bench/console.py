@@ -193,8 +193,7 @@ async def main() -> None:
     parser.add_argument("--paced", type=int, default=0, help="jobs a second of the paced workload (0 skips)")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long the paced workload submits")
     args = parser.parse_args()
-    print(f"machine: {throughput.machine()}")
-    print(f"command: python bench/console.py {' '.join(sys.argv[1:])}".rstrip(), flush=True)
+    throughput.announce()
     watching = Watching()
     summary = await both_workloads(watching.run, args, "with a console watching")
     if args.paced:

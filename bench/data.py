@@ -101,8 +101,7 @@ async def main() -> None:
     parser.add_argument("--small", type=int, default=30, help="jobs per kind in the start-latency run")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(f"machine: {throughput.machine()}")
-    print(f"command: python bench/data.py {' '.join(sys.argv[1:])}".rstrip(), flush=True)
+    throughput.announce()
     base = Path(tempfile.mkdtemp(prefix="fed-bench-data-"))
     federation = Federation(Options(state_dir=base / "fed", regions=("aa", "bb"), agents=1, tour=True))
     try:

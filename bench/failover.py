@@ -175,8 +175,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    print(f"machine: {throughput.machine()}")
-    print(f"command: python bench/failover.py {' '.join(sys.argv[1:])}".rstrip())
+    throughput.announce()
     if "node" in parts:
         detect, replace = await node_loss(args.rounds, args.jobs)
         print(f"node loss ({args.jobs} jobs, heartbeat 1 s, TTL 3 s): detect {summary(detect)}")

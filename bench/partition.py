@@ -113,8 +113,7 @@ async def main() -> None:
     parser.add_argument("--nodes", type=int, default=10, help="simulated nodes per region")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per phase (the median is shown)")
     args = parser.parse_args()
-    print(f"machine: {throughput.machine()}")
-    print(f"command: python bench/partition.py {' '.join(sys.argv[1:])}".rstrip())
+    throughput.announce()
     with tempfile.TemporaryDirectory(prefix="fed-bench-") as tmp:
         fed_up = Federation(
             Options(Path(tmp), regions=REGIONS, agents=0, chaos=True, log_level="warning"), quiet

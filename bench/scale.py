@@ -406,8 +406,7 @@ async def main() -> None:
     parser.add_argument("--queue", type=int, default=100_000, help="pending jobs for the queue part")
     args = parser.parse_args()
     counts = [int(n) for n in args.nodes.split(",")]
-    print(f"machine: {throughput.machine()}")
-    print(f"command: python bench/scale.py {' '.join(sys.argv[1:])}".rstrip())
+    throughput.announce()
     if args.part in ("queue", "all"):
         q = await queue_run(args.queue, nodes=100, cores=64, placed=min(args.queue, 10_000))
         print(

@@ -390,6 +390,12 @@ def machine() -> str:
     )
 
 
+def announce() -> None:
+    """Print the machine and the command that ran, as every benchmark's report begins."""
+    print(f"machine: {machine()}")
+    print(f"command: python bench/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}".rstrip(), flush=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -412,8 +418,7 @@ async def main() -> None:
     args = parser.parse_args()
     global TLS, AUTH, CONFINE, ISOLATION
     TLS, AUTH, CONFINE, ISOLATION = args.tls, args.auth, args.confine_writes, args.isolation
-    print(f"machine: {machine()}")
-    print(f"command: python bench/throughput.py {' '.join(sys.argv[1:])}".rstrip())
+    announce()
     if args.placements:
         r = await placements(args.placements, args.nodes)
         print(

@@ -610,27 +610,14 @@ class Leader:
             self.observed.pop(record.id, None)
         else:
             self.observed[record.id] = seen
+        where: dict[str, str | int] = {"job": record.id, "node": record.node, "attempt": record.attempt}
         if record.state == "placed":
             failpoints.crash("after-record")
             self.counts["placed"] += 1
             if tracing.recording() and record.traceparent:
-                with tracing.span(
-                    "fed.place",
-                    parent=record.traceparent,
-                    job=record.id,
-                    node=record.node,
-                    attempt=record.attempt,
-                    region=self.region,
-                ):
+                with tracing.span("fed.place", parent=record.traceparent, region=self.region, **where):
                     pass
-        self.log.info(
-            "job",
-            job=record.id,
-            state=record.state,
-            node=record.node,
-            attempt=record.attempt,
-            reason=record.reason,
-        )
+        self.log.info("job", state=record.state, reason=record.reason, **where)
 
 
 def _latest_records(commands: list[Command]) -> list[Command]:
