@@ -212,3 +212,16 @@ def test_commands_run_on_uvloop_unless_told_otherwise(monkeypatch: pytest.Monkey
     assert entry.loop_factory() is uvloop.new_event_loop
     monkeypatch.setenv("FED_EVENT_LOOP", "asyncio")
     assert entry.loop_factory() is None  # asyncio's own loop
+
+
+def test_a_daemons_port_is_chosen_below_the_ephemeral_range() -> None:
+    import socket
+
+    from federation.ops.launcher import EPHEMERAL, free_port
+
+    low = int(EPHEMERAL.read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(low // 2 <= port < low for port in ports), ports  # no outgoing connection takes these
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # and each is free

@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -223,11 +224,28 @@ class SupervisorMetrics:
         self.restarts[child.name].inc()
 
 
+EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port() -> int:
-    """A loopback port free now (a daemon's metrics port: it binds it moments later)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now, for a daemon that binds it moments later (its metrics, the
+    console). It is taken below the kernel's ephemeral range, from which every outgoing connection
+    of every process gets its port: one from that range can be taken in between (seen in CI under
+    load: a scheduler restarting for ever on a metrics port a connection had taken). Where that
+    range cannot be read, or leaves no room below it, any free port."""
+    try:
+        low = int(EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    candidates = [random.randrange(max(1024, low // 2), low) for _ in range(32)] if low > 2048 else []
+    for port in [*candidates, 0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free loopback port")
 
 
 def read_metrics(state_dir: Path) -> dict[str, str]:
