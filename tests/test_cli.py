@@ -225,3 +225,71 @@ def test_a_daemons_port_is_chosen_below_the_ephemeral_range() -> None:
     for port in ports:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))  # and each is free
+
+
+LISTENER = """
+import socket, sys, time
+host, port = sys.argv[sys.argv.index("--metrics") + 1].rsplit(":", 1)
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    sock.bind((host, int(port)))
+except OSError as exc:
+    sys.exit(f"cannot serve metrics on {host}:{port}: {exc}")
+sock.listen()
+time.sleep(120)
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_a_daemon_whose_port_was_taken_restarts_on_another(tmp_path: Path) -> None:
+    """A daemon that dies because another process took its metrics port would die again at every
+    restart on that port: the supervisor moves it to a free one and says so in metrics.json."""
+    import asyncio
+    import json
+    import socket
+
+    from federation.ops.launcher import Child, Federation, Options, free_port
+    from tests.conftest import eventually
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", free_port()))
+    taken.listen()
+    port = taken.getsockname()[1]
+    federation = Federation(Options(state_dir=tmp_path, regions=("r1",), auth=False))
+    child = Child(
+        "agent-r1-n1",
+        [sys.executable, "-c", LISTENER, "--metrics", f"127.0.0.1:{port}"],
+        tmp_path / "agent.log",
+        listens="--metrics",
+    )
+    federation.daemons.append(child)
+    federation.metrics_urls[child.name] = f"http://127.0.0.1:{port}/metrics"
+    child.start()
+    assert child.process is not None
+    assert await asyncio.to_thread(child.process.wait, 30) != 0  # the port is taken: it dies at once
+    supervisor = asyncio.create_task(federation._supervise())
+
+    def listening() -> bool:
+        if child.address == ("127.0.0.1", port) or child.address is None:
+            return False
+        try:
+            socket.create_connection(child.address, timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    try:
+        await eventually(listening, timeout=40)  # restarted, on another port, and it runs there
+        moved = child.address
+        assert moved is not None
+        recorded = json.loads((tmp_path / "metrics.json").read_text())
+        assert recorded[child.name] == f"http://127.0.0.1:{moved[1]}/metrics"
+        assert child.alive()
+    finally:
+        supervisor.cancel()
+        taken.close()
+        if child.process is not None:
+            child.process.kill()
+            child.process.wait()
+    assert child.restarts == 1

@@ -150,6 +150,7 @@ class Child:
     restarts: int = 0
     last_start: float = 0.0
     env: dict[str, str] = field(default_factory=dict)  # set in its environment, beside ours
+    listens: str = ""  # the flag whose HOST:PORT value the process listens on ("": none)
 
     def start(self) -> None:
         """(Re)start the process, appending to its log file."""
@@ -177,6 +178,20 @@ class Child:
     def alive(self) -> bool:
         """Whether the process is still running."""
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The host and port it listens on (its :attr:`listens` flag's value; None: it has none)."""
+        if not self.listens or self.listens not in self.argv[:-1]:
+            return None
+        host, _, port = self.argv[self.argv.index(self.listens) + 1].rpartition(":")
+        return host, int(port)
+
+    def move_to(self, port: int) -> None:
+        """Listen on ``port`` from its next start on (the same host)."""
+        assert self.address is not None
+        at = self.argv.index(self.listens) + 1
+        self.argv[at] = f"{self.address[0]}:{port}"
 
 
 @dataclass
@@ -246,6 +261,18 @@ def free_port() -> int:
                 continue
             return int(sock.getsockname()[1])
     raise OSError("no free loopback port")
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether another process listens on ``host:port`` now, so that a daemon could not bind it (a
+    port its own dead predecessor left in TIME_WAIT is not taken: daemons bind with SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def read_metrics(state_dir: Path) -> dict[str, str]:
@@ -600,6 +627,7 @@ class Federation:
                         *self.creds_args("scheduler", region),
                     ),
                     self.state_dir / "logs" / f"{name}.log",
+                    listens="--metrics",
                 )
                 child.start()
                 self.daemons.append(child)
@@ -629,6 +657,7 @@ class Federation:
                         *self.creds_args("agent", node, region),
                     ),
                     self.state_dir / "logs" / f"agent-{node}.log",
+                    listens="--metrics",
                 )
                 child.start()
                 self.daemons.append(child)
@@ -656,6 +685,7 @@ class Federation:
                 *self.creds_args("auditor", "auditor"),
             ),
             self.state_dir / "logs" / "console.log",
+            listens="--listen",
         )
         child.start()
         self.daemons.append(child)
@@ -776,9 +806,29 @@ class Federation:
                 if child.restart and not child.alive() and time.monotonic() - child.last_start > 2.0:
                     code = child.process.returncode if child.process else None
                     self.echo(f"  {child.name} exited ({code}); restarting")
+                    self.unblock(child)
                     child.restarts += 1
                     child.start()
                     self.metrics.restarted(child)
+
+    def unblock(self, child: Child) -> None:
+        """Before a daemon restarts: if another process now listens on the port it had (its metrics,
+        the console's), it would die at once again, and again at every restart. It gets a new free
+        port instead, and the file that names its address says so (``metrics.json``, or the
+        connection file for the console)."""
+        address = child.address
+        if address is None or not port_taken(*address):
+            return
+        port = free_port()
+        child.move_to(port)
+        self.echo(f"  {child.name}: port {address[1]} is taken by another process; it moves to {port}")
+        if child.name == "console":
+            self.console_url = f"http://{address[0]}:{port}"
+            if self.connection is not None:
+                self._write_connection(started_at=self.connection.started_at)
+        else:
+            self.metrics_urls[child.name] = f"http://{address[0]}:{port}/metrics"
+            self._write_metrics()
 
     # --- stop --------------------------------------------------------------------------------------
 
