@@ -107,7 +107,7 @@ class Agent:
     ) -> None:
         """``metrics``: the ``HOST:PORT`` to serve Prometheus metrics on (port 0: a free one; "" off)."""
         self.config = config
-        self.metrics = AgentMetrics()
+        self.metrics = AgentMetrics(running=lambda: len(self.running))
         self.metrics_address = metrics
         self.metrics_url = ""  # where they are served, once running
         self.clock = clock
@@ -454,7 +454,6 @@ class Agent:
                     return
                 began, started_at = self.monotonic(), self.clock()
                 metrics.start_latency.observe(began - seen)
-                metrics.running.set(len(self.running))
                 if not self._still_wanted(allocation):  # released while it was being started
                     await run.stop(self.config.kill_grace)
                 short = await self._report_start(allocation, run, started_at)
@@ -483,7 +482,6 @@ class Agent:
                 await self._report(allocation, "failed", reason=f"agent error: {exc!r}")
         finally:
             self.running.pop(job, None)
-            metrics.running.set(len(self.running))
             self.finished.add(key)
             self.tasks.pop(job, None)
             self._run_ended.set()

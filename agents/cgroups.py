@@ -76,6 +76,7 @@ V2_CONTROLLERS = ("memory", "pids", "cpuset", "cpu")
 Mode = Literal["cgroup-v1", "cgroup-v2"]
 SETTLE = 5.0  # seconds a freeze or an emptying group may take before giving up
 RESIDUE = 1024 * 1024  # bytes a group may still be charged with and be reused (kernel objects)
+COUNTER_BYTES = 4096  # a counter file read in one go (a page: what the kernel fills for one read)
 
 
 @dataclass(frozen=True)
@@ -167,12 +168,14 @@ class _Files:
         os.pwrite(self._fd(path, os.O_WRONLY), value.encode(), 0)
 
     def read(self, path: str, default: str = "") -> str:
-        """The file's whole text (``default`` if it cannot be read)."""
+        """The text of a counter file (``default`` if it cannot be read). Only for the files of
+        counters (``pids.current``, ``cpuacct.usage``, ``memory.oom_control``, ``cpu.stat``...):
+        the kernel writes each whole, as one record of a few lines, into the first read, so
+        one ``pread`` is enough (a list such as ``cgroup.procs`` is not one record: :func:`_read`)."""
         try:
-            fd = self._fd(path, os.O_RDONLY)
+            return os.pread(self._fd(path, os.O_RDONLY), COUNTER_BYTES, 0).decode()
         except OSError:
             return default
-        return _contents(fd, default)
 
     def both(self, path: str) -> None:
         """Have ``path`` open for reading and writing through one descriptor (OSError if it cannot

@@ -1,11 +1,15 @@
 """An agent's metrics: how fast it starts attempts, how they end, and what they used.
 
 Every figure is set on the event loop where its event happens (the metrics server's thread only
-reads the registry, see :mod:`federation.metrics`); labelled children are made once, up front.
+reads the registry, see :mod:`federation.metrics`), or read when scraped (the attempts running
+now: the length of the agent's table, not a gauge set twice per attempt); labelled children are
+made once, up front.
 Labels are bounded: an attempt's outcome is one of :data:`OUTCOMES`, never a job id or a reason.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -20,7 +24,8 @@ MEMORY_BUCKETS = tuple(float(2**k) for k in range(20, 41, 2))  # 1 MiB .. 1 TiB,
 class AgentMetrics:
     """The metrics of one agent process."""
 
-    def __init__(self) -> None:
+    def __init__(self, running: Callable[[], int] = lambda: 0) -> None:
+        """``running``: how many attempts run now (read at each scrape)."""
         self.registry = r = registry()
         self.start_latency = Histogram(
             "fed_agent_start_latency_seconds",
@@ -35,6 +40,7 @@ class AgentMetrics:
             registry=r,
         )
         self.running = Gauge("fed_agent_running_attempts", "attempts whose process runs now", registry=r)
+        self.running.set_function(running)
         finished = Counter(
             "fed_agent_attempts_finished", "attempts the agent closed, by outcome", ["outcome"], registry=r
         )

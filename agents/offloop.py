@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -74,9 +77,12 @@ class OffLoop:
             self._worker = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queue:
             batch = [self._queue.popleft() for _ in range(len(self._queue))]
-            outcomes = await asyncio.to_thread(_each, [fn for fn, _ in batch])
+            ran: asyncio.Future[list[tuple[bool, Any]]] = loop.create_future()
+            _WORKER.put((loop, [fn for fn, _ in batch], ran))
+            outcomes = await ran
             for (_, done), (ok, value) in zip(batch, outcomes, strict=True):
                 if done is None:
                     if not ok:
@@ -86,6 +92,44 @@ class OffLoop:
                         done.set_result(value)
                     else:
                         done.set_exception(value)
+
+
+class _Worker:
+    """The process's thread that runs every :class:`OffLoop`'s batches, in the order they are put
+    (started at the first; a daemon thread: the agent drains its batches before it exits).
+
+    Its own thread and a ``SimpleQueue``, not ``asyncio.to_thread``: a hop through the default
+    executor costs the loop about 75 us of CPU here against 50 (a context copy, the executor's
+    lock and work item, a chained future), and the agent makes a hop for about every other start."""
+
+    def __init__(self) -> None:
+        self._batches: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
+        self._started = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def put(self, batch: _Batch) -> None:
+        if self._thread is None:
+            with self._started:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._serve, name="offloop", daemon=True)
+                    self._thread.start()
+        self._batches.put(batch)
+
+    def _serve(self) -> None:
+        while True:
+            loop, calls, ran = self._batches.get()
+            outcomes = _each(calls)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_deliver, ran, outcomes)
+
+
+def _deliver(ran: asyncio.Future[list[tuple[bool, Any]]], outcomes: list[tuple[bool, Any]]) -> None:
+    if not ran.done():  # (its waiter was cancelled)
+        ran.set_result(outcomes)
+
+
+_Batch = tuple[asyncio.AbstractEventLoop, list[Callable[[], Any]], "asyncio.Future[list[tuple[bool, Any]]]"]
+_WORKER = _Worker()
 
 
 def _each(calls: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
