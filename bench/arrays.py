@@ -8,7 +8,10 @@ Each round runs, back to back and in alternating order, bench/throughput.py's pl
 (``--jobs`` one-core jobs submitted one by one, pipelined, on simulated nodes) and the same number
 of jobs as one array (``Client.submit_array``, the way ``fed submit --array`` sends them), each in
 a fresh region. Printed per round: the array's acceptance time (first element sent to the last
-one stored) and its placements per second against the single jobs' in the same round.
+one stored) and its placements per second against the single jobs' in the same round; then how
+long reading a second array's 100 elements takes among the first one's records, by key (what
+``JobArray.wait`` and ``JobArray.records`` read) and by reading the whole bucket (``fed jobs
+--array ID``, which knows no indices).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from federation import subjects
 from federation.bus import Bus
 from federation.client import Client
 from federation.config import Connection, RegionEndpoint
+
+SMALL = 100  # elements of the second array, read among the first one's
 
 
 async def array_run(n: int, nodes: int) -> dict[str, float]:
@@ -60,11 +65,28 @@ async def array_run(n: int, nodes: int) -> dict[str, float]:
             accepted = time.time()
             await observer.wait(observer.placed, n, timeout=600)
             placed = max(observer.placed.values())
+            # a small array's elements read among the big one's records: by key (what its wait
+            # reads) and by reading the whole bucket (what finding an array by its id alone takes)
+            small = await client.submit_array(["true"], range(SMALL), array_id="b")
+            await observer.wait(observer.placed, n + SMALL, timeout=60)
+            began = time.perf_counter()
+            keyed = await small.records()
+            read_keyed = time.perf_counter() - began
+            began = time.perf_counter()
+            whole = await client.array("b", region=throughput.REGION)
+            read_whole = time.perf_counter() - began
+            assert [r.id for r in keyed] == [r.id for r in whole]
+            assert len(keyed) == SMALL
         finally:
             await client.close()
         await sim.stop()
         await bus.close()
-        return {"accept_s": accepted - t0, "placements_per_s": n / (placed - t0)}
+        return {
+            "accept_s": accepted - t0,
+            "placements_per_s": n / (placed - t0),
+            "read_keyed_s": read_keyed,
+            "read_whole_s": read_whole,
+        }
     finally:
         region.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -96,7 +118,9 @@ async def main() -> None:
             f"  round {i + 1}: array of {args.jobs} accepted in {array['accept_s']:.2f} s "
             f"({args.jobs / array['accept_s']:.0f} jobs/s), placed at {array['placements_per_s']:.0f}/s; "
             f"single jobs placed at {single['placements_per_s']:.0f}/s (submitted at "
-            f"{single['submit_per_s']:.0f}/s): ratio {ratio:.3f}",
+            f"{single['submit_per_s']:.0f}/s): ratio {ratio:.3f}; the {SMALL} elements of a second "
+            f"array read by key in {1000 * array['read_keyed_s']:.0f} ms, by reading the whole bucket "
+            f"in {1000 * array['read_whole_s']:.0f} ms",
             flush=True,
         )
     print(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -21,7 +21,7 @@ from nats.js import JetStreamContext, api
 
 from federation.bus.delivery import Delivery
 from federation.bus.link import FAILOVER, _delivery, _translate
-from federation.bus.scan import recent, scan
+from federation.bus.scan import lasts, recent, scan
 from federation.bus.streams import Streams
 from federation.errors import FederationUnavailable, InvalidRequest
 from federation.tasks import cancelled, idle
@@ -339,6 +339,14 @@ class Following(Streams):
         if top is None:
             raise FederationUnavailable(bucket, "bucket does not exist (run provisioning)")
         return await recent(self, stream, f"$KV.{bucket}.>", top=top, limit=limit, below=below, keep=keep)
+
+    async def kv_get_many(self, bucket: str, keys: Sequence[str]) -> dict[str, tuple[bytes, int]]:
+        """The live ones of ``keys``: each one's latest value and revision (absent, deleted and
+        expired keys left out). Costs what those keys cost to read, not the bucket's size
+        (:func:`~federation.bus.scan.lasts`)."""
+        prefix = f"$KV.{bucket}."
+        found = await lasts(self, f"KV_{bucket}", [prefix + key for key in dict.fromkeys(keys)])
+        return {s[len(prefix) :]: (d.data, d.sequence) for s, d in found.items() if not d.removed}
 
     async def kv_load(self, bucket: str) -> dict[str, tuple[bytes, int]]:
         """Every live key's latest value and revision (one ordered pass over the bucket)."""

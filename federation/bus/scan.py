@@ -7,8 +7,9 @@ auditor therefore creates none: it reads with direct gets of up to ``BATCH`` mes
 that says how many remain, through its account's imports (whose reply subjects cannot be
 steered). The next batch is asked for while the current one is read. :func:`scan` yields what
 ``Bus.follow(..., until_caught_up=True)`` yields; :func:`latest` reads only each subject's last
-message (``multi_last``), :func:`recent` reads each subject's last message backwards from the
-newest, a page at a time, and :func:`newer` asks whether anything was stored since a sequence.
+message (``multi_last``), :func:`lasts` the last message of each subject of a list,
+:func:`recent` reads each subject's last message backwards from the newest, a page at a time,
+and :func:`newer` asks whether anything was stored since a sequence.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from federation.errors import FederationUnavailable, InvalidRequest
 
 BATCH = 1000
 MULTI_LAST = 10_000  # subjects one multi_last answer may hold (a region's nodes, say)
+NAMED = 1000  # subjects named in one multi_last request (each up to ~90 bytes: well under a payload)
 
 
 async def scan(
@@ -160,18 +162,27 @@ async def recent(
 
 
 async def _last_sequences(messaging: Messaging, stream: str, subjects: list[str]) -> dict[str, int]:
-    """Each of ``subjects``' last sequence in ``stream`` now (``multi_last`` direct gets: asked
-    again for those an answer cut short left out)."""
-    last: dict[str, int] = {}
-    wanted = list(subjects)
-    while wanted:
-        request = {"multi_last": wanted, "batch": len(wanted)}
-        items, status = await messaging.gather(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode())
-        _answered(stream, status)
-        last.update((item.subject, item.sequence) for item in items)
-        if not items or int(status.get("Nats-Num-Pending", 0) or 0) == 0:
-            break
-        wanted = [subject for subject in wanted if subject not in last]
+    """Each of ``subjects``' last sequence in ``stream`` now."""
+    return {subject: item.sequence for subject, item in (await lasts(messaging, stream, subjects)).items()}
+
+
+async def lasts(messaging: Messaging, stream: str, subjects: list[str]) -> dict[str, Delivery]:
+    """The last message of each of ``subjects`` stored in ``stream`` now (those with none are left
+    out): ``multi_last`` direct gets naming up to :data:`NAMED` subjects each, asked again for
+    those an answer cut short left out. Costs what those subjects cost, whatever the stream holds."""
+    last: dict[str, Delivery] = {}
+    for at in range(0, len(subjects), NAMED):
+        wanted = subjects[at : at + NAMED]
+        while wanted:
+            request = {"multi_last": wanted, "batch": len(wanted)}
+            items, status = await messaging.gather(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode()
+            )
+            _answered(stream, status)
+            last.update((item.subject, item) for item in items)
+            if not items or int(status.get("Nats-Num-Pending", 0) or 0) == 0:
+                break
+            wanted = [subject for subject in wanted if subject not in last]
     return last
 
 

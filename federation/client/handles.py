@@ -8,7 +8,7 @@ so that this module imports no client class (the client's modules import this on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from federation import subjects
@@ -37,7 +37,9 @@ class JobControl(Protocol):
 
     async def explain(self, job_id: str, *, region: str | None = None) -> Explanation: ...
 
-    async def array(self, array_id: str, *, region: str | None = None) -> list[JobRecord]: ...
+    async def array(
+        self, array_id: str, *, region: str | None = None, indices: Sequence[int] | None = None
+    ) -> list[JobRecord]: ...
 
     async def wait_array(
         self,
@@ -47,6 +49,7 @@ class JobControl(Protocol):
         region: str | None = None,
         timeout: float | None = None,
         on_change: Callable[[list[JobRecord]], None] | None = None,
+        indices: Sequence[int] | None = None,
     ) -> list[JobRecord]: ...
 
 
@@ -100,14 +103,22 @@ class JobArray:
         return Job(self.client, f"{self.id}-{index}", self.region)
 
     async def records(self) -> list[JobRecord]:
-        """Every element's current record (where it lives), by index."""
-        return await self.client.array(self.id)
+        """Every element's current record (where it lives), by index: only the elements' own
+        records are read, however many jobs the regions hold."""
+        return await self.client.array(self.id, region=self.region, indices=self.indices)
 
     async def wait(
         self, timeout: float | None = None, on_change: Callable[[list[JobRecord]], None] | None = None
     ) -> list[JobRecord]:
         """Wait until every element is terminal; their final records, by index."""
-        return await self.client.wait_array(self.id, len(self.indices), timeout=timeout, on_change=on_change)
+        return await self.client.wait_array(
+            self.id,
+            len(self.indices),
+            region=self.region,
+            timeout=timeout,
+            on_change=on_change,
+            indices=self.indices,
+        )
 
     async def cancel(self, reason: str = "cancelled by user") -> None:
         """Cancel every element (those already ended stay as they are)."""

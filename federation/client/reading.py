@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from federation import subjects
@@ -196,11 +196,47 @@ class Reading(Connections):
         finally:
             await tail.stop()
 
-    async def array(self, array_id: str, *, region: str | None = None) -> list[JobRecord]:
+    async def records(self, job_ids: Sequence[str], *, region: str | None = None) -> list[JobRecord]:
+        """The records of ``job_ids`` submitted to ``region``, each where it lives (the region it
+        was handed to, once that region has a record of it), in the order asked; a job no region
+        knows is left out. Reads those jobs' keys only, however many records the buckets hold."""
+        name = self._region(region)
+        if self.tenant:  # (no bucket access: one question per job)
+            asked: list[JobRecord] = []
+            for job_id in job_ids:
+                with contextlib.suppress(NotFound):
+                    asked.append(await self.where(job_id, region=name))
+            return asked
+        found = await self._keys(name, job_ids)
+        moved: dict[str, list[str]] = {}
+        for record in found.values():
+            if record.state == "forwarded" and record.forwarded_to in self.connection.regions:
+                moved.setdefault(record.forwarded_to, []).append(record.id)
+        for other, ids in moved.items():
+            with contextlib.suppress(FederationUnavailable):  # (the home's record stands meanwhile)
+                found.update(await self._keys(other, ids))
+        return [found[job_id] for job_id in job_ids if job_id in found]
+
+    async def _keys(self, region: str, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+        for job_id in job_ids:
+            subjects.check_token(job_id, "job id")
+        bus = await self.bus(region)
+        values = await bus.kv_get_many(subjects.jobs_bucket(region), job_ids)
+        return {record.id: record for record in _readable(values)}
+
+    async def array(
+        self, array_id: str, *, region: str | None = None, indices: Sequence[int] | None = None
+    ) -> list[JobRecord]:
         """The records of a job array's elements (where each lives), by index; empty when no
-        region knows that array."""
+        region knows that array. With the array's ``indices`` (a :class:`JobArray` has them) only
+        its elements are read from ``region``, its home (default: the default region); without
+        them (and for a tenant, whose one question per region answers all its jobs) every record
+        of ``region`` (default: every region) is read to find them."""
         subjects.check_token(array_id, "array id")
-        records = [r for r in await self.jobs(region=region) if r.spec.array == array_id]
+        if indices is not None and not self.tenant:
+            records = await self.records([f"{array_id}-{index}" for index in indices], region=region)
+        else:
+            records = [r for r in await self.jobs(region=region) if r.spec.array == array_id]
         return sorted(records, key=lambda r: r.spec.array_index)
 
     async def wait_array(
@@ -211,13 +247,15 @@ class Reading(Connections):
         region: str | None = None,
         timeout: float | None = None,
         on_change: Callable[[list[JobRecord]], None] | None = None,
+        indices: Sequence[int] | None = None,
     ) -> list[JobRecord]:
         """Wait until ``count`` elements of the array are known and every one is terminal (read
-        every :data:`ARRAY_POLL` seconds; ``on_change`` sees each read whose states moved)."""
+        every :data:`ARRAY_POLL` seconds, only its elements' records when its ``indices`` are
+        given: :meth:`array`; ``on_change`` sees each read whose states moved)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: dict[str, str] = {}
         while True:
-            records = await self.array(array_id, region=region)
+            records = await self.array(array_id, region=region, indices=indices)
             states: dict[str, str] = {r.id: r.state for r in records}
             if states != seen:
                 seen = states

@@ -93,6 +93,23 @@ async def test_a_failed_element_sets_the_status_and_cancel_stops_a_whole_array(m
     assert "not found" in unknown.stderr
 
 
+async def test_an_arrays_wait_follows_the_elements_handed_to_another_region(make_cluster: Any) -> None:
+    """A job array's wait reads its elements by key, in its home region and then in the region
+    each element was handed to (here every one: they may run only there)."""
+    from federation.client import Client
+
+    cluster = await make_cluster(regions=("aa", "bb"), agents=1)
+    async with Client.connect(connection=cluster.connection) as client:
+        away = await client.submit_array(["true"], [0, 2, 5], region="aa", regions=["bb"])
+        finals = await away.wait(timeout=120)
+        assert [(r.id, r.region, r.state) for r in finals] == [
+            (f"{away.id}-{i}", "bb", "succeeded") for i in (0, 2, 5)
+        ]
+        assert [r.spec.array_index for r in await away.records()] == [0, 2, 5]
+        home = await client.records([f"{away.id}-2", "no-such-job"], region="aa")
+        assert [(r.id, r.region) for r in home] == [(f"{away.id}-2", "bb")]  # where it lives
+
+
 async def _running(states: Any, count: int) -> bool:
     return bool((await states()).get("running") == count)
 

@@ -144,3 +144,19 @@ async def test_a_later_page_checks_a_whole_window_of_keys_at_once(make_cluster) 
         assert len(set(keys)) == 2500
     finally:
         await bus.close()
+
+
+async def test_named_keys_are_read_at_their_latest_value_in_requests_of_a_bounded_size(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kv_get_many`` (what a job array's wait reads): only the keys asked for, each at its latest
+    value, whatever the bucket holds; a deleted or absent key left out; several requests when the
+    list is longer than one names."""
+    from federation.bus import scan
+
+    monkeypatch.setattr(scan, "NAMED", 4)  # 11 keys: three requests
+    live = await bus.kv_load(NAME)
+    wanted = ["k01", "k02", "k03", "k07", "k10", "k11", "k12", "k20", "k21", "k29", "nope", "k01"]
+    got = await bus.kv_get_many(NAME, wanted)
+    assert sorted(got) == ["k01", "k02", "k03", "k10", "k11", "k12", "k20", "k21", "k29"]
+    assert got == {key: live[key] for key in got}  # at the value (and revision) a full read shows
