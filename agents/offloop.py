@@ -138,6 +138,6 @@ def _each(calls: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
     for fn in calls:
         try:
             outcomes.append((True, fn()))
-        except Exception as exc:  # handed back to whoever asked for this call
+        except BaseException as exc:  # handed back to whoever asked: the thread serves on
             outcomes.append((False, exc))
     return outcomes

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +14,9 @@ import pytest
 
 from federation.cli import build_parser, exit_status
 from federation.config import Connection, RegionEndpoint, write_connection
-from federation.ops.launcher import fed_command
+from federation.ops.launcher import Child, Federation, Options, fed_command, free_port
 from federation.schemas import JobRecord, Submit
+from tests.conftest import eventually
 
 
 def fed(command: str, *args: str, state: Path) -> subprocess.CompletedProcess[str]:
@@ -215,9 +219,7 @@ def test_commands_run_on_uvloop_unless_told_otherwise(monkeypatch: pytest.Monkey
 
 
 def test_a_daemons_port_is_chosen_below_the_ephemeral_range() -> None:
-    import socket
-
-    from federation.ops.launcher import EPHEMERAL, free_port
+    from federation.ops.launcher import EPHEMERAL
 
     low = int(EPHEMERAL.read_text().split()[0])
     ports = {free_port() for _ in range(20)}
@@ -228,43 +230,45 @@ def test_a_daemons_port_is_chosen_below_the_ephemeral_range() -> None:
 
 
 LISTENER = """
-import socket, sys, time
-host, port = sys.argv[sys.argv.index("--metrics") + 1].rsplit(":", 1)
+import os, socket, sys, time
+flag = os.environ["LISTENS"]
+host, port = sys.argv[sys.argv.index(flag) + 1].rsplit(":", 1)
 sock = socket.socket()
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     sock.bind((host, int(port)))
 except OSError as exc:
-    sys.exit(f"cannot serve metrics on {host}:{port}: {exc}")
+    sys.exit(f"cannot serve on {host}:{port}: {exc}")
 sock.listen()
 time.sleep(120)
 """
 
 
 @pytest.mark.timeout(60)
-async def test_a_daemon_whose_port_was_taken_restarts_on_another(tmp_path: Path) -> None:
-    """A daemon that dies because another process took its metrics port would die again at every
-    restart on that port: the supervisor moves it to a free one and says so in metrics.json."""
-    import asyncio
-    import json
-    import socket
-
-    from federation.ops.launcher import Child, Federation, Options, free_port
-    from tests.conftest import eventually
-
+@pytest.mark.parametrize(("name", "flag"), [("agent-r1-n1", "--metrics"), ("console", "--listen")])
+async def test_a_daemon_whose_port_was_taken_restarts_on_another(
+    tmp_path: Path, name: str, flag: str
+) -> None:
+    """A daemon that dies because another process took its port (its metrics, the console's) would
+    die again at every restart on that port: the supervisor moves it to a free one and says so
+    where its address is read (metrics.json; the console's URL)."""
     taken = socket.socket()
     taken.bind(("127.0.0.1", free_port()))
     taken.listen()
     port = taken.getsockname()[1]
     federation = Federation(Options(state_dir=tmp_path, regions=("r1",), auth=False))
     child = Child(
-        "agent-r1-n1",
-        [sys.executable, "-c", LISTENER, "--metrics", f"127.0.0.1:{port}"],
-        tmp_path / "agent.log",
-        listens="--metrics",
+        name,
+        [sys.executable, "-c", LISTENER, flag, f"127.0.0.1:{port}"],
+        tmp_path / "daemon.log",
+        env={"LISTENS": flag},
+        listens=flag,
     )
     federation.daemons.append(child)
-    federation.metrics_urls[child.name] = f"http://127.0.0.1:{port}/metrics"
+    if name == "console":
+        federation.console_url = f"http://127.0.0.1:{port}"
+    else:
+        federation.metrics_urls[child.name] = f"http://127.0.0.1:{port}/metrics"
     child.start()
     assert child.process is not None
     assert await asyncio.to_thread(child.process.wait, 30) != 0  # the port is taken: it dies at once
@@ -283,8 +287,11 @@ async def test_a_daemon_whose_port_was_taken_restarts_on_another(tmp_path: Path)
         await eventually(listening, timeout=40)  # restarted, on another port, and it runs there
         moved = child.address
         assert moved is not None
-        recorded = json.loads((tmp_path / "metrics.json").read_text())
-        assert recorded[child.name] == f"http://127.0.0.1:{moved[1]}/metrics"
+        if name == "console":
+            assert federation.console_url == f"http://127.0.0.1:{moved[1]}"
+        else:
+            recorded = json.loads((tmp_path / "metrics.json").read_text())
+            assert recorded[child.name] == f"http://127.0.0.1:{moved[1]}/metrics"
         assert child.alive()
     finally:
         supervisor.cancel()

@@ -199,8 +199,10 @@ class Reading(Connections):
     async def records(self, job_ids: Sequence[str], *, region: str | None = None) -> list[JobRecord]:
         """The records of ``job_ids`` submitted to ``region``, each where it lives (the region it
         was handed to, once that region has a record of it), in the order asked; a job no region
-        knows is left out. Reads those jobs' keys only, however many records the buckets hold."""
+        knows is left out, and one asked twice is listed once. Reads those jobs' keys only, however
+        many records the buckets hold."""
         name = self._region(region)
+        job_ids = list(dict.fromkeys(job_ids))
         if self.tenant:  # (no bucket access: one question per job)
             asked: list[JobRecord] = []
             for job_id in job_ids:
@@ -229,14 +231,16 @@ class Reading(Connections):
     ) -> list[JobRecord]:
         """The records of a job array's elements (where each lives), by index; empty when no
         region knows that array. With the array's ``indices`` (a :class:`JobArray` has them) only
-        its elements are read from ``region``, its home (default: the default region); without
-        them (and for a tenant, whose one question per region answers all its jobs) every record
-        of ``region`` (default: every region) is read to find them."""
+        its elements are read, from ``region``, its home (default: the default region), and from
+        the regions they were handed to; without them every record of ``region`` (default: every
+        region) is read to find them. A tenant asks every region for all its jobs either way (one
+        question per region, where a question per element would be one per job)."""
         subjects.check_token(array_id, "array id")
         if indices is not None and not self.tenant:
             records = await self.records([f"{array_id}-{index}" for index in indices], region=region)
-        else:
-            records = [r for r in await self.jobs(region=region) if r.spec.array == array_id]
+        else:  # (a tenant's elements may live in another region than their home: every region)
+            where = region if indices is None else None
+            records = [r for r in await self.jobs(region=where) if r.spec.array == array_id]
         return sorted(records, key=lambda r: r.spec.array_index)
 
     async def wait_array(

@@ -419,7 +419,8 @@ class Federation:
         tmp.replace(path)
 
     def _metrics_args(self, name: str) -> list[str]:
-        """The ``--metrics`` flag of daemon ``name``: a free loopback port, kept across its restarts."""
+        """The ``--metrics`` flag of daemon ``name``: a free loopback port, kept across its restarts
+        unless another process took it meanwhile (:meth:`unblock`)."""
         url = self.metrics_urls[name] = f"http://127.0.0.1:{free_port()}/metrics"
         return ["--metrics", url.removeprefix("http://").removesuffix("/metrics")]
 

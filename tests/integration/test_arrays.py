@@ -95,19 +95,31 @@ async def test_a_failed_element_sets_the_status_and_cancel_stops_a_whole_array(m
 
 async def test_an_arrays_wait_follows_the_elements_handed_to_another_region(make_cluster: Any) -> None:
     """A job array's wait reads its elements by key, in its home region and then in the region
-    each element was handed to (here every one: they may run only there)."""
+    each element was handed to (here every one: they may run only there); a tenant's, through its
+    questions to every region."""
     from federation.client import Client
+    from federation.ops.keyring import Keyring
 
     cluster = await make_cluster(regions=("aa", "bb"), agents=1)
-    async with Client.connect(connection=cluster.connection) as client:
-        away = await client.submit_array(["true"], [0, 2, 5], region="aa", regions=["bb"])
-        finals = await away.wait(timeout=120)
-        assert [(r.id, r.region, r.state) for r in finals] == [
-            (f"{away.id}-{i}", "bb", "succeeded") for i in (0, 2, 5)
-        ]
-        assert [r.spec.array_index for r in await away.records()] == [0, 2, 5]
-        home = await client.records([f"{away.id}-2", "no-such-job"], region="aa")
-        assert [(r.id, r.region) for r in home] == [(f"{away.id}-2", "bb")]  # where it lives
+    await cluster.federation.add_identity("tenant", "acme")
+    tenant = Client(cluster.connection, Keyring.of(cluster.tmp).credentials("tenant", "acme"))
+    try:
+        async with Client.connect(connection=cluster.connection) as client:
+            away = await client.submit_array(["true"], [0, 2, 5], region="aa", regions=["bb"])
+            theirs = await tenant.submit_array(["true"], [1, 3], region="aa", regions=["bb"])
+            finals = await away.wait(timeout=120)
+            assert [(r.id, r.region, r.state) for r in finals] == [
+                (f"{away.id}-{i}", "bb", "succeeded") for i in (0, 2, 5)
+            ]
+            assert [r.spec.array_index for r in await away.records()] == [0, 2, 5]
+            home = await client.records([f"{away.id}-2", "no-such-job", f"{away.id}-2"], region="aa")
+            assert [(r.id, r.region) for r in home] == [(f"{away.id}-2", "bb")]  # where it lives, once
+            tenants = await theirs.wait(timeout=120)
+            assert [(r.id, r.region, r.state) for r in tenants] == [
+                (f"{theirs.id}-{i}", "bb", "succeeded") for i in (1, 3)
+            ]
+    finally:
+        await tenant.close()
 
 
 async def _running(states: Any, count: int) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -157,6 +158,15 @@ async def test_named_keys_are_read_at_their_latest_value_in_requests_of_a_bounde
     monkeypatch.setattr(scan, "NAMED", 4)  # 11 keys: three requests
     live = await bus.kv_load(NAME)
     wanted = ["k01", "k02", "k03", "k07", "k10", "k11", "k12", "k20", "k21", "k29", "nope", "k01"]
+    asked: list[int] = []
+    gather = bus.gather
+
+    async def counted(subject: str, payload: bytes) -> Any:
+        asked.append(len(json.loads(payload)["multi_last"]))
+        return await gather(subject, payload)
+
+    monkeypatch.setattr(bus, "gather", counted)
     got = await bus.kv_get_many(NAME, wanted)
+    assert asked == [4, 4, 3]
     assert sorted(got) == ["k01", "k02", "k03", "k10", "k11", "k12", "k20", "k21", "k29"]
     assert got == {key: live[key] for key in got}  # at the value (and revision) a full read shows
