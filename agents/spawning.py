@@ -19,7 +19,9 @@ action), so the agent's process enters the attempt's directory for the call and 
 not the thread's: the agent's other threads (its file worker, the metrics server) use absolute
 paths only: the agent makes its own directories absolute at its start (:class:`agents.agent.Agent`).
 And ``posix_spawn`` closes no descriptor in the child: the descriptors the agent was started with
-are made non-inheritable then (:func:`seal_inherited`), as Python makes its own.
+are made non-inheritable then (:func:`seal_inherited`), as Python makes its own. The workload
+starts under the scheduling policy the agent was started with, not the agent's own ``SCHED_BATCH``
+(:mod:`federation.cpupolicy`).
 
 The executable is looked up the way ``execvpe`` would, in the ``PATH`` of the job's own
 environment: found once per name and ``PATH``, then checked (still there, still executable) at each
@@ -38,6 +40,8 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
+
+from federation import cpupolicy
 
 FOUND_FOR = 10.0  # seconds a found executable is used before it is looked up again
 KEPT = 1024  # found executables kept before the stale ones are dropped
@@ -137,6 +141,13 @@ def start(
     ``preexec`` or ``popen_options`` (a user to switch to), by ``Popen`` after a full fork;
     otherwise by ``posix_spawn``. Raises OSError (or ValueError, SubprocessError) if it cannot."""
     if preexec is not None or popen_options:
+        reset = cpupolicy.WORKLOAD_POLICY is not None
+
+        def setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+            cpupolicy.reset_workload()
+            if preexec is not None:
+                preexec()
+
         popen = subprocess.Popen(
             list(argv),
             executable=executable,
@@ -146,7 +157,7 @@ def start(
             cwd=cwd,
             env=dict(env),
             start_new_session=True,
-            preexec_fn=preexec,
+            preexec_fn=setup if reset or preexec is not None else None,
             **(popen_options or {}),
         )
         assert popen.stdout is not None
@@ -159,11 +170,23 @@ def start(
         actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
     else:
         actions.append((os.POSIX_SPAWN_DUP2, stdin, 0))
+    policy = cpupolicy.workload_scheduler()  # not the agent's SCHED_BATCH
     try:
         with _inside(cwd):
-            pid = os.posix_spawn(
-                executable, list(argv), env, file_actions=actions, setsid=True, setsigdef=RESTORED
-            )
+            if policy is None:
+                pid = os.posix_spawn(
+                    executable, list(argv), env, file_actions=actions, setsid=True, setsigdef=RESTORED
+                )
+            else:
+                pid = os.posix_spawn(
+                    executable,
+                    list(argv),
+                    env,
+                    file_actions=actions,
+                    setsid=True,
+                    setsigdef=RESTORED,
+                    scheduler=policy,
+                )
     except BaseException:
         os.close(read)
         raise

@@ -143,7 +143,9 @@ async def main() -> None:
         server = Server(name=REGION, domain=REGION, store_dir=str(base / "store"), ports_dir=str(ports))
         conf.write_text(server_config(server))
         argv = [nats_server_binary(), "-c", str(conf)]
-        server = Child("nats", argv, base / "nats.log", restart=False, env=colocated_server_env())
+        server = Child(
+            "nats", argv, base / "nats.log", restart=False, env=colocated_server_env(), server=True
+        )
         server.start()
         try:
             url = (await read_ports(ports, server))["nats"][0]

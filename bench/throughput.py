@@ -105,6 +105,7 @@ class Region:
             self.base / "nats.log",
             restart=False,
             env=colocated_server_env(),  # as `fed up` starts its servers
+            server=True,
         )
         server.start()
         self.children.append(server)

@@ -94,6 +94,7 @@ PARTS: dict[str, str] = {  # module (or package) -> the part it belongs to; the 
     "federation.schemas": "vocabulary",
     "federation.identity": "vocabulary",
     "federation.tasks": "support",
+    "federation.cpupolicy": "support",
     "federation.tracing": "support",
     "federation.logs": "support",
     "federation.failpoints": "support",

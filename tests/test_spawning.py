@@ -7,6 +7,8 @@ import asyncio
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -172,3 +174,35 @@ def _until_a_zombie(pid: int) -> None:
             return
         time.sleep(0.01)  # sleep-ok: waiting for the child to exit while the loop is held
     raise AssertionError(f"process {pid} did not exit")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="scheduling policies are Linux's")
+@pytest.mark.parametrize(
+    ("env", "start_batch", "expected"),
+    [
+        ({}, False, f"{os.SCHED_BATCH} {os.SCHED_OTHER}"),  # a daemon: batch, its workloads not
+        ({"FED_CPU_POLICY": "normal"}, False, f"{os.SCHED_OTHER} None"),  # the opt-out
+        ({}, True, f"{os.SCHED_BATCH} None"),  # started under a policy already: kept, workloads inherit
+    ],
+)
+def test_a_daemon_enters_batch_unless_told_not_to_or_started_under_another_policy(
+    env: dict[str, str], start_batch: bool, expected: str
+) -> None:
+    probe = (
+        "import os; from federation import cpupolicy; cpupolicy.enter_batch(); "
+        "print(os.sched_getscheduler(0), cpupolicy.WORKLOAD_POLICY)"
+    )
+
+    def batch() -> None:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=batch if start_batch else None,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == expected.split()

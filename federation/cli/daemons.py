@@ -135,7 +135,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds a leader's lease lasts unrenewed (default 5); a standby takes over after it",
     )
-    p.set_defaults(func=cmd_scheduler)
+    p.set_defaults(func=cmd_scheduler, daemon=True)
 
     p = sub.add_parser("agent", parents=[common, tls], help="run a node's agent daemon")
     p.add_argument("--region")
@@ -165,4 +165,4 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resource", action="append", help="custom resource NAME=AMOUNT this node offers (repeat)"
     )
-    p.set_defaults(func=cmd_agent)
+    p.set_defaults(func=cmd_agent, daemon=True)

@@ -6,7 +6,9 @@ on stderr and exit with status 2; ``fed submit --wait`` exits with the job's own
 
 The coroutine runs on uvloop's event loop (libuv's) where uvloop is installed, as it is with the
 package on Linux and macOS: the daemons' own CPU per job is 5-8% lower on it than on asyncio's
-loop (bench/README.md). ``FED_EVENT_LOOP=asyncio`` runs it on asyncio's own loop instead.
+loop (bench/README.md). ``FED_EVENT_LOOP=asyncio`` runs it on asyncio's own loop instead. The
+daemons (``fed scheduler``, ``fed agent``) run under Linux's ``SCHED_BATCH`` policy
+(:mod:`federation.cpupolicy`; ``FED_CPU_POLICY=normal`` keeps the default).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from federation import logs
+from federation import cpupolicy, logs
 from federation.cli import (
     audit,
     completion,
@@ -90,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what was typed (fed submit --file: who wins)
     args.log_level = getattr(args, "log_level", "info")
+    if getattr(args, "daemon", False):  # (first: every thread it starts inherits the policy)
+        cpupolicy.enter_batch()
     logs.configure(args.log_level)
     try:
         _use_credentials(getattr(args, "creds", None))

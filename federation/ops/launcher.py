@@ -40,7 +40,7 @@ from pathlib import Path
 import msgspec
 from prometheus_client import Counter, Gauge
 
-from federation import subjects
+from federation import cpupolicy, subjects
 from federation.bus import Bus
 from federation.config import (
     Connection,
@@ -125,6 +125,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _server_child() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """A nats-server's start: dies with ``fed up``, under ``SCHED_BATCH`` (:mod:`federation.cpupolicy`)."""
+    _die_with_parent()
+    cpupolicy.batch_child()
+
+
 def colocated_server_env() -> dict[str, str]:
     """The environment of a nats-server that shares its host with the federation's own processes
     (``fed up``, the benchmarks): its Go runtime runs on at most a quarter of the host's cores at
@@ -151,11 +157,13 @@ class Child:
     last_start: float = 0.0
     env: dict[str, str] = field(default_factory=dict)  # set in its environment, beside ours
     listens: str = ""  # the flag whose HOST:PORT value the process listens on ("": none)
+    server: bool = False  # a nats-server sharing the host: started under SCHED_BATCH
 
     def start(self) -> None:
         """(Re)start the process, appending to its log file."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        setup = (_server_child if self.server else _die_with_parent) if sys.platform == "linux" else None
         try:
             self.process = subprocess.Popen(
                 self.argv,
@@ -164,7 +172,7 @@ class Child:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=setup,
             )
         finally:
             log.close()
@@ -442,6 +450,7 @@ class Federation:
             self.state_dir / "logs" / f"nats-{name}.log",
             restart=False,
             env=colocated_server_env(),
+            server=True,
         )
         child.start()
         self.servers[name] = child

@@ -92,6 +92,27 @@ def check_ledger(ledger: Ledger, cores: set[int], memory: int, slots: int) -> No
     assert len(jobs) == len(set(jobs)), f"a job is allocated twice: {ledger}"
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="scheduling policies are Linux's")
+async def test_daemons_and_servers_run_as_batch_work_and_a_workload_under_the_default_policy(
+    make_cluster,
+) -> None:
+    """The federation's own processes run under SCHED_BATCH (federation.cpupolicy); the jobs they
+    start do not inherit it."""
+    cluster = await make_cluster(agents=1)
+    daemons = [c for c in cluster.federation.daemons if c.name.startswith(("scheduler", "agent"))]
+    servers = list(cluster.federation.servers.values())
+    assert daemons
+    assert servers
+    for child in daemons + servers:
+        assert os.sched_getscheduler(child.pid) == os.SCHED_BATCH, child.name
+    async with Client.connect(connection=cluster.connection) as fed:
+        probe = "import os; print(os.sched_getscheduler(0))"
+        job = await fed.submit([sys.executable, "-c", probe])
+        assert (await job.wait(timeout=60)).state == "succeeded"
+        output = b"".join([chunk async for chunk in fed.logs(job.id)])
+    assert int(output) == os.SCHED_OTHER
+
+
 async def test_four_racing_submitters_never_overallocate_a_small_node(make_cluster) -> None:
     cluster = await make_cluster(agents=0)
     await cluster.start_agent("eu", "small", "--cpu", "2", "--memory", "1GiB", "--max-allocations", "3")
