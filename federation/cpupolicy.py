@@ -6,14 +6,15 @@ of its nice value; what changes is that its wake-ups do not preempt the process 
 federation's processes wake for every message (an agent about nine times per job it runs, the
 server about eight): under the default policy, on a busy host, most of those wake-ups preempted
 another of them half-way through its own work, and each switch cost both. On the 2-core benchmark
-host, with the daemons and the server under ``SCHED_BATCH``, the federation spent 0.93-0.97 ms of
-CPU per job against 1.06-1.10 and ran 6-9% more jobs per second (alternated, bench/README.md). On
-an idle host a woken daemon runs at once either way: one job at a time starts as fast.
+host, with the daemons and the server under ``SCHED_BATCH``, the federation spent 0.86-0.94 ms of
+CPU per job against 1.08-1.10 and ran 8-14% more jobs per second (alternated, bench/README.md).
+On an idle host a woken daemon runs at once either way: one job at a time starts as fast.
 
 Workloads are not the federation's processes: the agent starts them with the policy it was itself
 started with (:data:`WORKLOAD_POLICY`), never with its own ``SCHED_BATCH``.
 
-``FED_CPU_POLICY=normal`` keeps the default policy (the daemons' and ``fed up``'s servers'). A
+``FED_CPU_POLICY=normal`` keeps the default policy (the daemons' and ``fed up``'s servers');
+``batch`` (or unset) is the above; anything else is refused when a daemon or ``fed up`` starts. A
 process started under another policy already (systemd's ``CPUSchedulingPolicy=``, ``chrt``) keeps
 it: only the default policy, ``SCHED_OTHER``, is changed.
 """
@@ -24,15 +25,23 @@ import contextlib
 import os
 import sys
 
+from federation.errors import ConfigError
+
 WORKLOAD_POLICY: int | None = None
 """The policy the agent starts workloads with, once :func:`enter_batch` changed its own (None:
 they inherit the agent's)."""
 
 
+CHOICES = ("batch", "normal")
+
+
 def wanted() -> bool:
     """Whether the federation's processes run under ``SCHED_BATCH`` here (Linux, unless
-    ``FED_CPU_POLICY=normal``)."""
-    return sys.platform == "linux" and os.environ.get("FED_CPU_POLICY", "batch") != "normal"
+    ``FED_CPU_POLICY=normal``); raises ConfigError for a value that is neither."""
+    choice = os.environ.get("FED_CPU_POLICY", "batch").strip().lower() or "batch"
+    if choice not in CHOICES:
+        raise ConfigError(f"FED_CPU_POLICY must be one of {', '.join(CHOICES)}, not {choice!r}")
+    return sys.platform == "linux" and choice == "batch"
 
 
 def enter_batch() -> None:
@@ -53,11 +62,10 @@ def enter_batch() -> None:
 
 def batch_child() -> None:  # pragma: no cover - runs in the child between fork and exec
     """:func:`enter_batch` for a process about to exec (``fed up``'s nats-servers), without the
-    workload bookkeeping."""
-    if wanted():
-        with contextlib.suppress(OSError):
-            if os.sched_getscheduler(0) == os.SCHED_OTHER:
-                os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    workload bookkeeping (``fed up`` checked ``FED_CPU_POLICY`` when it started)."""
+    with contextlib.suppress(Exception):
+        if wanted() and os.sched_getscheduler(0) == os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 def workload_scheduler() -> tuple[int, os.sched_param] | None:

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -176,33 +177,67 @@ def _until_a_zombie(pid: int) -> None:
     raise AssertionError(f"process {pid} did not exit")
 
 
+WORKLOADS = """
+import os, sys
+from agents import spawning
+from federation import cpupolicy
+cpupolicy.enter_batch()
+print(os.sched_getscheduler(0), cpupolicy.WORKLOAD_POLICY)
+probe = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"]
+for preexec in (None, lambda: None):  # posix_spawn, then the fallback's fork and exec
+    started = spawning.start(
+        probe, sys.executable, cwd="/", env=dict(os.environ), stdin=None, preexec=preexec
+    )
+    out = b""
+    while chunk := os.read(started.output, 4096):
+        out += chunk
+    os.waitpid(started.pid, 0)
+    print(out.decode().strip())
+"""
+
+
+def _policy(batch: bool) -> Callable[[], None]:
+    def set_it() -> None:  # between fork and exec: whatever policy the test runner has
+        policy = os.SCHED_BATCH if batch else os.SCHED_OTHER
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+
+    return set_it
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="scheduling policies are Linux's")
 @pytest.mark.parametrize(
-    ("env", "start_batch", "expected"),
+    ("setting", "start_batch", "expected"),
     [
-        ({}, False, f"{os.SCHED_BATCH} {os.SCHED_OTHER}"),  # a daemon: batch, its workloads not
-        ({"FED_CPU_POLICY": "normal"}, False, f"{os.SCHED_OTHER} None"),  # the opt-out
-        ({}, True, f"{os.SCHED_BATCH} None"),  # started under a policy already: kept, workloads inherit
+        # a daemon: batch, its workloads (by posix_spawn and by the fallback) not
+        (None, False, [f"{os.SCHED_BATCH} {os.SCHED_OTHER}", str(os.SCHED_OTHER), str(os.SCHED_OTHER)]),
+        ("Normal", False, [f"{os.SCHED_OTHER} None", str(os.SCHED_OTHER), str(os.SCHED_OTHER)]),  # opt-out
+        # started under a policy already: kept, and its workloads inherit it
+        (None, True, [f"{os.SCHED_BATCH} None", str(os.SCHED_BATCH), str(os.SCHED_BATCH)]),
     ],
 )
-def test_a_daemon_enters_batch_unless_told_not_to_or_started_under_another_policy(
-    env: dict[str, str], start_batch: bool, expected: str
+def test_a_daemon_enters_batch_unless_told_not_to_and_its_workloads_start_under_its_first_policy(
+    setting: str | None, start_batch: bool, expected: list[str]
 ) -> None:
-    probe = (
-        "import os; from federation import cpupolicy; cpupolicy.enter_batch(); "
-        "print(os.sched_getscheduler(0), cpupolicy.WORKLOAD_POLICY)"
-    )
-
-    def batch() -> None:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-
+    env = {k: v for k, v in os.environ.items() if k != "FED_CPU_POLICY"}
+    if setting is not None:
+        env["FED_CPU_POLICY"] = setting
     done = subprocess.run(
-        [sys.executable, "-c", probe],
-        env={**os.environ, **env},
+        [sys.executable, "-c", WORKLOADS],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
         text=True,
         timeout=60,
-        preexec_fn=batch if start_batch else None,
+        preexec_fn=_policy(start_batch),
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == expected.split()
+    assert done.stdout.splitlines() == expected
+
+
+def test_a_bad_cpu_policy_is_refused_with_what_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from federation import cpupolicy
+    from federation.errors import ConfigError
+
+    monkeypatch.setenv("FED_CPU_POLICY", "fifo")
+    with pytest.raises(ConfigError, match="batch, normal"):
+        cpupolicy.enter_batch()

@@ -310,6 +310,7 @@ class Federation:
             subjects.check_region(region)
         if len(set(options.regions)) != len(options.regions) or "hub" in options.regions:
             raise ConfigError("region names must be unique and not 'hub'")
+        cpupolicy.wanted()  # (a bad FED_CPU_POLICY is refused here, not in a server's start)
         self.options = options
         self.state_dir = options.state_dir
         self.echo = echo
