@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -300,3 +301,16 @@ async def test_a_daemon_whose_port_was_taken_restarts_on_another(
             child.process.kill()
             child.process.wait()
     assert child.restarts == 1
+
+
+def test_a_bad_cpu_policy_stops_a_daemon_at_once_with_one_line() -> None:
+    out = subprocess.run(
+        fed_command("agent", "--region", "r1", "--node", "n1", "--url", "nats://127.0.0.1:1"),
+        env={**os.environ, "FED_CPU_POLICY": "fifo"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "FED_CPU_POLICY must be one of batch, normal, not 'fifo'" in out.stderr
+    assert "Traceback" not in out.stderr

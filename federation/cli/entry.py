@@ -92,10 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what was typed (fed submit --file: who wins)
     args.log_level = getattr(args, "log_level", "info")
-    if getattr(args, "daemon", False):  # (first: every thread it starts inherits the policy)
-        cpupolicy.enter_batch()
     logs.configure(args.log_level)
     try:
+        if getattr(args, "daemon", False):  # (before any thread: each inherits the policy)
+            cpupolicy.enter_batch()
         _use_credentials(getattr(args, "creds", None))
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             code: int = runner.run(args.func(args))
