@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import math
 import os
 import pwd
@@ -667,8 +666,7 @@ class Agent:
         life of the agent left there, and label the node's offers with the isolation in force."""
         mode = "none"
         if self.config.isolation != "none":
-            name = f"{self.node}-{hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:8]}"
-            hierarchy = cgroups.detect(name)
+            hierarchy = cgroups.detect(cgroups.agent_name(self.node, self.state_dir))
             if hierarchy is None and self.config.isolation == "cgroups":
                 raise ConfigError(
                     "isolation = cgroups, but no cgroup hierarchy here is writable by the agent"

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import threading
@@ -557,6 +558,18 @@ class Hierarchy:
         return sorted(names)
 
 
+def agent_name(node: str, state_dir: Path) -> str:
+    """What an agent's groups are named after (``fed-<this>``): its node and a hash of its state
+    directory, so that two agents of one node name on a host (two test federations, say) never
+    share, and an agent restarted on the same state finds its own."""
+    return f"{node}-{state_tag(state_dir)}"
+
+
+def state_tag(state_dir: Path) -> str:
+    """The part of :func:`agent_name` that comes from the state directory."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
+
+
 def detect(node: str, root: Path = Path("/proc/self")) -> Hierarchy | None:
     """The hierarchy this process may make attempt cgroups in (None: none is writable).
 
@@ -680,4 +693,4 @@ async def _until(predicate: Callable[[], bool], deadline: float) -> bool:
     return True
 
 
-__all__ = ["Group", "Hierarchy", "Limits", "Usage", "detect", "prefix"]
+__all__ = ["Group", "Hierarchy", "Limits", "Usage", "agent_name", "detect", "prefix", "state_tag"]

@@ -38,7 +38,7 @@ from federation.audit import trail  # noqa: E402 - after the sys.path lines abov
 from federation.audit.check import Checker  # noqa: E402 - after the sys.path lines above
 from federation.bus import Bus  # noqa: E402 - after the sys.path lines above
 from federation.ops.deploy import Server, server_config  # noqa: E402
-from federation.ops.launcher import Child, colocated_server_env, nats_server_binary, read_ports  # noqa: E402
+from federation.ops.launcher import Child, nats_server_binary, read_ports  # noqa: E402
 from federation.ops.provision import provision, wait_for_jetstream  # noqa: E402
 from federation.schemas import (  # noqa: E402 - after the sys.path lines above
     Allocation,
@@ -143,9 +143,7 @@ async def main() -> None:
         server = Server(name=REGION, domain=REGION, store_dir=str(base / "store"), ports_dir=str(ports))
         conf.write_text(server_config(server))
         argv = [nats_server_binary(), "-c", str(conf)]
-        server = Child(
-            "nats", argv, base / "nats.log", restart=False, env=colocated_server_env(), server=True
-        )
+        server = Child("nats", argv, base / "nats.log", restart=False, server=True)
         server.start()
         try:
             url = (await read_ports(ports, server))["nats"][0]

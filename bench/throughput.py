@@ -47,7 +47,7 @@ from federation.identity import TlsFiles, use_credentials, use_tls  # noqa: E402
 from federation.ops.auth import accounts  # noqa: E402
 from federation.ops.deploy import Server, server_config  # noqa: E402
 from federation.ops.keyring import Keyring  # noqa: E402
-from federation.ops.launcher import Child, colocated_server_env, fed_command, nats_server_binary, read_ports  # noqa: E402
+from federation.ops.launcher import Child, fed_command, nats_server_binary, read_ports  # noqa: E402
 from federation.ops.pki import local_authority  # noqa: E402
 from federation.ops.provision import provision, wait_for_jetstream  # noqa: E402
 from federation.schemas import TERMINAL_STATES, JobEvent, Submit, decode_message, encode  # noqa: E402 - after the sys.path line above
@@ -104,8 +104,7 @@ class Region:
             [nats_server_binary(), "-c", str(conf)],
             self.base / "nats.log",
             restart=False,
-            env=colocated_server_env(),  # as `fed up` starts its servers
-            server=True,
+            server=True,  # as `fed up` starts its servers
         )
         server.start()
         self.children.append(server)

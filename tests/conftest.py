@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import socket
 import subprocess
 import time
@@ -125,12 +124,9 @@ class Cluster:
 
 
 def _agent_cgroups(under: Path) -> set[str]:
-    """The cgroups (``fed-<node>-<hash>``, beside this process's own, v1) of the agents whose state
-    directories are under ``under`` (the hash is of the state directory, as the agent makes it)."""
-    hashes = {
-        hashlib.sha256(str(journal.parent.resolve()).encode()).hexdigest()[:8]
-        for journal in under.rglob("attempts.journal")
-    }
+    """The cgroups (``fed-`` and :func:`agents.cgroups.agent_name`, beside this process's own, v1)
+    of the agents whose state directories are under ``under``."""
+    hashes = {cgroups.state_tag(journal.parent) for journal in under.rglob("attempts.journal")}
     if not hashes:
         return set()
     probe = cgroups.detect("teardown-probe")

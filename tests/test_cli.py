@@ -231,7 +231,7 @@ def test_a_daemons_port_is_chosen_below_the_ephemeral_range() -> None:
 
 
 LISTENER = """
-import os, socket, sys, time
+import os, signal, socket, sys
 flag = os.environ["LISTENS"]
 host, port = sys.argv[sys.argv.index(flag) + 1].rsplit(":", 1)
 sock = socket.socket()
@@ -241,7 +241,7 @@ try:
 except OSError as exc:
     sys.exit(f"cannot serve on {host}:{port}: {exc}")
 sock.listen()
-time.sleep(120)
+signal.pause()  # until the test kills it
 """
 
 

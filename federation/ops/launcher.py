@@ -157,17 +157,18 @@ class Child:
     last_start: float = 0.0
     env: dict[str, str] = field(default_factory=dict)  # set in its environment, beside ours
     listens: str = ""  # the flag whose HOST:PORT value the process listens on ("": none)
-    server: bool = False  # a nats-server sharing the host: started under SCHED_BATCH
+    server: bool = False  # a nats-server sharing the host: colocated_server_env(), SCHED_BATCH
 
     def start(self) -> None:
         """(Re)start the process, appending to its log file."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         setup = (_server_child if self.server else _die_with_parent) if sys.platform == "linux" else None
+        env = {**colocated_server_env(), **self.env} if self.server else self.env
         try:
             self.process = subprocess.Popen(
                 self.argv,
-                env={**os.environ, **self.env} if self.env else None,
+                env={**os.environ, **env} if env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -450,7 +451,6 @@ class Federation:
             [nats_server_binary(), "-c", str(conf)],
             self.state_dir / "logs" / f"nats-{name}.log",
             restart=False,
-            env=colocated_server_env(),
             server=True,
         )
         child.start()
